@@ -1,0 +1,60 @@
+// -----------------------------------------------------------------------------
+// File: checkpoint/status.h
+// -----------------------------------------------------------------------------
+//
+// Status plumbing shared by every dcp library: early-return macros and
+// `Annotate`, which adds context to an error without losing its code.
+//
+// dcp's public API never throws; every fallible call returns `absl::Status`
+// or `absl::StatusOr<T>`. Codes are used consistently:
+//   InvalidArgument    bad user input, plan or state dict
+//   NotFound           missing checkpoint, metadata or key
+//   AlreadyExists      checkpoint exists and overwriting is refused
+//   DataLoss           corrupt, truncated or checksum-mismatched data
+//   FailedPrecondition wrong call order, or ranks disagreeing on a collective
+//   DeadlineExceeded   a collective or wait timed out
+//   Aborted            another rank failed, or the world was aborted
+//   Internal           a bug
+#ifndef DCP_CHECKPOINT_STATUS_H_
+#define DCP_CHECKPOINT_STATUS_H_
+
+#include <utility>
+
+#include "absl/base/optimization.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+
+// Returns from the enclosing function if `expr` (an absl::Status) is an error.
+#define DCP_RETURN_IF_ERROR(expr)                      \
+  do {                                                 \
+    ::absl::Status dcp_status_macro_ = (expr);         \
+    if (ABSL_PREDICT_FALSE(!dcp_status_macro_.ok())) { \
+      return dcp_status_macro_;                        \
+    }                                                  \
+  } while (false)
+
+// `DCP_ASSIGN_OR_RETURN(auto x, MakeX());` evaluates the StatusOr once,
+// returns its status on error, and otherwise moves the value into `lhs`.
+#define DCP_ASSIGN_OR_RETURN(lhs, rexpr) \
+  DCP_ASSIGN_OR_RETURN_IMPL_(DCP_STATUS_CONCAT_(dcp_statusor_, __LINE__), lhs, rexpr)
+
+#define DCP_ASSIGN_OR_RETURN_IMPL_(statusor, lhs, rexpr)             \
+  auto statusor = (rexpr);                                           \
+  if (ABSL_PREDICT_FALSE(!statusor.ok())) {                          \
+    return std::move(statusor).status();                             \
+  }                                                                  \
+  lhs = *std::move(statusor)
+
+#define DCP_STATUS_CONCAT_(a, b) DCP_STATUS_CONCAT_IMPL_(a, b)
+#define DCP_STATUS_CONCAT_IMPL_(a, b) a##b
+
+namespace dcp {
+
+// Returns `status` with "`context`: " prefixed to its message. The code and
+// payloads are kept; an OK status stays OK.
+absl::Status Annotate(const absl::Status& status, absl::string_view context);
+
+}  // namespace dcp
+
+#endif  // DCP_CHECKPOINT_STATUS_H_

@@ -1,0 +1,61 @@
+#include "checkpoint/status.h"
+
+#include <string>
+#include <utility>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/cord.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "testing/status_matchers.h"
+
+namespace dcp {
+namespace {
+
+using ::dcp::testing::IsOk;
+using ::dcp::testing::StatusIs;
+using ::testing::Eq;
+
+absl::Status ReturnIfError(absl::Status status, bool* reached_end) {
+  DCP_RETURN_IF_ERROR(status);
+  *reached_end = true;
+  return absl::OkStatus();
+}
+
+TEST(StatusMacrosTest, ReturnIfErrorReturnsErrorsAndContinuesOnOk) {
+  bool reached_end = false;
+  EXPECT_THAT(ReturnIfError(absl::NotFoundError("gone"), &reached_end),
+              StatusIs(absl::StatusCode::kNotFound, Eq("gone")));
+  EXPECT_FALSE(reached_end);
+  EXPECT_THAT(ReturnIfError(absl::OkStatus(), &reached_end), IsOk());
+  EXPECT_TRUE(reached_end);
+}
+
+absl::StatusOr<std::string> Twice(absl::StatusOr<std::string> input) {
+  DCP_ASSIGN_OR_RETURN(std::string value, std::move(input));
+  return value + value;
+}
+
+TEST(StatusMacrosTest, AssignOrReturnMovesValueOrReturnsStatus) {
+  EXPECT_EQ(*Twice(std::string("ab")), "abab");
+  EXPECT_THAT(Twice(absl::DataLossError("torn")),
+              StatusIs(absl::StatusCode::kDataLoss, Eq("torn")));
+}
+
+TEST(AnnotateTest, PrefixesMessageAndKeepsCodeAndPayload) {
+  absl::Status status = absl::UnavailableError("disk busy");
+  status.SetPayload("dcp/rank", absl::Cord("3"));
+  absl::Status annotated = Annotate(status, "writing \"__0_0.distcp\"");
+  EXPECT_THAT(annotated, StatusIs(absl::StatusCode::kUnavailable,
+                                  Eq("writing \"__0_0.distcp\": disk busy")));
+  ASSERT_TRUE(annotated.GetPayload("dcp/rank").has_value());
+  EXPECT_EQ(std::string(*annotated.GetPayload("dcp/rank")), "3");
+}
+
+TEST(AnnotateTest, OkStaysOk) {
+  EXPECT_THAT(Annotate(absl::OkStatus(), "context"), IsOk());
+}
+
+}  // namespace
+}  // namespace dcp
