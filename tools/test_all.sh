@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Installs what is missing, then runs every dcp test: the main workspace's
+# `bazel test //...` and the example consumer workspace (examples/consumer),
+# which depends on dcp the way another Bazel project would.
+#
+# Usage: bash tools/test_all.sh [extra bazel flags, e.g. --config=ci]
+# Ends with one line `tests: N passed, N failed` (Bazel test targets) and
+# exits non-zero if anything failed or did not build.
+set -uo pipefail
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+
+bash tools/install_deps.sh || { echo "test_all: installing dependencies failed"; exit 1; }
+
+events_dir="$(mktemp -d)"
+trap 'rm -rf "$events_dir"' EXIT
+
+overall=0
+run_bazel_tests() {
+  # $1: workspace dir, $2: event file; the rest: bazel test arguments.
+  local dir="$1" events="$2"
+  shift 2
+  echo "test_all: (cd ${dir#$root/}; bazel test $*)"
+  (cd "$dir" && bazel test --build_event_json_file="$events" "$@") || overall=1
+}
+
+run_bazel_tests "$root" "$events_dir/main.json" "$@" -- //...
+run_bazel_tests "$root/examples/consumer" "$events_dir/consumer.json" "$@" -- //...
+
+# One testSummary event per test target; count them by overall status.
+passed=$(cat "$events_dir"/*.json 2>/dev/null | grep '"testSummary"' | grep -c '"overallStatus":"PASSED"')
+failed=$(cat "$events_dir"/*.json 2>/dev/null | grep '"testSummary"' | grep -vc '"overallStatus":"PASSED"')
+if [ "$overall" -ne 0 ] && [ "$failed" -eq 0 ]; then
+  echo "test_all: bazel failed before running every test (see the errors above)"
+fi
+echo "tests: ${passed} passed, ${failed} failed"
+exit "$overall"
