@@ -1,0 +1,114 @@
+// -----------------------------------------------------------------------------
+// File: planner/planner.h
+// -----------------------------------------------------------------------------
+//
+// `SavePlanner` and `LoadPlanner`: the phases of PyTorch's planners
+// (pytorch-dcp-format.md §5), which turn a state dict into write or read
+// items and back. The defaults are planner/default_save_planner.h and
+// planner/default_load_planner.h; users may plug their own.
+//
+// Planners never communicate: the protocol (checkpoint/) gathers local
+// plans to the coordinator, calls `CreateGlobalPlan` there, and scatters the
+// results. So every phase can also be driven in one thread, rank by rank,
+// which is how the planner tests run.
+//
+// Save call sequence, per rank (the coordinator also runs the starred step):
+//   SetUp(state_dict, storage_meta, is_coordinator)
+//   CreateLocalPlan()
+//   * CreateGlobalPlan(all ranks' local plans)  -> plans + Metadata
+//   FinishPlan(this rank's plan from the global step)
+//   ResolveData(item) for each item, called by the storage writer
+//
+// Load call sequence, per rank:
+//   SetUp(state_dict, metadata, is_coordinator)
+//   CreateLocalPlan()
+//   * CreateGlobalPlan(all ranks' local plans)
+//   FinishPlan(this rank's plan)
+//   for each item, called by the storage reader:
+//     LoadBytes(item, value)                 for bytes items
+//     ResolveTensor(item), then CommitTensor  for tensor items
+//
+// Thread safety: SetUp, the plan phases and Finish are called from one
+// thread. The storage layer may call ResolveData, ResolveTensor,
+// CommitTensor and LoadBytes from several threads at once, for different
+// items; implementations must allow that.
+//
+// Ownership: the state dict given to SetUp must outlive the planner's use
+// (until the save or load returns). Tensors are handles: a load planner
+// writes into the caller's tensors in place.
+#ifndef DCP_PLANNER_PLANNER_H_
+#define DCP_PLANNER_PLANNER_H_
+
+#include <optional>
+#include <vector>
+
+#include "ATen/core/Tensor.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "checkpoint/metadata.h"
+#include "checkpoint/state_dict.h"
+#include "planner/load_plan.h"
+#include "planner/save_plan.h"
+
+namespace dcp {
+
+// Result of the coordinator's global save step: one plan per rank (in rank
+// order) and the checkpoint's Metadata (without storage_data, which the
+// storage writer fills in at Finish).
+struct GlobalSavePlan {
+  std::vector<SavePlan> plans;
+  Metadata metadata;
+};
+
+class SavePlanner {
+ public:
+  virtual ~SavePlanner() = default;
+
+  // `state_dict` must outlive the save. `storage_meta` may be null.
+  virtual absl::Status SetUp(StateDict* state_dict,
+                             const StorageMeta* storage_meta,
+                             bool is_coordinator) = 0;
+
+  virtual absl::StatusOr<SavePlan> CreateLocalPlan() = 0;
+
+  // Coordinator only. `plans` holds every rank's local plan, by rank.
+  virtual absl::StatusOr<GlobalSavePlan> CreateGlobalPlan(
+      std::vector<SavePlan> plans) = 0;
+
+  virtual absl::StatusOr<SavePlan> FinishPlan(SavePlan central_plan) = 0;
+
+  // The data for `item`: the local tensor (or shard) for tensor items,
+  // possibly non-contiguous; the non-tensor Value for bytes items.
+  virtual absl::StatusOr<Value> ResolveData(const WriteItem& item) = 0;
+};
+
+class LoadPlanner {
+ public:
+  virtual ~LoadPlanner() = default;
+
+  // `state_dict` is the destination and must outlive the load.
+  virtual absl::Status SetUp(StateDict* state_dict, const Metadata& metadata,
+                             bool is_coordinator) = 0;
+
+  virtual absl::StatusOr<LoadPlan> CreateLocalPlan() = 0;
+
+  // Coordinator only. `plans` holds every rank's local plan, by rank.
+  virtual absl::StatusOr<std::vector<LoadPlan>> CreateGlobalPlan(
+      std::vector<LoadPlan> plans) = 0;
+
+  virtual absl::StatusOr<LoadPlan> FinishPlan(LoadPlan central_plan) = 0;
+
+  // Stores a loaded non-tensor value for a bytes item.
+  virtual absl::Status LoadBytes(const ReadItem& item, Value value) = 0;
+
+  // The destination for a tensor item: a view of the caller's tensor with
+  // extent `item.lengths` at `item.dest_offsets`. The reader copies the
+  // saved box into it (casting dtype if needed), then calls CommitTensor.
+  virtual absl::StatusOr<at::Tensor> ResolveTensor(const ReadItem& item) = 0;
+  virtual absl::Status CommitTensor(const ReadItem& item,
+                                    const at::Tensor& tensor) = 0;
+};
+
+}  // namespace dcp
+
+#endif  // DCP_PLANNER_PLANNER_H_

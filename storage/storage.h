@@ -1,0 +1,106 @@
+// -----------------------------------------------------------------------------
+// File: storage/storage.h
+// -----------------------------------------------------------------------------
+//
+// `StorageWriter` and `StorageReader`: where checkpoint bytes go and come
+// from, with PyTorch's call sequence (pytorch-dcp-format.md §1, §3). The
+// storage layer owns the byte format of items: tensor data and non-tensor
+// values (which planners hand over as `Value`s).
+//
+// Writer call sequence, per rank (starred steps on the coordinator only):
+//   Reset(checkpoint_id)            optional; only when an id is given
+//   StorageMetaForSave()
+//   SetUp(is_coordinator)
+//   PrepareLocalPlan(plan)
+//   * PrepareGlobalPlan(all plans)
+//   WriteData(plan, planner)        writes this rank's items
+//   * Finish(metadata, all results) commits the checkpoint
+//
+// Reader call sequence, per rank:
+//   Reset(checkpoint_id)            optional
+//   ReadMetadata()                  every rank reads the metadata itself
+//   SetUp(metadata, is_coordinator)
+//   PrepareLocalPlan(plan)
+//   * PrepareGlobalPlan(all plans)
+//   ReadData(plan, planner)
+//
+// Thread safety: one thread drives the sequence; implementations may use
+// threads inside WriteData and ReadData.
+//
+// Errors: NotFound for a missing checkpoint or item, DataLoss for corrupt
+// or truncated data, AlreadyExists when overwriting is refused; messages
+// name the checkpoint, the file and the key.
+#ifndef DCP_STORAGE_STORAGE_H_
+#define DCP_STORAGE_STORAGE_H_
+
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "checkpoint/metadata.h"
+#include "planner/load_plan.h"
+#include "planner/planner.h"
+#include "planner/save_plan.h"
+#include "planner/write_result.h"
+
+namespace dcp {
+
+class StorageWriter {
+ public:
+  virtual ~StorageWriter() = default;
+
+  // Starts a new save, optionally at a new location. Regenerates save_id.
+  virtual absl::Status Reset(std::optional<std::string> checkpoint_id) = 0;
+
+  // Identity of this save (checkpoint id, save id), recorded in Metadata.
+  virtual std::optional<StorageMeta> StorageMetaForSave() const = 0;
+
+  virtual absl::Status SetUp(bool is_coordinator) = 0;
+
+  virtual absl::StatusOr<SavePlan> PrepareLocalPlan(SavePlan plan) = 0;
+
+  // Coordinator only; `plans` by rank, returned by rank.
+  virtual absl::StatusOr<std::vector<SavePlan>> PrepareGlobalPlan(
+      std::vector<SavePlan> plans) = 0;
+
+  // Writes every item of `plan`, resolving data through `planner`, and
+  // returns where each landed. Synchronous; may use threads inside.
+  virtual absl::StatusOr<std::vector<WriteResult>> WriteData(
+      const SavePlan& plan, SavePlanner& planner) = 0;
+
+  // Coordinator only: records `results` (by rank) in
+  // `metadata.storage_data`, sets `metadata.storage_meta`, and commits.
+  // After it returns OK the checkpoint is complete and visible.
+  virtual absl::Status Finish(
+      Metadata& metadata,
+      const std::vector<std::vector<WriteResult>>& results) = 0;
+};
+
+class StorageReader {
+ public:
+  virtual ~StorageReader() = default;
+
+  // Starts a new load, optionally from a new location. Regenerates load_id.
+  virtual absl::Status Reset(std::optional<std::string> checkpoint_id) = 0;
+
+  // NotFound if there is no (complete) checkpoint.
+  virtual absl::StatusOr<Metadata> ReadMetadata() = 0;
+
+  virtual absl::Status SetUp(const Metadata& metadata,
+                             bool is_coordinator) = 0;
+
+  virtual absl::StatusOr<LoadPlan> PrepareLocalPlan(LoadPlan plan) = 0;
+
+  // Coordinator only; `plans` by rank, returned by rank.
+  virtual absl::StatusOr<std::vector<LoadPlan>> PrepareGlobalPlan(
+      std::vector<LoadPlan> plans) = 0;
+
+  // Reads every item of `plan` into the destinations `planner` resolves.
+  virtual absl::Status ReadData(const LoadPlan& plan, LoadPlanner& planner) = 0;
+};
+
+}  // namespace dcp
+
+#endif  // DCP_STORAGE_STORAGE_H_
