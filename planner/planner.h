@@ -65,7 +65,7 @@ class SavePlanner {
   virtual ~SavePlanner() = default;
 
   // `state_dict` must outlive the save. `storage_meta` may be null.
-  virtual absl::Status SetUp(StateDict* state_dict,
+  virtual absl::Status SetUp(const StateDict& state_dict,
                              const StorageMeta* storage_meta,
                              bool is_coordinator) = 0;
 
