@@ -29,6 +29,7 @@
 #include <ostream>
 #include <string>
 #include <tuple>
+#include <utility>
 #include <variant>
 #include <vector>
 
@@ -153,9 +154,13 @@ struct MetadataIndex {
   friend bool operator<(const MetadataIndex& a, const MetadataIndex& b) {
     return std::tie(a.fqn, a.offset) < std::tie(b.fqn, b.offset);
   }
+  // Debian's Abseil (ABSL_OPTION_USE_STD_OPTIONAL 0) cannot hash a
+  // std::optional, so presence and value are combined separately.
   template <typename H>
   friend H AbslHashValue(H h, const MetadataIndex& i) {
-    return H::combine(std::move(h), i.fqn, i.offset);
+    h = H::combine(std::move(h), i.fqn, i.offset.has_value());
+    if (i.offset.has_value()) h = H::combine(std::move(h), *i.offset);
+    return h;
   }
   friend std::ostream& operator<<(std::ostream& os, const MetadataIndex& i);
 };

@@ -1,0 +1,55 @@
+#include "planner/load_plan.h"
+
+#include <ostream>
+
+#include "absl/strings/escaping.h"
+#include "checkpoint/metadata.h"
+
+namespace dcp {
+namespace {
+
+void PrintShape(std::ostream& os, const Shape& shape) {
+  os << '[';
+  for (size_t i = 0; i < shape.size(); ++i) {
+    if (i > 0) os << ", ";
+    os << shape[i];
+  }
+  os << ']';
+}
+
+}  // namespace
+
+std::ostream& operator<<(std::ostream& os, LoadItemType type) {
+  switch (type) {
+    case LoadItemType::kTensor:
+      return os << "TENSOR";
+    case LoadItemType::kByteIo:
+      return os << "BYTE_IO";
+  }
+  return os << "LoadItemType(" << static_cast<int>(type) << ")";
+}
+
+std::ostream& operator<<(std::ostream& os, const ReadItem& item) {
+  os << "ReadItem(type=" << item.type << ", dest_index=" << item.dest_index
+     << ", dest_offsets=";
+  PrintShape(os, item.dest_offsets);
+  os << ", storage_index=" << item.storage_index << ", storage_offsets=";
+  PrintShape(os, item.storage_offsets);
+  os << ", lengths=";
+  PrintShape(os, item.lengths);
+  return os << ")";
+}
+
+std::ostream& operator<<(std::ostream& os, const LoadPlan& plan) {
+  os << "LoadPlan(items=[";
+  for (size_t i = 0; i < plan.items.size(); ++i) {
+    if (i > 0) os << ", ";
+    os << plan.items[i];
+  }
+  // The opaque blobs are printed escaped, since they are usually binary.
+  return os << "], storage_data=\"" << absl::CHexEscape(plan.storage_data)
+            << "\", planner_data=\"" << absl::CHexEscape(plan.planner_data)
+            << "\")";
+}
+
+}  // namespace dcp
