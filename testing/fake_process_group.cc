@@ -1,0 +1,776 @@
+#include "testing/fake_process_group.h"
+
+#include <algorithm>
+#include <chrono>  // NOLINT(build/c++11): std::condition_variable deadlines.
+#include <condition_variable>  // NOLINT(build/c++11)
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>  // NOLINT(build/c++11)
+#include <optional>
+#include <string>
+#include <thread>  // NOLINT(build/c++11)
+#include <utility>
+#include <vector>
+
+#include "absl/memory/memory.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/escaping.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/string_view.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "checkpoint/process_group.h"
+#include "glog/logging.h"
+
+// Implementation notes.
+//
+// All state lives in one `WorldState` behind one `std::mutex`, with one
+// condition variable per rank. std::mutex rather than absl::Mutex on
+// purpose: Debian's libabsl is not built with -fsanitize=thread, so TSan
+// cannot see absl::Mutex's happens-before edges and would report false
+// races on everything it guards; pthread mutexes and condition variables
+// are intercepted by TSan. For the same reason no absl::Status object is
+// shared between threads: errors are stored as (code, message) and every
+// rank gets a freshly built status (absl::Status's reference count is
+// decremented inside the uninstrumented library).
+namespace dcp::testing {
+namespace fake_process_group_internal {
+namespace {
+
+enum class Kind { kBarrier, kBroadcast, kGather, kScatter, kAllGather, kFork };
+
+absl::string_view KindName(Kind kind) {
+  switch (kind) {
+    case Kind::kBarrier:
+      return "Barrier";
+    case Kind::kBroadcast:
+      return "Broadcast";
+    case Kind::kGather:
+      return "Gather";
+    case Kind::kScatter:
+      return "Scatter";
+    case Kind::kAllGather:
+      return "AllGather";
+    case Kind::kFork:
+      return "Fork";
+  }
+  return "?";
+}
+
+bool HasRoot(Kind kind) {
+  return kind == Kind::kBroadcast || kind == Kind::kGather ||
+         kind == Kind::kScatter;
+}
+
+// What a rank asked for; two ranks' calls match iff these are equal.
+struct CallInfo {
+  Kind kind;
+  std::string tag;
+  int root;  // -1 for kinds without a root.
+
+  bool operator==(const CallInfo& other) const {
+    return kind == other.kind && tag == other.tag && root == other.root;
+  }
+  bool operator!=(const CallInfo& other) const { return !(*this == other); }
+
+  // `Gather(tag="plan", root=0)`, `AllGather(tag="plan")`.
+  std::string Describe() const {
+    if (HasRoot(kind)) {
+      return absl::StrFormat("%s(tag=\"%s\", root=%d)", KindName(kind),
+                             absl::CEscape(tag), root);
+    }
+    return absl::StrFormat("%s(tag=\"%s\")", KindName(kind),
+                           absl::CEscape(tag));
+  }
+};
+
+// An error that can cross threads: every reader builds its own status.
+struct Error {
+  absl::StatusCode code;
+  std::string message;
+
+  static Error From(const absl::Status& status) {
+    return Error{status.code(), std::string(status.message())};
+  }
+  absl::Status ToStatus() const { return absl::Status(code, message); }
+  // "INTERNAL: disk on fire", like absl::Status::ToString() without payloads.
+  std::string ToString() const {
+    return absl::StrCat(absl::StatusCodeToString(code), ": ", message);
+  }
+};
+
+std::chrono::system_clock::time_point ChronoDeadline(absl::Time deadline) {
+  // Clamp: std::condition_variable overflows on time_point::max(), and a
+  // deadline a year out is as good as none for a test.
+  const absl::Time now = absl::Now();
+  deadline = std::max(deadline, now);
+  deadline = std::min(deadline, now + absl::Hours(24 * 365));
+  return absl::ToChronoTime(deadline);
+}
+
+std::string RankList(const std::vector<int>& ranks) {
+  return absl::StrCat(ranks.size() == 1 ? "rank " : "ranks ",
+                      absl::StrJoin(ranks, ", "));
+}
+
+}  // namespace
+
+struct Result {
+  std::string bytes;               // Broadcast, Scatter.
+  std::vector<std::string> list;   // Gather (root), AllGather.
+  int child_communicator = -1;     // Fork.
+};
+
+struct Collective {
+  Collective(int communicator, int64_t seq, int world_size)
+      : communicator(communicator),
+        seq(seq),
+        calls(world_size),
+        joined(world_size, false),
+        payloads(world_size),
+        results(world_size) {}
+
+  const int communicator;
+  const int64_t seq;
+  // What each rank called here, once it has called (joined or not).
+  std::vector<std::optional<CallInfo>> calls;
+  // Whether each rank joined the rendezvous (called and did not fail
+  // locally).
+  std::vector<bool> joined;
+  int joined_count = 0;
+  std::vector<std::string> payloads;          // By rank.
+  std::vector<std::string> scatter_payloads;  // The root's.
+  bool finished = false;
+  std::optional<Error> error;  // Set iff finished and failed.
+  std::vector<Result> results;  // By rank; valid iff finished and no error.
+  int released = 0;  // Ranks that have returned from this call.
+
+  // The call as the lowest rank that made it sees it; for messages.
+  const CallInfo& AnyCall() const {
+    auto it = std::find_if(calls.begin(), calls.end(),
+                           [](const auto& call) { return call.has_value(); });
+    CHECK(it != calls.end()) << "collective without calls";
+    return **it;
+  }
+};
+
+struct Communicator {
+  Communicator(std::string name, int world_size)
+      : name(std::move(name)), next_seq(world_size, 0) {}
+
+  const std::string name;
+  std::vector<int64_t> next_seq;  // By rank.
+  std::map<int64_t, std::unique_ptr<Collective>> pending;  // By call number.
+  std::vector<std::string> transcript;
+};
+
+struct RankState {
+  bool started = false;
+  std::thread::id thread;
+  bool done = false;
+  bool failed = false;        // Done with a non-OK status.
+  std::string done_status;    // "OK" or "INTERNAL: disk on fire".
+  int64_t calls = 0;          // Collective calls so far, all communicators.
+  Collective* waiting_on = nullptr;  // Deterministic mode only.
+  std::condition_variable cv;        // Signalled on every state change.
+};
+
+struct InjectedFault {
+  int rank;
+  int64_t nth;
+  Error error;
+};
+
+class WorldState {
+ public:
+  WorldState(int world_size, std::optional<uint64_t> seed)
+      : world_size_(world_size),
+        deterministic_(seed.has_value()),
+        rng_state_(seed.value_or(0)) {
+    ranks_.reserve(world_size);
+    for (int r = 0; r < world_size; ++r) {
+      ranks_.push_back(std::make_unique<RankState>());
+    }
+    NewCommunicatorLocked(std::string(FakeWorld::kWorldCommunicator));
+  }
+
+  int world_size() const { return world_size_; }
+  bool deterministic() const { return deterministic_; }
+
+  absl::StatusOr<Result> Call(int rank, int communicator, CallInfo info,
+                              std::string payload,
+                              std::vector<std::string> scatter_payloads,
+                              absl::Time deadline);
+
+  void FailCollective(int rank, int nth, const absl::Status& status) {
+    std::lock_guard<std::mutex> lock(mu_);
+    faults_.push_back(InjectedFault{rank, nth, Error::From(status)});
+  }
+
+  absl::Status StartRank(int rank, absl::Time deadline);
+  void MarkRankDone(int rank, const absl::Status& status);
+
+  void Abort(const absl::Status& why) {
+    std::lock_guard<std::mutex> lock(mu_);
+    AbortLocked(Error{absl::StatusCode::kAborted,
+                      absl::StrCat("world aborted: ", Error::From(why).ToString())});
+  }
+
+  std::vector<std::string> Transcript(absl::string_view name) const {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = communicator_by_name_.find(std::string(name));
+    if (it == communicator_by_name_.end()) return {};
+    return communicators_[it->second]->transcript;
+  }
+
+  std::vector<std::string> Communicators() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    std::vector<std::string> names;
+    for (const auto& [name, id] : communicator_by_name_) names.push_back(name);
+    return names;  // std::map: sorted.
+  }
+
+  std::vector<std::string> ScheduleTrace() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return trace_;
+  }
+
+ private:
+  using Lock = std::unique_lock<std::mutex>;
+
+  int NewCommunicatorLocked(std::string name) {
+    const int id = static_cast<int>(communicators_.size());
+    communicator_by_name_[name] = id;
+    communicators_.push_back(
+        std::make_unique<Communicator>(std::move(name), world_size_));
+    return id;
+  }
+
+  // "call #3" or "call #3 on communicator "world/bg#0"".
+  std::string CallAt(const Collective& c) const {
+    const Communicator& comm = *communicators_[c.communicator];
+    if (comm.name == FakeWorld::kWorldCommunicator) {
+      return absl::StrCat("call #", c.seq);
+    }
+    return absl::StrFormat("call #%d on communicator \"%s\"", c.seq,
+                           absl::CEscape(comm.name));
+  }
+  std::string Describe(const Collective& c) const {
+    return absl::StrCat(CallAt(c), " ", c.AnyCall().Describe());
+  }
+
+  // Finishes `c` with `error` unless it has finished already.
+  void FailLocked(Collective& c, Error error) {
+    if (c.finished) return;
+    c.finished = true;
+    c.error = std::move(error);
+  }
+
+  // Why `c` cannot complete without done rank `rank`.
+  Error DepartedError(int rank, const Collective& c) const {
+    const RankState& r = *ranks_[rank];
+    if (r.failed) {
+      return Error{absl::StatusCode::kAborted,
+                   absl::StrFormat("rank %d failed: %s (before joining %s)",
+                                   rank, r.done_status, Describe(c))};
+    }
+    return Error{absl::StatusCode::kAborted,
+                 absl::StrFormat("rank %d exited before joining %s", rank,
+                                 Describe(c))};
+  }
+
+  // The error of `rank`'s call if it fails locally (injected fault or bad
+  // arguments), without joining.
+  std::optional<Error> LocalFailureLocked(int rank, int64_t call_number,
+                                          const CallInfo& info,
+                                          size_t scatter_payload_count) const {
+    for (const InjectedFault& fault : faults_) {
+      if (fault.rank == rank && fault.nth == call_number) return fault.error;
+    }
+    if (HasRoot(info.kind) && (info.root < 0 || info.root >= world_size_)) {
+      return Error{absl::StatusCode::kInvalidArgument,
+                   absl::StrFormat("%s: root %d is out of range for a world "
+                                   "of size %d",
+                                   info.Describe(), info.root, world_size_)};
+    }
+    if (info.kind == Kind::kScatter && rank == info.root &&
+        scatter_payload_count != static_cast<size_t>(world_size_)) {
+      return Error{absl::StatusCode::kInvalidArgument,
+                   absl::StrFormat("%s: root %d passed %d payloads for a world "
+                                   "of size %d",
+                                   info.Describe(), rank, scatter_payload_count,
+                                   world_size_)};
+    }
+    return std::nullopt;
+  }
+
+  Collective& GetOrCreateLocked(Communicator& comm, int communicator,
+                                int64_t seq) {
+    std::unique_ptr<Collective>& slot = comm.pending[seq];
+    if (slot == nullptr) {
+      slot = std::make_unique<Collective>(communicator, seq, world_size_);
+    }
+    return *slot;
+  }
+
+  // `rank` joins `c` with `info`; fails or completes `c` as needed.
+  void JoinLocked(int rank, Collective& c, const CallInfo& info,
+                  std::string payload,
+                  std::vector<std::string> scatter_payloads) {
+    c.calls[rank] = info;
+    if (c.finished) return;  // Failed before this rank came.
+    // Done ranks that never joined: prefer one that failed, lowest rank.
+    int departed = -1;
+    for (int r = 0; r < world_size_; ++r) {
+      if (r == rank || c.joined[r] || !ranks_[r]->done) continue;
+      if (departed == -1 || (ranks_[r]->failed && !ranks_[departed]->failed)) {
+        departed = r;
+      }
+    }
+    if (departed != -1) {
+      FailLocked(c, DepartedError(departed, c));
+      return;
+    }
+    for (int r = 0; r < world_size_; ++r) {
+      if (r == rank || !c.joined[r] || *c.calls[r] == info) continue;
+      const int low = std::min(r, rank);
+      const int high = std::max(r, rank);
+      FailLocked(c, Error{absl::StatusCode::kFailedPrecondition,
+                          absl::StrFormat("collective mismatch at %s: rank %d "
+                                          "%s vs rank %d %s",
+                                          CallAt(c), low,
+                                          c.calls[low]->Describe(), high,
+                                          c.calls[high]->Describe())});
+      return;
+    }
+    c.joined[rank] = true;
+    ++c.joined_count;
+    c.payloads[rank] = std::move(payload);
+    if (info.kind == Kind::kScatter && rank == info.root) {
+      c.scatter_payloads = std::move(scatter_payloads);
+    }
+    if (c.joined_count == world_size_) CompleteLocked(c);
+  }
+
+  // Computes every rank's result from the inputs indexed by rank.
+  void CompleteLocked(Collective& c) {
+    const CallInfo& info = *c.calls[0];
+    Communicator& comm = *communicators_[c.communicator];
+    switch (info.kind) {
+      case Kind::kBarrier:
+        break;
+      case Kind::kBroadcast:
+        for (int r = 0; r < world_size_; ++r) {
+          c.results[r].bytes = c.payloads[info.root];
+        }
+        break;
+      case Kind::kGather:
+        c.results[info.root].list = std::move(c.payloads);
+        break;
+      case Kind::kScatter:
+        for (int r = 0; r < world_size_; ++r) {
+          c.results[r].bytes = std::move(c.scatter_payloads[r]);
+        }
+        break;
+      case Kind::kAllGather:
+        for (int r = 0; r < world_size_; ++r) c.results[r].list = c.payloads;
+        break;
+      case Kind::kFork: {
+        const int child = NewCommunicatorLocked(
+            absl::StrCat(comm.name, "/", info.tag, "#", c.seq));
+        for (int r = 0; r < world_size_; ++r) {
+          c.results[r].child_communicator = child;
+        }
+        break;
+      }
+    }
+    c.payloads.clear();
+    c.scatter_payloads.clear();
+    c.finished = true;
+    comm.transcript.push_back(absl::StrCat(KindName(info.kind), ":", info.tag));
+  }
+
+  // `rank` leaves `c` with its result or error.
+  absl::StatusOr<Result> ReleaseLocked(int rank, Collective& c) {
+    absl::StatusOr<Result> result =
+        c.error.has_value() ? absl::StatusOr<Result>(c.error->ToStatus())
+                            : absl::StatusOr<Result>(std::move(c.results[rank]));
+    if (++c.released == world_size_) {
+      communicators_[c.communicator]->pending.erase(c.seq);  // Destroys c.
+    }
+    return result;
+  }
+
+  void NotifyAllLocked() {
+    for (auto& r : ranks_) r->cv.notify_all();
+  }
+
+  void AbortLocked(Error error) {
+    if (abort_.has_value()) return;
+    abort_ = std::move(error);
+    token_ = -1;
+    NotifyAllLocked();
+  }
+
+  uint64_t NextRandomLocked() {  // splitmix64.
+    uint64_t z = (rng_state_ += 0x9e3779b97f4a7c15ULL);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return z ^ (z >> 31);
+  }
+
+  bool RunnableLocked(int rank) const {
+    const RankState& r = *ranks_[rank];
+    return r.started && !r.done &&
+           (r.waiting_on == nullptr || r.waiting_on->finished);
+  }
+
+  // Deterministic mode: hands the turn to a runnable rank drawn by the
+  // PRNG. Call only when nobody has the turn.
+  void ScheduleNextLocked() {
+    if (!deterministic_ || abort_.has_value()) return;
+    for (const auto& r : ranks_) {
+      if (!r->started && !r->done) return;  // Not everyone is here yet.
+    }
+    std::vector<int> runnable;
+    for (int r = 0; r < world_size_; ++r) {
+      if (RunnableLocked(r)) runnable.push_back(r);
+    }
+    if (runnable.empty()) {
+      std::vector<std::string> waits;
+      for (int r = 0; r < world_size_; ++r) {
+        const RankState& state = *ranks_[r];
+        if (!state.done && state.waiting_on != nullptr) {
+          waits.push_back(absl::StrFormat("rank %d waits in %s", r,
+                                          Describe(*state.waiting_on)));
+        }
+      }
+      if (waits.empty()) {  // Everyone is done.
+        token_ = -1;
+        return;
+      }
+      const std::string message = absl::StrCat(
+          "deadlock: no rank can run; ", absl::StrJoin(waits, "; "));
+      for (int r = 0; r < world_size_; ++r) {
+        RankState& state = *ranks_[r];
+        if (!state.done && state.waiting_on != nullptr) {
+          FailLocked(*state.waiting_on,
+                     Error{absl::StatusCode::kFailedPrecondition, message});
+          runnable.push_back(r);
+        }
+      }
+    }
+    token_ = runnable[NextRandomLocked() % runnable.size()];
+    ranks_[token_]->cv.notify_all();
+  }
+
+  // Deterministic mode: waits until `rank` has the turn. On timeout the
+  // schedule is broken for good, so the world is aborted.
+  absl::Status AwaitTurnLocked(Lock& lock, int rank, absl::Time deadline,
+                               absl::string_view waiting_for) {
+    RankState& me = *ranks_[rank];
+    const bool got_turn =
+        me.cv.wait_until(lock, ChronoDeadline(deadline), [&] {
+          return token_ == rank || abort_.has_value();
+        });
+    if (abort_.has_value()) return abort_->ToStatus();
+    if (!got_turn) {
+      AbortLocked(Error{
+          absl::StatusCode::kDeadlineExceeded,
+          absl::StrFormat("deterministic schedule stalled: rank %d waited "
+                          "past its deadline for %s while rank %d had the "
+                          "turn (blocked outside a collective?)",
+                          rank, waiting_for, token_)});
+      return abort_->ToStatus();
+    }
+    return absl::OkStatus();
+  }
+
+  void TraceLocked(std::string entry) {
+    if (deterministic_) trace_.push_back(std::move(entry));
+  }
+
+  const int world_size_;
+  const bool deterministic_;
+
+  mutable std::mutex mu_;
+  uint64_t rng_state_;  // Guarded by mu_.
+  // Guarded by mu_; entries are never removed, so references stay valid.
+  std::vector<std::unique_ptr<Communicator>> communicators_;
+  std::map<std::string, int> communicator_by_name_;  // Guarded by mu_.
+  std::vector<std::unique_ptr<RankState>> ranks_;    // Guarded by mu_.
+  std::vector<InjectedFault> faults_;                // Guarded by mu_.
+  std::optional<Error> abort_;                       // Guarded by mu_.
+  int token_ = -1;  // Deterministic mode: the rank that may run; guarded.
+  std::vector<std::string> trace_;  // Guarded by mu_.
+};
+
+absl::StatusOr<Result> WorldState::Call(
+    int rank, int communicator, CallInfo info, std::string payload,
+    std::vector<std::string> scatter_payloads, absl::Time deadline) {
+  Lock lock(mu_);
+  if (abort_.has_value()) return abort_->ToStatus();
+  RankState& me = *ranks_[rank];
+  Communicator& comm = *communicators_[communicator];
+  if (deterministic_) {
+    if (!me.started) {
+      return absl::FailedPreconditionError(absl::StrFormat(
+          "deterministic FakeWorld: rank %d called %s before StartRank", rank,
+          info.Describe()));
+    }
+    if (std::this_thread::get_id() != me.thread) {
+      return absl::UnimplementedError(absl::StrFormat(
+          "deterministic FakeWorld: rank %d called %s on communicator \"%s\" "
+          "from a thread other than its rank thread; use free scheduling "
+          "for collectives on background threads",
+          rank, info.Describe(), absl::CEscape(comm.name)));
+    }
+    DCHECK_EQ(token_, rank) << "rank runs without the turn";
+  }
+  const int64_t seq = comm.next_seq[rank]++;
+  const int64_t call_number = ++me.calls;
+  TraceLocked(absl::StrCat(
+      "r", rank, " ", KindName(info.kind), "(", info.tag, ")#", seq,
+      comm.name == FakeWorld::kWorldCommunicator ? ""
+                                                 : absl::StrCat(" on ", comm.name)));
+
+  Collective& c = GetOrCreateLocked(comm, communicator, seq);
+  std::optional<Error> local =
+      LocalFailureLocked(rank, call_number, info, scatter_payloads.size());
+  if (local.has_value()) {
+    c.calls[rank] = info;
+    FailLocked(c, Error{absl::StatusCode::kAborted,
+                        absl::StrFormat("rank %d failed: %s (at %s %s)", rank,
+                                        local->ToString(), CallAt(c),
+                                        info.Describe())});
+  } else {
+    JoinLocked(rank, c, info, std::move(payload), std::move(scatter_payloads));
+  }
+  NotifyAllLocked();
+
+  if (deterministic_) {
+    // A collective call ends the turn, whatever its outcome.
+    me.waiting_on = &c;
+    token_ = -1;
+    ScheduleNextLocked();
+    absl::Status turn = AwaitTurnLocked(lock, rank, deadline,
+                                        absl::StrCat("its turn after ",
+                                                     CallAt(c)));
+    me.waiting_on = nullptr;
+    if (!turn.ok() && !c.finished) return turn;
+    DCHECK(c.finished);
+  } else {
+    me.cv.wait_until(lock, ChronoDeadline(deadline),
+                     [&] { return c.finished || abort_.has_value(); });
+    if (!c.finished) {
+      if (abort_.has_value()) return abort_->ToStatus();
+      std::vector<int> missing;
+      for (int r = 0; r < world_size_; ++r) {
+        if (!c.joined[r]) missing.push_back(r);
+      }
+      FailLocked(c, Error{absl::StatusCode::kDeadlineExceeded,
+                          absl::StrFormat("%s timed out: %s did not arrive",
+                                          Describe(c), RankList(missing))});
+      NotifyAllLocked();
+    }
+  }
+  if (local.has_value()) {
+    ReleaseLocked(rank, c).IgnoreError();  // The others' view of the call.
+    return local->ToStatus();
+  }
+  return ReleaseLocked(rank, c);
+}
+
+absl::Status WorldState::StartRank(int rank, absl::Time deadline) {
+  Lock lock(mu_);
+  RankState& me = *ranks_[rank];
+  if (me.started) {
+    return absl::FailedPreconditionError(
+        absl::StrFormat("FakeWorld: rank %d started twice", rank));
+  }
+  me.started = true;
+  me.thread = std::this_thread::get_id();
+  if (!deterministic_) return absl::OkStatus();
+  if (abort_.has_value()) return abort_->ToStatus();
+  if (token_ == -1) ScheduleNextLocked();
+  absl::Status turn = AwaitTurnLocked(lock, rank, deadline, "its first turn");
+  if (turn.ok()) TraceLocked(absl::StrCat("r", rank, " start"));
+  return turn;
+}
+
+void WorldState::MarkRankDone(int rank, const absl::Status& status) {
+  Lock lock(mu_);
+  RankState& me = *ranks_[rank];
+  if (me.done) return;
+  me.done = true;
+  me.failed = !status.ok();
+  me.done_status = status.ok() ? "OK" : Error::From(status).ToString();
+  if (!abort_.has_value()) {
+    TraceLocked(absl::StrCat("r", rank, " exit ", me.done_status));
+  }
+  for (auto& comm : communicators_) {
+    for (auto& [seq, c] : comm->pending) {
+      if (!c->finished && !c->joined[rank]) {
+        FailLocked(*c, DepartedError(rank, *c));
+      }
+    }
+  }
+  if (deterministic_ && (token_ == rank || token_ == -1)) {
+    token_ = -1;
+    ScheduleNextLocked();
+  }
+  NotifyAllLocked();
+}
+
+namespace {
+
+// One rank's handle on one communicator.
+class FakeProcessGroup : public ProcessGroup {
+ public:
+  FakeProcessGroup(std::shared_ptr<WorldState> world, int rank,
+                   int communicator)
+      : world_(std::move(world)), rank_(rank), communicator_(communicator) {}
+
+  int rank() const override { return rank_; }
+  int size() const override { return world_->world_size(); }
+
+  absl::Status Barrier(absl::string_view tag, absl::Time deadline) override {
+    return Call(Kind::kBarrier, tag, -1, "", {}, deadline).status();
+  }
+
+  absl::StatusOr<std::string> Broadcast(absl::string_view tag, int root,
+                                        std::string payload,
+                                        absl::Time deadline) override {
+    absl::StatusOr<Result> result =
+        Call(Kind::kBroadcast, tag, root, std::move(payload), {}, deadline);
+    if (!result.ok()) return result.status();
+    return std::move(result->bytes);
+  }
+
+  absl::StatusOr<std::vector<std::string>> Gather(
+      absl::string_view tag, int root, std::string payload,
+      absl::Time deadline) override {
+    absl::StatusOr<Result> result =
+        Call(Kind::kGather, tag, root, std::move(payload), {}, deadline);
+    if (!result.ok()) return result.status();
+    return std::move(result->list);
+  }
+
+  absl::StatusOr<std::string> Scatter(absl::string_view tag, int root,
+                                      std::vector<std::string> payloads,
+                                      absl::Time deadline) override {
+    absl::StatusOr<Result> result =
+        Call(Kind::kScatter, tag, root, "", std::move(payloads), deadline);
+    if (!result.ok()) return result.status();
+    return std::move(result->bytes);
+  }
+
+  absl::StatusOr<std::vector<std::string>> AllGather(
+      absl::string_view tag, std::string payload,
+      absl::Time deadline) override {
+    absl::StatusOr<Result> result =
+        Call(Kind::kAllGather, tag, -1, std::move(payload), {}, deadline);
+    if (!result.ok()) return result.status();
+    return std::move(result->list);
+  }
+
+  absl::StatusOr<std::shared_ptr<ProcessGroup>> Fork(
+      absl::string_view tag, absl::Time deadline) override {
+    absl::StatusOr<Result> result =
+        Call(Kind::kFork, tag, -1, "", {}, deadline);
+    if (!result.ok()) return result.status();
+    return std::shared_ptr<ProcessGroup>(std::make_shared<FakeProcessGroup>(
+        world_, rank_, result->child_communicator));
+  }
+
+ private:
+  absl::StatusOr<Result> Call(Kind kind, absl::string_view tag, int root,
+                              std::string payload,
+                              std::vector<std::string> scatter_payloads,
+                              absl::Time deadline) {
+    return world_->Call(rank_, communicator_,
+                        CallInfo{kind, std::string(tag), root},
+                        std::move(payload), std::move(scatter_payloads),
+                        deadline);
+  }
+
+  const std::shared_ptr<WorldState> world_;
+  const int rank_;
+  const int communicator_;
+};
+
+}  // namespace
+}  // namespace fake_process_group_internal
+
+using fake_process_group_internal::WorldState;
+
+absl::StatusOr<std::unique_ptr<FakeWorld>> FakeWorld::Create(
+    FakeWorldOptions options) {
+  if (options.world_size < 1 || options.world_size > kMaxWorldSize) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("FakeWorld: world_size %d is not in [1, %d]",
+                        options.world_size, kMaxWorldSize));
+  }
+  return absl::WrapUnique(new FakeWorld(std::make_shared<WorldState>(
+      options.world_size, options.schedule_seed)));
+}
+
+FakeWorld::FakeWorld(std::shared_ptr<WorldState> state)
+    : state_(std::move(state)) {}
+
+FakeWorld::~FakeWorld() {
+  state_->Abort(absl::CancelledError("FakeWorld destroyed"));
+}
+
+int FakeWorld::world_size() const { return state_->world_size(); }
+
+bool FakeWorld::deterministic() const { return state_->deterministic(); }
+
+std::shared_ptr<ProcessGroup> FakeWorld::Rank(int rank) {
+  CHECK(rank >= 0 && rank < world_size())
+      << "FakeWorld::Rank(" << rank << ") for a world of size "
+      << world_size();
+  return std::make_shared<fake_process_group_internal::FakeProcessGroup>(
+      state_, rank, /*communicator=*/0);
+}
+
+void FakeWorld::FailCollective(int rank, int nth, absl::Status status) {
+  CHECK(rank >= 0 && rank < world_size())
+      << "FakeWorld::FailCollective: rank " << rank << " out of range";
+  CHECK_GE(nth, 1) << "FakeWorld::FailCollective: nth is 1-based";
+  CHECK(!status.ok()) << "FakeWorld::FailCollective needs an error";
+  state_->FailCollective(rank, nth, status);
+}
+
+absl::Status FakeWorld::StartRank(int rank, absl::Time deadline) {
+  CHECK(rank >= 0 && rank < world_size())
+      << "FakeWorld::StartRank: rank " << rank << " out of range";
+  return state_->StartRank(rank, deadline);
+}
+
+void FakeWorld::MarkRankDone(int rank, const absl::Status& status) {
+  CHECK(rank >= 0 && rank < world_size())
+      << "FakeWorld::MarkRankDone: rank " << rank << " out of range";
+  state_->MarkRankDone(rank, status);
+}
+
+void FakeWorld::Abort(const absl::Status& why) { state_->Abort(why); }
+
+std::vector<std::string> FakeWorld::Transcript(
+    absl::string_view communicator) const {
+  return state_->Transcript(communicator);
+}
+
+std::vector<std::string> FakeWorld::Communicators() const {
+  return state_->Communicators();
+}
+
+std::vector<std::string> FakeWorld::ScheduleTrace() const {
+  return state_->ScheduleTrace();
+}
+
+}  // namespace dcp::testing
