@@ -1,0 +1,56 @@
+// -----------------------------------------------------------------------------
+// File: planner/plan_validation.h
+// -----------------------------------------------------------------------------
+//
+// Checks that the chunks recorded for every tensor of a global `Metadata`
+// tile the tensor exactly once: PyTorch 2.6's `_validate_global_plan`
+// (pytorch-dcp-format.md §5.4 step 4), run by the default save planner on
+// the coordinator before anything is written.
+//
+// For every tensor entry whose size has at least one dimension (0-d tensors
+// are skipped, as in Python):
+//   * each chunk has the tensor's rank and lies in bounds:
+//     offsets >= 0, sizes >= 0, offset + size <= dimension size;
+//   * no two chunks overlap (see `ChunksOverlap`);
+//   * the chunk volumes add up to the tensor's volume.
+// Together these mean every element is saved exactly once.
+//
+// Python logs each violation and raises "Failed to validate global plan";
+// dcp returns one status listing them all, each naming its key:
+//
+//   invalid global plan: "model.w": chunks [0, 0]+[2, 4] and [1, 0]+[2, 4]
+//   overlap; "model.b": chunks cover 6 of 8 elements
+//
+// Cost: O(n log n) per tensor of n chunks for the usual row, column and grid
+// layouts (see `FindOverlappingChunks`), not Python's O(n^2).
+//
+// Thread safety: pure functions.
+#ifndef DCP_PLANNER_PLAN_VALIDATION_H_
+#define DCP_PLANNER_PLAN_VALIDATION_H_
+
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/strings/string_view.h"
+#include "checkpoint/metadata.h"
+
+namespace dcp {
+
+// Appends to `problems` one message per violation found in the tensor
+// `fqn`, each starting with the quoted key (`"model.b": chunks cover 6 of 8
+// elements`). At most a few overlapping pairs are reported per tensor.
+void AppendTensorChunkProblems(absl::string_view fqn,
+                               const TensorStorageMetadata& tensor,
+                               std::vector<std::string>* problems);
+
+// OK if every tensor entry of `metadata.state_dict_metadata` is tiled
+// exactly once by its chunks; bytes entries are not checked.
+//
+// Errors: InvalidArgument "invalid global plan: <problem>; <problem>..."
+// listing the problems in key order (at most 20, then a count of the rest).
+absl::Status ValidateGlobalMetadata(const Metadata& metadata);
+
+}  // namespace dcp
+
+#endif  // DCP_PLANNER_PLAN_VALIDATION_H_
