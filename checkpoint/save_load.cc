@@ -1,0 +1,272 @@
+#include "checkpoint/save_load.h"
+
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "ATen/ATen.h"
+#include "absl/strings/str_cat.h"
+#include "checkpoint/dist_wrapper.h"
+#include "checkpoint/fault_point.h"
+#include "checkpoint/metadata_codec.h"
+#include "checkpoint/single_process_group.h"
+#include "checkpoint/status.h"
+#include "checkpoint/torch_status.h"
+#include "glog/logging.h"
+#include "planner/default_load_planner.h"
+#include "planner/default_save_planner.h"
+#include "planner/plan_codec.h"
+
+namespace dcp {
+namespace {
+
+// The group to run on: the caller's, or a world of one for no_dist.
+ProcessGroup& GroupFor(ProcessGroup* requested, bool no_dist,
+                       std::unique_ptr<ProcessGroup>& single) {
+  if (requested != nullptr && !no_dist) return *requested;
+  single = std::make_unique<SingleProcessGroup>();
+  return *single;
+}
+
+template <typename Plan, typename Decode>
+absl::StatusOr<std::vector<Plan>> DecodeAll(std::vector<std::string> encoded,
+                                            Decode decode,
+                                            absl::string_view what) {
+  std::vector<Plan> plans;
+  plans.reserve(encoded.size());
+  for (size_t r = 0; r < encoded.size(); ++r) {
+    absl::StatusOr<Plan> plan = decode(encoded[r]);
+    if (!plan.ok()) {
+      return Annotate(plan.status(), absl::StrCat(what, " of rank ", r));
+    }
+    plans.push_back(*std::move(plan));
+  }
+  return plans;
+}
+
+absl::StatusOr<Value> StageValue(const Value& value);
+
+absl::StatusOr<at::Tensor> StageTensor(const at::Tensor& tensor) {
+  if (!tensor.defined()) return tensor;
+  return TorchCall("staging a tensor", [&] {
+    return tensor.detach().to(at::kCPU).clone(at::MemoryFormat::Contiguous);
+  });
+}
+
+absl::StatusOr<StateDict> StageDict(const StateDict& dict) {
+  StateDict staged;
+  for (const auto& [key, value] : dict.entries()) {
+    absl::StatusOr<Value> copy = StageValue(value);
+    if (!copy.ok()) return Annotate(copy.status(), absl::StrCat("key \"", key, "\""));
+    staged.Set(key, *std::move(copy));
+  }
+  return staged;
+}
+
+absl::StatusOr<Value> StageValue(const Value& value) {
+  if (const auto* tensor = value.get_if<at::Tensor>()) {
+    DCP_ASSIGN_OR_RETURN(at::Tensor copy, StageTensor(*tensor));
+    return Value(std::move(copy));
+  }
+  if (const auto* sharded = value.get_if<ShardedTensor>()) {
+    ShardedTensor copy;
+    copy.global_size = sharded->global_size;
+    for (const Shard& shard : sharded->local_shards) {
+      DCP_ASSIGN_OR_RETURN(at::Tensor data, StageTensor(shard.tensor));
+      copy.local_shards.push_back(Shard{std::move(data), shard.offsets});
+    }
+    return Value(std::move(copy));
+  }
+  if (const auto* list = value.get_if<List>()) {
+    List copy;
+    copy.reserve(list->size());
+    for (const Value& element : *list) {
+      DCP_ASSIGN_OR_RETURN(Value staged, StageValue(element));
+      copy.push_back(std::move(staged));
+    }
+    return Value(std::move(copy));
+  }
+  if (const auto* dict = value.get_if<StateDict>()) {
+    DCP_ASSIGN_OR_RETURN(StateDict copy, StageDict(*dict));
+    return Value(std::move(copy));
+  }
+  return value;  // Non-tensor leaves are values already.
+}
+
+}  // namespace
+
+absl::StatusOr<StateDict> StageStateDict(const StateDict& state_dict) {
+  return StageDict(state_dict);
+}
+
+absl::StatusOr<Metadata> Save(const StateDict& state_dict,
+                              StorageWriter& writer,
+                              const SaveOptions& options) {
+  std::unique_ptr<ProcessGroup> single;
+  ProcessGroup& pg = GroupFor(options.process_group, options.no_dist, single);
+  DCP_ASSIGN_OR_RETURN(
+      DistWrapper dist,
+      DistWrapper::Create(pg, options.coordinator_rank,
+                          options.collective_timeout));
+  if (options.checkpoint_id.has_value()) {
+    DCP_RETURN_IF_ERROR(writer.Reset(options.checkpoint_id));
+  }
+  DefaultSavePlanner default_planner;
+  SavePlanner& planner =
+      options.planner != nullptr ? *options.planner : default_planner;
+
+  // Kept on the coordinator between the plan and write steps.
+  Metadata global_metadata;
+
+  DCP_ASSIGN_OR_RETURN(
+      std::string central_plan,
+      dist.ReduceScatter(
+          "save.plan",
+          [&]() -> absl::StatusOr<std::string> {
+            DCP_RETURN_IF_ERROR(FaultPoint("save.plan"));
+            std::optional<StorageMeta> storage_meta =
+                writer.StorageMetaForSave();
+            DCP_RETURN_IF_ERROR(planner.SetUp(
+                state_dict, storage_meta ? &*storage_meta : nullptr,
+                dist.is_coordinator()));
+            DCP_RETURN_IF_ERROR(writer.SetUp(dist.is_coordinator()));
+            DCP_ASSIGN_OR_RETURN(SavePlan plan, planner.CreateLocalPlan());
+            DCP_ASSIGN_OR_RETURN(plan, writer.PrepareLocalPlan(std::move(plan)));
+            return EncodeSavePlan(plan);
+          },
+          [&](std::vector<std::string> encoded)
+              -> absl::StatusOr<std::vector<std::string>> {
+            DCP_RETURN_IF_ERROR(FaultPoint("save.global_plan"));
+            DCP_ASSIGN_OR_RETURN(
+                std::vector<SavePlan> plans,
+                DecodeAll<SavePlan>(std::move(encoded), DecodeSavePlan,
+                                    "local save plan"));
+            DCP_ASSIGN_OR_RETURN(GlobalSavePlan global,
+                                 planner.CreateGlobalPlan(std::move(plans)));
+            DCP_ASSIGN_OR_RETURN(
+                plans, writer.PrepareGlobalPlan(std::move(global.plans)));
+            global_metadata = std::move(global.metadata);
+            std::vector<std::string> out;
+            out.reserve(plans.size());
+            for (const SavePlan& plan : plans) out.push_back(EncodeSavePlan(plan));
+            return out;
+          }));
+
+  DCP_ASSIGN_OR_RETURN(
+      std::string encoded_metadata,
+      dist.AllReduce(
+          "save.write",
+          [&]() -> absl::StatusOr<std::string> {
+            DCP_RETURN_IF_ERROR(FaultPoint("save.write"));
+            DCP_ASSIGN_OR_RETURN(SavePlan plan, DecodeSavePlan(central_plan));
+            DCP_ASSIGN_OR_RETURN(plan, planner.FinishPlan(std::move(plan)));
+            DCP_ASSIGN_OR_RETURN(std::vector<WriteResult> results,
+                                 writer.WriteData(plan, planner));
+            return EncodeWriteResults(results);
+          },
+          [&](std::vector<std::string> encoded) -> absl::StatusOr<std::string> {
+            DCP_RETURN_IF_ERROR(FaultPoint("save.finish"));
+            DCP_ASSIGN_OR_RETURN(
+                std::vector<std::vector<WriteResult>> results,
+                DecodeAll<std::vector<WriteResult>>(
+                    std::move(encoded), DecodeWriteResults, "write results"));
+            DCP_RETURN_IF_ERROR(writer.Finish(global_metadata, results));
+            if (dist.is_coordinator()) {
+              LOG(INFO) << "dcp save committed: ranks=" << dist.world_size()
+                        << " keys=" << global_metadata.state_dict_metadata.size()
+                        << " items=" << global_metadata.storage_data.size();
+            }
+            return EncodeMetadata(global_metadata);
+          }));
+  return DecodeMetadata(encoded_metadata);
+}
+
+absl::Status Load(StateDict& state_dict, StorageReader& reader,
+                  const LoadOptions& options) {
+  std::unique_ptr<ProcessGroup> single;
+  ProcessGroup& pg = GroupFor(options.process_group, options.no_dist, single);
+  DCP_ASSIGN_OR_RETURN(
+      DistWrapper dist,
+      DistWrapper::Create(pg, options.coordinator_rank,
+                          options.collective_timeout));
+  if (options.checkpoint_id.has_value()) {
+    DCP_RETURN_IF_ERROR(reader.Reset(options.checkpoint_id));
+  }
+  DefaultLoadPlanner default_planner;
+  LoadPlanner& planner =
+      options.planner != nullptr ? *options.planner : default_planner;
+
+  DCP_ASSIGN_OR_RETURN(
+      std::string central_plan,
+      dist.ReduceScatter(
+          "load.plan",
+          [&]() -> absl::StatusOr<std::string> {
+            DCP_RETURN_IF_ERROR(FaultPoint("load.plan"));
+            DCP_ASSIGN_OR_RETURN(Metadata metadata, reader.ReadMetadata());
+            DCP_RETURN_IF_ERROR(
+                planner.SetUp(&state_dict, metadata, dist.is_coordinator()));
+            DCP_RETURN_IF_ERROR(reader.SetUp(metadata, dist.is_coordinator()));
+            DCP_ASSIGN_OR_RETURN(LoadPlan plan, planner.CreateLocalPlan());
+            DCP_ASSIGN_OR_RETURN(plan, reader.PrepareLocalPlan(std::move(plan)));
+            return EncodeLoadPlan(plan);
+          },
+          [&](std::vector<std::string> encoded)
+              -> absl::StatusOr<std::vector<std::string>> {
+            DCP_RETURN_IF_ERROR(FaultPoint("load.global_plan"));
+            DCP_ASSIGN_OR_RETURN(
+                std::vector<LoadPlan> plans,
+                DecodeAll<LoadPlan>(std::move(encoded), DecodeLoadPlan,
+                                    "local load plan"));
+            DCP_ASSIGN_OR_RETURN(plans,
+                                 planner.CreateGlobalPlan(std::move(plans)));
+            DCP_ASSIGN_OR_RETURN(plans,
+                                 reader.PrepareGlobalPlan(std::move(plans)));
+            std::vector<std::string> out;
+            out.reserve(plans.size());
+            for (const LoadPlan& plan : plans) out.push_back(EncodeLoadPlan(plan));
+            return out;
+          }));
+
+  return dist.AllGather("load.read", [&]() -> absl::Status {
+    DCP_RETURN_IF_ERROR(FaultPoint("load.read"));
+    DCP_ASSIGN_OR_RETURN(LoadPlan plan, DecodeLoadPlan(central_plan));
+    DCP_ASSIGN_OR_RETURN(plan, planner.FinishPlan(std::move(plan)));
+    return reader.ReadData(plan, planner);
+  });
+}
+
+Future<Metadata> AsyncSave(const StateDict& state_dict,
+                           std::shared_ptr<StorageWriter> writer,
+                           AsyncSaveOptions options) {
+  if (!options.executor) {
+    return absl::InvalidArgumentError("AsyncSave needs an executor");
+  }
+  if (writer == nullptr) {
+    return absl::InvalidArgumentError("AsyncSave needs a storage writer");
+  }
+  absl::StatusOr<StateDict> staged = StageStateDict(state_dict);
+  if (!staged.ok()) return Annotate(staged.status(), "staging for async save");
+
+  PromiseFuturePair<Metadata> pair = PromiseFuturePair<Metadata>::Make();
+  // Fault points fire on the rank that scheduled the save, in the background.
+  FaultPointHandler* fault_handler = CurrentFaultPointHandler();
+  Executor executor = std::move(options.executor);
+  executor([promise = std::move(pair.promise),
+            staged = std::make_shared<StateDict>(*std::move(staged)),
+            writer = std::move(writer), options = std::move(options),
+            fault_handler]() mutable {
+    ScopedFaultPointHandler faults(fault_handler);
+    SaveOptions save_options;
+    save_options.process_group = options.process_group.get();
+    save_options.no_dist = options.no_dist;
+    save_options.coordinator_rank = options.coordinator_rank;
+    save_options.planner = options.planner.get();
+    save_options.checkpoint_id = options.checkpoint_id;
+    save_options.collective_timeout = options.collective_timeout;
+    promise.Set(Save(*staged, *writer, save_options));
+  });
+  return std::move(pair.future);
+}
+
+}  // namespace dcp

@@ -1,0 +1,114 @@
+// -----------------------------------------------------------------------------
+// File: checkpoint/save_load.h
+// -----------------------------------------------------------------------------
+//
+// The collective save and load protocol (pytorch-dcp-format.md §6), as free
+// functions. `Checkpointer` (checkpoint/checkpointer.h) is the facade most
+// callers want; these are what it runs.
+//
+// Save, on every rank:
+//   "plan":  SetUp + local plan on all ranks -> [Gather] -> global plan and
+//            Metadata on the coordinator -> [Scatter] one plan per rank
+//   "write": finish plan + write on all ranks -> [Gather] write results ->
+//            the coordinator commits (StorageWriter::Finish) ->
+//            [Broadcast] the final Metadata (or the error) to every rank
+// Load, on every rank:
+//   "plan":  read metadata + SetUp + local plan -> [Gather] -> global plan
+//            on the coordinator -> [Scatter]
+//   "read":  finish plan + read on all ranks -> [AllGather] of statuses
+//
+// Errors: an error on any rank in any phase reaches every rank as the same
+// status (see checkpoint/dist_wrapper.h), naming every failing rank with
+// its message. A peer that dies or stops answering surfaces as the process
+// group's Aborted or DeadlineExceeded. Bad options are InvalidArgument.
+//
+// Thread safety: every rank calls Save/Load (or AsyncSave) in the same order
+// from one thread. Ownership: the state dict, storage, planner and process
+// group must outlive the call.
+#ifndef DCP_CHECKPOINT_SAVE_LOAD_H_
+#define DCP_CHECKPOINT_SAVE_LOAD_H_
+
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "checkpoint/executor.h"
+#include "checkpoint/future.h"
+#include "checkpoint/metadata.h"
+#include "checkpoint/process_group.h"
+#include "checkpoint/state_dict.h"
+#include "planner/planner.h"
+#include "storage/storage.h"
+
+namespace dcp {
+
+struct SaveOptions {
+  // The ranks saving together. Null, or `no_dist`, saves from this process
+  // alone without any collective.
+  ProcessGroup* process_group = nullptr;
+  bool no_dist = false;
+  // The rank that plans globally and commits; a rank of `process_group`.
+  int coordinator_rank = 0;
+  // Null uses a DefaultSavePlanner.
+  SavePlanner* planner = nullptr;
+  // When set, the writer is Reset to it first.
+  std::optional<std::string> checkpoint_id;
+  // Deadline of each collective, from its start.
+  absl::Duration collective_timeout = absl::Minutes(10);
+};
+
+struct LoadOptions {
+  ProcessGroup* process_group = nullptr;
+  bool no_dist = false;
+  int coordinator_rank = 0;
+  // Null uses a DefaultLoadPlanner.
+  LoadPlanner* planner = nullptr;
+  std::optional<std::string> checkpoint_id;
+  absl::Duration collective_timeout = absl::Minutes(10);
+};
+
+// Saves `state_dict` collectively and returns the checkpoint's Metadata
+// (the same on every rank).
+absl::StatusOr<Metadata> Save(const StateDict& state_dict,
+                              StorageWriter& writer,
+                              const SaveOptions& options = {});
+
+// Loads into `state_dict` in place: tensors (and each local shard of a
+// sharded tensor) receive exactly their region; non-tensor values are
+// replaced by the saved ones.
+absl::Status Load(StateDict& state_dict, StorageReader& reader,
+                  const LoadOptions& options = {});
+
+// A deep copy of `state_dict` whose tensors are fresh contiguous CPU copies
+// (sharded tensors keep their layout), so the caller may modify or free its
+// own tensors at once. Non-tensor values are copied by value.
+absl::StatusOr<StateDict> StageStateDict(const StateDict& state_dict);
+
+struct AsyncSaveOptions {
+  // As in SaveOptions, but shared: the background save keeps them alive.
+  // The background save runs its collectives on `process_group`, so the
+  // caller must not use that group concurrently (Checkpointer uses a
+  // dedicated fork of the caller's group).
+  std::shared_ptr<ProcessGroup> process_group;
+  bool no_dist = false;
+  int coordinator_rank = 0;
+  std::shared_ptr<SavePlanner> planner;
+  std::optional<std::string> checkpoint_id;
+  absl::Duration collective_timeout = absl::Minutes(10);
+  // Runs the background save. Must be set.
+  Executor executor;
+};
+
+// Stages `state_dict` (StageStateDict) before returning, then runs Save on
+// `options.executor`. The future yields the Metadata or the error. A
+// staging error is returned as an already-failed future.
+Future<Metadata> AsyncSave(const StateDict& state_dict,
+                           std::shared_ptr<StorageWriter> writer,
+                           AsyncSaveOptions options);
+
+}  // namespace dcp
+
+#endif  // DCP_CHECKPOINT_SAVE_LOAD_H_
