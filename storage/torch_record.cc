@@ -1,0 +1,1095 @@
+// The data.pkl of a tensor record, as written here (protocol 2, no memo;
+// torch 2.6 writes the same opcodes plus BINPUT memo entries):
+//
+//   PROTO 2
+//   GLOBAL 'torch._utils _rebuild_tensor_v2'
+//   MARK
+//     MARK 'storage' GLOBAL 'torch FloatStorage' '0' 'cpu' <numel> TUPLE
+//     BINPERSID
+//     <storage_offset> <size tuple> <stride tuple> NEWFALSE
+//     GLOBAL 'collections OrderedDict' EMPTY_TUPLE REDUCE
+//   TUPLE REDUCE STOP
+//
+// Dtypes without a legacy storage class (complex32 in libtorch 1.13) use
+// `_rebuild_tensor_v3`, `torch.storage UntypedStorage` with the storage size
+// in bytes, and a trailing dtype global (`torch complex32`).
+
+#include "storage/torch_record.h"
+
+#include <ATen/ATen.h>
+#include <c10/core/GradMode.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <limits>
+#include <map>
+#include <optional>
+#include <string>
+#include <utility>
+#include <variant>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/escaping.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/string_view.h"
+#include "checkpoint/metadata.h"
+#include "checkpoint/state_dict.h"
+#include "checkpoint/status.h"
+#include "checkpoint/torch_status.h"
+#include "storage/pickle.h"
+#include "storage/zip.h"
+
+namespace dcp {
+namespace {
+
+using Kind = PickleValue::Kind;
+
+constexpr absl::string_view kPrefix = "archive/";
+constexpr absl::string_view kByteOrder = "little";
+constexpr absl::string_view kVersion = "3\n";
+constexpr absl::string_view kStorageKey = "0";
+// More dimensions than any real tensor; bounds work on hostile input.
+constexpr size_t kMaxDims = 1024;
+
+// ---- dtypes -----------------------------------------------------------------
+
+struct DtypeSpec {
+  c10::ScalarType type;
+  // The legacy storage class torch pickles for the dtype (`torch.<class>`),
+  // or null if torch uses UntypedStorage and `_rebuild_tensor_v3`.
+  const char* storage_class;
+  // `torch.<name>`, as torch.dtype pickles itself.
+  const char* name;
+};
+
+constexpr DtypeSpec kDtypes[] = {
+    {c10::ScalarType::Double, "DoubleStorage", "float64"},
+    {c10::ScalarType::Float, "FloatStorage", "float32"},
+    {c10::ScalarType::Half, "HalfStorage", "float16"},
+    {c10::ScalarType::Long, "LongStorage", "int64"},
+    {c10::ScalarType::Int, "IntStorage", "int32"},
+    {c10::ScalarType::Short, "ShortStorage", "int16"},
+    {c10::ScalarType::Char, "CharStorage", "int8"},
+    {c10::ScalarType::Byte, "ByteStorage", "uint8"},
+    {c10::ScalarType::Bool, "BoolStorage", "bool"},
+    {c10::ScalarType::BFloat16, "BFloat16Storage", "bfloat16"},
+    {c10::ScalarType::ComplexDouble, "ComplexDoubleStorage", "complex128"},
+    {c10::ScalarType::ComplexFloat, "ComplexFloatStorage", "complex64"},
+    {c10::ScalarType::ComplexHalf, nullptr, "complex32"},
+};
+
+constexpr const char* kQuantizedStorages[] = {
+    "QInt8Storage", "QInt32Storage", "QUInt8Storage", "QUInt4x2Storage",
+    "QUInt2x4Storage"};
+
+const DtypeSpec* FindDtype(c10::ScalarType type) {
+  for (const DtypeSpec& d : kDtypes) {
+    if (d.type == type) return &d;
+  }
+  return nullptr;
+}
+
+// ---- Writing ----------------------------------------------------------------
+
+std::string SerializationId(uint32_t pkl_crc, uint32_t data_crc,
+                            uint64_t data_size) {
+  const uint64_t combined = (uint64_t{pkl_crc} << 32) | data_crc;
+  return absl::StrFormat("%020u%020u", combined, data_size);
+}
+
+// The record's bytes around the (optional) storage data: `prefix` ends where
+// data/0's data starts and `suffix` follows it.
+struct RecordPieces {
+  std::string prefix;
+  std::string suffix;
+};
+
+struct StorageData {
+  uint64_t size = 0;
+  uint32_t crc32 = 0;
+};
+
+absl::StatusOr<RecordPieces> LayOutRecord(
+    absl::string_view pkl, const std::optional<StorageData>& storage) {
+  const uint32_t pkl_crc = Crc32(pkl);
+  const std::string id = SerializationId(pkl_crc, storage ? storage->crc32 : 0,
+                                         storage ? storage->size : 0);
+  std::vector<ZipEntrySpec> specs;
+  specs.push_back({absl::StrCat(kPrefix, "data.pkl"), pkl.size(), pkl_crc});
+  specs.push_back({absl::StrCat(kPrefix, "byteorder"), kByteOrder.size(),
+                   Crc32(kByteOrder)});
+  if (storage) {
+    specs.push_back({absl::StrCat(kPrefix, "data/", kStorageKey), storage->size,
+                     storage->crc32});
+  }
+  specs.push_back(
+      {absl::StrCat(kPrefix, "version"), kVersion.size(), Crc32(kVersion)});
+  specs.push_back(
+      {absl::StrCat(kPrefix, ".data/serialization_id"), id.size(), Crc32(id)});
+  DCP_ASSIGN_OR_RETURN(ZipLayout layout, ZipLayout::Create(std::move(specs)));
+
+  RecordPieces pieces;
+  size_t i = 0;
+  absl::StrAppend(&pieces.prefix, layout.header(i++), pkl);
+  absl::StrAppend(&pieces.prefix, layout.header(i++), kByteOrder);
+  std::string* out = &pieces.prefix;
+  if (storage) {
+    absl::StrAppend(&pieces.prefix, layout.header(i++));
+    out = &pieces.suffix;
+  }
+  absl::StrAppend(out, layout.header(i++), kVersion);
+  absl::StrAppend(out, layout.header(i++), id, layout.trailer());
+  return pieces;
+}
+
+void WriteIntTuple(PickleWriter& w, const std::vector<int64_t>& values) {
+  w.WriteTuple(values.size(), [&](size_t i) { w.WriteInt(values[i]); });
+}
+
+absl::StatusOr<std::string> TensorPickle(const DtypeSpec& dtype,
+                                         int64_t storage_numel,
+                                         int64_t storage_offset,
+                                         const std::vector<int64_t>& sizes,
+                                         const std::vector<int64_t>& strides) {
+  const bool v3 = dtype.storage_class == nullptr;
+  PickleWriter w;
+  w.WriteGlobal("torch._utils",
+                v3 ? "_rebuild_tensor_v3" : "_rebuild_tensor_v2");
+  w.WriteTuple(v3 ? 7 : 6, [&](size_t i) {
+    switch (i) {
+      case 0:
+        w.WriteTuple(5, [&](size_t j) {
+          switch (j) {
+            case 0:
+              w.WriteString("storage");
+              break;
+            case 1:
+              if (v3) {
+                w.WriteGlobal("torch.storage", "UntypedStorage");
+              } else {
+                w.WriteGlobal("torch", dtype.storage_class);
+              }
+              break;
+            case 2:
+              w.WriteString(kStorageKey);
+              break;
+            case 3:
+              w.WriteString("cpu");
+              break;
+            default:
+              w.WriteInt(storage_numel);
+              break;
+          }
+        });
+        w.EmitBinPersId();
+        break;
+      case 1:
+        w.WriteInt(storage_offset);
+        break;
+      case 2:
+        WriteIntTuple(w, sizes);
+        break;
+      case 3:
+        WriteIntTuple(w, strides);
+        break;
+      case 4:
+        w.WriteBool(false);  // requires_grad: DCP saves detached tensors.
+        break;
+      case 5:
+        w.WriteGlobal("collections", "OrderedDict");  // backward hooks
+        w.EmitEmptyTuple();
+        w.EmitReduce();
+        break;
+      default:
+        w.WriteGlobal("torch", dtype.name);
+        break;
+    }
+  });
+  w.EmitReduce();
+  return std::move(w).Finish();
+}
+
+// ---- Reading: layout validation ---------------------------------------------
+
+using u128 = unsigned __int128;
+
+absl::Status RecordError(absl::string_view message) {
+  return absl::DataLossError(absl::StrCat("tensor record: ", message));
+}
+
+// Checks sizes, strides and offset against a storage of `storage_bytes`.
+absl::Status ValidateLayout(c10::ScalarType dtype, const Shape& sizes,
+                            const Shape& strides, int64_t storage_offset,
+                            uint64_t storage_bytes) {
+  if (FindDtype(dtype) == nullptr) {
+    return RecordError(
+        absl::StrCat("unsupported dtype ", c10::toString(dtype)));
+  }
+  const uint64_t item = c10::elementSize(dtype);
+  if (sizes.size() != strides.size() || sizes.size() > kMaxDims) {
+    return RecordError(
+        absl::StrCat(sizes.size(), " sizes and ", strides.size(), " strides"));
+  }
+  if (storage_offset < 0) {
+    return RecordError(
+        absl::StrCat("negative storage offset ", storage_offset));
+  }
+  if (storage_bytes % item != 0) {
+    return RecordError(absl::StrCat("storage of ", storage_bytes,
+                                    " bytes is not a whole number of ", item,
+                                    "-byte elements"));
+  }
+  const uint64_t storage_elements = storage_bytes / item;
+  bool empty = false;
+  u128 last = static_cast<uint64_t>(storage_offset);
+  for (size_t d = 0; d < sizes.size(); ++d) {
+    if (sizes[d] < 0 || strides[d] < 0) {
+      return RecordError(absl::StrCat("negative size or stride in dimension ",
+                                      d, ": size [", absl::StrJoin(sizes, ", "),
+                                      "], stride [",
+                                      absl::StrJoin(strides, ", "), "]"));
+    }
+    if (sizes[d] == 0) empty = true;
+    // Each term is below 2^126; their sum over <= 1024 dims fits in 128 bits.
+    if (sizes[d] > 0) {
+      last +=
+          static_cast<u128>(sizes[d] - 1) * static_cast<uint64_t>(strides[d]);
+    }
+  }
+  if (empty ? static_cast<u128>(storage_offset) > storage_elements
+            : last >= storage_elements) {
+    return RecordError(absl::StrCat(
+        "size [", absl::StrJoin(sizes, ", "), "], stride [",
+        absl::StrJoin(strides, ", "), "] and offset ", storage_offset,
+        " reach beyond the storage of ", storage_elements, " elements"));
+  }
+  return absl::OkStatus();
+}
+
+// ---- Reading: data.pkl ------------------------------------------------------
+
+std::string Describe(const PickleValue& v) { return v.DebugString(120); }
+
+absl::StatusOr<int64_t> IntOf(const PickleValue& v, absl::string_view what) {
+  if (v.kind() != Kind::kInt) {
+    return RecordError(
+        absl::StrCat("data.pkl: ", what, " is ", Describe(v), ", not an int"));
+  }
+  return v.int_value();
+}
+
+absl::StatusOr<std::string> StringOf(const PickleValue& v,
+                                     absl::string_view what) {
+  if (v.kind() != Kind::kString) {
+    return RecordError(
+        absl::StrCat("data.pkl: ", what, " is ", Describe(v), ", not a str"));
+  }
+  return v.string_value();
+}
+
+// A tuple of ints, or torch.Size(tuple) as older writers pickle sizes.
+absl::StatusOr<Shape> IntTupleOf(const PickleValue& v, absl::string_view what) {
+  const PickleValue* tuple = &v;
+  if (v.kind() == Kind::kObject && v.callable().IsGlobal("torch", "Size") &&
+      v.args().kind() == Kind::kTuple && v.args().num_items() == 1) {
+    tuple = &v.args().item(0);
+  }
+  if (tuple->kind() != Kind::kTuple) {
+    return RecordError(
+        absl::StrCat("data.pkl: ", what, " is ", Describe(v), ", not a tuple"));
+  }
+  if (tuple->num_items() > kMaxDims) {
+    return RecordError(absl::StrCat("data.pkl: ", what, " has ",
+                                    tuple->num_items(), " dimensions"));
+  }
+  Shape out;
+  out.reserve(tuple->num_items());
+  for (size_t i = 0; i < tuple->num_items(); ++i) {
+    DCP_ASSIGN_OR_RETURN(
+        int64_t x, IntOf(tuple->item(i), absl::StrCat(what, "[", i, "]")));
+    out.push_back(x);
+  }
+  return out;
+}
+
+// What data.pkl says, before it is matched with the zip entries.
+struct PickledTensor {
+  c10::ScalarType dtype = c10::ScalarType::Undefined;
+  bool untyped_storage = false;
+  int64_t storage_numel = 0;  // Elements, or bytes if untyped.
+  std::string key;
+  std::string location;
+  int64_t storage_offset = 0;
+  Shape sizes;
+  Shape strides;
+};
+
+absl::Status UnsupportedRebuild(const PickleValue& callable) {
+  const std::string& name = callable.name();
+  absl::string_view what = "";
+  if (name == "_rebuild_qtensor") {
+    what = " (quantized tensors are not supported)";
+  } else if (absl::string_view(name).find("sparse") !=
+             absl::string_view::npos) {
+    what = " (sparse tensors are not supported)";
+  } else if (name == "_rebuild_from_type_v2" ||
+             name == "_rebuild_wrapper_subclass") {
+    what = " (tensor subclasses are not supported)";
+  } else if (absl::string_view(name).find("parameter") !=
+             absl::string_view::npos) {
+    what = " (DCP saves plain tensors, not nn.Parameter)";
+  }
+  return absl::UnimplementedError(
+      absl::StrCat("tensor record: unsupported rebuild function ",
+                   callable.module(), ".", name, what));
+}
+
+absl::Status ParseStorageType(const PickleValue& type, PickledTensor& out) {
+  if (type.kind() != Kind::kGlobal) {
+    return RecordError(absl::StrCat("data.pkl: storage type is ",
+                                    Describe(type), ", not a class"));
+  }
+  if ((type.module() == "torch.storage" || type.module() == "torch") &&
+      type.name() == "UntypedStorage") {
+    out.untyped_storage = true;
+    return absl::OkStatus();
+  }
+  if (type.module() == "torch") {
+    for (const DtypeSpec& d : kDtypes) {
+      if (d.storage_class != nullptr && type.name() == d.storage_class) {
+        out.dtype = d.type;
+        return absl::OkStatus();
+      }
+    }
+    for (const char* q : kQuantizedStorages) {
+      if (type.name() == q) {
+        return absl::UnimplementedError(absl::StrCat(
+            "tensor record: quantized storage torch.", q, " is not supported"));
+      }
+    }
+  }
+  return RecordError(absl::StrCat("data.pkl: unknown storage type ",
+                                  type.module(), ".", type.name()));
+}
+
+absl::StatusOr<PickledTensor> ParseTensorPickle(const PickleValue& root) {
+  if (root.kind() != Kind::kObject ||
+      root.construction() != PickleValue::Construction::kReduce ||
+      root.callable().kind() != Kind::kGlobal) {
+    return RecordError(
+        absl::StrCat("data.pkl holds ", Describe(root), ", not a tensor"));
+  }
+  const PickleValue& callable = root.callable();
+  const bool v2 = callable.IsGlobal("torch._utils", "_rebuild_tensor_v2");
+  const bool v3 = callable.IsGlobal("torch._utils", "_rebuild_tensor_v3");
+  if (!v2 && !v3) {
+    if (absl::string_view(callable.name()).substr(0, 9) == "_rebuild_" &&
+        absl::string_view(callable.module()).substr(0, 5) == "torch") {
+      return UnsupportedRebuild(callable);
+    }
+    return RecordError(
+        absl::StrCat("data.pkl holds ", Describe(root), ", not a tensor"));
+  }
+  if (root.has_state() || root.has_kwargs()) {
+    return absl::UnimplementedError(
+        "tensor record: tensors with Python state are not supported");
+  }
+  const PickleValue& args = root.args();
+  // v2: storage, offset, size, stride, requires_grad, hooks[, metadata]
+  // v3: the same, then dtype[, metadata]
+  const size_t base = v3 ? 7 : 6;
+  if (args.kind() != Kind::kTuple ||
+      (args.num_items() != base && args.num_items() != base + 1)) {
+    return RecordError(absl::StrCat("data.pkl: ", callable.name(),
+                                    " arguments ", Describe(args)));
+  }
+  if (args.num_items() == base + 1) {
+    const PickleValue& metadata = args.item(base);
+    const bool empty = metadata.is_none() || (metadata.kind() == Kind::kDict &&
+                                              metadata.num_entries() == 0);
+    if (!empty) {
+      return absl::UnimplementedError(
+          absl::StrCat("tensor record: tensor metadata ", Describe(metadata),
+                       " is not supported"));
+    }
+  }
+
+  PickledTensor out;
+  const PickleValue& pid_value = args.item(0);
+  if (pid_value.kind() != Kind::kPersistentId) {
+    return RecordError(absl::StrCat("data.pkl: storage argument is ",
+                                    Describe(pid_value),
+                                    ", not a persistent id"));
+  }
+  const PickleValue& pid = pid_value.persistent_id();
+  if (pid.kind() != Kind::kTuple || pid.num_items() != 5 ||
+      pid.item(0).kind() != Kind::kString ||
+      pid.item(0).string_value() != "storage") {
+    return RecordError(
+        absl::StrCat("data.pkl: persistent id ", Describe(pid),
+                     " is not ('storage', type, key, location, numel)"));
+  }
+  DCP_RETURN_IF_ERROR(ParseStorageType(pid.item(1), out));
+  DCP_ASSIGN_OR_RETURN(out.key, StringOf(pid.item(2), "storage key"));
+  DCP_ASSIGN_OR_RETURN(out.location, StringOf(pid.item(3), "storage location"));
+  DCP_ASSIGN_OR_RETURN(out.storage_numel, IntOf(pid.item(4), "storage numel"));
+  if (out.storage_numel < 0) {
+    return RecordError(
+        absl::StrCat("data.pkl: negative storage numel ", out.storage_numel));
+  }
+  DCP_ASSIGN_OR_RETURN(out.storage_offset,
+                       IntOf(args.item(1), "storage offset"));
+  DCP_ASSIGN_OR_RETURN(out.sizes, IntTupleOf(args.item(2), "size"));
+  DCP_ASSIGN_OR_RETURN(out.strides, IntTupleOf(args.item(3), "stride"));
+
+  if (v3) {
+    const PickleValue& dtype = args.item(6);
+    if (dtype.kind() != Kind::kGlobal || dtype.module() != "torch") {
+      return RecordError(
+          absl::StrCat("data.pkl: dtype argument is ", Describe(dtype)));
+    }
+    // metadata.h's names: torch's, plus the aliases ("float", "cdouble").
+    absl::StatusOr<c10::ScalarType> type = DtypeFromName(dtype.name());
+    if (!type.ok() || FindDtype(*type) == nullptr) {
+      return absl::UnimplementedError(
+          absl::StrCat("tensor record: dtype torch.", dtype.name(),
+                       " is not supported by this libtorch"));
+    }
+    if (!out.untyped_storage && out.dtype != *type) {
+      return RecordError(absl::StrCat("data.pkl: typed storage of ",
+                                      c10::toString(out.dtype),
+                                      " with dtype torch.", dtype.name()));
+    }
+    out.dtype = *type;
+  } else if (out.untyped_storage) {
+    return RecordError(
+        "data.pkl: _rebuild_tensor_v2 with an UntypedStorage has no dtype");
+  }
+  return out;
+}
+
+absl::Status CheckVersionAndByteOrder(ZipByteSource& source,
+                                      const ZipDirectory& dir) {
+  const ZipEntry* version = dir.Find("version");
+  if (version == nullptr) {
+    return absl::DataLossError(
+        absl::StrCat("torch.save record has no ", dir.prefix,
+                     "version entry (torch.load requires it)"));
+  }
+  if (version->size == 0 || version->size > 32) {
+    return absl::DataLossError(
+        absl::StrCat("torch.save record: version entry "
+                     "of ",
+                     version->size, " bytes"));
+  }
+  DCP_ASSIGN_OR_RETURN(absl::string_view text,
+                       source.Read(version->data_offset, version->size));
+  absl::string_view digits = text;
+  if (!digits.empty() && digits.back() == '\n') digits.remove_suffix(1);
+  if (digits.empty() || !std::all_of(digits.begin(), digits.end(), [](char c) {
+        return c >= '0' && c <= '9';
+      })) {
+    return absl::DataLossError(absl::StrCat("torch.save record: version \"",
+                                            absl::CEscape(text),
+                                            "\" is not a number"));
+  }
+  if (const ZipEntry* order = dir.Find("byteorder")) {
+    if (order->size > 16) {
+      return absl::DataLossError("torch.save record: byteorder entry too long");
+    }
+    DCP_ASSIGN_OR_RETURN(absl::string_view value,
+                         source.Read(order->data_offset, order->size));
+    if (value == "big") {
+      return absl::UnimplementedError(
+          "torch.save record: big-endian records are not supported");
+    }
+    if (value != kByteOrder) {
+      return absl::DataLossError(absl::StrCat("torch.save record: byteorder \"",
+                                              absl::CEscape(value), "\""));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<PickleValue> ReadRecordPickle(ZipByteSource& source,
+                                             const ZipDirectory& dir) {
+  const ZipEntry* pkl = dir.Find("data.pkl");
+  if (pkl == nullptr) {
+    return absl::DataLossError(
+        absl::StrCat("torch.save record has no ", dir.prefix, "data.pkl"));
+  }
+  DCP_ASSIGN_OR_RETURN(absl::string_view bytes,
+                       source.Read(pkl->data_offset, pkl->size));
+  PickleReadOptions options;
+  // Nothing is ever called; the interpretation below decides what is valid,
+  // so that errors can name what was found.
+  options.allow_global = [](absl::string_view, absl::string_view) {
+    return true;
+  };
+  options.allow_persistent_ids = true;
+  absl::StatusOr<PickleValue> value = ReadPickle(bytes, options);
+  if (!value.ok()) {
+    return absl::DataLossError(absl::StrCat("torch.save record: data.pkl: ",
+                                            value.status().message()));
+  }
+  return value;
+}
+
+// ---- Reading: boxes ---------------------------------------------------------
+
+Shape ContiguousStrides(const Shape& sizes) {
+  Shape strides(sizes.size());
+  int64_t s = 1;
+  for (size_t d = sizes.size(); d-- > 0;) {
+    strides[d] = s;
+    s *= std::max<int64_t>(sizes[d], 1);
+  }
+  return strides;
+}
+
+// ---- Values -----------------------------------------------------------------
+
+// Checks that `value` holds only picklable non-tensor values.
+absl::Status CheckPicklable(const Value& value, const std::string& path) {
+  if (value.is_tensor_like()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "cannot save ", path, " (a ", value.TypeName(),
+        ") as a value record; tensors are saved as tensor records"));
+  }
+  if (const List* list = value.get_if<List>()) {
+    for (size_t i = 0; i < list->size(); ++i) {
+      DCP_RETURN_IF_ERROR(
+          CheckPicklable((*list)[i], absl::StrCat(path, "[", i, "]")));
+    }
+  } else if (const StateDict* dict = value.get_if<StateDict>()) {
+    for (const auto& [key, item] : dict->entries()) {
+      DCP_RETURN_IF_ERROR(CheckPicklable(
+          item, absl::StrCat(path, "[\"", absl::CEscape(key), "\"]")));
+    }
+  }
+  return absl::OkStatus();
+}
+
+void PickleValueOf(PickleWriter& w, const Value& value) {
+  struct Visitor {
+    PickleWriter& w;
+    void operator()(None) const { w.WriteNone(); }
+    void operator()(bool b) const { w.WriteBool(b); }
+    void operator()(int64_t i) const { w.WriteInt(i); }
+    void operator()(double d) const { w.WriteFloat(d); }
+    void operator()(const std::string& s) const { w.WriteString(s); }
+    void operator()(const Bytes& b) const {
+      if (!b.data.empty()) {
+        w.WriteBytes(b.data);
+        return;
+      }
+      // Python writes b"" as `__builtin__.bytes()`, which torch.load's
+      // weights_only unpickler refuses; `_codecs.encode("", "latin1")` is
+      // the same value and accepted.
+      w.WriteGlobal("_codecs", "encode");
+      w.WriteTuple(2, [&](size_t i) { w.WriteString(i == 0 ? "" : "latin1"); });
+      w.EmitReduce();
+    }
+    void operator()(const List& list) const {
+      w.WriteList(list.size(), [&](size_t i) { PickleValueOf(w, list[i]); });
+    }
+    void operator()(const StateDict& dict) const {
+      const auto& entries = dict.entries();
+      w.WriteDict(entries.size(), [&](size_t i) {
+        w.WriteString(entries[i].first);
+        PickleValueOf(w, entries[i].second);
+      });
+    }
+    // Rejected by CheckPicklable before writing.
+    void operator()(const at::Tensor&) const { w.WriteNone(); }
+    void operator()(const ShardedTensor&) const { w.WriteNone(); }
+  };
+  std::visit(Visitor{w}, value.variant());
+}
+
+absl::Status Unsupported(absl::string_view type, const std::string& path) {
+  return absl::UnimplementedError(absl::StrCat(
+      "value record: unsupported pickled type ", type, " at ", path));
+}
+
+absl::StatusOr<Value> ValueFromPickle(const PickleValue& v,
+                                      const std::string& path);
+
+absl::StatusOr<Value> DictFromEntries(const PickleValue& dict,
+                                      const std::string& path) {
+  StateDict out;
+  std::map<std::string, bool> key_is_int;
+  for (size_t i = 0; i < dict.num_entries(); ++i) {
+    const PickleValue& k = dict.key(i);
+    std::string key;
+    bool is_int = false;
+    if (k.kind() == Kind::kString) {
+      key = k.string_value();
+    } else if (k.kind() == Kind::kInt) {
+      key = absl::StrCat(k.int_value());
+      is_int = true;
+    } else {
+      return Unsupported(absl::StrCat("dict key ", Describe(k)), path);
+    }
+    auto [it, inserted] = key_is_int.emplace(key, is_int);
+    if (!inserted && it->second != is_int) {
+      return absl::UnimplementedError(
+          absl::StrCat("value record: dict at ", path, " has both the int key ",
+                       key, " and the str key \"", key, "\""));
+    }
+    DCP_ASSIGN_OR_RETURN(
+        Value item, ValueFromPickle(dict.value(i),
+                                    absl::StrCat(path, "[", is_int ? "" : "\"",
+                                                 absl::CEscape(key),
+                                                 is_int ? "" : "\"", "]")));
+    out.Set(std::move(key), std::move(item));  // Python: last value wins.
+  }
+  return Value(std::move(out));
+}
+
+absl::StatusOr<Value> ValueFromPickle(const PickleValue& v,
+                                      const std::string& path) {
+  switch (v.kind()) {
+    case Kind::kNone:
+      return Value(None{});
+    case Kind::kBool:
+      return Value(v.bool_value());
+    case Kind::kInt:
+      return Value(v.int_value());
+    case Kind::kBigInt:
+      return Unsupported("int (outside the int64 range)", path);
+    case Kind::kFloat:
+      return Value(v.float_value());
+    case Kind::kString:
+      return Value(v.string_value());
+    case Kind::kBytes:
+      return Value(Bytes{v.string_value()});
+    case Kind::kTuple:
+    case Kind::kList: {
+      List list;
+      list.reserve(v.num_items());
+      for (size_t i = 0; i < v.num_items(); ++i) {
+        DCP_ASSIGN_OR_RETURN(
+            Value item,
+            ValueFromPickle(v.item(i), absl::StrCat(path, "[", i, "]")));
+        list.push_back(std::move(item));
+      }
+      return Value(std::move(list));
+    }
+    case Kind::kDict:
+      return DictFromEntries(v, path);
+    case Kind::kSet:
+      return Unsupported("set", path);
+    case Kind::kFrozenSet:
+      return Unsupported("frozenset", path);
+    case Kind::kGlobal:
+      return Unsupported(
+          absl::StrCat("(a reference to ", v.module(), ".", v.name(), ")"),
+          path);
+    case Kind::kPersistentId:
+      return Unsupported("torch storage", path);
+    case Kind::kObject:
+      break;
+  }
+  const PickleValue& callable = v.callable();
+  if (callable.kind() == Kind::kGlobal) {
+    if (callable.IsGlobal("collections", "OrderedDict") &&
+        v.construction() == PickleValue::Construction::kReduce &&
+        v.args().kind() == Kind::kTuple && v.args().num_items() == 0 &&
+        !v.has_state() && v.appended().num_items() == 0) {
+      return DictFromEntries(v.set_items(), path);
+    }
+    if (callable.module() == "torch._utils" &&
+        absl::string_view(callable.name()).substr(0, 15) == "_rebuild_tensor") {
+      return Unsupported("torch.Tensor", path);
+    }
+    if (absl::string_view(callable.name()).substr(0, 8) == "_rebuild" &&
+        absl::string_view(callable.module()).substr(0, 5) == "torch") {
+      return Unsupported(absl::StrCat("torch.Tensor (", callable.module(), ".",
+                                      callable.name(), ")"),
+                         path);
+    }
+    return Unsupported(absl::StrCat(callable.module(), ".", callable.name()),
+                       path);
+  }
+  return Unsupported(Describe(v), path);
+}
+
+}  // namespace
+
+// ---- Tensor records: writing ------------------------------------------------
+
+absl::StatusOr<TensorRecordPlan> PlanTensorRecord(const at::Tensor& tensor) {
+  if (!tensor.defined()) {
+    return absl::InvalidArgumentError("cannot save an undefined tensor");
+  }
+  if (tensor.layout() != c10::kStrided) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("cannot save a tensor with layout ",
+                     c10::str(tensor.layout()), " (only strided tensors)"));
+  }
+  const DtypeSpec* dtype = FindDtype(tensor.scalar_type());
+  if (dtype == nullptr) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "cannot save a tensor of dtype ", c10::toString(tensor.scalar_type())));
+  }
+  DCP_ASSIGN_OR_RETURN(
+      at::Tensor saved, TorchCall("preparing a tensor for saving", [&] {
+        c10::AutoGradMode no_grad(false);
+        at::Tensor t = tensor;
+        if (t.is_conj()) t = t.resolve_conj();
+        if (t.is_neg()) t = t.resolve_neg();
+        if (!t.device().is_cpu()) t = t.to(at::kCPU);
+        const uint64_t nbytes =
+            static_cast<uint64_t>(t.numel()) * t.element_size();
+        // torch 2.6 (FileSystemWriter) saves a tensor whose storage holds
+        // exactly its elements as is, strides included; others are cloned.
+        if (t.storage().nbytes() != nbytes ||
+            !t.is_non_overlapping_and_dense()) {
+          t = t.clone(at::MemoryFormat::Contiguous);
+        }
+        return t;
+      }));
+  const c10::Storage& storage = saved.storage();
+  const uint64_t nbytes = storage.nbytes();
+  const int64_t item = saved.element_size();
+  TensorRecordPlan plan;
+  plan.data =
+      absl::string_view(static_cast<const char*>(storage.data()), nbytes);
+  const int64_t numel_field = dtype->storage_class == nullptr
+                                  ? static_cast<int64_t>(nbytes)
+                                  : static_cast<int64_t>(nbytes / item);
+  DCP_ASSIGN_OR_RETURN(
+      std::string pkl,
+      TensorPickle(*dtype, numel_field, saved.storage_offset(),
+                   saved.sizes().vec(), saved.strides().vec()));
+  DCP_ASSIGN_OR_RETURN(
+      RecordPieces pieces,
+      LayOutRecord(pkl, StorageData{nbytes, Crc32(plan.data)}));
+  plan.prefix = std::move(pieces.prefix);
+  plan.suffix = std::move(pieces.suffix);
+  plan.tensor = std::move(saved);
+  return plan;
+}
+
+absl::Status WriteTensorRecord(
+    const TensorRecordPlan& plan,
+    absl::FunctionRef<absl::Status(absl::string_view)> sink) {
+  DCP_RETURN_IF_ERROR(sink(plan.prefix));
+  if (!plan.data.empty()) DCP_RETURN_IF_ERROR(sink(plan.data));
+  return sink(plan.suffix);
+}
+
+absl::StatusOr<std::string> SerializeTensorRecord(const at::Tensor& tensor) {
+  DCP_ASSIGN_OR_RETURN(TensorRecordPlan plan, PlanTensorRecord(tensor));
+  std::string out;
+  out.reserve(plan.size());
+  DCP_RETURN_IF_ERROR(WriteTensorRecord(plan, [&](absl::string_view piece) {
+    out.append(piece.data(), piece.size());
+    return absl::OkStatus();
+  }));
+  return out;
+}
+
+// ---- Tensor records: reading ------------------------------------------------
+
+std::ostream& operator<<(std::ostream& os, const TensorRecordInfo& info) {
+  return os << "{dtype " << c10::toString(info.dtype) << " size ["
+            << absl::StrJoin(info.sizes, ", ") << "] stride ["
+            << absl::StrJoin(info.strides, ", ") << "] offset "
+            << info.storage_offset << " storage \"" << info.storage_key << "\"@"
+            << info.location << " " << info.storage << "}";
+}
+
+absl::StatusOr<TensorRecordInfo> ParseTensorRecordHeader(
+    ZipByteSource& source) {
+  DCP_ASSIGN_OR_RETURN(ZipDirectory dir, ReadZipDirectory(source));
+  DCP_RETURN_IF_ERROR(CheckVersionAndByteOrder(source, dir));
+  DCP_ASSIGN_OR_RETURN(PickleValue root, ReadRecordPickle(source, dir));
+  DCP_ASSIGN_OR_RETURN(PickledTensor t, ParseTensorPickle(root));
+
+  const ZipEntry* entry = dir.Find(absl::StrCat("data/", t.key));
+  if (entry == nullptr) {
+    return RecordError(absl::StrCat("data.pkl names storage \"",
+                                    absl::CEscape(t.key), "\" but there is no ",
+                                    dir.prefix, "data/", absl::CEscape(t.key),
+                                    " entry"));
+  }
+  const uint64_t item = c10::elementSize(t.dtype);
+  const u128 claimed = t.untyped_storage
+                           ? static_cast<u128>(t.storage_numel)
+                           : static_cast<u128>(t.storage_numel) * item;
+  if (claimed != entry->size) {
+    return RecordError(absl::StrCat(
+        "data.pkl claims a storage of ", t.storage_numel,
+        t.untyped_storage ? " bytes"
+                          : absl::StrCat(" ", item, "-byte elements"),
+        " but entry ", entry->name, " holds ", entry->size, " bytes"));
+  }
+  DCP_RETURN_IF_ERROR(ValidateLayout(t.dtype, t.sizes, t.strides,
+                                     t.storage_offset, entry->size));
+  TensorRecordInfo info;
+  info.dtype = t.dtype;
+  info.sizes = std::move(t.sizes);
+  info.strides = std::move(t.strides);
+  info.storage_offset = t.storage_offset;
+  info.storage_key = std::move(t.key);
+  info.location = std::move(t.location);
+  info.storage = *entry;
+  return info;
+}
+
+absl::StatusOr<TensorRecordInfo> ParseTensorRecordHeader(
+    absl::string_view record) {
+  ZipByteSource source(record);
+  return ParseTensorRecordHeader(source);
+}
+
+absl::StatusOr<BoxReadPlan> PlanBoxRead(const TensorRecordInfo& info,
+                                        const Shape& box_offsets,
+                                        const Shape& box_lengths,
+                                        const BoxReadOptions& options) {
+  DCP_RETURN_IF_ERROR(ValidateLayout(info.dtype, info.sizes, info.strides,
+                                     info.storage_offset, info.storage.size));
+  const size_t ndim = info.sizes.size();
+  if (box_offsets.size() != ndim || box_lengths.size() != ndim) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("box offsets [", absl::StrJoin(box_offsets, ", "),
+                     "] and lengths [", absl::StrJoin(box_lengths, ", "),
+                     "] do not match the record's ", ndim, "-d tensor"));
+  }
+  for (size_t d = 0; d < ndim; ++d) {
+    if (box_offsets[d] < 0 || box_lengths[d] < 0 ||
+        box_offsets[d] > info.sizes[d] ||
+        box_lengths[d] > info.sizes[d] - box_offsets[d]) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("box offsets [", absl::StrJoin(box_offsets, ", "),
+                       "] lengths [", absl::StrJoin(box_lengths, ", "),
+                       "] exceed the record's tensor of "
+                       "size [",
+                       absl::StrJoin(info.sizes, ", "), "]"));
+    }
+  }
+  BoxReadPlan plan;
+  plan.dtype = info.dtype;
+  plan.sizes = box_lengths;
+  if (NumElements(box_lengths) == 0) {
+    plan.strides = ContiguousStrides(box_lengths);
+    return plan;
+  }
+  const uint64_t item = c10::elementSize(info.dtype);
+  // Element index (within the storage) of the box's first element. All
+  // arithmetic below stays below the storage size (validated above).
+  uint64_t base = static_cast<uint64_t>(info.storage_offset);
+  for (size_t d = 0; d < ndim; ++d) {
+    base += static_cast<uint64_t>(box_offsets[d]) *
+            static_cast<uint64_t>(info.strides[d]);
+  }
+  // Dimensions that matter, innermost (smallest stride) first.
+  std::vector<size_t> dims;
+  for (size_t d = 0; d < ndim; ++d) {
+    if (box_lengths[d] > 1) dims.push_back(d);
+  }
+  std::stable_sort(dims.begin(), dims.end(), [&](size_t a, size_t b) {
+    return info.strides[a] < info.strides[b] ||
+           (info.strides[a] == info.strides[b] && a > b);
+  });
+  auto stride_bytes = [&](size_t d) {
+    return static_cast<uint64_t>(info.strides[d]) * item;
+  };
+  auto len = [&](size_t d) { return static_cast<uint64_t>(box_lengths[d]); };
+
+  // Each dimension's stride must step over everything inside it, so that
+  // row-major order over the sorted dimensions is increasing addresses and
+  // blocks do not overlap. Otherwise (stride 0, overlapping strides) the
+  // box is read as one covering range.
+  uint64_t span = item;
+  bool nested = true;
+  for (size_t d : dims) {
+    if (stride_bytes(d) < span) {
+      nested = false;
+      break;
+    }
+    span += (len(d) - 1) * stride_bytes(d);
+  }
+  plan.strides.assign(ndim, 0);
+  const uint64_t data_start = info.storage.data_offset + base * item;
+  if (!nested) {
+    uint64_t cover = item;
+    for (size_t d : dims) {
+      cover += (len(d) - 1) * stride_bytes(d);
+      plan.strides[d] = info.strides[d];
+    }
+    plan.ranges.push_back({data_start, cover});
+    plan.packed_size = cover;
+    return plan;
+  }
+
+  // Absorb inner dimensions into one block: first the contiguous ones, then
+  // those whose gaps may be read, then more until few enough ranges remain.
+  size_t k = 0;
+  uint64_t block = item;
+  auto absorb = [&] {
+    block += (len(dims[k]) - 1) * stride_bytes(dims[k]);
+    plan.strides[dims[k]] = info.strides[dims[k]];
+    ++k;
+  };
+  while (k < dims.size() && stride_bytes(dims[k]) == block) absorb();
+  while (k < dims.size() &&
+         stride_bytes(dims[k]) - block <= options.max_gap_bytes) {
+    absorb();
+  }
+  const uint64_t max_ranges = std::max<uint64_t>(options.max_ranges, 1);
+  auto count_ranges = [&] {
+    uint64_t count = 1;
+    for (size_t j = k; j < dims.size(); ++j) {
+      if (count > max_ranges) break;  // Saturate; lengths are < 2^63.
+      count *= len(dims[j]);
+    }
+    return count;
+  };
+  while (k < dims.size() && count_ranges() > max_ranges) absorb();
+
+  // The remaining (outer) dimensions enumerate blocks; in the packed bytes
+  // the blocks follow each other.
+  const uint64_t block_elems = block / item;
+  uint64_t packed_stride = block_elems;
+  for (size_t j = k; j < dims.size(); ++j) {
+    plan.strides[dims[j]] = static_cast<int64_t>(packed_stride);
+    packed_stride *= len(dims[j]);
+  }
+  const size_t outer = dims.size() - k;
+  std::vector<uint64_t> index(outer, 0);
+  uint64_t start = data_start;
+  while (true) {
+    if (!plan.ranges.empty() &&
+        plan.ranges.back().offset + plan.ranges.back().length == start) {
+      plan.ranges.back().length += block;
+    } else {
+      plan.ranges.push_back({start, block});
+    }
+    plan.packed_size += block;
+    // Odometer over the outer dimensions, innermost fastest.
+    size_t j = 0;
+    for (; j < outer; ++j) {
+      const size_t d = dims[k + j];
+      if (++index[j] < len(d)) {
+        start += stride_bytes(d);
+        break;
+      }
+      start -= (len(d) - 1) * stride_bytes(d);
+      index[j] = 0;
+    }
+    if (j == outer) break;
+  }
+  return plan;
+}
+
+absl::Status CopyBoxInto(const BoxReadPlan& plan, absl::string_view packed,
+                         const at::Tensor& dest) {
+  if (!dest.defined() || dest.sizes() != c10::IntArrayRef(plan.sizes)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "destination of size [",
+        dest.defined() ? absl::StrJoin(dest.sizes(), ", ") : "undefined",
+        "] for a box of size [", absl::StrJoin(plan.sizes, ", "), "]"));
+  }
+  if (packed.size() != plan.packed_size) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("got ", packed.size(), " packed bytes for a box read of ",
+                     plan.packed_size));
+  }
+  if (plan.sizes.size() != plan.strides.size() ||
+      FindDtype(plan.dtype) == nullptr) {
+    return absl::InvalidArgumentError("inconsistent box read plan");
+  }
+  if (NumElements(plan.sizes) == 0) return absl::OkStatus();
+  const uint64_t item = c10::elementSize(plan.dtype);
+  u128 last = 0;
+  for (size_t d = 0; d < plan.sizes.size(); ++d) {
+    if (plan.sizes[d] < 0 || plan.strides[d] < 0) {
+      return absl::InvalidArgumentError("inconsistent box read plan");
+    }
+    last += static_cast<u128>(plan.sizes[d] - 1) *
+            static_cast<uint64_t>(plan.strides[d]);
+  }
+  if ((last + 1) * item > packed.size()) {
+    return absl::InvalidArgumentError(
+        "box read plan reaches beyond its packed bytes");
+  }
+  if (plan.dtype == c10::ScalarType::Bool) {
+    // Any other byte is not a valid bool; converting it would be undefined.
+    const size_t bad = packed.find_first_not_of(absl::string_view("\0\1", 2));
+    if (bad != absl::string_view::npos) {
+      return absl::DataLossError(absl::StrFormat(
+          "bool tensor data holds byte 0x%02x at packed offset %u",
+          static_cast<unsigned char>(packed[bad]), bad));
+    }
+  }
+  return TorchCall("copying a box out of a tensor record", [&] {
+    c10::AutoGradMode no_grad(false);
+    at::Tensor view = at::from_blob(
+        const_cast<char*>(packed.data()), plan.sizes, plan.strides,
+        at::TensorOptions().dtype(plan.dtype).device(at::kCPU));
+    dest.copy_(view);
+  });
+}
+
+absl::StatusOr<at::Tensor> MaterializeBox(const BoxReadPlan& plan,
+                                          absl::string_view packed) {
+  if (FindDtype(plan.dtype) == nullptr) {
+    return absl::InvalidArgumentError("inconsistent box read plan");
+  }
+  DCP_ASSIGN_OR_RETURN(at::Tensor out, TorchCall("allocating a box", [&] {
+                         return at::empty(
+                             plan.sizes, at::TensorOptions().dtype(plan.dtype));
+                       }));
+  DCP_RETURN_IF_ERROR(CopyBoxInto(plan, packed, out));
+  return out;
+}
+
+absl::StatusOr<at::Tensor> ReadTensorRecord(
+    absl::string_view record, const TensorRecordReadOptions& options) {
+  DCP_ASSIGN_OR_RETURN(TensorRecordInfo info, ParseTensorRecordHeader(record));
+  if (options.verify_crc) {
+    DCP_ASSIGN_OR_RETURN(absl::string_view data,
+                         ZipEntryData(record, info.storage));
+    DCP_RETURN_IF_ERROR(VerifyZipEntryCrc(info.storage, data));
+  }
+  BoxReadOptions whole;
+  whole.max_gap_bytes = std::numeric_limits<uint64_t>::max();
+  whole.max_ranges = 1;
+  DCP_ASSIGN_OR_RETURN(
+      BoxReadPlan plan,
+      PlanBoxRead(info, Shape(info.sizes.size(), 0), info.sizes, whole));
+  absl::string_view packed;
+  if (!plan.ranges.empty()) {
+    packed = record.substr(plan.ranges[0].offset, plan.ranges[0].length);
+  }
+  return MaterializeBox(plan, packed);
+}
+
+// ---- Value records ----------------------------------------------------------
+
+absl::StatusOr<std::string> SerializeValueRecord(const Value& value) {
+  DCP_RETURN_IF_ERROR(CheckPicklable(value, "value"));
+  PickleWriter w;
+  PickleValueOf(w, value);
+  absl::StatusOr<std::string> pkl = std::move(w).Finish();
+  if (!pkl.ok()) return Annotate(pkl.status(), "pickling a value record");
+  DCP_ASSIGN_OR_RETURN(RecordPieces pieces, LayOutRecord(*pkl, std::nullopt));
+  return absl::StrCat(pieces.prefix, pieces.suffix);
+}
+
+absl::StatusOr<Value> ParseValueRecord(absl::string_view record) {
+  ZipByteSource source(record);
+  DCP_ASSIGN_OR_RETURN(ZipDirectory dir, ReadZipDirectory(source));
+  DCP_RETURN_IF_ERROR(CheckVersionAndByteOrder(source, dir));
+  DCP_ASSIGN_OR_RETURN(PickleValue root, ReadRecordPickle(source, dir));
+  return ValueFromPickle(root, "value");
+}
+
+}  // namespace dcp

@@ -1,0 +1,257 @@
+// -----------------------------------------------------------------------------
+// File: storage/torch_record.h
+// -----------------------------------------------------------------------------
+//
+// torch.save-compatible records: the complete zip archive PyTorch DCP's
+// FileSystemWriter writes for each item of a `.distcp` file
+// (pytorch-dcp-format.md §3.4, §3.5). A record written here is what
+// `torch.load` reads back in PyTorch 2.6, and records PyTorch writes are
+// read here.
+//
+// Tensor records, writing. `PlanTensorRecord` lays a tensor's record out as
+// three pieces so that the tensor bytes go from the tensor's memory to the
+// file without a copy:
+//
+//   DCP_ASSIGN_OR_RETURN(TensorRecordPlan plan, PlanTensorRecord(tensor));
+//   DCP_RETURN_IF_ERROR(WriteTensorRecord(plan, [&](absl::string_view piece) {
+//     return file.Append(piece);
+//   }));                      // prefix, data (tensor memory), suffix
+//   // plan.size() bytes were written: the record's length for .metadata.
+//
+// What is saved is what torch 2.6 saves: a CPU tensor whose storage holds
+// exactly its elements (contiguous, or for example transposed) is saved
+// as it is, with its strides; any other tensor (a view of a larger storage,
+// an expanded tensor, a conjugate view) is first copied into a fresh
+// contiguous tensor. `PlanTensorRecord` computes the CRC-32 of the data
+// (one pass over it; the ZIP local headers need it before the data).
+//
+// Tensor records, reading. Resharding reads only the bytes a box needs:
+//
+//   ZipByteSource source(record_length, [&](uint64_t off, uint64_t len) {
+//     return file.ReadRange(record_offset + off, len);
+//   });
+//   DCP_ASSIGN_OR_RETURN(TensorRecordInfo info,
+//                        ParseTensorRecordHeader(source));  // ~2 small reads
+//   DCP_ASSIGN_OR_RETURN(BoxReadPlan box,
+//                        PlanBoxRead(info, box_offsets, box_lengths));
+//   std::string packed;       // the bytes of box.ranges, concatenated
+//   for (const ByteRange& r : box.ranges) packed += ReadRange(r);
+//   DCP_RETURN_IF_ERROR(CopyBoxInto(box, packed, dest_view));  // casts dtype
+//
+// A row range of a row-major chunk is one range; a column box is one range
+// per row unless `BoxReadOptions` allows reading the gaps.
+//
+// Value records. `SerializeValueRecord` pickles None, bool, int, float, str,
+// bytes, lists and (nested) string-keyed dicts into a record that
+// `torch.load` returns as the equivalent Python value; `ParseValueRecord`
+// reads such records written by Python. Conversions on reading:
+//   * tuples become `List`s;
+//   * dicts and collections.OrderedDicts become `StateDict`s; int keys
+//     become their decimal strings ({1: x} reads as {"1": x}); other key
+//     types are rejected, and so is an int key whose decimal string equals a
+//     str key of the same dict;
+//   * ints outside int64, sets, tensors and any other object are rejected.
+//
+// Record details (see the .cc for the exact data.pkl opcodes): entries
+// `archive/data.pkl`, `archive/byteorder` ("little"), `archive/data/0`
+// (tensor records only), `archive/version` ("3\n"),
+// `archive/.data/serialization_id`. The serialization id is deterministic:
+// 20 decimal digits from the CRC-32s of data.pkl and data/0 followed by
+// 20 digits of the data size (torch's id has the same shape, built from its
+// own CRC combination and the record size, and is only informational).
+//
+// Errors:
+//   InvalidArgument  writing: sparse, quantized or otherwise unsupported
+//                    tensors, a tensor passed as a value, invalid UTF-8;
+//                    reading: a box or destination that does not fit the
+//                    record's tensor, packed bytes of the wrong length.
+//   DataLoss         reading: malformed records (zip structure, data.pkl
+//                    structure, sizes/strides/offsets outside the storage,
+//                    storage size different from its zip entry, missing
+//                    `version`, CRC mismatch when verification is asked for).
+//   Unimplemented    reading: well-formed PyTorch records this library does
+//                    not support (quantized or sparse tensors, tensor
+//                    subclasses, dtypes libtorch 1.13 lacks, big-endian
+//                    records, pickled types outside the list above).
+//
+// Thread safety: all functions are thread-compatible; plans and infos are
+// values.
+#ifndef DCP_STORAGE_TORCH_RECORD_H_
+#define DCP_STORAGE_TORCH_RECORD_H_
+
+#include <cstddef>
+#include <cstdint>
+#include <limits>
+#include <ostream>
+#include <string>
+#include <vector>
+
+#include "ATen/core/Tensor.h"
+#include "absl/functional/function_ref.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "c10/core/ScalarType.h"
+#include "checkpoint/metadata.h"
+#include "checkpoint/state_dict.h"
+#include "storage/zip.h"
+
+namespace dcp {
+
+// A byte range of a record, from the record's first byte.
+struct ByteRange {
+  uint64_t offset = 0;
+  uint64_t length = 0;
+
+  friend bool operator==(const ByteRange& a, const ByteRange& b) {
+    return a.offset == b.offset && a.length == b.length;
+  }
+  friend bool operator!=(const ByteRange& a, const ByteRange& b) {
+    return !(a == b);
+  }
+  friend std::ostream& operator<<(std::ostream& os, const ByteRange& r) {
+    return os << "[" << r.offset << ", +" << r.length << ")";
+  }
+};
+
+// ---- Tensor records: writing ------------------------------------------------
+
+// A tensor record as three pieces: `prefix`, then `data`, then `suffix`.
+//
+// Ownership: `data` points into the storage of `tensor`, which the plan
+// holds; it stays valid as long as any copy of the plan (or the tensor)
+// lives and nobody resizes that storage. Writing to the tensor's elements
+// after planning makes the record's CRC wrong.
+struct TensorRecordPlan {
+  // The tensor whose storage is saved: the input tensor itself, or a
+  // contiguous copy of it.
+  at::Tensor tensor;
+  // Local headers and contents of data.pkl and byteorder, and data/0's
+  // local header.
+  std::string prefix;
+  // data/0: the storage bytes, in `tensor`'s memory.
+  absl::string_view data;
+  // version and serialization_id entries, central directory, end records.
+  std::string suffix;
+
+  uint64_t size() const { return prefix.size() + data.size() + suffix.size(); }
+};
+
+// Plans the record of `tensor` (any dtype of libtorch 1.13 except the
+// quantized ones, strided layout, any device: non-CPU tensors are copied to
+// the CPU). InvalidArgument for unsupported tensors; errors from libtorch
+// (e.g. out of memory while copying) are mapped by TorchCall.
+absl::StatusOr<TensorRecordPlan> PlanTensorRecord(const at::Tensor& tensor);
+
+// Calls `sink` with the prefix, the data (if not empty) and the suffix, in
+// that order, and stops at the first error it returns.
+absl::Status WriteTensorRecord(
+    const TensorRecordPlan& plan,
+    absl::FunctionRef<absl::Status(absl::string_view)> sink);
+
+// The whole record of `tensor` in one string (a copy; for tests and small
+// tensors).
+absl::StatusOr<std::string> SerializeTensorRecord(const at::Tensor& tensor);
+
+// ---- Tensor records: reading ------------------------------------------------
+
+// What a tensor record's data.pkl and zip directory say. All fields are
+// validated: sizes and strides are non-negative and every element lies
+// inside the storage.
+struct TensorRecordInfo {
+  c10::ScalarType dtype = c10::ScalarType::Undefined;
+  Shape sizes;
+  Shape strides;               // In elements.
+  int64_t storage_offset = 0;  // In elements.
+  std::string storage_key;     // The persistent id's key: data/<key>.
+  std::string location;        // The persistent id's location, e.g. "cpu".
+  // The storage's zip entry: its data_offset is the byte offset of element 0
+  // of the storage within the record; size is the storage's byte size.
+  ZipEntry storage;
+
+  friend std::ostream& operator<<(std::ostream& os,
+                                  const TensorRecordInfo& info);
+};
+
+// Parses a tensor record: the zip directory, the `version` entry (which
+// torch.load requires), `byteorder` if present, and data.pkl (a
+// `torch._utils._rebuild_tensor_v2` or `_v3` call). Reads the directory and
+// the small entries only, never the storage data. See the file comment for
+// the error codes.
+absl::StatusOr<TensorRecordInfo> ParseTensorRecordHeader(ZipByteSource& source);
+absl::StatusOr<TensorRecordInfo> ParseTensorRecordHeader(
+    absl::string_view record);
+
+// How to read one box of a record's tensor.
+struct BoxReadOptions {
+  // Consecutive ranges separated by at most this many bytes are read as one
+  // range, gap included (trading bytes for fewer reads).
+  uint64_t max_gap_bytes = 0;
+  // If the box would need more ranges than this, gaps are read as well
+  // until it does not (at least 1).
+  size_t max_ranges = size_t{1} << 16;
+};
+
+// The byte ranges that hold a box of a record's tensor, and how to view
+// their concatenation ("packed" bytes) as the box.
+struct BoxReadPlan {
+  // Sorted, disjoint and not adjacent; relative to the record start. Empty
+  // for an empty box.
+  std::vector<ByteRange> ranges;
+  // Sum of the range lengths.
+  uint64_t packed_size = 0;
+  c10::ScalarType dtype = c10::ScalarType::Undefined;
+  // The box's extent, and the element strides of the box's elements within
+  // the packed bytes (element 0 of the box is the first packed element).
+  Shape sizes;
+  Shape strides;
+};
+
+// Plans reading the box at `box_offsets` with extent `box_lengths` (one
+// entry per dimension, relative to the record's tensor). InvalidArgument if
+// the box does not fit the tensor; DataLoss if `info` is inconsistent.
+// Output is deterministic.
+absl::StatusOr<BoxReadPlan> PlanBoxRead(const TensorRecordInfo& info,
+                                        const Shape& box_offsets,
+                                        const Shape& box_lengths,
+                                        const BoxReadOptions& options = {});
+
+// Copies the box from `packed` (the bytes of `plan.ranges`, concatenated)
+// into `dest`, which must have the box's shape; the dtype is converted as
+// `Tensor::copy_` does and `dest` may be any view or device. `packed` is
+// read through a temporary view, never copied whole. InvalidArgument for a
+// wrong `packed` size or `dest` shape; DataLoss for bool elements that are
+// not 0 or 1.
+absl::Status CopyBoxInto(const BoxReadPlan& plan, absl::string_view packed,
+                         const at::Tensor& dest);
+
+// The box as a new contiguous CPU tensor of the record's dtype.
+absl::StatusOr<at::Tensor> MaterializeBox(const BoxReadPlan& plan,
+                                          absl::string_view packed);
+
+struct TensorRecordReadOptions {
+  // Check the CRC-32 of the storage entry (DataLoss on mismatch).
+  bool verify_crc = false;
+};
+
+// Reads the whole tensor of an in-memory record, as a new contiguous CPU
+// tensor (with the saved sizes; strides are not kept).
+absl::StatusOr<at::Tensor> ReadTensorRecord(
+    absl::string_view record, const TensorRecordReadOptions& options = {});
+
+// ---- Value (bytes) records --------------------------------------------------
+
+// The record of a non-tensor value (see the file comment for the types).
+// InvalidArgument naming the type for tensors, sharded tensors, and strings
+// that are not UTF-8.
+absl::StatusOr<std::string> SerializeValueRecord(const Value& value);
+
+// Reads a value record written by `SerializeValueRecord` or by Python's
+// torch.save. DataLoss for malformed records; Unimplemented naming the type
+// for pickled values outside the supported set ("unsupported pickled type
+// torch.Tensor").
+absl::StatusOr<Value> ParseValueRecord(absl::string_view record);
+
+}  // namespace dcp
+
+#endif  // DCP_STORAGE_TORCH_RECORD_H_

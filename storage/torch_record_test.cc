@@ -1,0 +1,996 @@
+#include "storage/torch_record.h"
+
+#include <ATen/ATen.h>
+
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <iterator>
+#include <random>
+#include <string>
+#include <tuple>
+#include <utility>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/string_view.h"
+#include "checkpoint/metadata.h"
+#include "checkpoint/state_dict.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "storage/pickle.h"
+#include "storage/zip.h"
+#include "testing/status_matchers.h"
+#include "testing/tensor_matchers.h"
+
+namespace dcp {
+namespace {
+
+using ::dcp::testing::IsOk;
+using ::dcp::testing::MakeTestTensor;
+using ::dcp::testing::StatusIs;
+using ::dcp::testing::TensorEq;
+using ::testing::ElementsAre;
+using ::testing::HasSubstr;
+using ::testing::SizeIs;
+
+// The bytes of a tensor's elements in row-major order.
+std::string ElementBytes(const at::Tensor& t) {
+  at::Tensor c = t.contiguous();
+  return std::string(static_cast<const char*>(c.data_ptr()),
+                     c.numel() * c.element_size());
+}
+
+std::string Serialize(const at::Tensor& t) {
+  absl::StatusOr<std::string> record = SerializeTensorRecord(t);
+  EXPECT_THAT(record.status(), IsOk());
+  return record.ok() ? *record : std::string();
+}
+
+// Concatenates the bytes of `plan.ranges` out of an in-memory record.
+std::string Pack(absl::string_view record, const BoxReadPlan& plan) {
+  std::string packed;
+  for (const ByteRange& r : plan.ranges) {
+    packed.append(record.data() + r.offset, r.length);
+  }
+  return packed;
+}
+
+// ---- Writing and reading whole tensors --------------------------------------
+
+class DtypeRoundTripTest : public ::testing::TestWithParam<c10::ScalarType> {};
+
+TEST_P(DtypeRoundTripTest, WriteParseMaterialize) {
+  const c10::ScalarType dtype = GetParam();
+  at::Tensor t =
+      dtype == at::kComplexHalf
+          ? at::arange(12, at::kInt).view(at::kComplexHalf).reshape({3, 4})
+          : MakeTestTensor({3, 4}, dtype, /*seed=*/3);
+  const std::string record = Serialize(t);
+  ASSERT_OK_AND_ASSIGN(TensorRecordInfo info, ParseTensorRecordHeader(record));
+  EXPECT_EQ(info.dtype, dtype);
+  EXPECT_THAT(info.sizes, ElementsAre(3, 4));
+  EXPECT_THAT(info.strides, ElementsAre(4, 1));
+  EXPECT_EQ(info.storage_offset, 0);
+  EXPECT_EQ(info.storage_key, "0");
+  EXPECT_EQ(info.location, "cpu");
+  EXPECT_EQ(info.storage.name, "archive/data/0");
+  EXPECT_EQ(info.storage.size, 12 * t.element_size());
+  EXPECT_EQ(info.storage.data_offset % 64, 0u);
+  EXPECT_EQ(record.substr(info.storage.data_offset, info.storage.size),
+            ElementBytes(t));
+  ASSERT_OK_AND_ASSIGN(at::Tensor back,
+                       ReadTensorRecord(record, {/*verify_crc=*/true}));
+  EXPECT_EQ(back.scalar_type(), dtype);
+  EXPECT_EQ(back.sizes(), t.sizes());
+  EXPECT_EQ(ElementBytes(back), ElementBytes(t));
+  if (dtype != at::kComplexHalf) {
+    EXPECT_THAT(back, TensorEq(t));
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    AllDtypes, DtypeRoundTripTest,
+    ::testing::Values(at::kBool, at::kByte, at::kChar, at::kShort, at::kInt,
+                      at::kLong, at::kHalf, at::kBFloat16, at::kFloat,
+                      at::kDouble, at::kComplexHalf, at::kComplexFloat,
+                      at::kComplexDouble),
+    [](const ::testing::TestParamInfo<c10::ScalarType>& info) {
+      return std::string(c10::toString(info.param));
+    });
+
+// BINUNICODE `s` (shorter than 256 bytes).
+std::string BinUnicode(absl::string_view s) {
+  return absl::StrCat("X", std::string(1, static_cast<char>(s.size())),
+                      std::string(3, '\0'), s);
+}
+
+// A readable transcription of the expected data.pkl (protocol 2, no memo).
+std::string ExpectedFloatPickle() {
+  std::string p = "\x80\x02";
+  p += "ctorch._utils\n_rebuild_tensor_v2\n";
+  p += "(";  // MARK (args)
+  p += "(";  // MARK (pid)
+  p += BinUnicode("storage");
+  p += "ctorch\nFloatStorage\n";
+  p += BinUnicode("0");
+  p += BinUnicode("cpu");
+  p += "K\x06";                          // numel 6
+  p += "tQ";                             // TUPLE BINPERSID
+  p += std::string("K\0", 2);            // storage offset 0
+  p += "K\x02K\x03\x86";                 // (2, 3)
+  p += "K\x03K\x01\x86";                 // (3, 1)
+  p += "\x89";                           // False
+  p += "ccollections\nOrderedDict\n)R";  // OrderedDict()
+  p += "tR.";
+  return p;
+}
+
+TEST(TensorRecordTest, LayoutMatchesTorchSave) {
+  at::Tensor t = MakeTestTensor({2, 3}, at::kFloat, 1);
+  const std::string record = Serialize(t);
+  ASSERT_OK_AND_ASSIGN(ZipDirectory dir, ReadZipDirectory(record));
+  std::vector<std::string> names;
+  for (const ZipEntry& e : dir.entries) names.push_back(e.name);
+  EXPECT_THAT(names, ElementsAre("archive/data.pkl", "archive/byteorder",
+                                 "archive/data/0", "archive/version",
+                                 "archive/.data/serialization_id"));
+  EXPECT_EQ(*ZipEntryData(record, *dir.Find("data.pkl")),
+            ExpectedFloatPickle());
+  EXPECT_EQ(*ZipEntryData(record, *dir.Find("byteorder")), "little");
+  EXPECT_EQ(*ZipEntryData(record, *dir.Find("version")), "3\n");
+  const std::string id(
+      *ZipEntryData(record, *dir.Find(".data/serialization_id")));
+  EXPECT_THAT(id, SizeIs(40));
+  EXPECT_EQ(id.find_first_not_of("0123456789"), std::string::npos);
+  // Deterministic.
+  EXPECT_EQ(Serialize(t), record);
+  EXPECT_EQ(record.substr(0, 4), "PK\x03\x04");
+}
+
+TEST(TensorRecordTest, ComplexHalfUsesRebuildV3AndUntypedStorage) {
+  at::Tensor t = at::arange(4, at::kInt).view(at::kComplexHalf);
+  const std::string record = Serialize(t);
+  ASSERT_OK_AND_ASSIGN(ZipDirectory dir, ReadZipDirectory(record));
+  const std::string pkl(*ZipEntryData(record, *dir.Find("data.pkl")));
+  EXPECT_THAT(pkl, HasSubstr("ctorch._utils\n_rebuild_tensor_v3\n"));
+  EXPECT_THAT(pkl, HasSubstr("ctorch.storage\nUntypedStorage\n"));
+  EXPECT_THAT(pkl, HasSubstr("K\x10"));  // storage size: 16 bytes
+  EXPECT_THAT(pkl, HasSubstr("ctorch\ncomplex32\n"));
+}
+
+TEST(TensorRecordTest, ZeroDimAndEmptyTensors) {
+  for (const at::Tensor& t :
+       {at::scalar_tensor(3.5, at::kDouble), at::empty({0, 3}, at::kFloat),
+        at::empty({2, 0, 4}, at::kLong), at::scalar_tensor(true, at::kBool)}) {
+    SCOPED_TRACE(t.sizes());
+    const std::string record = Serialize(t);
+    ASSERT_OK_AND_ASSIGN(TensorRecordInfo info,
+                         ParseTensorRecordHeader(record));
+    EXPECT_EQ(info.sizes, t.sizes().vec());
+    EXPECT_EQ(info.strides, t.strides().vec());
+    ASSERT_OK_AND_ASSIGN(at::Tensor back, ReadTensorRecord(record, {true}));
+    EXPECT_THAT(back, TensorEq(t));
+  }
+  // 0-d: size () and stride () are EMPTY_TUPLEs.
+  const std::string record = Serialize(at::scalar_tensor(2.0, at::kFloat));
+  ASSERT_OK_AND_ASSIGN(ZipDirectory dir, ReadZipDirectory(record));
+  EXPECT_THAT(std::string(*ZipEntryData(record, *dir.Find("data.pkl"))),
+              HasSubstr(std::string("K\0))\x89", 5)));
+}
+
+TEST(TensorRecordTest, TransposedTensorIsSavedWithItsStrides) {
+  at::Tensor base = MakeTestTensor({3, 5}, at::kFloat, 2);
+  at::Tensor t = base.t();  // storage holds exactly its elements
+  ASSERT_OK_AND_ASSIGN(TensorRecordPlan plan, PlanTensorRecord(t));
+  EXPECT_EQ(plan.data.data(), base.data_ptr());  // no copy
+  EXPECT_EQ(plan.data.size(), 15 * 4u);
+  std::string record;
+  ASSERT_OK(WriteTensorRecord(plan, [&](absl::string_view piece) {
+    record.append(piece.data(), piece.size());
+    return absl::OkStatus();
+  }));
+  EXPECT_EQ(record.size(), plan.size());
+  ASSERT_OK_AND_ASSIGN(TensorRecordInfo info, ParseTensorRecordHeader(record));
+  EXPECT_THAT(info.sizes, ElementsAre(5, 3));
+  EXPECT_THAT(info.strides, ElementsAre(1, 5));
+  ASSERT_OK_AND_ASSIGN(at::Tensor back, ReadTensorRecord(record));
+  EXPECT_THAT(back, TensorEq(t.contiguous()));
+}
+
+TEST(TensorRecordTest, ViewsOfLargerStoragesAreCompacted) {
+  at::Tensor base = MakeTestTensor({6, 4}, at::kDouble, 4);
+  struct Case {
+    const char* name;
+    at::Tensor tensor;
+  };
+  for (const Case& c :
+       {Case{"row slice with storage offset", base.slice(0, 2, 5)},
+        Case{"column slice", base.slice(1, 1, 3)},
+        Case{"expanded (stride 0)", base[0].expand({3, 4})},
+        Case{"strided", base.slice(0, 0, 6, 2)}}) {
+    SCOPED_TRACE(c.name);
+    ASSERT_OK_AND_ASSIGN(TensorRecordPlan plan, PlanTensorRecord(c.tensor));
+    EXPECT_EQ(plan.data.size(), c.tensor.numel() * 8u);
+    EXPECT_NE(plan.data.data(), base.data_ptr());
+    EXPECT_TRUE(plan.tensor.is_contiguous());
+    std::string record = plan.prefix;
+    record.append(plan.data.data(), plan.data.size());
+    record += plan.suffix;
+    ASSERT_OK_AND_ASSIGN(TensorRecordInfo info,
+                         ParseTensorRecordHeader(record));
+    EXPECT_EQ(info.storage_offset, 0);
+    EXPECT_EQ(info.strides, c.tensor.contiguous().strides().vec());
+    ASSERT_OK_AND_ASSIGN(at::Tensor back, ReadTensorRecord(record, {true}));
+    EXPECT_THAT(back, TensorEq(c.tensor.contiguous()));
+  }
+}
+
+TEST(TensorRecordTest, ChannelsLastAndContiguousSavedWithoutCopy) {
+  at::Tensor t = MakeTestTensor({2, 3, 4, 5}, at::kFloat, 5)
+                     .contiguous(at::MemoryFormat::ChannelsLast);
+  ASSERT_OK_AND_ASSIGN(TensorRecordPlan plan, PlanTensorRecord(t));
+  EXPECT_EQ(plan.data.data(), t.data_ptr());
+  const std::string record = SerializeTensorRecord(t).value();
+  ASSERT_OK_AND_ASSIGN(TensorRecordInfo info, ParseTensorRecordHeader(record));
+  EXPECT_EQ(info.strides, t.strides().vec());
+  ASSERT_OK_AND_ASSIGN(at::Tensor back, ReadTensorRecord(record));
+  EXPECT_THAT(back, TensorEq(t.contiguous()));
+}
+
+TEST(TensorRecordTest, ConjugateViewsAreResolved) {
+  at::Tensor z = MakeTestTensor({4}, at::kComplexFloat, 6);
+  at::Tensor conj = z.conj();
+  ASSERT_TRUE(conj.is_conj());
+  ASSERT_OK_AND_ASSIGN(at::Tensor back,
+                       ReadTensorRecord(Serialize(conj), {true}));
+  EXPECT_THAT(back, TensorEq(conj.resolve_conj()));
+}
+
+TEST(TensorRecordTest, RequiresGradTensorsAreSavedWithRequiresGradFalse) {
+  at::Tensor t = MakeTestTensor({3}, at::kFloat, 7).set_requires_grad(true);
+  const std::string record = Serialize(t.slice(0, 1, 3));
+  ASSERT_OK_AND_ASSIGN(at::Tensor back, ReadTensorRecord(record));
+  EXPECT_FALSE(back.requires_grad());
+  EXPECT_THAT(back, TensorEq(t.slice(0, 1, 3).detach()));
+}
+
+TEST(TensorRecordTest, RejectsUnsupportedTensors) {
+  EXPECT_THAT(PlanTensorRecord(at::Tensor()).status(),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+  at::Tensor sparse = at::eye(3).to_sparse();
+  EXPECT_THAT(
+      PlanTensorRecord(sparse).status(),
+      StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("layout")));
+  at::Tensor q = at::quantize_per_tensor(at::ones({2}), 0.1, 0, at::kQInt8);
+  EXPECT_THAT(PlanTensorRecord(q).status(),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("QInt8")));
+}
+
+TEST(TensorRecordTest, WriteStopsAtTheFirstSinkError) {
+  ASSERT_OK_AND_ASSIGN(TensorRecordPlan plan,
+                       PlanTensorRecord(at::ones({4}, at::kFloat)));
+  int calls = 0;
+  EXPECT_THAT(WriteTensorRecord(plan,
+                                [&](absl::string_view) {
+                                  return ++calls == 2
+                                             ? absl::UnavailableError("full")
+                                             : absl::OkStatus();
+                                }),
+              StatusIs(absl::StatusCode::kUnavailable, "full"));
+  EXPECT_EQ(calls, 2);
+}
+
+TEST(TensorRecordTest, HeaderThroughAReadFunctionReadsOnlyHeadAndTail) {
+  at::Tensor t = MakeTestTensor({1000, 100}, at::kFloat, 8);
+  const std::string record = Serialize(t);
+  std::vector<std::pair<uint64_t, uint64_t>> reads;
+  ZipByteSource source(record.size(), [&](uint64_t offset, uint64_t length) {
+    reads.emplace_back(offset, length);
+    return absl::StatusOr<std::string>(record.substr(offset, length));
+  });
+  ASSERT_OK_AND_ASSIGN(TensorRecordInfo info, ParseTensorRecordHeader(source));
+  EXPECT_THAT(info.sizes, ElementsAre(1000, 100));
+  EXPECT_THAT(reads, ElementsAre(std::make_pair(record.size() - 4096, 4096),
+                                 std::make_pair(0, 4096)));
+}
+
+// ---- Boxes ------------------------------------------------------------------
+
+TEST(BoxReadTest, RowRangeOfARowMajorChunkIsOneRange) {
+  at::Tensor t = MakeTestTensor({8, 5}, at::kFloat, 9);
+  const std::string record = Serialize(t);
+  ASSERT_OK_AND_ASSIGN(TensorRecordInfo info, ParseTensorRecordHeader(record));
+  ASSERT_OK_AND_ASSIGN(BoxReadPlan plan, PlanBoxRead(info, {2, 0}, {3, 5}));
+  EXPECT_THAT(plan.ranges,
+              ElementsAre(ByteRange{info.storage.data_offset + 40, 60}));
+  EXPECT_EQ(plan.packed_size, 60u);
+  ASSERT_OK_AND_ASSIGN(at::Tensor box,
+                       MaterializeBox(plan, Pack(record, plan)));
+  EXPECT_THAT(box, TensorEq(t.slice(0, 2, 5)));
+}
+
+TEST(BoxReadTest, ColumnBoxIsOneRangePerRowUnlessGapsMayBeRead) {
+  at::Tensor t = MakeTestTensor({8, 5}, at::kFloat, 10);
+  const std::string record = Serialize(t);
+  ASSERT_OK_AND_ASSIGN(TensorRecordInfo info, ParseTensorRecordHeader(record));
+  const uint64_t d = info.storage.data_offset;
+
+  ASSERT_OK_AND_ASSIGN(BoxReadPlan plan, PlanBoxRead(info, {0, 1}, {8, 2}));
+  ASSERT_THAT(plan.ranges, SizeIs(8));
+  for (int row = 0; row < 8; ++row) {
+    EXPECT_EQ(plan.ranges[row], (ByteRange{d + row * 20 + 4, 8}));
+  }
+  ASSERT_OK_AND_ASSIGN(at::Tensor box,
+                       MaterializeBox(plan, Pack(record, plan)));
+  EXPECT_THAT(box, TensorEq(t.slice(1, 1, 3)));
+
+  BoxReadOptions gaps;
+  gaps.max_gap_bytes = 12;  // the gap between two rows' columns
+  ASSERT_OK_AND_ASSIGN(BoxReadPlan merged,
+                       PlanBoxRead(info, {0, 1}, {8, 2}, gaps));
+  EXPECT_THAT(merged.ranges, ElementsAre(ByteRange{d + 4, 7 * 20 + 8}));
+  ASSERT_OK_AND_ASSIGN(box, MaterializeBox(merged, Pack(record, merged)));
+  EXPECT_THAT(box, TensorEq(t.slice(1, 1, 3)));
+
+  gaps.max_gap_bytes = 11;
+  ASSERT_OK_AND_ASSIGN(merged, PlanBoxRead(info, {0, 1}, {8, 2}, gaps));
+  EXPECT_THAT(merged.ranges, SizeIs(8));
+
+  BoxReadOptions few;
+  few.max_ranges = 7;
+  ASSERT_OK_AND_ASSIGN(merged, PlanBoxRead(info, {0, 1}, {8, 2}, few));
+  EXPECT_THAT(merged.ranges, SizeIs(1));
+}
+
+TEST(BoxReadTest, AdjacentBlocksCoalesce) {
+  at::Tensor t = MakeTestTensor({4, 3, 2}, at::kShort, 11);
+  const std::string record = Serialize(t);
+  ASSERT_OK_AND_ASSIGN(TensorRecordInfo info, ParseTensorRecordHeader(record));
+  const uint64_t d = info.storage.data_offset;
+  // Full inner dims: one range.
+  ASSERT_OK_AND_ASSIGN(BoxReadPlan plan,
+                       PlanBoxRead(info, {1, 0, 0}, {2, 3, 2}));
+  EXPECT_THAT(plan.ranges, ElementsAre(ByteRange{d + 12, 24}));
+  // Middle rows 1..2 of each outer slab: 4 ranges of 2*2 elements.
+  ASSERT_OK_AND_ASSIGN(plan, PlanBoxRead(info, {0, 1, 0}, {4, 2, 2}));
+  EXPECT_THAT(plan.ranges,
+              ElementsAre(ByteRange{d + 4, 8}, ByteRange{d + 16, 8},
+                          ByteRange{d + 28, 8}, ByteRange{d + 40, 8}));
+  // Column 0 of every row: twelve separate elements.
+  ASSERT_OK_AND_ASSIGN(plan, PlanBoxRead(info, {0, 0, 0}, {4, 3, 1}));
+  EXPECT_THAT(plan.ranges, SizeIs(12));
+  // A single element.
+  ASSERT_OK_AND_ASSIGN(plan, PlanBoxRead(info, {3, 2, 1}, {1, 1, 1}));
+  EXPECT_THAT(plan.ranges, ElementsAre(ByteRange{d + 46, 2}));
+  // Empty box: nothing to read.
+  ASSERT_OK_AND_ASSIGN(plan, PlanBoxRead(info, {1, 0, 0}, {0, 3, 2}));
+  EXPECT_THAT(plan.ranges, SizeIs(0));
+  ASSERT_OK_AND_ASSIGN(at::Tensor empty, MaterializeBox(plan, ""));
+  EXPECT_THAT(empty.sizes(), ElementsAre(0, 3, 2));
+}
+
+// Every box of several saved layouts, against narrow() of the original.
+TEST(BoxReadTest, RandomBoxesMatchNarrowOnEveryLayout) {
+  at::Tensor base = MakeTestTensor({4, 5, 6}, at::kInt, 12);
+  std::vector<std::pair<const char*, at::Tensor>> layouts = {
+      {"contiguous", base},
+      {"permuted", base.permute({2, 0, 1})},
+      {"transposed", base.transpose(0, 2)},
+  };
+  std::mt19937 rng(424242);
+  for (const auto& [name, t] : layouts) {
+    SCOPED_TRACE(name);
+    const std::string record = Serialize(t);
+    ASSERT_OK_AND_ASSIGN(TensorRecordInfo info,
+                         ParseTensorRecordHeader(record));
+    EXPECT_EQ(info.strides, t.strides().vec());  // saved as is
+    for (int iteration = 0; iteration < 200; ++iteration) {
+      Shape offsets, lengths;
+      at::Tensor expected = t;
+      for (int64_t dim = 0; dim < t.dim(); ++dim) {
+        const int64_t size = t.size(dim);
+        const int64_t off = rng() % (size + 1);
+        const int64_t len = rng() % (size - off + 1);
+        offsets.push_back(off);
+        lengths.push_back(len);
+        expected = expected.narrow(dim, off, len);
+      }
+      BoxReadOptions options;
+      options.max_gap_bytes = rng() % 3 == 0 ? rng() % 64 : 0;
+      options.max_ranges = rng() % 3 == 0 ? 1 + rng() % 4 : 1 << 16;
+      SCOPED_TRACE(absl::StrCat("offsets ", absl::StrJoin(offsets, ","),
+                                " lengths ", absl::StrJoin(lengths, ","),
+                                " gap ", options.max_gap_bytes, " max ranges ",
+                                options.max_ranges));
+      ASSERT_OK_AND_ASSIGN(BoxReadPlan plan,
+                           PlanBoxRead(info, offsets, lengths, options));
+      EXPECT_LE(plan.ranges.size(), options.max_ranges);
+      uint64_t total = 0;
+      for (size_t i = 0; i < plan.ranges.size(); ++i) {
+        total += plan.ranges[i].length;
+        EXPECT_GE(plan.ranges[i].offset, info.storage.data_offset);
+        EXPECT_LE(plan.ranges[i].offset + plan.ranges[i].length,
+                  info.storage.data_offset + info.storage.size);
+        if (i > 0) {
+          EXPECT_GT(plan.ranges[i].offset,
+                    plan.ranges[i - 1].offset + plan.ranges[i - 1].length);
+        }
+      }
+      EXPECT_EQ(total, plan.packed_size);
+      if (options.max_gap_bytes == 0 && options.max_ranges == 1 << 16) {
+        EXPECT_EQ(plan.packed_size, expected.numel() * 4u);  // minimal
+      }
+      ASSERT_OK_AND_ASSIGN(at::Tensor box,
+                           MaterializeBox(plan, Pack(record, plan)));
+      EXPECT_THAT(box, TensorEq(expected.contiguous()));
+    }
+  }
+}
+
+TEST(BoxReadTest, CopyBoxIntoAViewConvertsTheDtype) {
+  at::Tensor t = MakeTestTensor({6, 4}, at::kHalf, 13);
+  const std::string record = Serialize(t);
+  ASSERT_OK_AND_ASSIGN(TensorRecordInfo info, ParseTensorRecordHeader(record));
+  ASSERT_OK_AND_ASSIGN(BoxReadPlan plan, PlanBoxRead(info, {1, 1}, {3, 2}));
+  at::Tensor dest = at::zeros({10, 10}, at::kDouble);
+  at::Tensor view = dest.slice(0, 5, 8).slice(1, 2, 4);
+  ASSERT_OK(CopyBoxInto(plan, Pack(record, plan), view));
+  EXPECT_THAT(view, TensorEq(t.slice(0, 1, 4).slice(1, 1, 3).to(at::kDouble)));
+  EXPECT_EQ(dest.sum().item<double>(), view.sum().item<double>());
+}
+
+TEST(BoxReadTest, RejectsBadBoxesPackedBytesAndDestinations) {
+  const std::string record = Serialize(MakeTestTensor({4, 4}, at::kFloat, 14));
+  ASSERT_OK_AND_ASSIGN(TensorRecordInfo info, ParseTensorRecordHeader(record));
+  EXPECT_THAT(PlanBoxRead(info, {0}, {4}).status(),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_THAT(
+      PlanBoxRead(info, {1, 0}, {4, 4}).status(),
+      StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("exceed")));
+  EXPECT_THAT(PlanBoxRead(info, {-1, 0}, {1, 4}).status(),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_THAT(PlanBoxRead(info, {0, 0}, {1, -4}).status(),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+  ASSERT_OK_AND_ASSIGN(BoxReadPlan plan, PlanBoxRead(info, {0, 0}, {2, 4}));
+  const std::string packed = Pack(record, plan);
+  EXPECT_THAT(CopyBoxInto(plan, packed.substr(1), at::empty({2, 4})),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_THAT(CopyBoxInto(plan, packed, at::empty({4, 2})),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_THAT(CopyBoxInto(plan, packed, at::Tensor()),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+}
+
+TEST(BoxReadTest, OverlappingLayoutsReadOneCoveringRange) {
+  // Another writer could save an expanded tensor as is (stride 0).
+  TensorRecordInfo info;
+  info.dtype = at::kFloat;
+  info.sizes = {3, 4};
+  info.strides = {0, 1};
+  info.storage.data_offset = 64;
+  info.storage.size = 16;
+  ASSERT_OK_AND_ASSIGN(BoxReadPlan plan, PlanBoxRead(info, {0, 1}, {3, 2}));
+  EXPECT_THAT(plan.ranges, ElementsAre(ByteRange{68, 8}));
+  const float row[] = {1, 2, 3, 4};
+  std::string record(64, '\0');
+  record.append(reinterpret_cast<const char*>(row), sizeof(row));
+  ASSERT_OK_AND_ASSIGN(at::Tensor box,
+                       MaterializeBox(plan, Pack(record, plan)));
+  at::Tensor expected = at::tensor({2.0f, 3.0f}).expand({3, 2});
+  EXPECT_THAT(box, TensorEq(expected.contiguous()));
+  // Out-of-storage layouts are refused even when built by hand.
+  info.sizes = {3, 5};
+  EXPECT_THAT(PlanBoxRead(info, {0, 0}, {1, 1}).status(),
+              StatusIs(absl::StatusCode::kDataLoss, HasSubstr("beyond")));
+}
+
+// ---- Hostile and malformed records ------------------------------------------
+
+// A record with a hand-written data.pkl (and storage of `storage_bytes`).
+std::string RecordWithPickle(const std::string& pkl, size_t storage_bytes,
+                             bool with_version = true) {
+  std::string storage(storage_bytes, '\0');
+  std::vector<std::pair<std::string, absl::string_view>> entries = {
+      {"archive/data.pkl", pkl},
+      {"archive/byteorder", "little"},
+      {"archive/data/0", storage}};
+  if (with_version) entries.push_back({"archive/version", "3\n"});
+  return BuildZipArchive(entries).value();
+}
+
+// data.pkl for _rebuild_tensor_v2 with the given pieces.
+std::string TensorPickle(absl::string_view rebuild_module,
+                         absl::string_view rebuild, absl::string_view storage,
+                         int64_t numel, int64_t offset,
+                         std::vector<int64_t> size, std::vector<int64_t> stride,
+                         absl::string_view v3_dtype = "") {
+  PickleWriter w;
+  w.WriteGlobal(rebuild_module, rebuild);
+  w.WriteTuple(v3_dtype.empty() ? 6 : 7, [&](size_t i) {
+    switch (i) {
+      case 0:
+        w.WriteTuple(5, [&](size_t j) {
+          if (j == 0) w.WriteString("storage");
+          if (j == 1) {
+            if (storage == "UntypedStorage") {
+              w.WriteGlobal("torch.storage", storage);
+            } else {
+              w.WriteGlobal("torch", storage);
+            }
+          }
+          if (j == 2) w.WriteString("0");
+          if (j == 3) w.WriteString("cpu");
+          if (j == 4) w.WriteInt(numel);
+        });
+        w.EmitBinPersId();
+        break;
+      case 1:
+        w.WriteInt(offset);
+        break;
+      case 2:
+        w.WriteTuple(size.size(), [&](size_t k) { w.WriteInt(size[k]); });
+        break;
+      case 3:
+        w.WriteTuple(stride.size(), [&](size_t k) { w.WriteInt(stride[k]); });
+        break;
+      case 4:
+        w.WriteBool(false);
+        break;
+      case 5:
+        w.WriteGlobal("collections", "OrderedDict");
+        w.EmitEmptyTuple();
+        w.EmitReduce();
+        break;
+      default:
+        w.WriteGlobal("torch", v3_dtype);
+    }
+  });
+  w.EmitReduce();
+  return std::move(w).Finish().value();
+}
+
+TEST(MalformedRecordTest, HandWrittenPickleIsAccepted) {
+  const std::string record =
+      RecordWithPickle(TensorPickle("torch._utils", "_rebuild_tensor_v2",
+                                    "FloatStorage", 4, 1, {3}, {1}),
+                       16);
+  ASSERT_OK_AND_ASSIGN(TensorRecordInfo info, ParseTensorRecordHeader(record));
+  EXPECT_EQ(info.storage_offset, 1);
+}
+
+TEST(MalformedRecordTest, StorageLargerThanItsEntryIsDataLoss) {
+  const std::string record =
+      RecordWithPickle(TensorPickle("torch._utils", "_rebuild_tensor_v2",
+                                    "FloatStorage", 5, 0, {4}, {1}),
+                       16);
+  EXPECT_THAT(ParseTensorRecordHeader(record).status(),
+              StatusIs(absl::StatusCode::kDataLoss,
+                       HasSubstr("claims a storage of 5 4-byte elements but "
+                                 "entry archive/data/0 holds 16 bytes")));
+}
+
+TEST(MalformedRecordTest, LayoutsBeyondTheStorageAreDataLoss) {
+  for (const auto& [offset, size, stride] :
+       std::vector<std::tuple<int64_t, Shape, Shape>>{
+           {1, {4}, {1}},
+           {0, {2, 3}, {3, 1}},
+           {0, {2, 2}, {3, 1}},
+           {0, {2}, {-1}},
+           {-1, {1}, {1}},
+           {0, {2}, {int64_t{1} << 62}},
+           {0, {int64_t{1} << 62, 2}, {int64_t{1} << 62, 1}},
+           {0, {3}, {1, 1}}}) {
+    SCOPED_TRACE(absl::StrCat(offset, " [", absl::StrJoin(size, ","), "] [",
+                              absl::StrJoin(stride, ","), "]"));
+    const std::string record =
+        RecordWithPickle(TensorPickle("torch._utils", "_rebuild_tensor_v2",
+                                      "FloatStorage", 4, offset, size, stride),
+                         16);
+    EXPECT_THAT(ParseTensorRecordHeader(record).status(),
+                StatusIs(absl::StatusCode::kDataLoss));
+  }
+}
+
+TEST(MalformedRecordTest, MissingVersionIsDataLoss) {
+  const std::string record =
+      RecordWithPickle(TensorPickle("torch._utils", "_rebuild_tensor_v2",
+                                    "FloatStorage", 4, 0, {4}, {1}),
+                       16, /*with_version=*/false);
+  EXPECT_THAT(ParseTensorRecordHeader(record).status(),
+              StatusIs(absl::StatusCode::kDataLoss,
+                       HasSubstr("no archive/version entry")));
+}
+
+TEST(MalformedRecordTest, UnsupportedTorchFeaturesAreUnimplemented) {
+  EXPECT_THAT(
+      ParseTensorRecordHeader(
+          RecordWithPickle(TensorPickle("torch._utils", "_rebuild_qtensor",
+                                        "FloatStorage", 4, 0, {4}, {1}),
+                           16))
+          .status(),
+      StatusIs(absl::StatusCode::kUnimplemented, HasSubstr("quantized")));
+  EXPECT_THAT(
+      ParseTensorRecordHeader(
+          RecordWithPickle(TensorPickle("torch._utils", "_rebuild_tensor_v2",
+                                        "QInt8Storage", 4, 0, {4}, {1}),
+                           4))
+          .status(),
+      StatusIs(absl::StatusCode::kUnimplemented, HasSubstr("QInt8")));
+  EXPECT_THAT(
+      ParseTensorRecordHeader(
+          RecordWithPickle(
+              TensorPickle("torch._utils", "_rebuild_tensor_v3",
+                           "UntypedStorage", 4, 0, {4}, {1}, "float8_e4m3fn"),
+              4))
+          .status(),
+      StatusIs(absl::StatusCode::kUnimplemented,
+               HasSubstr("torch.float8_e4m3fn is not supported")));
+  // v3 with a dtype libtorch 1.13 has.
+  ASSERT_OK_AND_ASSIGN(
+      TensorRecordInfo info,
+      ParseTensorRecordHeader(RecordWithPickle(
+          TensorPickle("torch._utils", "_rebuild_tensor_v3", "UntypedStorage",
+                       8, 0, {4}, {1}, "int16"),
+          8)));
+  EXPECT_EQ(info.dtype, at::kShort);
+}
+
+TEST(MalformedRecordTest, OtherPicklesAreNotTensors) {
+  EXPECT_THAT(
+      ParseTensorRecordHeader(
+          RecordWithPickle(
+              TensorPickle("os", "system", "FloatStorage", 4, 0, {4}, {1}), 16))
+          .status(),
+      StatusIs(absl::StatusCode::kDataLoss, HasSubstr("not a tensor")));
+  ASSERT_OK_AND_ASSIGN(std::string value_record,
+                       SerializeValueRecord(Value(7)));
+  EXPECT_THAT(ParseTensorRecordHeader(value_record).status(),
+              StatusIs(absl::StatusCode::kDataLoss, HasSubstr("not a tensor")));
+  EXPECT_THAT(
+      ParseTensorRecordHeader(RecordWithPickle("\x80\x02K", 16)).status(),
+      StatusIs(absl::StatusCode::kDataLoss, HasSubstr("data.pkl")));
+}
+
+TEST(MalformedRecordTest, CrcMismatchIsDetectedWhenVerifying) {
+  std::string record = Serialize(MakeTestTensor({16}, at::kFloat, 15));
+  ASSERT_OK_AND_ASSIGN(TensorRecordInfo info, ParseTensorRecordHeader(record));
+  record[info.storage.data_offset + 7] ^= 1;
+  EXPECT_OK(ReadTensorRecord(record).status());
+  EXPECT_THAT(ReadTensorRecord(record, {/*verify_crc=*/true}).status(),
+              StatusIs(absl::StatusCode::kDataLoss, HasSubstr("CRC-32")));
+}
+
+TEST(MalformedRecordTest, InvalidBoolBytesAreDataLoss) {
+  std::string record = Serialize(at::ones({4}, at::kBool));
+  ASSERT_OK_AND_ASSIGN(TensorRecordInfo info, ParseTensorRecordHeader(record));
+  record[info.storage.data_offset + 2] = 2;
+  EXPECT_THAT(ReadTensorRecord(record).status(),
+              StatusIs(absl::StatusCode::kDataLoss, HasSubstr("byte 0x02")));
+}
+
+TEST(MalformedRecordTest, EveryTruncationFails) {
+  const std::string record = Serialize(MakeTestTensor({3, 2}, at::kFloat, 16));
+  for (size_t n = 0; n < record.size(); ++n) {
+    EXPECT_THAT(ParseTensorRecordHeader(absl::string_view(record).substr(0, n))
+                    .status(),
+                StatusIs(absl::StatusCode::kDataLoss))
+        << n;
+  }
+}
+
+TEST(MalformedRecordTest, RandomMutationsNeverCrash) {
+  const std::string original = Serialize(MakeTestTensor({4, 3}, at::kInt, 17));
+  ASSERT_OK_AND_ASSIGN(TensorRecordInfo info,
+                       ParseTensorRecordHeader(original));
+  ASSERT_OK_AND_ASSIGN(ZipDirectory dir, ReadZipDirectory(original));
+  const ZipEntry pkl = *dir.Find("data.pkl");
+  std::mt19937 rng(777);
+  int parsed = 0;
+  for (int iteration = 0; iteration < 4000; ++iteration) {
+    std::string record = original;
+    const int flips = 1 + rng() % 3;
+    for (int f = 0; f < flips; ++f) {
+      // Mostly inside data.pkl, where the interesting structure is.
+      const size_t at = rng() % 2 ? pkl.data_offset + rng() % pkl.size
+                                  : rng() % record.size();
+      record[at] = static_cast<char>(
+          rng() % 3 == 0 ? rng() : record[at] ^ (1 << (rng() % 8)));
+    }
+    absl::StatusOr<TensorRecordInfo> parsed_info =
+        ParseTensorRecordHeader(record);
+    if (!parsed_info.ok()) {
+      EXPECT_THAT(parsed_info.status().code(),
+                  ::testing::AnyOf(absl::StatusCode::kDataLoss,
+                                   absl::StatusCode::kUnimplemented))
+          << parsed_info.status();
+      continue;
+    }
+    ++parsed;
+    absl::StatusOr<at::Tensor> t = ReadTensorRecord(record, {true});
+    if (!t.ok()) {
+      EXPECT_EQ(t.status().code(), absl::StatusCode::kDataLoss) << t.status();
+    }
+  }
+  EXPECT_GT(parsed, 0);
+}
+
+// ---- Records written by PyTorch 2.6 (storage/testdata/torch26/README.md) ----
+
+std::string TorchRecord(absl::string_view name) {
+  const char* srcdir = std::getenv("TEST_SRCDIR");
+  const char* workspace = std::getenv("TEST_WORKSPACE");
+  const std::string path =
+      absl::StrCat(srcdir ? srcdir : ".", "/", workspace ? workspace : "dcp",
+                   "/storage/testdata/torch26/", name, ".pt");
+  std::ifstream in(path, std::ios::binary);
+  EXPECT_TRUE(in.good()) << path;
+  return std::string(std::istreambuf_iterator<char>(in), {});
+}
+
+at::Tensor Base15() { return at::arange(15, at::kFloat).reshape({3, 5}); }
+
+TEST(TorchWrittenRecordsTest, TensorsWithOffsetsStridesAndDataDescriptors) {
+  struct Case {
+    const char* name;
+    at::Tensor expected;
+    int64_t storage_offset;
+    Shape strides;
+  };
+  at::Tensor t12 = at::arange(12, at::kDouble) - 5;
+  for (const Case& c : {
+           Case{"colslice", Base15().slice(1, 1, 3), 1, {5, 1}},
+           Case{"rowslice", Base15().slice(0, 1, 3), 5, {5, 1}},
+           Case{"expanded", Base15()[0].expand({2, 5}), 0, {0, 1}},
+           Case{"transposed", Base15().t(), 0, {1, 5}},
+           Case{"scalar", at::scalar_tensor(2.5, at::kFloat), 0, {}},
+           Case{"t_bfloat16", t12.to(at::kBFloat16).reshape({3, 4}), 0, {4, 1}},
+           Case{"t_bool", t12.to(at::kBool).reshape({3, 4}), 0, {4, 1}},
+           Case{"t_complex64",
+                t12.to(at::kComplexFloat).reshape({3, 4}),
+                0,
+                {4, 1}},
+           Case{"dcp_w",
+                at::arange(20, at::kFloat).reshape({4, 5}).t(),
+                0,
+                {1, 5}},
+       }) {
+    SCOPED_TRACE(c.name);
+    const std::string record = TorchRecord(c.name);
+    ASSERT_OK_AND_ASSIGN(TensorRecordInfo info,
+                         ParseTensorRecordHeader(record));
+    EXPECT_EQ(info.dtype, c.expected.scalar_type());
+    EXPECT_EQ(info.sizes, c.expected.sizes().vec());
+    EXPECT_EQ(info.strides, c.strides);
+    EXPECT_EQ(info.storage_offset, c.storage_offset);
+    EXPECT_EQ(info.storage.name, "archive/data/0");
+    ASSERT_OK_AND_ASSIGN(at::Tensor back, ReadTensorRecord(record, {true}));
+    EXPECT_THAT(back, TensorEq(c.expected.contiguous()));
+  }
+}
+
+TEST(TorchWrittenRecordsTest, BoxesOfAViewWithAStorageOffset) {
+  // torch.save(base[:, 1:3]) keeps the whole 15-element storage.
+  const std::string record = TorchRecord("colslice");
+  ASSERT_OK_AND_ASSIGN(TensorRecordInfo info, ParseTensorRecordHeader(record));
+  ASSERT_OK_AND_ASSIGN(BoxReadPlan plan, PlanBoxRead(info, {1, 0}, {2, 2}));
+  const uint64_t d = info.storage.data_offset;
+  EXPECT_THAT(plan.ranges,
+              ElementsAre(ByteRange{d + 6 * 4, 8}, ByteRange{d + 11 * 4, 8}));
+  ASSERT_OK_AND_ASSIGN(at::Tensor box,
+                       MaterializeBox(plan, Pack(record, plan)));
+  EXPECT_THAT(box,
+              TensorEq(Base15().slice(1, 1, 3).slice(0, 1, 3).contiguous()));
+}
+
+TEST(TorchWrittenRecordsTest, UnsupportedTensors) {
+  EXPECT_THAT(ParseTensorRecordHeader(TorchRecord("f8")).status(),
+              StatusIs(absl::StatusCode::kUnimplemented,
+                       HasSubstr("torch.float8_e4m3fn")));
+  EXPECT_THAT(ParseTensorRecordHeader(TorchRecord("parameter")).status(),
+              StatusIs(absl::StatusCode::kUnimplemented,
+                       HasSubstr("_rebuild_parameter")));
+  EXPECT_THAT(ParseTensorRecordHeader(TorchRecord("v_nested")).status(),
+              StatusIs(absl::StatusCode::kDataLoss, HasSubstr("not a tensor")));
+}
+
+TEST(TorchWrittenRecordsTest, Values) {
+  ASSERT_OK_AND_ASSIGN(Value n, ParseValueRecord(TorchRecord("v_dcp_n")));
+  EXPECT_TRUE(ValuesEqual(n, Value(5))) << n;
+  ASSERT_OK_AND_ASSIGN(Value nested, ParseValueRecord(TorchRecord("v_nested")));
+  const Value expected(
+      StateDict{{"a", Value(List{Value(1), Value("x")})},
+                {"3", Value(Bytes{std::string("\0\xff", 2)})},
+                {"b", Value(List{Value(1.5), Value(None{}), Value(true)})},
+                {"od", Value(StateDict{{"z", Value(1)}})},
+                {"e", Value(Bytes{""})}});
+  EXPECT_TRUE(ValuesEqual(nested, expected)) << nested;
+  EXPECT_THAT(ParseValueRecord(TorchRecord("v_set")).status(),
+              StatusIs(absl::StatusCode::kUnimplemented,
+                       HasSubstr("unsupported pickled type __builtin__.set")));
+  EXPECT_THAT(ParseValueRecord(TorchRecord("v_tensor")).status(),
+              StatusIs(absl::StatusCode::kUnimplemented,
+                       HasSubstr("torch.Tensor at value[\"t\"]")));
+  EXPECT_THAT(ParseValueRecord(TorchRecord("colslice")).status(),
+              StatusIs(absl::StatusCode::kUnimplemented,
+                       HasSubstr("torch.Tensor at value")));
+}
+
+// ---- Value records ----------------------------------------------------------
+
+TEST(ValueRecordTest, RoundTripsSupportedTypes) {
+  StateDict inner{{"d", Value(int64_t{-5})},
+                  {"big", Value(int64_t{1} << 40)},
+                  {"empty", Value(StateDict())}};
+  const Value value(StateDict{
+      {"a", Value(1)},
+      {"b", Value(List{Value(1.5), Value(true), Value(None{}), Value("x"),
+                       Value(Bytes{std::string("\0\xff\x80", 3)}),
+                       Value(Bytes{""}), Value(List{})})},
+      {"c", Value(std::move(inner))},
+      {"utf8", Value("h\xc3\xa9llo")}});
+  ASSERT_OK_AND_ASSIGN(std::string record, SerializeValueRecord(value));
+  ASSERT_OK_AND_ASSIGN(ZipDirectory dir, ReadZipDirectory(record));
+  EXPECT_EQ(dir.Find("data/0"), nullptr);
+  EXPECT_NE(dir.Find("version"), nullptr);
+  ASSERT_OK_AND_ASSIGN(Value back, ParseValueRecord(record));
+  EXPECT_TRUE(ValuesEqual(back, value)) << back << " vs " << value;
+  for (const Value& scalar : {Value(7), Value(-1.0), Value(false),
+                              Value(None{}), Value("s"), Value(Bytes{"b"})}) {
+    ASSERT_OK_AND_ASSIGN(
+        Value again, ParseValueRecord(SerializeValueRecord(scalar).value()));
+    EXPECT_TRUE(ValuesEqual(again, scalar)) << scalar;
+  }
+}
+
+TEST(ValueRecordTest, IntSevenIsTheTorchPickle) {
+  ASSERT_OK_AND_ASSIGN(std::string record, SerializeValueRecord(Value(7)));
+  ASSERT_OK_AND_ASSIGN(ZipDirectory dir, ReadZipDirectory(record));
+  EXPECT_EQ(*ZipEntryData(record, *dir.Find("data.pkl")),
+            absl::string_view("\x80\x02K\x07.", 5));
+}
+
+TEST(ValueRecordTest, RejectsTensorsAndInvalidStrings) {
+  EXPECT_THAT(SerializeValueRecord(Value(at::ones({2}))).status(),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("cannot save value (a tensor)")));
+  EXPECT_THAT(
+      SerializeValueRecord(
+          Value(StateDict{{"k", Value(List{Value(1), Value(at::ones({1}))})}}))
+          .status(),
+      StatusIs(absl::StatusCode::kInvalidArgument,
+               HasSubstr("value[\"k\"][1] (a tensor)")));
+  EXPECT_THAT(SerializeValueRecord(Value(std::string("\xff"))).status(),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("UTF-8")));
+}
+
+std::string RecordOf(const std::string& pkl) {
+  return BuildZipArchive({{"archive/data.pkl", pkl},
+                          {"archive/byteorder", "little"},
+                          {"archive/version", "3\n"}})
+      .value();
+}
+
+TEST(ValueRecordTest, ReadsPythonShapes) {
+  // (1, 'a') -> [1, "a"]
+  {
+    PickleWriter w;
+    w.WriteTuple(2, [&](size_t i) {
+      if (i == 0)
+        w.WriteInt(1);
+      else
+        w.WriteString("a");
+    });
+    ASSERT_OK_AND_ASSIGN(
+        Value v, ParseValueRecord(RecordOf(std::move(w).Finish().value())));
+    EXPECT_TRUE(ValuesEqual(v, Value(List{Value(1), Value("a")}))) << v;
+  }
+  // {1: 'x', 'y': {2: None}} -> {"1": "x", "y": {"2": None}}
+  {
+    PickleWriter w;
+    w.WriteDict(2, [&](size_t i) {
+      if (i == 0) {
+        w.WriteInt(1);
+        w.WriteString("x");
+      } else {
+        w.WriteString("y");
+        w.WriteDict(1, [&](size_t) {
+          w.WriteInt(2);
+          w.WriteNone();
+        });
+      }
+    });
+    ASSERT_OK_AND_ASSIGN(
+        Value v, ParseValueRecord(RecordOf(std::move(w).Finish().value())));
+    EXPECT_TRUE(ValuesEqual(
+        v, Value(StateDict{{"1", Value("x")},
+                           {"y", Value(StateDict{{"2", Value(None{})}})}})))
+        << v;
+  }
+  // collections.OrderedDict([('w', 1)]), as Python pickles it.
+  {
+    PickleWriter w;
+    w.WriteGlobal("collections", "OrderedDict");
+    w.EmitEmptyTuple();
+    w.EmitReduce();
+    w.WriteString("w");
+    w.WriteInt(1);
+    w.EmitSetItem();
+    ASSERT_OK_AND_ASSIGN(
+        Value v, ParseValueRecord(RecordOf(std::move(w).Finish().value())));
+    EXPECT_TRUE(ValuesEqual(v, Value(StateDict{{"w", Value(1)}}))) << v;
+  }
+}
+
+TEST(ValueRecordTest, RejectsUnsupportedPickledTypes) {
+  // A tensor inside a bytes record.
+  const std::string tensor_pkl = TensorPickle(
+      "torch._utils", "_rebuild_tensor_v2", "FloatStorage", 4, 0, {4}, {1});
+  EXPECT_THAT(ParseValueRecord(RecordWithPickle(tensor_pkl, 16)).status(),
+              StatusIs(absl::StatusCode::kUnimplemented,
+                       HasSubstr("unsupported pickled type torch.Tensor at "
+                                 "value")));
+  {
+    PickleWriter w;
+    w.WriteList(1, [&](size_t) {
+      w.WriteGlobal("builtins", "set");
+      w.WriteTuple(0, [](size_t) {});
+      w.EmitReduce();
+    });
+    EXPECT_THAT(
+        ParseValueRecord(RecordOf(std::move(w).Finish().value())).status(),
+        StatusIs(absl::StatusCode::kUnimplemented,
+                 HasSubstr("builtins.set at value[0]")));
+  }
+  {
+    PickleWriter w;
+    w.WriteBigInt(std::string("\0\0\0\0\0\0\0\0\x01", 9));
+    EXPECT_THAT(
+        ParseValueRecord(RecordOf(std::move(w).Finish().value())).status(),
+        StatusIs(absl::StatusCode::kUnimplemented, HasSubstr("int64")));
+  }
+  {
+    PickleWriter w;
+    w.WriteDict(2, [&](size_t i) {
+      if (i == 0)
+        w.WriteInt(1);
+      else
+        w.WriteString("1");
+      w.WriteNone();
+    });
+    EXPECT_THAT(
+        ParseValueRecord(RecordOf(std::move(w).Finish().value())).status(),
+        StatusIs(absl::StatusCode::kUnimplemented,
+                 HasSubstr("both the int key 1 and the str key")));
+  }
+  {
+    PickleWriter w;
+    w.WriteDict(1, [&](size_t) {
+      w.WriteFloat(1.5);
+      w.WriteNone();
+    });
+    EXPECT_THAT(
+        ParseValueRecord(RecordOf(std::move(w).Finish().value())).status(),
+        StatusIs(absl::StatusCode::kUnimplemented, HasSubstr("dict key")));
+  }
+  EXPECT_THAT(ParseValueRecord("not a zip").status(),
+              StatusIs(absl::StatusCode::kDataLoss));
+}
+
+TEST(ValueRecordTest, EveryTruncationFails) {
+  const std::string record =
+      SerializeValueRecord(Value(StateDict{{"a", Value(List{Value(1)})}}))
+          .value();
+  for (size_t n = 0; n < record.size(); ++n) {
+    EXPECT_THAT(
+        ParseValueRecord(absl::string_view(record).substr(0, n)).status(),
+        StatusIs(absl::StatusCode::kDataLoss))
+        << n;
+  }
+}
+
+}  // namespace
+}  // namespace dcp
