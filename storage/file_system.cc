@@ -1,0 +1,173 @@
+#include "storage/file_system.h"
+
+#include <cstring>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "checkpoint/status.h"
+
+namespace dcp {
+
+// -----------------------------------------------------------------------------
+// RandomAccessFile / FileSystem
+// -----------------------------------------------------------------------------
+
+absl::Status RandomAccessFile::ReadInto(uint64_t offset,
+                                        absl::Span<char> dest) const {
+  DCP_ASSIGN_OR_RETURN(absl::string_view got,
+                       Read(offset, dest.size(), dest.data()));
+  if (got.data() != dest.data() && !got.empty()) {
+    std::memmove(dest.data(), got.data(), got.size());
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<bool> FileSystem::Exists(absl::string_view path) {
+  absl::Status status = FileExists(path);
+  if (status.ok()) return true;
+  if (absl::IsNotFound(status)) return false;
+  return status;
+}
+
+// -----------------------------------------------------------------------------
+// FileSystemWrapper
+// -----------------------------------------------------------------------------
+
+FileSystemWrapper::FileSystemWrapper(std::shared_ptr<FileSystem> target)
+    : target_(std::move(target)) {}
+
+absl::StatusOr<std::unique_ptr<WritableFile>>
+FileSystemWrapper::NewWritableFile(absl::string_view path) {
+  return target_->NewWritableFile(path);
+}
+
+absl::StatusOr<std::unique_ptr<RandomAccessFile>>
+FileSystemWrapper::NewRandomAccessFile(absl::string_view path) {
+  return target_->NewRandomAccessFile(path);
+}
+
+absl::StatusOr<uint64_t> FileSystemWrapper::FileSize(absl::string_view path) {
+  return target_->FileSize(path);
+}
+
+absl::Status FileSystemWrapper::FileExists(absl::string_view path) {
+  return target_->FileExists(path);
+}
+
+absl::StatusOr<bool> FileSystemWrapper::IsDirectory(absl::string_view path) {
+  return target_->IsDirectory(path);
+}
+
+absl::StatusOr<std::vector<std::string>> FileSystemWrapper::GetChildren(
+    absl::string_view dir) {
+  return target_->GetChildren(dir);
+}
+
+absl::Status FileSystemWrapper::CreateDir(absl::string_view dir) {
+  return target_->CreateDir(dir);
+}
+
+absl::Status FileSystemWrapper::RemoveFile(absl::string_view path) {
+  return target_->RemoveFile(path);
+}
+
+absl::Status FileSystemWrapper::RemoveDir(absl::string_view dir) {
+  return target_->RemoveDir(dir);
+}
+
+absl::Status FileSystemWrapper::Rename(absl::string_view from,
+                                       absl::string_view to) {
+  return target_->Rename(from, to);
+}
+
+absl::Status FileSystemWrapper::SyncDir(absl::string_view dir) {
+  return target_->SyncDir(dir);
+}
+
+// -----------------------------------------------------------------------------
+// Path helpers
+// -----------------------------------------------------------------------------
+
+std::string JoinPath(absl::string_view a, absl::string_view b) {
+  if (a.empty()) return std::string(b);
+  if (b.empty()) return std::string(a);
+  while (a.size() > 1 && a.back() == '/') a.remove_suffix(1);
+  while (!b.empty() && b.front() == '/') b.remove_prefix(1);
+  if (a == "/") return absl::StrCat("/", b);
+  return absl::StrCat(a, "/", b);
+}
+
+std::string CleanPath(absl::string_view path) {
+  const bool absolute = !path.empty() && path.front() == '/';
+  std::vector<absl::string_view> parts;
+  for (absl::string_view part : absl::StrSplit(path, '/')) {
+    if (part.empty() || part == ".") continue;
+    if (part == "..") {
+      if (!parts.empty() && parts.back() != "..") {
+        parts.pop_back();
+      } else if (!absolute) {
+        parts.push_back(part);  // A relative path may climb above ".".
+      }                         // "/.." is "/".
+      continue;
+    }
+    parts.push_back(part);
+  }
+  std::string joined = absl::StrJoin(parts, "/");
+  if (absolute) return absl::StrCat("/", joined);
+  if (joined.empty()) return ".";
+  return joined;
+}
+
+std::string Dirname(absl::string_view path) {
+  std::string clean = CleanPath(path);
+  const size_t slash = clean.rfind('/');
+  if (slash == std::string::npos) return ".";
+  if (slash == 0) return "/";
+  clean.resize(slash);
+  return clean;
+}
+
+std::string Basename(absl::string_view path) {
+  std::string clean = CleanPath(path);
+  if (clean == "/") return clean;
+  const size_t slash = clean.rfind('/');
+  if (slash == std::string::npos) return clean;
+  return clean.substr(slash + 1);
+}
+
+// -----------------------------------------------------------------------------
+// Whole-file helpers
+// -----------------------------------------------------------------------------
+
+absl::Status WriteStringToFile(FileSystem& fs, absl::string_view path,
+                               absl::string_view data, bool sync) {
+  DCP_ASSIGN_OR_RETURN(std::unique_ptr<WritableFile> file,
+                       fs.NewWritableFile(path));
+  DCP_RETURN_IF_ERROR(file->Append(data));
+  if (sync) DCP_RETURN_IF_ERROR(file->Sync());
+  return file->Close();
+}
+
+absl::StatusOr<std::string> ReadFileToString(FileSystem& fs,
+                                             absl::string_view path) {
+  DCP_ASSIGN_OR_RETURN(std::unique_ptr<RandomAccessFile> file,
+                       fs.NewRandomAccessFile(path));
+  std::string data(file->size(), '\0');
+  DCP_RETURN_IF_ERROR(file->ReadInto(0, absl::MakeSpan(data)));
+  return data;
+}
+
+absl::Status ReadPastEndError(absl::string_view path, uint64_t offset,
+                              uint64_t wanted, uint64_t available) {
+  return absl::DataLossError(
+      absl::StrCat("file \"", path, "\": read of ", wanted, " bytes at offset ",
+                   offset, " goes past the end of the file: only ", available,
+                   " bytes are available there"));
+}
+
+}  // namespace dcp

@@ -1,0 +1,272 @@
+// -----------------------------------------------------------------------------
+// File: storage/file_system.h
+// -----------------------------------------------------------------------------
+//
+// `FileSystem` is the only way the storage layer touches files (the shape of
+// leveldb's and rocksdb's `Env`). Production code uses `PosixFileSystem`
+// (storage/posix_file_system.h); tests use `testing::MemFileSystem` and
+// `testing::FaultInjectingFileSystem`, which wraps any `FileSystem` to inject
+// errors and simulate crashes.
+//
+// Paths are plain strings. Absolute paths start with '/'; relative paths are
+// resolved against the process's working directory (`PosixFileSystem`) or an
+// implicit "." directory (`MemFileSystem`). `JoinPath`, `CleanPath`,
+// `Dirname` and `Basename` below manipulate them lexically.
+//
+// Durability model (what survives a machine crash, and what
+// `FaultInjectingFileSystem` simulates):
+//   - Bytes appended to a `WritableFile` are durable only once a later
+//     `Sync()` of that file has returned OK.
+//   - A new directory entry (a created file or directory, the new name of a
+//     `Rename`) and the disappearance of an entry (`RemoveFile`, `RemoveDir`,
+//     the old name of a `Rename`) are durable only once `SyncDir()` of the
+//     directory holding the entry has returned OK.
+// So the crash-safe way to publish a file is: write `name.tmp`, `Sync()`,
+// `Close()`, `Rename("name.tmp", "name")`, `SyncDir(Dirname("name"))`.
+//
+// Thread safety: all `FileSystem` methods may be called concurrently from
+// any number of threads without external synchronisation. A `WritableFile`
+// is used by one thread at a time. A `RandomAccessFile` may be read
+// concurrently by many threads.
+//
+// Ownership: files returned by a `FileSystem` may outlive it.
+//
+// Errors: every implementation returns these codes, with a message that
+// names the path (and, for I/O errors, the OS error text):
+//   NotFound            the path (or a parent directory) does not exist
+//   AlreadyExists       `CreateDir` of a path that exists and is a file
+//   FailedPrecondition  the path has the wrong type (a file where a directory
+//                       is required or vice versa), `RemoveDir` of a
+//                       non-empty directory, use of a closed `WritableFile`
+//   InvalidArgument     a malformed path (e.g. renaming a directory into
+//                       itself)
+//   DataLoss            a read past the end of a file (short read)
+//   PermissionDenied    the OS refused access
+//   ResourceExhausted   no space left on the device
+//   Unavailable         other I/O errors (possibly transient)
+//   Internal            a bug (e.g. a bad file descriptor)
+#ifndef DCP_STORAGE_FILE_SYSTEM_H_
+#define DCP_STORAGE_FILE_SYSTEM_H_
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "absl/types/span.h"
+
+namespace dcp {
+
+// A file being written sequentially. Created (or truncated) by
+// `FileSystem::NewWritableFile`.
+//
+// Thread safety: used by one thread at a time.
+//
+// Errors: every method returns FailedPrecondition after `Close()`.
+class WritableFile {
+ public:
+  WritableFile(const WritableFile&) = delete;
+  WritableFile& operator=(const WritableFile&) = delete;
+
+  // Closes the file if `Close()` was not called, ignoring errors.
+  virtual ~WritableFile() = default;
+
+  // Appends `data` at the end of the file. `data` may be large (a whole
+  // tensor's bytes) and is written from the caller's memory; implementations
+  // do not require it to outlive the call. On error, an unknown prefix of
+  // `data` may have been written.
+  virtual absl::Status Append(absl::string_view data) = 0;
+
+  // Makes every byte appended so far durable (fsync). Bytes not covered by
+  // a successful `Sync()` may be lost in a crash.
+  virtual absl::Status Sync() = 0;
+
+  // Releases the file. Does not imply `Sync()`.
+  virtual absl::Status Close() = 0;
+
+  // The number of bytes appended through this object so far (the file's
+  // size, since `NewWritableFile` starts from an empty file).
+  virtual uint64_t size() const = 0;
+
+ protected:
+  WritableFile() = default;
+};
+
+// A file read at arbitrary offsets. Created by
+// `FileSystem::NewRandomAccessFile`.
+//
+// Thread safety: `Read`, `ReadInto` and `size` may be called concurrently.
+class RandomAccessFile {
+ public:
+  RandomAccessFile(const RandomAccessFile&) = delete;
+  RandomAccessFile& operator=(const RandomAccessFile&) = delete;
+  virtual ~RandomAccessFile() = default;
+
+  // Reads exactly `n` bytes starting at `offset`. `scratch` must have room
+  // for `n` bytes. The result views exactly `n` bytes, either in `scratch`
+  // or in memory owned by this file that stays valid while it is alive.
+  //
+  // Errors: DataLoss if the file has fewer than `offset + n` bytes (naming
+  // the file, the offset, the bytes wanted and the bytes available); I/O
+  // errors as documented at the top of this file.
+  virtual absl::StatusOr<absl::string_view> Read(uint64_t offset, size_t n,
+                                                 char* scratch) const = 0;
+
+  // Reads exactly `dest.size()` bytes at `offset` into `dest`, for example
+  // straight into a tensor's memory. Errors as for `Read`.
+  absl::Status ReadInto(uint64_t offset, absl::Span<char> dest) const;
+
+  // The file's size when it was opened.
+  virtual uint64_t size() const = 0;
+
+ protected:
+  RandomAccessFile() = default;
+};
+
+// The file-system interface. See the file comment for the thread-safety,
+// durability and error contracts every implementation follows.
+class FileSystem {
+ public:
+  FileSystem(const FileSystem&) = delete;
+  FileSystem& operator=(const FileSystem&) = delete;
+  virtual ~FileSystem() = default;
+
+  // Creates `path`, or truncates it if it exists, and opens it for
+  // appending. The parent directory must exist (NotFound otherwise).
+  // FailedPrecondition if `path` is a directory.
+  virtual absl::StatusOr<std::unique_ptr<WritableFile>> NewWritableFile(
+      absl::string_view path) = 0;
+
+  // Opens an existing file for reading. NotFound if it does not exist;
+  // FailedPrecondition if it is a directory.
+  virtual absl::StatusOr<std::unique_ptr<RandomAccessFile>> NewRandomAccessFile(
+      absl::string_view path) = 0;
+
+  // The size of the file `path` in bytes. NotFound if it does not exist;
+  // FailedPrecondition if it is a directory.
+  virtual absl::StatusOr<uint64_t> FileSize(absl::string_view path) = 0;
+
+  // OK if `path` exists (file or directory), NotFound if it does not, and
+  // another code if that could not be determined.
+  virtual absl::Status FileExists(absl::string_view path) = 0;
+
+  // Whether `path` is a directory. NotFound if it does not exist.
+  virtual absl::StatusOr<bool> IsDirectory(absl::string_view path) = 0;
+
+  // The names (not paths) of the entries of directory `dir`, excluding "."
+  // and "..", sorted bytewise. NotFound if `dir` does not exist;
+  // FailedPrecondition if it is not a directory.
+  virtual absl::StatusOr<std::vector<std::string>> GetChildren(
+      absl::string_view dir) = 0;
+
+  // Creates `dir` and any missing parents (`mkdir -p`). OK if `dir` already
+  // is a directory; AlreadyExists if it exists as a file; FailedPrecondition
+  // if a parent is a file. New directories are durable only after `SyncDir`
+  // of their parents.
+  virtual absl::Status CreateDir(absl::string_view dir) = 0;
+
+  // Removes the file `path`. NotFound if it does not exist;
+  // FailedPrecondition if it is a directory.
+  virtual absl::Status RemoveFile(absl::string_view path) = 0;
+
+  // Removes the empty directory `dir`. NotFound if it does not exist;
+  // FailedPrecondition if it is not a directory or not empty.
+  virtual absl::Status RemoveDir(absl::string_view dir) = 0;
+
+  // Renames `from` to `to`, atomically replacing `to` if it exists (rename(2)
+  // semantics: a file may replace a file, a directory may replace an empty
+  // directory). The change is durable only after `SyncDir` of both parent
+  // directories (one, if they are the same). NotFound if `from` or the
+  // parent of `to` does not exist; FailedPrecondition on a type mismatch or
+  // a non-empty target directory; InvalidArgument when moving a directory
+  // into itself.
+  virtual absl::Status Rename(absl::string_view from, absl::string_view to) = 0;
+
+  // Makes the entries of directory `dir` durable (fsync of the directory).
+  // NotFound if it does not exist; FailedPrecondition if it is a file.
+  virtual absl::Status SyncDir(absl::string_view dir) = 0;
+
+  // Like `FileExists`, as a bool: true if `path` exists, false on NotFound,
+  // and the error otherwise.
+  absl::StatusOr<bool> Exists(absl::string_view path);
+
+ protected:
+  FileSystem() = default;
+};
+
+// Forwards every call to `target`. Subclass it to override a few methods.
+//
+// Thread safety: as `target`. Ownership: shares ownership of `target`.
+class FileSystemWrapper : public FileSystem {
+ public:
+  explicit FileSystemWrapper(std::shared_ptr<FileSystem> target);
+
+  FileSystem* target() const { return target_.get(); }
+  const std::shared_ptr<FileSystem>& shared_target() const { return target_; }
+
+  absl::StatusOr<std::unique_ptr<WritableFile>> NewWritableFile(
+      absl::string_view path) override;
+  absl::StatusOr<std::unique_ptr<RandomAccessFile>> NewRandomAccessFile(
+      absl::string_view path) override;
+  absl::StatusOr<uint64_t> FileSize(absl::string_view path) override;
+  absl::Status FileExists(absl::string_view path) override;
+  absl::StatusOr<bool> IsDirectory(absl::string_view path) override;
+  absl::StatusOr<std::vector<std::string>> GetChildren(
+      absl::string_view dir) override;
+  absl::Status CreateDir(absl::string_view dir) override;
+  absl::Status RemoveFile(absl::string_view path) override;
+  absl::Status RemoveDir(absl::string_view dir) override;
+  absl::Status Rename(absl::string_view from, absl::string_view to) override;
+  absl::Status SyncDir(absl::string_view dir) override;
+
+ private:
+  std::shared_ptr<FileSystem> target_;
+};
+
+// -----------------------------------------------------------------------------
+// Path helpers (lexical; they never touch a file system).
+// -----------------------------------------------------------------------------
+
+// Joins two path pieces with exactly one '/' between them: ("/c", "x") and
+// ("/c/", "/x") both give "/c/x". If either piece is empty, returns the
+// other.
+std::string JoinPath(absl::string_view a, absl::string_view b);
+
+// Lexically normalises `path` (like Go's path.Clean): collapses repeated
+// '/', removes "." components and trailing '/', and resolves ".." against
+// the preceding component ("/.." is "/"). The empty path becomes ".".
+std::string CleanPath(absl::string_view path);
+
+// The directory part of `path`, cleaned: "/c/x" -> "/c", "/x" -> "/",
+// "x" -> ".", "/" -> "/".
+std::string Dirname(absl::string_view path);
+
+// The last component of `path`, cleaned: "/c/x/" -> "x", "/" -> "/".
+std::string Basename(absl::string_view path);
+
+// -----------------------------------------------------------------------------
+// Whole-file helpers.
+// -----------------------------------------------------------------------------
+
+// Creates or truncates `path`, writes `data`, `Sync()`s if `sync`, and
+// closes it.
+absl::Status WriteStringToFile(FileSystem& fs, absl::string_view path,
+                               absl::string_view data, bool sync);
+
+// Reads the whole file `path`.
+absl::StatusOr<std::string> ReadFileToString(FileSystem& fs,
+                                             absl::string_view path);
+
+// The DataLoss status every `RandomAccessFile::Read` returns for a read of
+// `wanted` bytes at `offset` from file `path`, of which only `available`
+// exist.
+absl::Status ReadPastEndError(absl::string_view path, uint64_t offset,
+                              uint64_t wanted, uint64_t available);
+
+}  // namespace dcp
+
+#endif  // DCP_STORAGE_FILE_SYSTEM_H_

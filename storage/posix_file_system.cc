@@ -1,0 +1,365 @@
+#include "storage/posix_file_system.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/types.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/string_view.h"
+#include "checkpoint/status.h"
+#include "storage/file_system.h"
+
+namespace dcp {
+namespace {
+
+// write(2) transfers at most 0x7ffff000 bytes per call on Linux; keep each
+// call comfortably below that.
+constexpr size_t kMaxIoChunk = size_t{1} << 30;
+
+// strerror_r has a GNU (char*) and an XSI (int) flavour; accept either.
+[[maybe_unused]] const char* StrerrorResult(int rc, const char* buf) {
+  return rc == 0 ? buf : "unknown error";
+}
+[[maybe_unused]] const char* StrerrorResult(const char* result, const char*) {
+  return result;
+}
+
+std::string ErrnoText(int errno_value) {
+  char buf[256];
+  buf[0] = '\0';
+  return std::string(
+      StrerrorResult(strerror_r(errno_value, buf, sizeof(buf)), buf));
+}
+
+// `path` as a NUL-terminated string for the system calls.
+std::string CPath(absl::string_view path) { return std::string(path); }
+
+std::string Quoted(absl::string_view path) {
+  return absl::StrCat("\"", path, "\"");
+}
+
+absl::Status PathError(int errno_value, absl::string_view what,
+                       absl::string_view path) {
+  return ErrnoToStatus(errno_value, absl::StrCat(what, " ", Quoted(path)));
+}
+
+absl::StatusOr<struct stat> Stat(absl::string_view path) {
+  struct stat st;
+  if (::stat(CPath(path).c_str(), &st) != 0) {
+    return PathError(errno, "stat", path);
+  }
+  return st;
+}
+
+class PosixWritableFile final : public WritableFile {
+ public:
+  PosixWritableFile(std::string path, int fd)
+      : path_(std::move(path)), fd_(fd) {}
+
+  ~PosixWritableFile() override {
+    if (fd_ >= 0) ::close(fd_);
+  }
+
+  absl::Status Append(absl::string_view data) override {
+    DCP_RETURN_IF_ERROR(CheckOpen("append to"));
+    const char* p = data.data();
+    size_t left = data.size();
+    while (left > 0) {
+      const ssize_t n = ::write(fd_, p, std::min(left, kMaxIoChunk));
+      if (n < 0) {
+        if (errno == EINTR) continue;
+        return PathError(errno, absl::StrCat("write at offset ", size_, " of"),
+                         path_);
+      }
+      if (n == 0) {
+        return absl::UnavailableError(absl::StrCat("write at offset ", size_,
+                                                   " of ", Quoted(path_),
+                                                   ": write(2) returned 0"));
+      }
+      p += n;
+      left -= static_cast<size_t>(n);
+      size_ += static_cast<uint64_t>(n);
+    }
+    return absl::OkStatus();
+  }
+
+  absl::Status Sync() override {
+    DCP_RETURN_IF_ERROR(CheckOpen("sync"));
+#if defined(__linux__)
+    const int rc = ::fdatasync(fd_);
+#else
+    const int rc = ::fsync(fd_);
+#endif
+    if (rc != 0) return PathError(errno, "sync", path_);
+    return absl::OkStatus();
+  }
+
+  absl::Status Close() override {
+    DCP_RETURN_IF_ERROR(CheckOpen("close"));
+    const int fd = fd_;
+    fd_ = -1;
+    // Never retry close(2): on Linux the descriptor is gone even on EINTR.
+    if (::close(fd) != 0 && errno != EINTR) {
+      return PathError(errno, "close", path_);
+    }
+    return absl::OkStatus();
+  }
+
+  uint64_t size() const override { return size_; }
+
+ private:
+  absl::Status CheckOpen(absl::string_view what) const {
+    if (fd_ >= 0) return absl::OkStatus();
+    return absl::FailedPreconditionError(absl::StrCat(
+        "cannot ", what, " ", Quoted(path_), ": the file is closed"));
+  }
+
+  const std::string path_;
+  int fd_;
+  uint64_t size_ = 0;
+};
+
+class PosixRandomAccessFile final : public RandomAccessFile {
+ public:
+  PosixRandomAccessFile(std::string path, int fd, uint64_t size)
+      : path_(std::move(path)), fd_(fd), size_(size) {}
+
+  ~PosixRandomAccessFile() override { ::close(fd_); }
+
+  absl::StatusOr<absl::string_view> Read(uint64_t offset, size_t n,
+                                         char* scratch) const override {
+    size_t done = 0;
+    while (done < n) {
+      const ssize_t got =
+          ::pread(fd_, scratch + done, std::min(n - done, kMaxIoChunk),
+                  static_cast<off_t>(offset + done));
+      if (got < 0) {
+        if (errno == EINTR) continue;
+        return PathError(errno,
+                         absl::StrCat("read at offset ", offset + done, " of"),
+                         path_);
+      }
+      if (got == 0) {  // End of file.
+        return ReadPastEndError(path_, offset, n, done);
+      }
+      done += static_cast<size_t>(got);
+    }
+    return absl::string_view(scratch, n);
+  }
+
+  uint64_t size() const override { return size_; }
+
+ private:
+  const std::string path_;
+  const int fd_;
+  const uint64_t size_;
+};
+
+}  // namespace
+
+absl::Status ErrnoToStatus(int errno_value, absl::string_view context) {
+  const std::string message =
+      absl::StrCat(context, ": ", ErrnoText(errno_value));
+  switch (errno_value) {
+    case ENOENT:
+      return absl::NotFoundError(message);
+    case EEXIST:
+      return absl::AlreadyExistsError(message);
+    case ENOTDIR:
+    case EISDIR:
+    case ENOTEMPTY:
+      return absl::FailedPreconditionError(message);
+    case EACCES:
+    case EPERM:
+    case EROFS:
+      return absl::PermissionDeniedError(message);
+    case ENOSPC:
+    case EDQUOT:
+    case EMFILE:
+    case ENFILE:
+      return absl::ResourceExhaustedError(message);
+    case EINVAL:
+    case ENAMETOOLONG:
+    case ELOOP:
+      return absl::InvalidArgumentError(message);
+    case EBADF:
+    case EFAULT:
+      return absl::InternalError(message);
+    default:
+      return absl::UnavailableError(message);
+  }
+}
+
+std::shared_ptr<FileSystem> NewPosixFileSystem() {
+  return std::make_shared<PosixFileSystem>();
+}
+
+absl::StatusOr<std::unique_ptr<WritableFile>> PosixFileSystem::NewWritableFile(
+    absl::string_view path) {
+  int fd;
+  do {
+    fd = ::open(CPath(path).c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC,
+                0644);
+  } while (fd < 0 && errno == EINTR);
+  if (fd < 0) return PathError(errno, "open for writing", path);
+  return std::make_unique<PosixWritableFile>(std::string(path), fd);
+}
+
+absl::StatusOr<std::unique_ptr<RandomAccessFile>>
+PosixFileSystem::NewRandomAccessFile(absl::string_view path) {
+  int fd;
+  do {
+    fd = ::open(CPath(path).c_str(), O_RDONLY | O_CLOEXEC);
+  } while (fd < 0 && errno == EINTR);
+  if (fd < 0) return PathError(errno, "open for reading", path);
+  struct stat st;
+  if (::fstat(fd, &st) != 0) {
+    absl::Status status = PathError(errno, "stat", path);
+    ::close(fd);
+    return status;
+  }
+  if (S_ISDIR(st.st_mode)) {
+    ::close(fd);
+    return absl::FailedPreconditionError(
+        absl::StrCat("open for reading ", Quoted(path), ": is a directory"));
+  }
+  return std::make_unique<PosixRandomAccessFile>(
+      std::string(path), fd, static_cast<uint64_t>(st.st_size));
+}
+
+absl::StatusOr<uint64_t> PosixFileSystem::FileSize(absl::string_view path) {
+  DCP_ASSIGN_OR_RETURN(struct stat st, Stat(path));
+  if (S_ISDIR(st.st_mode)) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("size of ", Quoted(path), ": is a directory"));
+  }
+  return static_cast<uint64_t>(st.st_size);
+}
+
+absl::Status PosixFileSystem::FileExists(absl::string_view path) {
+  return Stat(path).status();
+}
+
+absl::StatusOr<bool> PosixFileSystem::IsDirectory(absl::string_view path) {
+  DCP_ASSIGN_OR_RETURN(struct stat st, Stat(path));
+  return S_ISDIR(st.st_mode);
+}
+
+absl::StatusOr<std::vector<std::string>> PosixFileSystem::GetChildren(
+    absl::string_view dir) {
+  DIR* d = ::opendir(CPath(dir).c_str());
+  if (d == nullptr) return PathError(errno, "list directory", dir);
+  std::vector<std::string> names;
+  while (true) {
+    errno = 0;
+    struct dirent* entry = ::readdir(d);
+    if (entry == nullptr) {
+      if (errno != 0) {
+        absl::Status status = PathError(errno, "list directory", dir);
+        ::closedir(d);
+        return status;
+      }
+      break;
+    }
+    absl::string_view name(entry->d_name);
+    if (name == "." || name == "..") continue;
+    names.emplace_back(name);
+  }
+  ::closedir(d);
+  std::sort(names.begin(), names.end());
+  return names;
+}
+
+absl::Status PosixFileSystem::CreateDir(absl::string_view dir) {
+  return CreateDirRecursive(dir, CleanPath(dir), /*is_target=*/true);
+}
+
+absl::Status PosixFileSystem::CreateDirRecursive(absl::string_view dir,
+                                                 const std::string& level,
+                                                 bool is_target) {
+  // mkdir(level); on ENOENT create the parent first, then retry. EEXIST is
+  // fine for a directory (possibly made by a concurrent caller).
+  for (int attempt = 0; attempt < 2; ++attempt) {
+    if (::mkdir(level.c_str(), 0755) == 0) return absl::OkStatus();
+    const int err = errno;
+    if (err == EEXIST) {
+      DCP_ASSIGN_OR_RETURN(bool is_dir, IsDirectory(level));
+      if (is_dir) return absl::OkStatus();
+      const std::string message =
+          absl::StrCat("create directory ", Quoted(dir), ": ", Quoted(level),
+                       " exists and is not a directory");
+      if (is_target) return absl::AlreadyExistsError(message);
+      return absl::FailedPreconditionError(message);
+    }
+    const std::string parent = Dirname(level);
+    if (err != ENOENT || attempt > 0 || parent == level) {
+      absl::Status status = PathError(err, "create directory", level);
+      if (level == CleanPath(dir)) return status;
+      return Annotate(status, absl::StrCat("create directory ", Quoted(dir)));
+    }
+    DCP_RETURN_IF_ERROR(CreateDirRecursive(dir, parent, /*is_target=*/false));
+  }
+  return absl::OkStatus();  // Not reached.
+}
+
+absl::Status PosixFileSystem::RemoveFile(absl::string_view path) {
+  if (::unlink(CPath(path).c_str()) != 0) {
+    return PathError(errno, "remove file", path);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status PosixFileSystem::RemoveDir(absl::string_view dir) {
+  if (::rmdir(CPath(dir).c_str()) != 0) {
+    const int err = errno;
+    if (err == EEXIST || err == ENOTEMPTY) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "remove directory ", Quoted(dir), ": directory not empty"));
+    }
+    return PathError(err, "remove directory", dir);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status PosixFileSystem::Rename(absl::string_view from,
+                                     absl::string_view to) {
+  if (::rename(CPath(from).c_str(), CPath(to).c_str()) != 0) {
+    const int err = errno;
+    const std::string what =
+        absl::StrCat("rename ", Quoted(from), " to ", Quoted(to));
+    if (err == EEXIST || err == ENOTEMPTY) {
+      return absl::FailedPreconditionError(
+          absl::StrCat(what, ": target directory not empty"));
+    }
+    return ErrnoToStatus(err, what);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status PosixFileSystem::SyncDir(absl::string_view dir) {
+  int fd;
+  do {
+    fd = ::open(CPath(dir).c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  } while (fd < 0 && errno == EINTR);
+  if (fd < 0) return PathError(errno, "open directory for sync", dir);
+  absl::Status status;
+  if (::fsync(fd) != 0) status = PathError(errno, "sync directory", dir);
+  ::close(fd);
+  return status;
+}
+
+}  // namespace dcp

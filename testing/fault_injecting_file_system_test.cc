@@ -1,0 +1,768 @@
+#include "testing/fault_injecting_file_system.h"
+
+#include <stdlib.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstdlib>
+#include <functional>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "storage/file_system.h"
+#include "storage/posix_file_system.h"
+#include "testing/file_system_conformance.h"
+#include "testing/mem_file_system.h"
+#include "testing/status_matchers.h"
+
+namespace dcp::testing {
+namespace {
+
+using ::testing::Contains;
+using ::testing::ElementsAre;
+using ::testing::HasSubstr;
+using ::testing::IsEmpty;
+
+std::string NewPosixTempDir() {
+  const char* base = std::getenv("TEST_TMPDIR");
+  std::string templ =
+      absl::StrCat(base != nullptr ? base : "/tmp", "/fault_fs_XXXXXX");
+  std::vector<char> buf(templ.begin(), templ.end());
+  buf.push_back('\0');
+  const char* made = ::mkdtemp(buf.data());
+  EXPECT_NE(made, nullptr);
+  return made != nullptr ? std::string(made) : templ;
+}
+
+// The wrapper must be transparent when no fault is configured.
+INSTANTIATE_TEST_SUITE_P(
+    Fault, FileSystemConformanceTest,
+    ::testing::Values(
+        FileSystemConformanceParams{
+            "OverMem",
+            [] {
+              auto fs = std::make_shared<FaultInjectingFileSystem>(
+                  std::make_shared<MemFileSystem>());
+              EXPECT_OK(fs->CreateDir("/root"));
+              return FileSystemUnderTest{fs, "/root"};
+            }},
+        FileSystemConformanceParams{
+            "OverPosix",
+            [] {
+              return FileSystemUnderTest{
+                  std::make_shared<FaultInjectingFileSystem>(
+                      NewPosixFileSystem()),
+                  NewPosixTempDir()};
+            }}),
+    [](const auto& info) { return info.param.name; });
+
+class FaultInjectingFileSystemTest : public ::testing::Test {
+ protected:
+  // `path` as the wrapped file system has it, or "<missing>".
+  std::string BaseContent(const std::string& path) {
+    absl::StatusOr<std::string> content = ReadFileToString(*mem_, path);
+    if (absl::IsNotFound(content.status())) return "<missing>";
+    EXPECT_OK(content.status());
+    return content.ok() ? *content : "<error>";
+  }
+
+  // Makes "/c" a durable, empty directory.
+  void MakeDurableDir(const std::string& dir = "/c") {
+    ASSERT_OK(fs_->CreateDir(dir));
+    ASSERT_OK(fs_->SyncDir(Dirname(dir)));
+  }
+
+  void CrashAndRestart() {
+    fs_->SimulateCrash();
+    ASSERT_OK(fs_->Restart());
+  }
+
+  std::shared_ptr<MemFileSystem> mem_ = std::make_shared<MemFileSystem>();
+  std::shared_ptr<FaultInjectingFileSystem> fs_ =
+      std::make_shared<FaultInjectingFileSystem>(mem_);
+};
+
+// -----------------------------------------------------------------------------
+// Operation log
+// -----------------------------------------------------------------------------
+
+TEST_F(FaultInjectingFileSystemTest, LogsEveryOperationInOrder) {
+  ASSERT_OK(fs_->CreateDir("/c"));
+  ASSERT_OK(WriteStringToFile(*fs_, "/c/__0_0.distcp", std::string(1180, 'x'),
+                              /*sync=*/true));
+  ASSERT_OK(WriteStringToFile(*fs_, "/c/.metadata.tmp", "md", /*sync=*/true));
+  ASSERT_OK(fs_->Rename("/c/.metadata.tmp", "/c/.metadata"));
+  ASSERT_OK(fs_->SyncDir("/c"));
+  EXPECT_THAT(fs_->Exists("/c/.metadata"), IsOkAndHolds(true));
+  EXPECT_THAT(fs_->IsDirectory("/c"), IsOkAndHolds(true));
+  EXPECT_THAT(fs_->FileSize("/c/.metadata"), IsOkAndHolds(2u));
+  EXPECT_THAT(fs_->GetChildren("/c"),
+              IsOkAndHolds(ElementsAre(".metadata", "__0_0.distcp")));
+  EXPECT_THAT(ReadFileToString(*fs_, "/c/.metadata"),
+              IsOkAndHolds(std::string("md")));
+  ASSERT_OK(fs_->RemoveFile("/c/.metadata"));
+  ASSERT_OK(fs_->CreateDir("/c/d"));
+  ASSERT_OK(fs_->RemoveDir("/c/d"));
+
+  EXPECT_THAT(
+      fs_->op_log(),
+      ElementsAre("createdir /c", "create /c/__0_0.distcp",
+                  "append /c/__0_0.distcp 1180", "sync /c/__0_0.distcp",
+                  "close /c/__0_0.distcp", "create /c/.metadata.tmp",
+                  "append /c/.metadata.tmp 2", "sync /c/.metadata.tmp",
+                  "close /c/.metadata.tmp",
+                  "rename /c/.metadata.tmp /c/.metadata", "syncdir /c",
+                  "exists /c/.metadata", "isdir /c", "size /c/.metadata",
+                  "list /c", "open /c/.metadata", "read /c/.metadata 0 2",
+                  "remove /c/.metadata", "createdir /c/d", "removedir /c/d"));
+  EXPECT_THAT(
+      fs_->mutation_log(),
+      ElementsAre("createdir /c", "create /c/__0_0.distcp",
+                  "append /c/__0_0.distcp 1180", "sync /c/__0_0.distcp",
+                  "close /c/__0_0.distcp", "create /c/.metadata.tmp",
+                  "append /c/.metadata.tmp 2", "sync /c/.metadata.tmp",
+                  "close /c/.metadata.tmp",
+                  "rename /c/.metadata.tmp /c/.metadata", "syncdir /c",
+                  "remove /c/.metadata", "createdir /c/d", "removedir /c/d"));
+  EXPECT_EQ(fs_->op_count(), 14);
+  fs_->ClearOpLog();
+  EXPECT_THAT(fs_->op_log(), IsEmpty());
+  EXPECT_EQ(fs_->op_count(), 14);  // The count is not reset.
+}
+
+TEST_F(FaultInjectingFileSystemTest, FileOpNamesAndMutatingSet) {
+  EXPECT_EQ(FileOpName(FileOp::kSyncDir), "syncdir");
+  EXPECT_EQ(FileOpName(FileOp::kRemoveDir), "removedir");
+  EXPECT_EQ(::testing::PrintToString(FileOp::kCreate), "create");
+  EXPECT_TRUE(IsMutating(FileOp::kClose));
+  EXPECT_TRUE(IsMutating(FileOp::kCreateDir));
+  EXPECT_FALSE(IsMutating(FileOp::kRead));
+  EXPECT_FALSE(IsMutating(FileOp::kOpen));
+  EXPECT_FALSE(IsMutating(FileOp::kList));
+}
+
+// -----------------------------------------------------------------------------
+// Fault rules
+// -----------------------------------------------------------------------------
+
+TEST_F(FaultInjectingFileSystemTest, RuleFailsOnlyTheNthMatchingCall) {
+  MakeDurableDir();
+  fs_->AddRule({FileOp::kSync, ".distcp", /*nth=*/2});
+  std::vector<absl::Status> syncs;
+  for (const char* name :
+       {"a.distcp", ".metadata.tmp", "b.distcp", "c.distcp"}) {
+    ASSERT_OK_AND_ASSIGN(std::unique_ptr<WritableFile> w,
+                         fs_->NewWritableFile(JoinPath("/c", name)));
+    syncs.push_back(w->Sync());
+  }
+  EXPECT_OK(syncs[0]);
+  EXPECT_OK(syncs[1]);  // Does not match the path filter.
+  EXPECT_THAT(syncs[2], StatusIs(absl::StatusCode::kUnavailable,
+                                 "sync /c/b.distcp: injected fault"));
+  EXPECT_OK(syncs[3]);  // times = 1.
+}
+
+TEST_F(FaultInjectingFileSystemTest, RuleTimesAndForever) {
+  MakeDurableDir();
+  fs_->AddRule({FileOp::kCreate, "/c/x", /*nth=*/2, /*times=*/2,
+                absl::ResourceExhaustedError("disk full")});
+  fs_->AddRule({FileOp::kCreate, "/c/y", /*nth=*/3, /*times=*/-1});
+  std::vector<absl::StatusCode> x, y;
+  for (int i = 0; i < 5; ++i) {
+    x.push_back(fs_->NewWritableFile("/c/x").status().code());
+    y.push_back(fs_->NewWritableFile("/c/y").status().code());
+  }
+  using C = absl::StatusCode;
+  EXPECT_THAT(x, ElementsAre(C::kOk, C::kResourceExhausted,
+                             C::kResourceExhausted, C::kOk, C::kOk));
+  EXPECT_THAT(y, ElementsAre(C::kOk, C::kOk, C::kUnavailable, C::kUnavailable,
+                             C::kUnavailable));
+  fs_->ClearRules();
+  EXPECT_OK(fs_->NewWritableFile("/c/y").status());
+}
+
+TEST_F(FaultInjectingFileSystemTest, InjectedFaultsDoNotReachTheBase) {
+  MakeDurableDir();
+  ASSERT_OK(WriteStringToFile(*fs_, "/c/f", "abc", true));
+  fs_->AddRule({FileOp::kCreate, "/c/new"});
+  fs_->AddRule({FileOp::kAppend, "/c/g"});
+  fs_->AddRule({FileOp::kRename, "/c/f"});
+  fs_->AddRule({FileOp::kRemove, ""});
+  fs_->AddRule({FileOp::kCreateDir, ""});
+
+  EXPECT_THAT(fs_->NewWritableFile("/c/new"),
+              StatusIs(absl::StatusCode::kUnavailable, HasSubstr("/c/new")));
+  EXPECT_EQ(BaseContent("/c/new"), "<missing>");
+  ASSERT_OK_AND_ASSIGN(std::unique_ptr<WritableFile> g,
+                       fs_->NewWritableFile("/c/g"));
+  EXPECT_THAT(g->Append("lost"), StatusIs(absl::StatusCode::kUnavailable));
+  EXPECT_OK(g->Append("kept"));
+  EXPECT_EQ(BaseContent("/c/g"), "kept");
+  EXPECT_THAT(fs_->Rename("/c/f", "/c/h"),
+              StatusIs(absl::StatusCode::kUnavailable));
+  EXPECT_EQ(BaseContent("/c/f"), "abc");
+  EXPECT_THAT(fs_->RemoveFile("/c/f"),
+              StatusIs(absl::StatusCode::kUnavailable));
+  EXPECT_EQ(BaseContent("/c/f"), "abc");
+  EXPECT_THAT(fs_->CreateDir("/c/d"), StatusIs(absl::StatusCode::kUnavailable));
+  EXPECT_THAT(mem_->Exists("/c/d"), IsOkAndHolds(false));
+}
+
+TEST_F(FaultInjectingFileSystemTest, RenameRulesMatchEitherPath) {
+  MakeDurableDir();
+  ASSERT_OK(WriteStringToFile(*fs_, "/c/a.tmp", "1", true));
+  ASSERT_OK(WriteStringToFile(*fs_, "/c/b.tmp", "2", true));
+  fs_->AddRule({FileOp::kRename, ".metadata", 1, -1});
+  EXPECT_THAT(fs_->Rename("/c/a.tmp", "/c/.metadata"),
+              StatusIs(absl::StatusCode::kUnavailable,
+                       HasSubstr("rename /c/a.tmp /c/.metadata")));
+  EXPECT_OK(fs_->Rename("/c/a.tmp", "/c/a"));
+  EXPECT_THAT(fs_->Rename("/c/b.tmp", "/c/.metadata.old"),
+              StatusIs(absl::StatusCode::kUnavailable));
+}
+
+TEST_F(FaultInjectingFileSystemTest, RulesApplyToReads) {
+  ASSERT_OK(WriteStringToFile(*fs_, "/data", "0123456789", false));
+  fs_->AddRule(
+      {FileOp::kRead, "/data", 2, 1, absl::DataLossError("bad sector")});
+  fs_->AddRule({FileOp::kOpen, "/other"});
+  ASSERT_OK_AND_ASSIGN(std::unique_ptr<RandomAccessFile> r,
+                       fs_->NewRandomAccessFile("/data"));
+  char scratch[4];
+  EXPECT_OK(r->Read(0, 4, scratch).status());
+  EXPECT_THAT(r->Read(4, 4, scratch), StatusIs(absl::StatusCode::kDataLoss,
+                                               "read /data 4 4: bad sector"));
+  EXPECT_THAT(r->Read(4, 4, scratch), IsOkAndHolds(absl::string_view("4567")));
+  EXPECT_THAT(fs_->NewRandomAccessFile("/other"),
+              StatusIs(absl::StatusCode::kUnavailable));
+}
+
+// Runs the same 300 mutating operations and records which failed.
+std::vector<bool> RandomFaultPattern(uint32_t seed) {
+  auto fs = std::make_shared<FaultInjectingFileSystem>(
+      std::make_shared<MemFileSystem>());
+  fs->SetRandomFaults({seed, /*one_in=*/3});
+  std::vector<bool> failed;
+  for (int i = 0; i < 300; ++i) {
+    failed.push_back(!fs->CreateDir(absl::StrCat("/d", i % 7)).ok());
+  }
+  // Reads are not eligible by default.
+  EXPECT_OK(fs->FileExists("/"));
+  return failed;
+}
+
+TEST_F(FaultInjectingFileSystemTest, RandomFaultsAreReproducibleFromTheSeed) {
+  const std::vector<bool> first = RandomFaultPattern(42);
+  EXPECT_EQ(RandomFaultPattern(42), first);
+  EXPECT_NE(RandomFaultPattern(43), first);
+  const int failures = std::count(first.begin(), first.end(), true);
+  EXPECT_GT(failures, 50);  // About 100 expected.
+  EXPECT_LT(failures, 150);
+}
+
+TEST_F(FaultInjectingFileSystemTest, RandomFaultsCanTargetChosenOps) {
+  ASSERT_OK(WriteStringToFile(*fs_, "/f", "x", false));
+  fs_->SetRandomFaults(
+      {7, /*one_in=*/1, {FileOp::kRead}, absl::DataLossError("flaky")});
+  EXPECT_OK(fs_->CreateDir("/d"));  // Not a chosen op.
+  EXPECT_THAT(ReadFileToString(*fs_, "/f"),
+              StatusIs(absl::StatusCode::kDataLoss, HasSubstr("flaky")));
+  fs_->SetRandomFaults({});
+  EXPECT_THAT(ReadFileToString(*fs_, "/f"), IsOkAndHolds(std::string("x")));
+}
+
+// -----------------------------------------------------------------------------
+// Crash model
+// -----------------------------------------------------------------------------
+
+TEST_F(FaultInjectingFileSystemTest, UnsyncedAppendsAreLostSyncedKept) {
+  MakeDurableDir();
+  ASSERT_OK_AND_ASSIGN(std::unique_ptr<WritableFile> w,
+                       fs_->NewWritableFile("/c/f"));
+  ASSERT_OK(fs_->SyncDir("/c"));
+  ASSERT_OK(w->Append("abc"));
+  ASSERT_OK(w->Sync());
+  ASSERT_OK(w->Append("def"));
+  EXPECT_EQ(BaseContent("/c/f"), "abcdef");
+  CrashAndRestart();
+  EXPECT_EQ(BaseContent("/c/f"), "abc");
+}
+
+TEST_F(FaultInjectingFileSystemTest, FileNeverSyncedIsEmptyAfterCrash) {
+  MakeDurableDir();
+  ASSERT_OK(WriteStringToFile(*fs_, "/c/f", "data", /*sync=*/false));
+  ASSERT_OK(fs_->SyncDir("/c"));
+  CrashAndRestart();
+  EXPECT_EQ(BaseContent("/c/f"), "");
+}
+
+TEST_F(FaultInjectingFileSystemTest, CreatedFileWithoutDirSyncVanishes) {
+  MakeDurableDir();
+  ASSERT_OK(WriteStringToFile(*fs_, "/c/f", "synced data", /*sync=*/true));
+  CrashAndRestart();
+  EXPECT_EQ(BaseContent("/c/f"), "<missing>");
+  EXPECT_THAT(mem_->GetChildren("/c"), IsOkAndHolds(IsEmpty()));
+}
+
+TEST_F(FaultInjectingFileSystemTest, CreatedDirWithoutParentSyncVanishes) {
+  ASSERT_OK(fs_->CreateDir("/c/a/b"));
+  ASSERT_OK(WriteStringToFile(*fs_, "/c/a/b/f", "x", true));
+  ASSERT_OK(fs_->SyncDir("/c/a/b"));
+  ASSERT_OK(fs_->SyncDir("/c/a"));  // But "/" and "/c" are not synced.
+  CrashAndRestart();
+  EXPECT_THAT(mem_->Exists("/c"), IsOkAndHolds(false));
+
+  ASSERT_OK(fs_->CreateDir("/c/a/b"));
+  ASSERT_OK(WriteStringToFile(*fs_, "/c/a/b/f", "x", true));
+  for (const char* dir : {"/c/a/b", "/c/a", "/c", "/"}) {
+    ASSERT_OK(fs_->SyncDir(dir));
+  }
+  CrashAndRestart();
+  EXPECT_EQ(BaseContent("/c/a/b/f"), "x");
+}
+
+TEST_F(FaultInjectingFileSystemTest, PreexistingFilesAreDurable) {
+  ASSERT_OK(mem_->CreateDir("/c"));
+  ASSERT_OK(WriteStringToFile(*mem_, "/c/old", "old data", false));
+  auto fs = std::make_shared<FaultInjectingFileSystem>(mem_);
+  ASSERT_OK(WriteStringToFile(*fs, "/c/new", "new", true));
+  fs->SimulateCrash();
+  ASSERT_OK(fs->Restart());
+  EXPECT_EQ(BaseContent("/c/old"), "old data");
+  EXPECT_EQ(BaseContent("/c/new"), "<missing>");
+}
+
+TEST_F(FaultInjectingFileSystemTest, TruncationIsDurableAtOnce) {
+  // leveldb's model: rewriting an existing file loses its old content even
+  // though its directory entry was durable all along.
+  ASSERT_OK(mem_->CreateDir("/c"));
+  ASSERT_OK(WriteStringToFile(*mem_, "/c/__0_0.distcp", "old data", false));
+  ASSERT_OK(WriteStringToFile(*fs_, "/c/__0_0.distcp", "new data!", false));
+  CrashAndRestart();
+  EXPECT_EQ(BaseContent("/c/__0_0.distcp"), "");
+}
+
+TEST_F(FaultInjectingFileSystemTest, MetadataRenameIsUndoneWithoutDirSync) {
+  ASSERT_OK(mem_->CreateDir("/c"));
+  ASSERT_OK(WriteStringToFile(*mem_, "/c/.metadata", "old", false));
+  // PyTorch's commit (pytorch-dcp-format.md §3.3), without a SyncDir.
+  ASSERT_OK(WriteStringToFile(*fs_, "/c/.metadata.tmp", "new", true));
+  ASSERT_OK(fs_->RemoveFile("/c/.metadata"));
+  ASSERT_OK(fs_->Rename("/c/.metadata.tmp", "/c/.metadata"));
+  EXPECT_EQ(BaseContent("/c/.metadata"), "new");
+  CrashAndRestart();
+  EXPECT_EQ(BaseContent("/c/.metadata"), "old");
+  EXPECT_THAT(mem_->GetChildren("/c"), IsOkAndHolds(ElementsAre(".metadata")));
+}
+
+TEST_F(FaultInjectingFileSystemTest, MetadataRenameIsDurableAfterDirSync) {
+  ASSERT_OK(mem_->CreateDir("/c"));
+  ASSERT_OK(WriteStringToFile(*mem_, "/c/.metadata", "old", false));
+  ASSERT_OK(WriteStringToFile(*fs_, "/c/.metadata.tmp", "new", true));
+  ASSERT_OK(fs_->Rename("/c/.metadata.tmp", "/c/.metadata"));  // Replaces.
+  ASSERT_OK(fs_->SyncDir("/c"));
+  CrashAndRestart();
+  EXPECT_EQ(BaseContent("/c/.metadata"), "new");
+  EXPECT_THAT(mem_->GetChildren("/c"), IsOkAndHolds(ElementsAre(".metadata")));
+}
+
+TEST_F(FaultInjectingFileSystemTest, RenamedUnsyncedFileKeepsOnlySyncedBytes) {
+  MakeDurableDir();
+  ASSERT_OK_AND_ASSIGN(std::unique_ptr<WritableFile> w,
+                       fs_->NewWritableFile("/c/.metadata.tmp"));
+  ASSERT_OK(w->Append("synced"));
+  ASSERT_OK(w->Sync());
+  ASSERT_OK(w->Append("+not"));
+  ASSERT_OK(w->Close());
+  ASSERT_OK(fs_->Rename("/c/.metadata.tmp", "/c/.metadata"));
+  ASSERT_OK(fs_->SyncDir("/c"));
+  CrashAndRestart();
+  EXPECT_EQ(BaseContent("/c/.metadata"), "synced");
+}
+
+TEST_F(FaultInjectingFileSystemTest, RemovalsAreUndoneWithoutDirSync) {
+  MakeDurableDir();
+  ASSERT_OK(fs_->CreateDir("/c/sub"));
+  ASSERT_OK(WriteStringToFile(*fs_, "/c/f", "f", true));
+  ASSERT_OK(WriteStringToFile(*fs_, "/c/g", "g", true));
+  ASSERT_OK(fs_->SyncDir("/c"));
+  ASSERT_OK(fs_->RemoveFile("/c/f"));
+  ASSERT_OK(fs_->RemoveDir("/c/sub"));
+  CrashAndRestart();
+  EXPECT_EQ(BaseContent("/c/f"), "f");
+  EXPECT_THAT(mem_->IsDirectory("/c/sub"), IsOkAndHolds(true));
+
+  ASSERT_OK(fs_->RemoveFile("/c/f"));
+  ASSERT_OK(fs_->RemoveDir("/c/sub"));
+  ASSERT_OK(fs_->SyncDir("/c"));
+  CrashAndRestart();
+  EXPECT_THAT(mem_->GetChildren("/c"), IsOkAndHolds(ElementsAre("g")));
+}
+
+TEST_F(FaultInjectingFileSystemTest, CrossDirectoryRenameNeedsBothDirsSynced) {
+  auto setup = [&] {
+    ASSERT_OK(fs_->CreateDir("/a"));
+    ASSERT_OK(fs_->CreateDir("/b"));
+    ASSERT_OK(fs_->SyncDir("/"));
+    ASSERT_OK(WriteStringToFile(*fs_, "/a/f", "f", true));
+    ASSERT_OK(fs_->SyncDir("/a"));
+    ASSERT_OK(fs_->Rename("/a/f", "/b/f"));
+  };
+  auto children = [&](const char* dir) {
+    return mem_->GetChildren(dir).value_or(std::vector<std::string>{"?"});
+  };
+  // Only the target synced: both names survive.
+  setup();
+  ASSERT_OK(fs_->SyncDir("/b"));
+  CrashAndRestart();
+  EXPECT_THAT(children("/a"), ElementsAre("f"));
+  EXPECT_THAT(children("/b"), ElementsAre("f"));
+  EXPECT_EQ(BaseContent("/b/f"), "f");
+  ASSERT_OK(fs_->RemoveFile("/b/f"));
+  ASSERT_OK(fs_->RemoveFile("/a/f"));
+  ASSERT_OK(fs_->SyncDir("/a"));
+  ASSERT_OK(fs_->SyncDir("/b"));
+
+  // Only the source synced: neither survives.
+  setup();
+  ASSERT_OK(fs_->SyncDir("/a"));
+  CrashAndRestart();
+  EXPECT_THAT(children("/a"), IsEmpty());
+  EXPECT_THAT(children("/b"), IsEmpty());
+
+  // Both synced: moved.
+  setup();
+  ASSERT_OK(fs_->SyncDir("/a"));
+  ASSERT_OK(fs_->SyncDir("/b"));
+  CrashAndRestart();
+  EXPECT_THAT(children("/a"), IsEmpty());
+  EXPECT_THAT(children("/b"), ElementsAre("f"));
+}
+
+TEST_F(FaultInjectingFileSystemTest, SwappedNamesAreRestored) {
+  MakeDurableDir();
+  ASSERT_OK(WriteStringToFile(*fs_, "/c/a", "A", true));
+  ASSERT_OK(WriteStringToFile(*fs_, "/c/b", "B", true));
+  ASSERT_OK(fs_->SyncDir("/c"));
+  ASSERT_OK(fs_->Rename("/c/a", "/c/tmp"));
+  ASSERT_OK(fs_->Rename("/c/b", "/c/a"));
+  ASSERT_OK(fs_->Rename("/c/tmp", "/c/b"));
+  EXPECT_EQ(BaseContent("/c/a"), "B");
+  CrashAndRestart();
+  EXPECT_EQ(BaseContent("/c/a"), "A");
+  EXPECT_EQ(BaseContent("/c/b"), "B");
+  EXPECT_THAT(mem_->GetChildren("/c"), IsOkAndHolds(ElementsAre("a", "b")));
+}
+
+TEST_F(FaultInjectingFileSystemTest, DirectoryRenameSwapIsUndoneUntilSynced) {
+  // An existing checkpoint, not created through the wrapper.
+  ASSERT_OK(mem_->CreateDir("/ckpt/sub"));
+  ASSERT_OK(WriteStringToFile(*mem_, "/ckpt/.metadata", "v1", false));
+  ASSERT_OK(WriteStringToFile(*mem_, "/ckpt/sub/d", "v1 data", false));
+  // A complete new version in a staging directory.
+  ASSERT_OK(fs_->CreateDir("/ckpt.new"));
+  ASSERT_OK(WriteStringToFile(*fs_, "/ckpt.new/.metadata", "v2", true));
+  ASSERT_OK(fs_->SyncDir("/ckpt.new"));
+  ASSERT_OK(fs_->SyncDir("/"));
+  // Swap without syncing "/".
+  ASSERT_OK(fs_->Rename("/ckpt", "/ckpt.old"));
+  ASSERT_OK(fs_->Rename("/ckpt.new", "/ckpt"));
+  CrashAndRestart();
+  EXPECT_EQ(BaseContent("/ckpt/.metadata"), "v1");
+  EXPECT_EQ(BaseContent("/ckpt/sub/d"), "v1 data");
+  EXPECT_EQ(BaseContent("/ckpt.new/.metadata"), "v2");
+  EXPECT_THAT(mem_->Exists("/ckpt.old"), IsOkAndHolds(false));
+
+  // Again, synced this time.
+  ASSERT_OK(fs_->Rename("/ckpt", "/ckpt.old"));
+  ASSERT_OK(fs_->Rename("/ckpt.new", "/ckpt"));
+  ASSERT_OK(fs_->SyncDir("/"));
+  CrashAndRestart();
+  EXPECT_EQ(BaseContent("/ckpt/.metadata"), "v2");
+  EXPECT_EQ(BaseContent("/ckpt.old/.metadata"), "v1");
+  EXPECT_EQ(BaseContent("/ckpt.old/sub/d"), "v1 data");
+  EXPECT_THAT(mem_->Exists("/ckpt.new"), IsOkAndHolds(false));
+}
+
+TEST_F(FaultInjectingFileSystemTest, EverythingFailsWhileCrashed) {
+  MakeDurableDir();
+  ASSERT_OK(WriteStringToFile(*fs_, "/c/r", "r", true));
+  ASSERT_OK(fs_->SyncDir("/c"));
+  ASSERT_OK_AND_ASSIGN(std::unique_ptr<WritableFile> w,
+                       fs_->NewWritableFile("/c/w"));
+  ASSERT_OK_AND_ASSIGN(std::unique_ptr<RandomAccessFile> r,
+                       fs_->NewRandomAccessFile("/c/r"));
+  const int ops = fs_->op_count();
+  const size_t logged = fs_->op_log().size();
+  fs_->SimulateCrash();
+  EXPECT_TRUE(fs_->crashed());
+  const auto aborted =
+      StatusIs(absl::StatusCode::kAborted, HasSubstr("simulated crash"));
+  char scratch[1];
+  EXPECT_THAT(w->Append("x"), aborted);
+  EXPECT_THAT(w->Sync(), aborted);
+  EXPECT_THAT(w->Close(), aborted);
+  EXPECT_THAT(r->Read(0, 1, scratch), aborted);
+  EXPECT_THAT(fs_->NewWritableFile("/c/x"), aborted);
+  EXPECT_THAT(fs_->NewRandomAccessFile("/c/r"), aborted);
+  EXPECT_THAT(fs_->FileExists("/c/r"), aborted);
+  EXPECT_THAT(fs_->IsDirectory("/c"), aborted);
+  EXPECT_THAT(fs_->FileSize("/c/r"), aborted);
+  EXPECT_THAT(fs_->GetChildren("/c"), aborted);
+  EXPECT_THAT(fs_->CreateDir("/d"), aborted);
+  EXPECT_THAT(fs_->RemoveFile("/c/r"), aborted);
+  EXPECT_THAT(fs_->RemoveDir("/c"), aborted);
+  EXPECT_THAT(fs_->Rename("/c/r", "/c/s"), aborted);
+  EXPECT_THAT(fs_->SyncDir("/c"), aborted);
+  EXPECT_EQ(fs_->op_count(), ops);  // Refused calls are neither counted...
+  EXPECT_EQ(fs_->op_log().size(), logged);  // ...nor logged.
+
+  ASSERT_OK(fs_->Restart());
+  EXPECT_FALSE(fs_->crashed());
+  // Files opened before the crash stay dead; new ones work.
+  EXPECT_THAT(w->Append("x"), aborted);
+  EXPECT_THAT(r->Read(0, 1, scratch), aborted);
+  ASSERT_OK_AND_ASSIGN(r, fs_->NewRandomAccessFile("/c/r"));
+  EXPECT_THAT(r->Read(0, 1, scratch), IsOkAndHolds(absl::string_view("r")));
+  EXPECT_EQ(BaseContent("/c/w"), "<missing>");  // Never dir-synced.
+}
+
+TEST_F(FaultInjectingFileSystemTest, RestartWithoutCrashCrashesFirst) {
+  MakeDurableDir();
+  ASSERT_OK(WriteStringToFile(*fs_, "/c/f", "x", true));
+  ASSERT_OK(fs_->Restart());
+  EXPECT_EQ(BaseContent("/c/f"), "<missing>");
+  EXPECT_FALSE(fs_->crashed());
+}
+
+TEST_F(FaultInjectingFileSystemTest,
+       CrashAfterZeroOpsCrashesAtTheNextMutation) {
+  fs_->CrashAfterOps(0);
+  EXPECT_OK(fs_->FileExists("/"));  // Not a mutation: not counted.
+  EXPECT_FALSE(fs_->crashed());
+  EXPECT_THAT(fs_->CreateDir("/c"), StatusIs(absl::StatusCode::kAborted));
+  EXPECT_TRUE(fs_->crashed());
+  EXPECT_THAT(mem_->Exists("/c"), IsOkAndHolds(false));  // Did not happen.
+  EXPECT_EQ(fs_->op_count(), 0);
+  EXPECT_THAT(fs_->mutation_log(), IsEmpty());
+}
+
+TEST_F(FaultInjectingFileSystemTest, CrashAfterNOpsLetsExactlyNHappen) {
+  MakeDurableDir();
+  const int before = fs_->op_count();
+  fs_->CrashAfterOps(2);
+  ASSERT_OK_AND_ASSIGN(std::unique_ptr<WritableFile> w,
+                       fs_->NewWritableFile("/c/f"));  // 1
+  ASSERT_OK(w->Append("abc"));                         // 2
+  EXPECT_FALSE(fs_->crashed());
+  EXPECT_THAT(w->Sync(), StatusIs(absl::StatusCode::kAborted));  // 3: crash.
+  EXPECT_TRUE(fs_->crashed());
+  EXPECT_EQ(fs_->op_count(), before + 2);
+  EXPECT_EQ(fs_->mutation_log().back(), "append /c/f 3");
+  ASSERT_OK(fs_->Restart());
+  EXPECT_EQ(BaseContent("/c/f"), "<missing>");
+  // The scheduled crash is consumed: later operations proceed.
+  ASSERT_OK(WriteStringToFile(*fs_, "/c/g", "g", true));
+}
+
+TEST_F(FaultInjectingFileSystemTest, InjectedFailuresCountAsOperations) {
+  fs_->AddRule({FileOp::kCreateDir, "/a"});
+  fs_->CrashAfterOps(1);
+  EXPECT_THAT(fs_->CreateDir("/a"), StatusIs(absl::StatusCode::kUnavailable));
+  EXPECT_THAT(fs_->CreateDir("/b"), StatusIs(absl::StatusCode::kAborted));
+  EXPECT_EQ(fs_->op_count(), 1);
+}
+
+// -----------------------------------------------------------------------------
+// Crash-consistency loop over a checkpoint commit protocol
+// -----------------------------------------------------------------------------
+
+struct ProtocolOptions {
+  bool sync_data = true;
+  bool sync_dir = true;
+};
+
+// Writes two data files and a ".metadata" listing "name:size" of each, then
+// commits .metadata through a temporary file and a rename.
+absl::Status SaveCheckpoint(FileSystem& fs, const ProtocolOptions& options) {
+  absl::Status s = fs.CreateDir("/c");
+  if (s.ok()) s = fs.SyncDir("/");
+  std::string metadata;
+  for (int rank = 0; rank < 2 && s.ok(); ++rank) {
+    const std::string name = absl::StrCat("__", rank, "_0.distcp");
+    const std::string data(1000 + 100 * rank, static_cast<char>('a' + rank));
+    s = WriteStringToFile(fs, JoinPath("/c", name), data, options.sync_data);
+    absl::StrAppend(&metadata, name, ":", data.size(), "\n");
+  }
+  if (s.ok()) s = WriteStringToFile(fs, "/c/.metadata.tmp", metadata, true);
+  if (s.ok()) s = fs.Rename("/c/.metadata.tmp", "/c/.metadata");
+  if (s.ok() && options.sync_dir) s = fs.SyncDir("/c");
+  return s;
+}
+
+// OK if there is no checkpoint or a complete one; an error describing what
+// is wrong otherwise.
+absl::Status CheckNothingOrComplete(FileSystem& fs, bool* complete) {
+  *complete = false;
+  absl::StatusOr<std::string> metadata = ReadFileToString(fs, "/c/.metadata");
+  if (absl::IsNotFound(metadata.status())) return absl::OkStatus();
+  if (!metadata.ok()) return metadata.status();
+  for (absl::string_view line :
+       absl::StrSplit(*metadata, '\n', absl::SkipEmpty())) {
+    std::vector<std::string> parts = absl::StrSplit(line, ':');
+    uint64_t size = 0;
+    if (parts.size() != 2 || !absl::SimpleAtoi(parts[1], &size)) {
+      return absl::DataLossError(absl::StrCat("bad metadata line ", line));
+    }
+    absl::StatusOr<uint64_t> actual = fs.FileSize(JoinPath("/c", parts[0]));
+    if (!actual.ok()) return actual.status();
+    if (*actual != size) {
+      return absl::DataLossError(absl::StrCat(parts[0], " has ", *actual,
+                                              " bytes, metadata says ", size));
+    }
+  }
+  *complete = true;
+  return absl::OkStatus();
+}
+
+struct LoopResult {
+  int crash_points = 0;
+  int nothing = 0;
+  int complete = 0;
+  std::vector<std::string> violations;
+};
+
+LoopResult CrashAtEveryPoint(const ProtocolOptions& options) {
+  LoopResult result;
+  int total;
+  {
+    auto fs = std::make_shared<FaultInjectingFileSystem>(
+        std::make_shared<MemFileSystem>());
+    EXPECT_OK(SaveCheckpoint(*fs, options));
+    total = fs->op_count();
+  }
+  for (int n = 0; n <= total; ++n) {
+    auto fs = std::make_shared<FaultInjectingFileSystem>(
+        std::make_shared<MemFileSystem>());
+    fs->CrashAfterOps(n);
+    const absl::Status saved = SaveCheckpoint(*fs, options);
+    EXPECT_EQ(saved.ok(), n == total) << "n=" << n << " " << saved;
+    EXPECT_OK(fs->Restart());
+    bool complete = false;
+    const absl::Status check = CheckNothingOrComplete(*fs, &complete);
+    ++result.crash_points;
+    if (!check.ok()) {
+      result.violations.push_back(
+          absl::StrCat("crash after ", n, ": ", check.ToString()));
+    } else if (complete) {
+      ++result.complete;
+    } else {
+      ++result.nothing;
+    }
+  }
+  return result;
+}
+
+TEST(CrashConsistencyTest, CorrectProtocolLeavesNothingOrComplete) {
+  const LoopResult result = CrashAtEveryPoint({});
+  EXPECT_THAT(result.violations, IsEmpty());
+  EXPECT_EQ(result.crash_points, 16 + 1);
+  EXPECT_EQ(result.complete, 1);  // Only once the final SyncDir happened.
+  EXPECT_EQ(result.nothing, 16);
+}
+
+TEST(CrashConsistencyTest, MissingDataSyncIsCaught) {
+  const LoopResult result = CrashAtEveryPoint({/*sync_data=*/false});
+  EXPECT_THAT(result.violations,
+              Contains(HasSubstr("__0_0.distcp has 0 bytes, metadata says "
+                                 "1000")));
+}
+
+TEST(CrashConsistencyTest, MissingDirSyncNeverCommits) {
+  const LoopResult result =
+      CrashAtEveryPoint({/*sync_data=*/true, /*sync_dir=*/false});
+  EXPECT_THAT(result.violations, IsEmpty());
+  EXPECT_EQ(result.complete, 0);  // Durable .metadata needs the SyncDir.
+}
+
+// -----------------------------------------------------------------------------
+// Over a real file system, and with threads
+// -----------------------------------------------------------------------------
+
+TEST(FaultInjectingPosixTest, RestartRewritesRealFiles) {
+  const std::string root = NewPosixTempDir();
+  auto posix = NewPosixFileSystem();
+  auto fs = std::make_shared<FaultInjectingFileSystem>(posix);
+  const std::string dir = JoinPath(root, "c");
+  ASSERT_OK(fs->CreateDir(dir));
+  ASSERT_OK(fs->SyncDir(root));
+  ASSERT_OK_AND_ASSIGN(std::unique_ptr<WritableFile> w,
+                       fs->NewWritableFile(JoinPath(dir, "f")));
+  ASSERT_OK(fs->SyncDir(dir));
+  ASSERT_OK(w->Append("abc"));
+  ASSERT_OK(w->Sync());
+  ASSERT_OK(w->Append("def"));
+  ASSERT_OK(WriteStringToFile(*fs, JoinPath(dir, "g"), "g", true));
+  fs->SimulateCrash();
+  ASSERT_OK(fs->Restart());
+  EXPECT_THAT(ReadFileToString(*posix, JoinPath(dir, "f")),
+              IsOkAndHolds(std::string("abc")));
+  EXPECT_THAT(posix->Exists(JoinPath(dir, "g")), IsOkAndHolds(false));
+}
+
+TEST(FaultInjectingThreadsTest, ConcurrentWritersAreCountedAndCrashCleanly) {
+  constexpr int kThreads = 4;
+  constexpr int kFiles = 25;
+  auto mem = std::make_shared<MemFileSystem>();
+  auto fs = std::make_shared<FaultInjectingFileSystem>(mem);
+  ASSERT_OK(fs->CreateDir("/c"));
+  const int start = fs->op_count();
+  auto write_all = [&](int t) {
+    absl::Status status;
+    for (int i = 0; i < kFiles && status.ok(); ++i) {
+      status = WriteStringToFile(*fs, absl::StrCat("/c/", t, "_", i),
+                                 std::string(100 + i, 'x'), true);
+    }
+    return status;
+  };
+  {
+    std::vector<absl::Status> statuses(kThreads);
+    std::vector<std::thread> threads;
+    for (int t = 0; t < kThreads; ++t) {
+      threads.emplace_back([&, t] { statuses[t] = write_all(t); });
+    }
+    for (std::thread& thread : threads) thread.join();
+    for (const absl::Status& status : statuses) EXPECT_OK(status);
+  }
+  // create + append + sync + close per file.
+  EXPECT_EQ(fs->op_count() - start, kThreads * kFiles * 4);
+
+  // A crash in the middle: every thread stops with Aborted.
+  // Fewer than one thread's 100 operations, so no thread can finish.
+  fs->CrashAfterOps(50);
+  {
+    std::vector<absl::Status> statuses(kThreads);
+    std::vector<std::thread> threads;
+    for (int t = 0; t < kThreads; ++t) {
+      threads.emplace_back([&, t] { statuses[t] = write_all(t); });
+    }
+    for (std::thread& thread : threads) thread.join();
+    for (const absl::Status& status : statuses) {
+      EXPECT_THAT(status, StatusIs(absl::StatusCode::kAborted));
+    }
+  }
+  ASSERT_OK(fs->Restart());
+  // "/c" was never dir-synced, and neither was "/".
+  EXPECT_THAT(mem->Exists("/c"), IsOkAndHolds(false));
+}
+
+}  // namespace
+}  // namespace dcp::testing

@@ -1,0 +1,352 @@
+#include "testing/file_system_conformance.h"
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/string_view.h"
+#include "absl/types/span.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "storage/file_system.h"
+#include "testing/status_matchers.h"
+
+namespace dcp::testing {
+
+void FileSystemConformanceTest::SetUp() {
+  FileSystemUnderTest under_test = GetParam().make();
+  fs_ = std::move(under_test.fs);
+  root_ = std::move(under_test.root);
+  ASSERT_NE(fs_, nullptr);
+}
+
+std::string FileSystemConformanceTest::Path(const std::string& name) const {
+  return JoinPath(root_, name);
+}
+
+namespace {
+
+using ::testing::ElementsAre;
+using ::testing::HasSubstr;
+using ::testing::IsEmpty;
+
+// A deterministic, position-dependent byte pattern.
+std::string Pattern(size_t n, int seed = 0) {
+  std::string s(n, '\0');
+  for (size_t i = 0; i < n; ++i) {
+    s[i] = static_cast<char>(
+        (i * 131 + static_cast<size_t>(seed) * 7 + i / 251) & 0xff);
+  }
+  return s;
+}
+
+TEST_P(FileSystemConformanceTest, WriteThenReadRoundTrips) {
+  const std::string path = Path("f");
+  ASSERT_OK_AND_ASSIGN(std::unique_ptr<WritableFile> w,
+                       fs_->NewWritableFile(path));
+  EXPECT_EQ(w->size(), 0u);
+  ASSERT_OK(w->Append("hello "));
+  ASSERT_OK(w->Append(""));
+  ASSERT_OK(w->Append("world"));
+  EXPECT_EQ(w->size(), 11u);
+  ASSERT_OK(w->Sync());
+  ASSERT_OK(w->Close());
+
+  EXPECT_THAT(fs_->FileSize(path), IsOkAndHolds(11u));
+  ASSERT_OK_AND_ASSIGN(std::unique_ptr<RandomAccessFile> r,
+                       fs_->NewRandomAccessFile(path));
+  EXPECT_EQ(r->size(), 11u);
+  char scratch[16];
+  ASSERT_OK_AND_ASSIGN(absl::string_view got, r->Read(6, 5, scratch));
+  EXPECT_EQ(got, "world");
+  ASSERT_OK_AND_ASSIGN(got, r->Read(11, 0, scratch));  // Empty read at EOF.
+  EXPECT_EQ(got, "");
+  std::string all(11, '?');
+  ASSERT_OK(r->ReadInto(0, absl::MakeSpan(all)));
+  EXPECT_EQ(all, "hello world");
+  EXPECT_THAT(ReadFileToString(*fs_, path),
+              IsOkAndHolds(std::string("hello world")));
+}
+
+TEST_P(FileSystemConformanceTest, ShortReadIsDataLossNamingFileOffsetAndSizes) {
+  const std::string path = Path("short");
+  ASSERT_OK(WriteStringToFile(*fs_, path, "0123456789", /*sync=*/false));
+  ASSERT_OK_AND_ASSIGN(std::unique_ptr<RandomAccessFile> r,
+                       fs_->NewRandomAccessFile(path));
+  char scratch[32];
+  EXPECT_THAT(r->Read(4, 10, scratch),
+              StatusIs(absl::StatusCode::kDataLoss,
+                       AllOf(HasSubstr(path), HasSubstr("offset 4"),
+                             HasSubstr("10 bytes"), HasSubstr("only 6"))));
+  EXPECT_THAT(r->Read(20, 1, scratch),
+              StatusIs(absl::StatusCode::kDataLoss, HasSubstr("only 0")));
+  std::string dest(11, '\0');
+  EXPECT_THAT(r->ReadInto(0, absl::MakeSpan(dest)),
+              StatusIs(absl::StatusCode::kDataLoss, HasSubstr(path)));
+}
+
+TEST_P(FileSystemConformanceTest, NewWritableFileTruncatesAnExistingFile) {
+  const std::string path = Path("t");
+  ASSERT_OK(WriteStringToFile(*fs_, path, "a long first version", true));
+  ASSERT_OK(WriteStringToFile(*fs_, path, "v2", true));
+  EXPECT_THAT(ReadFileToString(*fs_, path), IsOkAndHolds(std::string("v2")));
+}
+
+TEST_P(FileSystemConformanceTest, ClosedFileRefusesEveryCall) {
+  const std::string path = Path("closed");
+  ASSERT_OK_AND_ASSIGN(std::unique_ptr<WritableFile> w,
+                       fs_->NewWritableFile(path));
+  ASSERT_OK(w->Append("x"));
+  ASSERT_OK(w->Close());
+  EXPECT_THAT(w->Append("y"),
+              StatusIs(absl::StatusCode::kFailedPrecondition, HasSubstr(path)));
+  EXPECT_THAT(w->Sync(), StatusIs(absl::StatusCode::kFailedPrecondition));
+  EXPECT_THAT(w->Close(), StatusIs(absl::StatusCode::kFailedPrecondition));
+  EXPECT_THAT(ReadFileToString(*fs_, path), IsOkAndHolds(std::string("x")));
+}
+
+TEST_P(FileSystemConformanceTest, DestructorClosesWithoutLosingData) {
+  const std::string path = Path("unclosed");
+  {
+    ASSERT_OK_AND_ASSIGN(std::unique_ptr<WritableFile> w,
+                         fs_->NewWritableFile(path));
+    ASSERT_OK(w->Append("kept"));
+  }
+  EXPECT_THAT(ReadFileToString(*fs_, path), IsOkAndHolds(std::string("kept")));
+}
+
+TEST_P(FileSystemConformanceTest, MissingPathsAreNotFoundAndNamed) {
+  const std::string missing = Path("missing");
+  const std::string in_missing_dir = Path("no_dir/f");
+  EXPECT_THAT(fs_->NewWritableFile(in_missing_dir),
+              StatusIs(absl::StatusCode::kNotFound, HasSubstr(in_missing_dir)));
+  EXPECT_THAT(fs_->NewRandomAccessFile(missing),
+              StatusIs(absl::StatusCode::kNotFound, HasSubstr(missing)));
+  EXPECT_THAT(fs_->FileSize(missing),
+              StatusIs(absl::StatusCode::kNotFound, HasSubstr(missing)));
+  EXPECT_THAT(fs_->FileExists(missing),
+              StatusIs(absl::StatusCode::kNotFound, HasSubstr(missing)));
+  EXPECT_THAT(fs_->Exists(missing), IsOkAndHolds(false));
+  EXPECT_THAT(fs_->IsDirectory(missing),
+              StatusIs(absl::StatusCode::kNotFound, HasSubstr(missing)));
+  EXPECT_THAT(fs_->GetChildren(missing),
+              StatusIs(absl::StatusCode::kNotFound, HasSubstr(missing)));
+  EXPECT_THAT(fs_->RemoveFile(missing),
+              StatusIs(absl::StatusCode::kNotFound, HasSubstr(missing)));
+  EXPECT_THAT(fs_->RemoveDir(missing),
+              StatusIs(absl::StatusCode::kNotFound, HasSubstr(missing)));
+  EXPECT_THAT(fs_->SyncDir(missing),
+              StatusIs(absl::StatusCode::kNotFound, HasSubstr(missing)));
+  EXPECT_THAT(fs_->Rename(missing, Path("x")),
+              StatusIs(absl::StatusCode::kNotFound, HasSubstr(missing)));
+  ASSERT_OK(WriteStringToFile(*fs_, Path("src"), "s", false));
+  EXPECT_THAT(fs_->Rename(Path("src"), in_missing_dir),
+              StatusIs(absl::StatusCode::kNotFound, HasSubstr(in_missing_dir)));
+}
+
+TEST_P(FileSystemConformanceTest, WrongTypesAreFailedPrecondition) {
+  const std::string dir = Path("d");
+  const std::string file = Path("f");
+  ASSERT_OK(fs_->CreateDir(dir));
+  ASSERT_OK(WriteStringToFile(*fs_, file, "data", false));
+  EXPECT_THAT(fs_->NewWritableFile(dir),
+              StatusIs(absl::StatusCode::kFailedPrecondition, HasSubstr(dir)));
+  EXPECT_THAT(fs_->NewRandomAccessFile(dir),
+              StatusIs(absl::StatusCode::kFailedPrecondition, HasSubstr(dir)));
+  EXPECT_THAT(fs_->FileSize(dir),
+              StatusIs(absl::StatusCode::kFailedPrecondition, HasSubstr(dir)));
+  EXPECT_THAT(fs_->RemoveFile(dir),
+              StatusIs(absl::StatusCode::kFailedPrecondition, HasSubstr(dir)));
+  EXPECT_THAT(fs_->GetChildren(file),
+              StatusIs(absl::StatusCode::kFailedPrecondition, HasSubstr(file)));
+  EXPECT_THAT(fs_->RemoveDir(file),
+              StatusIs(absl::StatusCode::kFailedPrecondition, HasSubstr(file)));
+  EXPECT_THAT(fs_->SyncDir(file),
+              StatusIs(absl::StatusCode::kFailedPrecondition, HasSubstr(file)));
+  EXPECT_THAT(fs_->NewWritableFile(JoinPath(file, "x")),
+              StatusIs(absl::StatusCode::kFailedPrecondition, HasSubstr(file)));
+  EXPECT_THAT(fs_->CreateDir(file),
+              StatusIs(absl::StatusCode::kAlreadyExists, HasSubstr(file)));
+  EXPECT_THAT(fs_->CreateDir(JoinPath(file, "sub")),
+              StatusIs(absl::StatusCode::kFailedPrecondition, HasSubstr(file)));
+}
+
+TEST_P(FileSystemConformanceTest, ExistsAndIsDirectory) {
+  ASSERT_OK(fs_->CreateDir(Path("d")));
+  ASSERT_OK(WriteStringToFile(*fs_, Path("f"), "", false));
+  EXPECT_OK(fs_->FileExists(Path("d")));
+  EXPECT_OK(fs_->FileExists(Path("f")));
+  EXPECT_THAT(fs_->Exists(Path("f")), IsOkAndHolds(true));
+  EXPECT_THAT(fs_->IsDirectory(Path("d")), IsOkAndHolds(true));
+  EXPECT_THAT(fs_->IsDirectory(Path("f")), IsOkAndHolds(false));
+  EXPECT_THAT(fs_->FileSize(Path("f")), IsOkAndHolds(0u));
+}
+
+TEST_P(FileSystemConformanceTest, GetChildrenIsSortedAndExcludesDots) {
+  EXPECT_THAT(fs_->GetChildren(root_), IsOkAndHolds(IsEmpty()));
+  ASSERT_OK(WriteStringToFile(*fs_, Path("b"), "", false));
+  ASSERT_OK(WriteStringToFile(*fs_, Path(".metadata"), "", false));
+  ASSERT_OK(fs_->CreateDir(Path("a/deeper")));
+  ASSERT_OK(WriteStringToFile(*fs_, Path("a/deeper/x"), "", false));
+  ASSERT_OK(WriteStringToFile(*fs_, Path("__0_0.distcp"), "", false));
+  EXPECT_THAT(fs_->GetChildren(root_),
+              IsOkAndHolds(ElementsAre(".metadata", "__0_0.distcp", "a", "b")));
+  EXPECT_THAT(fs_->GetChildren(Path("a")), IsOkAndHolds(ElementsAre("deeper")));
+}
+
+TEST_P(FileSystemConformanceTest, CreateDirIsRecursiveAndIdempotent) {
+  const std::string deep = Path("x/y/z");
+  ASSERT_OK(fs_->CreateDir(deep));
+  EXPECT_THAT(fs_->IsDirectory(Path("x")), IsOkAndHolds(true));
+  EXPECT_THAT(fs_->IsDirectory(Path("x/y")), IsOkAndHolds(true));
+  EXPECT_THAT(fs_->IsDirectory(deep), IsOkAndHolds(true));
+  EXPECT_OK(fs_->CreateDir(deep));
+  EXPECT_OK(fs_->CreateDir(Path("x/y/z/")));
+  EXPECT_OK(fs_->CreateDir(root_));
+}
+
+TEST_P(FileSystemConformanceTest, RemoveFileAndDir) {
+  ASSERT_OK(fs_->CreateDir(Path("d")));
+  ASSERT_OK(WriteStringToFile(*fs_, Path("d/f"), "x", false));
+  EXPECT_THAT(fs_->RemoveDir(Path("d")),
+              StatusIs(absl::StatusCode::kFailedPrecondition,
+                       AllOf(HasSubstr(Path("d")), HasSubstr("not empty"))));
+  ASSERT_OK(fs_->RemoveFile(Path("d/f")));
+  EXPECT_THAT(fs_->Exists(Path("d/f")), IsOkAndHolds(false));
+  ASSERT_OK(fs_->RemoveDir(Path("d")));
+  EXPECT_THAT(fs_->Exists(Path("d")), IsOkAndHolds(false));
+}
+
+TEST_P(FileSystemConformanceTest, RenameMovesAndReplacesFiles) {
+  ASSERT_OK(WriteStringToFile(*fs_, Path(".metadata.tmp"), "new", true));
+  ASSERT_OK(WriteStringToFile(*fs_, Path(".metadata"), "old", true));
+  ASSERT_OK(fs_->Rename(Path(".metadata.tmp"), Path(".metadata")));
+  ASSERT_OK(fs_->SyncDir(root_));
+  EXPECT_THAT(ReadFileToString(*fs_, Path(".metadata")),
+              IsOkAndHolds(std::string("new")));
+  EXPECT_THAT(fs_->Exists(Path(".metadata.tmp")), IsOkAndHolds(false));
+  // Renaming a file onto itself changes nothing.
+  ASSERT_OK(fs_->Rename(Path(".metadata"), Path(".metadata")));
+  EXPECT_THAT(ReadFileToString(*fs_, Path(".metadata")),
+              IsOkAndHolds(std::string("new")));
+  // Into another directory.
+  ASSERT_OK(fs_->CreateDir(Path("sub")));
+  ASSERT_OK(fs_->Rename(Path(".metadata"), Path("sub/m")));
+  EXPECT_THAT(ReadFileToString(*fs_, Path("sub/m")),
+              IsOkAndHolds(std::string("new")));
+  EXPECT_THAT(fs_->Rename(Path("sub/m"), Path("sub")),
+              StatusIs(absl::StatusCode::kFailedPrecondition));
+}
+
+TEST_P(FileSystemConformanceTest, RenameDirectories) {
+  ASSERT_OK(fs_->CreateDir(Path("stage/inner")));
+  ASSERT_OK(WriteStringToFile(*fs_, Path("stage/inner/f"), "f", false));
+  ASSERT_OK(WriteStringToFile(*fs_, Path("stage/g"), "g", false));
+  ASSERT_OK(fs_->CreateDir(Path("empty")));
+  ASSERT_OK(fs_->CreateDir(Path("full")));
+  ASSERT_OK(WriteStringToFile(*fs_, Path("full/x"), "x", false));
+  ASSERT_OK(WriteStringToFile(*fs_, Path("file"), "", false));
+
+  EXPECT_THAT(fs_->Rename(Path("stage"), Path("stage/inner/deeper")),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_THAT(fs_->Rename(Path("stage"), Path("full")),
+              StatusIs(absl::StatusCode::kFailedPrecondition));
+  EXPECT_THAT(fs_->Rename(Path("stage"), Path("file")),
+              StatusIs(absl::StatusCode::kFailedPrecondition));
+  // A directory may replace an empty directory.
+  ASSERT_OK(fs_->Rename(Path("stage"), Path("empty")));
+  EXPECT_THAT(fs_->Exists(Path("stage")), IsOkAndHolds(false));
+  EXPECT_THAT(ReadFileToString(*fs_, Path("empty/inner/f")),
+              IsOkAndHolds(std::string("f")));
+  EXPECT_THAT(ReadFileToString(*fs_, Path("empty/g")),
+              IsOkAndHolds(std::string("g")));
+  EXPECT_THAT(fs_->GetChildren(Path("empty")),
+              IsOkAndHolds(ElementsAre("g", "inner")));
+}
+
+TEST_P(FileSystemConformanceTest, OpenFilesFollowRenames) {
+  ASSERT_OK_AND_ASSIGN(std::unique_ptr<WritableFile> w,
+                       fs_->NewWritableFile(Path("a")));
+  ASSERT_OK(w->Append("12"));
+  ASSERT_OK(fs_->Rename(Path("a"), Path("b")));
+  ASSERT_OK(w->Append("34"));
+  ASSERT_OK(w->Close());
+  EXPECT_THAT(ReadFileToString(*fs_, Path("b")),
+              IsOkAndHolds(std::string("1234")));
+  EXPECT_THAT(fs_->Exists(Path("a")), IsOkAndHolds(false));
+
+  ASSERT_OK_AND_ASSIGN(std::unique_ptr<RandomAccessFile> r,
+                       fs_->NewRandomAccessFile(Path("b")));
+  ASSERT_OK(fs_->Rename(Path("b"), Path("c")));
+  char scratch[4];
+  EXPECT_THAT(r->Read(0, 4, scratch), IsOkAndHolds(absl::string_view("1234")));
+}
+
+TEST_P(FileSystemConformanceTest, SyncDirOnADirectorySucceeds) {
+  ASSERT_OK(fs_->CreateDir(Path("d")));
+  EXPECT_OK(fs_->SyncDir(Path("d")));
+  EXPECT_OK(fs_->SyncDir(root_));
+}
+
+TEST_P(FileSystemConformanceTest, ConcurrentReadsOfOneFile) {
+  constexpr int kThreads = 8;
+  constexpr size_t kChunk = 64 * 1024;
+  const std::string data = Pattern(kThreads * kChunk);
+  ASSERT_OK(WriteStringToFile(*fs_, Path("shared"), data, true));
+  ASSERT_OK_AND_ASSIGN(std::unique_ptr<RandomAccessFile> r,
+                       fs_->NewRandomAccessFile(Path("shared")));
+  std::vector<std::string> got(kThreads, std::string(kChunk, '\0'));
+  std::vector<absl::Status> statuses(kThreads);
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      // Each thread reads its chunk back to front, in 4 KiB pieces.
+      for (size_t off = kChunk; off > 0 && statuses[t].ok();) {
+        off -= 4096;
+        statuses[t] =
+            r->ReadInto(t * kChunk + off, absl::MakeSpan(&got[t][off], 4096));
+      }
+    });
+  }
+  for (std::thread& thread : threads) thread.join();
+  for (int t = 0; t < kThreads; ++t) {
+    EXPECT_OK(statuses[t]) << "thread " << t;
+    EXPECT_TRUE(got[t] == data.substr(t * kChunk, kChunk)) << "thread " << t;
+  }
+}
+
+TEST_P(FileSystemConformanceTest, ConcurrentWritersAndCreateDirs) {
+  constexpr int kThreads = 6;
+  std::vector<absl::Status> statuses(kThreads);
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      // Every thread creates the same nested directory (mkdir -p races),
+      // then writes its own file in it.
+      absl::Status status = fs_->CreateDir(Path("ckpt/deep"));
+      if (status.ok()) {
+        status = WriteStringToFile(
+            *fs_, Path(absl::StrCat("ckpt/deep/__", t, "_0.distcp")),
+            Pattern(10000 + t, t), /*sync=*/true);
+      }
+      statuses[t] = status;
+    });
+  }
+  for (std::thread& thread : threads) thread.join();
+  for (int t = 0; t < kThreads; ++t) {
+    ASSERT_OK(statuses[t]) << "thread " << t;
+    EXPECT_THAT(ReadFileToString(
+                    *fs_, Path(absl::StrCat("ckpt/deep/__", t, "_0.distcp"))),
+                IsOkAndHolds(Pattern(10000 + t, t)));
+  }
+  ASSERT_OK_AND_ASSIGN(std::vector<std::string> names,
+                       fs_->GetChildren(Path("ckpt/deep")));
+  EXPECT_EQ(names.size(), static_cast<size_t>(kThreads));
+}
+
+}  // namespace
+}  // namespace dcp::testing
