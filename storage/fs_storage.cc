@@ -1,0 +1,1155 @@
+#include "storage/fs_storage.h"
+
+#include <algorithm>
+#include <atomic>
+#include <cstdint>
+#include <exception>
+#include <functional>
+#include <map>
+#include <memory>
+#include <optional>
+#include <random>
+#include <set>
+#include <string>
+#include <system_error>  // NOLINT(build/c++11)
+#include <thread>        // NOLINT(build/c++11)
+#include <utility>
+#include <variant>
+#include <vector>
+
+#include "ATen/ATen.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/ascii.h"
+#include "absl/strings/escaping.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/string_view.h"
+#include "absl/types/span.h"
+#include "checkpoint/fault_point.h"
+#include "checkpoint/metadata.h"
+#include "checkpoint/state_dict.h"
+#include "checkpoint/status.h"
+#include "checkpoint/torch_status.h"
+#include "glog/logging.h"
+#include "storage/file_system.h"
+#include "storage/metadata_pickle.h"
+#include "storage/posix_file_system.h"
+#include "storage/torch_record.h"
+#include "storage/zip.h"
+
+namespace dcp {
+namespace fs_storage_internal {
+namespace {
+
+constexpr absl::string_view kMetadataName = ".metadata";
+constexpr absl::string_view kMetadataTmpPrefix = ".metadata.tmp";
+constexpr absl::string_view kDataSuffix = ".distcp";
+// "Tag:token:prefix", the encoding of SavePlan::storage_data.
+constexpr absl::string_view kPlanTag = "dcp-fs-save";
+// Entries are checksummed by streaming them in chunks of at most this size.
+constexpr uint64_t kCrcChunkBytes = uint64_t{4} << 20;
+// Zip entries up to this size (data.pkl, version, ...) are read through the
+// record's cached `ZipByteSource`; larger ones are streamed.
+constexpr uint64_t kSmallEntryBytes = uint64_t{1} << 20;
+constexpr absl::string_view kChecksumMismatch = "checksum mismatch";
+
+// A random RFC 4122 version-4 UUID string, as Python's str(uuid4()).
+std::string RandomUuid() {
+  thread_local std::mt19937_64 rng{std::random_device{}()};
+  uint64_t hi = rng();
+  uint64_t lo = rng();
+  hi = (hi & ~uint64_t{0xF000}) | uint64_t{0x4000};            // Version 4.
+  lo = (lo & ~(uint64_t{0xC} << 60)) | (uint64_t{0x8} << 60);  // Variant.
+  return absl::StrFormat("%08x-%04x-%04x-%04x-%012x", hi >> 32,
+                         (hi >> 16) & 0xFFFF, hi & 0xFFFF, lo >> 48,
+                         lo & uint64_t{0xFFFFFFFFFFFF});
+}
+
+std::string FormatShape(c10::IntArrayRef shape) {
+  return absl::StrCat("[", absl::StrJoin(shape, ", "), "]");
+}
+
+// `"fqn"` or `"fqn" offset [0, 4]`, for error messages.
+std::string DescribeIndex(const MetadataIndex& index) {
+  std::string out = absl::StrFormat("\"%s\"", absl::CHexEscape(index.fqn));
+  if (index.offset.has_value()) {
+    absl::StrAppend(&out, " offset ", FormatShape(*index.offset));
+  }
+  return out;
+}
+
+// ---- Threads ----------------------------------------------------------------
+
+// Runs `fn(i)` for every i in [0, n) on up to `threads` threads, the calling
+// thread included, and returns each call's status by i. The calling
+// thread's fault-point handler is installed on the helper threads. An
+// exception escaping `fn` becomes an Internal status. Every helper thread
+// is joined before returning.
+std::vector<absl::Status> RunParallel(
+    size_t n, int threads, const std::function<absl::Status(size_t)>& fn) {
+  std::vector<absl::Status> statuses(n);
+  if (n == 0) return statuses;
+  std::atomic<size_t> next{0};
+  FaultPointHandler* handler = CurrentFaultPointHandler();
+  auto work = [&] {
+    ScopedFaultPointHandler scoped(handler);
+    for (size_t i = next.fetch_add(1); i < n; i = next.fetch_add(1)) {
+      try {
+        statuses[i] = fn(i);
+      } catch (const std::exception& e) {
+        statuses[i] = absl::InternalError(
+            absl::StrCat("unexpected exception: ", e.what()));
+      } catch (...) {
+        statuses[i] = absl::InternalError("unexpected unknown exception");
+      }
+    }
+  };
+  const size_t helpers =
+      std::min(n, static_cast<size_t>(std::max(threads, 1))) - 1;
+  std::vector<std::thread> pool;
+  pool.reserve(helpers);
+  for (size_t t = 0; t < helpers; ++t) {
+    try {
+      pool.emplace_back(work);
+    } catch (const std::system_error& e) {
+      // Fewer threads only make the work slower.
+      LOG(WARNING) << "fs_storage: could not start a thread (" << e.what()
+                   << "); continuing with " << pool.size() + 1;
+      break;
+    }
+  }
+  work();
+  for (std::thread& thread : pool) thread.join();
+  return statuses;
+}
+
+// The first error of `statuses`, in order, or OK.
+absl::Status FirstError(const std::vector<absl::Status>& statuses) {
+  for (const absl::Status& status : statuses) {
+    if (!status.ok()) return status;
+  }
+  return absl::OkStatus();
+}
+
+// ---- Save plan storage data -------------------------------------------------
+
+struct PlanStorageData {
+  std::string token;
+  std::string prefix;  // "__<rank>_"
+};
+
+std::string EncodePlanStorageData(absl::string_view token, size_t rank) {
+  return absl::StrCat(kPlanTag, ":", token, ":__", rank, "_");
+}
+
+absl::StatusOr<PlanStorageData> DecodePlanStorageData(absl::string_view data) {
+  if (data.empty()) {
+    return absl::FailedPreconditionError(
+        "save plan has no file-system storage data; was it returned by the "
+        "coordinator's FileSystemWriter::PrepareGlobalPlan?");
+  }
+  std::vector<absl::string_view> parts = absl::StrSplit(data, ':');
+  if (parts.size() != 3 || parts[0] != kPlanTag || parts[1].empty() ||
+      !absl::StartsWith(parts[2], "__") || !absl::EndsWith(parts[2], "_") ||
+      absl::StrContains(parts[1], '/') || absl::StrContains(parts[2], '/')) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "save plan storage data \"%s\" was not written by a FileSystemWriter",
+        absl::CHexEscape(data)));
+  }
+  return PlanStorageData{std::string(parts[1]), std::string(parts[2])};
+}
+
+// "__<rank>_<n>_<token>.distcp".
+std::string DataFileName(const PlanStorageData& storage, size_t n) {
+  return absl::StrCat(storage.prefix, n, "_", storage.token, kDataSuffix);
+}
+
+// The save-unique token: the first 8 hex digits of `save_id` on the first
+// attempt, a hash of it and the attempt number afterwards.
+std::string SaveToken(absl::string_view save_id, int attempt) {
+  if (attempt == 0) {
+    std::string hex;
+    for (char c : save_id) {
+      if (absl::ascii_isxdigit(static_cast<unsigned char>(c))) {
+        hex.push_back(absl::ascii_tolower(static_cast<unsigned char>(c)));
+      }
+      if (hex.size() == 8) return hex;
+    }
+  }
+  return absl::StrFormat("%08x", Crc32(absl::StrCat(save_id, "#", attempt)));
+}
+
+// ---- Writing ----------------------------------------------------------------
+
+// One data file to write: its name and the plan positions of its items, in
+// writing order (bytes items first, then tensors).
+struct FileJob {
+  std::string name;
+  std::vector<size_t> items;
+};
+
+// Splits the plan's items into files as PyTorch 2.6's
+// `_split_by_size_and_type` and `_write_files_from_queue` do (see
+// pytorch-dcp-format.md §3.2).
+std::vector<FileJob> PlanFiles(const SavePlan& plan,
+                               const FileSystemWriterOptions& options,
+                               const PlanStorageData& storage) {
+  const std::vector<WriteItem>& items = plan.items;
+  auto is_bytes = [&](size_t i) {
+    return items[i].type == WriteItemType::kByteIo;
+  };
+  std::vector<std::vector<size_t>> buckets;
+  if (!options.single_file_per_rank) {
+    for (size_t i = 0; i < items.size(); ++i) buckets.push_back({i});
+  } else if (options.thread_count <= 1) {
+    buckets.emplace_back();
+    for (size_t i = 0; i < items.size(); ++i) buckets[0].push_back(i);
+  } else {
+    const size_t bins = static_cast<size_t>(options.thread_count);
+    buckets.resize(bins);
+    std::vector<size_t> tensors;
+    size_t num_bytes = 0;
+    for (size_t i = 0; i < items.size(); ++i) {
+      if (is_bytes(i)) {
+        buckets[num_bytes++ % bins].push_back(i);
+      } else {
+        tensors.push_back(i);
+      }
+    }
+    auto size_of = [&](size_t i) {
+      return items[i].TensorStorageSize().value_or(0);
+    };
+    std::stable_sort(tensors.begin(), tensors.end(), [&](size_t a, size_t b) {
+      return size_of(a) > size_of(b);
+    });
+    std::vector<int64_t> load(bins, 0);
+    for (size_t i : tensors) {
+      const size_t target = static_cast<size_t>(
+          std::min_element(load.begin(), load.end()) - load.begin());
+      buckets[target].push_back(i);
+      load[target] += size_of(i);
+    }
+  }
+  std::vector<FileJob> jobs;
+  jobs.reserve(buckets.size());
+  for (size_t n = 0; n < buckets.size(); ++n) {
+    FileJob job;
+    job.name = DataFileName(storage, n);
+    for (size_t i : buckets[n]) {
+      if (is_bytes(i)) job.items.push_back(i);
+    }
+    for (size_t i : buckets[n]) {
+      if (!is_bytes(i)) job.items.push_back(i);
+    }
+    jobs.push_back(std::move(job));
+  }
+  return jobs;
+}
+
+// Resolves `item` and appends its record to `file`; sets `*length` to the
+// number of bytes appended.
+absl::Status WriteItemRecord(const WriteItem& item, SavePlanner& planner,
+                             WritableFile& file, uint64_t* length) {
+  DCP_ASSIGN_OR_RETURN(Value data, planner.ResolveData(item));
+  uint64_t written = 0;
+  auto sink = [&](absl::string_view piece) {
+    written += piece.size();
+    return file.Append(piece);
+  };
+  if (item.type == WriteItemType::kByteIo) {
+    DCP_ASSIGN_OR_RETURN(std::string record, SerializeValueRecord(data));
+    DCP_RETURN_IF_ERROR(sink(record));
+    *length = written;
+    return absl::OkStatus();
+  }
+  const at::Tensor* tensor = data.get_if<at::Tensor>();
+  if (tensor == nullptr) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "tensor item resolved to a ", data.TypeName(), ", not a tensor"));
+  }
+  if (!tensor->defined()) {
+    return absl::InvalidArgumentError(
+        "tensor item resolved to an undefined tensor");
+  }
+  if (item.tensor_data.has_value()) {
+    const TensorWriteData& expected = *item.tensor_data;
+    if (tensor->sizes() != c10::IntArrayRef(expected.chunk.sizes)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("tensor item resolved to a tensor of shape ",
+                       FormatShape(tensor->sizes()), "; the plan says ",
+                       FormatShape(expected.chunk.sizes)));
+    }
+    if (tensor->scalar_type() != expected.properties.dtype) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "tensor item resolved to a ", DtypeName(tensor->scalar_type()),
+          " tensor; the plan says ", DtypeName(expected.properties.dtype)));
+    }
+  }
+  DCP_ASSIGN_OR_RETURN(TensorRecordPlan record, PlanTensorRecord(*tensor));
+  DCP_RETURN_IF_ERROR(WriteTensorRecord(record, sink));
+  if (written != record.size()) {
+    return absl::InternalError(absl::StrCat(
+        "wrote ", written, " bytes of a tensor record of ", record.size()));
+  }
+  *length = written;
+  return absl::OkStatus();
+}
+
+// Writes one data file; on success `*results` holds one result per item of
+// `job`, in job order.
+absl::Status WriteDataFile(
+    FileSystem& fs, const std::string& dir, const FileJob& job,
+    const SavePlan& plan, SavePlanner& planner, bool sync,
+    std::vector<std::pair<size_t, WriteResult>>* results) {
+  const std::string path = JoinPath(dir, job.name);
+  absl::StatusOr<std::unique_ptr<WritableFile>> opened =
+      fs.NewWritableFile(path);
+  if (!opened.ok()) {
+    return Annotate(opened.status(), absl::StrCat("creating data file ", path));
+  }
+  WritableFile& file = **opened;
+  uint64_t offset = 0;
+  for (size_t i : job.items) {
+    const WriteItem& item = plan.items[i];
+    uint64_t length = 0;
+    absl::Status status = WriteItemRecord(item, planner, file, &length);
+    if (!status.ok()) {
+      return Annotate(status,
+                      absl::StrFormat("writing item %s to %s at offset %d",
+                                      DescribeIndex(item.index), path, offset));
+    }
+    WriteResult result;
+    result.index = item.index;
+    result.size_in_bytes = static_cast<int64_t>(length);
+    result.storage_data = StorageInfo{job.name, static_cast<int64_t>(offset),
+                                      static_cast<int64_t>(length)};
+    results->emplace_back(i, std::move(result));
+    offset += length;
+  }
+  if (sync) {
+    DCP_RETURN_IF_ERROR(
+        Annotate(file.Sync(), absl::StrCat("syncing data file ", path)));
+  }
+  return Annotate(file.Close(), absl::StrCat("closing data file ", path));
+}
+
+// Creates `dir` and its missing parents; with `sync`, makes each new
+// directory's entry durable.
+absl::Status CreateDirDurably(FileSystem& fs, const std::string& dir,
+                              bool sync) {
+  std::vector<std::string> missing;
+  std::string current = CleanPath(dir);
+  while (true) {
+    DCP_ASSIGN_OR_RETURN(bool exists, fs.Exists(current));
+    if (exists) break;
+    missing.push_back(current);
+    std::string parent = Dirname(current);
+    if (parent == current) break;
+    current = std::move(parent);
+  }
+  DCP_RETURN_IF_ERROR(fs.CreateDir(dir));
+  if (sync) {
+    for (auto it = missing.rbegin(); it != missing.rend(); ++it) {
+      DCP_RETURN_IF_ERROR(fs.SyncDir(Dirname(*it)));
+    }
+  }
+  return absl::OkStatus();
+}
+
+// Best effort: removes `paths`, logging (not returning) failures other than
+// NotFound.
+void RemoveFiles(FileSystem& fs, const std::vector<std::string>& paths,
+                 absl::string_view why) {
+  int failed = 0;
+  absl::Status first;
+  for (const std::string& path : paths) {
+    absl::Status status = fs.RemoveFile(path);
+    if (!status.ok() && !absl::IsNotFound(status)) {
+      if (failed++ == 0) first = status;
+    }
+  }
+  if (failed > 0) {
+    LOG(WARNING) << "fs_storage: could not remove " << failed << " of "
+                 << paths.size() << " " << why << " (first error: " << first
+                 << ")";
+  }
+}
+
+// ---- Reading ----------------------------------------------------------------
+
+absl::Status NotACheckpoint(absl::string_view dir) {
+  return absl::NotFoundError(
+      absl::StrCat("not a checkpoint: no .metadata in ", dir));
+}
+
+absl::StatusOr<Metadata> ReadMetadataFile(FileSystem& fs,
+                                          const std::string& dir) {
+  const std::string path = JoinPath(dir, kMetadataName);
+  absl::StatusOr<std::string> bytes = ReadFileToString(fs, path);
+  if (!bytes.ok()) {
+    if (absl::IsNotFound(bytes.status())) return NotACheckpoint(dir);
+    return Annotate(bytes.status(), absl::StrCat("reading ", path));
+  }
+  absl::StatusOr<Metadata> metadata = DecodeMetadataPickle(*bytes);
+  if (!metadata.ok()) {
+    return Annotate(metadata.status(), absl::StrCat("decoding ", path));
+  }
+  return metadata;
+}
+
+// OK if `relative` names a file inside the checkpoint directory.
+bool IsSafeRelativePath(absl::string_view relative) {
+  if (relative.empty() || relative.front() == '/') return false;
+  for (absl::string_view part : absl::StrSplit(relative, '/')) {
+    if (part == "..") return false;
+  }
+  return !absl::StrContains(relative, absl::string_view("\0", 1));
+}
+
+// A saved record that the load touches.
+struct RecordWork {
+  const MetadataIndex* index = nullptr;  // Key in the reader's storage_data.
+  const StorageInfo* info = nullptr;
+  bool is_bytes = false;
+  // Tensor records: what `.metadata` says about the chunk.
+  const TensorProperties* properties = nullptr;
+  const ChunkStorageMetadata* chunk = nullptr;
+  // Filled by the checking phase.
+  TensorRecordInfo tensor;
+  std::optional<Value> value;
+};
+
+// A tensor read item and the byte ranges it needs.
+struct ItemWork {
+  size_t item = 0;    // Position in the plan.
+  size_t record = 0;  // Position in the records.
+  BoxReadPlan box;
+};
+
+struct FileWork {
+  std::string relative_path;
+  std::string path;
+  std::vector<size_t> records;  // Sorted by offset.
+  std::vector<size_t> items;    // Tensor items, sorted by record offset.
+  std::unique_ptr<RandomAccessFile> file;
+};
+
+std::string DescribeRecord(const FileWork& file, const RecordWork& record) {
+  return absl::StrFormat("record of %s in %s at offset %d (length %d)",
+                         DescribeIndex(*record.index), file.path,
+                         record.info->offset, record.info->length);
+}
+
+// CRC-32 of `size` bytes at `offset` of `file`, read in bounded chunks.
+absl::StatusOr<uint32_t> StreamCrc32(const RandomAccessFile& file,
+                                     uint64_t offset, uint64_t size) {
+  std::string buffer(static_cast<size_t>(std::min(size, kCrcChunkBytes)), '\0');
+  uint32_t crc = 0;
+  uint64_t done = 0;
+  while (done < size) {
+    const size_t n = static_cast<size_t>(std::min(size - done, kCrcChunkBytes));
+    DCP_ASSIGN_OR_RETURN(absl::string_view bytes,
+                         file.Read(offset + done, n, buffer.data()));
+    crc = Crc32(bytes, crc);
+    done += n;
+  }
+  return crc;
+}
+
+absl::Status ChecksumMismatch(const FileWork& file, const RecordWork& record,
+                              const ZipEntry& entry) {
+  return absl::DataLossError(absl::StrFormat(
+      "%s in %s at offset %d for %s (entry \"%s\")", kChecksumMismatch,
+      file.path, record.info->offset, DescribeIndex(*record.index),
+      absl::CHexEscape(entry.name)));
+}
+
+// Parses and checks a tensor record: its zip directory and data.pkl, the
+// saved dtype and shape against `.metadata`, and with `verify` the CRC-32
+// of every entry. Reads only the record's small entries unless `verify`.
+absl::Status CheckTensorRecord(const FileWork& file, RecordWork& record,
+                               bool verify) {
+  const RandomAccessFile& data = *file.file;
+  const uint64_t base = static_cast<uint64_t>(record.info->offset);
+  ZipByteSource source(
+      static_cast<uint64_t>(record.info->length),
+      [&data, base](uint64_t offset,
+                    uint64_t length) -> absl::StatusOr<std::string> {
+        std::string bytes(static_cast<size_t>(length), '\0');
+        DCP_RETURN_IF_ERROR(
+            data.ReadInto(base + offset, absl::MakeSpan(bytes)));
+        return bytes;
+      });
+  // Checked first, so that a corrupt data.pkl reports the mismatch.
+  std::optional<ZipDirectory> dir;
+  if (verify) {
+    DCP_ASSIGN_OR_RETURN(dir, ReadZipDirectory(source));
+    for (const ZipEntry& entry : dir->entries) {
+      if (entry.size > kSmallEntryBytes) continue;  // Streamed below.
+      DCP_ASSIGN_OR_RETURN(absl::string_view bytes,
+                           source.Read(entry.data_offset, entry.size));
+      if (Crc32(bytes) != entry.crc32) {
+        return ChecksumMismatch(file, record, entry);
+      }
+    }
+  }
+  DCP_ASSIGN_OR_RETURN(record.tensor, ParseTensorRecordHeader(source));
+  const TensorRecordInfo& info = record.tensor;
+  if (info.dtype != record.properties->dtype) {
+    return absl::DataLossError(absl::StrCat(
+        "holds a ", DtypeName(info.dtype), " tensor but .metadata says ",
+        DtypeName(record.properties->dtype),
+        " (is .metadata from another checkpoint?)"));
+  }
+  if (info.sizes != record.chunk->sizes) {
+    return absl::DataLossError(
+        absl::StrCat("holds a tensor of shape ", FormatShape(info.sizes),
+                     " but .metadata says ", FormatShape(record.chunk->sizes),
+                     " (is .metadata from another checkpoint?)"));
+  }
+  if (verify) {
+    // The tensor data, after the cheaper checks against `.metadata`.
+    for (const ZipEntry& entry : dir->entries) {
+      if (entry.size <= kSmallEntryBytes) continue;
+      DCP_ASSIGN_OR_RETURN(
+          uint32_t crc,
+          StreamCrc32(data, base + entry.data_offset, entry.size));
+      if (crc != entry.crc32) return ChecksumMismatch(file, record, entry);
+    }
+  }
+  return absl::OkStatus();
+}
+
+// Reads, checks and parses a bytes record.
+absl::Status CheckBytesRecord(const FileWork& file, RecordWork& record,
+                              bool verify) {
+  std::string bytes(static_cast<size_t>(record.info->length), '\0');
+  DCP_RETURN_IF_ERROR(file.file->ReadInto(
+      static_cast<uint64_t>(record.info->offset), absl::MakeSpan(bytes)));
+  if (verify) {
+    DCP_ASSIGN_OR_RETURN(ZipDirectory dir, ReadZipDirectory(bytes));
+    for (const ZipEntry& entry : dir.entries) {
+      DCP_ASSIGN_OR_RETURN(absl::string_view data, ZipEntryData(bytes, entry));
+      if (Crc32(data) != entry.crc32) {
+        return ChecksumMismatch(file, record, entry);
+      }
+    }
+  }
+  DCP_ASSIGN_OR_RETURN(record.value, ParseValueRecord(bytes));
+  return absl::OkStatus();
+}
+
+// The checking phase for one file: opens it, checks every record the load
+// touches and plans every tensor item's byte ranges. Touches no
+// destination.
+absl::Status CheckFile(FileSystem& fs, FileWork& file,
+                       std::vector<RecordWork>& records,
+                       std::vector<ItemWork>& items,
+                       const std::vector<ReadItem>& plan_items, bool verify) {
+  const RecordWork& first = records[file.records.front()];
+  absl::StatusOr<std::unique_ptr<RandomAccessFile>> opened =
+      fs.NewRandomAccessFile(file.path);
+  if (!opened.ok()) {
+    if (absl::IsNotFound(opened.status())) {
+      return absl::DataLossError(absl::StrFormat(
+          "missing data file %s (holding %s): %s", file.path,
+          DescribeIndex(*first.index), opened.status().message()));
+    }
+    return Annotate(opened.status(),
+                    absl::StrCat("opening data file ", file.path));
+  }
+  file.file = *std::move(opened);
+  const uint64_t file_size = file.file->size();
+  for (size_t r : file.records) {
+    RecordWork& record = records[r];
+    const StorageInfo& info = *record.info;
+    if (info.offset < 0 || info.length < 0 ||
+        static_cast<uint64_t>(info.offset) > file_size ||
+        static_cast<uint64_t>(info.length) >
+            file_size - static_cast<uint64_t>(info.offset)) {
+      return absl::DataLossError(absl::StrFormat(
+          "%s: outside the data file of %d bytes (truncated file?)",
+          DescribeRecord(file, record), file_size));
+    }
+    absl::Status status = record.is_bytes
+                              ? CheckBytesRecord(file, record, verify)
+                              : CheckTensorRecord(file, record, verify);
+    if (!status.ok()) {
+      // Checksum errors already name the file, the offset and the key.
+      if (absl::StartsWith(status.message(), kChecksumMismatch)) return status;
+      return Annotate(status, DescribeRecord(file, record));
+    }
+  }
+  for (size_t w : file.items) {
+    ItemWork& work = items[w];
+    const ReadItem& item = plan_items[work.item];
+    const RecordWork& record = records[work.record];
+    absl::StatusOr<BoxReadPlan> box =
+        PlanBoxRead(record.tensor, item.storage_offsets, item.lengths);
+    if (!box.ok()) {
+      return Annotate(box.status(),
+                      absl::StrCat("reading ", DescribeIndex(item.dest_index),
+                                   " from ", DescribeRecord(file, record)));
+    }
+    work.box = *std::move(box);
+  }
+  return absl::OkStatus();
+}
+
+// Whether the box's packed bytes are exactly `dest`'s memory, so that they
+// can be read straight into it.
+bool CanReadStraightInto(const BoxReadPlan& box, const at::Tensor& dest) {
+  if (box.dtype == c10::ScalarType::Bool) return false;  // Must be checked.
+  if (!dest.device().is_cpu() || dest.scalar_type() != box.dtype ||
+      dest.layout() != c10::kStrided || !dest.is_contiguous() ||
+      dest.is_conj() || dest.is_neg() || dest.requires_grad() ||
+      dest.sizes() != c10::IntArrayRef(box.sizes) ||
+      box.strides.size() != box.sizes.size()) {
+    return false;
+  }
+  int64_t expected = 1;
+  for (size_t d = box.sizes.size(); d-- > 0;) {
+    if (box.sizes[d] != 1 && box.strides[d] != expected) return false;
+    expected *= box.sizes[d];
+  }
+  return box.packed_size ==
+         static_cast<uint64_t>(dest.numel()) * dest.element_size();
+}
+
+// The copying phase for one tensor item.
+absl::Status CopyItem(const FileWork& file, const RecordWork& record,
+                      const ItemWork& work, const ReadItem& item,
+                      LoadPlanner& planner) {
+  DCP_ASSIGN_OR_RETURN(at::Tensor dest, planner.ResolveTensor(item));
+  if (!dest.defined()) {
+    return absl::InvalidArgumentError(
+        "the planner resolved the destination to an undefined tensor");
+  }
+  if (dest.sizes() != c10::IntArrayRef(work.box.sizes)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("the destination has shape ", FormatShape(dest.sizes()),
+                     " but the saved box read into it has shape ",
+                     FormatShape(work.box.sizes)));
+  }
+  const uint64_t base = static_cast<uint64_t>(record.info->offset);
+  if (CanReadStraightInto(work.box, dest)) {
+    char* out = static_cast<char*>(dest.data_ptr());
+    for (const ByteRange& range : work.box.ranges) {
+      DCP_RETURN_IF_ERROR(file.file->ReadInto(
+          base + range.offset,
+          absl::MakeSpan(out, static_cast<size_t>(range.length))));
+      out += range.length;
+    }
+  } else {
+    std::string packed(static_cast<size_t>(work.box.packed_size), '\0');
+    char* out = packed.data();
+    for (const ByteRange& range : work.box.ranges) {
+      DCP_RETURN_IF_ERROR(file.file->ReadInto(
+          base + range.offset,
+          absl::MakeSpan(out, static_cast<size_t>(range.length))));
+      out += range.length;
+    }
+    DCP_RETURN_IF_ERROR(CopyBoxInto(work.box, packed, dest));
+  }
+  return planner.CommitTensor(item, dest);
+}
+
+// The saved chunk of `index` in `metadata`, or nullptr.
+const ChunkStorageMetadata* FindChunk(const TensorStorageMetadata& metadata,
+                                      const MetadataIndex& index) {
+  if (!index.offset.has_value()) return nullptr;
+  if (index.index.has_value() && *index.index >= 0 &&
+      static_cast<size_t>(*index.index) < metadata.chunks.size() &&
+      metadata.chunks[*index.index].offsets == *index.offset) {
+    return &metadata.chunks[*index.index];
+  }
+  for (const ChunkStorageMetadata& chunk : metadata.chunks) {
+    if (chunk.offsets == *index.offset) return &chunk;
+  }
+  return nullptr;
+}
+
+}  // namespace
+}  // namespace fs_storage_internal
+
+using fs_storage_internal::DescribeIndex;
+
+// ---- FileSystemWriter -------------------------------------------------------
+
+struct FileSystemWriter::State {
+  std::string path;
+  FileSystemWriterOptions options;
+  std::shared_ptr<FileSystem> fs;
+  std::string save_id;
+  bool is_coordinator = false;
+  // The token of the save begun by this (coordinator) writer's
+  // PrepareGlobalPlan, until its Finish.
+  std::string token;
+};
+
+FileSystemWriter::FileSystemWriter(std::unique_ptr<State> state)
+    : state_(std::move(state)) {}
+
+FileSystemWriter::~FileSystemWriter() = default;
+
+absl::StatusOr<std::unique_ptr<FileSystemWriter>> FileSystemWriter::Create(
+    std::string path, FileSystemWriterOptions options) {
+  if (path.empty()) {
+    return absl::InvalidArgumentError(
+        "FileSystemWriter needs a checkpoint directory");
+  }
+  if (options.thread_count < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("FileSystemWriter thread_count must be at least 1, got ",
+                     options.thread_count));
+  }
+  auto state = std::make_unique<State>();
+  state->path = std::move(path);
+  state->fs = options.file_system != nullptr ? options.file_system
+                                             : NewPosixFileSystem();
+  state->options = std::move(options);
+  state->save_id = fs_storage_internal::RandomUuid();
+  return std::unique_ptr<FileSystemWriter>(
+      new FileSystemWriter(std::move(state)));
+}
+
+const std::string& FileSystemWriter::path() const { return state_->path; }
+
+absl::Status FileSystemWriter::Reset(std::optional<std::string> checkpoint_id) {
+  if (checkpoint_id.has_value() && !checkpoint_id->empty()) {
+    state_->path = *std::move(checkpoint_id);
+  }
+  state_->save_id = fs_storage_internal::RandomUuid();
+  state_->token.clear();
+  return absl::OkStatus();
+}
+
+std::optional<StorageMeta> FileSystemWriter::StorageMetaForSave() const {
+  StorageMeta meta;
+  meta.checkpoint_id = state_->path;
+  meta.save_id = state_->save_id;
+  return meta;
+}
+
+absl::Status FileSystemWriter::SetUp(bool is_coordinator) {
+  state_->is_coordinator = is_coordinator;
+  return absl::OkStatus();
+}
+
+absl::StatusOr<SavePlan> FileSystemWriter::PrepareLocalPlan(SavePlan plan) {
+  State& s = *state_;
+  DCP_RETURN_IF_ERROR(
+      Annotate(fs_storage_internal::CreateDirDurably(*s.fs, s.path,
+                                                     s.options.sync_files),
+               absl::StrCat("creating checkpoint directory ", s.path)));
+  if (!s.options.overwrite) {
+    const std::string metadata_path =
+        JoinPath(s.path, fs_storage_internal::kMetadataName);
+    DCP_ASSIGN_OR_RETURN(bool exists, s.fs->Exists(metadata_path));
+    if (exists) {
+      return absl::AlreadyExistsError(
+          absl::StrCat("a checkpoint already exists in ", s.path, " (",
+                       metadata_path, ") and overwrite is off"));
+    }
+  }
+  return plan;
+}
+
+absl::StatusOr<std::vector<SavePlan>> FileSystemWriter::PrepareGlobalPlan(
+    std::vector<SavePlan> plans) {
+  State& s = *state_;
+  // Data files get names no existing file has, so a save never overwrites
+  // the files of the checkpoint it replaces (nor of an unfinished save).
+  absl::StatusOr<std::vector<std::string>> children = s.fs->GetChildren(s.path);
+  if (!children.ok()) {
+    return Annotate(children.status(),
+                    absl::StrCat("listing checkpoint directory ", s.path));
+  }
+  std::string token;
+  for (int attempt = 0; token.empty(); ++attempt) {
+    if (attempt == 100) {
+      return absl::InternalError(absl::StrCat(
+          "no unused data file suffix found in ", s.path, " after 100 tries"));
+    }
+    std::string candidate = fs_storage_internal::SaveToken(s.save_id, attempt);
+    const std::string in_use = absl::StrCat("_", candidate, ".");
+    const bool taken = candidate == s.token ||
+                       std::any_of(children->begin(), children->end(),
+                                   [&](const std::string& name) {
+                                     return absl::StrContains(name, in_use);
+                                   });
+    if (!taken) token = std::move(candidate);
+  }
+  s.token = token;
+  for (size_t rank = 0; rank < plans.size(); ++rank) {
+    plans[rank].storage_data =
+        fs_storage_internal::EncodePlanStorageData(token, rank);
+  }
+  return plans;
+}
+
+absl::StatusOr<std::vector<WriteResult>> FileSystemWriter::WriteData(
+    const SavePlan& plan, SavePlanner& planner) {
+  DCP_RETURN_IF_ERROR(FaultPoint("fs_storage.write_data"));
+  State& s = *state_;
+  DCP_ASSIGN_OR_RETURN(
+      fs_storage_internal::PlanStorageData storage,
+      fs_storage_internal::DecodePlanStorageData(plan.storage_data));
+  const std::vector<fs_storage_internal::FileJob> jobs =
+      fs_storage_internal::PlanFiles(plan, s.options, storage);
+
+  std::vector<std::vector<std::pair<size_t, WriteResult>>> per_file(
+      jobs.size());
+  absl::Status status =
+      fs_storage_internal::FirstError(fs_storage_internal::RunParallel(
+          jobs.size(), s.options.thread_count, [&](size_t j) {
+            return fs_storage_internal::WriteDataFile(
+                *s.fs, s.path, jobs[j], plan, planner, s.options.sync_files,
+                &per_file[j]);
+          }));
+  if (status.ok() && s.options.sync_files && !jobs.empty()) {
+    status = Annotate(s.fs->SyncDir(s.path),
+                      absl::StrCat("syncing checkpoint directory ", s.path));
+  }
+  if (!status.ok()) {
+    // Nothing references these files; a later save would remove them too.
+    std::vector<std::string> paths;
+    for (const fs_storage_internal::FileJob& job : jobs) {
+      paths.push_back(JoinPath(s.path, job.name));
+    }
+    fs_storage_internal::RemoveFiles(*s.fs, paths,
+                                     "data files of a failed save");
+    return status;
+  }
+  std::vector<std::optional<WriteResult>> by_item(plan.items.size());
+  for (auto& file_results : per_file) {
+    for (auto& [i, result] : file_results) by_item[i] = std::move(result);
+  }
+  std::vector<WriteResult> results;
+  results.reserve(by_item.size());
+  for (std::optional<WriteResult>& result : by_item) {
+    results.push_back(*std::move(result));
+  }
+  return results;
+}
+
+absl::Status FileSystemWriter::Finish(
+    Metadata& metadata, const std::vector<std::vector<WriteResult>>& results) {
+  DCP_RETURN_IF_ERROR(FaultPoint("fs_storage.finish"));
+  State& s = *state_;
+  if (s.token.empty()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "Finish of the checkpoint in ", s.path,
+        " without a save begun by PrepareGlobalPlan on this writer"));
+  }
+  const std::string token = std::exchange(s.token, std::string());
+  const std::string metadata_path =
+      JoinPath(s.path, fs_storage_internal::kMetadataName);
+  if (!s.options.overwrite) {
+    DCP_ASSIGN_OR_RETURN(bool exists, s.fs->Exists(metadata_path));
+    if (exists) {
+      return absl::AlreadyExistsError(
+          absl::StrCat("a checkpoint already exists in ", s.path, " (",
+                       metadata_path, ") and overwrite is off"));
+    }
+  }
+
+  std::map<MetadataIndex, StorageInfo> storage_data;
+  for (const std::vector<WriteResult>& rank_results : results) {
+    for (const WriteResult& result : rank_results) {
+      storage_data.insert_or_assign(result.index, result.storage_data);
+    }
+  }
+  metadata.storage_data = std::move(storage_data);
+  metadata.storage_meta = StorageMetaForSave();
+  metadata.version = s.options.metadata_version;
+  DCP_ASSIGN_OR_RETURN(std::string pickle, EncodeMetadataPickle(metadata));
+
+  // Publish: temporary file, sync, atomic rename, directory sync.
+  const std::string tmp_path = JoinPath(
+      s.path,
+      absl::StrCat(fs_storage_internal::kMetadataTmpPrefix, ".", token));
+  absl::Status status =
+      Annotate(WriteStringToFile(*s.fs, tmp_path, pickle, s.options.sync_files),
+               absl::StrCat("writing ", tmp_path));
+  if (status.ok()) {
+    status = Annotate(s.fs->Rename(tmp_path, metadata_path),
+                      absl::StrCat("renaming ", tmp_path, " to .metadata"));
+  }
+  if (!status.ok()) {
+    fs_storage_internal::RemoveFiles(*s.fs, {tmp_path},
+                                     "temporary metadata files");
+    return status;
+  }
+  if (s.options.sync_files) {
+    DCP_RETURN_IF_ERROR(
+        Annotate(s.fs->SyncDir(s.path),
+                 absl::StrCat("syncing checkpoint directory ", s.path)));
+  }
+
+  if (s.options.remove_stale_files) {
+    absl::StatusOr<std::vector<std::string>> children =
+        s.fs->GetChildren(s.path);
+    if (!children.ok()) {
+      LOG(WARNING) << "fs_storage: not removing stale files of " << s.path
+                   << ": " << children.status();
+      return absl::OkStatus();
+    }
+    std::set<std::string> referenced;
+    for (const auto& [index, info] : metadata.storage_data) {
+      referenced.insert(info.relative_path);
+    }
+    const std::string own_suffix =
+        absl::StrCat("_", token, fs_storage_internal::kDataSuffix);
+    std::vector<std::string> stale;
+    for (const std::string& name : *children) {
+      const bool stale_data =
+          absl::EndsWith(name, fs_storage_internal::kDataSuffix) &&
+          !absl::EndsWith(name, own_suffix) && referenced.count(name) == 0;
+      const bool stale_tmp =
+          absl::StartsWith(name, fs_storage_internal::kMetadataTmpPrefix);
+      if (stale_data || stale_tmp) stale.push_back(JoinPath(s.path, name));
+    }
+    fs_storage_internal::RemoveFiles(*s.fs, stale, "stale checkpoint files");
+  }
+  return absl::OkStatus();
+}
+
+// ---- FileSystemReader -------------------------------------------------------
+
+struct FileSystemReader::State {
+  std::string path;
+  FileSystemReaderOptions options;
+  std::shared_ptr<FileSystem> fs;
+  std::string load_id;
+  // From SetUp's metadata.
+  bool set_up = false;
+  std::map<MetadataIndex, StorageInfo> storage_data;
+  std::map<std::string, StorageMetadata> state_dict_metadata;
+};
+
+FileSystemReader::FileSystemReader(std::unique_ptr<State> state)
+    : state_(std::move(state)) {}
+
+FileSystemReader::~FileSystemReader() = default;
+
+absl::StatusOr<std::unique_ptr<FileSystemReader>> FileSystemReader::Create(
+    std::string path, FileSystemReaderOptions options) {
+  if (path.empty()) {
+    return absl::InvalidArgumentError(
+        "FileSystemReader needs a checkpoint directory");
+  }
+  if (options.thread_count < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("FileSystemReader thread_count must be at least 1, got ",
+                     options.thread_count));
+  }
+  auto state = std::make_unique<State>();
+  state->path = std::move(path);
+  state->fs = options.file_system != nullptr ? options.file_system
+                                             : NewPosixFileSystem();
+  state->options = std::move(options);
+  state->load_id = fs_storage_internal::RandomUuid();
+  return std::unique_ptr<FileSystemReader>(
+      new FileSystemReader(std::move(state)));
+}
+
+const std::string& FileSystemReader::path() const { return state_->path; }
+
+absl::Status FileSystemReader::Reset(std::optional<std::string> checkpoint_id) {
+  if (checkpoint_id.has_value() && !checkpoint_id->empty()) {
+    state_->path = *std::move(checkpoint_id);
+  }
+  state_->load_id = fs_storage_internal::RandomUuid();
+  state_->set_up = false;
+  state_->storage_data.clear();
+  state_->state_dict_metadata.clear();
+  return absl::OkStatus();
+}
+
+absl::StatusOr<Metadata> FileSystemReader::ReadMetadata() {
+  DCP_ASSIGN_OR_RETURN(Metadata metadata, fs_storage_internal::ReadMetadataFile(
+                                              *state_->fs, state_->path));
+  if (!metadata.storage_meta.has_value()) metadata.storage_meta.emplace();
+  metadata.storage_meta->load_id = state_->load_id;
+  return metadata;
+}
+
+absl::Status FileSystemReader::SetUp(const Metadata& metadata,
+                                     bool is_coordinator) {
+  state_->storage_data = metadata.storage_data;
+  state_->state_dict_metadata = metadata.state_dict_metadata;
+  state_->set_up = true;
+  return absl::OkStatus();
+}
+
+absl::StatusOr<LoadPlan> FileSystemReader::PrepareLocalPlan(LoadPlan plan) {
+  return plan;
+}
+
+absl::StatusOr<std::vector<LoadPlan>> FileSystemReader::PrepareGlobalPlan(
+    std::vector<LoadPlan> plans) {
+  return plans;
+}
+
+// Two phases. Checking (in parallel over files): open every data file the
+// plan touches, parse and check each record against `.metadata` (and its
+// CRC-32s when verifying), and plan each item's byte ranges. Only then
+// copying: bytes items are handed to the planner on this thread (planners
+// may serialise LoadBytes internally), and tensor boxes are read and copied
+// in parallel over files. So corrupt or mismatched data, and a checksum
+// mismatch, fail the load before any destination changes; what can still
+// leave destinations partly written is an I/O error while copying, or an
+// error from the planner (ResolveTensor, CommitTensor, LoadBytes, shape
+// mismatches of resolved destinations).
+absl::Status FileSystemReader::ReadData(const LoadPlan& plan,
+                                        LoadPlanner& planner) {
+  using fs_storage_internal::FileWork;
+  using fs_storage_internal::ItemWork;
+  using fs_storage_internal::RecordWork;
+  DCP_RETURN_IF_ERROR(FaultPoint("fs_storage.read_data"));
+  State& s = *state_;
+  if (!s.set_up) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "ReadData of the checkpoint in ", s.path, " before SetUp"));
+  }
+
+  // Group the plan: records by saved item, files by name.
+  std::vector<RecordWork> records;
+  std::map<MetadataIndex, size_t> record_of;
+  std::vector<ItemWork> items;
+  std::vector<size_t> bytes_items;  // Plan positions.
+  std::vector<size_t> bytes_records;
+  std::map<std::string, FileWork> files;
+  for (size_t i = 0; i < plan.items.size(); ++i) {
+    const ReadItem& item = plan.items[i];
+    const bool is_bytes = item.type == LoadItemType::kByteIo;
+    auto found = s.storage_data.find(item.storage_index);
+    if (found == s.storage_data.end()) {
+      return absl::DataLossError(absl::StrCat(
+          ".metadata in ", s.path, " records no storage location for ",
+          DescribeIndex(item.storage_index)));
+    }
+    auto [it, inserted] = record_of.emplace(found->first, records.size());
+    if (inserted) {
+      RecordWork record;
+      record.index = &found->first;
+      record.info = &found->second;
+      record.is_bytes = is_bytes;
+      auto md = s.state_dict_metadata.find(item.storage_index.fqn);
+      if (md == s.state_dict_metadata.end()) {
+        return absl::DataLossError(
+            absl::StrCat(".metadata in ", s.path, " has no entry for ",
+                         DescribeIndex(item.storage_index)));
+      }
+      const auto* tensor_md = std::get_if<TensorStorageMetadata>(&md->second);
+      if (is_bytes != (tensor_md == nullptr)) {
+        return absl::DataLossError(
+            absl::StrCat(DescribeIndex(item.storage_index), " is saved as ",
+                         is_bytes ? "a tensor" : "bytes", " but read as ",
+                         is_bytes ? "bytes" : "a tensor"));
+      }
+      if (!is_bytes) {
+        record.properties = &tensor_md->properties;
+        record.chunk =
+            fs_storage_internal::FindChunk(*tensor_md, item.storage_index);
+        if (record.chunk == nullptr) {
+          return absl::DataLossError(
+              absl::StrCat(".metadata in ", s.path, " has no saved chunk ",
+                           DescribeIndex(item.storage_index)));
+        }
+      }
+      const std::string& relative = found->second.relative_path;
+      if (!fs_storage_internal::IsSafeRelativePath(relative)) {
+        return absl::DataLossError(absl::StrFormat(
+            ".metadata in %s stores %s in \"%s\", which is not a file of "
+            "the checkpoint directory",
+            s.path, DescribeIndex(item.storage_index),
+            absl::CHexEscape(relative)));
+      }
+      FileWork& file = files[relative];
+      if (file.path.empty()) {
+        file.relative_path = relative;
+        file.path = JoinPath(s.path, relative);
+      }
+      file.records.push_back(records.size());
+      records.push_back(std::move(record));
+    } else if (records[it->second].is_bytes != is_bytes) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("load plan reads ", DescribeIndex(item.storage_index),
+                       " both as bytes and as a tensor"));
+    }
+    if (is_bytes) {
+      bytes_items.push_back(i);
+      bytes_records.push_back(it->second);
+    } else {
+      ItemWork work;
+      work.item = i;
+      work.record = it->second;
+      files[records[it->second].info->relative_path].items.push_back(
+          items.size());
+      items.push_back(std::move(work));
+    }
+  }
+  std::vector<FileWork*> file_list;
+  for (auto& [name, file] : files) {
+    auto offset_of = [&](size_t r) { return records[r].info->offset; };
+    std::stable_sort(
+        file.records.begin(), file.records.end(),
+        [&](size_t a, size_t b) { return offset_of(a) < offset_of(b); });
+    std::stable_sort(
+        file.items.begin(), file.items.end(), [&](size_t a, size_t b) {
+          return offset_of(items[a].record) < offset_of(items[b].record);
+        });
+    file_list.push_back(&file);
+  }
+
+  // Checking phase.
+  DCP_RETURN_IF_ERROR(
+      fs_storage_internal::FirstError(fs_storage_internal::RunParallel(
+          file_list.size(), s.options.thread_count, [&](size_t f) {
+            return fs_storage_internal::CheckFile(*s.fs, *file_list[f], records,
+                                                  items, plan.items,
+                                                  s.options.verify_checksums);
+          })));
+
+  // Copying phase.
+  for (size_t b = 0; b < bytes_items.size(); ++b) {
+    const ReadItem& item = plan.items[bytes_items[b]];
+    Value value = *records[bytes_records[b]].value;  // Copy: may repeat.
+    DCP_RETURN_IF_ERROR(
+        Annotate(planner.LoadBytes(item, std::move(value)),
+                 absl::StrCat("loading ", DescribeIndex(item.dest_index))));
+  }
+  return fs_storage_internal::FirstError(fs_storage_internal::RunParallel(
+      file_list.size(), s.options.thread_count, [&](size_t f) {
+        const FileWork& file = *file_list[f];
+        for (size_t w : file.items) {
+          const ItemWork& work = items[w];
+          const ReadItem& item = plan.items[work.item];
+          const RecordWork& record = records[work.record];
+          absl::Status status =
+              fs_storage_internal::CopyItem(file, record, work, item, planner);
+          if (!status.ok()) {
+            return Annotate(
+                status,
+                absl::StrCat(
+                    "loading ", DescribeIndex(item.dest_index), " from ",
+                    fs_storage_internal::DescribeRecord(file, record)));
+          }
+        }
+        return absl::OkStatus();
+      }));
+}
+
+absl::StatusOr<Metadata> ReadCheckpointMetadata(
+    const std::string& dir, std::shared_ptr<FileSystem> file_system) {
+  if (file_system == nullptr) file_system = NewPosixFileSystem();
+  return fs_storage_internal::ReadMetadataFile(*file_system, dir);
+}
+
+}  // namespace dcp

@@ -1,0 +1,152 @@
+// -----------------------------------------------------------------------------
+// File: storage/fs_storage.h
+// -----------------------------------------------------------------------------
+//
+// `FileSystemWriter` and `FileSystemReader`: checkpoints in a directory, in
+// PyTorch's own DCP format (pytorch-dcp-format.md §3, §4), so checkpoints
+// move between dcp and PyTorch 2.6+ in both directions:
+//
+//   <dir>/.metadata                         pickled Metadata, written last
+//   <dir>/__<rank>_<n><suffix>.distcp       data files of torch.save records
+//
+// Every item is a complete torch.save-compatible zip record
+// (storage/torch_record.h), concatenated in the data files, with its file,
+// offset and length recorded in `.metadata`.
+//
+// Commit and crash safety. Data files of a save get fresh names (a suffix
+// unique to the save), so they never overwrite the files the current
+// `.metadata` points at. Each rank syncs its data files and the directory;
+// then the coordinator writes `.metadata` to a temporary file, syncs it,
+// renames it over `.metadata` (an atomic replace) and syncs the directory.
+// Only then are data files that the new `.metadata` does not reference
+// removed. So a crash at any point leaves either the old checkpoint or the
+// new one, complete; a directory without `.metadata` is not a checkpoint.
+//
+// Speed. Tensor bytes go from the tensor's memory to the file with no
+// intermediate copy; files are written by `thread_count` threads per rank.
+// A load reads, per saved chunk, only the record's directory and data.pkl,
+// then only the byte ranges of the boxes it needs (a row range of a
+// row-major chunk is one range), straight into the destination tensors, so
+// peak memory stays near the size of the destination tensors.
+//
+// Errors: NotFound "not a checkpoint: no .metadata in <dir>"; AlreadyExists
+// when `overwrite` is false and a checkpoint exists; DataLoss for missing,
+// truncated or corrupt files and records (naming the file, the key and the
+// offset); InvalidArgument for shape mismatches with the destination.
+// A load checks every record it touches (zip structure, dtype and shape
+// against `.metadata`, and CRC-32s when verifying) before it writes any
+// destination, so such errors leave the destinations unchanged; an I/O
+// error while copying, or an error from the planner, can leave some
+// destinations loaded and others not. `.metadata` itself has no checksum
+// (PyTorch's format): a corruption of it that still decodes into a
+// consistent description of the same files cannot be detected.
+//
+// Stale files: after a commit, data files of earlier saves are removed
+// (`remove_stale_files`), so a load of the previous checkpoint from the same
+// directory that is still running may fail with DataLoss.
+//
+// Thread safety: as storage/storage.h: one thread drives each writer or
+// reader; they use internal threads.
+#ifndef DCP_STORAGE_FS_STORAGE_H_
+#define DCP_STORAGE_FS_STORAGE_H_
+
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "checkpoint/metadata.h"
+#include "storage/file_system.h"
+#include "storage/storage.h"
+
+namespace dcp {
+
+struct FileSystemWriterOptions {
+  // Threads (and data files) per rank when `single_file_per_rank`.
+  int thread_count = 1;
+  // True: `thread_count` files per rank, items balanced by bytes. False: one
+  // file per item.
+  bool single_file_per_rank = true;
+  // fsync data files, `.metadata` and the directory. Without it there is no
+  // crash safety.
+  bool sync_files = true;
+  // False: refuse (AlreadyExists) to save into a directory that already
+  // holds a checkpoint.
+  bool overwrite = true;
+  // Remove data files of earlier saves after a successful commit.
+  bool remove_stale_files = true;
+  // Written as Metadata::version; PyTorch 2.6 ignores it.
+  std::optional<std::string> metadata_version = std::string("1.0.0");
+  // Null: the local POSIX file system.
+  std::shared_ptr<FileSystem> file_system;
+};
+
+class FileSystemWriter : public StorageWriter {
+ public:
+  // `path` is the checkpoint directory; it is created if missing.
+  static absl::StatusOr<std::unique_ptr<FileSystemWriter>> Create(
+      std::string path, FileSystemWriterOptions options = {});
+  ~FileSystemWriter() override;
+
+  const std::string& path() const;
+
+  absl::Status Reset(std::optional<std::string> checkpoint_id) override;
+  std::optional<StorageMeta> StorageMetaForSave() const override;
+  absl::Status SetUp(bool is_coordinator) override;
+  absl::StatusOr<SavePlan> PrepareLocalPlan(SavePlan plan) override;
+  absl::StatusOr<std::vector<SavePlan>> PrepareGlobalPlan(
+      std::vector<SavePlan> plans) override;
+  absl::StatusOr<std::vector<WriteResult>> WriteData(
+      const SavePlan& plan, SavePlanner& planner) override;
+  absl::Status Finish(
+      Metadata& metadata,
+      const std::vector<std::vector<WriteResult>>& results) override;
+
+ private:
+  struct State;
+  explicit FileSystemWriter(std::unique_ptr<State> state);
+  std::unique_ptr<State> state_;
+};
+
+struct FileSystemReaderOptions {
+  // Threads reading data files.
+  int thread_count = 1;
+  // Check each record's CRC-32. Reads every saved chunk that a load touches
+  // in full (streamed, in bounded memory) to do so; false reads only the
+  // byte ranges needed.
+  bool verify_checksums = true;
+  // Null: the local POSIX file system.
+  std::shared_ptr<FileSystem> file_system;
+};
+
+class FileSystemReader : public StorageReader {
+ public:
+  static absl::StatusOr<std::unique_ptr<FileSystemReader>> Create(
+      std::string path, FileSystemReaderOptions options = {});
+  ~FileSystemReader() override;
+
+  const std::string& path() const;
+
+  absl::Status Reset(std::optional<std::string> checkpoint_id) override;
+  absl::StatusOr<Metadata> ReadMetadata() override;
+  absl::Status SetUp(const Metadata& metadata, bool is_coordinator) override;
+  absl::StatusOr<LoadPlan> PrepareLocalPlan(LoadPlan plan) override;
+  absl::StatusOr<std::vector<LoadPlan>> PrepareGlobalPlan(
+      std::vector<LoadPlan> plans) override;
+  absl::Status ReadData(const LoadPlan& plan, LoadPlanner& planner) override;
+
+ private:
+  struct State;
+  explicit FileSystemReader(std::unique_ptr<State> state);
+  std::unique_ptr<State> state_;
+};
+
+// Reads and decodes `<dir>/.metadata` alone (for tools).
+absl::StatusOr<Metadata> ReadCheckpointMetadata(
+    const std::string& dir, std::shared_ptr<FileSystem> file_system = nullptr);
+
+}  // namespace dcp
+
+#endif  // DCP_STORAGE_FS_STORAGE_H_

@@ -1,0 +1,1025 @@
+// Single-process tests of FileSystemWriter / FileSystemReader: round trips
+// of every dtype and odd tensor layouts, the on-disk layout and commit
+// order, partial reads, bad input, and a seeded mutation test. Multi-rank
+// resharding and crash consistency are in fs_storage_multirank_test.cc.
+#include "storage/fs_storage.h"
+
+#include <algorithm>
+#include <atomic>
+#include <cstdint>
+#include <cstdlib>
+#include <map>
+#include <memory>
+#include <mutex>  // NOLINT(build/c++11)
+#include <random>
+#include <string>
+#include <tuple>
+#include <utility>
+#include <variant>
+#include <vector>
+
+#include "ATen/ATen.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/string_view.h"
+#include "checkpoint/metadata.h"
+#include "checkpoint/save_load.h"
+#include "checkpoint/sharding.h"
+#include "checkpoint/state_dict.h"
+#include "checkpoint/status.h"
+#include "glog/logging.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "storage/file_system.h"
+#include "storage/metadata_pickle.h"
+#include "storage/posix_file_system.h"
+#include "storage/torch_record.h"
+#include "testing/checkpoint_scenarios.h"
+#include "testing/fault_injecting_file_system.h"
+#include "testing/mem_file_system.h"
+#include "testing/simulator.h"
+#include "testing/status_matchers.h"
+#include "testing/tensor_matchers.h"
+
+namespace dcp {
+namespace {
+
+using ::dcp::testing::CheckModelStateDict;
+using ::dcp::testing::FaultInjectingFileSystem;
+using ::dcp::testing::IsOk;
+using ::dcp::testing::MakeModelStateDict;
+using ::dcp::testing::MakeTestTensor;
+using ::dcp::testing::MemFileSystem;
+using ::dcp::testing::ModelLayout;
+using ::dcp::testing::ModelValues;
+using ::dcp::testing::RankContext;
+using ::dcp::testing::Simulator;
+using ::dcp::testing::SimulatorOptions;
+using ::dcp::testing::StatusIs;
+using ::dcp::testing::TensorEq;
+using ::testing::AllOf;
+using ::testing::Each;
+using ::testing::ElementsAre;
+using ::testing::HasSubstr;
+using ::testing::Not;
+using ::testing::SizeIs;
+
+constexpr absl::string_view kDir = "/ckpt";
+
+// ---- Helpers ----------------------------------------------------------------
+
+// Counts the bytes read through the files it opens, per path.
+class CountingFileSystem : public FileSystemWrapper {
+ public:
+  using FileSystemWrapper::FileSystemWrapper;
+
+  absl::StatusOr<std::unique_ptr<RandomAccessFile>> NewRandomAccessFile(
+      absl::string_view path) override {
+    DCP_ASSIGN_OR_RETURN(std::unique_ptr<RandomAccessFile> file,
+                         FileSystemWrapper::NewRandomAccessFile(path));
+    return std::unique_ptr<RandomAccessFile>(
+        new CountingFile(std::move(file), std::string(path), this));
+  }
+
+  // Bytes read from files whose path ends with `suffix`.
+  uint64_t BytesRead(absl::string_view suffix) const {
+    std::lock_guard<std::mutex> lock(mu_);
+    uint64_t total = 0;
+    for (const auto& [path, bytes] : bytes_read_) {
+      if (absl::EndsWith(path, suffix)) total += bytes;
+    }
+    return total;
+  }
+  void Clear() {
+    std::lock_guard<std::mutex> lock(mu_);
+    bytes_read_.clear();
+  }
+
+ private:
+  class CountingFile : public RandomAccessFile {
+   public:
+    CountingFile(std::unique_ptr<RandomAccessFile> file, std::string path,
+                 CountingFileSystem* fs)
+        : file_(std::move(file)), path_(std::move(path)), fs_(fs) {}
+    absl::StatusOr<absl::string_view> Read(uint64_t offset, size_t n,
+                                           char* scratch) const override {
+      fs_->Count(path_, n);
+      return file_->Read(offset, n, scratch);
+    }
+    uint64_t size() const override { return file_->size(); }
+
+   private:
+    std::unique_ptr<RandomAccessFile> file_;
+    std::string path_;
+    CountingFileSystem* fs_;
+  };
+
+  void Count(const std::string& path, uint64_t n) {
+    std::lock_guard<std::mutex> lock(mu_);
+    bytes_read_[path] += n;
+  }
+
+  mutable std::mutex mu_;
+  std::map<std::string, uint64_t> bytes_read_;
+};
+
+absl::StatusOr<Metadata> SaveTo(std::shared_ptr<FileSystem> fs,
+                                absl::string_view dir, const StateDict& sd,
+                                FileSystemWriterOptions options = {}) {
+  options.file_system = std::move(fs);
+  DCP_ASSIGN_OR_RETURN(std::unique_ptr<FileSystemWriter> writer,
+                       FileSystemWriter::Create(std::string(dir), options));
+  SaveOptions save;
+  save.no_dist = true;
+  return Save(sd, *writer, save);
+}
+
+absl::Status LoadFrom(std::shared_ptr<FileSystem> fs, absl::string_view dir,
+                      StateDict& sd, FileSystemReaderOptions options = {}) {
+  options.file_system = std::move(fs);
+  DCP_ASSIGN_OR_RETURN(std::unique_ptr<FileSystemReader> reader,
+                       FileSystemReader::Create(std::string(dir), options));
+  LoadOptions load;
+  load.no_dist = true;
+  return Load(sd, *reader, load);
+}
+
+// Names (not paths) of the files directly in `dir`.
+std::vector<std::string> Children(FileSystem& fs, absl::string_view dir) {
+  absl::StatusOr<std::vector<std::string>> children = fs.GetChildren(dir);
+  CHECK(children.ok()) << children.status();
+  return *children;
+}
+
+std::vector<std::string> DataFiles(FileSystem& fs, absl::string_view dir) {
+  std::vector<std::string> out;
+  for (const std::string& name : Children(fs, dir)) {
+    if (absl::EndsWith(name, ".distcp")) out.push_back(name);
+  }
+  return out;
+}
+
+std::string ReadFile(FileSystem& fs, absl::string_view path) {
+  absl::StatusOr<std::string> data = ReadFileToString(fs, path);
+  CHECK(data.ok()) << data.status();
+  return *data;
+}
+
+void WriteFile(FileSystem& fs, absl::string_view path, absl::string_view data) {
+  absl::Status status = WriteStringToFile(fs, path, data, /*sync=*/false);
+  CHECK(status.ok()) << status;
+}
+
+// The storage entry of a tensor key (first chunk) or a bytes key.
+const StorageInfo& InfoOf(const Metadata& md, absl::string_view fqn) {
+  auto it =
+      std::find_if(md.storage_data.begin(), md.storage_data.end(),
+                   [&](const auto& entry) { return entry.first.fqn == fqn; });
+  CHECK(it != md.storage_data.end()) << "no storage entry for " << fqn;
+  return it->second;
+}
+
+// A tensor saved from `source` and the value it must load as.
+struct TensorCase {
+  std::string key;
+  at::Tensor source;    // What is saved (possibly a view).
+  at::Tensor expected;  // Contiguous, conj/neg resolved.
+};
+
+std::vector<TensorCase> EveryDtypeCases() {
+  std::vector<TensorCase> cases;
+  auto add = [&](std::string key, at::Tensor source) {
+    at::Tensor expected =
+        source.resolve_conj().resolve_neg().contiguous().clone();
+    cases.push_back({std::move(key), std::move(source), std::move(expected)});
+  };
+  const std::vector<c10::ScalarType> dtypes = {
+      c10::kBool,  c10::kByte,   c10::kChar,         c10::kShort,
+      c10::kInt,   c10::kLong,   c10::kHalf,         c10::kBFloat16,
+      c10::kFloat, c10::kDouble, c10::kComplexFloat, c10::kComplexDouble};
+  int seed = 1;
+  for (c10::ScalarType dtype : dtypes) {
+    add(absl::StrCat("dtype.", DtypeName(dtype)),
+        MakeTestTensor({3, 4}, dtype, seed++));
+  }
+  add("zero_d", MakeTestTensor({}, c10::kFloat, 50));
+  add("zero_d_long", MakeTestTensor({}, c10::kLong, 51));
+  add("empty", at::empty({0, 3}, at::kFloat));
+  add("empty_middle", at::zeros({2, 0, 4}, at::kInt));
+  // Non-contiguous inputs: saved with their strides when their storage is
+  // exactly their elements, compacted otherwise.
+  add("transposed", MakeTestTensor({4, 6}, c10::kDouble, 60).t());
+  add("permuted",
+      MakeTestTensor({2, 3, 4}, c10::kBFloat16, 61).permute({2, 0, 1}));
+  add("narrowed", MakeTestTensor({8, 5}, c10::kFloat, 62).narrow(0, 2, 3));
+  add("every_other", MakeTestTensor({4, 10}, c10::kLong, 63)
+                         .slice(/*dim=*/1, 0, 10, /*step=*/2));
+  add("expanded", MakeTestTensor({1, 5}, c10::kHalf, 64).expand({3, 5}));
+  add("conj", MakeTestTensor({2, 3}, c10::kComplexFloat, 65).conj());
+  add("column", MakeTestTensor({6, 3}, c10::kShort, 66).select(1, 1));
+  return cases;
+}
+
+StateDict NonTensorValues(bool real) {
+  StateDict nested;
+  nested.Set("lr", real ? 0.125 : 0.0);
+  nested.Set("names", real ? Value(List{"a", "b"}) : Value(List{}));
+  StateDict sd;
+  sd.Set("step", real ? int64_t{7} : int64_t{0});
+  sd.Set("name", real ? "fs" : "");
+  sd.Set("flag", real);
+  sd.Set("blob", real ? Bytes{std::string("\0\1\2", 3)} : Bytes{});
+  sd.Set("nothing", real ? Value(None{}) : Value(int64_t{1}));
+  sd.Set("nested", std::move(nested));
+  return sd;
+}
+
+// ---- Round trips ------------------------------------------------------------
+
+struct RoundTripParam {
+  int writer_threads;
+  bool single_file_per_rank;
+  int reader_threads;
+  bool verify_checksums;
+  bool posix;
+};
+
+class RoundTripTest : public ::testing::TestWithParam<RoundTripParam> {
+ protected:
+  std::shared_ptr<FileSystem> fs() {
+    if (GetParam().posix) return NewPosixFileSystem();
+    return mem_;
+  }
+  std::string dir() {
+    if (!GetParam().posix) return std::string(kDir);
+    const ::testing::TestInfo* info =
+        ::testing::UnitTest::GetInstance()->current_test_info();
+    std::string name = absl::StrCat(info->test_suite_name(), "_", info->name());
+    std::replace(name.begin(), name.end(), '/', '_');
+    return JoinPath(::testing::TempDir(), name);
+  }
+
+  std::shared_ptr<MemFileSystem> mem_ = std::make_shared<MemFileSystem>();
+};
+
+TEST_P(RoundTripTest, EveryDtypeAndLayoutLoadsExactly) {
+  const RoundTripParam& p = GetParam();
+  const std::vector<TensorCase> cases = EveryDtypeCases();
+  StateDict source = NonTensorValues(true);
+  StateDict dest = NonTensorValues(false);
+  StateDict expected = NonTensorValues(true);
+  for (const TensorCase& c : cases) {
+    source.Set(c.key, c.source);
+    expected.Set(c.key, c.expected);
+    dest.Set(c.key, at::zeros_like(c.expected));
+  }
+  // A non-contiguous destination is filled in place.
+  at::Tensor transposed_base = at::zeros({4, 6}, at::kDouble);
+  dest.Set("transposed", transposed_base.t());
+
+  FileSystemWriterOptions w;
+  w.thread_count = p.writer_threads;
+  w.single_file_per_rank = p.single_file_per_rank;
+  ASSERT_OK(SaveTo(fs(), dir(), source, w).status());
+  FileSystemReaderOptions r;
+  r.thread_count = p.reader_threads;
+  r.verify_checksums = p.verify_checksums;
+  ASSERT_OK(LoadFrom(fs(), dir(), dest, r));
+
+  EXPECT_THAT(dest, testing::StateDictEq(expected));
+  EXPECT_THAT(transposed_base.t(),
+              TensorEq(expected.Find("transposed")->get<at::Tensor>()));
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Options, RoundTripTest,
+    ::testing::Values(RoundTripParam{1, true, 1, true, false},
+                      RoundTripParam{4, true, 4, true, false},
+                      RoundTripParam{1, false, 1, false, false},
+                      RoundTripParam{4, false, 4, false, false},
+                      RoundTripParam{4, true, 1, false, false},
+                      RoundTripParam{1, true, 4, true, true},
+                      RoundTripParam{4, true, 4, false, true},
+                      RoundTripParam{4, false, 2, true, true}),
+    [](const ::testing::TestParamInfo<RoundTripParam>& info) {
+      const RoundTripParam& p = info.param;
+      return absl::StrCat(p.posix ? "Posix" : "Mem", "_w", p.writer_threads,
+                          p.single_file_per_rank ? "_perRank" : "_perItem",
+                          "_r", p.reader_threads,
+                          p.verify_checksums ? "_verify" : "_noVerify");
+    });
+
+TEST(FsStorageTest, EmptyStateDictWritesMetadataAndOneEmptyFile) {
+  auto fs = std::make_shared<MemFileSystem>();
+  ASSERT_OK_AND_ASSIGN(Metadata md, SaveTo(fs, kDir, StateDict()));
+  EXPECT_TRUE(md.state_dict_metadata.empty());
+  EXPECT_TRUE(md.storage_data.empty());
+  const std::vector<std::string> data = DataFiles(*fs, kDir);
+  ASSERT_THAT(data, SizeIs(1));
+  EXPECT_THAT(fs->FileSize(JoinPath(kDir, data[0])), testing::IsOkAndHolds(0));
+  StateDict dest;
+  EXPECT_OK(LoadFrom(fs, kDir, dest));
+}
+
+TEST(FsStorageTest, RelativeAndNestedDirectoriesAreCreated) {
+  auto fs = std::make_shared<MemFileSystem>();
+  StateDict sd{{"w", MakeTestTensor({3}, c10::kFloat, 1)}};
+  ASSERT_OK(SaveTo(fs, "a/b/c", sd).status());
+  EXPECT_THAT(Children(*fs, "a/b/c"), ::testing::Contains(".metadata"));
+  StateDict dest{{"w", at::zeros({3})}};
+  ASSERT_OK(LoadFrom(fs, "a/b/c", dest));
+  EXPECT_THAT(dest.Find("w")->get<at::Tensor>(),
+              TensorEq(MakeTestTensor({3}, c10::kFloat, 1)));
+}
+
+// ---- Layout -----------------------------------------------------------------
+
+TEST(FsStorageLayoutTest, FileNamesMetadataAndRecordsFollowPyTorch) {
+  auto fs = std::make_shared<MemFileSystem>();
+  StateDict sd = NonTensorValues(true);
+  sd.Set("a", MakeTestTensor({4, 5}, c10::kFloat, 1));
+  sd.Set("b", MakeTestTensor({3}, c10::kLong, 2));
+  ASSERT_OK_AND_ASSIGN(Metadata md, SaveTo(fs, kDir, sd));
+
+  ASSERT_TRUE(md.storage_meta.has_value());
+  EXPECT_EQ(md.storage_meta->checkpoint_id, std::string(kDir));
+  ASSERT_TRUE(md.storage_meta->save_id.has_value());
+  EXPECT_EQ(md.version, std::string("1.0.0"));
+  // The token is the save id's first 8 hex digits.
+  const std::string token = md.storage_meta->save_id->substr(0, 8);
+  const std::string name = absl::StrCat("__0_0_", token, ".distcp");
+  EXPECT_THAT(Children(*fs, kDir), ElementsAre(".metadata", name));
+
+  // What was written is what .metadata says (read back through the file).
+  ASSERT_OK_AND_ASSIGN(Metadata on_disk,
+                       ReadCheckpointMetadata(std::string(kDir), fs));
+  EXPECT_EQ(on_disk, md);
+
+  // Bytes items first, then tensors, back to back from offset 0 with no
+  // padding, each a complete zip record.
+  std::vector<std::pair<int64_t, const MetadataIndex*>> by_offset;
+  for (const auto& [index, info] : md.storage_data) {
+    EXPECT_EQ(info.relative_path, name);
+    by_offset.emplace_back(info.offset, &index);
+  }
+  std::sort(by_offset.begin(), by_offset.end());
+  const std::string file = ReadFile(*fs, JoinPath(kDir, name));
+  int64_t end = 0;
+  bool seen_tensor = false;
+  for (const auto& [offset, index] : by_offset) {
+    const StorageInfo& info = md.storage_data.at(*index);
+    EXPECT_EQ(info.offset, end) << *index;
+    end = info.offset + info.length;
+    EXPECT_EQ(file.substr(info.offset, 4), "PK\x03\x04") << *index;
+    const bool is_tensor = index->offset.has_value();
+    EXPECT_TRUE(is_tensor || !seen_tensor) << *index << " after a tensor";
+    seen_tensor |= is_tensor;
+  }
+  EXPECT_EQ(end, static_cast<int64_t>(file.size()));
+  // A tensor record is what torch.save writes for the tensor.
+  const StorageInfo& a = InfoOf(md, "a");
+  ASSERT_OK_AND_ASSIGN(std::string record, SerializeTensorRecord(MakeTestTensor(
+                                               {4, 5}, c10::kFloat, 1)));
+  EXPECT_EQ(file.substr(a.offset, a.length), record);
+}
+
+TEST(FsStorageLayoutTest, ThreadsSplitItemsLikePyTorch) {
+  auto fs = std::make_shared<MemFileSystem>();
+  StateDict sd;
+  sd.Set("x", int64_t{1});
+  sd.Set("c", at::zeros({50}));  // 200 bytes
+  sd.Set("y", "two");
+  sd.Set("a", at::zeros({100}));  // 400 bytes
+  sd.Set("d", at::zeros({25}));   // 100 bytes
+  sd.Set("b", at::zeros({75}));   // 300 bytes
+  sd.Set("z", 3.0);
+  FileSystemWriterOptions options;
+  options.thread_count = 2;
+  ASSERT_OK_AND_ASSIGN(Metadata md, SaveTo(fs, kDir, sd, options));
+  const std::string token = md.storage_meta->save_id->substr(0, 8);
+  const std::string f0 = absl::StrCat("__0_0_", token, ".distcp");
+  const std::string f1 = absl::StrCat("__0_1_", token, ".distcp");
+  // Bytes items round-robin in plan order; tensors by descending size into
+  // the least-loaded file: a(400)->0, b(300)->1, c(200)->1, d(100)->0.
+  EXPECT_EQ(InfoOf(md, "x").relative_path, f0);
+  EXPECT_EQ(InfoOf(md, "y").relative_path, f1);
+  EXPECT_EQ(InfoOf(md, "z").relative_path, f0);
+  EXPECT_EQ(InfoOf(md, "a").relative_path, f0);
+  EXPECT_EQ(InfoOf(md, "d").relative_path, f0);
+  EXPECT_EQ(InfoOf(md, "b").relative_path, f1);
+  EXPECT_EQ(InfoOf(md, "c").relative_path, f1);
+  // In each file: bytes first, then tensors in bucket (descending) order.
+  EXPECT_EQ(InfoOf(md, "x").offset, 0);
+  EXPECT_LT(InfoOf(md, "z").offset, InfoOf(md, "a").offset);
+  EXPECT_LT(InfoOf(md, "a").offset, InfoOf(md, "d").offset);
+  EXPECT_EQ(InfoOf(md, "y").offset, 0);
+  EXPECT_LT(InfoOf(md, "y").offset, InfoOf(md, "b").offset);
+  EXPECT_LT(InfoOf(md, "b").offset, InfoOf(md, "c").offset);
+  EXPECT_THAT(
+      fs->FileSize(JoinPath(kDir, f0)),
+      testing::IsOkAndHolds(InfoOf(md, "d").offset + InfoOf(md, "d").length));
+}
+
+TEST(FsStorageLayoutTest, EmptyBucketStillCreatesItsFile) {
+  auto fs = std::make_shared<MemFileSystem>();
+  StateDict sd{{"a", at::ones({4})}, {"b", at::ones({2})}};
+  FileSystemWriterOptions options;
+  options.thread_count = 3;
+  ASSERT_OK_AND_ASSIGN(Metadata md, SaveTo(fs, kDir, sd, options));
+  const std::string token = md.storage_meta->save_id->substr(0, 8);
+  EXPECT_THAT(DataFiles(*fs, kDir),
+              ElementsAre(absl::StrCat("__0_0_", token, ".distcp"),
+                          absl::StrCat("__0_1_", token, ".distcp"),
+                          absl::StrCat("__0_2_", token, ".distcp")));
+  EXPECT_THAT(
+      fs->FileSize(JoinPath(kDir, absl::StrCat("__0_2_", token, ".distcp"))),
+      testing::IsOkAndHolds(0));
+}
+
+TEST(FsStorageLayoutTest, OneFilePerItem) {
+  auto fs = std::make_shared<MemFileSystem>();
+  StateDict sd{{"a", at::ones({4})}, {"n", int64_t{5}}, {"b", at::ones({2})}};
+  FileSystemWriterOptions options;
+  options.single_file_per_rank = false;
+  options.thread_count = 2;
+  ASSERT_OK_AND_ASSIGN(Metadata md, SaveTo(fs, kDir, sd, options));
+  const std::string token = md.storage_meta->save_id->substr(0, 8);
+  EXPECT_THAT(DataFiles(*fs, kDir), SizeIs(3));
+  std::vector<std::string> names;
+  for (const auto& [index, info] : md.storage_data) {
+    EXPECT_EQ(info.offset, 0);
+    EXPECT_THAT(fs->FileSize(JoinPath(kDir, info.relative_path)),
+                testing::IsOkAndHolds(info.length));
+    names.push_back(info.relative_path);
+  }
+  std::sort(names.begin(), names.end());
+  EXPECT_THAT(names, ElementsAre(absl::StrCat("__0_0_", token, ".distcp"),
+                                 absl::StrCat("__0_1_", token, ".distcp"),
+                                 absl::StrCat("__0_2_", token, ".distcp")));
+}
+
+// The op log index of the first entry equal to `op`, or -1.
+int IndexOf(const std::vector<std::string>& log, absl::string_view op) {
+  auto it = std::find(log.begin(), log.end(), op);
+  return it == log.end() ? -1 : static_cast<int>(it - log.begin());
+}
+
+TEST(FsStorageLayoutTest, DataIsDurableBeforeMetadataIsRenamedIntoPlace) {
+  auto faulty = std::make_shared<FaultInjectingFileSystem>(
+      std::make_shared<MemFileSystem>());
+  ASSERT_OK_AND_ASSIGN(
+      StateDict sd,
+      MakeModelStateDict(0, 1, ModelLayout::kSave, ModelValues::kTrue));
+  FileSystemWriterOptions options;
+  options.thread_count = 3;
+  ASSERT_OK_AND_ASSIGN(Metadata md, SaveTo(faulty, kDir, sd, options));
+  const std::vector<std::string> log = faulty->mutation_log();
+  const std::string dir(kDir);
+  const std::string token = md.storage_meta->save_id->substr(0, 8);
+  const std::string tmp = absl::StrCat(dir, "/.metadata.tmp.", token);
+  const int rename =
+      IndexOf(log, absl::StrCat("rename ", tmp, " ", dir, "/.metadata"));
+  ASSERT_GE(rename, 0) << ::testing::PrintToString(log);
+  int last_data_sync = -1;
+  const std::vector<std::string> data = DataFiles(*faulty, kDir);
+  ASSERT_THAT(data, SizeIs(3));
+  for (const std::string& name : data) {
+    const std::string path = JoinPath(dir, name);
+    const int sync = IndexOf(log, absl::StrCat("sync ", path));
+    const int close = IndexOf(log, absl::StrCat("close ", path));
+    EXPECT_GE(sync, 0) << name;
+    EXPECT_GT(close, sync) << name;
+    EXPECT_LT(close, rename) << name;
+    last_data_sync = std::max(last_data_sync, sync);
+  }
+  // The directory is synced after the data files and before the rename.
+  int dir_sync = -1;
+  for (int i = last_data_sync; i < rename; ++i) {
+    if (log[i] == absl::StrCat("syncdir ", dir)) dir_sync = i;
+  }
+  EXPECT_GT(dir_sync, last_data_sync);
+  // .metadata is only ever created as the synced temporary file.
+  EXPECT_LT(IndexOf(log, absl::StrCat("sync ", tmp)), rename);
+  EXPECT_EQ(IndexOf(log, absl::StrCat("create ", dir, "/.metadata")), -1);
+  // And the rename is made durable.
+  EXPECT_EQ(log[rename + 1], absl::StrCat("syncdir ", dir));
+  // New directories are made durable too.
+  EXPECT_GE(IndexOf(log, "syncdir /"), 0);
+}
+
+TEST(FsStorageLayoutTest, WithoutSyncFilesNothingIsSynced) {
+  auto faulty = std::make_shared<FaultInjectingFileSystem>(
+      std::make_shared<MemFileSystem>());
+  FileSystemWriterOptions options;
+  options.sync_files = false;
+  ASSERT_OK(
+      SaveTo(faulty, kDir, StateDict{{"w", at::ones({2})}}, options).status());
+  for (const std::string& op : faulty->mutation_log()) {
+    EXPECT_FALSE(absl::StartsWith(op, "sync")) << op;
+  }
+}
+
+// ---- Overwriting
+// --------------------------------------------------------------
+
+TEST(FsStorageOverwriteTest, NewSaveReplacesOldOneAndRemovesItsFiles) {
+  auto fs = std::make_shared<MemFileSystem>();
+  ASSERT_OK_AND_ASSIGN(
+      StateDict v1,
+      MakeModelStateDict(0, 1, ModelLayout::kSave, ModelValues::kTrue, 0));
+  ASSERT_OK_AND_ASSIGN(
+      StateDict v2,
+      MakeModelStateDict(0, 1, ModelLayout::kSave, ModelValues::kTrue, 1));
+  ASSERT_OK_AND_ASSIGN(Metadata md1, SaveTo(fs, kDir, v1));
+  // Leftovers of a crashed save.
+  WriteFile(*fs, JoinPath(kDir, ".metadata.tmp.deadbeef"), "x");
+  WriteFile(*fs, JoinPath(kDir, "__0_0_deadbeef.distcp"), "y");
+  WriteFile(*fs, JoinPath(kDir, "unrelated.txt"), "z");
+  ASSERT_OK_AND_ASSIGN(Metadata md2, SaveTo(fs, kDir, v2));
+  EXPECT_NE(md1.storage_meta->save_id, md2.storage_meta->save_id);
+
+  std::vector<std::string> expected = {".metadata"};
+  for (const auto& [index, info] : md2.storage_data) {
+    expected.push_back(info.relative_path);
+  }
+  expected.push_back("unrelated.txt");
+  std::sort(expected.begin(), expected.end());
+  expected.erase(std::unique(expected.begin(), expected.end()), expected.end());
+  EXPECT_EQ(Children(*fs, kDir), expected);
+
+  ASSERT_OK_AND_ASSIGN(
+      StateDict dest,
+      MakeModelStateDict(0, 1, ModelLayout::kLoad, ModelValues::kPlaceholder));
+  ASSERT_OK(LoadFrom(fs, kDir, dest));
+  EXPECT_OK(CheckModelStateDict(dest, 0, 1, ModelLayout::kLoad, 1));
+}
+
+TEST(FsStorageOverwriteTest, StaleFilesAreKeptWhenAsked) {
+  auto fs = std::make_shared<MemFileSystem>();
+  ASSERT_OK_AND_ASSIGN(Metadata md1,
+                       SaveTo(fs, kDir, StateDict{{"w", at::ones({2})}}));
+  FileSystemWriterOptions options;
+  options.remove_stale_files = false;
+  ASSERT_OK_AND_ASSIGN(
+      Metadata md2,
+      SaveTo(fs, kDir, StateDict{{"w", at::zeros({2})}}, options));
+  EXPECT_THAT(DataFiles(*fs, kDir), SizeIs(2));
+  EXPECT_THAT(Children(*fs, kDir),
+              ::testing::Contains(InfoOf(md1, "w").relative_path));
+}
+
+TEST(FsStorageOverwriteTest, OverwriteFalseRefusesAnExistingCheckpoint) {
+  auto fs = std::make_shared<MemFileSystem>();
+  StateDict sd{{"w", at::ones({2})}};
+  FileSystemWriterOptions options;
+  options.overwrite = false;
+  ASSERT_OK(SaveTo(fs, kDir, sd, options).status());  // Nothing there yet.
+  const std::vector<std::string> before = Children(*fs, kDir);
+  EXPECT_THAT(
+      SaveTo(fs, kDir, sd, options).status(),
+      StatusIs(absl::StatusCode::kAlreadyExists,
+               AllOf(HasSubstr(std::string(kDir)), HasSubstr("overwrite"))));
+  EXPECT_EQ(Children(*fs, kDir), before);
+}
+
+TEST(FsStorageOverwriteTest, ResetGivesEachSaveNewFileNames) {
+  auto fs = std::make_shared<MemFileSystem>();
+  FileSystemWriterOptions options;
+  options.file_system = fs;
+  options.remove_stale_files = false;
+  ASSERT_OK_AND_ASSIGN(auto writer,
+                       FileSystemWriter::Create(std::string(kDir), options));
+  SaveOptions save;
+  save.no_dist = true;
+  StateDict sd{{"w", at::ones({2})}};
+  // The same writer saves twice without Reset: names still never collide.
+  ASSERT_OK(Save(sd, *writer, save).status());
+  ASSERT_OK(Save(sd, *writer, save).status());
+  ASSERT_OK(writer->Reset(std::string("/other")));
+  EXPECT_EQ(writer->path(), "/other");
+  ASSERT_OK(Save(sd, *writer, save).status());
+  EXPECT_THAT(DataFiles(*fs, kDir), SizeIs(2));
+  EXPECT_THAT(DataFiles(*fs, "/other"), SizeIs(1));
+}
+
+TEST(FsStorageTest, CreateRejectsBadOptions) {
+  FileSystemWriterOptions w;
+  w.thread_count = 0;
+  EXPECT_THAT(
+      FileSystemWriter::Create("/c", w).status(),
+      StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("thread_count")));
+  EXPECT_THAT(FileSystemWriter::Create("").status(),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+  FileSystemReaderOptions r;
+  r.thread_count = -1;
+  EXPECT_THAT(
+      FileSystemReader::Create("/c", r).status(),
+      StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("thread_count")));
+}
+
+// ---- Partial reads ----------------------------------------------------------
+
+class PartialReadTest : public ::testing::Test {
+ protected:
+  static constexpr int64_t kRows = 1024;
+  static constexpr int64_t kCols = 256;
+  static constexpr uint64_t kChunkBytes = kRows * kCols * 4;
+
+  void SetUp() override {
+    full_ = MakeTestTensor({kRows, kCols}, c10::kFloat, 7);
+    ASSERT_OK(SaveTo(mem_, kDir, StateDict{{"w", full_}}).status());
+  }
+
+  // Loads `rank`'s shard along `dim` of 4; returns the .distcp bytes read.
+  uint64_t LoadShard(int64_t dim, int rank, bool verify) {
+    absl::StatusOr<ShardedTensor> shard =
+        ZerosShardAlongDim({kRows, kCols}, c10::kFloat, dim, rank, 4);
+    CHECK(shard.ok()) << shard.status();
+    StateDict dest{{"w", *shard}};
+    counting_->Clear();
+    FileSystemReaderOptions options;
+    options.verify_checksums = verify;
+    absl::Status status = LoadFrom(counting_, kDir, dest, options);
+    EXPECT_OK(status);
+    const Shard& loaded = dest.Find("w")->get<ShardedTensor>().local_shards[0];
+    at::Tensor expected =
+        full_.narrow(dim, loaded.offsets[dim], loaded.tensor.size(dim));
+    EXPECT_THAT(loaded.tensor, TensorEq(expected));
+    return counting_->BytesRead(".distcp");
+  }
+
+  at::Tensor full_;
+  std::shared_ptr<MemFileSystem> mem_ = std::make_shared<MemFileSystem>();
+  std::shared_ptr<CountingFileSystem> counting_ =
+      std::make_shared<CountingFileSystem>(mem_);
+};
+
+TEST_F(PartialReadTest, RowShardReadsAboutItsOwnBytes) {
+  const uint64_t shard_bytes = kChunkBytes / 4;
+  const uint64_t read = LoadShard(/*dim=*/0, /*rank=*/1, /*verify=*/false);
+  LOG(INFO) << "row shard: read " << read << " bytes of a " << kChunkBytes
+            << "-byte chunk for a " << shard_bytes << "-byte shard";
+  ::testing::Test::RecordProperty("row_shard_bytes_read",
+                                  static_cast<int>(read));
+  EXPECT_GE(read, shard_bytes);
+  EXPECT_LE(read, shard_bytes + 16 * 1024);
+}
+
+TEST_F(PartialReadTest, ColumnShardReadsOnlyItsColumns) {
+  const uint64_t shard_bytes = kChunkBytes / 4;
+  const uint64_t read = LoadShard(/*dim=*/1, /*rank=*/2, /*verify=*/false);
+  LOG(INFO) << "column shard: read " << read << " bytes of a " << kChunkBytes
+            << "-byte chunk for a " << shard_bytes << "-byte shard";
+  ::testing::Test::RecordProperty("column_shard_bytes_read",
+                                  static_cast<int>(read));
+  EXPECT_GE(read, shard_bytes);
+  EXPECT_LE(read, shard_bytes + 16 * 1024);
+}
+
+TEST_F(PartialReadTest, VerifyingChecksumsReadsTheWholeChunk) {
+  const uint64_t read = LoadShard(/*dim=*/0, /*rank=*/3, /*verify=*/true);
+  LOG(INFO) << "row shard with checksums: read " << read << " bytes";
+  EXPECT_GE(read, kChunkBytes + kChunkBytes / 4);
+  EXPECT_LE(read, kChunkBytes + kChunkBytes / 4 + 16 * 1024);
+}
+
+// ---- Bad input --------------------------------------------------------------
+
+class BadInputTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    sd_.Set("a", MakeTestTensor({4, 6}, c10::kFloat, 1));
+    sd_.Set("b", MakeTestTensor({6, 4}, c10::kFloat, 2));
+    sd_.Set("n", int64_t{12});
+    absl::StatusOr<Metadata> md = SaveTo(fs_, kDir, sd_);
+    ASSERT_OK(md.status());
+    md_ = *md;
+  }
+
+  StateDict Dest() {
+    return StateDict{
+        {"a", at::zeros({4, 6})}, {"b", at::zeros({6, 4})}, {"n", int64_t{0}}};
+  }
+  absl::Status Load(FileSystemReaderOptions options = {}) {
+    StateDict dest = Dest();
+    return LoadFrom(fs_, kDir, dest, options);
+  }
+  std::string PathOf(absl::string_view fqn) {
+    return JoinPath(kDir, InfoOf(md_, fqn).relative_path);
+  }
+  void RewriteMetadata(const Metadata& md) {
+    absl::StatusOr<std::string> pickle = EncodeMetadataPickle(md);
+    ASSERT_OK(pickle.status());
+    WriteFile(*fs_, JoinPath(kDir, ".metadata"), *pickle);
+  }
+
+  std::shared_ptr<MemFileSystem> fs_ = std::make_shared<MemFileSystem>();
+  StateDict sd_;
+  Metadata md_;
+};
+
+TEST_F(BadInputTest, MissingMetadataIsNotFoundNamingTheDirectory) {
+  ASSERT_OK(fs_->RemoveFile(JoinPath(kDir, ".metadata")));
+  EXPECT_THAT(Load(), StatusIs(absl::StatusCode::kNotFound,
+                               HasSubstr("not a checkpoint: no .metadata in "
+                                         "/ckpt")));
+  EXPECT_THAT(ReadCheckpointMetadata("/nowhere", fs_).status(),
+              StatusIs(absl::StatusCode::kNotFound, HasSubstr("/nowhere")));
+}
+
+TEST_F(BadInputTest, MissingDataFileIsDataLoss) {
+  ASSERT_OK(fs_->RemoveFile(PathOf("a")));
+  EXPECT_THAT(Load(), StatusIs(absl::StatusCode::kDataLoss,
+                               AllOf(HasSubstr("missing data file"),
+                                     HasSubstr(PathOf("a")))));
+}
+
+TEST_F(BadInputTest, TruncatedDataFileIsDataLoss) {
+  const std::string path = PathOf("b");
+  const std::string data = ReadFile(*fs_, path);
+  WriteFile(*fs_, path, data.substr(0, data.size() - 10));
+  EXPECT_THAT(Load(), StatusIs(absl::StatusCode::kDataLoss,
+                               AllOf(HasSubstr(path), HasSubstr("\"b\""),
+                                     HasSubstr("truncated"))));
+}
+
+TEST_F(BadInputTest, CorruptTensorBytesFailChecksum) {
+  const StorageInfo& info = InfoOf(md_, "b");
+  const std::string path = PathOf("b");
+  std::string data = ReadFile(*fs_, path);
+  ASSERT_OK_AND_ASSIGN(TensorRecordInfo record,
+                       ParseTensorRecordHeader(absl::string_view(data).substr(
+                           info.offset, info.length)));
+  data[info.offset + record.storage.data_offset + 5] ^= 0x40;
+  WriteFile(*fs_, path, data);
+  EXPECT_THAT(Load(), StatusIs(absl::StatusCode::kDataLoss,
+                               HasSubstr(absl::StrCat(
+                                   "checksum mismatch in ", path, " at offset ",
+                                   info.offset, " for \"b\""))));
+  // Without verification only the bytes read are trusted: the load
+  // succeeds with the corrupt value.
+  FileSystemReaderOptions options;
+  options.verify_checksums = false;
+  StateDict dest = Dest();
+  ASSERT_OK(LoadFrom(fs_, kDir, dest, options));
+  EXPECT_THAT(dest.Find("b")->get<at::Tensor>(),
+              Not(TensorEq(sd_.Find("b")->get<at::Tensor>())));
+}
+
+TEST_F(BadInputTest, CorruptDataPklFailsChecksum) {
+  // data.pkl of a tensor record (strides, offsets) is checksummed too.
+  const StorageInfo& info = InfoOf(md_, "a");
+  const std::string path = PathOf("a");
+  std::string data = ReadFile(*fs_, path);
+  ASSERT_OK_AND_ASSIGN(ZipDirectory dir,
+                       ReadZipDirectory(absl::string_view(data).substr(
+                           info.offset, info.length)));
+  const ZipEntry* pkl = dir.Find("data.pkl");
+  ASSERT_NE(pkl, nullptr);
+  data[info.offset + pkl->data_offset + pkl->size - 2] ^= 0x01;
+  WriteFile(*fs_, path, data);
+  EXPECT_THAT(Load(), StatusIs(absl::StatusCode::kDataLoss,
+                               AllOf(HasSubstr("checksum mismatch"),
+                                     HasSubstr("\"a\""), HasSubstr(path))));
+}
+
+TEST_F(BadInputTest, CorruptBytesRecordIsDataLossNamingTheKey) {
+  const StorageInfo& info = InfoOf(md_, "n");
+  const std::string path = PathOf("n");
+  std::string data = ReadFile(*fs_, path);
+  ASSERT_OK_AND_ASSIGN(ZipDirectory dir,
+                       ReadZipDirectory(absl::string_view(data).substr(
+                           info.offset, info.length)));
+  const ZipEntry* pkl = dir.Find("data.pkl");
+  ASSERT_NE(pkl, nullptr);
+  data[info.offset + pkl->data_offset + 3] ^= 0x01;  // The int's value.
+  WriteFile(*fs_, path, data);
+  EXPECT_THAT(Load(), StatusIs(absl::StatusCode::kDataLoss,
+                               AllOf(HasSubstr("checksum mismatch"),
+                                     HasSubstr("\"n\""))));
+}
+
+TEST_F(BadInputTest, RecordReachingOutsideItsWindowIsDataLoss) {
+  // .metadata claims a shorter record: its zip directory is cut off.
+  Metadata md = md_;
+  for (auto& [index, info] : md.storage_data) {
+    if (index.fqn == "a") info.length -= 30;
+  }
+  RewriteMetadata(md);
+  EXPECT_THAT(Load(), StatusIs(absl::StatusCode::kDataLoss,
+                               AllOf(HasSubstr("\"a\""), HasSubstr(PathOf("a")),
+                                     HasSubstr("at offset"))));
+}
+
+TEST_F(BadInputTest, MetadataOfAnotherCheckpointIsDataLoss) {
+  // Another checkpoint with the same keys: its .metadata names its files.
+  ASSERT_OK(SaveTo(fs_, "/other", sd_).status());
+  WriteFile(*fs_, JoinPath(kDir, ".metadata"),
+            ReadFile(*fs_, "/other/.metadata"));
+  EXPECT_THAT(Load(), StatusIs(absl::StatusCode::kDataLoss,
+                               HasSubstr("missing data file")));
+}
+
+TEST_F(BadInputTest, MetadataWithSwappedLocationsIsDataLossNamingTheKey) {
+  // Same files, but "a" [4, 6] and "b" [6, 4] point at each other's record.
+  Metadata md = md_;
+  StorageInfo a = InfoOf(md_, "a");
+  StorageInfo b = InfoOf(md_, "b");
+  for (auto& [index, info] : md.storage_data) {
+    if (index.fqn == "a") info = b;
+    if (index.fqn == "b") info = a;
+  }
+  RewriteMetadata(md);
+  EXPECT_THAT(Load(),
+              StatusIs(absl::StatusCode::kDataLoss,
+                       AllOf(::testing::AnyOf(HasSubstr("record of \"a\""),
+                                              HasSubstr("record of \"b\"")),
+                             HasSubstr("holds a tensor of shape"),
+                             HasSubstr("another checkpoint"))));
+}
+
+TEST_F(BadInputTest, MetadataWithAnotherDtypeIsDataLoss) {
+  Metadata md = md_;
+  std::get<TensorStorageMetadata>(md.state_dict_metadata.at("a"))
+      .properties.dtype = c10::kDouble;
+  RewriteMetadata(md);
+  EXPECT_THAT(Load(), StatusIs(absl::StatusCode::kDataLoss,
+                               AllOf(HasSubstr("\"a\""), HasSubstr("float32"),
+                                     HasSubstr("float64"))));
+}
+
+TEST_F(BadInputTest, UnknownDtypeInMetadataIsAnErrorNamingIt) {
+  const std::string path = JoinPath(kDir, ".metadata");
+  std::string pickle = ReadFile(*fs_, path);
+  const size_t at = pickle.find("float32");
+  ASSERT_NE(at, std::string::npos);
+  pickle.replace(at, 7, "float99");
+  WriteFile(*fs_, path, pickle);
+  EXPECT_THAT(Load(), StatusIs(absl::StatusCode::kInvalidArgument,
+                               AllOf(HasSubstr("float99"), HasSubstr(path))));
+}
+
+TEST_F(BadInputTest, EscapingFileNameIsDataLoss) {
+  Metadata md = md_;
+  for (auto& [index, info] : md.storage_data) {
+    if (index.fqn == "a") info.relative_path = "../etc/passwd";
+  }
+  RewriteMetadata(md);
+  EXPECT_THAT(Load(), StatusIs(absl::StatusCode::kDataLoss,
+                               HasSubstr("../etc/passwd")));
+}
+
+TEST_F(BadInputTest, ShapeMismatchWithDestinationIsInvalidArgument) {
+  StateDict dest = Dest();
+  dest.Set("a", at::zeros({4, 5}));
+  EXPECT_THAT(LoadFrom(fs_, kDir, dest),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("size mismatch for \"a\"")));
+}
+
+TEST_F(BadInputTest, FailedLoadLeavesDestinationsUntouched) {
+  // "b" is corrupt; "a" and "n" are fine but nothing may be written.
+  const StorageInfo& info = InfoOf(md_, "b");
+  const std::string path = PathOf("b");
+  std::string data = ReadFile(*fs_, path);
+  data[info.offset + info.length - 100] ^= 0x01;  // Inside the trailer.
+  WriteFile(*fs_, path, data);
+  StateDict dest = Dest();
+  EXPECT_THAT(LoadFrom(fs_, kDir, dest),
+              StatusIs(absl::StatusCode::kDataLoss, HasSubstr(path)));
+  EXPECT_THAT(dest.Find("a")->get<at::Tensor>(), TensorEq(at::zeros({4, 6})));
+  EXPECT_EQ(dest.Find("n")->get<int64_t>(), 0);
+}
+
+// ---- Mutation ---------------------------------------------------------------
+
+uint32_t TestSeed() {
+  uint32_t seed = 20240611;
+  if (const char* env = std::getenv("DCP_TEST_SEED")) {
+    CHECK(absl::SimpleAtoi(env, &seed)) << "bad DCP_TEST_SEED " << env;
+  }
+  return seed;
+}
+
+// Copies every file of `from` into a fresh MemFileSystem.
+std::shared_ptr<MemFileSystem> CopyOf(MemFileSystem& from) {
+  auto to = std::make_shared<MemFileSystem>();
+  for (const auto& [path, size] : from.ListAllFiles()) {
+    CHECK(to->CreateDir(Dirname(path)).ok());
+    WriteFile(*to, path, ReadFile(from, path));
+  }
+  return to;
+}
+
+TEST(FsStorageMutationTest, EveryLoadIsExactOrFails) {
+  const uint32_t seed = TestSeed();
+  LOG(INFO) << "mutation test seed " << seed << " (set DCP_TEST_SEED to vary)";
+  ::testing::Test::RecordProperty("seed", static_cast<int>(seed));
+  int iterations = 300;
+  if (const char* env = std::getenv("DCP_MUTATION_ITERATIONS")) {
+    CHECK(absl::SimpleAtoi(env, &iterations));
+  }
+
+  // A checkpoint of the model saved by 2 ranks with 2 files each.
+  auto base = std::make_shared<MemFileSystem>();
+  {
+    SimulatorOptions options;
+    options.world_size = 2;
+    options.seed = 1;
+    ASSERT_OK_AND_ASSIGN(std::unique_ptr<Simulator> sim,
+                         Simulator::Create(options));
+    std::vector<absl::Status> statuses =
+        sim->Run([&](RankContext& ctx) -> absl::Status {
+          DCP_ASSIGN_OR_RETURN(
+              StateDict sd,
+              MakeModelStateDict(ctx.rank(), 2, ModelLayout::kSave,
+                                 ModelValues::kTrue));
+          FileSystemWriterOptions w;
+          w.thread_count = 2;
+          w.file_system = base;
+          DCP_ASSIGN_OR_RETURN(auto writer,
+                               FileSystemWriter::Create(std::string(kDir), w));
+          SaveOptions save;
+          save.process_group = &ctx.pg();
+          return Save(sd, *writer, save).status();
+        });
+    ASSERT_THAT(statuses, Each(IsOk()));
+  }
+  std::vector<std::string> files;
+  for (const auto& [path, size] : base->ListAllFiles()) files.push_back(path);
+  ASSERT_THAT(files, SizeIs(5));
+  const std::string metadata_path = JoinPath(kDir, ".metadata");
+  ASSERT_THAT(files, ::testing::Contains(metadata_path));
+
+  std::mt19937 rng(seed);
+  auto uniform = [&](uint64_t n) {  // In [0, n).
+    return std::uniform_int_distribution<uint64_t>(0, n - 1)(rng);
+  };
+  std::map<std::string, int> outcomes;
+  for (int i = 0; i < iterations; ++i) {
+    std::shared_ptr<MemFileSystem> fs = CopyOf(*base);
+    const std::string& target =
+        uniform(3) == 0 ? metadata_path : files[uniform(files.size())];
+    std::string data = ReadFile(*fs, target);
+    std::string what;
+    switch (uniform(5)) {
+      case 0: {  // Flip 1-4 random bytes.
+        const int n = 1 + static_cast<int>(uniform(4));
+        for (int k = 0; k < n && !data.empty(); ++k) {
+          data[uniform(data.size())] ^= static_cast<char>(1 + uniform(255));
+        }
+        WriteFile(*fs, target, data);
+        what = "flip";
+        break;
+      }
+      case 1:  // Truncate.
+        WriteFile(*fs, target, data.substr(0, uniform(data.size() + 1)));
+        what = "truncate";
+        break;
+      case 2:  // Delete.
+        ASSERT_OK(fs->RemoveFile(target));
+        what = "delete";
+        break;
+      case 3: {  // Append garbage.
+        std::string garbage(1 + uniform(100), '\0');
+        for (char& c : garbage) c = static_cast<char>(uniform(256));
+        WriteFile(*fs, target, data + garbage);
+        what = "append";
+        break;
+      }
+      case 4: {  // Swap with another file.
+        const std::string& other = files[uniform(files.size())];
+        const std::string other_data = ReadFile(*fs, other);
+        WriteFile(*fs, other, data);
+        WriteFile(*fs, target, other_data);
+        what = "swap";
+        break;
+      }
+    }
+    SCOPED_TRACE(absl::StrCat("iteration ", i, ": ", what, " ", target));
+    ASSERT_OK_AND_ASSIGN(StateDict dest,
+                         MakeModelStateDict(0, 1, ModelLayout::kLoad,
+                                            ModelValues::kPlaceholder));
+    FileSystemReaderOptions options;
+    options.thread_count = 1 + static_cast<int>(uniform(3));
+    absl::Status status = LoadFrom(fs, kDir, dest, options);
+    if (status.ok()) {
+      ASSERT_OK(CheckModelStateDict(dest, 0, 1, ModelLayout::kLoad));
+      ++outcomes[absl::StrCat(what, ": exact")];
+    } else {
+      ++outcomes[absl::StrCat(what, ": ",
+                              absl::StatusCodeToString(status.code()))];
+      VLOG(1) << "iteration " << i << ": " << what << " " << target << ": "
+              << status;
+    }
+  }
+  for (const auto& [outcome, count] : outcomes) {
+    LOG(INFO) << "mutation outcome " << outcome << ": " << count;
+  }
+}
+
+}  // namespace
+}  // namespace dcp
