@@ -1,0 +1,122 @@
+#!/usr/bin/env bash
+# Interop tests between dcp and real PyTorch 2.6 (tools/peer/README.md).
+#
+#   interop_test.sh pytorch_to_dcp   PyTorch saves each case with N ranks
+#                                    (dcp_peer.py save); dcp_interop loads it
+#                                    with M != N simulated ranks (another
+#                                    layout) and compares every element.
+#   interop_test.sh dcp_to_pytorch   dcp_interop saves each case with N
+#                                    simulated ranks; dcp_peer.py load with
+#                                    M != N ranks compares every element, and
+#                                    its rank 0 checks .metadata (keys,
+#                                    dtypes, sizes, chunks, planner_data).
+#
+# Run by Bazel (tools/interop:*_test, tags "manual", "local", "interop"):
+#   bazel test --test_tag_filters=interop //tools/interop:all
+# Needs root and a provisioned peer at $DCP_TORCH_PEER (default
+# /var/cache/dcp/pytorch-peer; see tools/peer/provision_pytorch_peer.sh).
+# Every case runs even after a failure; the summary lists each one.
+set -uo pipefail
+
+die() { echo "interop_test: error: $*" >&2; exit 1; }
+
+[ "$#" -eq 1 ] || die "usage: interop_test.sh pytorch_to_dcp|dcp_to_pytorch"
+readonly MODE="$1"
+
+# Bazel's test PATH has no sbin, where chroot, mount and unshare live.
+export PATH="$PATH:/usr/sbin:/sbin"
+peer="${DCP_TORCH_PEER:-/var/cache/dcp/pytorch-peer}"
+[ "$(id -u)" -eq 0 ] || die "must run as root (the PyTorch peer needs chroot and mount)"
+[ -f "$peer/.dcp-peer-provisioned" ] || die "no provisioned PyTorch 2.6 peer in $peer" \
+    "(DCP_TORCH_PEER); run tools/peer/provision_pytorch_peer.sh as root first"
+
+runfiles="${TEST_SRCDIR:?not run by bazel test}/${TEST_WORKSPACE:-dcp}"
+interop="$runfiles/tools/interop/dcp_interop"
+[ -x "$interop" ] || die "missing $interop"
+# run_in_peer.sh binds its own directory into the peer, so call it (and
+# dcp_peer.py) from the real tools/peer, not through runfile symlinks.
+peer_tools="$(dirname "$(readlink -f "$runfiles/tools/peer/run_in_peer.sh")")"
+[ -f "$peer_tools/dcp_peer.py" ] || die "missing $peer_tools/dcp_peer.py"
+
+# The exchange directory must be absolute and physical: the peer sees it at
+# the same path (DCP_PEER_SHARE).
+exchange="$(mktemp -d "${TEST_TMPDIR:?}/interop.XXXXXX")" || die "mktemp failed"
+exchange="$(cd "$exchange" && pwd -P)"
+export DCP_PEER_SHARE="$exchange"
+# Each PyTorch launch takes under 10 s here; a hung one is killed after this.
+export DCP_PEER_TIMEOUT="${DCP_PEER_TIMEOUT:-120}"
+
+pytorch() {  # pytorch save|load ARGS...
+  "$peer_tools/run_in_peer.sh" python3 "$peer_tools/dcp_peer.py" "$@"
+}
+
+results=()
+failures=0
+serial=0
+# step NAME COMMAND...: runs and records one step.
+step() {
+  local name="$1"; shift
+  local start=$SECONDS rc=0
+  echo "=== $name"
+  "$@" || rc=$?
+  local took=$((SECONDS - start))
+  if [ "$rc" -eq 0 ]; then
+    results+=("PASS $name (${took}s)")
+  else
+    results+=("FAIL $name (exit $rc, ${took}s)")
+    failures=$((failures + 1))
+  fi
+  return "$rc"
+}
+
+# CASE SAVE_WORLD LOAD_WORLD
+pytorch_to_dcp() {
+  local case="$1" n="$2" m="$3" dir="$exchange/pt_${1}_${2}"
+  step "PyTorch saves $case with $n ranks" \
+      pytorch save --dir "$dir" --world-size "$n" --case "$case" || return 0
+  step "dcp loads $case (PyTorch, $n ranks) with $m ranks" \
+      "$interop" load --dir="$dir" --world_size="$m" --case="$case" || true
+}
+
+# CASE SAVE_WORLD LOAD_WORLD [dcp_interop save flags...]
+dcp_to_pytorch() {
+  local case="$1" n="$2" m="$3"
+  shift 3
+  serial=$((serial + 1))
+  local dir="$exchange/dcp_${case}_${n}_$serial"
+  step "dcp saves $case with $n ranks $*" \
+      "$interop" save --dir="$dir" --world_size="$n" --case="$case" "$@" || return 0
+  # dcp has no tuple type: its lists-for-tuples are checked as such (README).
+  step "PyTorch loads $case (dcp, $n ranks) with $m ranks" \
+      pytorch load --dir "$dir" --world-size "$m" --case "$case" --tuple-as-list || true
+}
+
+case "$MODE" in
+  pytorch_to_dcp)
+    pytorch_to_dcp dtensor_row 4 3
+    pytorch_to_dcp dtensor_col 3 2
+    pytorch_to_dcp mesh2d 4 3
+    pytorch_to_dcp mesh2d 2 4
+    pytorch_to_dcp replicated 2 3
+    pytorch_to_dcp mixed 1 4
+    pytorch_to_dcp mixed 4 2
+    ;;
+  dcp_to_pytorch)
+    dcp_to_pytorch dtensor_row 3 4
+    dcp_to_pytorch dtensor_col 4 3
+    dcp_to_pytorch mesh2d 4 2
+    dcp_to_pytorch mesh2d 2 4
+    dcp_to_pytorch replicated 1 2
+    dcp_to_pytorch mixed 2 4
+    dcp_to_pytorch mixed 4 1
+    # Several files per rank, and one file per item.
+    dcp_to_pytorch mixed 3 2 --thread_count=2
+    dcp_to_pytorch dtensor_col 2 3 --nosingle_file_per_rank
+    ;;
+  *) die "unknown mode '$MODE'" ;;
+esac
+
+echo
+echo "interop_test $MODE: ${#results[@]} steps, $failures failed, ${SECONDS}s"
+printf '  %s\n' "${results[@]}"
+[ "$failures" -eq 0 ]
