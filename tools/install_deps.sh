@@ -14,6 +14,7 @@ PACKAGES=(
   libgmock-dev          # GoogleMock 1.12.1
   libgoogle-glog-dev    # glog 0.6
   libgflags-dev         # gflags 2.2
+  zlib1g-dev            # zlib: CRC-32 of torch.save zip records (//storage:zip)
 )
 
 missing=()
