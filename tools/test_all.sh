@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
-# Installs what is missing, then runs every dcp test: the main workspace's
-# `bazel test //...` and the example consumer workspace (examples/consumer),
-# which depends on dcp the way another Bazel project would.
+# Installs what is missing, then runs every dcp test:
+#   1. `bazel test //...` (unit, simulator, filesystem and multi-process tests);
+#   2. the threaded simulator and protocol tests again under ThreadSanitizer;
+#   3. the interop tests against real PyTorch 2.6, in a Debian 13 root that
+#      tools/peer/provision_pytorch_peer.sh creates (or reuses) first;
+#   4. the example consumer workspace (examples/consumer), which depends on
+#      dcp the way another Bazel project would.
 #
 # Usage: bash tools/test_all.sh [extra bazel flags, e.g. --config=ci]
 # Ends with one line `tests: N passed, N failed` (Bazel test targets) and
@@ -12,6 +16,11 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 
 bash tools/install_deps.sh || { echo "test_all: installing dependencies failed"; exit 1; }
+peer_ready=1
+bash tools/peer/provision_pytorch_peer.sh || {
+  echo "test_all: provisioning the PyTorch 2.6 peer failed; the interop tests will fail"
+  peer_ready=0
+}
 
 events_dir="$(mktemp -d)"
 trap 'rm -rf "$events_dir"' EXIT
@@ -26,6 +35,15 @@ run_bazel_tests() {
 }
 
 run_bazel_tests "$root" "$events_dir/main.json" "$@" -- //...
+run_bazel_tests "$root" "$events_dir/tsan.json" --config=tsan "$@" -- \
+  //testing:simulator_test //testing:fake_process_group_test \
+  //checkpoint:checkpointer_multirank_test //checkpoint:future_test \
+  //checkpoint:executor_test
+if [ "$peer_ready" -eq 1 ]; then
+  run_bazel_tests "$root" "$events_dir/interop.json" --test_tag_filters=interop "$@" -- //tools/interop:all
+else
+  overall=1
+fi
 run_bazel_tests "$root/examples/consumer" "$events_dir/consumer.json" "$@" -- //...
 
 # One testSummary event per test target; count them by overall status.

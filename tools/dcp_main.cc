@@ -1,0 +1,218 @@
+// The `dcp` command-line tool. Parses flags, fills the Options of the
+// command's library (tools/<command>.h) and runs it; the libraries never
+// read flags.
+#include <unistd.h>
+
+#include <iostream>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/ascii.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/string_view.h"
+#include "gflags/gflags.h"
+#include "glog/logging.h"
+#include "tools/bench.h"
+#include "tools/demo.h"
+#include "tools/from_torch_save.h"
+#include "tools/inspect.h"
+#include "tools/model_state.h"
+#include "tools/to_torch_save.h"
+
+DEFINE_string(dir, "",
+              "demo, bench: checkpoint directory (default: a fresh directory "
+              "under $TMPDIR or /tmp).");
+DEFINE_int32(save_ranks, 4, "demo: ranks that save (row-sharded).");
+DEFINE_int32(load_ranks, 3, "demo: ranks that load.");
+DEFINE_string(load_layout, "column",
+              "demo: layout of the load: row, column or grid.");
+DEFINE_int64(hidden, 192, "demo: model hidden size.");
+DEFINE_int32(layers, 2, "demo: model layers.");
+DEFINE_int64(vocab, 5000, "demo: model vocabulary size.");
+DEFINE_bool(json, false, "inspect: print JSON instead of tables.");
+DEFINE_int32(world_size, 4,
+             "from-torch-save: ranks to shard over; bench: ranks that save "
+             "and load.");
+DEFINE_int64(size_mb, 256, "bench: approximate tensor data in MiB.");
+DEFINE_string(threads, "1",
+              "Writer/reader threads per rank. bench: a comma-separated list "
+              "(e.g. 1,4) runs every count; other commands use the first.");
+DEFINE_string(fsync, "true",
+              "fsync data files and metadata on save: true, false, or (bench "
+              "only) both.");
+DEFINE_bool(reshard, true,
+            "bench: also load with another world size and a column layout.");
+DEFINE_int32(reshard_world_size, 0,
+             "bench: world size of the resharded load (0: world_size - 1).");
+DEFINE_bool(cold_cache, false,
+            "bench: drop the checkpoint from the page cache before loads.");
+DEFINE_bool(verify_checksums, true,
+            "to-torch-save: check the CRC-32 of every record read.");
+
+namespace {
+
+constexpr char kUsage[] =
+    R"(distributed checkpoints in PyTorch's DCP format (torch.distributed.checkpoint).
+
+usage: dcp <command> [args] [--flags]
+
+commands:
+  demo                       save a model-like state dict (weights + Adam state) with
+                             --save_ranks simulated ranks, row-sharded, load it back
+                             with --load_ranks ranks in --load_layout, verify every
+                             element and print files, bytes, times and GB/s
+  inspect DIR [--json]       keys, kinds, dtypes, shapes, chunks, bytes and files of a
+                             checkpoint (dcp's or PyTorch's)
+  to-torch-save DIR FILE     load the whole checkpoint and write it as ONE torch.save
+                             file that Python's torch.load opens
+  from-torch-save FILE DIR   read a torch.save dict, shard every tensor along dim 0
+                             over --world_size ranks and save a checkpoint
+  bench                      save / load / resharded-load throughput for --size_mb of
+                             tensors, --world_size ranks, --threads and --fsync
+
+examples:
+  dcp demo
+  dcp demo --dir=/tmp/ckpt --save_ranks=8 --load_ranks=3 --load_layout=grid
+  dcp inspect /tmp/ckpt
+  dcp inspect /tmp/ckpt --json
+  dcp to-torch-save /tmp/ckpt /tmp/model.pt
+  dcp from-torch-save /tmp/model.pt /tmp/ckpt2 --world_size=4
+  dcp bench --size_mb=256 --world_size=4 --threads=1,4 --fsync=both
+
+This tool's flags: dcp --helpshort (--help also lists libtorch's and glog's).
+Progress lines go to stderr when it is a terminal.
+Exit status: 0 on success, 1 on errors, 2 on usage errors.)";
+
+int UsageError(absl::string_view message) {
+  std::cerr << "dcp: " << message << "\n\n" << kUsage << "\n";
+  return 2;
+}
+
+int Fail(const absl::Status& status) {
+  LOG(ERROR) << status;
+  return 1;
+}
+
+absl::StatusOr<std::vector<int>> ParseThreads(absl::string_view text) {
+  std::vector<int> counts;
+  for (absl::string_view part : absl::StrSplit(text, ',')) {
+    int n = 0;
+    if (!absl::SimpleAtoi(part, &n) || n < 1) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--threads: \"", part, "\" is not a positive integer"));
+    }
+    counts.push_back(n);
+  }
+  return counts;
+}
+
+absl::StatusOr<std::vector<bool>> ParseFsync(absl::string_view text,
+                                             bool allow_both) {
+  const std::string t = absl::AsciiStrToLower(text);
+  if (t == "true" || t == "1" || t == "on") return std::vector<bool>{true};
+  if (t == "false" || t == "0" || t == "off") return std::vector<bool>{false};
+  if (allow_both && t == "both") return std::vector<bool>{true, false};
+  return absl::InvalidArgumentError(
+      absl::StrCat("--fsync: \"", text, "\" is not true, false",
+                   allow_both ? " or both" : ""));
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  gflags::SetUsageMessage(kUsage);
+  gflags::ParseCommandLineFlags(&argc, &argv, /*remove_flags=*/true);
+  // Log to the terminal, not to files under /tmp, and only warnings and
+  // errors (the library logs one INFO line per checkpoint phase), unless
+  // asked otherwise (--logtostderr=false, --minloglevel=0).
+  if (gflags::GetCommandLineFlagInfoOrDie("logtostderr").is_default) {
+    FLAGS_logtostderr = true;
+  }
+  if (gflags::GetCommandLineFlagInfoOrDie("minloglevel").is_default) {
+    FLAGS_minloglevel = google::GLOG_WARNING;
+  }
+  google::InitGoogleLogging(argv[0]);
+
+  if (argc < 2) return UsageError("no command given");
+  const std::string command = argv[1];
+  const std::vector<std::string> args(argv + 2, argv + argc);
+  std::ostream* progress = isatty(STDERR_FILENO) ? &std::cerr : nullptr;
+
+  absl::StatusOr<std::vector<int>> threads = ParseThreads(FLAGS_threads);
+  if (!threads.ok()) return UsageError(threads.status().message());
+  absl::StatusOr<std::vector<bool>> fsync =
+      ParseFsync(FLAGS_fsync, /*allow_both=*/command == "bench");
+  if (!fsync.ok()) return UsageError(fsync.status().message());
+
+  auto expect_args = [&](size_t n) { return args.size() == n; };
+  absl::Status status;
+  if (command == "demo") {
+    if (!expect_args(0)) return UsageError("demo takes no arguments");
+    dcp::tools::DemoOptions options;
+    options.dir = FLAGS_dir;
+    options.save_ranks = FLAGS_save_ranks;
+    options.load_ranks = FLAGS_load_ranks;
+    absl::StatusOr<dcp::tools::Layout> layout =
+        dcp::tools::ParseLayout(FLAGS_load_layout);
+    if (!layout.ok()) return UsageError(layout.status().message());
+    options.load_layout = *layout;
+    options.model.hidden = FLAGS_hidden;
+    options.model.layers = FLAGS_layers;
+    options.model.vocab = FLAGS_vocab;
+    options.thread_count = threads->front();
+    options.sync_files = fsync->front();
+    options.progress = progress;
+    status = dcp::tools::RunDemo(options, std::cout);
+  } else if (command == "inspect") {
+    if (!expect_args(1)) return UsageError("inspect takes one directory");
+    dcp::tools::InspectOptions options;
+    options.dir = args[0];
+    options.json = FLAGS_json;
+    status = dcp::tools::InspectCheckpoint(options, std::cout);
+  } else if (command == "to-torch-save") {
+    if (!expect_args(2)) {
+      return UsageError("to-torch-save takes a directory and a file");
+    }
+    dcp::tools::ToTorchSaveOptions options;
+    options.dir = args[0];
+    options.file = args[1];
+    options.load.thread_count = threads->front();
+    options.load.verify_checksums = FLAGS_verify_checksums;
+    options.sync = fsync->front();
+    options.progress = progress;
+    status = dcp::tools::DcpToTorchSave(options, std::cout);
+  } else if (command == "from-torch-save") {
+    if (!expect_args(2)) {
+      return UsageError("from-torch-save takes a file and a directory");
+    }
+    dcp::tools::FromTorchSaveOptions options;
+    options.file = args[0];
+    options.dir = args[1];
+    options.world_size = FLAGS_world_size;
+    options.thread_count = threads->front();
+    options.sync_files = fsync->front();
+    options.progress = progress;
+    status = dcp::tools::TorchSaveToDcp(options, std::cout);
+  } else if (command == "bench") {
+    if (!expect_args(0)) return UsageError("bench takes no arguments");
+    dcp::tools::BenchOptions options;
+    options.size_mb = FLAGS_size_mb;
+    options.world_size = FLAGS_world_size;
+    options.thread_counts = *threads;
+    options.fsync_modes = *fsync;
+    options.reshard = FLAGS_reshard;
+    options.reshard_world_size = FLAGS_reshard_world_size;
+    options.cold_cache = FLAGS_cold_cache;
+    options.dir = FLAGS_dir;
+    options.progress = progress;
+    status = dcp::tools::RunBench(options, std::cout);
+  } else {
+    return UsageError(absl::StrCat("unknown command \"", command, "\""));
+  }
+  if (!status.ok()) return Fail(status);
+  return 0;
+}
