@@ -17,7 +17,9 @@
 #include "gflags/gflags.h"
 #include "glog/logging.h"
 #include "tools/bench.h"
+#include "checkpoint/c10d_process_group.h"
 #include "tools/demo.h"
+#include "tools/launch.h"
 #include "tools/from_torch_save.h"
 #include "tools/inspect.h"
 #include "tools/model_state.h"
@@ -33,6 +35,12 @@ DEFINE_string(load_layout, "column",
 DEFINE_int64(hidden, 192, "demo: model hidden size.");
 DEFINE_int32(layers, 2, "demo: model layers.");
 DEFINE_int64(vocab, 5000, "demo: model vocabulary size.");
+DEFINE_bool(distributed, false,
+            "demo: run as one rank of a multi-process job (RANK, WORLD_SIZE, "
+            "MASTER_ADDR, MASTER_PORT set, e.g. by dcp launch or torchrun); "
+            "needs --dir.");
+DEFINE_int32(nproc, 1, "launch: number of processes to start.");
+DEFINE_int32(master_port, 0, "launch: MASTER_PORT (0: a free port).");
 DEFINE_bool(json, false, "inspect: print JSON instead of tables.");
 DEFINE_int32(world_size, 4,
              "from-torch-save: ranks to shard over; bench: ranks that save "
@@ -73,9 +81,17 @@ commands:
                              over --world_size ranks and save a checkpoint
   bench                      save / load / resharded-load throughput for --size_mb of
                              tensors, --world_size ranks, --threads and --fsync
+  demo --distributed --dir=D  one rank of a multi-process demo (RANK, WORLD_SIZE,
+                             MASTER_ADDR, MASTER_PORT from the environment): save
+                             row-sharded into D, load back resharded, verify
+  launch --nproc=N -- CMD    start N copies of CMD with RANK, LOCAL_RANK, WORLD_SIZE,
+                             MASTER_ADDR=127.0.0.1, MASTER_PORT (--master_port or a
+                             free port); if one fails, the others are killed after
+                             a grace period; exits non-zero if any rank failed
 
 examples:
   dcp demo
+  dcp launch --nproc=4 -- dcp demo --distributed --dir=/tmp/ckpt
   dcp demo --dir=/tmp/ckpt --save_ranks=8 --load_ranks=3 --load_layout=grid
   dcp inspect /tmp/ckpt
   dcp inspect /tmp/ckpt --json
@@ -125,6 +141,17 @@ absl::StatusOr<std::vector<bool>> ParseFsync(absl::string_view text,
 
 int main(int argc, char** argv) {
   gflags::SetUsageMessage(kUsage);
+  // `dcp launch ... -- CMD [ARGS]`: everything after the first "--" is the
+  // child's command line, hidden from gflags (it may carry dcp's own flags).
+  std::vector<std::string> child_command;
+  for (int i = 1; i < argc; ++i) {
+    if (absl::string_view(argv[i]) == "--") {
+      child_command.assign(argv + i + 1, argv + argc);
+      argv[i] = nullptr;
+      argc = i;
+      break;
+    }
+  }
   gflags::ParseCommandLineFlags(&argc, &argv, /*remove_flags=*/true);
   // Log to the terminal, not to files under /tmp, and only warnings and
   // errors (the library logs one INFO line per checkpoint phase), unless
@@ -150,7 +177,48 @@ int main(int argc, char** argv) {
 
   auto expect_args = [&](size_t n) { return args.size() == n; };
   absl::Status status;
-  if (command == "demo") {
+  if (command == "launch") {
+    // `dcp launch --nproc=N -- <command> [args]`.
+    if (!expect_args(0)) return UsageError("launch: put the command after --");
+    const std::vector<std::string>& child = child_command;
+    if (child.empty()) return UsageError("launch needs a command after --");
+    dcp::tools::LaunchOptions options;
+    options.nproc = FLAGS_nproc;
+    options.master_port = FLAGS_master_port;
+    options.command = child;
+    absl::StatusOr<dcp::tools::LaunchResult> result =
+        dcp::tools::Launch(options, std::cerr);
+    if (!result.ok()) return Fail(result.status());
+    if (!result->ok()) {
+      std::cerr << "dcp launch: failed:";
+      for (const dcp::tools::ChildResult& c : result->children) {
+        if (!c.ok()) std::cerr << "\n  " << c.Describe();
+      }
+      std::cerr << "\n";
+    }
+    return result->ExitCode();
+  }
+  if (command == "demo" && FLAGS_distributed) {
+    if (!expect_args(0)) return UsageError("demo takes no arguments");
+    if (FLAGS_dir.empty()) return UsageError("demo --distributed needs --dir");
+    dcp::tools::DemoOptions options;
+    options.dir = FLAGS_dir;
+    absl::StatusOr<dcp::tools::Layout> layout =
+        dcp::tools::ParseLayout(FLAGS_load_layout);
+    if (!layout.ok()) return UsageError(layout.status().message());
+    options.load_layout = *layout;
+    options.model.hidden = FLAGS_hidden;
+    options.model.layers = FLAGS_layers;
+    options.model.vocab = FLAGS_vocab;
+    options.thread_count = threads->front();
+    options.sync_files = fsync->front();
+    absl::StatusOr<std::unique_ptr<dcp::C10dProcessGroup>> pg =
+        dcp::C10dProcessGroup::CreateFromEnv();
+    if (!pg.ok()) return Fail(pg.status());
+    status = dcp::tools::RunDistributedDemo(
+        options, std::shared_ptr<dcp::ProcessGroup>(*std::move(pg)),
+        std::cout);
+  } else if (command == "demo") {
     if (!expect_args(0)) return UsageError("demo takes no arguments");
     dcp::tools::DemoOptions options;
     options.dir = FLAGS_dir;

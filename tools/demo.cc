@@ -3,6 +3,7 @@
 #include <ATen/ATen.h>
 
 #include <cstdint>
+#include <memory>
 #include <ostream>
 #include <string>
 #include <utility>
@@ -11,10 +12,13 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "checkpoint/checkpointer.h"
 #include "checkpoint/state_dict.h"
 #include "checkpoint/status.h"
 #include "planner/flatten.h"
+#include "storage/fs_storage.h"
 #include "storage/posix_file_system.h"
 #include "tools/local_checkpoint.h"
 #include "tools/model_state.h"
@@ -118,6 +122,98 @@ absl::Status RunDemo(const DemoOptions& options, std::ostream& out) {
   out << "\n";
   out << "verified " << totals.tensors << " tensors, "
       << WithThousands(totals.elements) << " elements: OK\n";
+  return absl::OkStatus();
+}
+
+absl::Status RunDistributedDemo(const DemoOptions& options,
+                                std::shared_ptr<ProcessGroup> pg,
+                                std::ostream& out) {
+  if (options.dir.empty()) {
+    return absl::InvalidArgumentError(
+        "--distributed needs --dir: a checkpoint directory every rank sees");
+  }
+  const int rank = pg->rank();
+  const int world_size = pg->size();
+  const bool print = rank == 0;
+  if (print) {
+    out << "checkpoint: " << options.dir << " (" << world_size
+        << " processes)\n";
+  }
+  DCP_ASSIGN_OR_RETURN(StateDict full, MakeModelStateDict(options.model));
+  DCP_ASSIGN_OR_RETURN(Totals totals, CountTensors(full));
+
+  FileSystemWriterOptions writer_options;
+  writer_options.thread_count = options.thread_count;
+  writer_options.sync_files = options.sync_files;
+  DCP_ASSIGN_OR_RETURN(std::unique_ptr<FileSystemWriter> writer,
+                       FileSystemWriter::Create(options.dir, writer_options));
+  FileSystemReaderOptions reader_options;
+  reader_options.thread_count = options.thread_count;
+  DCP_ASSIGN_OR_RETURN(std::unique_ptr<FileSystemReader> reader,
+                       FileSystemReader::Create(options.dir, reader_options));
+  CheckpointerOptions checkpointer_options;
+  checkpointer_options.process_group = pg;
+  DCP_ASSIGN_OR_RETURN(
+      std::unique_ptr<Checkpointer> checkpointer,
+      Checkpointer::Create(std::move(writer), std::move(reader),
+                           checkpointer_options));
+
+  absl::Time start = absl::Now();
+  {
+    DCP_ASSIGN_OR_RETURN(StateDict shard,
+                         ShardStateDict(full, Layout::kRows, rank, world_size));
+    DCP_RETURN_IF_ERROR(checkpointer->Save(shard).status());
+  }
+  const absl::Duration save_time = absl::Now() - start;
+
+  DCP_ASSIGN_OR_RETURN(StateDict load, EmptyShardedLike(full,
+                                                        options.load_layout,
+                                                        rank, world_size));
+  start = absl::Now();
+  DCP_RETURN_IF_ERROR(checkpointer->Load(load));
+  const absl::Duration load_time = absl::Now() - start;
+
+  // Every rank learns every rank's verification result.
+  const absl::Status verified = VerifyAgainstFull(load, full, rank, nullptr);
+  DCP_ASSIGN_OR_RETURN(
+      std::vector<std::string> results,
+      pg->AllGather("dcp.demo.verify",
+                    verified.ok() ? "" : std::string(verified.message()),
+                    absl::Now() + checkpointer_options.collective_timeout));
+  for (int r = 0; r < static_cast<int>(results.size()); ++r) {
+    if (!results[r].empty()) {
+      return absl::InternalError(
+          absl::StrCat("verification failed on rank ", r, ": ", results[r]));
+    }
+  }
+  if (!print) return absl::OkStatus();
+
+  PosixFileSystem fs;
+  DCP_ASSIGN_OR_RETURN(std::vector<FileInfo> files, ListFiles(fs, options.dir));
+  uint64_t file_bytes = 0;
+  for (const FileInfo& f : files) file_bytes += f.size;
+  const uint64_t bytes = static_cast<uint64_t>(totals.bytes);
+  TextTable table({});
+  table.AddRow({"files", absl::StrCat(files.size())});
+  table.AddRow({"bytes", absl::StrCat(HumanBytes(file_bytes), " (",
+                                      WithThousands(file_bytes), ")")});
+  table.AddRow({"save time", absl::StrCat(Seconds(save_time), " s (",
+                                          world_size,
+                                          " processes, row-sharded)")});
+  table.AddRow({"load time",
+                absl::StrCat(Seconds(load_time), " s (", world_size,
+                             " processes, ", LayoutName(options.load_layout),
+                             "-sharded)")});
+  table.AddRow({"save rate",
+                absl::StrCat(GigabytesPerSecond(bytes, save_time), " GB/s")});
+  table.AddRow({"load rate",
+                absl::StrCat(GigabytesPerSecond(bytes, load_time), " GB/s")});
+  out << "\n";
+  table.Print(out, "  ");
+  out << "\n";
+  out << "verified " << totals.tensors << " tensors, "
+      << WithThousands(totals.elements) << " elements on " << world_size
+      << " ranks: OK\n";
   return absl::OkStatus();
 }
 

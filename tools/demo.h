@@ -30,10 +30,12 @@
 #ifndef DCP_TOOLS_DEMO_H_
 #define DCP_TOOLS_DEMO_H_
 
+#include <memory>
 #include <ostream>
 #include <string>
 
 #include "absl/status/status.h"
+#include "checkpoint/process_group.h"
 #include "tools/model_state.h"
 
 namespace dcp::tools {
@@ -56,6 +58,20 @@ struct DemoOptions {
 
 // Runs the demo and prints its report to `out`.
 absl::Status RunDemo(const DemoOptions& options, std::ostream& out);
+
+// `dcp demo --distributed`: this process is rank `pg->rank()` of
+// `pg->size()` (e.g. started by `dcp launch` or torchrun, with the group
+// from `C10dProcessGroup::CreateFromEnv()`). Collective: every rank saves
+// its row shard of the model into `options.dir` (required: a directory
+// every rank sees), then loads it back with the same world size in
+// `options.load_layout` (resharding) and verifies every element; rank 0
+// prints the table to `out`, the other ranks print nothing.
+// `save_ranks`/`load_ranks` are ignored. Errors: InvalidArgument without a
+// dir; the checkpoint's errors; Internal naming the rank whose
+// verification failed (on every rank).
+absl::Status RunDistributedDemo(const DemoOptions& options,
+                                std::shared_ptr<ProcessGroup> pg,
+                                std::ostream& out);
 
 }  // namespace dcp::tools
 
