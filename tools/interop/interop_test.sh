@@ -12,7 +12,7 @@
 #                                    dtypes, sizes, chunks, planner_data).
 #
 # Run by Bazel (tools/interop:*_test, tags "manual", "local", "interop"):
-#   bazel test --test_tag_filters=interop //tools/interop:all
+#   bazel test //tools/interop:pytorch_to_dcp_test //tools/interop:dcp_to_pytorch_test
 # Needs root and a provisioned peer at $DCP_TORCH_PEER (default
 # /var/cache/dcp/pytorch-peer; see tools/peer/provision_pytorch_peer.sh).
 # Every case runs even after a failure; the summary lists each one.
