@@ -48,9 +48,11 @@ else
 fi
 run_bazel_tests "$root/examples/consumer" "$events_dir/consumer.json" "$@" -- //...
 
-# One testSummary event per test target; count them by overall status.
-passed=$(cat "$events_dir"/*.json 2>/dev/null | grep '"testSummary"' | grep -c '"overallStatus":"PASSED"')
-failed=$(cat "$events_dir"/*.json 2>/dev/null | grep '"testSummary"' | grep -vc '"overallStatus":"PASSED"')
+# One testSummary event per test target run; only those carry overallStatus
+# (other events merely announce their ids).
+summaries() { cat "$events_dir"/*.json 2>/dev/null | grep -o '"overallStatus":"[A-Z_]*"'; }
+passed=$(summaries | grep -c '"PASSED"')
+failed=$(summaries | grep -vc '"PASSED"')
 if [ "$overall" -ne 0 ] && [ "$failed" -eq 0 ]; then
   echo "test_all: bazel failed before running every test (see the errors above)"
 fi
