@@ -41,12 +41,18 @@
 #include "checkpoint/status.h"
 #include "checkpoint/torch_status.h"
 #include "storage/pickle.h"
+#include "storage/torch_pickle.h"
 #include "storage/zip.h"
 
 namespace dcp {
 namespace {
 
 using Kind = PickleValue::Kind;
+using torch_pickle_internal::DtypeSpec;
+using torch_pickle_internal::FindDtype;
+using torch_pickle_internal::FindDtypeByName;
+using torch_pickle_internal::FindDtypeByStorageClass;
+using torch_pickle_internal::WriteRebuildTensor;
 
 constexpr absl::string_view kPrefix = "archive/";
 constexpr absl::string_view kByteOrder = "little";
@@ -57,41 +63,9 @@ constexpr size_t kMaxDims = 1024;
 
 // ---- dtypes -----------------------------------------------------------------
 
-struct DtypeSpec {
-  c10::ScalarType type;
-  // The legacy storage class torch pickles for the dtype (`torch.<class>`),
-  // or null if torch uses UntypedStorage and `_rebuild_tensor_v3`.
-  const char* storage_class;
-  // `torch.<name>`, as torch.dtype pickles itself.
-  const char* name;
-};
-
-constexpr DtypeSpec kDtypes[] = {
-    {c10::ScalarType::Double, "DoubleStorage", "float64"},
-    {c10::ScalarType::Float, "FloatStorage", "float32"},
-    {c10::ScalarType::Half, "HalfStorage", "float16"},
-    {c10::ScalarType::Long, "LongStorage", "int64"},
-    {c10::ScalarType::Int, "IntStorage", "int32"},
-    {c10::ScalarType::Short, "ShortStorage", "int16"},
-    {c10::ScalarType::Char, "CharStorage", "int8"},
-    {c10::ScalarType::Byte, "ByteStorage", "uint8"},
-    {c10::ScalarType::Bool, "BoolStorage", "bool"},
-    {c10::ScalarType::BFloat16, "BFloat16Storage", "bfloat16"},
-    {c10::ScalarType::ComplexDouble, "ComplexDoubleStorage", "complex128"},
-    {c10::ScalarType::ComplexFloat, "ComplexFloatStorage", "complex64"},
-    {c10::ScalarType::ComplexHalf, nullptr, "complex32"},
-};
-
 constexpr const char* kQuantizedStorages[] = {
     "QInt8Storage", "QInt32Storage", "QUInt8Storage", "QUInt4x2Storage",
     "QUInt2x4Storage"};
-
-const DtypeSpec* FindDtype(c10::ScalarType type) {
-  for (const DtypeSpec& d : kDtypes) {
-    if (d.type == type) return &d;
-  }
-  return nullptr;
-}
 
 // ---- Writing ----------------------------------------------------------------
 
@@ -146,70 +120,14 @@ absl::StatusOr<RecordPieces> LayOutRecord(
   return pieces;
 }
 
-void WriteIntTuple(PickleWriter& w, const std::vector<int64_t>& values) {
-  w.WriteTuple(values.size(), [&](size_t i) { w.WriteInt(values[i]); });
-}
-
 absl::StatusOr<std::string> TensorPickle(const DtypeSpec& dtype,
                                          int64_t storage_numel,
                                          int64_t storage_offset,
                                          const std::vector<int64_t>& sizes,
                                          const std::vector<int64_t>& strides) {
-  const bool v3 = dtype.storage_class == nullptr;
   PickleWriter w;
-  w.WriteGlobal("torch._utils",
-                v3 ? "_rebuild_tensor_v3" : "_rebuild_tensor_v2");
-  w.WriteTuple(v3 ? 7 : 6, [&](size_t i) {
-    switch (i) {
-      case 0:
-        w.WriteTuple(5, [&](size_t j) {
-          switch (j) {
-            case 0:
-              w.WriteString("storage");
-              break;
-            case 1:
-              if (v3) {
-                w.WriteGlobal("torch.storage", "UntypedStorage");
-              } else {
-                w.WriteGlobal("torch", dtype.storage_class);
-              }
-              break;
-            case 2:
-              w.WriteString(kStorageKey);
-              break;
-            case 3:
-              w.WriteString("cpu");
-              break;
-            default:
-              w.WriteInt(storage_numel);
-              break;
-          }
-        });
-        w.EmitBinPersId();
-        break;
-      case 1:
-        w.WriteInt(storage_offset);
-        break;
-      case 2:
-        WriteIntTuple(w, sizes);
-        break;
-      case 3:
-        WriteIntTuple(w, strides);
-        break;
-      case 4:
-        w.WriteBool(false);  // requires_grad: DCP saves detached tensors.
-        break;
-      case 5:
-        w.WriteGlobal("collections", "OrderedDict");  // backward hooks
-        w.EmitEmptyTuple();
-        w.EmitReduce();
-        break;
-      default:
-        w.WriteGlobal("torch", dtype.name);
-        break;
-    }
-  });
-  w.EmitReduce();
+  WriteRebuildTensor(w, kStorageKey, dtype, storage_numel, storage_offset,
+                     sizes, strides);
   return std::move(w).Finish();
 }
 
@@ -359,11 +277,9 @@ absl::Status ParseStorageType(const PickleValue& type, PickledTensor& out) {
     return absl::OkStatus();
   }
   if (type.module() == "torch") {
-    for (const DtypeSpec& d : kDtypes) {
-      if (d.storage_class != nullptr && type.name() == d.storage_class) {
-        out.dtype = d.type;
-        return absl::OkStatus();
-      }
+    if (const DtypeSpec* d = FindDtypeByStorageClass(type.name())) {
+      out.dtype = d->type;
+      return absl::OkStatus();
     }
     for (const char* q : kQuantizedStorages) {
       if (type.name() == q) {
@@ -453,18 +369,18 @@ absl::StatusOr<PickledTensor> ParseTensorPickle(const PickleValue& root) {
           absl::StrCat("data.pkl: dtype argument is ", Describe(dtype)));
     }
     // metadata.h's names: torch's, plus the aliases ("float", "cdouble").
-    absl::StatusOr<c10::ScalarType> type = DtypeFromName(dtype.name());
-    if (!type.ok() || FindDtype(*type) == nullptr) {
+    const DtypeSpec* type = FindDtypeByName(dtype.name());
+    if (type == nullptr) {
       return absl::UnimplementedError(
           absl::StrCat("tensor record: dtype torch.", dtype.name(),
                        " is not supported by this libtorch"));
     }
-    if (!out.untyped_storage && out.dtype != *type) {
+    if (!out.untyped_storage && out.dtype != type->type) {
       return RecordError(absl::StrCat("data.pkl: typed storage of ",
                                       c10::toString(out.dtype),
                                       " with dtype torch.", dtype.name()));
     }
-    out.dtype = *type;
+    out.dtype = type->type;
   } else if (out.untyped_storage) {
     return RecordError(
         "data.pkl: _rebuild_tensor_v2 with an UntypedStorage has no dtype");

@@ -34,6 +34,7 @@
 #include "storage/file_system.h"
 #include "storage/pickle.h"
 #include "storage/posix_file_system.h"
+#include "storage/torch_pickle.h"
 #include "storage/torch_record.h"
 #include "storage/zip.h"
 
@@ -41,6 +42,11 @@ namespace dcp {
 namespace {
 
 using Kind = PickleValue::Kind;
+using torch_pickle_internal::DtypeSpec;
+using torch_pickle_internal::FindDtype;
+using torch_pickle_internal::FindDtypeByName;
+using torch_pickle_internal::FindDtypeByStorageClass;
+using torch_pickle_internal::WriteRebuildTensor;
 
 constexpr absl::string_view kPrefix = "archive/";
 constexpr absl::string_view kByteOrder = "little";
@@ -49,38 +55,6 @@ constexpr absl::string_view kVersion = "3\n";
 constexpr uint64_t kReadChunk = uint64_t{64} << 20;
 
 // ---- dtypes -----------------------------------------------------------------
-
-struct DtypeSpec {
-  c10::ScalarType type;
-  // `torch.<class>` of the legacy typed storage, or null when torch uses an
-  // UntypedStorage and `_rebuild_tensor_v3`.
-  const char* storage_class;
-  // `torch.<name>`.
-  const char* name;
-};
-
-constexpr DtypeSpec kDtypes[] = {
-    {c10::ScalarType::Double, "DoubleStorage", "float64"},
-    {c10::ScalarType::Float, "FloatStorage", "float32"},
-    {c10::ScalarType::Half, "HalfStorage", "float16"},
-    {c10::ScalarType::Long, "LongStorage", "int64"},
-    {c10::ScalarType::Int, "IntStorage", "int32"},
-    {c10::ScalarType::Short, "ShortStorage", "int16"},
-    {c10::ScalarType::Char, "CharStorage", "int8"},
-    {c10::ScalarType::Byte, "ByteStorage", "uint8"},
-    {c10::ScalarType::Bool, "BoolStorage", "bool"},
-    {c10::ScalarType::BFloat16, "BFloat16Storage", "bfloat16"},
-    {c10::ScalarType::ComplexDouble, "ComplexDoubleStorage", "complex128"},
-    {c10::ScalarType::ComplexFloat, "ComplexFloatStorage", "complex64"},
-    {c10::ScalarType::ComplexHalf, nullptr, "complex32"},
-};
-
-const DtypeSpec* FindDtype(c10::ScalarType type) {
-  for (const DtypeSpec& d : kDtypes) {
-    if (d.type == type) return &d;
-  }
-  return nullptr;
-}
 
 std::string KeyPath(const std::string& path, absl::string_view key) {
   return absl::StrCat(path, "[\"", absl::CEscape(key), "\"]");
@@ -203,10 +177,6 @@ absl::Status SaveBuilder::PrepareTensor(const at::Tensor& tensor,
   return absl::OkStatus();
 }
 
-void WriteIntTuple(PickleWriter& w, c10::IntArrayRef values) {
-  w.WriteTuple(values.size(), [&](size_t i) { w.WriteInt(values[i]); });
-}
-
 void SaveBuilder::EmitTensor(PickleWriter& w) {
   const SavedTensor& t = tensors_[next_tensor_++];
   const SavedStorage& storage = storages_[t.storage];
@@ -215,59 +185,9 @@ void SaveBuilder::EmitTensor(PickleWriter& w) {
   const int64_t numel_field =
       v3 ? static_cast<int64_t>(storage.data.size())
          : static_cast<int64_t>(storage.data.size()) / item;
-  w.WriteGlobal("torch._utils",
-                v3 ? "_rebuild_tensor_v3" : "_rebuild_tensor_v2");
-  w.WriteTuple(v3 ? 7 : 6, [&](size_t i) {
-    switch (i) {
-      case 0:
-        w.WriteTuple(5, [&](size_t j) {
-          switch (j) {
-            case 0:
-              w.WriteString("storage");
-              break;
-            case 1:
-              if (v3) {
-                w.WriteGlobal("torch.storage", "UntypedStorage");
-              } else {
-                w.WriteGlobal("torch", t.dtype->storage_class);
-              }
-              break;
-            case 2:
-              w.WriteString(storage.key);
-              break;
-            case 3:
-              w.WriteString("cpu");
-              break;
-            default:
-              w.WriteInt(numel_field);
-              break;
-          }
-        });
-        w.EmitBinPersId();
-        break;
-      case 1:
-        w.WriteInt(t.tensor.storage_offset());
-        break;
-      case 2:
-        WriteIntTuple(w, t.tensor.sizes());
-        break;
-      case 3:
-        WriteIntTuple(w, t.tensor.strides());
-        break;
-      case 4:
-        w.WriteBool(false);
-        break;
-      case 5:
-        w.WriteGlobal("collections", "OrderedDict");
-        w.EmitEmptyTuple();
-        w.EmitReduce();
-        break;
-      default:
-        w.WriteGlobal("torch", t.dtype->name);
-        break;
-    }
-  });
-  w.EmitReduce();
+  WriteRebuildTensor(w, storage.key, *t.dtype, numel_field,
+                     t.tensor.storage_offset(), t.tensor.sizes(),
+                     t.tensor.strides());
 }
 
 void SaveBuilder::Emit(PickleWriter& w, const Value& value) {
@@ -587,10 +507,8 @@ absl::StatusOr<at::Tensor> LoadBuilder::ConvertTensor(
       type.name() == "UntypedStorage") {
     untyped = true;
   } else if (type.module() == "torch") {
-    for (const DtypeSpec& d : kDtypes) {
-      if (d.storage_class != nullptr && type.name() == d.storage_class) {
-        dtype = d.type;
-      }
+    if (const DtypeSpec* d = FindDtypeByStorageClass(type.name())) {
+      dtype = d->type;
     }
     if (dtype == c10::ScalarType::Undefined) {
       return Unsupported(absl::StrCat("storage type torch.", type.name()),
@@ -605,16 +523,16 @@ absl::StatusOr<at::Tensor> LoadBuilder::ConvertTensor(
     if (d.kind() != Kind::kGlobal || d.module() != "torch") {
       return Malformed(path, absl::StrCat("dtype ", Describe(d)));
     }
-    absl::StatusOr<c10::ScalarType> named = DtypeFromName(d.name());
-    if (!named.ok() || FindDtype(*named) == nullptr) {
+    const DtypeSpec* named = FindDtypeByName(d.name());
+    if (named == nullptr) {
       return Unsupported(absl::StrCat("dtype torch.", d.name()), path);
     }
-    if (!untyped && dtype != *named) {
+    if (!untyped && dtype != named->type) {
       return Malformed(path, absl::StrCat("typed storage of ",
                                           c10::toString(dtype),
                                           " with dtype torch.", d.name()));
     }
-    dtype = *named;
+    dtype = named->type;
   } else if (untyped) {
     return Malformed(path,
                      "_rebuild_tensor_v2 with an UntypedStorage has no dtype");
