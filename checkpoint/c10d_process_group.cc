@@ -9,6 +9,8 @@
 //   P/abort             the first failure any rank reported on P
 #include "checkpoint/c10d_process_group.h"
 
+#include <signal.h>
+
 #include <algorithm>
 #include <chrono>
 #include <condition_variable>
@@ -1031,10 +1033,30 @@ absl::StatusOr<C10dOptions> C10dOptionsFromEnv() {
 C10dProcessGroup::C10dProcessGroup(std::unique_ptr<Communicator> comm)
     : comm_(std::move(comm)) {}
 
+namespace {
+
+// Gloo writes to sockets without MSG_NOSIGNAL, so a peer that exits while we
+// send would kill this process with SIGPIPE instead of failing the call
+// (Python, where PyTorch usually runs, ignores SIGPIPE at startup). Ignore
+// it, but only if nobody installed a handler of their own.
+void IgnoreSigpipeUnlessHandled() {
+  static std::once_flag once;
+  std::call_once(once, [] {
+    struct sigaction current;
+    if (sigaction(SIGPIPE, nullptr, &current) == 0 &&
+        current.sa_handler == SIG_DFL) {
+      signal(SIGPIPE, SIG_IGN);
+    }
+  });
+}
+
+}  // namespace
+
 C10dProcessGroup::~C10dProcessGroup() = default;
 
 absl::StatusOr<std::unique_ptr<C10dProcessGroup>> C10dProcessGroup::Create(
     const C10dOptions& options) {
+  IgnoreSigpipeUnlessHandled();
   DCP_RETURN_IF_ERROR(Annotate(c10d_process_group_internal::Validate(options),
                                "C10dProcessGroup::Create"));
   const absl::Time deadline = absl::Now() + options.timeout;
@@ -1130,6 +1152,7 @@ absl::StatusOr<std::shared_ptr<ProcessGroup>> C10dProcessGroup::Fork(
 absl::StatusOr<std::unique_ptr<C10dProcessGroup>> WrapC10dProcessGroup(
     c10::intrusive_ptr<c10d::ProcessGroup> pg,
     c10::intrusive_ptr<c10d::Store> store, C10dWrapOptions options) {
+  IgnoreSigpipeUnlessHandled();
   if (!pg) return absl::InvalidArgumentError("WrapC10dProcessGroup: null pg");
   if (!store) {
     return absl::InvalidArgumentError("WrapC10dProcessGroup: null store");

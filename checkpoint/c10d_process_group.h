@@ -75,6 +75,10 @@
 // at once. The first failing rank reports its error in the store, which
 // ends the other ranks' waits on that group within 100 ms.
 //
+// Signals: creating or wrapping a group sets SIGPIPE to ignored if it still
+// has the default action, so a peer that exits mid-send fails the call
+// (Aborted) instead of killing this process, as in Python.
+//
 // Thread safety: `rank()` and `size()` may be called from any thread.
 // Collectives on one group come from one thread at a time (the
 // `ProcessGroup` contract). Groups returned by `Fork` are independent and
