@@ -18,4 +18,35 @@ absl::Status Annotate(const absl::Status& status, absl::string_view context) {
   return annotated;
 }
 
+absl::string_view CommitOutcomeName(CommitOutcome outcome) {
+  switch (outcome) {
+    case CommitOutcome::kNotCommitted:
+      return "not committed";
+    case CommitOutcome::kCommitted:
+      return "committed";
+    case CommitOutcome::kUnknown:
+      return "unknown";
+  }
+  return "unknown";
+}
+
+absl::Status WithCommitOutcome(absl::Status status, CommitOutcome outcome) {
+  if (status.ok()) return status;
+  status.SetPayload(kCommitOutcomePayload,
+                    absl::Cord(CommitOutcomeName(outcome)));
+  return status;
+}
+
+CommitOutcome GetCommitOutcome(const absl::Status& status) {
+  if (status.ok()) return CommitOutcome::kCommitted;
+  auto payload = status.GetPayload(kCommitOutcomePayload);
+  if (!payload.has_value()) return CommitOutcome::kNotCommitted;
+  for (CommitOutcome outcome :
+       {CommitOutcome::kNotCommitted, CommitOutcome::kCommitted,
+        CommitOutcome::kUnknown}) {
+    if (*payload == CommitOutcomeName(outcome)) return outcome;
+  }
+  return CommitOutcome::kUnknown;
+}
+
 }  // namespace dcp

@@ -55,6 +55,30 @@ namespace dcp {
 // payloads are kept; an OK status stays OK.
 absl::Status Annotate(const absl::Status& status, absl::string_view context);
 
+// What a save's error says about the checkpoint it was writing.
+//   kNotCommitted  the save did not replace the previous checkpoint
+//   kCommitted     the new checkpoint is in place (e.g. its metadata was
+//                  renamed into place but syncing the directory failed)
+//   kUnknown       this rank cannot tell (e.g. it timed out waiting for the
+//                  coordinator's commit)
+// An OK save is committed.
+enum class CommitOutcome { kNotCommitted, kCommitted, kUnknown };
+
+// "not committed", "committed", "unknown".
+absl::string_view CommitOutcomeName(CommitOutcome outcome);
+
+// Payload type URL that records a save error's CommitOutcome by name.
+inline constexpr absl::string_view kCommitOutcomePayload =
+    "type.dcp/checkpoint_error.commit_outcome";
+
+// Returns the error `status` marked with `outcome`; the message should
+// already say it. OK stays OK.
+absl::Status WithCommitOutcome(absl::Status status, CommitOutcome outcome);
+
+// The outcome recorded in a save's status: kCommitted for OK, the payload
+// if there is one, and kNotCommitted for an error without it.
+CommitOutcome GetCommitOutcome(const absl::Status& status);
+
 }  // namespace dcp
 
 #endif  // DCP_CHECKPOINT_STATUS_H_

@@ -57,5 +57,31 @@ TEST(AnnotateTest, OkStaysOk) {
   EXPECT_THAT(Annotate(absl::OkStatus(), "context"), IsOk());
 }
 
+TEST(CommitOutcomeTest, OkIsCommittedAndAnUnmarkedErrorIsNot) {
+  EXPECT_EQ(GetCommitOutcome(absl::OkStatus()), CommitOutcome::kCommitted);
+  EXPECT_EQ(GetCommitOutcome(absl::InternalError("x")),
+            CommitOutcome::kNotCommitted);
+}
+
+TEST(CommitOutcomeTest, MarkSurvivesAnnotationAndOkStaysOk) {
+  for (CommitOutcome outcome :
+       {CommitOutcome::kNotCommitted, CommitOutcome::kCommitted,
+        CommitOutcome::kUnknown}) {
+    absl::Status marked =
+        WithCommitOutcome(absl::UnavailableError("sync failed"), outcome);
+    EXPECT_EQ(GetCommitOutcome(marked), outcome);
+    EXPECT_EQ(GetCommitOutcome(Annotate(marked, "saving")), outcome);
+  }
+  EXPECT_THAT(WithCommitOutcome(absl::OkStatus(), CommitOutcome::kUnknown),
+              IsOk());
+  EXPECT_EQ(CommitOutcomeName(CommitOutcome::kUnknown), "unknown");
+}
+
+TEST(CommitOutcomeTest, AnUnreadableMarkIsUnknown) {
+  absl::Status status = absl::InternalError("x");
+  status.SetPayload(kCommitOutcomePayload, absl::Cord("maybe"));
+  EXPECT_EQ(GetCommitOutcome(status), CommitOutcome::kUnknown);
+}
+
 }  // namespace
 }  // namespace dcp

@@ -15,6 +15,8 @@
 //   * PrepareGlobalPlan(all plans)
 //   WriteData(plan, planner)        writes this rank's items
 //   * Finish(metadata, all results) commits the checkpoint
+//   * AbortSave()                   instead of a successful Finish: the
+//                                   save failed after PrepareGlobalPlan
 //
 // Reader call sequence, per rank:
 //   Reset(checkpoint_id)            optional
@@ -73,9 +75,18 @@ class StorageWriter {
   // Coordinator only: records `results` (by rank) in
   // `metadata.storage_data`, sets `metadata.storage_meta`, and commits.
   // After it returns OK the checkpoint is complete and visible.
+  // A Finish error says whether the checkpoint was committed anyway
+  // (`WithCommitOutcome`, checkpoint/status.h); without a mark the
+  // previous checkpoint is untouched.
   virtual absl::Status Finish(
       Metadata& metadata,
       const std::vector<std::vector<WriteResult>>& results) = 0;
+
+  // Coordinator only: the save begun by PrepareGlobalPlan failed (on any
+  // rank, or in Finish). Releases what the save holds, such as a lock on
+  // the checkpoint location. Called at most once per save; a no-op when no
+  // save is in progress.
+  virtual void AbortSave() {}
 };
 
 class StorageReader {
