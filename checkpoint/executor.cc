@@ -3,7 +3,6 @@
 #include <exception>
 #include <memory>
 #include <mutex>  // NOLINT(build/c++11)
-#include <thread>  // NOLINT(build/c++11)
 #include <utility>
 
 #include "glog/logging.h"
@@ -30,19 +29,39 @@ Executor InlineExecutor() {
   return [](Task task) { executor_internal::RunTaskNoThrow(std::move(task)); };
 }
 
-SerialExecutor::SerialExecutor()
-    : queue_(std::make_shared<Queue>()),
-      thread_([queue = queue_] { WorkerLoop(*queue); }) {}
+absl::StatusOr<ScheduledThread> SerialExecutor::StartWorker(
+    const std::shared_ptr<Queue>& queue) {
+  return ScheduledThread::Start([queue] { WorkerLoop(*queue); });
+}
+
+absl::StatusOr<std::unique_ptr<SerialExecutor>> SerialExecutor::Create() {
+  auto queue = std::make_shared<Queue>();
+  absl::StatusOr<ScheduledThread> thread = StartWorker(queue);
+  if (!thread.ok()) return thread.status();
+  return std::unique_ptr<SerialExecutor>(
+      new SerialExecutor(Started{}, std::move(queue), *std::move(thread)));
+}
+
+SerialExecutor::SerialExecutor() : queue_(std::make_shared<Queue>()) {
+  absl::StatusOr<ScheduledThread> thread = StartWorker(queue_);
+  CHECK(thread.ok()) << "SerialExecutor: " << thread.status();
+  thread_ = *std::move(thread);
+}
 
 SerialExecutor::~SerialExecutor() {
-  CHECK(std::this_thread::get_id() != thread_.get_id())
-      << "SerialExecutor destroyed from one of its own tasks";
   {
     std::lock_guard<std::mutex> lock(queue_->mu);
     queue_->stopping = true;
   }
   queue_->wake.notify_one();
-  thread_.join();
+  NotifyWaiters(queue_.get());
+  if (thread_.IsCurrentThread()) {
+    // Destroyed by one of its own tasks: the worker drains the queue after
+    // that task returns and exits on its own (it owns the queue too).
+    thread_.Detach();
+    return;
+  }
+  thread_.Join();
 }
 
 void SerialExecutor::Schedule(Task task) { Enqueue(*queue_, std::move(task)); }
@@ -57,6 +76,7 @@ void SerialExecutor::Enqueue(Queue& queue, Task task) {
     if (!queue.stopped) {
       queue.tasks.push_back(std::move(task));
       queue.wake.notify_one();
+      NotifyWaiters(&queue);
       return;
     }
   }
@@ -71,9 +91,10 @@ void SerialExecutor::WorkerLoop(Queue& queue) {
     Task task;
     {
       std::unique_lock<std::mutex> lock(queue.mu);
-      queue.wake.wait(lock, [&queue]() ABSL_NO_THREAD_SAFETY_ANALYSIS {
-        return !queue.tasks.empty() || queue.stopping;
-      });
+      WaitUntil(lock, queue.wake, &queue,
+                [&queue]() ABSL_NO_THREAD_SAFETY_ANALYSIS {
+                  return !queue.tasks.empty() || queue.stopping;
+                });
       if (queue.tasks.empty()) {  // Hence stopping: drained, exit.
         queue.stopped = true;
         return;

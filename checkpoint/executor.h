@@ -27,10 +27,12 @@
 #include <functional>
 #include <memory>
 #include <mutex>  // NOLINT(build/c++11)
-#include <thread>  // NOLINT(build/c++11)
+#include <utility>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/functional/any_invocable.h"
+#include "absl/status/statusor.h"
+#include "checkpoint/scheduling.h"
 
 namespace dcp {
 
@@ -53,18 +55,26 @@ void RunTaskNoThrow(Task task);
 
 // One background thread that runs tasks one at a time, in the order they
 // were scheduled (FIFO). Used per rank so that async saves, and the
-// collectives inside them, stay in order.
+// collectives inside them, stay in order. The thread is a
+// `ScheduledThread` (checkpoint/scheduling.h): under the seeded simulator
+// it is scheduled with the rank that created the executor.
 //
 // Thread safety: `Schedule` and the executor returned by `AsExecutor` may
 // be called from any thread, including from inside a task.
 //
 // Ownership: the destructor runs every task already queued (and any task
-// those tasks queue) and then joins the thread. It must not be called from
-// one of this executor's tasks. Copies of `AsExecutor()` may outlive this
+// those tasks queue) and then joins the thread. Called from one of this
+// executor's own tasks (e.g. a future callback that drops the last
+// reference to the executor's owner), it cannot wait for itself: it
+// returns at once, and the thread finishes the queue after the current
+// task and then exits on its own. Copies of `AsExecutor()` may outlive this
 // object; tasks given to them after the thread has stopped are destroyed
 // without running (logged with LOG(ERROR)).
 class SerialExecutor {
  public:
+  // ResourceExhausted if the thread cannot be started.
+  static absl::StatusOr<std::unique_ptr<SerialExecutor>> Create();
+  // As Create, but a thread that cannot be started is fatal.
   SerialExecutor();
   ~SerialExecutor();
   SerialExecutor(const SerialExecutor&) = delete;
@@ -75,6 +85,10 @@ class SerialExecutor {
 
   // An `Executor` that calls `Schedule`.
   Executor AsExecutor();
+
+  // Whether the calling thread is this executor's worker (i.e. the caller
+  // is one of its tasks).
+  bool InWorkerThread() const { return thread_.IsCurrentThread(); }
 
  private:
   // Shared with the executors handed out, which may outlive this object.
@@ -88,11 +102,17 @@ class SerialExecutor {
     bool stopped ABSL_GUARDED_BY(mu) = false;   // Worker has exited.
   };
 
+  struct Started {};
+  SerialExecutor(Started, std::shared_ptr<Queue> queue, ScheduledThread thread)
+      : queue_(std::move(queue)), thread_(std::move(thread)) {}
+
+  static absl::StatusOr<ScheduledThread> StartWorker(
+      const std::shared_ptr<Queue>& queue);
   static void Enqueue(Queue& queue, Task task);
   static void WorkerLoop(Queue& queue);
 
   std::shared_ptr<Queue> queue_;
-  std::thread thread_;
+  ScheduledThread thread_;
 };
 
 }  // namespace dcp

@@ -17,6 +17,7 @@
 namespace dcp {
 namespace {
 
+using ::dcp::testing::IsOk;
 using ::dcp::testing::IsOkAndHolds;
 using ::dcp::testing::StatusIs;
 using ::testing::ElementsAre;
@@ -153,6 +154,38 @@ TEST(SerialExecutorTest, ConcurrentProducersKeepTheirOwnOrder) {
     ASSERT_EQ(seen[p].size(), kTasksEach) << "producer " << p;
     for (int i = 0; i < kTasksEach; ++i) EXPECT_EQ(seen[p][i], i);
   }
+}
+
+TEST(SerialExecutorTest, CreateStartsAWorkingExecutor) {
+  absl::StatusOr<std::unique_ptr<SerialExecutor>> serial =
+      SerialExecutor::Create();
+  ASSERT_TRUE(serial.ok()) << serial.status();
+  PromiseFuturePair<int> pair = PromiseFuturePair<int>::Make();
+  (*serial)->Schedule([promise = pair.promise] { promise.Set(7); });
+  EXPECT_THAT(pair.future.result(), IsOkAndHolds(7));
+}
+
+// A task that drops the last reference to its own executor: the destructor
+// cannot join its own thread, so the thread finishes the queue on its own.
+TEST(SerialExecutorTest, DestroyedByItsOwnTaskItFinishesTheQueueAndExits) {
+  auto holder = std::make_shared<std::unique_ptr<SerialExecutor>>(
+      std::make_unique<SerialExecutor>());
+  Executor executor = (*holder)->AsExecutor();
+  PromiseFuturePair<void> gate = PromiseFuturePair<void>::Make();
+  PromiseFuturePair<void> later = PromiseFuturePair<void>::Make();
+  std::atomic<bool> destroyed{false};
+  // Everything is queued before the worker gets past the first task.
+  executor([future = gate.future] { future.Wait(); });
+  executor([holder, &destroyed] {
+    holder->reset();  // ~SerialExecutor on its own worker thread.
+    destroyed = true;
+  });
+  executor([promise = later.promise] { promise.Set(absl::OkStatus()); });
+  holder.reset();
+  gate.promise.Set(absl::OkStatus());
+  ASSERT_TRUE(later.future.WaitFor(kDeadline));
+  EXPECT_THAT(later.future.result(), IsOk());
+  EXPECT_TRUE(destroyed);
 }
 
 }  // namespace

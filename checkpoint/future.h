@@ -18,7 +18,9 @@
 // Thread safety: every method of `Future` and `Promise` may be called
 // concurrently from any thread, on the same object or on copies. Completing
 // a promise happens-before every observation of the result (`ready()`
-// returning true, `Wait`, `result`, callbacks).
+// returning true, `Wait`, `result`, callbacks). Waits are visible to a
+// deterministic scheduler (checkpoint/scheduling.h); under one, `WaitFor`
+// times out only when no other scheduled thread can run.
 //
 // Callbacks: a callback given to `ExecuteWhenReady` runs exactly once,
 // either on the thread that completes the future (the one calling
@@ -53,6 +55,7 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "absl/types/span.h"
+#include "checkpoint/scheduling.h"
 
 namespace dcp {
 
@@ -104,6 +107,7 @@ class State {
       callbacks.swap(callbacks_);
     }
     ready_cv_.notify_all();
+    NotifyWaiters(this);
     // `result_` is immutable from here on; run callbacks without the lock.
     for (Callback& callback : callbacks) std::move(callback)(*result_);
     return true;
@@ -114,9 +118,11 @@ class State {
     return ready_;
   }
 
+  // Waits through `WaitUntil` (checkpoint/scheduling.h), so that a
+  // deterministic scheduler sees a wait for another scheduled thread.
   void Wait() const ABSL_LOCKS_EXCLUDED(mu_) {
     std::unique_lock<std::mutex> lock(mu_);
-    ready_cv_.wait(lock, [this]() ABSL_NO_THREAD_SAFETY_ANALYSIS {
+    WaitUntil(lock, ready_cv_, this, [this]() ABSL_NO_THREAD_SAFETY_ANALYSIS {
       return ready_;
     });
   }
@@ -127,14 +133,10 @@ class State {
       return true;
     }
     std::unique_lock<std::mutex> lock(mu_);
-    if (timeout <= absl::ZeroDuration()) return ready_;
-    const auto deadline =
-        std::chrono::steady_clock::now() +
-        absl::ToChronoNanoseconds(std::min(timeout, kMaxWait));
-    return ready_cv_.wait_until(lock, deadline,
-                                [this]() ABSL_NO_THREAD_SAFETY_ANALYSIS {
-                                  return ready_;
-                                });
+    return WaitUntilFor(lock, ready_cv_, this, std::min(timeout, kMaxWait),
+                        [this]() ABSL_NO_THREAD_SAFETY_ANALYSIS {
+                          return ready_;
+                        });
   }
 
   const FutureResult<T>& result() const {

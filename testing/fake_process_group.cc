@@ -24,6 +24,7 @@
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "checkpoint/process_group.h"
+#include "checkpoint/scheduling.h"
 #include "glog/logging.h"
 
 // Implementation notes.
@@ -163,6 +164,9 @@ struct Communicator {
       : name(std::move(name)), next_seq(world_size, 0) {}
 
   const std::string name;
+  // Set when a collective fails: like a real process group after an error,
+  // the communicator is unusable from then on. "call #3 failed: ABORTED: .."
+  std::optional<std::string> broken;
   std::vector<int64_t> next_seq;  // By rank.
   std::map<int64_t, std::unique_ptr<Collective>> pending;  // By call number.
   std::vector<std::string> transcript;
@@ -170,26 +174,48 @@ struct Communicator {
 
 struct RankState {
   bool started = false;
-  std::thread::id thread;
-  bool done = false;
+  bool done = false;          // The rank's function has returned.
   bool failed = false;        // Done with a non-OK status.
   std::string done_status;    // "OK" or "INTERNAL: disk on fire".
   int64_t calls = 0;          // Collective calls so far, all communicators.
-  Collective* waiting_on = nullptr;  // Deterministic mode only.
-  std::condition_variable cv;        // Signalled on every state change.
+  int live_threads = 0;       // Deterministic mode: started, not exited,
+                              // other than the rank's own thread.
+  int threads_started = 0;    // For naming: "r0.1", "r0.2", ...
+  std::condition_variable cv;  // Free mode: signalled on every change.
 };
 
+// Deterministic mode: one scheduled thread (the rank's own thread, or a
+// background thread it started through dcp::ScheduledThread).
+struct ThreadState {
+  enum class Wake { kNone, kNotified, kTimedOut };
+
+  ThreadState(int64_t id, int rank, std::string name)
+      : id(id), rank(rank), name(std::move(name)) {}
+
+  const int64_t id;
+  const int rank;
+  const std::string name;      // "r0" (the rank's thread), "r0.1", ...
+  bool arrived = false;        // Called StartRank / StartThread.
+  bool exited = false;         // Exited, or its start was cancelled.
+  Collective* waiting_on = nullptr;  // In an unfinished collective.
+  const void* wait_key = nullptr;    // In a WaitUntil.
+  bool wait_timed = false;
+  Wake wake = Wake::kNone;
+  std::condition_variable cv;  // Signalled on every state change.
+};
 struct InjectedFault {
   int rank;
   int64_t nth;
   Error error;
 };
 
-class WorldState {
+class WorldState : public ThreadScheduler {
  public:
-  WorldState(int world_size, std::optional<uint64_t> seed)
+  WorldState(int world_size, std::optional<uint64_t> seed,
+             absl::Duration stall_timeout)
       : world_size_(world_size),
         deterministic_(seed.has_value()),
+        stall_timeout_(stall_timeout),
         rng_state_(seed.value_or(0)) {
     ranks_.reserve(world_size);
     for (int r = 0; r < world_size; ++r) {
@@ -213,6 +239,14 @@ class WorldState {
 
   absl::Status StartRank(int rank, absl::Time deadline);
   void MarkRankDone(int rank, const absl::Status& status);
+
+  // ThreadScheduler (deterministic mode; see checkpoint/scheduling.h).
+  int64_t RegisterThread(int64_t parent) override;
+  void CancelThread(int64_t id) override;
+  void StartThread(int64_t id) override;
+  void ExitThread(int64_t id) override;
+  WaitResult Wait(int64_t self, const void* key, bool timed) override;
+  void Notify(const void* key) override;
 
   void Abort(const absl::Status& why) {
     std::lock_guard<std::mutex> lock(mu_);
@@ -264,10 +298,34 @@ class WorldState {
   }
 
   // Finishes `c` with `error` unless it has finished already.
+  // The communicator is broken from then on.
   void FailLocked(Collective& c, Error error) {
     if (c.finished) return;
     c.finished = true;
+    Communicator& comm = *communicators_[c.communicator];
+    if (!comm.broken.has_value()) {
+      comm.broken =
+          absl::StrCat("call #", c.seq, " failed: ", error.ToString());
+    }
     c.error = std::move(error);
+  }
+
+  // Whether `rank` will make no more calls: its function returned and every
+  // thread it started has exited.
+  bool DepartedLocked(int rank) const {
+    const RankState& r = *ranks_[rank];
+    return r.done && r.live_threads == 0;
+  }
+
+  // Fails every call that departed `rank` has not joined.
+  void FailCallsOfDepartedLocked(int rank) {
+    for (auto& comm : communicators_) {
+      for (auto& [seq, c] : comm->pending) {
+        if (!c->finished && !c->joined[rank]) {
+          FailLocked(*c, DepartedError(rank, *c));
+        }
+      }
+    }
   }
 
   // Why `c` cannot complete without done rank `rank`.
@@ -326,7 +384,7 @@ class WorldState {
     // Done ranks that never joined: prefer one that failed, lowest rank.
     int departed = -1;
     for (int r = 0; r < world_size_; ++r) {
-      if (r == rank || c.joined[r] || !ranks_[r]->done) continue;
+      if (r == rank || c.joined[r] || !DepartedLocked(r)) continue;
       if (departed == -1 || (ranks_[r]->failed && !ranks_[departed]->failed)) {
         departed = r;
       }
@@ -407,6 +465,7 @@ class WorldState {
 
   void NotifyAllLocked() {
     for (auto& r : ranks_) r->cv.notify_all();
+    for (auto& [id, t] : threads_) t->cv.notify_all();
   }
 
   void AbortLocked(Error error) {
@@ -423,71 +482,153 @@ class WorldState {
     return z ^ (z >> 31);
   }
 
-  bool RunnableLocked(int rank) const {
-    const RankState& r = *ranks_[rank];
-    return r.started && !r.done &&
-           (r.waiting_on == nullptr || r.waiting_on->finished);
+  ThreadState& ThreadLocked(int64_t id) {
+    auto it = threads_.find(id);
+    CHECK(it != threads_.end()) << "FakeWorld: unknown scheduled thread " << id;
+    return *it->second;
   }
 
-  // Deterministic mode: hands the turn to a runnable rank drawn by the
-  // PRNG. Call only when nobody has the turn.
+  // The calling thread's scheduled state in this world, or nullptr.
+  ThreadState* CallingThreadLocked() {
+    const ScheduledContext context = CurrentScheduledContext();
+    if (context.scheduler != this) return nullptr;
+    auto it = threads_.find(context.id);
+    return it == threads_.end() ? nullptr : it->second.get();
+  }
+
+  static bool RunnableLocked(const ThreadState& t) {
+    return t.arrived && !t.exited &&
+           (t.waiting_on == nullptr || t.waiting_on->finished) &&
+           (t.wait_key == nullptr || t.wake != ThreadState::Wake::kNone);
+  }
+
+  // "r1 waits in call #3 Gather(...)", "r0.1 waits for another thread".
+  std::string DescribeWaitLocked(const ThreadState& t) const {
+    if (t.waiting_on != nullptr) {
+      return absl::StrCat(t.name, " waits in ", Describe(*t.waiting_on));
+    }
+    return absl::StrCat(t.name, " waits for another thread");
+  }
+
+  // Deterministic mode: hands the turn to a runnable thread drawn by the
+  // PRNG. Call only when nobody has the turn. When no thread can run:
+  // collectives that threads wait in fail ("deadlock"); failing that, timed
+  // waits time out; failing that, the world is aborted.
   void ScheduleNextLocked() {
     if (!deterministic_ || abort_.has_value()) return;
     for (const auto& r : ranks_) {
       if (!r->started && !r->done) return;  // Not everyone is here yet.
     }
-    std::vector<int> runnable;
-    for (int r = 0; r < world_size_; ++r) {
-      if (RunnableLocked(r)) runnable.push_back(r);
+    std::vector<ThreadState*> runnable;
+    std::vector<ThreadState*> in_collectives;
+    std::vector<ThreadState*> timed_waits;
+    std::vector<ThreadState*> waits;
+    for (auto& [id, t] : threads_) {
+      if (t->exited) continue;
+      if (!t->arrived) return;  // A new thread has not reached StartThread.
+      if (RunnableLocked(*t)) {
+        runnable.push_back(t.get());
+      } else if (t->waiting_on != nullptr) {
+        in_collectives.push_back(t.get());
+      } else if (t->wait_timed) {
+        timed_waits.push_back(t.get());
+      } else {
+        waits.push_back(t.get());
+      }
     }
     if (runnable.empty()) {
-      std::vector<std::string> waits;
-      for (int r = 0; r < world_size_; ++r) {
-        const RankState& state = *ranks_[r];
-        if (!state.done && state.waiting_on != nullptr) {
-          waits.push_back(absl::StrFormat("rank %d waits in %s", r,
-                                          Describe(*state.waiting_on)));
+      if (!in_collectives.empty()) {
+        std::vector<std::string> descriptions;
+        for (ThreadState* t : in_collectives) {
+          descriptions.push_back(DescribeWaitLocked(*t));
         }
-      }
-      if (waits.empty()) {  // Everyone is done.
+        for (ThreadState* t : waits) {
+          descriptions.push_back(DescribeWaitLocked(*t));
+        }
+        const std::string message =
+            absl::StrCat("deadlock: no thread can run; ",
+                         absl::StrJoin(descriptions, "; "));
+        for (ThreadState* t : in_collectives) {
+          FailLocked(*t->waiting_on,
+                     Error{absl::StatusCode::kFailedPrecondition, message});
+          runnable.push_back(t);
+        }
+      } else if (!timed_waits.empty()) {
+        for (ThreadState* t : timed_waits) {
+          t->wake = ThreadState::Wake::kTimedOut;
+          runnable.push_back(t);
+        }
+      } else if (!waits.empty()) {
+        std::vector<std::string> descriptions;
+        for (ThreadState* t : waits) {
+          descriptions.push_back(DescribeWaitLocked(*t));
+        }
+        const std::string message =
+            absl::StrCat("deadlock: no thread can run; ",
+                         absl::StrJoin(descriptions, "; "));
+        LOG(ERROR) << "FakeWorld: " << message;
+        AbortLocked(Error{absl::StatusCode::kFailedPrecondition, message});
+        return;
+      } else {  // Everyone has exited.
         token_ = -1;
         return;
       }
-      const std::string message = absl::StrCat(
-          "deadlock: no rank can run; ", absl::StrJoin(waits, "; "));
-      for (int r = 0; r < world_size_; ++r) {
-        RankState& state = *ranks_[r];
-        if (!state.done && state.waiting_on != nullptr) {
-          FailLocked(*state.waiting_on,
-                     Error{absl::StatusCode::kFailedPrecondition, message});
-          runnable.push_back(r);
-        }
-      }
     }
-    token_ = runnable[NextRandomLocked() % runnable.size()];
-    ranks_[token_]->cv.notify_all();
+    ThreadState* next = runnable[NextRandomLocked() % runnable.size()];
+    token_ = next->id;
+    next->cv.notify_all();
   }
 
-  // Deterministic mode: waits until `rank` has the turn. On timeout the
+  // Deterministic mode: gives up the calling thread's turn and schedules
+  // the next thread.
+  void YieldLocked() {
+    token_ = -1;
+    ScheduleNextLocked();
+  }
+
+  // Deterministic mode: waits until thread `t` has the turn. On timeout the
   // schedule is broken for good, so the world is aborted.
-  absl::Status AwaitTurnLocked(Lock& lock, int rank, absl::Time deadline,
+  absl::Status AwaitTurnLocked(Lock& lock, ThreadState& t, absl::Time deadline,
                                absl::string_view waiting_for) {
-    RankState& me = *ranks_[rank];
     const bool got_turn =
-        me.cv.wait_until(lock, ChronoDeadline(deadline), [&] {
-          return token_ == rank || abort_.has_value();
+        t.cv.wait_until(lock, ChronoDeadline(deadline), [&] {
+          return token_ == t.id || abort_.has_value();
         });
     if (abort_.has_value()) return abort_->ToStatus();
     if (!got_turn) {
+      auto holder = threads_.find(token_);
       AbortLocked(Error{
           absl::StatusCode::kDeadlineExceeded,
-          absl::StrFormat("deterministic schedule stalled: rank %d waited "
-                          "past its deadline for %s while rank %d had the "
-                          "turn (blocked outside a collective?)",
-                          rank, waiting_for, token_)});
+          absl::StrFormat("deterministic schedule stalled: %s waited past its "
+                          "deadline for %s while %s had the turn (blocked "
+                          "outside a collective or WaitUntil?)",
+                          t.name, waiting_for,
+                          holder == threads_.end() ? std::string("no thread")
+                                                   : holder->second->name)});
       return abort_->ToStatus();
     }
     return absl::OkStatus();
+  }
+
+  // A new scheduled thread of `rank`: its own thread (`index` 0) or the
+  // index-th thread it started. Ids order threads by (rank, index), so
+  // schedules do not depend on which OS thread arrived first.
+  ThreadState& NewThreadLocked(int rank, int index) {
+    const int64_t id = (static_cast<int64_t>(rank) << 32) | index;
+    std::string name = index == 0 ? absl::StrCat("r", rank)
+                                  : absl::StrCat("r", rank, ".", index);
+    auto state = std::make_unique<ThreadState>(id, rank, std::move(name));
+    ThreadState& t = *state;
+    threads_.emplace(id, std::move(state));
+    return t;
+  }
+
+  // `t` (not a rank's own thread) is gone.
+  void ThreadGoneLocked(ThreadState& t) {
+    t.exited = true;
+    RankState& rank = *ranks_[t.rank];
+    --rank.live_threads;
+    if (DepartedLocked(t.rank)) FailCallsOfDepartedLocked(t.rank);
   }
 
   void TraceLocked(std::string entry) {
@@ -496,6 +637,7 @@ class WorldState {
 
   const int world_size_;
   const bool deterministic_;
+  const absl::Duration stall_timeout_;
 
   mutable std::mutex mu_;
   uint64_t rng_state_;  // Guarded by mu_.
@@ -505,7 +647,11 @@ class WorldState {
   std::vector<std::unique_ptr<RankState>> ranks_;    // Guarded by mu_.
   std::vector<InjectedFault> faults_;                // Guarded by mu_.
   std::optional<Error> abort_;                       // Guarded by mu_.
-  int token_ = -1;  // Deterministic mode: the rank that may run; guarded.
+  // Deterministic mode: every scheduled thread by id, and the one that may
+  // run (-1: none). Guarded by mu_.
+  std::map<int64_t, std::unique_ptr<ThreadState>> threads_;
+  std::map<int, int64_t> rank_threads_;  // A rank's own thread.
+  int64_t token_ = -1;
   std::vector<std::string> trace_;  // Guarded by mu_.
 };
 
@@ -516,27 +662,40 @@ absl::StatusOr<Result> WorldState::Call(
   if (abort_.has_value()) return abort_->ToStatus();
   RankState& me = *ranks_[rank];
   Communicator& comm = *communicators_[communicator];
+  ThreadState* self = nullptr;
   if (deterministic_) {
     if (!me.started) {
       return absl::FailedPreconditionError(absl::StrFormat(
           "deterministic FakeWorld: rank %d called %s before StartRank", rank,
           info.Describe()));
     }
-    if (std::this_thread::get_id() != me.thread) {
+    self = CallingThreadLocked();
+    if (self == nullptr || self->rank != rank) {
       return absl::UnimplementedError(absl::StrFormat(
           "deterministic FakeWorld: rank %d called %s on communicator \"%s\" "
-          "from a thread other than its rank thread; use free scheduling "
-          "for collectives on background threads",
+          "from a thread that the schedule does not run; start background "
+          "threads with dcp::ScheduledThread (checkpoint/scheduling.h) from "
+          "the rank's thread",
           rank, info.Describe(), absl::CEscape(comm.name)));
     }
-    DCHECK_EQ(token_, rank) << "rank runs without the turn";
+    DCHECK_EQ(token_, self->id) << self->name << " runs without the turn";
   }
   const int64_t seq = comm.next_seq[rank]++;
   const int64_t call_number = ++me.calls;
   TraceLocked(absl::StrCat(
-      "r", rank, " ", KindName(info.kind), "(", info.tag, ")#", seq,
+      self != nullptr ? self->name : absl::StrCat("r", rank), " ",
+      KindName(info.kind), "(", info.tag, ")#", seq,
       comm.name == FakeWorld::kWorldCommunicator ? ""
                                                  : absl::StrCat(" on ", comm.name)));
+  if (comm.broken.has_value() && comm.pending.count(seq) == 0) {
+    // A later call on a communicator that failed: unusable, as a real
+    // process group is after an error. (Ranks still arriving at the failed
+    // call itself get its error below.)
+    return absl::AbortedError(absl::StrFormat(
+        "call #%d %s on communicator \"%s\": the communicator failed "
+        "earlier (%s)",
+        seq, info.Describe(), absl::CEscape(comm.name), *comm.broken));
+  }
 
   Collective& c = GetOrCreateLocked(comm, communicator, seq);
   std::optional<Error> local =
@@ -554,13 +713,12 @@ absl::StatusOr<Result> WorldState::Call(
 
   if (deterministic_) {
     // A collective call ends the turn, whatever its outcome.
-    me.waiting_on = &c;
-    token_ = -1;
-    ScheduleNextLocked();
-    absl::Status turn = AwaitTurnLocked(lock, rank, deadline,
+    self->waiting_on = &c;
+    YieldLocked();
+    absl::Status turn = AwaitTurnLocked(lock, *self, deadline,
                                         absl::StrCat("its turn after ",
                                                      CallAt(c)));
-    me.waiting_on = nullptr;
+    self->waiting_on = nullptr;
     if (!turn.ok() && !c.finished) return turn;
     DCHECK(c.finished);
   } else {
@@ -593,12 +751,16 @@ absl::Status WorldState::StartRank(int rank, absl::Time deadline) {
         absl::StrFormat("FakeWorld: rank %d started twice", rank));
   }
   me.started = true;
-  me.thread = std::this_thread::get_id();
   if (!deterministic_) return absl::OkStatus();
+  ThreadState& t = NewThreadLocked(rank, /*index=*/0);
+  t.arrived = true;
+  rank_threads_[rank] = t.id;
+  // Threads the rank starts (dcp::ScheduledThread) join the schedule.
+  SetScheduledContext({this, t.id});
   if (abort_.has_value()) return abort_->ToStatus();
   if (token_ == -1) ScheduleNextLocked();
-  absl::Status turn = AwaitTurnLocked(lock, rank, deadline, "its first turn");
-  if (turn.ok()) TraceLocked(absl::StrCat("r", rank, " start"));
+  absl::Status turn = AwaitTurnLocked(lock, t, deadline, "its first turn");
+  if (turn.ok()) TraceLocked(absl::StrCat(t.name, " start"));
   return turn;
 }
 
@@ -609,21 +771,92 @@ void WorldState::MarkRankDone(int rank, const absl::Status& status) {
   me.done = true;
   me.failed = !status.ok();
   me.done_status = status.ok() ? "OK" : Error::From(status).ToString();
+  int64_t rank_thread = -1;
+  if (auto it = rank_threads_.find(rank); it != rank_threads_.end()) {
+    rank_thread = it->second;
+    ThreadLocked(rank_thread).exited = true;
+    const ScheduledContext context = CurrentScheduledContext();
+    if (context.scheduler == this && context.id == rank_thread) {
+      SetScheduledContext({});
+    }
+  }
   if (!abort_.has_value()) {
     TraceLocked(absl::StrCat("r", rank, " exit ", me.done_status));
   }
-  for (auto& comm : communicators_) {
-    for (auto& [seq, c] : comm->pending) {
-      if (!c->finished && !c->joined[rank]) {
-        FailLocked(*c, DepartedError(rank, *c));
-      }
-    }
-  }
-  if (deterministic_ && (token_ == rank || token_ == -1)) {
-    token_ = -1;
-    ScheduleNextLocked();
+  if (DepartedLocked(rank)) FailCallsOfDepartedLocked(rank);
+  if (deterministic_ && (token_ == -1 || token_ == rank_thread)) {
+    YieldLocked();
   }
   NotifyAllLocked();
+}
+
+int64_t WorldState::RegisterThread(int64_t parent) {
+  Lock lock(mu_);
+  const ThreadState& p = ThreadLocked(parent);
+  RankState& rank = *ranks_[p.rank];
+  ++rank.live_threads;
+  return NewThreadLocked(p.rank, ++rank.threads_started).id;
+}
+
+void WorldState::CancelThread(int64_t id) {
+  Lock lock(mu_);
+  ThreadGoneLocked(ThreadLocked(id));
+  if (token_ == -1) ScheduleNextLocked();  // It may have been awaited.
+  NotifyAllLocked();
+}
+
+void WorldState::StartThread(int64_t id) {
+  Lock lock(mu_);
+  ThreadState& t = ThreadLocked(id);
+  t.arrived = true;
+  if (abort_.has_value()) return;
+  if (token_ == -1) ScheduleNextLocked();
+  absl::Status turn = AwaitTurnLocked(lock, t, absl::Now() + stall_timeout_,
+                                      "its first turn");
+  if (turn.ok()) TraceLocked(absl::StrCat(t.name, " start"));
+}
+
+void WorldState::ExitThread(int64_t id) {
+  Lock lock(mu_);
+  ThreadState& t = ThreadLocked(id);
+  if (!abort_.has_value()) TraceLocked(absl::StrCat(t.name, " exit"));
+  ThreadGoneLocked(t);
+  if (token_ == -1 || token_ == id) YieldLocked();
+  NotifyAllLocked();
+}
+
+ThreadScheduler::WaitResult WorldState::Wait(int64_t self, const void* key,
+                                             bool timed) {
+  Lock lock(mu_);
+  if (abort_.has_value()) return WaitResult::kUnscheduled;
+  ThreadState& t = ThreadLocked(self);
+  DCHECK_EQ(token_, t.id) << t.name << " waits without the turn";
+  t.wait_key = key;
+  t.wait_timed = timed;
+  t.wake = ThreadState::Wake::kNone;
+  TraceLocked(absl::StrCat(t.name, " wait"));
+  YieldLocked();
+  // No deadline: the thread that will notify may legitimately work for
+  // long; a stalled schedule shows up in collectives' deadlines.
+  absl::Status turn = AwaitTurnLocked(lock, t, absl::InfiniteFuture(),
+                                      "a notification and its turn");
+  const ThreadState::Wake wake = t.wake;
+  t.wait_key = nullptr;
+  t.wait_timed = false;
+  t.wake = ThreadState::Wake::kNone;
+  if (!turn.ok()) return WaitResult::kUnscheduled;
+  return wake == ThreadState::Wake::kTimedOut ? WaitResult::kTimedOut
+                                              : WaitResult::kNotified;
+}
+
+void WorldState::Notify(const void* key) {
+  Lock lock(mu_);
+  for (auto& [id, t] : threads_) {
+    if (!t->exited && t->wait_key == key &&
+        t->wake == ThreadState::Wake::kNone) {
+      t->wake = ThreadState::Wake::kNotified;
+    }
+  }
 }
 
 namespace {
@@ -715,8 +948,13 @@ absl::StatusOr<std::unique_ptr<FakeWorld>> FakeWorld::Create(
         absl::StrFormat("FakeWorld: world_size %d is not in [1, %d]",
                         options.world_size, kMaxWorldSize));
   }
+  if (options.stall_timeout <= absl::ZeroDuration()) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("FakeWorld: stall_timeout %s is not positive",
+                        absl::FormatDuration(options.stall_timeout)));
+  }
   return absl::WrapUnique(new FakeWorld(std::make_shared<WorldState>(
-      options.world_size, options.schedule_seed)));
+      options.world_size, options.schedule_seed, options.stall_timeout)));
 }
 
 FakeWorld::FakeWorld(std::shared_ptr<WorldState> state)

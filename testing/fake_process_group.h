@@ -51,24 +51,42 @@
 //
 // * Free (no `schedule_seed`): ranks run concurrently; only the
 //   rendezvous orders them.
-// * Deterministic (`schedule_seed` set): exactly one rank runs at a time.
-//   Every rank thread must first call `StartRank` (which waits until every
-//   rank has started and then for the rank's first turn) and finally
-//   `MarkRankDone`; the Simulator does both. A rank gives up its turn only
-//   at a collective call (including Fork) and at `MarkRankDone`; the next
-//   rank is drawn from the runnable ranks (started, not done, not waiting
-//   in an unfinished collective) by a splitmix64 PRNG seeded with the seed.
-//   The same seed and the same rank code give the same interleaving, which
-//   `ScheduleTrace()` records ("r2 start", "r2 Gather(plan)#0",
-//   "r0 exit OK"). If no rank can run while some wait in collectives (only
-//   possible across communicators, e.g. rank 0 waits on "world" while rank
-//   1 waits on "world/bg#0"), their calls fail with FailedPrecondition
-//   "deadlock: no rank can run; ...". Collectives must be called from the
-//   rank's own thread (the one that called `StartRank`); calls from other
-//   threads, e.g. a background thread using a forked communicator, return
-//   Unimplemented: use free mode for those tests. If a rank waits past its
-//   deadline for its turn (the running rank blocked outside a collective),
-//   the world is aborted with DeadlineExceeded and scheduling stops.
+// * Deterministic (`schedule_seed` set): exactly one thread runs at a time.
+//   The threads are the ranks' own threads and the threads they start
+//   through `dcp::ScheduledThread` (checkpoint/scheduling.h), such as the
+//   async-save executor: the world is their `dcp::ThreadScheduler`. Every
+//   rank thread must first call `StartRank` (which waits until every rank
+//   has started and then for its first turn; it installs the world as the
+//   thread's scheduler) and finally `MarkRankDone`; the Simulator does
+//   both. A thread gives up its turn only at a collective call (including
+//   Fork), at a `dcp::WaitUntil` (e.g. waiting for a future), and when it
+//   exits; the next thread is drawn from the runnable ones (started, not
+//   exited, not waiting in an unfinished collective, not waiting for a
+//   notification) by a splitmix64 PRNG seeded with the seed. A new thread
+//   is scheduled only once it has started. The same seed and the same code
+//   give the same interleaving, which `ScheduleTrace()` records ("r2
+//   start", "r0.1 start" for rank 0's first background thread,
+//   "r2 Gather(plan)#0", "r0 wait", "r0.1 exit", "r0 exit OK").
+//   When no thread can run: threads waiting in collectives (e.g. rank 0
+//   waits on "world" while rank 1 waits on "world/bg#0") have their calls
+//   fail with FailedPrecondition "deadlock: no thread can run; ..."; if
+//   none does, timed waits (`WaitUntilFor`) time out, which makes time
+//   logical; if none does either, the world is aborted with that message.
+//   Collectives must come from scheduled threads: a call from any other
+//   thread returns Unimplemented. If a thread waits past its deadline for
+//   its turn (the running thread blocked outside a collective or
+//   `WaitUntil`), the world is aborted with DeadlineExceeded and scheduling
+//   stops; from then on every thread runs freely.
+//
+// Broken communicators: once a collective fails (mismatch, departure,
+// deadline, injected fault), its communicator is unusable, as a real
+// process group is after an error: every later call on it fails at once
+// with Aborted "... the communicator failed earlier (call #k failed: ...)".
+// Ranks still arriving at the failed call get its own error.
+//
+// Departure: a rank has departed when its function returned
+// (`MarkRankDone`) and, in deterministic mode, every thread it started has
+// exited; only then do calls it has not joined fail on the others.
 //
 // Faults: `FailCollective(rank, nth, status)` makes rank `rank`'s nth call
 // (1-based, counted over all its communicators, Fork included) return
@@ -110,6 +128,9 @@ struct FakeWorldOptions {
   int world_size = 1;
   // Unset: free scheduling. Set: deterministic scheduling with this seed.
   std::optional<uint64_t> schedule_seed;
+  // Deterministic mode: how long a new thread may wait for its first turn
+  // before the schedule is declared stalled (the world is then aborted).
+  absl::Duration stall_timeout = absl::Minutes(5);
 };
 
 class FakeWorld {

@@ -282,11 +282,13 @@ TEST(FakeWorldTest, RankDoneBeforeACallFailsItPromptly) {
                           "joining call #0 Gather(tag=\"write\", root=0))")));
   EXPECT_THAT(world->Rank(1)->Gather("write", 0, "x", Deadline()),
               StatusIs(absl::StatusCode::kAborted, HasSubstr("rank 2 failed")));
-  // Later calls fail too.
+  // Later calls fail too, at once: a failed communicator is unusable.
   EXPECT_THAT(world->Rank(0)->AllGather("next", "x", Deadline()),
               StatusIs(absl::StatusCode::kAborted,
-                       HasSubstr("before joining call #1 "
-                                 "AllGather(tag=\"next\")")));
+                       AllOf(HasSubstr("call #1 AllGather(tag=\"next\")"),
+                             HasSubstr("failed earlier"),
+                             HasSubstr("rank 2 failed: INTERNAL: disk on "
+                                       "fire"))));
 }
 
 TEST(FakeWorldTest, FailedRankIsNamedInPreferenceToOneThatExitedOk) {
@@ -507,7 +509,7 @@ TEST(FakeWorldTest, DeterministicModeRejectsCollectivesFromOtherThreads) {
         return from_other_thread;
       });
   EXPECT_THAT(statuses[0], StatusIs(absl::StatusCode::kUnimplemented,
-                                    HasSubstr("free scheduling")));
+                                    HasSubstr("dcp::ScheduledThread")));
 }
 
 TEST(FakeWorldTest, DeterministicModeNeedsStartRank) {
@@ -540,8 +542,8 @@ TEST(FakeWorldTest, DeterministicDeadlockFailsEveryWaitingRank) {
         });
     EXPECT_THAT(statuses,
                 Each(StatusIs(absl::StatusCode::kFailedPrecondition,
-                              Eq("deadlock: no rank can run; rank 0 waits in "
-                                 "call #1 AllGather(tag=\"a\"); rank 1 waits "
+                              Eq("deadlock: no thread can run; r0 waits in "
+                                 "call #1 AllGather(tag=\"a\"); r1 waits "
                                  "in call #0 on communicator \"world/bg#0\" "
                                  "AllGather(tag=\"b\")"))))
         << "seed " << seed;

@@ -139,6 +139,7 @@ std::vector<absl::Status> Simulator::Run(
   FakeWorldOptions world_options;
   world_options.world_size = n;
   world_options.schedule_seed = options_.seed;
+  world_options.stall_timeout = options_.collective_timeout;
   absl::StatusOr<std::unique_ptr<FakeWorld>> created =
       FakeWorld::Create(world_options);
   CHECK(created.ok()) << created.status();  // Create validated the options.

@@ -31,15 +31,20 @@
 //
 // Modes (see FakeWorld for the full semantics):
 // * Free (`seed` unset): ranks run concurrently between collectives.
-// * Deterministic (`seed` set): one rank runs at a time; turns change only
-//   at collective calls and at rank start and exit, the next rank drawn by
-//   a splitmix64 PRNG from `seed`. The same seed and the same function give
-//   the same interleaving (`trace()`) and the same order of side effects, so
-//   ranks may even share unsynchronized state between collectives. If no
-//   rank can run, the waiting ranks fail with FailedPrecondition
-//   ("deadlock: ..."). Collectives must be called from the rank thread
-//   (a background thread's call returns Unimplemented); a rank that blocks
-//   outside a collective stalls the others until their deadline.
+// * Deterministic (`seed` set): one thread runs at a time: the ranks'
+//   threads and every thread they start through `dcp::ScheduledThread`
+//   (the async-save executor of a Checkpointer, for one). Turns change only
+//   at collective calls, at waits for another scheduled thread (a
+//   Future's `result()`, `WaitForPendingSaves`), and at thread start and
+//   exit; the next thread is drawn by a splitmix64 PRNG from `seed`. The
+//   same seed and the same function give the same interleaving (`trace()`)
+//   and the same order of side effects, so ranks may even share
+//   unsynchronized state between collectives, and different seeds explore
+//   different interleavings of foreground and background collectives. If
+//   no thread can run, the waiting collectives fail with
+//   FailedPrecondition ("deadlock: ..."). A thread that blocks in any
+//   other way (a mutex held across a wait, std::thread::join on a thread
+//   that needs the turn) stalls the others until their deadline.
 //
 // Faults (`faults()`) apply to every later `Run`, counted afresh per Run,
 // until `Clear()`:

@@ -350,7 +350,7 @@ TEST(SimulatorTest, DeterministicDeadlockFailsPromptly) {
         return pg.Barrier("x", ctx.Deadline());
       });
   EXPECT_THAT(statuses, Each(StatusIs(absl::StatusCode::kFailedPrecondition,
-                                      HasSubstr("deadlock: no rank can run"))));
+                                      HasSubstr("deadlock: no thread can run"))));
 }
 
 // ---- Fault injection --------------------------------------------------------
