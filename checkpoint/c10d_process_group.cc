@@ -37,6 +37,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/string_view.h"
+#include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "checkpoint/c10d_process_group_wrap.h"
 #include "checkpoint/status.h"
@@ -59,6 +60,9 @@ namespace {
 // How often a waiting rank checks the store for failures reported by
 // other ranks.
 constexpr absl::Duration kAbortPollInterval = absl::Milliseconds(100);
+// How long a failed call waits for slower live ranks to arrive, to tell
+// the lost rank from them when Gloo's message does not name it.
+constexpr absl::Duration kLostRankGrace = absl::Seconds(3);
 // The root group's key prefix for groups made by Create.
 constexpr absl::string_view kRootPrefix = "dcp";
 // Header words per rank: call hash, call number, payload size, aux.
@@ -535,13 +539,39 @@ absl::Status Communicator::GlooFailed(const Call& call,
     message = absl::StrCat(call.label, " aborted: lost rank ", 1 - rank_,
                            " (its connection failed; gloo: ", text, ")");
   } else {
-    message = absl::StrCat(
-        call.label, " aborted: a peer rank was lost or failed (gloo: ", text,
-        ")");
+    // Gloo named an address we cannot map (it prints the accepting side's
+    // view of a connection). The lost rank is one that has not arrived at
+    // this call; live ones that are merely slower (still writing, say)
+    // arrive soon, so wait briefly for them to tell the ranks apart.
     std::optional<std::vector<int>> missing = MissingRanks(call);
-    if (missing.has_value() && !missing->empty()) {
-      absl::StrAppend(&message, "; ", Ranks(*missing),
-                      " had not arrived at this call");
+    const absl::Time give_up =
+        std::min(call.deadline, absl::Now() + kLostRankGrace);
+    while (missing.has_value() && missing->size() > 1 &&
+           absl::Now() < give_up) {
+      if (std::optional<std::string> report = ReadReport();
+          report.has_value()) {
+        return Fail(call,
+                    absl::AbortedError(absl::StrCat(
+                        call.label, " aborted: ", *report,
+                        " (here, gloo said: ", text, ")")),
+                    /*report=*/false);
+      }
+      absl::SleepFor(absl::Milliseconds(20));
+      missing = MissingRanks(call);
+    }
+    if (missing.has_value() && missing->size() == 1) {
+      message = absl::StrCat(call.label, " aborted: lost rank ",
+                             missing->front(),
+                             " (it never arrived at this call; gloo: ", text,
+                             ")");
+    } else {
+      message = absl::StrCat(
+          call.label, " aborted: a peer rank was lost or failed (gloo: ",
+          text, ")");
+      if (missing.has_value() && !missing->empty()) {
+        absl::StrAppend(&message, "; ", Ranks(*missing),
+                        " had not arrived at this call");
+      }
     }
   }
   return Fail(call, absl::AbortedError(message));

@@ -34,6 +34,7 @@
 namespace dcp {
 namespace {
 
+using ::dcp::testing::AsyncSaveFailingStagingThenRecover;
 using ::dcp::testing::AsyncSaveModelToDir;
 using ::dcp::testing::DecodeStatus;
 using ::dcp::testing::EncodeStatus;
@@ -88,6 +89,7 @@ StepStatuses RunOnSimulator(const std::vector<Step>& steps) {
     SimulatorOptions options;
     options.world_size = step.world_size;
     options.collective_timeout = kTimeout;
+    options.seed = 20261206;  // Deterministic: the same interleaving each run.
     absl::StatusOr<std::unique_ptr<Simulator>> sim = Simulator::Create(options);
     CHECK(sim.ok()) << sim.status();
     out.push_back((*sim)->Run(
@@ -191,6 +193,25 @@ TEST_P(CheckpointBackendsTest, AsyncSaveKeepsTheValuesAtTheTimeOfTheCall) {
   ASSERT_THAT(statuses, SizeIs(2));
   EXPECT_THAT(statuses[0], ElementsAre(IsOk(), IsOk(), IsOk(), IsOk()));
   EXPECT_THAT(statuses[1], ElementsAre(IsOk(), IsOk(), IsOk()));
+}
+
+// A failure before the round's first collective (staging, on one rank)
+// fails that round on every rank alike, and the next round starts clean.
+TEST_P(CheckpointBackendsTest, StagingFailureOnOneRankFailsEveryRankThenRecovers) {
+  const std::string dir = TestDir() + "/ckpt";
+  StepStatuses statuses = RunSteps(
+      GetParam(),
+      {{3,
+        [&](auto pg) {
+          return AsyncSaveFailingStagingThenRecover(pg, dir, /*failing_rank=*/1,
+                                                    /*value_seed=*/4);
+        }},
+       {2, [&](auto pg) {
+          return LoadModelFromDirAndCheck(pg, dir, /*value_seed=*/4);
+        }}});
+  ASSERT_THAT(statuses, SizeIs(2));
+  EXPECT_THAT(statuses[0], ElementsAre(IsOk(), IsOk(), IsOk()));
+  EXPECT_THAT(statuses[1], ElementsAre(IsOk(), IsOk()));
 }
 
 INSTANTIATE_TEST_SUITE_P(Backends, CheckpointBackendsTest,

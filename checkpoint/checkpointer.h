@@ -23,15 +23,35 @@
 //   * It returns once a CPU copy of every tensor is staged: the caller may
 //     change or free its tensors at once, and the checkpoint still holds
 //     the values at the time of the call.
+//   * Before it returns, the ranks agree on the round in one small
+//     collective on the caller's process group (an AllGather): a rank whose
+//     staging failed makes every rank's AsyncSave fail alike, with the same
+//     error naming it, and the next round starts clean on every rank.
 //   * The rest (planning, writing, commit) runs on this checkpointer's own
 //     background thread; the future yields the Metadata or the error.
 //   * Saves from one Checkpointer complete in the order they were issued.
 //     `Save` and `Load` first wait for pending async saves, so a load sees
 //     every earlier save. The destructor waits for pending saves.
+//   * Bounded memory: at most `max_pending_saves` staged copies exist; an
+//     AsyncSave beyond that first waits for the oldest pending save.
 //   * Background saves never interleave their collectives with the
-//     caller's: the first AsyncSave forks a dedicated communicator from the
-//     process group (`ProcessGroup::Fork`, one collective in the caller's
-//     thread), and every background save uses only that communicator.
+//     caller's: they run on a dedicated communicator forked from the
+//     process group (`ProcessGroup::Fork`, in the caller's thread). After
+//     a background save fails in a collective (a deadline, a lost peer),
+//     that communicator is unusable; the next AsyncSave on every rank forks
+//     a new one. If that fails too (a peer is gone for good), AsyncSave
+//     fails with the process group's error, and so does every later one
+//     until the job is restarted.
+//
+// Rounds: each Save, AsyncSave and Load is one round, named by kind and
+// sequence number ("save #1", "async save #2", "load #3"). The ranks
+// compare the names in every exchange, so a rank that is out of step is an
+// error on every rank that names each rank's round, never a mixed
+// checkpoint.
+//
+// Commit: a failed save's status says whether the new checkpoint is in
+// place anyway (`GetCommitOutcome`, checkpoint/status.h; see
+// checkpoint/save_load.h).
 //
 // Call sequence: every rank creates its Checkpointer with the same options
 // and calls Save/AsyncSave/Load in the same order.
@@ -40,15 +60,22 @@
 //
 // Ownership: the checkpointer shares ownership of the storage, planners and
 // process group; the state dict passed to Save/Load must outlive the call.
+// Queued async saves keep what they use alive, so the last reference to a
+// Checkpointer may be dropped anywhere, even in a callback of one of its
+// own futures (which runs on its background thread): the destructor then
+// cannot wait for itself, and returns at once while the queued saves
+// finish on the background thread.
 #ifndef DCP_CHECKPOINT_CHECKPOINTER_H_
 #define DCP_CHECKPOINT_CHECKPOINTER_H_
 
+#include <cstdint>
+#include <deque>
 #include <memory>
-#include <mutex>
-#include <vector>
+#include <string>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 #include "checkpoint/executor.h"
 #include "checkpoint/future.h"
@@ -72,12 +99,18 @@ struct CheckpointerOptions {
   std::shared_ptr<LoadPlanner> load_planner;
   // Deadline of each collective, from its start.
   absl::Duration collective_timeout = absl::Minutes(10);
+  // Async saves that may be pending at once, each holding a staged copy of
+  // its state dict; AsyncSave waits for the oldest beyond it. At least 1.
+  // The default 1 matches PyTorch, where a new async save waits for the
+  // previous one.
+  int max_pending_saves = 1;
 };
 
 class Checkpointer {
  public:
   // `writer` may be null for a load-only checkpointer and `reader` for a
-  // save-only one. InvalidArgument for a bad coordinator rank.
+  // save-only one. InvalidArgument for a bad coordinator rank or
+  // max_pending_saves.
   static absl::StatusOr<std::unique_ptr<Checkpointer>> Create(
       std::shared_ptr<StorageWriter> writer,
       std::shared_ptr<StorageReader> reader, CheckpointerOptions options);
@@ -96,16 +129,39 @@ class Checkpointer {
   absl::Status WaitForPendingSaves();
 
  private:
+  struct PendingSave {
+    Future<Metadata> future;
+    // The communicator it runs on.
+    std::shared_ptr<ProcessGroup> group;
+  };
+
   Checkpointer(std::shared_ptr<StorageWriter> writer,
                std::shared_ptr<StorageReader> reader,
                CheckpointerOptions options);
 
+  bool distributed() const {
+    return options_.process_group != nullptr && !options_.no_dist;
+  }
+  // "save #3": the name of the next round.
+  std::string NextRound(absl::string_view kind);
+  // Waits until at most `keep` saves are pending, oldest first; returns the
+  // first error among those waited for.
+  absl::Status WaitUntilPending(size_t keep);
+  // Agrees with the other ranks on starting `round` (this rank's `local`
+  // error included), and forks a new async communicator if any rank needs
+  // one. The same error on every rank, or OK on every rank.
+  absl::Status BeginAsyncRound(const std::string& round,
+                               const absl::Status& local);
+
   std::shared_ptr<StorageWriter> writer_;
   std::shared_ptr<StorageReader> reader_;
   CheckpointerOptions options_;
-  // The dedicated communicator of background saves, forked on first use.
+  int64_t rounds_ = 0;
+  // The dedicated communicator of background saves, forked on first use
+  // and again after a background save failed in a collective.
   std::shared_ptr<ProcessGroup> async_group_;
-  std::vector<Future<Metadata>> pending_;
+  bool async_group_failed_ = false;
+  std::deque<PendingSave> pending_;
   // Declared last: destroyed first, so queued saves finish while the
   // members they use are alive.
   std::unique_ptr<SerialExecutor> executor_;

@@ -1,11 +1,14 @@
 #include "checkpoint/dist_wrapper.h"
 
+#include <algorithm>
 #include <cstdint>
+#include <map>
 #include <string>
 #include <utility>
 #include <vector>
 
 #include "absl/strings/cord.h"
+#include "absl/strings/escaping.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -17,12 +20,16 @@
 namespace dcp {
 namespace {
 
-// A rank's contribution to a step: a status, and a payload when OK.
-//   u8 ok (1) + string payload   |   u8 ok (0) + varint code + string message
-// Payloads of the combined error are not carried across ranks; the failing
-// ranks are rebuilt by the receiver.
-std::string EncodeEnvelope(const absl::StatusOr<std::string>& result) {
+// A rank's contribution to a step: the round it is in, and a status with a
+// payload when OK.
+//   string round + u8 ok (1) + string payload
+//   string round + u8 ok (0) + varint code + string message
+//                + count + (string type URL, string value) per status payload
+// Status payloads (failed ranks, commit outcome) travel with the error.
+std::string EncodeEnvelope(absl::string_view round,
+                           const absl::StatusOr<std::string>& result) {
   ByteWriter writer;
+  writer.WriteString(round);
   if (result.ok()) {
     writer.WriteBool(true);
     writer.WriteString(*result);
@@ -30,36 +37,66 @@ std::string EncodeEnvelope(const absl::StatusOr<std::string>& result) {
     writer.WriteBool(false);
     writer.WriteVarint(static_cast<uint64_t>(result.status().code()));
     writer.WriteString(result.status().message());
-    std::string ranks;
-    if (auto payload = result.status().GetPayload(kFailedRanksPayload)) {
-      ranks = std::string(*payload);
+    std::vector<std::pair<std::string, std::string>> payloads;
+    result.status().ForEachPayload(
+        [&payloads](absl::string_view url, const absl::Cord& value) {
+          payloads.emplace_back(std::string(url), std::string(value));
+        });
+    writer.WriteCount(payloads.size());
+    for (const auto& [url, value] : payloads) {
+      writer.WriteString(url);
+      writer.WriteString(value);
     }
-    writer.WriteString(ranks);
   }
   return std::move(writer).Finish();
 }
 
-absl::StatusOr<std::string> DecodeEnvelope(absl::string_view bytes) {
+struct Envelope {
+  std::string round;
+  absl::StatusOr<std::string> result;
+};
+
+absl::StatusOr<Envelope> DecodeEnvelope(absl::string_view bytes) {
   ByteReader reader(bytes);
+  DCP_ASSIGN_OR_RETURN(absl::string_view round,
+                       reader.ReadString("step round"));
   DCP_ASSIGN_OR_RETURN(bool ok, reader.ReadBool("step result flag"));
   if (ok) {
     DCP_ASSIGN_OR_RETURN(absl::string_view payload,
                          reader.ReadString("step result payload"));
     DCP_RETURN_IF_ERROR(reader.ExpectEnd());
-    return std::string(payload);
+    return Envelope{std::string(round), std::string(payload)};
   }
   DCP_ASSIGN_OR_RETURN(uint64_t code, reader.ReadVarint("status code"));
   DCP_ASSIGN_OR_RETURN(absl::string_view message,
                        reader.ReadString("status message"));
-  DCP_ASSIGN_OR_RETURN(absl::string_view ranks,
-                       reader.ReadString("failed ranks"));
-  DCP_RETURN_IF_ERROR(reader.ExpectEnd());
   if (code == 0 || code > static_cast<uint64_t>(absl::StatusCode::kUnauthenticated)) {
     return reader.Malformed("status code", absl::StrCat("invalid code ", code));
   }
   absl::Status status(static_cast<absl::StatusCode>(code), message);
-  if (!ranks.empty()) status.SetPayload(kFailedRanksPayload, absl::Cord(ranks));
-  return status;
+  // Each payload takes at least its two length bytes.
+  DCP_ASSIGN_OR_RETURN(size_t payloads,
+                       reader.ReadCount("status payloads", 2));
+  for (size_t i = 0; i < payloads; ++i) {
+    DCP_ASSIGN_OR_RETURN(absl::string_view url,
+                         reader.ReadString("status payload type"));
+    DCP_ASSIGN_OR_RETURN(absl::string_view value,
+                         reader.ReadString("status payload"));
+    status.SetPayload(url, absl::Cord(value));
+  }
+  DCP_RETURN_IF_ERROR(reader.ExpectEnd());
+  return Envelope{std::string(round), std::move(status)};
+}
+
+// Decodes an envelope that this process group delivered; a malformed one
+// is this rank's error (a bug or memory corruption, never a peer's data).
+Envelope DecodeOrFail(absl::string_view bytes) {
+  absl::StatusOr<Envelope> envelope = DecodeEnvelope(bytes);
+  if (!envelope.ok()) {
+    return Envelope{std::string(),
+                    Annotate(envelope.status(), "decoding a step result")};
+  }
+  return *std::move(envelope);
 }
 
 // Runs a rank's local function; no exception may cross a rank boundary.
@@ -77,20 +114,62 @@ std::string Tag(absl::string_view step) {
   return absl::StrCat("dcp.", step);
 }
 
+// Marks an error of the process group itself (as opposed to an error a rank
+// reported through the step).
+absl::Status CollectiveFailure(absl::Status status) {
+  status.SetPayload(kCollectiveFailurePayload, absl::Cord("1"));
+  return status;
+}
+
 // Decodes every rank's envelope; collects failures (sorted by rank).
 std::vector<std::pair<int, absl::Status>> Unpack(
-    std::vector<std::string>& envelopes, std::vector<std::string>& payloads) {
+    const std::vector<Envelope>& envelopes,
+    std::vector<std::string>& payloads) {
   std::vector<std::pair<int, absl::Status>> failures;
   payloads.assign(envelopes.size(), std::string());
   for (size_t r = 0; r < envelopes.size(); ++r) {
-    absl::StatusOr<std::string> result = DecodeEnvelope(envelopes[r]);
-    if (result.ok()) {
-      payloads[r] = *std::move(result);
+    if (envelopes[r].result.ok()) {
+      payloads[r] = *envelopes[r].result;
     } else {
-      failures.emplace_back(static_cast<int>(r), result.status());
+      failures.emplace_back(static_cast<int>(r), envelopes[r].result.status());
     }
   }
   return failures;
+}
+
+std::vector<Envelope> DecodeAllOrFail(const std::vector<std::string>& bytes) {
+  std::vector<Envelope> envelopes;
+  envelopes.reserve(bytes.size());
+  for (const std::string& b : bytes) envelopes.push_back(DecodeOrFail(b));
+  return envelopes;
+}
+
+// FailedPrecondition if the ranks are in different rounds, naming each
+// rank's round; OK otherwise.
+absl::Status CheckRounds(absl::string_view step,
+                         const std::vector<Envelope>& envelopes) {
+  std::map<std::string, std::vector<int>> ranks_by_round;
+  for (size_t r = 0; r < envelopes.size(); ++r) {
+    ranks_by_round[envelopes[r].round].push_back(static_cast<int>(r));
+  }
+  if (ranks_by_round.size() <= 1) return absl::OkStatus();
+  std::vector<std::pair<int, std::string>> groups;  // By first rank.
+  for (const auto& [round, ranks] : ranks_by_round) {
+    groups.emplace_back(
+        ranks.front(),
+        absl::StrCat(ranks.size() == 1 ? "rank " : "ranks ",
+                     absl::StrJoin(ranks, ", "),
+                     ranks.size() == 1 ? " is in " : " are in ", "\"",
+                     absl::CHexEscape(round), "\""));
+  }
+  std::sort(groups.begin(), groups.end());
+  std::vector<std::string> parts;
+  for (auto& group : groups) parts.push_back(std::move(group.second));
+  return absl::FailedPreconditionError(absl::StrCat(
+      "checkpoint step \"", step,
+      "\": the ranks are in different checkpoint rounds: ",
+      absl::StrJoin(parts, "; "),
+      " (every rank must call Save, AsyncSave and Load in the same order)"));
 }
 
 }  // namespace
@@ -113,7 +192,23 @@ absl::Status CheckpointError(
                    world_size == 1 ? " rank: " : " ranks: ",
                    absl::StrJoin(parts, "; ")));
   error.SetPayload(kFailedRanksPayload, absl::Cord(absl::StrJoin(ranks, ",")));
+  // The checkpoint is committed if any rank says so (only the coordinator
+  // commits); otherwise unknown if any rank cannot tell.
+  bool committed = false;
+  bool unknown = false;
+  for (const auto& [rank, status] : failures) {
+    if (!status.GetPayload(kCommitOutcomePayload).has_value()) continue;
+    const CommitOutcome outcome = GetCommitOutcome(status);
+    committed |= outcome == CommitOutcome::kCommitted;
+    unknown |= outcome == CommitOutcome::kUnknown;
+  }
+  if (committed) return WithCommitOutcome(error, CommitOutcome::kCommitted);
+  if (unknown) return WithCommitOutcome(error, CommitOutcome::kUnknown);
   return error;
+}
+
+bool IsCollectiveFailure(const absl::Status& status) {
+  return status.GetPayload(kCollectiveFailurePayload).has_value();
 }
 
 std::vector<int> FailedRanks(const absl::Status& status) {
@@ -129,95 +224,114 @@ std::vector<int> FailedRanks(const absl::Status& status) {
 }
 
 absl::StatusOr<DistWrapper> DistWrapper::Create(
-    ProcessGroup& pg, int coordinator_rank, absl::Duration collective_timeout) {
+    ProcessGroup& pg, int coordinator_rank, absl::Duration collective_timeout,
+    std::string round) {
   if (coordinator_rank < 0 || coordinator_rank >= pg.size()) {
     return absl::InvalidArgumentError(
         absl::StrCat("coordinator rank ", coordinator_rank,
                      " is not a rank of the process group (size ", pg.size(),
                      ")"));
   }
-  return DistWrapper(pg, coordinator_rank, collective_timeout);
+  return DistWrapper(pg, coordinator_rank, collective_timeout,
+                     std::move(round));
+}
+
+absl::Status DistWrapper::CheckGathered(
+    absl::string_view step, const std::vector<std::string>& gathered,
+    std::vector<std::string>& payloads) const {
+  const std::vector<Envelope> envelopes = DecodeAllOrFail(gathered);
+  // A round mismatch is everyone's problem, and it explains any other
+  // failure, so it is reported alone.
+  DCP_RETURN_IF_ERROR(CheckRounds(step, envelopes));
+  return CheckpointError(step, Unpack(envelopes, payloads), world_size());
 }
 
 absl::StatusOr<std::string> DistWrapper::ReduceScatter(absl::string_view step,
                                                        LocalFn local,
                                                        ScatterReduceFn reduce) {
   absl::StatusOr<std::string> mine = RunLocal(step, local);
-  DCP_ASSIGN_OR_RETURN(
-      std::vector<std::string> gathered,
-      pg_->Gather(Tag(step), coordinator_rank_, EncodeEnvelope(mine),
-                  Deadline()));
+  absl::StatusOr<std::vector<std::string>> gathered =
+      pg_->Gather(Tag(step), coordinator_rank_, EncodeEnvelope(round_, mine),
+                  Deadline());
+  if (!gathered.ok()) return CollectiveFailure(gathered.status());
   std::vector<std::string> envelopes;
   if (is_coordinator()) {
     std::vector<std::string> payloads;
-    auto failures = Unpack(gathered, payloads);
+    const absl::Status failed = CheckGathered(step, *gathered, payloads);
     absl::StatusOr<std::vector<std::string>> results =
-        failures.empty()
+        failed.ok()
             ? RunLocal(step, [&] { return reduce(std::move(payloads)); })
-            : absl::StatusOr<std::vector<std::string>>(
-                  CheckpointError(step, failures, world_size()));
+            : absl::StatusOr<std::vector<std::string>>(failed);
     if (results.ok() && results->size() != static_cast<size_t>(world_size())) {
       results = absl::InternalError(
           absl::StrCat("checkpoint step \"", step, "\" produced ",
                        results->size(), " results for ", world_size(),
                        " ranks"));
     }
-    if (!results.ok() && failures.empty()) {
+    if (!results.ok() && failed.ok()) {
       // The coordinator's own reduce failed: it is the failing rank.
       results = CheckpointError(step, {{rank(), results.status()}},
                                 world_size());
     }
     envelopes.reserve(world_size());
     for (int r = 0; r < world_size(); ++r) {
-      envelopes.push_back(results.ok() ? EncodeEnvelope((*results)[r])
-                                       : EncodeEnvelope(results.status()));
+      envelopes.push_back(results.ok()
+                              ? EncodeEnvelope(round_, (*results)[r])
+                              : EncodeEnvelope(round_, results.status()));
     }
   }
-  DCP_ASSIGN_OR_RETURN(std::string envelope,
-                       pg_->Scatter(Tag(step), coordinator_rank_,
-                                    std::move(envelopes), Deadline()));
-  return DecodeEnvelope(envelope);
+  absl::StatusOr<std::string> envelope = pg_->Scatter(
+      Tag(step), coordinator_rank_, std::move(envelopes), Deadline());
+  if (!envelope.ok()) return CollectiveFailure(envelope.status());
+  return DecodeOrFail(*envelope).result;
 }
 
 absl::StatusOr<std::string> DistWrapper::AllReduce(absl::string_view step,
                                                    LocalFn local,
                                                    AllReduceFn reduce) {
   absl::StatusOr<std::string> mine = RunLocal(step, local);
-  DCP_ASSIGN_OR_RETURN(
-      std::vector<std::string> gathered,
-      pg_->Gather(Tag(step), coordinator_rank_, EncodeEnvelope(mine),
-                  Deadline()));
+  absl::StatusOr<std::vector<std::string>> gathered =
+      pg_->Gather(Tag(step), coordinator_rank_, EncodeEnvelope(round_, mine),
+                  Deadline());
+  if (!gathered.ok()) return CollectiveFailure(gathered.status());
   std::string envelope;
   if (is_coordinator()) {
     std::vector<std::string> payloads;
-    auto failures = Unpack(gathered, payloads);
+    const absl::Status failed = CheckGathered(step, *gathered, payloads);
     absl::StatusOr<std::string> result =
-        failures.empty()
+        failed.ok()
             ? RunLocal(step, [&] { return reduce(std::move(payloads)); })
-            : absl::StatusOr<std::string>(
-                  CheckpointError(step, failures, world_size()));
-    if (!result.ok() && failures.empty()) {
+            : absl::StatusOr<std::string>(failed);
+    if (!result.ok() && failed.ok()) {
       result = CheckpointError(step, {{rank(), result.status()}}, world_size());
     }
-    envelope = EncodeEnvelope(result);
+    envelope = EncodeEnvelope(round_, result);
   }
-  DCP_ASSIGN_OR_RETURN(std::string received,
-                       pg_->Broadcast(Tag(step), coordinator_rank_,
-                                      std::move(envelope), Deadline()));
-  return DecodeEnvelope(received);
+  absl::StatusOr<std::string> received = pg_->Broadcast(
+      Tag(step), coordinator_rank_, std::move(envelope), Deadline());
+  if (!received.ok()) return CollectiveFailure(received.status());
+  return DecodeOrFail(*received).result;
+}
+
+absl::StatusOr<std::vector<std::string>> DistWrapper::AllGatherResults(
+    absl::string_view step, LocalFn local) {
+  absl::StatusOr<std::string> mine = RunLocal(step, local);
+  absl::StatusOr<std::vector<std::string>> gathered = pg_->AllGather(
+      Tag(step), EncodeEnvelope(round_, mine), Deadline());
+  if (!gathered.ok()) return CollectiveFailure(gathered.status());
+  // Every rank sees every envelope, so every rank reaches the same verdict.
+  std::vector<std::string> payloads;
+  DCP_RETURN_IF_ERROR(CheckGathered(step, *gathered, payloads));
+  return payloads;
 }
 
 absl::Status DistWrapper::AllGather(absl::string_view step,
                                     absl::FunctionRef<absl::Status()> local) {
-  absl::Status mine = RunLocal(step, local);
-  absl::StatusOr<std::string> as_result =
-      mine.ok() ? absl::StatusOr<std::string>(std::string()) : mine;
-  DCP_ASSIGN_OR_RETURN(
-      std::vector<std::string> gathered,
-      pg_->AllGather(Tag(step), EncodeEnvelope(as_result), Deadline()));
-  std::vector<std::string> payloads;
-  auto failures = Unpack(gathered, payloads);
-  return CheckpointError(step, failures, world_size());
+  return AllGatherResults(step, [&]() -> absl::StatusOr<std::string> {
+           DCP_RETURN_IF_ERROR(local());
+           return std::string();
+         })
+      .status();
 }
 
 }  // namespace dcp

@@ -100,21 +100,55 @@ absl::StatusOr<StateDict> StageStateDict(const StateDict& state_dict) {
   return StageDict(state_dict);
 }
 
-absl::StatusOr<Metadata> Save(const StateDict& state_dict,
-                              StorageWriter& writer,
-                              const SaveOptions& options) {
+namespace {
+
+// Releases what the coordinator's writer holds for a save (StorageWriter::
+// AbortSave) unless the save was committed.
+class AbortSaveUnlessFinished {
+ public:
+  explicit AbortSaveUnlessFinished(StorageWriter& writer) : writer_(writer) {}
+  ~AbortSaveUnlessFinished() {
+    if (armed_) writer_.AbortSave();
+  }
+  AbortSaveUnlessFinished(const AbortSaveUnlessFinished&) = delete;
+  AbortSaveUnlessFinished& operator=(const AbortSaveUnlessFinished&) = delete;
+
+  void Arm() { armed_ = true; }
+  void Disarm() { armed_ = false; }
+
+ private:
+  StorageWriter& writer_;
+  bool armed_ = false;
+};
+
+// The round name of a save or load without one: its kind, so that a rank
+// that saves while another loads is told so.
+std::string RoundOr(const std::string& round, absl::string_view kind) {
+  return round.empty() ? std::string(kind) : round;
+}
+
+// Save, where this rank may already have failed (`prior`, e.g. staging):
+// it still takes part in every step of the round and reports `prior` in
+// the first, so that every rank fails the round alike.
+absl::StatusOr<Metadata> SaveWithPrior(const StateDict& state_dict,
+                                       StorageWriter& writer,
+                                       const SaveOptions& options,
+                                       absl::Status prior) {
   std::unique_ptr<ProcessGroup> single;
   ProcessGroup& pg = GroupFor(options.process_group, options.no_dist, single);
   DCP_ASSIGN_OR_RETURN(
       DistWrapper dist,
       DistWrapper::Create(pg, options.coordinator_rank,
-                          options.collective_timeout));
-  if (options.checkpoint_id.has_value()) {
-    DCP_RETURN_IF_ERROR(writer.Reset(options.checkpoint_id));
+                          options.collective_timeout,
+                          RoundOr(options.round, "save")));
+  if (prior.ok() && options.checkpoint_id.has_value()) {
+    prior = writer.Reset(options.checkpoint_id);
   }
   DefaultSavePlanner default_planner;
   SavePlanner& planner =
       options.planner != nullptr ? *options.planner : default_planner;
+  // On the coordinator, from PrepareGlobalPlan until a successful Finish.
+  AbortSaveUnlessFinished abort_save(writer);
 
   // Kept on the coordinator between the plan and write steps.
   Metadata global_metadata;
@@ -124,6 +158,7 @@ absl::StatusOr<Metadata> Save(const StateDict& state_dict,
       dist.ReduceScatter(
           "save.plan",
           [&]() -> absl::StatusOr<std::string> {
+            DCP_RETURN_IF_ERROR(prior);
             DCP_RETURN_IF_ERROR(FaultPoint("save.plan"));
             std::optional<StorageMeta> storage_meta =
                 writer.StorageMetaForSave();
@@ -144,6 +179,7 @@ absl::StatusOr<Metadata> Save(const StateDict& state_dict,
                                     "local save plan"));
             DCP_ASSIGN_OR_RETURN(GlobalSavePlan global,
                                  planner.CreateGlobalPlan(std::move(plans)));
+            abort_save.Arm();
             DCP_ASSIGN_OR_RETURN(
                 plans, writer.PrepareGlobalPlan(std::move(global.plans)));
             global_metadata = std::move(global.metadata);
@@ -153,33 +189,71 @@ absl::StatusOr<Metadata> Save(const StateDict& state_dict,
             return out;
           }));
 
-  DCP_ASSIGN_OR_RETURN(
-      std::string encoded_metadata,
-      dist.AllReduce(
-          "save.write",
-          [&]() -> absl::StatusOr<std::string> {
-            DCP_RETURN_IF_ERROR(FaultPoint("save.write"));
-            DCP_ASSIGN_OR_RETURN(SavePlan plan, DecodeSavePlan(central_plan));
-            DCP_ASSIGN_OR_RETURN(plan, planner.FinishPlan(std::move(plan)));
-            DCP_ASSIGN_OR_RETURN(std::vector<WriteResult> results,
-                                 writer.WriteData(plan, planner));
-            return EncodeWriteResults(results);
-          },
-          [&](std::vector<std::string> encoded) -> absl::StatusOr<std::string> {
-            DCP_RETURN_IF_ERROR(FaultPoint("save.finish"));
-            DCP_ASSIGN_OR_RETURN(
-                std::vector<std::vector<WriteResult>> results,
-                DecodeAll<std::vector<WriteResult>>(
-                    std::move(encoded), DecodeWriteResults, "write results"));
-            DCP_RETURN_IF_ERROR(writer.Finish(global_metadata, results));
-            if (dist.is_coordinator()) {
-              LOG(INFO) << "dcp save committed: ranks=" << dist.world_size()
-                        << " keys=" << global_metadata.state_dict_metadata.size()
-                        << " items=" << global_metadata.storage_data.size();
-            }
-            return EncodeMetadata(global_metadata);
-          }));
-  return DecodeMetadata(encoded_metadata);
+  // Set on the coordinator once Finish has committed the checkpoint.
+  bool committed = false;
+  absl::StatusOr<std::string> encoded_metadata = dist.AllReduce(
+      "save.write",
+      [&]() -> absl::StatusOr<std::string> {
+        DCP_RETURN_IF_ERROR(FaultPoint("save.write"));
+        DCP_ASSIGN_OR_RETURN(SavePlan plan, DecodeSavePlan(central_plan));
+        DCP_ASSIGN_OR_RETURN(plan, planner.FinishPlan(std::move(plan)));
+        DCP_ASSIGN_OR_RETURN(std::vector<WriteResult> results,
+                             writer.WriteData(plan, planner));
+        return EncodeWriteResults(results);
+      },
+      [&](std::vector<std::string> encoded) -> absl::StatusOr<std::string> {
+        DCP_RETURN_IF_ERROR(FaultPoint("save.finish"));
+        DCP_ASSIGN_OR_RETURN(
+            std::vector<std::vector<WriteResult>> results,
+            DecodeAll<std::vector<WriteResult>>(
+                std::move(encoded), DecodeWriteResults, "write results"));
+        DCP_RETURN_IF_ERROR(writer.Finish(global_metadata, results));
+        committed = true;
+        abort_save.Disarm();
+        LOG(INFO) << "dcp save committed: ranks=" << dist.world_size()
+                  << " keys=" << global_metadata.state_dict_metadata.size()
+                  << " items=" << global_metadata.storage_data.size();
+        return EncodeMetadata(global_metadata);
+      });
+  if (!encoded_metadata.ok()) {
+    const absl::Status& status = encoded_metadata.status();
+    if (committed) {
+      // Only the announcement failed: the checkpoint is in place.
+      return WithCommitOutcome(
+          Annotate(status,
+                   "the new checkpoint is committed, but telling the other "
+                   "ranks failed"),
+          CommitOutcome::kCommitted);
+    }
+    if (!dist.is_coordinator() && IsCollectiveFailure(status)) {
+      // The coordinator may have committed before the exchange failed.
+      return WithCommitOutcome(
+          Annotate(status,
+                   absl::StrCat("the outcome of the commit is unknown (the "
+                                "coordinator, rank ",
+                                dist.coordinator_rank(),
+                                ", may have committed the new checkpoint)")),
+          CommitOutcome::kUnknown);
+    }
+    return status;
+  }
+  absl::StatusOr<Metadata> metadata = DecodeMetadata(*encoded_metadata);
+  if (!metadata.ok()) {
+    return WithCommitOutcome(
+        Annotate(metadata.status(),
+                 "the new checkpoint is committed, but its metadata could not "
+                 "be decoded here"),
+        CommitOutcome::kCommitted);
+  }
+  return metadata;
+}
+
+}  // namespace
+
+absl::StatusOr<Metadata> Save(const StateDict& state_dict,
+                              StorageWriter& writer,
+                              const SaveOptions& options) {
+  return SaveWithPrior(state_dict, writer, options, absl::OkStatus());
 }
 
 absl::Status Load(StateDict& state_dict, StorageReader& reader,
@@ -189,13 +263,35 @@ absl::Status Load(StateDict& state_dict, StorageReader& reader,
   DCP_ASSIGN_OR_RETURN(
       DistWrapper dist,
       DistWrapper::Create(pg, options.coordinator_rank,
-                          options.collective_timeout));
+                          options.collective_timeout,
+                          RoundOr(options.round, "load")));
+  absl::Status prior;
   if (options.checkpoint_id.has_value()) {
-    DCP_RETURN_IF_ERROR(reader.Reset(options.checkpoint_id));
+    prior = reader.Reset(options.checkpoint_id);
   }
   DefaultLoadPlanner default_planner;
   LoadPlanner& planner =
       options.planner != nullptr ? *options.planner : default_planner;
+
+  // One checkpoint per load: the coordinator alone reads the metadata and
+  // every rank plans from its copy, so a save that commits meanwhile
+  // cannot give the ranks different checkpoints.
+  DCP_ASSIGN_OR_RETURN(
+      std::string encoded_metadata,
+      dist.AllReduce(
+          "load.metadata",
+          [&]() -> absl::StatusOr<std::string> {
+            DCP_RETURN_IF_ERROR(prior);
+            return std::string();
+          },
+          [&](std::vector<std::string>) -> absl::StatusOr<std::string> {
+            DCP_RETURN_IF_ERROR(FaultPoint("load.metadata"));
+            DCP_ASSIGN_OR_RETURN(Metadata metadata, reader.ReadMetadata());
+            return EncodeMetadata(metadata);
+          }));
+  // Decoding the same bytes gives every rank the same result; an error is
+  // still reported through the next step, to keep the ranks in step.
+  const absl::StatusOr<Metadata> metadata = DecodeMetadata(encoded_metadata);
 
   DCP_ASSIGN_OR_RETURN(
       std::string central_plan,
@@ -203,10 +299,10 @@ absl::Status Load(StateDict& state_dict, StorageReader& reader,
           "load.plan",
           [&]() -> absl::StatusOr<std::string> {
             DCP_RETURN_IF_ERROR(FaultPoint("load.plan"));
-            DCP_ASSIGN_OR_RETURN(Metadata metadata, reader.ReadMetadata());
+            DCP_RETURN_IF_ERROR(metadata.status());
             DCP_RETURN_IF_ERROR(
-                planner.SetUp(&state_dict, metadata, dist.is_coordinator()));
-            DCP_RETURN_IF_ERROR(reader.SetUp(metadata, dist.is_coordinator()));
+                planner.SetUp(&state_dict, *metadata, dist.is_coordinator()));
+            DCP_RETURN_IF_ERROR(reader.SetUp(*metadata, dist.is_coordinator()));
             DCP_ASSIGN_OR_RETURN(LoadPlan plan, planner.CreateLocalPlan());
             DCP_ASSIGN_OR_RETURN(plan, reader.PrepareLocalPlan(std::move(plan)));
             return EncodeLoadPlan(plan);
@@ -245,8 +341,14 @@ Future<Metadata> AsyncSave(const StateDict& state_dict,
   if (writer == nullptr) {
     return absl::InvalidArgumentError("AsyncSave needs a storage writer");
   }
+  // A staging failure does not end the round here: the background save
+  // still takes part and reports it, so that every rank fails alike.
   absl::StatusOr<StateDict> staged = StageStateDict(state_dict);
-  if (!staged.ok()) return Annotate(staged.status(), "staging for async save");
+  absl::Status prior;
+  if (!staged.ok()) {
+    prior = Annotate(staged.status(), "staging for async save");
+    staged = StateDict();
+  }
 
   PromiseFuturePair<Metadata> pair = PromiseFuturePair<Metadata>::Make();
   // Fault points fire on the rank that scheduled the save, in the background.
@@ -254,8 +356,8 @@ Future<Metadata> AsyncSave(const StateDict& state_dict,
   Executor executor = std::move(options.executor);
   executor([promise = std::move(pair.promise),
             staged = std::make_shared<StateDict>(*std::move(staged)),
-            writer = std::move(writer), options = std::move(options),
-            fault_handler]() mutable {
+            prior = std::move(prior), writer = std::move(writer),
+            options = std::move(options), fault_handler]() mutable {
     ScopedFaultPointHandler faults(fault_handler);
     SaveOptions save_options;
     save_options.process_group = options.process_group.get();
@@ -264,7 +366,8 @@ Future<Metadata> AsyncSave(const StateDict& state_dict,
     save_options.planner = options.planner.get();
     save_options.checkpoint_id = options.checkpoint_id;
     save_options.collective_timeout = options.collective_timeout;
-    promise.Set(Save(*staged, *writer, save_options));
+    save_options.round = options.round;
+    promise.Set(SaveWithPrior(*staged, *writer, save_options, prior));
   });
   return std::move(pair.future);
 }

@@ -13,14 +13,33 @@
 //            the coordinator commits (StorageWriter::Finish) ->
 //            [Broadcast] the final Metadata (or the error) to every rank
 // Load, on every rank:
-//   "plan":  read metadata + SetUp + local plan -> [Gather] -> global plan
-//            on the coordinator -> [Scatter]
+//   "metadata": [Gather] -> the coordinator reads the metadata ->
+//               [Broadcast] it, so every rank loads the same checkpoint
+//               even if a save commits meanwhile
+//   "plan":  SetUp + local plan -> [Gather] -> global plan on the
+//            coordinator -> [Scatter]
 //   "read":  finish plan + read on all ranks -> [AllGather] of statuses
+//
+// Rounds: every rank takes part in every step of a round even when it has
+// failed already (a writer's Reset, async staging): its error travels in
+// the round's first exchange. Each round has a name (`round`, e.g. "save
+// #3" from a Checkpointer) that the ranks compare in every exchange, so
+// ranks that are out of step fail with a FailedPrecondition naming each
+// rank's round rather than mixing two rounds' data.
 //
 // Errors: an error on any rank in any phase reaches every rank as the same
 // status (see checkpoint/dist_wrapper.h), naming every failing rank with
 // its message. A peer that dies or stops answering surfaces as the process
 // group's Aborted or DeadlineExceeded. Bad options are InvalidArgument.
+//
+// Commit: a failed Save says what became of the checkpoint through
+// `GetCommitOutcome` (checkpoint/status.h), and its message says it too:
+//   kNotCommitted  the previous checkpoint is untouched
+//   kCommitted     the new checkpoint is in place, e.g. the directory sync
+//                  after the commit failed, or the coordinator committed
+//                  but could not tell the other ranks
+//   kUnknown       a non-coordinator lost contact with the coordinator
+//                  during the write step; it may have committed
 //
 // Thread safety: every rank calls Save/Load (or AsyncSave) in the same order
 // from one thread. Ownership: the state dict, storage, planner and process
@@ -58,6 +77,8 @@ struct SaveOptions {
   std::optional<std::string> checkpoint_id;
   // Deadline of each collective, from its start.
   absl::Duration collective_timeout = absl::Minutes(10);
+  // The round's name, the same on every rank; empty means "save".
+  std::string round;
 };
 
 struct LoadOptions {
@@ -68,6 +89,8 @@ struct LoadOptions {
   LoadPlanner* planner = nullptr;
   std::optional<std::string> checkpoint_id;
   absl::Duration collective_timeout = absl::Minutes(10);
+  // The round's name, the same on every rank; empty means "load".
+  std::string round;
 };
 
 // Saves `state_dict` collectively and returns the checkpoint's Metadata
@@ -98,13 +121,17 @@ struct AsyncSaveOptions {
   std::shared_ptr<SavePlanner> planner;
   std::optional<std::string> checkpoint_id;
   absl::Duration collective_timeout = absl::Minutes(10);
+  std::string round;
   // Runs the background save. Must be set.
   Executor executor;
 };
 
 // Stages `state_dict` (StageStateDict) before returning, then runs Save on
-// `options.executor`. The future yields the Metadata or the error. A
-// staging error is returned as an already-failed future.
+// `options.executor`. The future yields the Metadata or the error. If
+// staging fails, the background save still takes part in the round and
+// reports the staging error, so every rank's future fails alike.
+// InvalidArgument (at once, without a round) without an executor or
+// writer.
 Future<Metadata> AsyncSave(const StateDict& state_dict,
                            std::shared_ptr<StorageWriter> writer,
                            AsyncSaveOptions options);

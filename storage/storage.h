@@ -18,10 +18,12 @@
 //   * AbortSave()                   instead of a successful Finish: the
 //                                   save failed after PrepareGlobalPlan
 //
-// Reader call sequence, per rank:
+// Reader call sequence, per rank (starred steps on the coordinator only):
 //   Reset(checkpoint_id)            optional
-//   ReadMetadata()                  every rank reads the metadata itself
-//   SetUp(metadata, is_coordinator)
+//   * ReadMetadata()                the coordinator reads the metadata and
+//                                   every rank gets its copy, so all ranks
+//                                   load the same checkpoint
+//   SetUp(metadata, is_coordinator) on every rank, with that copy
 //   PrepareLocalPlan(plan)
 //   * PrepareGlobalPlan(all plans)
 //   ReadData(plan, planner)

@@ -10,6 +10,7 @@
 #include "ATen/ATen.h"
 #include "absl/status/status.h"
 #include "absl/strings/cord.h"
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
@@ -104,6 +105,39 @@ absl::Status AsyncSaveModelToDir(std::shared_ptr<ProcessGroup> pg,
   // The next training step changes the weights while the save runs.
   ZeroTensors(state_dict);
   DCP_RETURN_IF_ERROR(save.result().status());
+  return checkpointer->WaitForPendingSaves();
+}
+
+absl::Status AsyncSaveFailingStagingThenRecover(
+    std::shared_ptr<ProcessGroup> pg, const std::string& dir,
+    int failing_rank, int value_seed, const E2eOptions& options) {
+  const int rank = pg->rank();
+  const int world_size = pg->size();
+  DCP_ASSIGN_OR_RETURN(
+      StateDict state_dict,
+      MakeModelStateDict(rank, world_size, ModelLayout::kSave,
+                         ModelValues::kTrue, value_seed));
+  DCP_ASSIGN_OR_RETURN(std::unique_ptr<Checkpointer> checkpointer,
+                       MakeDirCheckpointer(std::move(pg), dir, options));
+  StateDict broken = state_dict;
+  broken.Set("staging_probe",
+             rank == failing_rank
+                 ? at::empty({4}, at::TensorOptions().device(at::kMeta))
+                 : at::zeros({4}));
+  const absl::Status failed = checkpointer->AsyncSave(broken).result().status();
+  if (failed.ok()) {
+    return absl::InternalError(absl::StrCat(
+        "rank ", rank, ": the async save with a meta tensor on rank ",
+        failing_rank, " succeeded"));
+  }
+  if (FailedRanks(failed) != std::vector<int>{failing_rank} ||
+      !absl::StrContains(failed.message(), "staging")) {
+    return absl::InternalError(
+        absl::StrCat("rank ", rank, ": unexpected error of the failed async "
+                     "save: ", failed.ToString()));
+  }
+  DCP_RETURN_IF_ERROR(Annotate(checkpointer->AsyncSave(state_dict).result().status(),
+                               "the async save after a failed one"));
   return checkpointer->WaitForPendingSaves();
 }
 

@@ -59,6 +59,16 @@ absl::Status AsyncSaveModelToDir(std::shared_ptr<ProcessGroup> pg,
                                  const std::string& dir, int value_seed = 0,
                                  const E2eOptions& options = {});
 
+// Two async saves on every rank. In the first, staging fails on
+// `failing_rank` only (its state dict holds a meta-device tensor, which
+// cannot be copied to the CPU); every rank's AsyncSave must fail alike,
+// naming that rank and staging. The second (the model with `value_seed`)
+// must succeed on every rank. OK if both behave; Internal describing the
+// difference otherwise.
+absl::Status AsyncSaveFailingStagingThenRecover(
+    std::shared_ptr<ProcessGroup> pg, const std::string& dir,
+    int failing_rank, int value_seed = 0, const E2eOptions& options = {});
+
 // Loads the model in the kLoad layout of `pg->size()` ranks from `dir` and
 // compares every element with the values of `value_seed`.
 absl::Status LoadModelFromDirAndCheck(std::shared_ptr<ProcessGroup> pg,
