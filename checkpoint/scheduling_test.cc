@@ -23,14 +23,13 @@ using ::dcp::testing::IsOk;
 using ::testing::ElementsAre;
 using ::testing::UnorderedElementsAre;
 
-// A one-shot gate between threads.
+// A one-shot gate between threads. Open notifies under the lock, so a
+// waiter that returns (and may destroy the gate) does so after it.
 class Gate {
  public:
   void Open() {
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      open_ = true;
-    }
+    std::lock_guard<std::mutex> lock(mu_);
+    open_ = true;
     cv_.notify_all();
   }
   void Pass() {
