@@ -1,5 +1,7 @@
 #include "storage/fs_storage.h"
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
@@ -21,6 +23,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/ascii.h"
+#include "absl/strings/cord.h"
 #include "absl/strings/escaping.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
@@ -28,6 +31,8 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/string_view.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
 #include "absl/types/span.h"
 #include "checkpoint/fault_point.h"
 #include "checkpoint/metadata.h"
@@ -46,6 +51,7 @@ namespace fs_storage_internal {
 namespace {
 
 constexpr absl::string_view kMetadataName = ".metadata";
+constexpr absl::string_view kLockName = kCheckpointLockFileName;
 constexpr absl::string_view kMetadataTmpPrefix = ".metadata.tmp";
 constexpr absl::string_view kDataSuffix = ".distcp";
 // "Tag:token:prefix", the encoding of SavePlan::storage_data.
@@ -379,6 +385,43 @@ void RemoveFiles(FileSystem& fs, const std::vector<std::string>& paths,
   }
 }
 
+// ---- The directory lock -----------------------------------------------------
+
+// Who holds the lock, for the lock file and for the error another writer
+// gets: "pid 123 on host h since 2026-12-06T02:00:00Z, save <save id>".
+std::string DescribeThisWriter(absl::string_view save_id) {
+  char host[256];
+  if (::gethostname(host, sizeof(host)) != 0) host[0] = '\0';
+  host[sizeof(host) - 1] = '\0';
+  return absl::StrFormat(
+      "pid %d on host %s since %s, save %s", static_cast<int>(::getpid()),
+      host[0] != '\0' ? host : "(unknown)",
+      absl::FormatTime("%Y-%m-%dT%H:%M:%SZ", absl::Now(), absl::UTCTimeZone()),
+      save_id);
+}
+
+// Locks `<dir>/.dcp.lock` for the save `save_id`. FailedPrecondition naming
+// the directory, the lock file and the holder (also as the
+// kLockHolderPayload payload) if another writer holds it.
+absl::StatusOr<std::unique_ptr<FileLock>> LockDirectory(
+    FileSystem& fs, const std::string& dir, absl::string_view save_id) {
+  const std::string lock_path = JoinPath(dir, kLockName);
+  absl::StatusOr<std::unique_ptr<FileLock>> lock =
+      fs.TryLockFile(lock_path, DescribeThisWriter(save_id));
+  if (lock.ok()) return lock;
+  std::optional<std::string> holder = LockHolderInfo(lock.status());
+  if (!holder.has_value()) {
+    return Annotate(lock.status(),
+                    absl::StrCat("locking checkpoint directory ", dir));
+  }
+  absl::Status status = absl::FailedPreconditionError(absl::StrCat(
+      "checkpoint directory ", dir, " is being saved by another writer (",
+      holder->empty() ? "it did not say who" : *holder, "; lock file ",
+      lock_path, "); one save at a time may write a directory"));
+  status.SetPayload(kLockHolderPayload, absl::Cord(*holder));
+  return status;
+}
+
 // ---- Reading ----------------------------------------------------------------
 
 absl::Status NotACheckpoint(absl::string_view dir) {
@@ -686,9 +729,10 @@ struct FileSystemWriter::State {
   std::shared_ptr<FileSystem> fs;
   std::string save_id;
   bool is_coordinator = false;
-  // The token of the save begun by this (coordinator) writer's
-  // PrepareGlobalPlan, until its Finish.
+  // The save begun by this (coordinator) writer's PrepareGlobalPlan, until
+  // its Finish returns or AbortSave: its token, and the directory's lock.
   std::string token;
+  std::unique_ptr<FileLock> lock;
 };
 
 FileSystemWriter::FileSystemWriter(std::unique_ptr<State> state)
@@ -725,6 +769,7 @@ absl::Status FileSystemWriter::Reset(std::optional<std::string> checkpoint_id) {
   }
   state_->save_id = fs_storage_internal::RandomUuid();
   state_->token.clear();
+  state_->lock.reset();
   return absl::OkStatus();
 }
 
@@ -762,6 +807,15 @@ absl::StatusOr<SavePlan> FileSystemWriter::PrepareLocalPlan(SavePlan plan) {
 absl::StatusOr<std::vector<SavePlan>> FileSystemWriter::PrepareGlobalPlan(
     std::vector<SavePlan> plans) {
   State& s = *state_;
+  // A new save ends an unfinished one of this writer, and its lock.
+  const std::string previous_token = std::exchange(s.token, std::string());
+  s.lock.reset();
+  // One save at a time per directory, from before the listing below (which
+  // chooses the token) until the commit and the stale-file removal are
+  // done. Kept only if this returns OK.
+  DCP_ASSIGN_OR_RETURN(
+      std::unique_ptr<FileLock> lock,
+      fs_storage_internal::LockDirectory(*s.fs, s.path, s.save_id));
   // Data files get names no existing file has, so a save never overwrites
   // the files of the checkpoint it replaces (nor of an unfinished save).
   absl::StatusOr<std::vector<std::string>> children = s.fs->GetChildren(s.path);
@@ -777,7 +831,7 @@ absl::StatusOr<std::vector<SavePlan>> FileSystemWriter::PrepareGlobalPlan(
     }
     std::string candidate = fs_storage_internal::SaveToken(s.save_id, attempt);
     const std::string in_use = absl::StrCat("_", candidate, ".");
-    const bool taken = candidate == s.token ||
+    const bool taken = candidate == previous_token ||
                        std::any_of(children->begin(), children->end(),
                                    [&](const std::string& name) {
                                      return absl::StrContains(name, in_use);
@@ -785,6 +839,7 @@ absl::StatusOr<std::vector<SavePlan>> FileSystemWriter::PrepareGlobalPlan(
     if (!taken) token = std::move(candidate);
   }
   s.token = token;
+  s.lock = std::move(lock);
   for (size_t rank = 0; rank < plans.size(); ++rank) {
     plans[rank].storage_data =
         fs_storage_internal::EncodePlanStorageData(token, rank);
@@ -839,14 +894,24 @@ absl::StatusOr<std::vector<WriteResult>> FileSystemWriter::WriteData(
 
 absl::Status FileSystemWriter::Finish(
     Metadata& metadata, const std::vector<std::vector<WriteResult>>& results) {
-  DCP_RETURN_IF_ERROR(FaultPoint("fs_storage.finish"));
   State& s = *state_;
-  if (s.token.empty()) {
+  if (s.token.empty() || s.lock == nullptr) {
     return absl::FailedPreconditionError(absl::StrCat(
         "Finish of the checkpoint in ", s.path,
-        " without a save begun by PrepareGlobalPlan on this writer"));
+        " without a save begun by PrepareGlobalPlan on this writer (or "
+        "after AbortSave)"));
   }
+  // The save ends here: the lock is released when this returns, after the
+  // stale files are removed.
+  const std::unique_ptr<FileLock> lock = std::move(s.lock);
   const std::string token = std::exchange(s.token, std::string());
+  DCP_RETURN_IF_ERROR(FaultPoint("fs_storage.finish"));
+  // Someone removed or replaced the lock file, so another writer may be
+  // saving here too: committing could publish files it removes.
+  DCP_RETURN_IF_ERROR(Annotate(
+      lock->CheckHeld(),
+      absl::StrCat("not committing the checkpoint in ", s.path,
+                   ": this save no longer holds the directory's lock")));
   const std::string metadata_path =
       JoinPath(s.path, fs_storage_internal::kMetadataName);
   if (!s.options.overwrite) {
@@ -917,6 +982,11 @@ absl::Status FileSystemWriter::Finish(
     fs_storage_internal::RemoveFiles(*s.fs, stale, "stale checkpoint files");
   }
   return absl::OkStatus();
+}
+
+void FileSystemWriter::AbortSave() {
+  state_->lock.reset();
+  state_->token.clear();
 }
 
 // ---- FileSystemReader -------------------------------------------------------

@@ -8,6 +8,7 @@
 //
 //   <dir>/.metadata                         pickled Metadata, written last
 //   <dir>/__<rank>_<n><suffix>.distcp       data files of torch.save records
+//   <dir>/.dcp.lock                         held by the saving coordinator
 //
 // Every item is a complete torch.save-compatible zip record
 // (storage/torch_record.h), concatenated in the data files, with its file,
@@ -22,6 +23,20 @@
 // removed. So a crash at any point leaves either the old checkpoint or the
 // new one, complete; a directory without `.metadata` is not a checkpoint.
 //
+// One saver per directory. The coordinator's writer locks `<dir>/.dcp.lock`
+// (`FileSystem::TryLockFile`) in `PrepareGlobalPlan`, before it lists the
+// directory to choose the save's file names, and holds the lock until
+// `Finish` returns (after the stale files are removed), `AbortSave` or
+// `Reset` is called, or the writer is destroyed. A second save into the
+// directory meanwhile fails in its plan step, before it writes anything,
+// with FailedPrecondition: "checkpoint directory /x is being saved by
+// another writer (pid 123 on host h since 2026-12-06T02:00:00Z, save <id>;
+// lock file /x/.dcp.lock); one save at a time may write a directory". The
+// lock dies with its process, so a crashed saver never blocks the next
+// one. `Finish` checks that the lock is still held (the lock file was not
+// removed or replaced) and refuses to commit otherwise. Do not remove
+// `.dcp.lock`; it is never removed by dcp either. Loads take no lock.
+//
 // Speed. Tensor bytes go from the tensor's memory to the file with no
 // intermediate copy; files are written by `thread_count` threads per rank.
 // A load reads, per saved chunk, only the record's directory and data.pkl,
@@ -30,7 +45,8 @@
 // peak memory stays near the size of the destination tensors.
 //
 // Errors: NotFound "not a checkpoint: no .metadata in <dir>"; AlreadyExists
-// when `overwrite` is false and a checkpoint exists; DataLoss for missing,
+// when `overwrite` is false and a checkpoint exists; FailedPrecondition when
+// another writer is saving into the directory; DataLoss for missing,
 // truncated or corrupt files and records (naming the file, the key and the
 // offset); InvalidArgument for shape mismatches with the destination.
 // A load checks every record it touches (zip structure, dtype and shape
@@ -57,11 +73,15 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "checkpoint/metadata.h"
 #include "storage/file_system.h"
 #include "storage/storage.h"
 
 namespace dcp {
+
+// The lock file of a checkpoint directory (see "One saver per directory").
+inline constexpr absl::string_view kCheckpointLockFileName = ".dcp.lock";
 
 struct FileSystemWriterOptions {
   // Threads (and data files) per rank when `single_file_per_rank`.
@@ -103,6 +123,7 @@ class FileSystemWriter : public StorageWriter {
   absl::Status Finish(
       Metadata& metadata,
       const std::vector<std::vector<WriteResult>>& results) override;
+  void AbortSave() override;
 
  private:
   struct State;

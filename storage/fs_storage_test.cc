@@ -4,10 +4,13 @@
 // resharding and crash consistency are in fs_storage_multirank_test.cc.
 #include "storage/fs_storage.h"
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
 #include <cstdlib>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>  // NOLINT(build/c++11)
@@ -49,6 +52,7 @@ namespace {
 
 using ::dcp::testing::CheckModelStateDict;
 using ::dcp::testing::FaultInjectingFileSystem;
+using ::dcp::testing::FileOp;
 using ::dcp::testing::IsOk;
 using ::dcp::testing::MakeModelStateDict;
 using ::dcp::testing::MakeTestTensor;
@@ -61,6 +65,7 @@ using ::dcp::testing::SimulatorOptions;
 using ::dcp::testing::StatusIs;
 using ::dcp::testing::TensorEq;
 using ::testing::AllOf;
+using ::testing::ContainsRegex;
 using ::testing::Each;
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
@@ -351,7 +356,7 @@ TEST(FsStorageLayoutTest, FileNamesMetadataAndRecordsFollowPyTorch) {
   // The token is the save id's first 8 hex digits.
   const std::string token = md.storage_meta->save_id->substr(0, 8);
   const std::string name = absl::StrCat("__0_0_", token, ".distcp");
-  EXPECT_THAT(Children(*fs, kDir), ElementsAre(".metadata", name));
+  EXPECT_THAT(Children(*fs, kDir), ElementsAre(".dcp.lock", ".metadata", name));
 
   // What was written is what .metadata says (read back through the file).
   ASSERT_OK_AND_ASSIGN(Metadata on_disk,
@@ -541,7 +546,7 @@ TEST(FsStorageOverwriteTest, NewSaveReplacesOldOneAndRemovesItsFiles) {
   ASSERT_OK_AND_ASSIGN(Metadata md2, SaveTo(fs, kDir, v2));
   EXPECT_NE(md1.storage_meta->save_id, md2.storage_meta->save_id);
 
-  std::vector<std::string> expected = {".metadata"};
+  std::vector<std::string> expected = {".dcp.lock", ".metadata"};
   for (const auto& [index, info] : md2.storage_data) {
     expected.push_back(info.relative_path);
   }
@@ -603,6 +608,226 @@ TEST(FsStorageOverwriteTest, ResetGivesEachSaveNewFileNames) {
   ASSERT_OK(Save(sd, *writer, save).status());
   EXPECT_THAT(DataFiles(*fs, kDir), SizeIs(2));
   EXPECT_THAT(DataFiles(*fs, "/other"), SizeIs(1));
+}
+
+// ---- One saver per directory
+// -------------------------------------------------
+
+// The model's state dict for a one-rank save with `seed`'s values.
+StateDict ModelVersion(int seed) {
+  absl::StatusOr<StateDict> sd =
+      MakeModelStateDict(0, 1, ModelLayout::kSave, ModelValues::kTrue, seed);
+  CHECK(sd.ok()) << sd.status();
+  return *std::move(sd);
+}
+
+// Loads the model from `dir` and checks it has `seed`'s values.
+absl::Status LoadModelVersion(std::shared_ptr<FileSystem> fs,
+                              absl::string_view dir, int seed) {
+  DCP_ASSIGN_OR_RETURN(
+      StateDict dest,
+      MakeModelStateDict(0, 1, ModelLayout::kLoad, ModelValues::kPlaceholder));
+  DCP_RETURN_IF_ERROR(LoadFrom(std::move(fs), dir, dest));
+  return CheckModelStateDict(dest, 0, 1, ModelLayout::kLoad, seed);
+}
+
+// Forwards to `target`, and runs `pause` once the target's PrepareGlobalPlan
+// has returned OK: a save held in the middle, holding the directory.
+class PausingWriter : public StorageWriter {
+ public:
+  PausingWriter(StorageWriter& target, std::function<void()> pause)
+      : target_(target), pause_(std::move(pause)) {}
+
+  absl::Status Reset(std::optional<std::string> checkpoint_id) override {
+    return target_.Reset(std::move(checkpoint_id));
+  }
+  std::optional<StorageMeta> StorageMetaForSave() const override {
+    return target_.StorageMetaForSave();
+  }
+  absl::Status SetUp(bool is_coordinator) override {
+    return target_.SetUp(is_coordinator);
+  }
+  absl::StatusOr<SavePlan> PrepareLocalPlan(SavePlan plan) override {
+    return target_.PrepareLocalPlan(std::move(plan));
+  }
+  absl::StatusOr<std::vector<SavePlan>> PrepareGlobalPlan(
+      std::vector<SavePlan> plans) override {
+    absl::StatusOr<std::vector<SavePlan>> result =
+        target_.PrepareGlobalPlan(std::move(plans));
+    if (result.ok()) pause_();
+    return result;
+  }
+  absl::StatusOr<std::vector<WriteResult>> WriteData(
+      const SavePlan& plan, SavePlanner& planner) override {
+    return target_.WriteData(plan, planner);
+  }
+  absl::Status Finish(
+      Metadata& metadata,
+      const std::vector<std::vector<WriteResult>>& results) override {
+    return target_.Finish(metadata, results);
+  }
+  void AbortSave() override { target_.AbortSave(); }
+
+ private:
+  StorageWriter& target_;
+  std::function<void()> pause_;
+};
+
+// A coordinator writer of `dir` that has begun a save (holds the lock).
+std::unique_ptr<FileSystemWriter> BeginSave(std::shared_ptr<FileSystem> fs,
+                                            absl::string_view dir) {
+  FileSystemWriterOptions options;
+  options.file_system = std::move(fs);
+  absl::StatusOr<std::unique_ptr<FileSystemWriter>> writer =
+      FileSystemWriter::Create(std::string(dir), options);
+  CHECK(writer.ok()) << writer.status();
+  CHECK((*writer)->SetUp(/*is_coordinator=*/true).ok());
+  CHECK((*writer)->PrepareLocalPlan(SavePlan()).ok());
+  absl::StatusOr<std::vector<SavePlan>> plans =
+      (*writer)->PrepareGlobalPlan({SavePlan()});
+  CHECK(plans.ok()) << plans.status();
+  return *std::move(writer);
+}
+
+const auto kRefusedAsBusy = StatusIs(
+    absl::StatusCode::kFailedPrecondition,
+    AllOf(HasSubstr("checkpoint directory /ckpt is being saved by another "
+                    "writer ("),
+          HasSubstr("; lock file /ckpt/.dcp.lock); one save at a time may "
+                    "write a directory")));
+
+TEST(FsStorageLockTest, ConcurrentSaveFailsNamingTheHolderAndFirstCommits) {
+  auto fs = std::make_shared<MemFileSystem>();
+  ASSERT_OK(SaveTo(fs, kDir, ModelVersion(0)).status());
+  FileSystemWriterOptions options;
+  options.file_system = fs;
+  ASSERT_OK_AND_ASSIGN(auto first,
+                       FileSystemWriter::Create(std::string(kDir), options));
+  const std::string first_save_id = *first->StorageMetaForSave()->save_id;
+  absl::Status second = absl::UnknownError("the second save did not run");
+  std::map<std::string, uint64_t> files_before_second;
+  PausingWriter paused(*first, [&] {
+    files_before_second = fs->ListAllFiles();
+    second = SaveTo(fs, kDir, ModelVersion(2)).status();
+    // Refused in its plan step: it wrote and removed nothing.
+    EXPECT_EQ(fs->ListAllFiles(), files_before_second);
+  });
+  SaveOptions save;
+  save.no_dist = true;
+  ASSERT_OK(Save(ModelVersion(1), paused, save).status());
+
+  EXPECT_THAT(second, kRefusedAsBusy);
+  EXPECT_THAT(
+      second,
+      StatusIs(absl::StatusCode::kFailedPrecondition,
+               AllOf(HasSubstr(absl::StrCat("(pid ", ::getpid(), " on host ")),
+                     ContainsRegex(" since [0-9]{4}-[0-9]{2}-[0-9]{2}T"
+                                   "[0-9]{2}:[0-9]{2}:[0-9]{2}Z"),
+                     HasSubstr(absl::StrCat("save ", first_save_id)))));
+  EXPECT_OK(LoadModelVersion(fs, kDir, 1));
+
+  // The first save is over: the next one may save.
+  ASSERT_OK(SaveTo(fs, kDir, ModelVersion(2)).status());
+  EXPECT_OK(LoadModelVersion(fs, kDir, 2));
+}
+
+TEST(FsStorageLockTest, AbortSaveReleasesTheLockAndForgetsTheSave) {
+  auto fs = std::make_shared<MemFileSystem>();
+  std::unique_ptr<FileSystemWriter> first = BeginSave(fs, kDir);
+  EXPECT_THAT(SaveTo(fs, kDir, ModelVersion(1)).status(), kRefusedAsBusy);
+  // The refusing writer's own error also carries the holder's info.
+  FileSystemWriterOptions options;
+  options.file_system = fs;
+  ASSERT_OK_AND_ASSIGN(auto second,
+                       FileSystemWriter::Create(std::string(kDir), options));
+  ASSERT_OK(second->SetUp(/*is_coordinator=*/true));
+  const absl::Status refused = second->PrepareGlobalPlan({SavePlan()}).status();
+  EXPECT_THAT(refused, kRefusedAsBusy);
+  EXPECT_THAT(
+      LockHolderInfo(refused),
+      ::testing::Optional(HasSubstr(*first->StorageMetaForSave()->save_id)));
+  first->AbortSave();
+  ASSERT_OK(SaveTo(fs, kDir, ModelVersion(1)).status());
+  // The aborted save cannot commit any more.
+  Metadata md;
+  EXPECT_THAT(first->Finish(md, {{}}),
+              StatusIs(absl::StatusCode::kFailedPrecondition,
+                       AllOf(HasSubstr("/ckpt"), HasSubstr("AbortSave"))));
+  first->AbortSave();  // No save in progress: a no-op.
+  EXPECT_OK(LoadModelVersion(fs, kDir, 1));
+}
+
+TEST(FsStorageLockTest, DroppingOrResettingTheWriterReleasesTheLock) {
+  auto fs = std::make_shared<MemFileSystem>();
+  std::unique_ptr<FileSystemWriter> first = BeginSave(fs, kDir);
+  EXPECT_THAT(SaveTo(fs, kDir, ModelVersion(1)).status(), kRefusedAsBusy);
+  first.reset();
+  ASSERT_OK(SaveTo(fs, kDir, ModelVersion(1)).status());
+
+  first = BeginSave(fs, kDir);
+  EXPECT_THAT(SaveTo(fs, kDir, ModelVersion(2)).status(), kRefusedAsBusy);
+  ASSERT_OK(first->Reset(std::nullopt));
+  ASSERT_OK(SaveTo(fs, kDir, ModelVersion(2)).status());
+  EXPECT_OK(LoadModelVersion(fs, kDir, 2));
+}
+
+TEST(FsStorageLockTest, FailedFinishReleasesTheLock) {
+  auto faulty = std::make_shared<FaultInjectingFileSystem>(
+      std::make_shared<MemFileSystem>());
+  faulty->AddRule({FileOp::kCreate, ".metadata.tmp"});
+  FileSystemWriterOptions options;
+  options.file_system = faulty;
+  ASSERT_OK_AND_ASSIGN(auto writer,
+                       FileSystemWriter::Create(std::string(kDir), options));
+  SaveOptions save;
+  save.no_dist = true;
+  EXPECT_THAT(Save(ModelVersion(1), *writer, save).status(),
+              StatusIs(absl::StatusCode::kUnavailable));
+  // `writer` is alive, but its save ended with Finish.
+  ASSERT_OK(SaveTo(faulty, kDir, ModelVersion(1)).status());
+  EXPECT_OK(LoadModelVersion(faulty, kDir, 1));
+}
+
+TEST(FsStorageLockTest, FinishRefusesWhenTheLockFileWasRemoved) {
+  auto fs = std::make_shared<MemFileSystem>();
+  ASSERT_OK(SaveTo(fs, kDir, ModelVersion(0)).status());
+  std::unique_ptr<FileSystemWriter> first = BeginSave(fs, kDir);
+  // Removing a lock file defeats it: another writer can then save.
+  ASSERT_OK(fs->RemoveFile(JoinPath(kDir, kCheckpointLockFileName)));
+  ASSERT_OK(SaveTo(fs, kDir, ModelVersion(1)).status());
+  // The first save notices and does not commit over it.
+  const std::string metadata = ReadFile(*fs, JoinPath(kDir, ".metadata"));
+  Metadata md;
+  EXPECT_THAT(
+      first->Finish(md, {{}}),
+      StatusIs(absl::StatusCode::kFailedPrecondition,
+               AllOf(HasSubstr("not committing the checkpoint in /ckpt"),
+                     HasSubstr("no longer held"))));
+  EXPECT_EQ(ReadFile(*fs, JoinPath(kDir, ".metadata")), metadata);
+  EXPECT_OK(LoadModelVersion(fs, kDir, 1));
+}
+
+TEST(FsStorageLockTest, LockIsHeldFromBeforeTheListingUntilAfterCleanup) {
+  auto faulty = std::make_shared<FaultInjectingFileSystem>(
+      std::make_shared<MemFileSystem>());
+  ASSERT_OK(SaveTo(faulty, kDir, ModelVersion(0)).status());
+  faulty->ClearOpLog();
+  ASSERT_OK(SaveTo(faulty, kDir, ModelVersion(1)).status());
+  const std::vector<std::string> log = faulty->op_log();
+  const int lock = IndexOf(log, "lock /ckpt/.dcp.lock");
+  const int unlock = IndexOf(log, "unlock /ckpt/.dcp.lock");
+  ASSERT_GE(lock, 0) << ::testing::PrintToString(log);
+  EXPECT_LT(lock, IndexOf(log, "list /ckpt"));
+  int last_change = -1;  // The last rename or remove of the save.
+  for (int i = 0; i < static_cast<int>(log.size()); ++i) {
+    if (absl::StartsWith(log[i], "rename ") ||
+        absl::StartsWith(log[i], "remove ")) {
+      last_change = i;
+    }
+  }
+  EXPECT_GE(last_change, 0);
+  EXPECT_GT(unlock, last_change) << ::testing::PrintToString(log);
+  EXPECT_EQ(IndexOf(log, "remove /ckpt/.dcp.lock"), -1);
 }
 
 TEST(FsStorageTest, CreateRejectsBadOptions) {
@@ -948,8 +1173,10 @@ TEST(FsStorageMutationTest, EveryLoadIsExactOrFails) {
         });
     ASSERT_THAT(statuses, Each(IsOk()));
   }
-  std::vector<std::string> files;
-  for (const auto& [path, size] : base->ListAllFiles()) files.push_back(path);
+  std::vector<std::string> files;  // Those of the checkpoint.
+  for (const auto& [path, size] : base->ListAllFiles()) {
+    if (Basename(path) != kCheckpointLockFileName) files.push_back(path);
+  }
   ASSERT_THAT(files, SizeIs(5));
   const std::string metadata_path = JoinPath(kDir, ".metadata");
   ASSERT_THAT(files, ::testing::Contains(metadata_path));
