@@ -453,6 +453,116 @@ bool IsSafeRelativePath(absl::string_view relative) {
   return !absl::StrContains(relative, absl::string_view("\0", 1));
 }
 
+// ---- Stale files ------------------------------------------------------------
+
+// Whether `s` is a save token: 8 lowercase hex digits (`SaveToken`).
+bool IsToken(absl::string_view s) {
+  return s.size() == 8 && std::all_of(s.begin(), s.end(), [](char c) {
+           return absl::ascii_isdigit(static_cast<unsigned char>(c)) ||
+                  (c >= 'a' && c <= 'f');
+         });
+}
+
+bool IsNumber(absl::string_view s) {
+  return !s.empty() && std::all_of(s.begin(), s.end(), [](char c) {
+    return absl::ascii_isdigit(static_cast<unsigned char>(c));
+  });
+}
+
+// If `name` is a data file name that dcp generates, "__<rank>_<n>_<token>
+// .distcp" (`DataFileName`), its token.
+std::optional<absl::string_view> DcpDataFileToken(absl::string_view name) {
+  if (!absl::ConsumePrefix(&name, "__") ||
+      !absl::ConsumeSuffix(&name, kDataSuffix)) {
+    return std::nullopt;
+  }
+  std::vector<absl::string_view> parts = absl::StrSplit(name, '_');
+  if (parts.size() != 3 || !IsNumber(parts[0]) || !IsNumber(parts[1]) ||
+      !IsToken(parts[2])) {
+    return std::nullopt;
+  }
+  return parts[2];
+}
+
+// Whether `name` is a temporary metadata file of dcp, ".metadata.tmp.<token>".
+bool IsDcpTempMetadataName(absl::string_view name) {
+  return absl::ConsumePrefix(&name, kMetadataTmpPrefix) &&
+         absl::ConsumePrefix(&name, ".") && IsToken(name);
+}
+
+// The files (cleaned relative paths) the `.metadata` in `dir` references,
+// read before a commit replaces it. Empty if there is none, and also if it
+// cannot be read or decoded: then nothing is known to be its files.
+std::set<std::string> FilesOfCurrentCheckpoint(FileSystem& fs,
+                                               const std::string& dir) {
+  std::set<std::string> files;
+  absl::StatusOr<Metadata> metadata = ReadMetadataFile(fs, dir);
+  if (!metadata.ok()) {
+    if (!absl::IsNotFound(metadata.status())) {
+      LOG(WARNING) << "fs_storage: the checkpoint being replaced in " << dir
+                   << " is unreadable, so none of its files will be removed: "
+                   << metadata.status();
+    }
+    return files;
+  }
+  for (const auto& [index, info] : metadata->storage_data) {
+    files.insert(CleanPath(info.relative_path));
+  }
+  return files;
+}
+
+// After a commit of `committed` (by the save `token`), removes what dcp
+// knows to be its own files and no longer needed:
+//   - files that `previous` (the replaced `.metadata`) referenced and
+//     `committed` does not;
+//   - data files named by dcp for another save (leftovers of failed or
+//     crashed saves) that `committed` does not reference;
+//   - dcp's temporary metadata files.
+// Never any other file: not another tool's, not a PyTorch-named data file
+// that nothing references, not `.metadata` or the lock file. Best effort:
+// failures are logged, not returned.
+void RemoveStaleFiles(FileSystem& fs, const std::string& dir,
+                      absl::string_view token, const Metadata& committed,
+                      const std::set<std::string>& previous) {
+  std::set<std::string> referenced;
+  for (const auto& [index, info] : committed.storage_data) {
+    referenced.insert(CleanPath(info.relative_path));
+  }
+  std::set<std::string> stale;
+  for (const std::string& name : previous) {
+    if (referenced.count(name) == 0 && IsSafeRelativePath(name) &&
+        name != "." && name != kMetadataName && name != kLockName) {
+      stale.insert(name);
+    }
+  }
+  absl::StatusOr<std::vector<std::string>> children = fs.GetChildren(dir);
+  if (children.ok()) {
+    for (const std::string& name : *children) {
+      const std::optional<absl::string_view> data_token =
+          DcpDataFileToken(name);
+      if ((data_token.has_value() && *data_token != token &&
+           referenced.count(name) == 0) ||
+          IsDcpTempMetadataName(name)) {
+        stale.insert(name);
+      }
+    }
+  } else {
+    LOG(WARNING) << "fs_storage: not removing leftovers of earlier saves in "
+                 << dir << ": " << children.status();
+  }
+  if (stale.empty()) return;
+  std::vector<std::string> paths;
+  for (const std::string& name : stale) paths.push_back(JoinPath(dir, name));
+  RemoveFiles(fs, paths, "stale checkpoint files");
+  // Durable removals: a file of the replaced checkpoint that came back
+  // after a crash would be referenced by no `.metadata` any more.
+  absl::Status synced = fs.SyncDir(dir);
+  if (!synced.ok()) {
+    LOG(WARNING) << "fs_storage: syncing " << dir
+                 << " after removing stale files: " << synced;
+  }
+}
+
 // A saved record that the load touches.
 struct RecordWork {
   const MetadataIndex* index = nullptr;  // Key in the reader's storage_data.
@@ -922,6 +1032,17 @@ absl::Status FileSystemWriter::Finish(
                        metadata_path, ") and overwrite is off"));
     }
   }
+  // Without synced files the new .metadata may not survive a crash, so the
+  // files of the one it replaces must.
+  const bool remove_stale =
+      s.options.remove_stale_files && s.options.sync_files;
+  // Which files are the replaced checkpoint's is known only before the
+  // rename below replaces its .metadata.
+  std::set<std::string> previous_files;
+  if (remove_stale) {
+    previous_files =
+        fs_storage_internal::FilesOfCurrentCheckpoint(*s.fs, s.path);
+  }
 
   std::map<MetadataIndex, StorageInfo> storage_data;
   for (const std::vector<WriteResult>& rank_results : results) {
@@ -956,30 +1077,9 @@ absl::Status FileSystemWriter::Finish(
                  absl::StrCat("syncing checkpoint directory ", s.path)));
   }
 
-  if (s.options.remove_stale_files) {
-    absl::StatusOr<std::vector<std::string>> children =
-        s.fs->GetChildren(s.path);
-    if (!children.ok()) {
-      LOG(WARNING) << "fs_storage: not removing stale files of " << s.path
-                   << ": " << children.status();
-      return absl::OkStatus();
-    }
-    std::set<std::string> referenced;
-    for (const auto& [index, info] : metadata.storage_data) {
-      referenced.insert(info.relative_path);
-    }
-    const std::string own_suffix =
-        absl::StrCat("_", token, fs_storage_internal::kDataSuffix);
-    std::vector<std::string> stale;
-    for (const std::string& name : *children) {
-      const bool stale_data =
-          absl::EndsWith(name, fs_storage_internal::kDataSuffix) &&
-          !absl::EndsWith(name, own_suffix) && referenced.count(name) == 0;
-      const bool stale_tmp =
-          absl::StartsWith(name, fs_storage_internal::kMetadataTmpPrefix);
-      if (stale_data || stale_tmp) stale.push_back(JoinPath(s.path, name));
-    }
-    fs_storage_internal::RemoveFiles(*s.fs, stale, "stale checkpoint files");
+  if (remove_stale) {
+    fs_storage_internal::RemoveStaleFiles(*s.fs, s.path, token, metadata,
+                                          previous_files);
   }
   return absl::OkStatus();
 }

@@ -19,9 +19,9 @@
 // `.metadata` points at. Each rank syncs its data files and the directory;
 // then the coordinator writes `.metadata` to a temporary file, syncs it,
 // renames it over `.metadata` (an atomic replace) and syncs the directory.
-// Only then are data files that the new `.metadata` does not reference
-// removed. So a crash at any point leaves either the old checkpoint or the
-// new one, complete; a directory without `.metadata` is not a checkpoint.
+// Only then are stale files removed (below). So a crash at any point leaves
+// either the old checkpoint or the new one, complete; a directory without
+// `.metadata` is not a checkpoint.
 //
 // One saver per directory. The coordinator's writer locks `<dir>/.dcp.lock`
 // (`FileSystem::TryLockFile`) in `PrepareGlobalPlan`, before it lists the
@@ -57,9 +57,21 @@
 // (PyTorch's format): a corruption of it that still decodes into a
 // consistent description of the same files cannot be detected.
 //
-// Stale files: after a commit, data files of earlier saves are removed
-// (`remove_stale_files`), so a load of the previous checkpoint from the same
-// directory that is still running may fail with DataLoss.
+// Stale files. After a commit (with `remove_stale_files` and `sync_files`),
+// the writer removes only files it knows to be dcp's own and unneeded:
+//   - the files the previous `.metadata` referenced (it is read before the
+//     new one replaces it; if it cannot be read or decoded, none) that the
+//     new `.metadata` does not reference;
+//   - data files with the names dcp generates, `__<rank>_<n>_<token>.distcp`,
+//     of other saves (failed or crashed attempts) that the new `.metadata`
+//     does not reference;
+//   - dcp's temporary `.metadata.tmp.<token>` files.
+// Nothing else, ever: not other tools' files, not PyTorch-named
+// `__<rank>_<n>.distcp` files that nothing references, not the lock file.
+// Without `sync_files` nothing is removed: the new `.metadata` might not
+// survive a crash, and the previous checkpoint must. A load of the previous
+// checkpoint from the same directory that is still running may fail with
+// DataLoss once its files are removed.
 //
 // Thread safety: as storage/storage.h: one thread drives each writer or
 // reader; they use internal threads.
@@ -90,12 +102,15 @@ struct FileSystemWriterOptions {
   // file per item.
   bool single_file_per_rank = true;
   // fsync data files, `.metadata` and the directory. Without it there is no
-  // crash safety.
+  // crash safety, and no stale file is removed (a crash could lose the new
+  // `.metadata`, so the files of the previous checkpoint are kept).
   bool sync_files = true;
   // False: refuse (AlreadyExists) to save into a directory that already
   // holds a checkpoint.
   bool overwrite = true;
-  // Remove data files of earlier saves after a successful commit.
+  // After a successful commit, remove the files of the replaced checkpoint
+  // and dcp's own leftovers of earlier saves (see "Stale files" above).
+  // Only with `sync_files`.
   bool remove_stale_files = true;
   // Written as Metadata::version; PyTorch 2.6 ignores it.
   std::optional<std::string> metadata_version = std::string("1.0.0");

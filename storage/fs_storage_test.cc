@@ -54,6 +54,7 @@ using ::dcp::testing::CheckModelStateDict;
 using ::dcp::testing::FaultInjectingFileSystem;
 using ::dcp::testing::FileOp;
 using ::dcp::testing::IsOk;
+using ::dcp::testing::IsOkAndHolds;
 using ::dcp::testing::MakeModelStateDict;
 using ::dcp::testing::MakeTestTensor;
 using ::dcp::testing::MemFileSystem;
@@ -150,6 +151,24 @@ absl::Status LoadFrom(std::shared_ptr<FileSystem> fs, absl::string_view dir,
   LoadOptions load;
   load.no_dist = true;
   return Load(sd, *reader, load);
+}
+
+// The model's state dict for a one-rank save with `seed`'s values.
+StateDict ModelVersion(int seed) {
+  absl::StatusOr<StateDict> sd =
+      MakeModelStateDict(0, 1, ModelLayout::kSave, ModelValues::kTrue, seed);
+  CHECK(sd.ok()) << sd.status();
+  return *std::move(sd);
+}
+
+// Loads the model from `dir` and checks it has `seed`'s values.
+absl::Status LoadModelVersion(std::shared_ptr<FileSystem> fs,
+                              absl::string_view dir, int seed) {
+  DCP_ASSIGN_OR_RETURN(
+      StateDict dest,
+      MakeModelStateDict(0, 1, ModelLayout::kLoad, ModelValues::kPlaceholder));
+  DCP_RETURN_IF_ERROR(LoadFrom(std::move(fs), dir, dest));
+  return CheckModelStateDict(dest, 0, 1, ModelLayout::kLoad, seed);
 }
 
 // Names (not paths) of the files directly in `dir`.
@@ -576,6 +595,145 @@ TEST(FsStorageOverwriteTest, StaleFilesAreKeptWhenAsked) {
               ::testing::Contains(InfoOf(md1, "w").relative_path));
 }
 
+// Gives the data files of the checkpoint in `dir` PyTorch's own names
+// (`__<rank>_<n>.distcp`, without dcp's token) and rewrites `.metadata` to
+// match, as if PyTorch had saved it. Returns the new names.
+std::vector<std::string> UsePyTorchFileNames(std::shared_ptr<FileSystem> fs,
+                                             absl::string_view dir) {
+  absl::StatusOr<Metadata> md = ReadCheckpointMetadata(std::string(dir), fs);
+  CHECK(md.ok()) << md.status();
+  std::map<std::string, std::string> renamed;
+  for (auto& [index, info] : md->storage_data) {
+    std::string& name = renamed[info.relative_path];
+    if (name.empty()) {  // "__0_0_1a2b3c4d.distcp" -> "__0_0.distcp".
+      name = absl::StrCat(
+          info.relative_path.substr(0, info.relative_path.rfind('_')),
+          ".distcp");
+    }
+    info.relative_path = name;
+  }
+  std::vector<std::string> names;
+  for (const auto& [from, to] : renamed) {
+    CHECK(fs->Rename(JoinPath(dir, from), JoinPath(dir, to)).ok());
+    names.push_back(to);
+  }
+  absl::StatusOr<std::string> pickle = EncodeMetadataPickle(*md);
+  CHECK(pickle.ok()) << pickle.status();
+  WriteFile(*fs, JoinPath(dir, ".metadata"), *pickle);
+  return names;
+}
+
+// Files that are not dcp's to remove, whatever they look like.
+const std::vector<std::string> kForeignFiles = {
+    "notes.txt",                   // Another tool's.
+    "__7_0.distcp",                // PyTorch-named, referenced by nothing.
+    "__0_0_DEADBEEF.distcp",       // Not a token dcp generates.
+    "__0_0_deadbeef.distcp.bak",   // A user's copy.
+    "__0_0_deadbeef0.distcp",      // Token of 9 digits.
+    "x__0_0_deadbeef.distcp",      // Prefixed.
+    ".metadata.tmp",               // Not dcp's temporary name.
+    ".metadata.tmp.deadbeef.old",  // Ditto.
+};
+// Leftovers of earlier dcp saves that failed or crashed.
+const std::vector<std::string> kDcpLeftovers = {
+    "__0_0_deadbeef.distcp",
+    "__12_3_0badf00d.distcp",
+    ".metadata.tmp.deadbeef",
+};
+
+TEST(FsStorageCleanupTest, RemovesOnlyTheReplacedCheckpointAndDcpLeftovers) {
+  auto fs = std::make_shared<MemFileSystem>();
+  FileSystemWriterOptions options;
+  options.thread_count = 2;
+  ASSERT_OK(SaveTo(fs, kDir, ModelVersion(0), options).status());
+  // The checkpoint being replaced was written by PyTorch.
+  const std::vector<std::string> previous = UsePyTorchFileNames(fs, kDir);
+  ASSERT_THAT(previous, ElementsAre("__0_0.distcp", "__0_1.distcp"));
+  ASSERT_OK(LoadModelVersion(fs, kDir, 0));
+  for (const std::string& name : kForeignFiles) {
+    WriteFile(*fs, JoinPath(kDir, name), "keep me");
+  }
+  for (const std::string& name : kDcpLeftovers) {
+    WriteFile(*fs, JoinPath(kDir, name), "left over");
+  }
+
+  ASSERT_OK_AND_ASSIGN(Metadata md, SaveTo(fs, kDir, ModelVersion(1)));
+
+  std::vector<std::string> expected = kForeignFiles;
+  expected.push_back(".dcp.lock");
+  expected.push_back(".metadata");
+  for (const auto& [index, info] : md.storage_data) {
+    expected.push_back(info.relative_path);
+  }
+  std::sort(expected.begin(), expected.end());
+  expected.erase(std::unique(expected.begin(), expected.end()), expected.end());
+  EXPECT_EQ(Children(*fs, kDir), expected);
+  for (const std::string& name : kForeignFiles) {
+    EXPECT_THAT(ReadFileToString(*fs, JoinPath(kDir, name)),
+                IsOkAndHolds(std::string("keep me")))
+        << name;
+  }
+  EXPECT_OK(LoadModelVersion(fs, kDir, 1));
+}
+
+TEST(FsStorageCleanupTest, UnreadablePreviousMetadataRemovesNoneOfItsFiles) {
+  auto fs = std::make_shared<MemFileSystem>();
+  ASSERT_OK(SaveTo(fs, kDir, ModelVersion(0)).status());
+  const std::vector<std::string> previous = UsePyTorchFileNames(fs, kDir);
+  WriteFile(*fs, JoinPath(kDir, ".metadata"), "not a pickle");
+  for (const std::string& name : kDcpLeftovers) {
+    WriteFile(*fs, JoinPath(kDir, name), "left over");
+  }
+  ASSERT_OK(SaveTo(fs, kDir, ModelVersion(1)).status());
+  for (const std::string& name : previous) {
+    EXPECT_THAT(fs->Exists(JoinPath(kDir, name)), IsOkAndHolds(true)) << name;
+  }
+  // dcp's own leftovers are known by their names alone.
+  for (const std::string& name : kDcpLeftovers) {
+    EXPECT_THAT(fs->Exists(JoinPath(kDir, name)), IsOkAndHolds(false)) << name;
+  }
+  EXPECT_OK(LoadModelVersion(fs, kDir, 1));
+}
+
+TEST(FsStorageCleanupTest, PreviousMetadataCannotMakeItRemoveTheCheckpoint) {
+  auto fs = std::make_shared<MemFileSystem>();
+  ASSERT_OK_AND_ASSIGN(Metadata md, SaveTo(fs, kDir, ModelVersion(0)));
+  // A (corrupt) previous .metadata claiming .metadata, the lock file and a
+  // file outside the directory as its own.
+  WriteFile(*fs, "/outside", "keep me");
+  const std::vector<std::string> claimed = {"./.metadata", ".dcp.lock",
+                                            "../outside"};
+  int i = 0;
+  for (auto& [index, info] : md.storage_data) {
+    info.relative_path = claimed[i++ % claimed.size()];
+  }
+  absl::StatusOr<std::string> pickle = EncodeMetadataPickle(md);
+  ASSERT_OK(pickle.status());
+  WriteFile(*fs, JoinPath(kDir, ".metadata"), *pickle);
+  ASSERT_OK(SaveTo(fs, kDir, ModelVersion(1)).status());
+  EXPECT_THAT(fs->Exists(JoinPath(kDir, ".dcp.lock")), IsOkAndHolds(true));
+  EXPECT_THAT(fs->Exists("/outside"), IsOkAndHolds(true));
+  EXPECT_OK(LoadModelVersion(fs, kDir, 1));
+}
+
+TEST(FsStorageCleanupTest, WithoutSyncFilesNothingIsRemoved) {
+  auto fs = std::make_shared<MemFileSystem>();
+  ASSERT_OK(SaveTo(fs, kDir, ModelVersion(0)).status());
+  for (const std::string& name : kDcpLeftovers) {
+    WriteFile(*fs, JoinPath(kDir, name), "left over");
+  }
+  const std::vector<std::string> before = Children(*fs, kDir);
+  FileSystemWriterOptions options;
+  options.sync_files = false;
+  ASSERT_OK_AND_ASSIGN(Metadata md, SaveTo(fs, kDir, ModelVersion(1), options));
+  // Everything stays; the new save only added its data file.
+  std::vector<std::string> expected = before;
+  expected.push_back(InfoOf(md, "step").relative_path);
+  std::sort(expected.begin(), expected.end());
+  EXPECT_EQ(Children(*fs, kDir), expected);
+  EXPECT_OK(LoadModelVersion(fs, kDir, 1));
+}
+
 TEST(FsStorageOverwriteTest, OverwriteFalseRefusesAnExistingCheckpoint) {
   auto fs = std::make_shared<MemFileSystem>();
   StateDict sd{{"w", at::ones({2})}};
@@ -612,24 +770,6 @@ TEST(FsStorageOverwriteTest, ResetGivesEachSaveNewFileNames) {
 
 // ---- One saver per directory
 // -------------------------------------------------
-
-// The model's state dict for a one-rank save with `seed`'s values.
-StateDict ModelVersion(int seed) {
-  absl::StatusOr<StateDict> sd =
-      MakeModelStateDict(0, 1, ModelLayout::kSave, ModelValues::kTrue, seed);
-  CHECK(sd.ok()) << sd.status();
-  return *std::move(sd);
-}
-
-// Loads the model from `dir` and checks it has `seed`'s values.
-absl::Status LoadModelVersion(std::shared_ptr<FileSystem> fs,
-                              absl::string_view dir, int seed) {
-  DCP_ASSIGN_OR_RETURN(
-      StateDict dest,
-      MakeModelStateDict(0, 1, ModelLayout::kLoad, ModelValues::kPlaceholder));
-  DCP_RETURN_IF_ERROR(LoadFrom(std::move(fs), dir, dest));
-  return CheckModelStateDict(dest, 0, 1, ModelLayout::kLoad, seed);
-}
 
 // Forwards to `target`, and runs `pause` once the target's PrepareGlobalPlan
 // has returned OK: a save held in the middle, holding the directory.
