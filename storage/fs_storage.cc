@@ -1071,10 +1071,19 @@ absl::Status FileSystemWriter::Finish(
                                      "temporary metadata files");
     return status;
   }
+  // From here on the new checkpoint is in place: an error must say so, or
+  // a caller would take the previous checkpoint for the current one.
   if (s.options.sync_files) {
-    DCP_RETURN_IF_ERROR(
-        Annotate(s.fs->SyncDir(s.path),
-                 absl::StrCat("syncing checkpoint directory ", s.path)));
+    absl::Status synced = s.fs->SyncDir(s.path);
+    if (!synced.ok()) {
+      // Not removing stale files either: the rename may not be durable.
+      return WithCommitOutcome(
+          Annotate(synced,
+                   absl::StrCat("the new checkpoint in ", s.path,
+                                " is committed (.metadata is in place), but "
+                                "syncing the directory failed")),
+          CommitOutcome::kCommitted);
+    }
   }
 
   if (remove_stale) {

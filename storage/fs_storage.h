@@ -23,6 +23,16 @@
 // either the old checkpoint or the new one, complete; a directory without
 // `.metadata` is not a checkpoint.
 //
+// Committed means committed. An error from `Finish` after `.metadata` was
+// renamed into place (so far only a failed directory sync) says so in its
+// message ("the new checkpoint in /x is committed (.metadata is in place),
+// but syncing the directory failed: ...") and is marked
+// `CommitOutcome::kCommitted` (checkpoint/status.h): the new checkpoint is
+// the one a load finds, though it may not survive a machine crash. Every
+// other `Finish` error comes before the rename and is unmarked: the
+// previous checkpoint is untouched. Failures to remove stale files are
+// only logged.
+//
 // One saver per directory. The coordinator's writer locks `<dir>/.dcp.lock`
 // (`FileSystem::TryLockFile`) in `PrepareGlobalPlan`, before it lists the
 // directory to choose the save's file names, and holds the lock until

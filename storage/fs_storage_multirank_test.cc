@@ -368,6 +368,35 @@ TEST(FsStorageMultiRankTest, FailedWriteKeepsTheOldCheckpointAndCleansUp) {
   EXPECT_THAT(LoadedVersion(mem, kDir), IsOkAndHolds(1));
 }
 
+TEST(FsStorageMultiRankTest,
+     SyncFailureAfterTheCommitSaysCommittedOnEveryRank) {
+  auto mem = std::make_shared<MemFileSystem>();
+  ASSERT_THAT(SaveModel(3, mem, kDir, 0), Each(IsOk()));
+  auto faulty = std::make_shared<FaultInjectingFileSystem>(mem);
+  // Each of the 3 ranks syncs the directory after its data files; the
+  // coordinator's 4th sync, after the rename of .metadata, fails.
+  faulty->AddRule({FileOp::kSyncDir, "/ckpt", /*nth=*/4, /*times=*/1,
+                   absl::UnavailableError("disk gone")});
+  std::vector<absl::Status> statuses = SaveModel(3, faulty, kDir, 1);
+  EXPECT_THAT(statuses,
+              Each(StatusIs(absl::StatusCode::kUnavailable,
+                            AllOf(HasSubstr("rank 0"),
+                                  HasSubstr("the new checkpoint in /ckpt is "
+                                            "committed (.metadata is in "
+                                            "place), but syncing the "
+                                            "directory failed"),
+                                  HasSubstr("disk gone")))));
+  const std::vector<std::string> log = faulty->mutation_log();
+  auto rename = std::find_if(log.begin(), log.end(), [](const std::string& op) {
+    return absl::StartsWith(op, "rename /ckpt/.metadata.tmp.");
+  });
+  ASSERT_NE(rename, log.end());
+  ASSERT_NE(rename + 1, log.end());
+  EXPECT_EQ(*(rename + 1), "syncdir /ckpt");
+  faulty->ClearRules();
+  EXPECT_THAT(LoadAndCheckModel(2, faulty, kDir, 1), Each(IsOk()));
+}
+
 TEST(FsStorageMultiRankTest, FaultPointsFailTheSaveOrLoadCleanly) {
   auto fs = std::make_shared<MemFileSystem>();
   ASSERT_THAT(SaveModel(2, fs, kDir, 0), Each(IsOk()));

@@ -771,12 +771,17 @@ TEST(FsStorageOverwriteTest, ResetGivesEachSaveNewFileNames) {
 // ---- One saver per directory
 // -------------------------------------------------
 
-// Forwards to `target`, and runs `pause` once the target's PrepareGlobalPlan
-// has returned OK: a save held in the middle, holding the directory.
-class PausingWriter : public StorageWriter {
+// Forwards to `target`, letting a test act in the middle of a save and see
+// what the save's protocol does not pass on.
+class ObservedWriter : public StorageWriter {
  public:
-  PausingWriter(StorageWriter& target, std::function<void()> pause)
-      : target_(target), pause_(std::move(pause)) {}
+  explicit ObservedWriter(StorageWriter& target) : target_(target) {}
+
+  // Runs when the target's PrepareGlobalPlan has returned OK: the save is
+  // held in the middle, holding the directory.
+  std::function<void()> after_global_plan = [] {};
+  // What the target's last Finish returned.
+  absl::Status finish_status = absl::UnknownError("Finish was not called");
 
   absl::Status Reset(std::optional<std::string> checkpoint_id) override {
     return target_.Reset(std::move(checkpoint_id));
@@ -794,7 +799,7 @@ class PausingWriter : public StorageWriter {
       std::vector<SavePlan> plans) override {
     absl::StatusOr<std::vector<SavePlan>> result =
         target_.PrepareGlobalPlan(std::move(plans));
-    if (result.ok()) pause_();
+    if (result.ok()) after_global_plan();
     return result;
   }
   absl::StatusOr<std::vector<WriteResult>> WriteData(
@@ -804,13 +809,13 @@ class PausingWriter : public StorageWriter {
   absl::Status Finish(
       Metadata& metadata,
       const std::vector<std::vector<WriteResult>>& results) override {
-    return target_.Finish(metadata, results);
+    finish_status = target_.Finish(metadata, results);
+    return finish_status;
   }
   void AbortSave() override { target_.AbortSave(); }
 
  private:
   StorageWriter& target_;
-  std::function<void()> pause_;
 };
 
 // A coordinator writer of `dir` that has begun a save (holds the lock).
@@ -846,12 +851,13 @@ TEST(FsStorageLockTest, ConcurrentSaveFailsNamingTheHolderAndFirstCommits) {
   const std::string first_save_id = *first->StorageMetaForSave()->save_id;
   absl::Status second = absl::UnknownError("the second save did not run");
   std::map<std::string, uint64_t> files_before_second;
-  PausingWriter paused(*first, [&] {
+  ObservedWriter paused(*first);
+  paused.after_global_plan = [&] {
     files_before_second = fs->ListAllFiles();
     second = SaveTo(fs, kDir, ModelVersion(2)).status();
     // Refused in its plan step: it wrote and removed nothing.
     EXPECT_EQ(fs->ListAllFiles(), files_before_second);
-  });
+  };
   SaveOptions save;
   save.no_dist = true;
   ASSERT_OK(Save(ModelVersion(1), paused, save).status());
@@ -968,6 +974,81 @@ TEST(FsStorageLockTest, LockIsHeldFromBeforeTheListingUntilAfterCleanup) {
   EXPECT_GE(last_change, 0);
   EXPECT_GT(unlock, last_change) << ::testing::PrintToString(log);
   EXPECT_EQ(IndexOf(log, "remove /ckpt/.dcp.lock"), -1);
+}
+
+// ---- Commit outcome
+// -----------------------------------------------------------
+
+TEST(FsStorageCommitTest, DirectorySyncFailureAfterTheRenameSaysCommitted) {
+  auto mem = std::make_shared<MemFileSystem>();
+  auto faulty = std::make_shared<FaultInjectingFileSystem>(mem);
+  ASSERT_OK_AND_ASSIGN(Metadata md0, SaveTo(faulty, kDir, ModelVersion(0)));
+  const std::string old_file = InfoOf(md0, "step").relative_path;
+  // The save syncs the directory after its data files and again after the
+  // rename of .metadata; the second fails.
+  faulty->AddRule({FileOp::kSyncDir, "/ckpt", /*nth=*/2, /*times=*/1,
+                   absl::UnavailableError("disk gone")});
+  faulty->ClearOpLog();
+  FileSystemWriterOptions options;
+  options.file_system = faulty;
+  ASSERT_OK_AND_ASSIGN(auto writer,
+                       FileSystemWriter::Create(std::string(kDir), options));
+  ObservedWriter observed(*writer);
+  SaveOptions save;
+  save.no_dist = true;
+  const absl::Status status = Save(ModelVersion(1), observed, save).status();
+
+  const std::string committed =
+      "the new checkpoint in /ckpt is committed (.metadata is in place), but "
+      "syncing the directory failed: syncdir /ckpt: disk gone";
+  EXPECT_THAT(status,
+              StatusIs(absl::StatusCode::kUnavailable, HasSubstr(committed)));
+  EXPECT_THAT(observed.finish_status,
+              StatusIs(absl::StatusCode::kUnavailable, HasSubstr(committed)));
+  EXPECT_EQ(GetCommitOutcome(observed.finish_status),
+            CommitOutcome::kCommitted);
+  // It was indeed the sync right after the rename that failed.
+  const std::vector<std::string> log = faulty->mutation_log();
+  auto rename = std::find_if(log.begin(), log.end(), [](const std::string& op) {
+    return absl::StartsWith(op, "rename /ckpt/.metadata.tmp.");
+  });
+  ASSERT_NE(rename, log.end());
+  ASSERT_NE(rename + 1, log.end());
+  EXPECT_EQ(*(rename + 1), "syncdir /ckpt");
+  // The new checkpoint is the one in place; the old one's files are kept,
+  // since the rename may not be durable.
+  faulty->ClearRules();
+  EXPECT_OK(LoadModelVersion(faulty, kDir, 1));
+  EXPECT_THAT(faulty->Exists(JoinPath(kDir, old_file)), IsOkAndHolds(true));
+  // The lock was released: the next save goes through and cleans up.
+  ASSERT_OK(SaveTo(faulty, kDir, ModelVersion(2)).status());
+  EXPECT_THAT(faulty->Exists(JoinPath(kDir, old_file)), IsOkAndHolds(false));
+}
+
+TEST(FsStorageCommitTest, ErrorsBeforeTheRenameAreNotMarked) {
+  for (FileOp op : {FileOp::kCreate, FileOp::kSync, FileOp::kRename}) {
+    SCOPED_TRACE(::testing::PrintToString(op));
+    auto faulty = std::make_shared<FaultInjectingFileSystem>(
+        std::make_shared<MemFileSystem>());
+    ASSERT_OK(SaveTo(faulty, kDir, ModelVersion(0)).status());
+    faulty->AddRule({op, ".metadata.tmp."});
+    FileSystemWriterOptions options;
+    options.file_system = faulty;
+    ASSERT_OK_AND_ASSIGN(auto writer,
+                         FileSystemWriter::Create(std::string(kDir), options));
+    ObservedWriter observed(*writer);
+    SaveOptions save;
+    save.no_dist = true;
+    EXPECT_THAT(
+        Save(ModelVersion(1), observed, save).status(),
+        StatusIs(absl::StatusCode::kUnavailable, Not(HasSubstr("committed"))));
+    EXPECT_THAT(observed.finish_status,
+                StatusIs(absl::StatusCode::kUnavailable));
+    EXPECT_EQ(GetCommitOutcome(observed.finish_status),
+              CommitOutcome::kNotCommitted);
+    faulty->ClearRules();
+    EXPECT_OK(LoadModelVersion(faulty, kDir, 0));
+  }
 }
 
 TEST(FsStorageTest, CreateRejectsBadOptions) {
