@@ -30,14 +30,16 @@
 // process (the simulator runs many ranks in one process), and die with
 // their process, so a crashed holder never leaves a file locked. The holder
 // writes a line about itself into the lock file, so a refused caller can
-// name it. Lock files are never removed: a holder of a removed lock file and
-// a holder of a new file at the same path would not exclude each other
-// (`FileLock::CheckHeld` detects that).
+// name it. Releasing a lock leaves its file in place, and lock files must
+// not be removed: a holder of a removed lock file and a holder of a new
+// file at the same path would not exclude each other (`FileLock::CheckHeld`
+// detects that).
 //
 // Thread safety: all `FileSystem` methods may be called concurrently from
 // any number of threads without external synchronisation. A `WritableFile`
 // is used by one thread at a time. A `RandomAccessFile` may be read
-// concurrently by many threads.
+// concurrently by many threads. `FileLock::CheckHeld` may be called from
+// any thread.
 //
 // Ownership: files returned by a `FileSystem` may outlive it.
 //

@@ -469,8 +469,8 @@ bool IsNumber(absl::string_view s) {
   });
 }
 
-// If `name` is a data file name that dcp generates, "__<rank>_<n>_<token>
-// .distcp" (`DataFileName`), its token.
+// If `name` is a data file name that dcp generates (`DataFileName`:
+// "__<rank>_<n>_<token>.distcp"), its token.
 std::optional<absl::string_view> DcpDataFileToken(absl::string_view name) {
   if (!absl::ConsumePrefix(&name, "__") ||
       !absl::ConsumeSuffix(&name, kDataSuffix)) {
