@@ -1,11 +1,15 @@
 #include "storage/file_system.h"
 
 #include <cstring>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/strings/ascii.h"
+#include "absl/strings/cord.h"
+#include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
@@ -89,6 +93,11 @@ absl::Status FileSystemWrapper::SyncDir(absl::string_view dir) {
   return target_->SyncDir(dir);
 }
 
+absl::StatusOr<std::unique_ptr<FileLock>> FileSystemWrapper::TryLockFile(
+    absl::string_view path, absl::string_view holder_info) {
+  return target_->TryLockFile(path, holder_info);
+}
+
 // -----------------------------------------------------------------------------
 // Path helpers
 // -----------------------------------------------------------------------------
@@ -168,6 +177,48 @@ absl::Status ReadPastEndError(absl::string_view path, uint64_t offset,
       absl::StrCat("file \"", path, "\": read of ", wanted, " bytes at offset ",
                    offset, " goes past the end of the file: only ", available,
                    " bytes are available there"));
+}
+
+// -----------------------------------------------------------------------------
+// Lock errors
+// -----------------------------------------------------------------------------
+
+namespace {
+// Enough for any holder line; a lock file is not read further.
+constexpr size_t kMaxHolderInfo = 1024;
+}  // namespace
+
+absl::Status LockHeldError(absl::string_view path,
+                           absl::string_view lock_file_content) {
+  absl::string_view info = absl::StripAsciiWhitespace(lock_file_content);
+  if (info.size() > kMaxHolderInfo) info = info.substr(0, kMaxHolderInfo);
+  std::string holder;
+  for (char c : info) {
+    const auto u = static_cast<unsigned char>(c);
+    if (u < 0x20 || u == 0x7f) {
+      holder += absl::CHexEscape(absl::string_view(&c, 1));
+    } else {
+      holder.push_back(c);
+    }
+  }
+  absl::Status status = absl::FailedPreconditionError(absl::StrCat(
+      "lock file \"", path, "\" is held by ",
+      holder.empty() ? "another holder (it did not say who)" : holder));
+  status.SetPayload(kLockHolderPayload, absl::Cord(holder));
+  return status;
+}
+
+std::optional<std::string> LockHolderInfo(const absl::Status& status) {
+  auto payload = status.GetPayload(kLockHolderPayload);
+  if (!payload.has_value()) return std::nullopt;
+  return std::string(*payload);
+}
+
+absl::Status LockLostError(absl::string_view path) {
+  return absl::FailedPreconditionError(absl::StrCat(
+      "lock file \"", path,
+      "\" is no longer held: the file at that path is not the one locked (it "
+      "was removed, renamed or replaced), so another holder can lock it"));
 }
 
 }  // namespace dcp

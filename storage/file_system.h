@@ -24,10 +24,22 @@
 // So the crash-safe way to publish a file is: write `name.tmp`, `Sync()`,
 // `Close()`, `Rename("name.tmp", "name")`, `SyncDir(Dirname("name"))`.
 //
+// Locks. `TryLockFile` takes an exclusive, advisory, non-blocking lock on a
+// file and returns a `FileLock` that releases it when destroyed. Locks
+// exclude each other between processes and between lock objects of one
+// process (the simulator runs many ranks in one process), and die with
+// their process, so a crashed holder never leaves a file locked. The holder
+// writes a line about itself into the lock file, so a refused caller can
+// name it. Releasing a lock leaves its file in place, and lock files must
+// not be removed: a holder of a removed lock file and a holder of a new
+// file at the same path would not exclude each other (`FileLock::CheckHeld`
+// detects that).
+//
 // Thread safety: all `FileSystem` methods may be called concurrently from
 // any number of threads without external synchronisation. A `WritableFile`
 // is used by one thread at a time. A `RandomAccessFile` may be read
-// concurrently by many threads.
+// concurrently by many threads. `FileLock::CheckHeld` may be called from
+// any thread.
 //
 // Ownership: files returned by a `FileSystem` may outlive it.
 //
@@ -40,6 +52,8 @@
 //                       non-empty directory, use of a closed `WritableFile`
 //   InvalidArgument     a malformed path (e.g. renaming a directory into
 //                       itself)
+//                       `TryLockFile` of a file another holder has locked
+//                       (`LockHeldError`)
 //   DataLoss            a read past the end of a file (short read)
 //   PermissionDenied    the OS refused access
 //   ResourceExhausted   no space left on the device
@@ -51,7 +65,9 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -127,6 +143,38 @@ class RandomAccessFile {
   RandomAccessFile() = default;
 };
 
+// An exclusive lock on a file, taken by `FileSystem::TryLockFile`. The lock
+// is released when this object is destroyed (and, for a real file system,
+// when the process holding it dies).
+//
+// Thread safety: `CheckHeld` may be called from any thread.
+//
+// Ownership: may outlive the file system that made it.
+class FileLock {
+ public:
+  FileLock(const FileLock&) = delete;
+  FileLock& operator=(const FileLock&) = delete;
+
+  // Releases the lock. The lock file stays.
+  virtual ~FileLock() = default;
+
+  // The path that was locked, as the caller spelled it.
+  const std::string& path() const { return path_; }
+
+  // OK while this object holds the lock on the file now at `path()`.
+  // FailedPrecondition (`LockLostError`) if the file at `path()` is no
+  // longer the one locked (it was removed, renamed or replaced), since
+  // another holder can then lock the new file; Aborted after a simulated
+  // crash (`testing::FaultInjectingFileSystem`); other codes for I/O errors.
+  virtual absl::Status CheckHeld() const = 0;
+
+ protected:
+  explicit FileLock(std::string path) : path_(std::move(path)) {}
+
+ private:
+  const std::string path_;
+};
+
 // The file-system interface. See the file comment for the thread-safety,
 // durability and error contracts every implementation follows.
 class FileSystem {
@@ -190,6 +238,27 @@ class FileSystem {
   // NotFound if it does not exist; FailedPrecondition if it is a file.
   virtual absl::Status SyncDir(absl::string_view dir) = 0;
 
+  // Locks the file `path` exclusively, without waiting, creating it (empty,
+  // mode 0644) if it does not exist. Symbolic links are not followed.
+  //   - The lock excludes every other lock object on the same file, in this
+  //     process (even through this same `FileSystem`) or any other.
+  //   - It is released when the returned object is destroyed, or when the
+  //     holding process dies.
+  //   - It is advisory: other operations on the file ignore it.
+  //   - Once locked, the file's content is replaced by `holder_info` and a
+  //     newline (not synced), so that a refused caller can say who holds
+  //     it. A refused attempt changes nothing.
+  //   - Releasing does not remove the file (and callers should not either:
+  //     see the file comment).
+  // Errors: FailedPrecondition from `LockHeldError` when another lock object
+  // holds the file (its message names the path and the holder's info,
+  // which `LockHolderInfo` returns); FailedPrecondition if `path` is a
+  // directory or a symbolic link; NotFound if the parent does not exist;
+  // Unimplemented if the platform has no suitable locks; I/O errors as
+  // documented at the top of this file.
+  virtual absl::StatusOr<std::unique_ptr<FileLock>> TryLockFile(
+      absl::string_view path, absl::string_view holder_info) = 0;
+
   // Like `FileExists`, as a bool: true if `path` exists, false on NotFound,
   // and the error otherwise.
   absl::StatusOr<bool> Exists(absl::string_view path);
@@ -222,6 +291,8 @@ class FileSystemWrapper : public FileSystem {
   absl::Status RemoveDir(absl::string_view dir) override;
   absl::Status Rename(absl::string_view from, absl::string_view to) override;
   absl::Status SyncDir(absl::string_view dir) override;
+  absl::StatusOr<std::unique_ptr<FileLock>> TryLockFile(
+      absl::string_view path, absl::string_view holder_info) override;
 
  private:
   std::shared_ptr<FileSystem> target_;
@@ -266,6 +337,31 @@ absl::StatusOr<std::string> ReadFileToString(FileSystem& fs,
 // exist.
 absl::Status ReadPastEndError(absl::string_view path, uint64_t offset,
                               uint64_t wanted, uint64_t available);
+
+// -----------------------------------------------------------------------------
+// Lock errors (shared by the implementations, so every one reports alike).
+// -----------------------------------------------------------------------------
+
+// Payload type URL of a `LockHeldError`: the holder's info.
+inline constexpr absl::string_view kLockHolderPayload =
+    "type.dcp/file_lock.holder";
+
+// The FailedPrecondition `TryLockFile` returns when the file `path` is
+// locked by another holder, given the lock file's content as read (the
+// holder's info; possibly empty or partial if the holder is still writing
+// it). The message is `lock file "<path>" is held by <holder info>`; the
+// info (trimmed, at most 1 KiB, control characters escaped) is also the
+// `kLockHolderPayload` payload.
+absl::Status LockHeldError(absl::string_view path,
+                           absl::string_view lock_file_content);
+
+// The holder's info if `status` (possibly annotated) is a `LockHeldError`;
+// empty if the holder did not say. nullopt for any other status.
+std::optional<std::string> LockHolderInfo(const absl::Status& status);
+
+// The FailedPrecondition `FileLock::CheckHeld` returns when the file at
+// `path` is no longer the locked one.
+absl::Status LockLostError(absl::string_view path);
 
 }  // namespace dcp
 

@@ -1,5 +1,7 @@
 #include "storage/fs_storage.h"
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
@@ -21,6 +23,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/ascii.h"
+#include "absl/strings/cord.h"
 #include "absl/strings/escaping.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
@@ -28,6 +31,8 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/string_view.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
 #include "absl/types/span.h"
 #include "checkpoint/fault_point.h"
 #include "checkpoint/metadata.h"
@@ -46,6 +51,7 @@ namespace fs_storage_internal {
 namespace {
 
 constexpr absl::string_view kMetadataName = ".metadata";
+constexpr absl::string_view kLockName = kCheckpointLockFileName;
 constexpr absl::string_view kMetadataTmpPrefix = ".metadata.tmp";
 constexpr absl::string_view kDataSuffix = ".distcp";
 // "Tag:token:prefix", the encoding of SavePlan::storage_data.
@@ -379,6 +385,43 @@ void RemoveFiles(FileSystem& fs, const std::vector<std::string>& paths,
   }
 }
 
+// ---- The directory lock -----------------------------------------------------
+
+// Who holds the lock, for the lock file and for the error another writer
+// gets: "pid 123 on host h since 2026-12-06T02:00:00Z, save <save id>".
+std::string DescribeThisWriter(absl::string_view save_id) {
+  char host[256];
+  if (::gethostname(host, sizeof(host)) != 0) host[0] = '\0';
+  host[sizeof(host) - 1] = '\0';
+  return absl::StrFormat(
+      "pid %d on host %s since %s, save %s", static_cast<int>(::getpid()),
+      host[0] != '\0' ? host : "(unknown)",
+      absl::FormatTime("%Y-%m-%dT%H:%M:%SZ", absl::Now(), absl::UTCTimeZone()),
+      save_id);
+}
+
+// Locks `<dir>/.dcp.lock` for the save `save_id`. FailedPrecondition naming
+// the directory, the lock file and the holder (also as the
+// kLockHolderPayload payload) if another writer holds it.
+absl::StatusOr<std::unique_ptr<FileLock>> LockDirectory(
+    FileSystem& fs, const std::string& dir, absl::string_view save_id) {
+  const std::string lock_path = JoinPath(dir, kLockName);
+  absl::StatusOr<std::unique_ptr<FileLock>> lock =
+      fs.TryLockFile(lock_path, DescribeThisWriter(save_id));
+  if (lock.ok()) return lock;
+  std::optional<std::string> holder = LockHolderInfo(lock.status());
+  if (!holder.has_value()) {
+    return Annotate(lock.status(),
+                    absl::StrCat("locking checkpoint directory ", dir));
+  }
+  absl::Status status = absl::FailedPreconditionError(absl::StrCat(
+      "checkpoint directory ", dir, " is being saved by another writer (",
+      holder->empty() ? "it did not say who" : *holder, "; lock file ",
+      lock_path, "); one save at a time may write a directory"));
+  status.SetPayload(kLockHolderPayload, absl::Cord(*holder));
+  return status;
+}
+
 // ---- Reading ----------------------------------------------------------------
 
 absl::Status NotACheckpoint(absl::string_view dir) {
@@ -408,6 +451,116 @@ bool IsSafeRelativePath(absl::string_view relative) {
     if (part == "..") return false;
   }
   return !absl::StrContains(relative, absl::string_view("\0", 1));
+}
+
+// ---- Stale files ------------------------------------------------------------
+
+// Whether `s` is a save token: 8 lowercase hex digits (`SaveToken`).
+bool IsToken(absl::string_view s) {
+  return s.size() == 8 && std::all_of(s.begin(), s.end(), [](char c) {
+           return absl::ascii_isdigit(static_cast<unsigned char>(c)) ||
+                  (c >= 'a' && c <= 'f');
+         });
+}
+
+bool IsNumber(absl::string_view s) {
+  return !s.empty() && std::all_of(s.begin(), s.end(), [](char c) {
+    return absl::ascii_isdigit(static_cast<unsigned char>(c));
+  });
+}
+
+// If `name` is a data file name that dcp generates (`DataFileName`:
+// "__<rank>_<n>_<token>.distcp"), its token.
+std::optional<absl::string_view> DcpDataFileToken(absl::string_view name) {
+  if (!absl::ConsumePrefix(&name, "__") ||
+      !absl::ConsumeSuffix(&name, kDataSuffix)) {
+    return std::nullopt;
+  }
+  std::vector<absl::string_view> parts = absl::StrSplit(name, '_');
+  if (parts.size() != 3 || !IsNumber(parts[0]) || !IsNumber(parts[1]) ||
+      !IsToken(parts[2])) {
+    return std::nullopt;
+  }
+  return parts[2];
+}
+
+// Whether `name` is a temporary metadata file of dcp, ".metadata.tmp.<token>".
+bool IsDcpTempMetadataName(absl::string_view name) {
+  return absl::ConsumePrefix(&name, kMetadataTmpPrefix) &&
+         absl::ConsumePrefix(&name, ".") && IsToken(name);
+}
+
+// The files (cleaned relative paths) the `.metadata` in `dir` references,
+// read before a commit replaces it. Empty if there is none, and also if it
+// cannot be read or decoded: then nothing is known to be its files.
+std::set<std::string> FilesOfCurrentCheckpoint(FileSystem& fs,
+                                               const std::string& dir) {
+  std::set<std::string> files;
+  absl::StatusOr<Metadata> metadata = ReadMetadataFile(fs, dir);
+  if (!metadata.ok()) {
+    if (!absl::IsNotFound(metadata.status())) {
+      LOG(WARNING) << "fs_storage: the checkpoint being replaced in " << dir
+                   << " is unreadable, so none of its files will be removed: "
+                   << metadata.status();
+    }
+    return files;
+  }
+  for (const auto& [index, info] : metadata->storage_data) {
+    files.insert(CleanPath(info.relative_path));
+  }
+  return files;
+}
+
+// After a commit of `committed` (by the save `token`), removes what dcp
+// knows to be its own files and no longer needed:
+//   - files that `previous` (the replaced `.metadata`) referenced and
+//     `committed` does not;
+//   - data files named by dcp for another save (leftovers of failed or
+//     crashed saves) that `committed` does not reference;
+//   - dcp's temporary metadata files.
+// Never any other file: not another tool's, not a PyTorch-named data file
+// that nothing references, not `.metadata` or the lock file. Best effort:
+// failures are logged, not returned.
+void RemoveStaleFiles(FileSystem& fs, const std::string& dir,
+                      absl::string_view token, const Metadata& committed,
+                      const std::set<std::string>& previous) {
+  std::set<std::string> referenced;
+  for (const auto& [index, info] : committed.storage_data) {
+    referenced.insert(CleanPath(info.relative_path));
+  }
+  std::set<std::string> stale;
+  for (const std::string& name : previous) {
+    if (referenced.count(name) == 0 && IsSafeRelativePath(name) &&
+        name != "." && name != kMetadataName && name != kLockName) {
+      stale.insert(name);
+    }
+  }
+  absl::StatusOr<std::vector<std::string>> children = fs.GetChildren(dir);
+  if (children.ok()) {
+    for (const std::string& name : *children) {
+      const std::optional<absl::string_view> data_token =
+          DcpDataFileToken(name);
+      if ((data_token.has_value() && *data_token != token &&
+           referenced.count(name) == 0) ||
+          IsDcpTempMetadataName(name)) {
+        stale.insert(name);
+      }
+    }
+  } else {
+    LOG(WARNING) << "fs_storage: not removing leftovers of earlier saves in "
+                 << dir << ": " << children.status();
+  }
+  if (stale.empty()) return;
+  std::vector<std::string> paths;
+  for (const std::string& name : stale) paths.push_back(JoinPath(dir, name));
+  RemoveFiles(fs, paths, "stale checkpoint files");
+  // Durable removals: a file of the replaced checkpoint that came back
+  // after a crash would be referenced by no `.metadata` any more.
+  absl::Status synced = fs.SyncDir(dir);
+  if (!synced.ok()) {
+    LOG(WARNING) << "fs_storage: syncing " << dir
+                 << " after removing stale files: " << synced;
+  }
 }
 
 // A saved record that the load touches.
@@ -686,9 +839,10 @@ struct FileSystemWriter::State {
   std::shared_ptr<FileSystem> fs;
   std::string save_id;
   bool is_coordinator = false;
-  // The token of the save begun by this (coordinator) writer's
-  // PrepareGlobalPlan, until its Finish.
+  // The save begun by this (coordinator) writer's PrepareGlobalPlan, until
+  // its Finish returns or AbortSave: its token, and the directory's lock.
   std::string token;
+  std::unique_ptr<FileLock> lock;
 };
 
 FileSystemWriter::FileSystemWriter(std::unique_ptr<State> state)
@@ -725,6 +879,7 @@ absl::Status FileSystemWriter::Reset(std::optional<std::string> checkpoint_id) {
   }
   state_->save_id = fs_storage_internal::RandomUuid();
   state_->token.clear();
+  state_->lock.reset();
   return absl::OkStatus();
 }
 
@@ -762,6 +917,15 @@ absl::StatusOr<SavePlan> FileSystemWriter::PrepareLocalPlan(SavePlan plan) {
 absl::StatusOr<std::vector<SavePlan>> FileSystemWriter::PrepareGlobalPlan(
     std::vector<SavePlan> plans) {
   State& s = *state_;
+  // A new save ends an unfinished one of this writer, and its lock.
+  const std::string previous_token = std::exchange(s.token, std::string());
+  s.lock.reset();
+  // One save at a time per directory, from before the listing below (which
+  // chooses the token) until the commit and the stale-file removal are
+  // done. Kept only if this returns OK.
+  DCP_ASSIGN_OR_RETURN(
+      std::unique_ptr<FileLock> lock,
+      fs_storage_internal::LockDirectory(*s.fs, s.path, s.save_id));
   // Data files get names no existing file has, so a save never overwrites
   // the files of the checkpoint it replaces (nor of an unfinished save).
   absl::StatusOr<std::vector<std::string>> children = s.fs->GetChildren(s.path);
@@ -777,7 +941,7 @@ absl::StatusOr<std::vector<SavePlan>> FileSystemWriter::PrepareGlobalPlan(
     }
     std::string candidate = fs_storage_internal::SaveToken(s.save_id, attempt);
     const std::string in_use = absl::StrCat("_", candidate, ".");
-    const bool taken = candidate == s.token ||
+    const bool taken = candidate == previous_token ||
                        std::any_of(children->begin(), children->end(),
                                    [&](const std::string& name) {
                                      return absl::StrContains(name, in_use);
@@ -785,6 +949,7 @@ absl::StatusOr<std::vector<SavePlan>> FileSystemWriter::PrepareGlobalPlan(
     if (!taken) token = std::move(candidate);
   }
   s.token = token;
+  s.lock = std::move(lock);
   for (size_t rank = 0; rank < plans.size(); ++rank) {
     plans[rank].storage_data =
         fs_storage_internal::EncodePlanStorageData(token, rank);
@@ -839,14 +1004,24 @@ absl::StatusOr<std::vector<WriteResult>> FileSystemWriter::WriteData(
 
 absl::Status FileSystemWriter::Finish(
     Metadata& metadata, const std::vector<std::vector<WriteResult>>& results) {
-  DCP_RETURN_IF_ERROR(FaultPoint("fs_storage.finish"));
   State& s = *state_;
-  if (s.token.empty()) {
+  if (s.token.empty() || s.lock == nullptr) {
     return absl::FailedPreconditionError(absl::StrCat(
         "Finish of the checkpoint in ", s.path,
-        " without a save begun by PrepareGlobalPlan on this writer"));
+        " without a save begun by PrepareGlobalPlan on this writer (or "
+        "after AbortSave)"));
   }
+  // The save ends here: the lock is released when this returns, after the
+  // stale files are removed.
+  const std::unique_ptr<FileLock> lock = std::move(s.lock);
   const std::string token = std::exchange(s.token, std::string());
+  DCP_RETURN_IF_ERROR(FaultPoint("fs_storage.finish"));
+  // Someone removed or replaced the lock file, so another writer may be
+  // saving here too: committing could publish files it removes.
+  DCP_RETURN_IF_ERROR(Annotate(
+      lock->CheckHeld(),
+      absl::StrCat("not committing the checkpoint in ", s.path,
+                   ": this save no longer holds the directory's lock")));
   const std::string metadata_path =
       JoinPath(s.path, fs_storage_internal::kMetadataName);
   if (!s.options.overwrite) {
@@ -856,6 +1031,17 @@ absl::Status FileSystemWriter::Finish(
           absl::StrCat("a checkpoint already exists in ", s.path, " (",
                        metadata_path, ") and overwrite is off"));
     }
+  }
+  // Without synced files the new .metadata may not survive a crash, so the
+  // files of the one it replaces must.
+  const bool remove_stale =
+      s.options.remove_stale_files && s.options.sync_files;
+  // Which files are the replaced checkpoint's is known only before the
+  // rename below replaces its .metadata.
+  std::set<std::string> previous_files;
+  if (remove_stale) {
+    previous_files =
+        fs_storage_internal::FilesOfCurrentCheckpoint(*s.fs, s.path);
   }
 
   std::map<MetadataIndex, StorageInfo> storage_data;
@@ -885,38 +1071,31 @@ absl::Status FileSystemWriter::Finish(
                                      "temporary metadata files");
     return status;
   }
+  // From here on the new checkpoint is in place: an error must say so, or
+  // a caller would take the previous checkpoint for the current one.
   if (s.options.sync_files) {
-    DCP_RETURN_IF_ERROR(
-        Annotate(s.fs->SyncDir(s.path),
-                 absl::StrCat("syncing checkpoint directory ", s.path)));
+    absl::Status synced = s.fs->SyncDir(s.path);
+    if (!synced.ok()) {
+      // Not removing stale files either: the rename may not be durable.
+      return WithCommitOutcome(
+          Annotate(synced,
+                   absl::StrCat("the new checkpoint in ", s.path,
+                                " is committed (.metadata is in place), but "
+                                "syncing the directory failed")),
+          CommitOutcome::kCommitted);
+    }
   }
 
-  if (s.options.remove_stale_files) {
-    absl::StatusOr<std::vector<std::string>> children =
-        s.fs->GetChildren(s.path);
-    if (!children.ok()) {
-      LOG(WARNING) << "fs_storage: not removing stale files of " << s.path
-                   << ": " << children.status();
-      return absl::OkStatus();
-    }
-    std::set<std::string> referenced;
-    for (const auto& [index, info] : metadata.storage_data) {
-      referenced.insert(info.relative_path);
-    }
-    const std::string own_suffix =
-        absl::StrCat("_", token, fs_storage_internal::kDataSuffix);
-    std::vector<std::string> stale;
-    for (const std::string& name : *children) {
-      const bool stale_data =
-          absl::EndsWith(name, fs_storage_internal::kDataSuffix) &&
-          !absl::EndsWith(name, own_suffix) && referenced.count(name) == 0;
-      const bool stale_tmp =
-          absl::StartsWith(name, fs_storage_internal::kMetadataTmpPrefix);
-      if (stale_data || stale_tmp) stale.push_back(JoinPath(s.path, name));
-    }
-    fs_storage_internal::RemoveFiles(*s.fs, stale, "stale checkpoint files");
+  if (remove_stale) {
+    fs_storage_internal::RemoveStaleFiles(*s.fs, s.path, token, metadata,
+                                          previous_files);
   }
   return absl::OkStatus();
+}
+
+void FileSystemWriter::AbortSave() {
+  state_->lock.reset();
+  state_->token.clear();
 }
 
 // ---- FileSystemReader -------------------------------------------------------

@@ -8,6 +8,7 @@
 //
 //   <dir>/.metadata                         pickled Metadata, written last
 //   <dir>/__<rank>_<n><suffix>.distcp       data files of torch.save records
+//   <dir>/.dcp.lock                         held by the saving coordinator
 //
 // Every item is a complete torch.save-compatible zip record
 // (storage/torch_record.h), concatenated in the data files, with its file,
@@ -18,9 +19,33 @@
 // `.metadata` points at. Each rank syncs its data files and the directory;
 // then the coordinator writes `.metadata` to a temporary file, syncs it,
 // renames it over `.metadata` (an atomic replace) and syncs the directory.
-// Only then are data files that the new `.metadata` does not reference
-// removed. So a crash at any point leaves either the old checkpoint or the
-// new one, complete; a directory without `.metadata` is not a checkpoint.
+// Only then are stale files removed (below). So a crash at any point leaves
+// either the old checkpoint or the new one, complete; a directory without
+// `.metadata` is not a checkpoint.
+//
+// Committed means committed. An error from `Finish` after `.metadata` was
+// renamed into place (so far only a failed directory sync) says so in its
+// message ("the new checkpoint in /x is committed (.metadata is in place),
+// but syncing the directory failed: ...") and is marked
+// `CommitOutcome::kCommitted` (checkpoint/status.h): the new checkpoint is
+// the one a load finds, though it may not survive a machine crash. Every
+// other `Finish` error comes before the rename and is unmarked: the
+// previous checkpoint is untouched. Failures to remove stale files are
+// only logged.
+//
+// One saver per directory. The coordinator's writer locks `<dir>/.dcp.lock`
+// (`FileSystem::TryLockFile`) in `PrepareGlobalPlan`, before it lists the
+// directory to choose the save's file names, and holds the lock until
+// `Finish` returns (after the stale files are removed), `AbortSave` or
+// `Reset` is called, or the writer is destroyed. A second save into the
+// directory meanwhile fails in its plan step, before it writes anything,
+// with FailedPrecondition: "checkpoint directory /x is being saved by
+// another writer (pid 123 on host h since 2026-12-06T02:00:00Z, save <id>;
+// lock file /x/.dcp.lock); one save at a time may write a directory". The
+// lock dies with its process, so a crashed saver never blocks the next
+// one. `Finish` checks that the lock is still held (the lock file was not
+// removed or replaced) and refuses to commit otherwise. Do not remove
+// `.dcp.lock`; it is never removed by dcp either. Loads take no lock.
 //
 // Speed. Tensor bytes go from the tensor's memory to the file with no
 // intermediate copy; files are written by `thread_count` threads per rank.
@@ -30,7 +55,8 @@
 // peak memory stays near the size of the destination tensors.
 //
 // Errors: NotFound "not a checkpoint: no .metadata in <dir>"; AlreadyExists
-// when `overwrite` is false and a checkpoint exists; DataLoss for missing,
+// when `overwrite` is false and a checkpoint exists; FailedPrecondition when
+// another writer is saving into the directory; DataLoss for missing,
 // truncated or corrupt files and records (naming the file, the key and the
 // offset); InvalidArgument for shape mismatches with the destination.
 // A load checks every record it touches (zip structure, dtype and shape
@@ -41,9 +67,21 @@
 // (PyTorch's format): a corruption of it that still decodes into a
 // consistent description of the same files cannot be detected.
 //
-// Stale files: after a commit, data files of earlier saves are removed
-// (`remove_stale_files`), so a load of the previous checkpoint from the same
-// directory that is still running may fail with DataLoss.
+// Stale files. After a commit (with `remove_stale_files` and `sync_files`),
+// the writer removes only files it knows to be dcp's own and unneeded:
+//   - the files the previous `.metadata` referenced (it is read before the
+//     new one replaces it; if it cannot be read or decoded, none) that the
+//     new `.metadata` does not reference;
+//   - data files with the names dcp generates, `__<rank>_<n>_<token>.distcp`,
+//     of other saves (failed or crashed attempts) that the new `.metadata`
+//     does not reference;
+//   - dcp's temporary `.metadata.tmp.<token>` files.
+// Nothing else, ever: not other tools' files, not PyTorch-named
+// `__<rank>_<n>.distcp` files that nothing references, not the lock file.
+// Without `sync_files` nothing is removed: the new `.metadata` might not
+// survive a crash, and the previous checkpoint must. A load of the previous
+// checkpoint from the same directory that is still running may fail with
+// DataLoss once its files are removed.
 //
 // Thread safety: as storage/storage.h: one thread drives each writer or
 // reader; they use internal threads.
@@ -57,11 +95,15 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "checkpoint/metadata.h"
 #include "storage/file_system.h"
 #include "storage/storage.h"
 
 namespace dcp {
+
+// The lock file of a checkpoint directory (see "One saver per directory").
+inline constexpr absl::string_view kCheckpointLockFileName = ".dcp.lock";
 
 struct FileSystemWriterOptions {
   // Threads (and data files) per rank when `single_file_per_rank`.
@@ -70,12 +112,15 @@ struct FileSystemWriterOptions {
   // file per item.
   bool single_file_per_rank = true;
   // fsync data files, `.metadata` and the directory. Without it there is no
-  // crash safety.
+  // crash safety, and no stale file is removed (a crash could lose the new
+  // `.metadata`, so the files of the previous checkpoint are kept).
   bool sync_files = true;
   // False: refuse (AlreadyExists) to save into a directory that already
   // holds a checkpoint.
   bool overwrite = true;
-  // Remove data files of earlier saves after a successful commit.
+  // After a successful commit, remove the files of the replaced checkpoint
+  // and dcp's own leftovers of earlier saves (see "Stale files" above).
+  // Only with `sync_files`.
   bool remove_stale_files = true;
   // Written as Metadata::version; PyTorch 2.6 ignores it.
   std::optional<std::string> metadata_version = std::string("1.0.0");
@@ -103,6 +148,7 @@ class FileSystemWriter : public StorageWriter {
   absl::Status Finish(
       Metadata& metadata,
       const std::vector<std::vector<WriteResult>>& results) override;
+  void AbortSave() override;
 
  private:
   struct State;

@@ -3,6 +3,7 @@
 // the POSIX file system, crash consistency at every file-system operation of
 // a save, and failures injected into one rank.
 #include <algorithm>
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
@@ -221,7 +222,7 @@ TEST(FsStorageMultiRankTest, EveryRankWritesItsOwnFiles) {
   ASSERT_OK_AND_ASSIGN(Metadata md,
                        ReadCheckpointMetadata(std::string(kDir), fs));
   const std::string token = md.storage_meta->save_id->substr(0, 8);
-  std::vector<std::string> expected = {".metadata"};
+  std::vector<std::string> expected = {".dcp.lock", ".metadata"};
   for (int rank = 0; rank < 3; ++rank) {
     for (int n = 0; n < 2; ++n) {
       expected.push_back(
@@ -231,6 +232,95 @@ TEST(FsStorageMultiRankTest, EveryRankWritesItsOwnFiles) {
   std::sort(expected.begin(), expected.end());
   EXPECT_THAT(fs->GetChildren(kDir), IsOkAndHolds(expected));
   EXPECT_EQ(md.storage_meta->checkpoint_id, std::string(kDir));
+}
+
+// ---- One saver per directory
+// -------------------------------------------------
+
+// Forwards to `target`; after the target's PrepareGlobalPlan returned OK,
+// runs `pause` (so the save is held in the middle, holding the directory).
+class PausingWriter : public StorageWriter {
+ public:
+  PausingWriter(StorageWriter& target, std::function<void()> pause)
+      : target_(target), pause_(std::move(pause)) {}
+
+  absl::Status Reset(std::optional<std::string> checkpoint_id) override {
+    return target_.Reset(std::move(checkpoint_id));
+  }
+  std::optional<StorageMeta> StorageMetaForSave() const override {
+    return target_.StorageMetaForSave();
+  }
+  absl::Status SetUp(bool is_coordinator) override {
+    return target_.SetUp(is_coordinator);
+  }
+  absl::StatusOr<SavePlan> PrepareLocalPlan(SavePlan plan) override {
+    return target_.PrepareLocalPlan(std::move(plan));
+  }
+  absl::StatusOr<std::vector<SavePlan>> PrepareGlobalPlan(
+      std::vector<SavePlan> plans) override {
+    absl::StatusOr<std::vector<SavePlan>> result =
+        target_.PrepareGlobalPlan(std::move(plans));
+    if (result.ok()) pause_();
+    return result;
+  }
+  absl::StatusOr<std::vector<WriteResult>> WriteData(
+      const SavePlan& plan, SavePlanner& planner) override {
+    return target_.WriteData(plan, planner);
+  }
+  absl::Status Finish(
+      Metadata& metadata,
+      const std::vector<std::vector<WriteResult>>& results) override {
+    return target_.Finish(metadata, results);
+  }
+  void AbortSave() override { target_.AbortSave(); }
+
+ private:
+  StorageWriter& target_;
+  std::function<void()> pause_;
+};
+
+TEST(FsStorageMultiRankTest, ConcurrentSaveFailsOnEveryRankAndFirstCommits) {
+  auto fs = std::make_shared<MemFileSystem>();
+  ASSERT_THAT(SaveModel(2, fs, kDir, 0), Each(IsOk()));
+  std::vector<absl::Status> second;
+  std::string first_save_id;
+  auto sim = MakeSimulator(2, /*seed=*/3);
+  std::vector<absl::Status> first =
+      sim->Run([&](RankContext& ctx) -> absl::Status {
+        DCP_ASSIGN_OR_RETURN(
+            StateDict sd, MakeModelStateDict(ctx.rank(), 2, ModelLayout::kSave,
+                                             ModelValues::kTrue, 1));
+        FileSystemWriterOptions options;
+        options.file_system = fs;
+        DCP_ASSIGN_OR_RETURN(
+            auto writer, FileSystemWriter::Create(std::string(kDir), options));
+        // While the first save's coordinator holds the directory, a second
+        // save of 3 ranks tries to write it.
+        PausingWriter paused(*writer, [&] {
+          first_save_id = *writer->StorageMetaForSave()->save_id;
+          second = SaveModel(3, fs, kDir, 2, {}, /*seed=*/4);
+        });
+        SaveOptions save;
+        save.process_group = &ctx.pg();
+        save.collective_timeout = absl::Seconds(60);
+        StorageWriter& used =
+            ctx.rank() == 0 ? static_cast<StorageWriter&>(paused) : *writer;
+        return Save(sd, used, save).status();
+      });
+  EXPECT_THAT(first, Each(IsOk()));
+  ASSERT_EQ(second.size(), 3u);
+  EXPECT_THAT(
+      second,
+      Each(StatusIs(absl::StatusCode::kFailedPrecondition,
+                    AllOf(HasSubstr("rank 0"),
+                          HasSubstr("checkpoint directory /ckpt is being saved "
+                                    "by another writer"),
+                          HasSubstr(first_save_id),
+                          HasSubstr("lock file /ckpt/.dcp.lock")))));
+  EXPECT_THAT(LoadAndCheckModel(3, fs, kDir, 1), Each(IsOk()));
+  // Afterwards the directory is free again.
+  ASSERT_THAT(SaveModel(3, fs, kDir, 2), Each(IsOk()));
+  EXPECT_THAT(LoadAndCheckModel(2, fs, kDir, 2), Each(IsOk()));
 }
 
 // ---- Failures ---------------------------------------------------------------
@@ -276,6 +366,35 @@ TEST(FsStorageMultiRankTest, FailedWriteKeepsTheOldCheckpointAndCleansUp) {
   }
   EXPECT_EQ(data_files, 3u);
   EXPECT_THAT(LoadedVersion(mem, kDir), IsOkAndHolds(1));
+}
+
+TEST(FsStorageMultiRankTest,
+     SyncFailureAfterTheCommitSaysCommittedOnEveryRank) {
+  auto mem = std::make_shared<MemFileSystem>();
+  ASSERT_THAT(SaveModel(3, mem, kDir, 0), Each(IsOk()));
+  auto faulty = std::make_shared<FaultInjectingFileSystem>(mem);
+  // Each of the 3 ranks syncs the directory after its data files; the
+  // coordinator's 4th sync, after the rename of .metadata, fails.
+  faulty->AddRule({FileOp::kSyncDir, "/ckpt", /*nth=*/4, /*times=*/1,
+                   absl::UnavailableError("disk gone")});
+  std::vector<absl::Status> statuses = SaveModel(3, faulty, kDir, 1);
+  EXPECT_THAT(statuses,
+              Each(StatusIs(absl::StatusCode::kUnavailable,
+                            AllOf(HasSubstr("rank 0"),
+                                  HasSubstr("the new checkpoint in /ckpt is "
+                                            "committed (.metadata is in "
+                                            "place), but syncing the "
+                                            "directory failed"),
+                                  HasSubstr("disk gone")))));
+  const std::vector<std::string> log = faulty->mutation_log();
+  auto rename = std::find_if(log.begin(), log.end(), [](const std::string& op) {
+    return absl::StartsWith(op, "rename /ckpt/.metadata.tmp.");
+  });
+  ASSERT_NE(rename, log.end());
+  ASSERT_NE(rename + 1, log.end());
+  EXPECT_EQ(*(rename + 1), "syncdir /ckpt");
+  faulty->ClearRules();
+  EXPECT_THAT(LoadAndCheckModel(2, faulty, kDir, 1), Each(IsOk()));
 }
 
 TEST(FsStorageMultiRankTest, FaultPointsFailTheSaveOrLoadCleanly) {

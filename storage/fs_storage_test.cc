@@ -4,10 +4,13 @@
 // resharding and crash consistency are in fs_storage_multirank_test.cc.
 #include "storage/fs_storage.h"
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
 #include <cstdlib>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>  // NOLINT(build/c++11)
@@ -49,7 +52,9 @@ namespace {
 
 using ::dcp::testing::CheckModelStateDict;
 using ::dcp::testing::FaultInjectingFileSystem;
+using ::dcp::testing::FileOp;
 using ::dcp::testing::IsOk;
+using ::dcp::testing::IsOkAndHolds;
 using ::dcp::testing::MakeModelStateDict;
 using ::dcp::testing::MakeTestTensor;
 using ::dcp::testing::MemFileSystem;
@@ -61,6 +66,7 @@ using ::dcp::testing::SimulatorOptions;
 using ::dcp::testing::StatusIs;
 using ::dcp::testing::TensorEq;
 using ::testing::AllOf;
+using ::testing::ContainsRegex;
 using ::testing::Each;
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
@@ -145,6 +151,24 @@ absl::Status LoadFrom(std::shared_ptr<FileSystem> fs, absl::string_view dir,
   LoadOptions load;
   load.no_dist = true;
   return Load(sd, *reader, load);
+}
+
+// The model's state dict for a one-rank save with `seed`'s values.
+StateDict ModelVersion(int seed) {
+  absl::StatusOr<StateDict> sd =
+      MakeModelStateDict(0, 1, ModelLayout::kSave, ModelValues::kTrue, seed);
+  CHECK(sd.ok()) << sd.status();
+  return *std::move(sd);
+}
+
+// Loads the model from `dir` and checks it has `seed`'s values.
+absl::Status LoadModelVersion(std::shared_ptr<FileSystem> fs,
+                              absl::string_view dir, int seed) {
+  DCP_ASSIGN_OR_RETURN(
+      StateDict dest,
+      MakeModelStateDict(0, 1, ModelLayout::kLoad, ModelValues::kPlaceholder));
+  DCP_RETURN_IF_ERROR(LoadFrom(std::move(fs), dir, dest));
+  return CheckModelStateDict(dest, 0, 1, ModelLayout::kLoad, seed);
 }
 
 // Names (not paths) of the files directly in `dir`.
@@ -351,7 +375,7 @@ TEST(FsStorageLayoutTest, FileNamesMetadataAndRecordsFollowPyTorch) {
   // The token is the save id's first 8 hex digits.
   const std::string token = md.storage_meta->save_id->substr(0, 8);
   const std::string name = absl::StrCat("__0_0_", token, ".distcp");
-  EXPECT_THAT(Children(*fs, kDir), ElementsAre(".metadata", name));
+  EXPECT_THAT(Children(*fs, kDir), ElementsAre(".dcp.lock", ".metadata", name));
 
   // What was written is what .metadata says (read back through the file).
   ASSERT_OK_AND_ASSIGN(Metadata on_disk,
@@ -541,7 +565,7 @@ TEST(FsStorageOverwriteTest, NewSaveReplacesOldOneAndRemovesItsFiles) {
   ASSERT_OK_AND_ASSIGN(Metadata md2, SaveTo(fs, kDir, v2));
   EXPECT_NE(md1.storage_meta->save_id, md2.storage_meta->save_id);
 
-  std::vector<std::string> expected = {".metadata"};
+  std::vector<std::string> expected = {".dcp.lock", ".metadata"};
   for (const auto& [index, info] : md2.storage_data) {
     expected.push_back(info.relative_path);
   }
@@ -569,6 +593,145 @@ TEST(FsStorageOverwriteTest, StaleFilesAreKeptWhenAsked) {
   EXPECT_THAT(DataFiles(*fs, kDir), SizeIs(2));
   EXPECT_THAT(Children(*fs, kDir),
               ::testing::Contains(InfoOf(md1, "w").relative_path));
+}
+
+// Gives the data files of the checkpoint in `dir` PyTorch's own names
+// (`__<rank>_<n>.distcp`, without dcp's token) and rewrites `.metadata` to
+// match, as if PyTorch had saved it. Returns the new names.
+std::vector<std::string> UsePyTorchFileNames(std::shared_ptr<FileSystem> fs,
+                                             absl::string_view dir) {
+  absl::StatusOr<Metadata> md = ReadCheckpointMetadata(std::string(dir), fs);
+  CHECK(md.ok()) << md.status();
+  std::map<std::string, std::string> renamed;
+  for (auto& [index, info] : md->storage_data) {
+    std::string& name = renamed[info.relative_path];
+    if (name.empty()) {  // "__0_0_1a2b3c4d.distcp" -> "__0_0.distcp".
+      name = absl::StrCat(
+          info.relative_path.substr(0, info.relative_path.rfind('_')),
+          ".distcp");
+    }
+    info.relative_path = name;
+  }
+  std::vector<std::string> names;
+  for (const auto& [from, to] : renamed) {
+    CHECK(fs->Rename(JoinPath(dir, from), JoinPath(dir, to)).ok());
+    names.push_back(to);
+  }
+  absl::StatusOr<std::string> pickle = EncodeMetadataPickle(*md);
+  CHECK(pickle.ok()) << pickle.status();
+  WriteFile(*fs, JoinPath(dir, ".metadata"), *pickle);
+  return names;
+}
+
+// Files that are not dcp's to remove, whatever they look like.
+const std::vector<std::string> kForeignFiles = {
+    "notes.txt",                   // Another tool's.
+    "__7_0.distcp",                // PyTorch-named, referenced by nothing.
+    "__0_0_DEADBEEF.distcp",       // Not a token dcp generates.
+    "__0_0_deadbeef.distcp.bak",   // A user's copy.
+    "__0_0_deadbeef0.distcp",      // Token of 9 digits.
+    "x__0_0_deadbeef.distcp",      // Prefixed.
+    ".metadata.tmp",               // Not dcp's temporary name.
+    ".metadata.tmp.deadbeef.old",  // Ditto.
+};
+// Leftovers of earlier dcp saves that failed or crashed.
+const std::vector<std::string> kDcpLeftovers = {
+    "__0_0_deadbeef.distcp",
+    "__12_3_0badf00d.distcp",
+    ".metadata.tmp.deadbeef",
+};
+
+TEST(FsStorageCleanupTest, RemovesOnlyTheReplacedCheckpointAndDcpLeftovers) {
+  auto fs = std::make_shared<MemFileSystem>();
+  FileSystemWriterOptions options;
+  options.thread_count = 2;
+  ASSERT_OK(SaveTo(fs, kDir, ModelVersion(0), options).status());
+  // The checkpoint being replaced was written by PyTorch.
+  const std::vector<std::string> previous = UsePyTorchFileNames(fs, kDir);
+  ASSERT_THAT(previous, ElementsAre("__0_0.distcp", "__0_1.distcp"));
+  ASSERT_OK(LoadModelVersion(fs, kDir, 0));
+  for (const std::string& name : kForeignFiles) {
+    WriteFile(*fs, JoinPath(kDir, name), "keep me");
+  }
+  for (const std::string& name : kDcpLeftovers) {
+    WriteFile(*fs, JoinPath(kDir, name), "left over");
+  }
+
+  ASSERT_OK_AND_ASSIGN(Metadata md, SaveTo(fs, kDir, ModelVersion(1)));
+
+  std::vector<std::string> expected = kForeignFiles;
+  expected.push_back(".dcp.lock");
+  expected.push_back(".metadata");
+  for (const auto& [index, info] : md.storage_data) {
+    expected.push_back(info.relative_path);
+  }
+  std::sort(expected.begin(), expected.end());
+  expected.erase(std::unique(expected.begin(), expected.end()), expected.end());
+  EXPECT_EQ(Children(*fs, kDir), expected);
+  for (const std::string& name : kForeignFiles) {
+    EXPECT_THAT(ReadFileToString(*fs, JoinPath(kDir, name)),
+                IsOkAndHolds(std::string("keep me")))
+        << name;
+  }
+  EXPECT_OK(LoadModelVersion(fs, kDir, 1));
+}
+
+TEST(FsStorageCleanupTest, UnreadablePreviousMetadataRemovesNoneOfItsFiles) {
+  auto fs = std::make_shared<MemFileSystem>();
+  ASSERT_OK(SaveTo(fs, kDir, ModelVersion(0)).status());
+  const std::vector<std::string> previous = UsePyTorchFileNames(fs, kDir);
+  WriteFile(*fs, JoinPath(kDir, ".metadata"), "not a pickle");
+  for (const std::string& name : kDcpLeftovers) {
+    WriteFile(*fs, JoinPath(kDir, name), "left over");
+  }
+  ASSERT_OK(SaveTo(fs, kDir, ModelVersion(1)).status());
+  for (const std::string& name : previous) {
+    EXPECT_THAT(fs->Exists(JoinPath(kDir, name)), IsOkAndHolds(true)) << name;
+  }
+  // dcp's own leftovers are known by their names alone.
+  for (const std::string& name : kDcpLeftovers) {
+    EXPECT_THAT(fs->Exists(JoinPath(kDir, name)), IsOkAndHolds(false)) << name;
+  }
+  EXPECT_OK(LoadModelVersion(fs, kDir, 1));
+}
+
+TEST(FsStorageCleanupTest, PreviousMetadataCannotMakeItRemoveTheCheckpoint) {
+  auto fs = std::make_shared<MemFileSystem>();
+  ASSERT_OK_AND_ASSIGN(Metadata md, SaveTo(fs, kDir, ModelVersion(0)));
+  // A (corrupt) previous .metadata claiming .metadata, the lock file and a
+  // file outside the directory as its own.
+  WriteFile(*fs, "/outside", "keep me");
+  const std::vector<std::string> claimed = {"./.metadata", ".dcp.lock",
+                                            "../outside"};
+  int i = 0;
+  for (auto& [index, info] : md.storage_data) {
+    info.relative_path = claimed[i++ % claimed.size()];
+  }
+  absl::StatusOr<std::string> pickle = EncodeMetadataPickle(md);
+  ASSERT_OK(pickle.status());
+  WriteFile(*fs, JoinPath(kDir, ".metadata"), *pickle);
+  ASSERT_OK(SaveTo(fs, kDir, ModelVersion(1)).status());
+  EXPECT_THAT(fs->Exists(JoinPath(kDir, ".dcp.lock")), IsOkAndHolds(true));
+  EXPECT_THAT(fs->Exists("/outside"), IsOkAndHolds(true));
+  EXPECT_OK(LoadModelVersion(fs, kDir, 1));
+}
+
+TEST(FsStorageCleanupTest, WithoutSyncFilesNothingIsRemoved) {
+  auto fs = std::make_shared<MemFileSystem>();
+  ASSERT_OK(SaveTo(fs, kDir, ModelVersion(0)).status());
+  for (const std::string& name : kDcpLeftovers) {
+    WriteFile(*fs, JoinPath(kDir, name), "left over");
+  }
+  const std::vector<std::string> before = Children(*fs, kDir);
+  FileSystemWriterOptions options;
+  options.sync_files = false;
+  ASSERT_OK_AND_ASSIGN(Metadata md, SaveTo(fs, kDir, ModelVersion(1), options));
+  // Everything stays; the new save only added its data file.
+  std::vector<std::string> expected = before;
+  expected.push_back(InfoOf(md, "step").relative_path);
+  std::sort(expected.begin(), expected.end());
+  EXPECT_EQ(Children(*fs, kDir), expected);
+  EXPECT_OK(LoadModelVersion(fs, kDir, 1));
 }
 
 TEST(FsStorageOverwriteTest, OverwriteFalseRefusesAnExistingCheckpoint) {
@@ -603,6 +766,289 @@ TEST(FsStorageOverwriteTest, ResetGivesEachSaveNewFileNames) {
   ASSERT_OK(Save(sd, *writer, save).status());
   EXPECT_THAT(DataFiles(*fs, kDir), SizeIs(2));
   EXPECT_THAT(DataFiles(*fs, "/other"), SizeIs(1));
+}
+
+// ---- One saver per directory
+// -------------------------------------------------
+
+// Forwards to `target`, letting a test act in the middle of a save and see
+// what the save's protocol does not pass on.
+class ObservedWriter : public StorageWriter {
+ public:
+  explicit ObservedWriter(StorageWriter& target) : target_(target) {}
+
+  // Runs when the target's PrepareGlobalPlan has returned OK: the save is
+  // held in the middle, holding the directory.
+  std::function<void()> after_global_plan = [] {};
+  // What the target's last Finish returned.
+  absl::Status finish_status = absl::UnknownError("Finish was not called");
+
+  absl::Status Reset(std::optional<std::string> checkpoint_id) override {
+    return target_.Reset(std::move(checkpoint_id));
+  }
+  std::optional<StorageMeta> StorageMetaForSave() const override {
+    return target_.StorageMetaForSave();
+  }
+  absl::Status SetUp(bool is_coordinator) override {
+    return target_.SetUp(is_coordinator);
+  }
+  absl::StatusOr<SavePlan> PrepareLocalPlan(SavePlan plan) override {
+    return target_.PrepareLocalPlan(std::move(plan));
+  }
+  absl::StatusOr<std::vector<SavePlan>> PrepareGlobalPlan(
+      std::vector<SavePlan> plans) override {
+    absl::StatusOr<std::vector<SavePlan>> result =
+        target_.PrepareGlobalPlan(std::move(plans));
+    if (result.ok()) after_global_plan();
+    return result;
+  }
+  absl::StatusOr<std::vector<WriteResult>> WriteData(
+      const SavePlan& plan, SavePlanner& planner) override {
+    return target_.WriteData(plan, planner);
+  }
+  absl::Status Finish(
+      Metadata& metadata,
+      const std::vector<std::vector<WriteResult>>& results) override {
+    finish_status = target_.Finish(metadata, results);
+    return finish_status;
+  }
+  void AbortSave() override { target_.AbortSave(); }
+
+ private:
+  StorageWriter& target_;
+};
+
+// A coordinator writer of `dir` that has begun a save (holds the lock).
+std::unique_ptr<FileSystemWriter> BeginSave(std::shared_ptr<FileSystem> fs,
+                                            absl::string_view dir) {
+  FileSystemWriterOptions options;
+  options.file_system = std::move(fs);
+  absl::StatusOr<std::unique_ptr<FileSystemWriter>> writer =
+      FileSystemWriter::Create(std::string(dir), options);
+  CHECK(writer.ok()) << writer.status();
+  CHECK((*writer)->SetUp(/*is_coordinator=*/true).ok());
+  CHECK((*writer)->PrepareLocalPlan(SavePlan()).ok());
+  absl::StatusOr<std::vector<SavePlan>> plans =
+      (*writer)->PrepareGlobalPlan({SavePlan()});
+  CHECK(plans.ok()) << plans.status();
+  return *std::move(writer);
+}
+
+const auto kRefusedAsBusy = StatusIs(
+    absl::StatusCode::kFailedPrecondition,
+    AllOf(HasSubstr("checkpoint directory /ckpt is being saved by another "
+                    "writer ("),
+          HasSubstr("; lock file /ckpt/.dcp.lock); one save at a time may "
+                    "write a directory")));
+
+TEST(FsStorageLockTest, ConcurrentSaveFailsNamingTheHolderAndFirstCommits) {
+  auto fs = std::make_shared<MemFileSystem>();
+  ASSERT_OK(SaveTo(fs, kDir, ModelVersion(0)).status());
+  FileSystemWriterOptions options;
+  options.file_system = fs;
+  ASSERT_OK_AND_ASSIGN(auto first,
+                       FileSystemWriter::Create(std::string(kDir), options));
+  const std::string first_save_id = *first->StorageMetaForSave()->save_id;
+  absl::Status second = absl::UnknownError("the second save did not run");
+  std::map<std::string, uint64_t> files_before_second;
+  ObservedWriter paused(*first);
+  paused.after_global_plan = [&] {
+    files_before_second = fs->ListAllFiles();
+    second = SaveTo(fs, kDir, ModelVersion(2)).status();
+    // Refused in its plan step: it wrote and removed nothing.
+    EXPECT_EQ(fs->ListAllFiles(), files_before_second);
+  };
+  SaveOptions save;
+  save.no_dist = true;
+  ASSERT_OK(Save(ModelVersion(1), paused, save).status());
+
+  EXPECT_THAT(second, kRefusedAsBusy);
+  EXPECT_THAT(
+      second,
+      StatusIs(absl::StatusCode::kFailedPrecondition,
+               AllOf(HasSubstr(absl::StrCat("(pid ", ::getpid(), " on host ")),
+                     ContainsRegex(" since [0-9]{4}-[0-9]{2}-[0-9]{2}T"
+                                   "[0-9]{2}:[0-9]{2}:[0-9]{2}Z"),
+                     HasSubstr(absl::StrCat("save ", first_save_id)))));
+  EXPECT_OK(LoadModelVersion(fs, kDir, 1));
+
+  // The first save is over: the next one may save.
+  ASSERT_OK(SaveTo(fs, kDir, ModelVersion(2)).status());
+  EXPECT_OK(LoadModelVersion(fs, kDir, 2));
+}
+
+TEST(FsStorageLockTest, AbortSaveReleasesTheLockAndForgetsTheSave) {
+  auto fs = std::make_shared<MemFileSystem>();
+  std::unique_ptr<FileSystemWriter> first = BeginSave(fs, kDir);
+  EXPECT_THAT(SaveTo(fs, kDir, ModelVersion(1)).status(), kRefusedAsBusy);
+  // The refusing writer's own error also carries the holder's info.
+  FileSystemWriterOptions options;
+  options.file_system = fs;
+  ASSERT_OK_AND_ASSIGN(auto second,
+                       FileSystemWriter::Create(std::string(kDir), options));
+  ASSERT_OK(second->SetUp(/*is_coordinator=*/true));
+  const absl::Status refused = second->PrepareGlobalPlan({SavePlan()}).status();
+  EXPECT_THAT(refused, kRefusedAsBusy);
+  EXPECT_THAT(
+      LockHolderInfo(refused),
+      ::testing::Optional(HasSubstr(*first->StorageMetaForSave()->save_id)));
+  first->AbortSave();
+  ASSERT_OK(SaveTo(fs, kDir, ModelVersion(1)).status());
+  // The aborted save cannot commit any more.
+  Metadata md;
+  EXPECT_THAT(first->Finish(md, {{}}),
+              StatusIs(absl::StatusCode::kFailedPrecondition,
+                       AllOf(HasSubstr("/ckpt"), HasSubstr("AbortSave"))));
+  first->AbortSave();  // No save in progress: a no-op.
+  EXPECT_OK(LoadModelVersion(fs, kDir, 1));
+}
+
+TEST(FsStorageLockTest, DroppingOrResettingTheWriterReleasesTheLock) {
+  auto fs = std::make_shared<MemFileSystem>();
+  std::unique_ptr<FileSystemWriter> first = BeginSave(fs, kDir);
+  EXPECT_THAT(SaveTo(fs, kDir, ModelVersion(1)).status(), kRefusedAsBusy);
+  first.reset();
+  ASSERT_OK(SaveTo(fs, kDir, ModelVersion(1)).status());
+
+  first = BeginSave(fs, kDir);
+  EXPECT_THAT(SaveTo(fs, kDir, ModelVersion(2)).status(), kRefusedAsBusy);
+  ASSERT_OK(first->Reset(std::nullopt));
+  ASSERT_OK(SaveTo(fs, kDir, ModelVersion(2)).status());
+  EXPECT_OK(LoadModelVersion(fs, kDir, 2));
+}
+
+TEST(FsStorageLockTest, FailedFinishReleasesTheLock) {
+  auto faulty = std::make_shared<FaultInjectingFileSystem>(
+      std::make_shared<MemFileSystem>());
+  faulty->AddRule({FileOp::kCreate, ".metadata.tmp"});
+  FileSystemWriterOptions options;
+  options.file_system = faulty;
+  ASSERT_OK_AND_ASSIGN(auto writer,
+                       FileSystemWriter::Create(std::string(kDir), options));
+  SaveOptions save;
+  save.no_dist = true;
+  EXPECT_THAT(Save(ModelVersion(1), *writer, save).status(),
+              StatusIs(absl::StatusCode::kUnavailable));
+  // `writer` is alive, but its save ended with Finish.
+  ASSERT_OK(SaveTo(faulty, kDir, ModelVersion(1)).status());
+  EXPECT_OK(LoadModelVersion(faulty, kDir, 1));
+}
+
+TEST(FsStorageLockTest, FinishRefusesWhenTheLockFileWasRemoved) {
+  auto fs = std::make_shared<MemFileSystem>();
+  ASSERT_OK(SaveTo(fs, kDir, ModelVersion(0)).status());
+  std::unique_ptr<FileSystemWriter> first = BeginSave(fs, kDir);
+  // Removing a lock file defeats it: another writer can then save.
+  ASSERT_OK(fs->RemoveFile(JoinPath(kDir, kCheckpointLockFileName)));
+  ASSERT_OK(SaveTo(fs, kDir, ModelVersion(1)).status());
+  // The first save notices and does not commit over it.
+  const std::string metadata = ReadFile(*fs, JoinPath(kDir, ".metadata"));
+  Metadata md;
+  EXPECT_THAT(
+      first->Finish(md, {{}}),
+      StatusIs(absl::StatusCode::kFailedPrecondition,
+               AllOf(HasSubstr("not committing the checkpoint in /ckpt"),
+                     HasSubstr("no longer held"))));
+  EXPECT_EQ(ReadFile(*fs, JoinPath(kDir, ".metadata")), metadata);
+  EXPECT_OK(LoadModelVersion(fs, kDir, 1));
+}
+
+TEST(FsStorageLockTest, LockIsHeldFromBeforeTheListingUntilAfterCleanup) {
+  auto faulty = std::make_shared<FaultInjectingFileSystem>(
+      std::make_shared<MemFileSystem>());
+  ASSERT_OK(SaveTo(faulty, kDir, ModelVersion(0)).status());
+  faulty->ClearOpLog();
+  ASSERT_OK(SaveTo(faulty, kDir, ModelVersion(1)).status());
+  const std::vector<std::string> log = faulty->op_log();
+  const int lock = IndexOf(log, "lock /ckpt/.dcp.lock");
+  const int unlock = IndexOf(log, "unlock /ckpt/.dcp.lock");
+  ASSERT_GE(lock, 0) << ::testing::PrintToString(log);
+  EXPECT_LT(lock, IndexOf(log, "list /ckpt"));
+  int last_change = -1;  // The last rename or remove of the save.
+  for (int i = 0; i < static_cast<int>(log.size()); ++i) {
+    if (absl::StartsWith(log[i], "rename ") ||
+        absl::StartsWith(log[i], "remove ")) {
+      last_change = i;
+    }
+  }
+  EXPECT_GE(last_change, 0);
+  EXPECT_GT(unlock, last_change) << ::testing::PrintToString(log);
+  EXPECT_EQ(IndexOf(log, "remove /ckpt/.dcp.lock"), -1);
+}
+
+// ---- Commit outcome
+// -----------------------------------------------------------
+
+TEST(FsStorageCommitTest, DirectorySyncFailureAfterTheRenameSaysCommitted) {
+  auto mem = std::make_shared<MemFileSystem>();
+  auto faulty = std::make_shared<FaultInjectingFileSystem>(mem);
+  ASSERT_OK_AND_ASSIGN(Metadata md0, SaveTo(faulty, kDir, ModelVersion(0)));
+  const std::string old_file = InfoOf(md0, "step").relative_path;
+  // The save syncs the directory after its data files and again after the
+  // rename of .metadata; the second fails.
+  faulty->AddRule({FileOp::kSyncDir, "/ckpt", /*nth=*/2, /*times=*/1,
+                   absl::UnavailableError("disk gone")});
+  faulty->ClearOpLog();
+  FileSystemWriterOptions options;
+  options.file_system = faulty;
+  ASSERT_OK_AND_ASSIGN(auto writer,
+                       FileSystemWriter::Create(std::string(kDir), options));
+  ObservedWriter observed(*writer);
+  SaveOptions save;
+  save.no_dist = true;
+  const absl::Status status = Save(ModelVersion(1), observed, save).status();
+
+  const std::string committed =
+      "the new checkpoint in /ckpt is committed (.metadata is in place), but "
+      "syncing the directory failed: syncdir /ckpt: disk gone";
+  EXPECT_THAT(status,
+              StatusIs(absl::StatusCode::kUnavailable, HasSubstr(committed)));
+  EXPECT_THAT(observed.finish_status,
+              StatusIs(absl::StatusCode::kUnavailable, HasSubstr(committed)));
+  EXPECT_EQ(GetCommitOutcome(observed.finish_status),
+            CommitOutcome::kCommitted);
+  // It was indeed the sync right after the rename that failed.
+  const std::vector<std::string> log = faulty->mutation_log();
+  auto rename = std::find_if(log.begin(), log.end(), [](const std::string& op) {
+    return absl::StartsWith(op, "rename /ckpt/.metadata.tmp.");
+  });
+  ASSERT_NE(rename, log.end());
+  ASSERT_NE(rename + 1, log.end());
+  EXPECT_EQ(*(rename + 1), "syncdir /ckpt");
+  // The new checkpoint is the one in place; the old one's files are kept,
+  // since the rename may not be durable.
+  faulty->ClearRules();
+  EXPECT_OK(LoadModelVersion(faulty, kDir, 1));
+  EXPECT_THAT(faulty->Exists(JoinPath(kDir, old_file)), IsOkAndHolds(true));
+  // The lock was released: the next save goes through and cleans up.
+  ASSERT_OK(SaveTo(faulty, kDir, ModelVersion(2)).status());
+  EXPECT_THAT(faulty->Exists(JoinPath(kDir, old_file)), IsOkAndHolds(false));
+}
+
+TEST(FsStorageCommitTest, ErrorsBeforeTheRenameAreNotMarked) {
+  for (FileOp op : {FileOp::kCreate, FileOp::kSync, FileOp::kRename}) {
+    SCOPED_TRACE(::testing::PrintToString(op));
+    auto faulty = std::make_shared<FaultInjectingFileSystem>(
+        std::make_shared<MemFileSystem>());
+    ASSERT_OK(SaveTo(faulty, kDir, ModelVersion(0)).status());
+    faulty->AddRule({op, ".metadata.tmp."});
+    FileSystemWriterOptions options;
+    options.file_system = faulty;
+    ASSERT_OK_AND_ASSIGN(auto writer,
+                         FileSystemWriter::Create(std::string(kDir), options));
+    ObservedWriter observed(*writer);
+    SaveOptions save;
+    save.no_dist = true;
+    EXPECT_THAT(
+        Save(ModelVersion(1), observed, save).status(),
+        StatusIs(absl::StatusCode::kUnavailable, Not(HasSubstr("committed"))));
+    EXPECT_THAT(observed.finish_status,
+                StatusIs(absl::StatusCode::kUnavailable));
+    EXPECT_EQ(GetCommitOutcome(observed.finish_status),
+              CommitOutcome::kNotCommitted);
+    faulty->ClearRules();
+    EXPECT_OK(LoadModelVersion(faulty, kDir, 0));
+  }
 }
 
 TEST(FsStorageTest, CreateRejectsBadOptions) {
@@ -948,8 +1394,10 @@ TEST(FsStorageMutationTest, EveryLoadIsExactOrFails) {
         });
     ASSERT_THAT(statuses, Each(IsOk()));
   }
-  std::vector<std::string> files;
-  for (const auto& [path, size] : base->ListAllFiles()) files.push_back(path);
+  std::vector<std::string> files;  // Those of the checkpoint.
+  for (const auto& [path, size] : base->ListAllFiles()) {
+    if (Basename(path) != kCheckpointLockFileName) files.push_back(path);
+  }
   ASSERT_THAT(files, SizeIs(5));
   const std::string metadata_path = JoinPath(kDir, ".metadata");
   ASSERT_THAT(files, ::testing::Contains(metadata_path));

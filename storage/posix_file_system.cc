@@ -169,6 +169,69 @@ class PosixRandomAccessFile final : public RandomAccessFile {
   const uint64_t size_;
 };
 
+// Holds an open-file-description lock: closing the descriptor releases it.
+class PosixFileLock final : public FileLock {
+ public:
+  PosixFileLock(std::string path, int fd)
+      : FileLock(std::move(path)), fd_(fd) {}
+
+  ~PosixFileLock() override { ::close(fd_); }
+
+  absl::Status CheckHeld() const override {
+    struct stat held;
+    if (::fstat(fd_, &held) != 0) {
+      return PathError(errno, "stat locked file", path());
+    }
+    struct stat now;
+    if (::lstat(CPath(path()).c_str(), &now) != 0) {
+      if (errno == ENOENT) return LockLostError(path());
+      return PathError(errno, "stat lock file", path());
+    }
+    if (now.st_dev != held.st_dev || now.st_ino != held.st_ino) {
+      return LockLostError(path());
+    }
+    return absl::OkStatus();
+  }
+
+ private:
+  const int fd_;
+};
+
+// Up to `max` bytes from the start of `fd` (best effort: what a read gets).
+std::string ReadHead(int fd, size_t max) {
+  std::string data(max, '\0');
+  size_t done = 0;
+  while (done < max) {
+    const ssize_t n =
+        ::pread(fd, data.data() + done, max - done, static_cast<off_t>(done));
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) break;
+    done += static_cast<size_t>(n);
+  }
+  data.resize(done);
+  return data;
+}
+
+// Replaces the content of `fd` with `data`.
+absl::Status Overwrite(int fd, absl::string_view data, absl::string_view path) {
+  if (::ftruncate(fd, 0) != 0) return PathError(errno, "truncate", path);
+  size_t done = 0;
+  while (done < data.size()) {
+    const ssize_t n = ::pwrite(fd, data.data() + done, data.size() - done,
+                               static_cast<off_t>(done));
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return PathError(errno, "write", path);
+    }
+    if (n == 0) {
+      return absl::UnavailableError(
+          absl::StrCat("write ", Quoted(path), ": write(2) returned 0"));
+    }
+    done += static_cast<size_t>(n);
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 absl::Status ErrnoToStatus(int errno_value, absl::string_view context) {
@@ -360,6 +423,60 @@ absl::Status PosixFileSystem::SyncDir(absl::string_view dir) {
   if (::fsync(fd) != 0) status = PathError(errno, "sync directory", dir);
   ::close(fd);
   return status;
+}
+
+absl::StatusOr<std::unique_ptr<FileLock>> PosixFileSystem::TryLockFile(
+    absl::string_view path, absl::string_view holder_info) {
+  int fd;
+  do {
+    // No O_TRUNC: a refused attempt must leave the holder's info alone.
+    fd = ::open(CPath(path).c_str(), O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW,
+                0644);
+  } while (fd < 0 && errno == EINTR);
+  if (fd < 0) {
+    if (errno == ELOOP) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("lock ", Quoted(path), ": is a symbolic link"));
+    }
+    return PathError(errno, "open lock file", path);
+  }
+  auto fail = [fd](absl::Status status) {
+    ::close(fd);
+    return status;
+  };
+  struct stat st;
+  if (::fstat(fd, &st) != 0) return fail(PathError(errno, "stat", path));
+  if (!S_ISREG(st.st_mode)) {
+    return fail(absl::FailedPreconditionError(
+        absl::StrCat("lock ", Quoted(path), ": not a regular file")));
+  }
+  struct flock lock = {};
+  lock.l_type = F_WRLCK;
+  lock.l_whence = SEEK_SET;
+  lock.l_start = 0;
+  lock.l_len = 0;  // The whole file, however long.
+  int rc;
+  do {
+    rc = ::fcntl(fd, F_OFD_SETLK, &lock);
+  } while (rc != 0 && errno == EINTR);
+  if (rc != 0) {
+    const int err = errno;
+    if (err == EAGAIN || err == EACCES) {
+      return fail(LockHeldError(path, ReadHead(fd, 4096)));
+    }
+    if (err == EINVAL) {
+      return fail(absl::UnimplementedError(
+          absl::StrCat("lock ", Quoted(path),
+                       ": open file description locks (F_OFD_SETLK) are not "
+                       "supported here: ",
+                       ErrnoText(err))));
+    }
+    return fail(PathError(err, "lock", path));
+  }
+  // Closing the descriptor on error releases the lock again.
+  absl::Status status = Overwrite(fd, absl::StrCat(holder_info, "\n"), path);
+  if (!status.ok()) return fail(status);
+  return std::make_unique<PosixFileLock>(std::string(path), fd);
 }
 
 }  // namespace dcp

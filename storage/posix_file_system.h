@@ -14,6 +14,14 @@
 //     `GetChildren` uses opendir/readdir and sorts the names.
 //   - Files are opened with O_CLOEXEC and created with mode 0644 (before the
 //     umask); directories with 0755.
+//   - `TryLockFile` opens the file with O_CREAT|O_RDWR|O_NOFOLLOW and takes
+//     an open-file-description lock on it (fcntl F_OFD_SETLK, a write lock
+//     on the whole file). Unlike flock(2) and classic POSIX record locks,
+//     it conflicts between two descriptors of one process, and the kernel
+//     releases it when the last descriptor of the open file description is
+//     closed: when the `FileLock` is destroyed or the process dies. On NFS
+//     it is a POSIX lock at the server. `FileLock::CheckHeld` compares the
+//     device and inode of the locked descriptor with those at the path.
 //
 // Thread safety: every method may be called concurrently. The class has no
 // state; one instance can serve the whole process.
@@ -54,6 +62,8 @@ class PosixFileSystem final : public FileSystem {
   absl::Status RemoveDir(absl::string_view dir) override;
   absl::Status Rename(absl::string_view from, absl::string_view to) override;
   absl::Status SyncDir(absl::string_view dir) override;
+  absl::StatusOr<std::unique_ptr<FileLock>> TryLockFile(
+      absl::string_view path, absl::string_view holder_info) override;
 
  private:
   absl::Status CreateDirRecursive(absl::string_view dir,

@@ -1,7 +1,12 @@
 #include "storage/posix_file_system.h"
 
 #include <errno.h>
+#include <poll.h>
+#include <signal.h>
 #include <stdlib.h>
+#include <sys/types.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <cstdint>
 #include <cstdlib>
@@ -10,6 +15,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
 #include "absl/types/span.h"
 #include "gmock/gmock.h"
@@ -101,6 +107,92 @@ TEST_F(PosixFileSystemTest, RelativePathsResolveAgainstTheWorkingDirectory) {
   // Bazel runs tests in the runfiles tree; only check that a relative
   // lookup of something missing is NotFound, not an error of another kind.
   EXPECT_THAT(fs_.Exists("definitely/not/here"), IsOkAndHolds(false));
+}
+
+TEST_F(PosixFileSystemTest, LockDoesNotFollowSymlinks) {
+  ASSERT_OK(WriteStringToFile(fs_, Path("target"), "precious", false));
+  ASSERT_EQ(::symlink(Path("target").c_str(), Path("link").c_str()), 0)
+      << "errno " << errno;
+  EXPECT_THAT(fs_.TryLockFile(Path("link"), "x").status(),
+              StatusIs(absl::StatusCode::kFailedPrecondition,
+                       AllOf(HasSubstr(Path("link")), HasSubstr("symbolic"))));
+  EXPECT_THAT(ReadFileToString(fs_, Path("target")),
+              IsOkAndHolds(std::string("precious")));
+}
+
+// Reads one byte from `fd`, waiting at most 60 s (a deadline, not a
+// synchronisation delay). -1 on timeout, error or end of file.
+int ReadByteWithDeadline(int fd) {
+  struct pollfd p = {fd, POLLIN, 0};
+  int rc;
+  do {
+    rc = ::poll(&p, 1, /*timeout_ms=*/60000);
+  } while (rc < 0 && errno == EINTR);
+  if (rc != 1) return -1;
+  char c;
+  ssize_t n;
+  do {
+    n = ::read(fd, &c, 1);
+  } while (n < 0 && errno == EINTR);
+  return n == 1 ? static_cast<unsigned char>(c) : -1;
+}
+
+TEST_F(PosixFileSystemTest, LockOfAKilledProcessIsFreeAfterwards) {
+  const std::string path = Path(".lock");
+  int ready[2];  // Child -> parent: 'L' once it holds the lock, 'E' if not.
+  int hold[2];   // Parent -> child: never written; the child blocks on it.
+  ASSERT_EQ(::pipe(ready), 0);
+  ASSERT_EQ(::pipe(hold), 0);
+  const pid_t child = ::fork();
+  ASSERT_GE(child, 0) << "fork failed, errno " << errno;
+  if (child == 0) {
+    // The child: take the lock through the same code, report, and wait to
+    // be killed. Only _exit leaves, so no gtest or atexit code runs here.
+    ::close(ready[0]);
+    ::close(hold[1]);
+    PosixFileSystem fs;
+    absl::StatusOr<std::unique_ptr<FileLock>> lock =
+        fs.TryLockFile(path, "the child");
+    const char report = lock.ok() ? 'L' : 'E';
+    if (::write(ready[1], &report, 1) != 1) ::_exit(2);
+    char c;
+    ssize_t n;
+    do {
+      n = ::read(hold[0], &c, 1);
+    } while (n != 0 && (n > 0 || errno == EINTR));
+    ::_exit(3);  // Only if the parent closed the pipe (it died).
+  }
+  ::close(ready[1]);
+  ::close(hold[0]);
+  const int report = ReadByteWithDeadline(ready[0]);
+  bool killed = false;
+  auto kill_child = [&] {
+    if (killed) return;
+    killed = true;
+    ::kill(child, SIGKILL);
+    int status = 0;
+    while (::waitpid(child, &status, 0) < 0 && errno == EINTR) {
+    }
+    EXPECT_TRUE(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL)
+        << "child status " << status;
+  };
+  if (report != 'L') kill_child();
+  ASSERT_EQ(report, 'L') << "the child did not take the lock";
+
+  // Another process holds it: refused, naming the child.
+  EXPECT_THAT(
+      fs_.TryLockFile(path, "the parent").status(),
+      StatusIs(absl::StatusCode::kFailedPrecondition, HasSubstr("the child")));
+  // SIGKILL runs no cleanup code; the kernel releases the lock when it
+  // closes the dead process's descriptors, before waitpid reports it.
+  kill_child();
+  ASSERT_OK_AND_ASSIGN(std::unique_ptr<FileLock> lock,
+                       fs_.TryLockFile(path, "the parent"));
+  EXPECT_OK(lock->CheckHeld());
+  EXPECT_THAT(ReadFileToString(fs_, path),
+              IsOkAndHolds(std::string("the parent\n")));
+  ::close(ready[0]);
+  ::close(hold[1]);
 }
 
 TEST(ErrnoToStatusTest, MapsCodesAndKeepsContext) {

@@ -54,6 +54,10 @@ absl::string_view FileOpName(FileOp op) {
       return "exists";
     case FileOp::kSize:
       return "size";
+    case FileOp::kLock:
+      return "lock";
+    case FileOp::kUnlock:
+      return "unlock";
   }
   return "unknown";
 }
@@ -73,12 +77,14 @@ bool IsMutating(FileOp op) {
     case FileOp::kRemove:
     case FileOp::kRemoveDir:
     case FileOp::kCreateDir:
+    case FileOp::kLock:
       return true;
     case FileOp::kOpen:
     case FileOp::kRead:
     case FileOp::kList:
     case FileOp::kExists:
     case FileOp::kSize:
+    case FileOp::kUnlock:
       return false;
   }
   return false;
@@ -164,6 +170,8 @@ void SetEntry(Node& dir, const std::string& name, NodePtr node) {
 
 }  // namespace
 
+class FaultFileLock;
+
 class State {
  public:
   explicit State(std::shared_ptr<FileSystem> base) : base_(std::move(base)) {
@@ -188,7 +196,7 @@ class State {
     if (mutating) {
       if (crash_countdown_ == 0) {
         crash_countdown_ = -1;
-        crashed_ = true;
+        Crash();
         return absl::AbortedError(absl::StrCat("simulated crash: ", entry));
       }
       if (crash_countdown_ > 0) --crash_countdown_;
@@ -247,7 +255,7 @@ class State {
 
   void SimulateCrash() {
     std::lock_guard<std::mutex> lock(mu_);
-    crashed_ = true;
+    Crash();
   }
 
   void CrashAfterOps(int n) {
@@ -281,7 +289,7 @@ class State {
 
   absl::Status Restart() {
     std::lock_guard<std::mutex> lock(mu_);
-    crashed_ = true;
+    Crash();
     absl::Status status = RestoreDurableState();
     ResetModel();
     ++epoch_;
@@ -325,6 +333,9 @@ class State {
     return base_->GetChildren(dir);
   }
 
+  absl::StatusOr<std::unique_ptr<FileLock>> TryLockFile(
+      const std::shared_ptr<State>& self, absl::string_view path,
+      absl::string_view holder_info);
   absl::Status CreateDir(absl::string_view dir);
   absl::Status RemoveFile(absl::string_view path);
   absl::Status RemoveDir(absl::string_view dir);
@@ -335,6 +346,11 @@ class State {
 
   std::mutex& mu() { return mu_; }
   FileSystem& base() { return *base_; }
+  // Logs the release of a lock (never fails, ignores rules).
+  void LogUnlock(const std::string& path) {
+    log_.push_back({false, absl::StrCat("unlock ", path)});
+  }
+  void ForgetLock(FaultFileLock* lock) { locks_.erase(lock); }
 
  private:
   struct Rule {
@@ -350,6 +366,10 @@ class State {
     std::string name;  // The entry name in `parent`.
     NodePtr node;      // Null if the entry does not exist.
   };
+
+  // The machine "dies": every later operation fails, and the locks its
+  // processes held are released (the kernel would drop them).
+  void Crash();
 
   void ResetModel() {
     roots_.clear();
@@ -605,6 +625,7 @@ class State {
   int crash_countdown_ = -1;              // < 0: no crash scheduled.
   int64_t epoch_ = 0;                     // Incremented by each Restart.
   std::map<std::string, NodePtr> roots_;  // "/" and ".".
+  std::set<FaultFileLock*> locks_;        // Live locks holding a base lock.
   // Scratch for RestoreDurableState.
   std::map<const Node*, std::string> live_paths_;
   std::map<const Node*, std::string> contents_;
@@ -685,6 +706,75 @@ class FaultRandomAccessFile final : public RandomAccessFile {
 };
 
 }  // namespace
+
+// A lock taken through the wrapper. A crash releases the wrapped lock (the
+// holder died); the object then only reports that.
+class FaultFileLock final : public FileLock {
+ public:
+  FaultFileLock(std::shared_ptr<State> state, std::string path,
+                std::unique_ptr<FileLock> base)
+      : FileLock(std::move(path)),
+        state_(std::move(state)),
+        base_(std::move(base)) {}
+
+  ~FaultFileLock() override {
+    std::lock_guard<std::mutex> lock(state_->mu());
+    state_->ForgetLock(this);
+    if (base_ != nullptr) {
+      state_->LogUnlock(path());
+      base_.reset();
+    }
+  }
+
+  absl::Status CheckHeld() const override {
+    std::lock_guard<std::mutex> lock(state_->mu());
+    if (base_ == nullptr) {
+      return absl::AbortedError(absl::StrCat("simulated crash: the lock on ",
+                                             path(),
+                                             " was released by the crash"));
+    }
+    return base_->CheckHeld();
+  }
+
+  // With the state's mutex held.
+  void ReleaseForCrash() { base_.reset(); }
+
+ private:
+  const std::shared_ptr<State> state_;
+  std::unique_ptr<FileLock> base_;  // Guarded by state_->mu().
+};
+
+void State::Crash() {
+  crashed_ = true;
+  for (FaultFileLock* lock : locks_) lock->ReleaseForCrash();
+  locks_.clear();
+}
+
+absl::StatusOr<std::unique_ptr<FileLock>> State::TryLockFile(
+    const std::shared_ptr<State>& self, absl::string_view path,
+    absl::string_view holder_info) {
+  std::lock_guard<std::mutex> lock(mu_);
+  DCP_RETURN_IF_ERROR(
+      Begin(FileOp::kLock, absl::StrCat("lock ", path), path, {}, -1));
+  DCP_ASSIGN_OR_RETURN(Resolved r, Resolve(path));
+  absl::StatusOr<std::unique_ptr<FileLock>> base =
+      base_->TryLockFile(path, holder_info);
+  // The lock file is modelled as a file written without a sync: new (the
+  // attempt created it, even if it then failed) or rewritten by a
+  // successful lock, with nothing durable until synced.
+  if (r.node == nullptr) {
+    if (r.parent != nullptr && base_->FileExists(path).ok()) {
+      SetEntry(*r.parent, r.name, std::make_shared<Node>(/*is_dir=*/false));
+    }
+  } else if (base.ok() && !r.node->is_dir) {
+    r.node->synced_size = 0;
+  }
+  DCP_RETURN_IF_ERROR(base.status());
+  auto held = std::make_unique<FaultFileLock>(self, std::string(path),
+                                              *std::move(base));
+  locks_.insert(held.get());
+  return std::unique_ptr<FileLock>(std::move(held));
+}
 
 absl::StatusOr<std::unique_ptr<WritableFile>> State::NewWritableFile(
     const std::shared_ptr<State>& self, absl::string_view path) {
@@ -926,6 +1016,11 @@ absl::Status FaultInjectingFileSystem::Rename(absl::string_view from,
 
 absl::Status FaultInjectingFileSystem::SyncDir(absl::string_view dir) {
   return state_->SyncDir(dir);
+}
+
+absl::StatusOr<std::unique_ptr<FileLock>> FaultInjectingFileSystem::TryLockFile(
+    absl::string_view path, absl::string_view holder_info) {
+  return state_->TryLockFile(state_, path, holder_info);
 }
 
 }  // namespace dcp::testing

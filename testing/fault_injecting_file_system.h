@@ -46,9 +46,12 @@
 //   removedir P (kRemoveDir)      RemoveDir
 //   rename FROM TO (kRename)      Rename
 //   syncdir P (kSyncDir)          SyncDir
+//   lock P (kLock)                TryLockFile
+//   unlock P (kUnlock)            a FileLock released (destroyed); logged
+//                                 only, never fails, rules do not apply
 // P is the path as the caller spelled it (for file handles, the path they
 // were opened with). The mutating operations are create, append, sync,
-// close, createdir, remove, removedir, rename and syncdir.
+// close, createdir, remove, removedir, rename, syncdir and lock.
 //
 // Crash model. Changes are durable as described in storage/file_system.h:
 //   - File data: the durable content of a file is the prefix of its content
@@ -79,6 +82,13 @@
 //     per-directory model can produce with cross-directory renames is cut:
 //     a directory already being restored is not restored again below
 //     itself.
+//   - Locks: the lock file is a file written without a sync (see
+//     `TryLockFile`): it survives a crash only if its directory entry was
+//     synced, and then empty. A crash releases every lock taken through
+//     this wrapper, as the kernel does when the holder dies: the wrapped
+//     lock is released at once, so the same path can be locked again (after
+//     `Restart()`), while the old `FileLock` objects stay alive, answer
+//     `CheckHeld` with Aborted and release nothing when destroyed.
 // `SimulateCrash()` makes every operation (including calls on files opened
 // earlier) fail with Aborted("simulated crash") until `Restart()`.
 // `Restart()` rewrites the wrapped file system to its durable state, using
@@ -128,6 +138,8 @@ enum class FileOp {
   kList,
   kExists,
   kSize,
+  kLock,
+  kUnlock,
 };
 
 // The verb used in the operation log ("create", "syncdir", ...).
@@ -215,6 +227,8 @@ class FaultInjectingFileSystem final : public FileSystemWrapper {
   absl::Status RemoveDir(absl::string_view dir) override;
   absl::Status Rename(absl::string_view from, absl::string_view to) override;
   absl::Status SyncDir(absl::string_view dir) override;
+  absl::StatusOr<std::unique_ptr<FileLock>> TryLockFile(
+      absl::string_view path, absl::string_view holder_info) override;
 
  private:
   // Shared with open files, so they may outlive this object.

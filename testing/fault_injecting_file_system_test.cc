@@ -147,6 +147,10 @@ TEST_F(FaultInjectingFileSystemTest, FileOpNamesAndMutatingSet) {
   EXPECT_FALSE(IsMutating(FileOp::kRead));
   EXPECT_FALSE(IsMutating(FileOp::kOpen));
   EXPECT_FALSE(IsMutating(FileOp::kList));
+  EXPECT_EQ(FileOpName(FileOp::kLock), "lock");
+  EXPECT_EQ(FileOpName(FileOp::kUnlock), "unlock");
+  EXPECT_TRUE(IsMutating(FileOp::kLock));
+  EXPECT_FALSE(IsMutating(FileOp::kUnlock));
 }
 
 // -----------------------------------------------------------------------------
@@ -579,6 +583,81 @@ TEST_F(FaultInjectingFileSystemTest, InjectedFailuresCountAsOperations) {
   EXPECT_THAT(fs_->CreateDir("/a"), StatusIs(absl::StatusCode::kUnavailable));
   EXPECT_THAT(fs_->CreateDir("/b"), StatusIs(absl::StatusCode::kAborted));
   EXPECT_EQ(fs_->op_count(), 1);
+}
+
+// -----------------------------------------------------------------------------
+// Locks
+// -----------------------------------------------------------------------------
+
+TEST_F(FaultInjectingFileSystemTest, LocksAreLoggedAndLockIsAMutation) {
+  MakeDurableDir();
+  fs_->ClearOpLog();
+  const int before = fs_->op_count();
+  {
+    ASSERT_OK_AND_ASSIGN(std::unique_ptr<FileLock> lock,
+                         fs_->TryLockFile("/c/.lock", "me"));
+    EXPECT_THAT(fs_->TryLockFile("/c/.lock", "you").status(),
+                StatusIs(absl::StatusCode::kFailedPrecondition,
+                         HasSubstr("is held by me")));
+  }
+  EXPECT_THAT(fs_->op_log(),
+              ElementsAre("lock /c/.lock", "lock /c/.lock", "unlock /c/.lock"));
+  EXPECT_THAT(fs_->mutation_log(),
+              ElementsAre("lock /c/.lock", "lock /c/.lock"));
+  EXPECT_EQ(fs_->op_count(), before + 2);
+  EXPECT_EQ(BaseContent("/c/.lock"), "me\n");
+}
+
+TEST_F(FaultInjectingFileSystemTest, RulesCanFailLocks) {
+  MakeDurableDir();
+  fs_->AddRule({FileOp::kLock, ".lock", 1, 1, absl::UnavailableError("nfs")});
+  EXPECT_THAT(fs_->TryLockFile("/c/.lock", "me").status(),
+              StatusIs(absl::StatusCode::kUnavailable,
+                       AllOf(HasSubstr("lock /c/.lock"), HasSubstr("nfs"))));
+  EXPECT_EQ(BaseContent("/c/.lock"), "<missing>");  // Did not reach the base.
+  EXPECT_OK(fs_->TryLockFile("/c/.lock", "me").status());
+}
+
+TEST_F(FaultInjectingFileSystemTest, CrashReleasesLocksOfTheDeadHolder) {
+  MakeDurableDir();
+  ASSERT_OK_AND_ASSIGN(std::unique_ptr<FileLock> dead,
+                       fs_->TryLockFile("/c/.lock", "dead writer"));
+  ASSERT_OK(fs_->SyncDir("/c"));
+  fs_->SimulateCrash();
+  // Released at once in the wrapped file system, as the kernel would.
+  ASSERT_OK_AND_ASSIGN(std::unique_ptr<FileLock> direct,
+                       mem_->TryLockFile("/c/.lock", "direct"));
+  direct.reset();
+  EXPECT_THAT(dead->CheckHeld(),
+              StatusIs(absl::StatusCode::kAborted, HasSubstr("crash")));
+  EXPECT_THAT(fs_->TryLockFile("/c/.lock", "too early").status(),
+              StatusIs(absl::StatusCode::kAborted));
+  ASSERT_OK(fs_->Restart());
+  // The lock file's entry was synced, its content never: it is empty.
+  EXPECT_EQ(BaseContent("/c/.lock"), "");
+  fs_->ClearOpLog();
+  ASSERT_OK_AND_ASSIGN(std::unique_ptr<FileLock> next,
+                       fs_->TryLockFile("/c/.lock", "next writer"));
+  EXPECT_OK(next->CheckHeld());
+  // Dropping the dead holder's object releases nothing (and logs nothing).
+  dead.reset();
+  EXPECT_OK(next->CheckHeld());
+  EXPECT_THAT(fs_->TryLockFile("/c/.lock", "third").status(),
+              StatusIs(absl::StatusCode::kFailedPrecondition,
+                       HasSubstr("next writer")));
+  EXPECT_THAT(fs_->op_log(), ElementsAre("lock /c/.lock", "lock /c/.lock"));
+}
+
+TEST_F(FaultInjectingFileSystemTest, CrashAfterOpsReleasesLocksToo) {
+  MakeDurableDir();
+  ASSERT_OK_AND_ASSIGN(std::unique_ptr<FileLock> dead,
+                       fs_->TryLockFile("/c/.lock", "dead writer"));
+  fs_->CrashAfterOps(0);
+  EXPECT_THAT(fs_->CreateDir("/c/d"), StatusIs(absl::StatusCode::kAborted));
+  ASSERT_OK(fs_->Restart());
+  // The lock file was never dir-synced: it is gone, and free.
+  EXPECT_EQ(BaseContent("/c/.lock"), "<missing>");
+  EXPECT_OK(fs_->TryLockFile("/c/.lock", "next").status());
 }
 
 // -----------------------------------------------------------------------------

@@ -2,11 +2,13 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
 #include "absl/types/span.h"
@@ -30,6 +32,7 @@ std::string FileSystemConformanceTest::Path(const std::string& name) const {
 
 namespace {
 
+using ::testing::AllOf;
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
 using ::testing::IsEmpty;
@@ -346,6 +349,145 @@ TEST_P(FileSystemConformanceTest, ConcurrentWritersAndCreateDirs) {
   ASSERT_OK_AND_ASSIGN(std::vector<std::string> names,
                        fs_->GetChildren(Path("ckpt/deep")));
   EXPECT_EQ(names.size(), static_cast<size_t>(kThreads));
+}
+
+// ---- Locks ------------------------------------------------------------------
+
+TEST_P(FileSystemConformanceTest, LockCreatesTheFileAndRecordsTheHolder) {
+  const std::string path = Path(".lock");
+  ASSERT_OK_AND_ASSIGN(std::unique_ptr<FileLock> lock,
+                       fs_->TryLockFile(path, "holder A"));
+  EXPECT_EQ(lock->path(), path);
+  EXPECT_OK(lock->CheckHeld());
+  EXPECT_THAT(ReadFileToString(*fs_, path),
+              IsOkAndHolds(std::string("holder A\n")));
+}
+
+TEST_P(FileSystemConformanceTest, SecondLockIsRefusedNamingTheHolder) {
+  const std::string path = Path(".lock");
+  ASSERT_OK_AND_ASSIGN(std::unique_ptr<FileLock> first,
+                       fs_->TryLockFile(path, "pid 1 on host a"));
+  // Refused through the same file system object, in the same process.
+  absl::StatusOr<std::unique_ptr<FileLock>> second =
+      fs_->TryLockFile(path, "pid 2 on host b");
+  EXPECT_THAT(second.status(),
+              StatusIs(absl::StatusCode::kFailedPrecondition,
+                       AllOf(HasSubstr(path), HasSubstr("pid 1 on host a"))));
+  EXPECT_EQ(LockHolderInfo(second.status()),
+            std::optional<std::string>("pid 1 on host a"));
+  // The refused attempt left the holder's record alone.
+  EXPECT_THAT(ReadFileToString(*fs_, path),
+              IsOkAndHolds(std::string("pid 1 on host a\n")));
+  EXPECT_OK(first->CheckHeld());
+}
+
+TEST_P(FileSystemConformanceTest, ReleasedLockCanBeTakenAgainAndFileStays) {
+  const std::string path = Path(".lock");
+  ASSERT_OK_AND_ASSIGN(std::unique_ptr<FileLock> first,
+                       fs_->TryLockFile(path, "first"));
+  first.reset();
+  EXPECT_THAT(fs_->Exists(path), IsOkAndHolds(true));
+  ASSERT_OK_AND_ASSIGN(std::unique_ptr<FileLock> second,
+                       fs_->TryLockFile(path, "second"));
+  EXPECT_THAT(ReadFileToString(*fs_, path),
+              IsOkAndHolds(std::string("second\n")));
+  second.reset();
+  EXPECT_THAT(fs_->GetChildren(root_), IsOkAndHolds(ElementsAre(".lock")));
+}
+
+TEST_P(FileSystemConformanceTest, LocksOnDifferentFilesAreIndependent) {
+  ASSERT_OK_AND_ASSIGN(std::unique_ptr<FileLock> a,
+                       fs_->TryLockFile(Path("a.lock"), "a"));
+  ASSERT_OK(fs_->CreateDir(Path("sub")));
+  ASSERT_OK_AND_ASSIGN(std::unique_ptr<FileLock> b,
+                       fs_->TryLockFile(Path("sub/a.lock"), "b"));
+  EXPECT_OK(a->CheckHeld());
+  EXPECT_OK(b->CheckHeld());
+}
+
+TEST_P(FileSystemConformanceTest, LockOfAnExistingFileReplacesItsContent) {
+  const std::string path = Path(".lock");
+  ASSERT_OK(WriteStringToFile(*fs_, path, "stale holder from a crash\n",
+                              /*sync=*/false));
+  ASSERT_OK_AND_ASSIGN(std::unique_ptr<FileLock> lock,
+                       fs_->TryLockFile(path, "new"));
+  EXPECT_THAT(ReadFileToString(*fs_, path), IsOkAndHolds(std::string("new\n")));
+}
+
+TEST_P(FileSystemConformanceTest, LockErrors) {
+  ASSERT_OK(fs_->CreateDir(Path("d")));
+  EXPECT_THAT(
+      fs_->TryLockFile(Path("d"), "x").status(),
+      StatusIs(absl::StatusCode::kFailedPrecondition, HasSubstr(Path("d"))));
+  EXPECT_THAT(
+      fs_->TryLockFile(Path("missing/.lock"), "x").status(),
+      StatusIs(absl::StatusCode::kNotFound, HasSubstr(Path("missing/.lock"))));
+  // Other errors are not lock conflicts.
+  EXPECT_EQ(LockHolderInfo(fs_->TryLockFile(Path("d"), "x").status()),
+            std::nullopt);
+}
+
+TEST_P(FileSystemConformanceTest, RemovedLockFileIsNoLongerHeld) {
+  const std::string path = Path(".lock");
+  ASSERT_OK_AND_ASSIGN(std::unique_ptr<FileLock> first,
+                       fs_->TryLockFile(path, "first"));
+  ASSERT_OK(fs_->RemoveFile(path));
+  EXPECT_THAT(first->CheckHeld(),
+              StatusIs(absl::StatusCode::kFailedPrecondition,
+                       AllOf(HasSubstr(path), HasSubstr("no longer held"))));
+  // Which is why lock files must not be removed: a new file at the path
+  // can be locked while the first lock object still lives.
+  ASSERT_OK_AND_ASSIGN(std::unique_ptr<FileLock> second,
+                       fs_->TryLockFile(path, "second"));
+  EXPECT_OK(second->CheckHeld());
+  // Replacing the file by a rename is the same.
+  ASSERT_OK(WriteStringToFile(*fs_, Path("other"), "", false));
+  ASSERT_OK(fs_->Rename(Path("other"), path));
+  EXPECT_THAT(second->CheckHeld(),
+              StatusIs(absl::StatusCode::kFailedPrecondition));
+}
+
+TEST_P(FileSystemConformanceTest, RenamedLockFileStaysLockedUnderItsNewName) {
+  ASSERT_OK_AND_ASSIGN(std::unique_ptr<FileLock> lock,
+                       fs_->TryLockFile(Path("a.lock"), "holder"));
+  ASSERT_OK(fs_->Rename(Path("a.lock"), Path("b.lock")));
+  EXPECT_THAT(lock->CheckHeld(),
+              StatusIs(absl::StatusCode::kFailedPrecondition));
+  EXPECT_THAT(
+      fs_->TryLockFile(Path("b.lock"), "other").status(),
+      StatusIs(absl::StatusCode::kFailedPrecondition, HasSubstr("holder")));
+}
+
+TEST_P(FileSystemConformanceTest, ConcurrentLockAttemptsHaveOneWinner) {
+  constexpr int kThreads = 8;
+  const std::string path = Path(".lock");
+  std::vector<absl::StatusOr<std::unique_ptr<FileLock>>> results;
+  for (int t = 0; t < kThreads; ++t) {
+    results.emplace_back(absl::UnknownError("did not run"));
+  }
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      results[t] = fs_->TryLockFile(path, absl::StrCat("thread ", t));
+    });
+  }
+  for (std::thread& thread : threads) thread.join();
+  int winner = -1;
+  for (int t = 0; t < kThreads; ++t) {
+    if (results[t].ok()) {
+      EXPECT_EQ(winner, -1)
+          << "threads " << winner << " and " << t << " both hold the lock";
+      winner = t;
+    } else {
+      EXPECT_THAT(results[t].status(),
+                  StatusIs(absl::StatusCode::kFailedPrecondition,
+                           HasSubstr("is held by")))
+          << "thread " << t;
+    }
+  }
+  ASSERT_NE(winner, -1);
+  EXPECT_THAT(ReadFileToString(*fs_, path),
+              IsOkAndHolds(absl::StrCat("thread ", winner, "\n")));
 }
 
 }  // namespace

@@ -23,6 +23,12 @@ namespace mem_file_system_internal {
 struct File {
   std::mutex mu;
   std::string data;  // Guarded by mu.
+  // The cleaned path naming this file; empty once removed or replaced (a
+  // file has at most one name: there are no hard links). Written under the
+  // file system's mutex and `mu`; read under either.
+  std::string name;
+  // Held by a `MemFileLock`. Guarded by mu.
+  bool locked = false;
 };
 
 }  // namespace mem_file_system_internal
@@ -95,6 +101,36 @@ class MemWritableFile final : public WritableFile {
   uint64_t size_ = 0;
   bool closed_ = false;
 };
+
+class MemFileLock final : public FileLock {
+ public:
+  MemFileLock(std::string path, std::string clean, std::shared_ptr<File> file)
+      : FileLock(std::move(path)),
+        clean_(std::move(clean)),
+        file_(std::move(file)) {}
+
+  ~MemFileLock() override {
+    std::lock_guard<std::mutex> lock(file_->mu);
+    file_->locked = false;
+  }
+
+  absl::Status CheckHeld() const override {
+    std::lock_guard<std::mutex> lock(file_->mu);
+    if (file_->name != clean_) return LockLostError(path());
+    return absl::OkStatus();
+  }
+
+ private:
+  const std::string clean_;
+  const std::shared_ptr<File> file_;
+};
+
+// Sets the name of `file`, which the caller holds the file system's mutex
+// for.
+void SetName(File& file, std::string name) {
+  std::lock_guard<std::mutex> lock(file.mu);
+  file.name = std::move(name);
+}
 
 class MemRandomAccessFile final : public RandomAccessFile {
  public:
@@ -180,6 +216,7 @@ absl::StatusOr<std::unique_ptr<WritableFile>> MemFileSystem::NewWritableFile(
     }
     case Kind::kMissing:
       file = std::make_shared<File>();
+      file->name = clean;
       files_[clean] = file;
       break;
   }
@@ -314,6 +351,7 @@ absl::Status MemFileSystem::RemoveFile(absl::string_view path) {
     case Kind::kFile:
       break;
   }
+  SetName(*files_.at(clean), std::string());
   files_.erase(clean);
   return absl::OkStatus();
 }
@@ -370,6 +408,8 @@ absl::Status MemFileSystem::Rename(absl::string_view from,
       return absl::FailedPreconditionError(
           absl::StrCat(what, ": ", Quoted(to), " is a directory"));
     }
+    if (to_kind == Kind::kFile) SetName(*files_.at(clean_to), std::string());
+    SetName(*files_.at(clean_from), clean_to);
     files_[clean_to] = files_[clean_from];
     files_.erase(clean_from);
     return absl::OkStatus();
@@ -396,7 +436,12 @@ absl::Status MemFileSystem::Rename(absl::string_view from,
   };
   std::map<std::string, std::shared_ptr<File>> files;
   for (auto& [path, file] : files_) {
-    files[IsUnder(path, clean_from) ? moved(path) : path] = std::move(file);
+    if (IsUnder(path, clean_from)) {
+      SetName(*file, moved(path));
+      files[moved(path)] = std::move(file);
+    } else {
+      files[path] = std::move(file);
+    }
   }
   files_ = std::move(files);
   std::set<std::string> dirs;
@@ -423,6 +468,33 @@ absl::Status MemFileSystem::SyncDir(absl::string_view dir) {
       break;
   }
   return absl::OkStatus();
+}
+
+absl::StatusOr<std::unique_ptr<FileLock>> MemFileSystem::TryLockFile(
+    absl::string_view path, absl::string_view holder_info) {
+  const std::string clean = CleanPath(path);
+  std::lock_guard<std::mutex> lock(mu_);
+  DCP_RETURN_IF_ERROR(CheckAncestors(clean, "lock", path));
+  std::shared_ptr<File> file;
+  switch (KindOf(clean)) {
+    case Kind::kDirectory:
+      return absl::FailedPreconditionError(
+          absl::StrCat("lock ", Quoted(path), ": is a directory"));
+    case Kind::kFile:
+      file = files_.at(clean);
+      break;
+    case Kind::kMissing:
+      file = std::make_shared<File>();
+      file->name = clean;
+      files_[clean] = file;
+      break;
+  }
+  std::lock_guard<std::mutex> file_lock(file->mu);
+  if (file->locked) return LockHeldError(path, file->data);
+  file->locked = true;
+  file->data = absl::StrCat(holder_info, "\n");
+  return std::make_unique<MemFileLock>(std::string(path), clean,
+                                       std::move(file));
 }
 
 std::map<std::string, uint64_t> MemFileSystem::ListAllFiles() const {

@@ -16,6 +16,12 @@
 // to the same file after it is renamed or removed, and `NewWritableFile` on
 // an existing path truncates that same file.
 //
+// `TryLockFile` keeps the lock state with the file itself, so locks behave
+// like POSIX open-file-description locks: two lock objects on one file
+// conflict (in one process; there is no other), a removed or replaced lock
+// file no longer excludes a new file at its path, and locks may outlive the
+// file system.
+//
 // `Sync` and `SyncDir` only check their arguments: nothing is ever lost. To
 // test crash behaviour wrap it in `testing::FaultInjectingFileSystem`.
 //
@@ -63,6 +69,8 @@ class MemFileSystem final : public FileSystem {
   absl::Status RemoveDir(absl::string_view dir) override;
   absl::Status Rename(absl::string_view from, absl::string_view to) override;
   absl::Status SyncDir(absl::string_view dir) override;
+  absl::StatusOr<std::unique_ptr<FileLock>> TryLockFile(
+      absl::string_view path, absl::string_view holder_info) override;
 
   // Every file (not directory) and its size, keyed by cleaned path, in
   // sorted order. For test diagnostics.

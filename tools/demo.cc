@@ -82,7 +82,8 @@ absl::Status RunDemo(const DemoOptions& options, std::ostream& out) {
   save.clear();  // Frees the shards before the load.
 
   PosixFileSystem fs;
-  DCP_ASSIGN_OR_RETURN(std::vector<FileInfo> files, ListFiles(fs, dir));
+  DCP_ASSIGN_OR_RETURN(std::vector<FileInfo> files,
+                       ListCheckpointFiles(fs, dir));
   uint64_t file_bytes = 0;
   for (const FileInfo& f : files) file_bytes += f.size;
 
@@ -189,7 +190,8 @@ absl::Status RunDistributedDemo(const DemoOptions& options,
   if (!print) return absl::OkStatus();
 
   PosixFileSystem fs;
-  DCP_ASSIGN_OR_RETURN(std::vector<FileInfo> files, ListFiles(fs, options.dir));
+  DCP_ASSIGN_OR_RETURN(std::vector<FileInfo> files,
+                       ListCheckpointFiles(fs, options.dir));
   uint64_t file_bytes = 0;
   for (const FileInfo& f : files) file_bytes += f.size;
   const uint64_t bytes = static_cast<uint64_t>(totals.bytes);

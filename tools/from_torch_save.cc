@@ -57,7 +57,7 @@ absl::Status TorchSaveToDcp(const FromTorchSaveOptions& options,
 
   PosixFileSystem fs;
   DCP_ASSIGN_OR_RETURN(std::vector<FileInfo> files,
-                       ListFiles(fs, options.dir));
+                       ListCheckpointFiles(fs, options.dir));
   uint64_t bytes = 0;
   for (const FileInfo& f : files) bytes += f.size;
   out << "saved " << options.dir << " with " << options.world_size

@@ -194,7 +194,7 @@ absl::Status InspectCheckpoint(const InspectOptions& options,
   std::shared_ptr<FileSystem> fs = NewPosixFileSystem();
   DCP_ASSIGN_OR_RETURN(Metadata md, ReadCheckpointMetadata(options.dir, fs));
   DCP_ASSIGN_OR_RETURN(std::vector<FileInfo> files,
-                       ListFiles(*fs, options.dir));
+                       ListCheckpointFiles(*fs, options.dir));
   if (options.json) {
     PrintJson(options.dir, md, files, out);
   } else {

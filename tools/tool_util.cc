@@ -5,8 +5,8 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstdint>
-#include <cstring>
 #include <cstdlib>
+#include <cstring>
 #include <mutex>  // NOLINT(build/c++11)
 #include <string>
 #include <utility>
@@ -20,6 +20,7 @@
 #include "absl/time/time.h"
 #include "checkpoint/status.h"
 #include "storage/file_system.h"
+#include "storage/fs_storage.h"
 #include "storage/posix_file_system.h"
 
 namespace dcp::tools {
@@ -187,6 +188,17 @@ absl::StatusOr<std::vector<FileInfo>> ListFiles(FileSystem& fs,
     files.push_back({std::move(name), size});
   }
   return files;  // GetChildren sorts.
+}
+
+absl::StatusOr<std::vector<FileInfo>> ListCheckpointFiles(
+    FileSystem& fs, absl::string_view dir) {
+  DCP_ASSIGN_OR_RETURN(std::vector<FileInfo> files, ListFiles(fs, dir));
+  files.erase(std::remove_if(files.begin(), files.end(),
+                             [](const FileInfo& f) {
+                               return f.name == kCheckpointLockFileName;
+                             }),
+              files.end());
+  return files;
 }
 
 absl::StatusOr<std::string> MakeTempDir(absl::string_view prefix) {

@@ -69,6 +69,12 @@ struct FileInfo {
 absl::StatusOr<std::vector<FileInfo>> ListFiles(FileSystem& fs,
                                                 absl::string_view dir);
 
+// The files of the checkpoint in `dir`: `ListFiles` without the writers'
+// lock file (`kCheckpointLockFileName`, storage/fs_storage.h), which is not
+// part of the checkpoint.
+absl::StatusOr<std::vector<FileInfo>> ListCheckpointFiles(
+    FileSystem& fs, absl::string_view dir);
+
 // Creates a fresh directory "<$TMPDIR or /tmp>/<prefix>XXXXXX".
 absl::StatusOr<std::string> MakeTempDir(absl::string_view prefix);
 

@@ -77,6 +77,19 @@ TEST(JsonStringTest, EscapesWhatJsonRequires) {
             "\"\\ufffd\\ufffd\\ufffd\"");  // Surrogate.
 }
 
+TEST(FilesTest, CheckpointFilesLeaveOutTheLockFile) {
+  PosixFileSystem fs;
+  ASSERT_OK_AND_ASSIGN(std::string dir, MakeTempDir("tool_util_test-"));
+  for (const char* name : {".dcp.lock", ".metadata", "__0_0.distcp"}) {
+    ASSERT_THAT(WriteStringToFile(fs, JoinPath(dir, name), "x", false), IsOk());
+  }
+  ASSERT_OK_AND_ASSIGN(std::vector<FileInfo> files,
+                       ListCheckpointFiles(fs, dir));
+  EXPECT_THAT(files, ElementsAre(Field(&FileInfo::name, ".metadata"),
+                                 Field(&FileInfo::name, "__0_0.distcp")));
+  EXPECT_THAT(RemoveFlatDir(fs, dir), IsOk());  // The lock file too.
+}
+
 TEST(FilesTest, ListsRegularFilesSortedAndRemovesFlatDirs) {
   PosixFileSystem fs;
   ASSERT_OK_AND_ASSIGN(std::string dir, MakeTempDir("tool_util_test-"));
