@@ -23,6 +23,7 @@
 #include "checkpoint/c10d_process_group.h"
 #include "checkpoint/dist_wrapper.h"
 #include "checkpoint/process_group.h"
+#include "checkpoint/status.h"
 #include "glog/logging.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -219,37 +220,76 @@ INSTANTIATE_TEST_SUITE_P(Backends, CheckpointBackendsTest,
                                            Backend::kProcesses),
                          [](const auto& info) { return BackendName(info.param); });
 
-// ---- a failure in each protocol phase ---------------------------------------
+// ---- the fault matrix: every phase, every rank that reaches it --------------
 
+// A failure at `point` on `failing_rank`. Phases: plan, write, commit and
+// read; points visited by the coordinator alone are failed there only.
 struct PhaseFault {
+  const char* phase;
   const char* point;
   int failing_rank;  // rank 0 is the coordinator
   bool during_save;
 };
 
+constexpr int kMatrixWorld = 3;
+
+std::vector<PhaseFault> FaultMatrix() {
+  struct Point {
+    const char* phase;
+    const char* point;
+    bool coordinator_only;
+    bool save;
+  };
+  const Point points[] = {
+      {"plan", "save.plan", false, true},
+      {"plan", "save.global_plan", true, true},
+      {"write", "save.write", false, true},
+      {"write", "fs_storage.write_data", false, true},
+      {"commit", "save.finish", true, true},
+      {"commit", "fs_storage.finish", true, true},
+      {"plan", "load.metadata", true, false},
+      {"plan", "load.plan", false, false},
+      {"plan", "load.global_plan", true, false},
+      {"read", "load.read", false, false},
+      {"read", "fs_storage.read_data", false, false},
+  };
+  std::vector<PhaseFault> faults;
+  for (const Point& p : points) {
+    for (int rank = 0; rank < (p.coordinator_only ? 1 : kMatrixWorld); ++rank) {
+      faults.push_back(PhaseFault{p.phase, p.point, rank, p.save});
+    }
+  }
+  return faults;
+}
+
 class PhaseFailureBackendsTest
     : public ::testing::TestWithParam<std::tuple<Backend, PhaseFault>> {};
 
-TEST_P(PhaseFailureBackendsTest, EveryRankGetsTheSameErrorNamingTheRank) {
+// Save v0; the faulty save (v1) or load; then load v0 and check it. The
+// faulty step fails on every rank with the same error naming the failing
+// rank (and no rank hangs: every step returns), and the previous
+// checkpoint is intact.
+TEST_P(PhaseFailureBackendsTest, EveryRankGetsTheSameErrorAndThePreviousCheckpointStays) {
   const auto [backend, fault] = GetParam();
-  constexpr int kWorld = 3;
   const std::string dir = TestDir() + "/ckpt";
   std::vector<Step> steps;
-  if (!fault.during_save) {
-    steps.push_back({kWorld, [&](auto pg) { return SaveModelToDir(pg, dir); }});
-  }
-  steps.push_back({kWorld, [&, fault = fault](auto pg) {
+  steps.push_back({kMatrixWorld, [&](auto pg) {
+                     return SaveModelToDir(pg, dir, /*value_seed=*/0);
+                   }});
+  steps.push_back({kMatrixWorld, [&, fault = fault](auto pg) {
                      return RunWithFaultAt(pg, dir, fault.during_save,
-                                           fault.point, fault.failing_rank);
+                                           fault.point, fault.failing_rank,
+                                           /*value_seed=*/1);
+                   }});
+  steps.push_back({kMatrixWorld, [&](auto pg) {
+                     return LoadModelFromDirAndCheck(pg, dir, /*value_seed=*/0);
                    }});
   StepStatuses statuses = RunSteps(backend, steps);
-  ASSERT_THAT(statuses, SizeIs(steps.size()));
-  if (!fault.during_save) {
-    ASSERT_THAT(statuses[0], Each(IsOk()));
-  }
-  const std::vector<absl::Status>& faulty = statuses.back();
-  ASSERT_THAT(faulty, SizeIs(kWorld));
-  for (int rank = 0; rank < kWorld; ++rank) {
+  ASSERT_THAT(statuses, SizeIs(3));
+  ASSERT_THAT(statuses[0], Each(IsOk()));
+  const std::vector<absl::Status>& faulty = statuses[1];
+  ASSERT_THAT(faulty, SizeIs(kMatrixWorld));
+  for (int rank = 0; rank < kMatrixWorld; ++rank) {
     SCOPED_TRACE(absl::StrCat("rank ", rank));
     EXPECT_THAT(faulty[rank],
                 testing::StatusIs(absl::StatusCode::kUnavailable,
@@ -259,28 +299,24 @@ TEST_P(PhaseFailureBackendsTest, EveryRankGetsTheSameErrorNamingTheRank) {
                                       fault.point))));
     EXPECT_THAT(FailedRanks(faulty[rank]), ElementsAre(fault.failing_rank));
     EXPECT_EQ(faulty[rank], faulty[0]);
+    EXPECT_EQ(GetCommitOutcome(faulty[rank]), CommitOutcome::kNotCommitted);
   }
-  if (fault.during_save) {
-    // Nothing was committed.
-    EXPECT_FALSE(std::filesystem::exists(dir + "/.metadata"));
-  }
+  // The previous checkpoint is intact and loads.
+  EXPECT_THAT(statuses[2], Each(IsOk()));
 }
 
 INSTANTIATE_TEST_SUITE_P(
     Backends, PhaseFailureBackendsTest,
-    ::testing::Combine(
-        ::testing::Values(Backend::kSimulator, Backend::kProcesses),
-        ::testing::Values(PhaseFault{"save.plan", 2, true},
-                          PhaseFault{"save.write", 1, true},
-                          PhaseFault{"save.finish", 0, true},
-                          PhaseFault{"load.plan", 1, false},
-                          PhaseFault{"load.read", 2, false})),
+    ::testing::Combine(::testing::Values(Backend::kSimulator,
+                                         Backend::kProcesses),
+                       ::testing::ValuesIn(FaultMatrix())),
     [](const auto& info) {
       const PhaseFault& fault = std::get<1>(info.param);
       std::string point = fault.point;
       std::replace(point.begin(), point.end(), '.', '_');
-      return absl::StrCat(BackendName(std::get<0>(info.param)), "_", point,
-                          "_rank", fault.failing_rank);
+      return absl::StrCat(BackendName(std::get<0>(info.param)), "_",
+                          fault.phase, "_", point, "_rank",
+                          fault.failing_rank);
     });
 
 // ---- processes only: a worker SIGKILLed during a save ----------------------

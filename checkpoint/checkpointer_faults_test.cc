@@ -671,6 +671,33 @@ class GatedWriter : public ResetFailsWriter {
   Future<void> gate_;
 };
 
+// The protocol releases the coordinator's directory lock when a save fails
+// after planning, so another writer can save while this Checkpointer lives.
+TEST(CommitTest, AFailedSaveReleasesTheDirectoryLock) {
+  constexpr int kWorld = 2;
+  auto fs = std::make_shared<MemFileSystem>();
+  auto sim = MakeSimulator(kWorld, /*seed=*/12);
+  sim->faults().FailAtPoint(1, "save.write", absl::DataLossError("torn"));
+  std::vector<absl::Status> statuses =
+      sim->Run([&](RankContext& ctx) -> absl::Status {
+        FileSystemWriterOptions options;
+        options.file_system = fs;
+        DCP_ASSIGN_OR_RETURN(auto writer,
+                             FileSystemWriter::Create("/locked", options));
+        DCP_ASSIGN_OR_RETURN(auto checkpointer,
+                             MakeCheckpointer(ctx, std::move(writer), nullptr));
+        const absl::Status failed =
+            checkpointer->Save(ProbeStateDict(ctx.rank(), -1, 1)).status();
+        if (!absl::IsDataLoss(failed)) {
+          return absl::InternalError(absl::StrCat("unexpected: ", failed.ToString()));
+        }
+        // Still alive; another writer saves into the directory (once).
+        if (ctx.rank() == 0) DCP_RETURN_IF_ERROR(SaveAlone(fs, "/locked", 6));
+        return absl::OkStatus();
+      });
+  EXPECT_THAT(statuses, Each(IsOk()));
+}
+
 // ---- bounded async memory ---------------------------------------------------
 
 // Counts the bytes of live CPU tensors, for the process (every simulated

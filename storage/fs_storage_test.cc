@@ -1007,6 +1007,8 @@ TEST(FsStorageCommitTest, DirectorySyncFailureAfterTheRenameSaysCommitted) {
               StatusIs(absl::StatusCode::kUnavailable, HasSubstr(committed)));
   EXPECT_EQ(GetCommitOutcome(observed.finish_status),
             CommitOutcome::kCommitted);
+  // The mark reaches the caller of Save through the protocol.
+  EXPECT_EQ(GetCommitOutcome(status), CommitOutcome::kCommitted);
   // It was indeed the sync right after the rename that failed.
   const std::vector<std::string> log = faulty->mutation_log();
   auto rename = std::find_if(log.begin(), log.end(), [](const std::string& op) {
@@ -1039,9 +1041,10 @@ TEST(FsStorageCommitTest, ErrorsBeforeTheRenameAreNotMarked) {
     ObservedWriter observed(*writer);
     SaveOptions save;
     save.no_dist = true;
-    EXPECT_THAT(
-        Save(ModelVersion(1), observed, save).status(),
-        StatusIs(absl::StatusCode::kUnavailable, Not(HasSubstr("committed"))));
+    const absl::Status status = Save(ModelVersion(1), observed, save).status();
+    EXPECT_THAT(status, StatusIs(absl::StatusCode::kUnavailable,
+                                 Not(HasSubstr("committed"))));
+    EXPECT_EQ(GetCommitOutcome(status), CommitOutcome::kNotCommitted);
     EXPECT_THAT(observed.finish_status,
                 StatusIs(absl::StatusCode::kUnavailable));
     EXPECT_EQ(GetCommitOutcome(observed.finish_status),
