@@ -268,6 +268,20 @@ class WorldState : public ThreadScheduler {
     return names;  // std::map: sorted.
   }
 
+  bool AwaitStartedThreads(absl::Time deadline) {
+    Lock lock(mu_);
+    auto all_exited = [&] {
+      for (const auto& r : ranks_) {
+        if (r->live_threads > 0) return false;
+      }
+      return true;
+    };
+    // Every change of live_threads notifies the threads' and ranks' cvs;
+    // rank 0's is as good as any for this (never a rank's turn wait).
+    return ranks_[0]->cv.wait_until(lock, ChronoDeadline(deadline),
+                                    all_exited);
+  }
+
   std::vector<std::string> ScheduleTrace() const {
     std::lock_guard<std::mutex> lock(mu_);
     return trace_;
@@ -997,6 +1011,10 @@ void FakeWorld::MarkRankDone(int rank, const absl::Status& status) {
 }
 
 void FakeWorld::Abort(const absl::Status& why) { state_->Abort(why); }
+
+bool FakeWorld::AwaitStartedThreads(absl::Time deadline) {
+  return state_->AwaitStartedThreads(deadline);
+}
 
 std::vector<std::string> FakeWorld::Transcript(
     absl::string_view communicator) const {

@@ -175,6 +175,12 @@ class FakeWorld {
   // Aborted "world aborted: <why>". Ends deterministic scheduling.
   void Abort(const absl::Status& why);
 
+  // Deterministic mode: waits until every thread the ranks started
+  // (`dcp::ScheduledThread`) has exited, e.g. an executor that a rank's
+  // function let go of from one of its own tasks. True if they all did by
+  // `deadline`; always true in free mode, where they are not tracked.
+  bool AwaitStartedThreads(absl::Time deadline);
+
   // The collectives that completed successfully on `communicator`, in
   // order, as "Kind:tag". Empty for an unknown communicator.
   std::vector<std::string> Transcript(

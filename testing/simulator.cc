@@ -185,6 +185,12 @@ std::vector<absl::Status> Simulator::Run(
     world->MarkRankDone(r, statuses[r]);
   }
   for (std::thread& thread : threads) thread.join();
+  // Threads a rank let go of (a Checkpointer dropped by one of its own
+  // callbacks) finish within this Run, not during the next one.
+  if (!world->AwaitStartedThreads(absl::Now() + options_.collective_timeout)) {
+    LOG(ERROR) << "Simulator: threads started by the ranks were still running "
+                  "at the end of Run";
+  }
   last_world_ = std::move(world);
   return statuses;
 }

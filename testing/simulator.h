@@ -27,7 +27,9 @@
 //      status naming the rank (never std::terminate);
 //   4. calls `FakeWorld::MarkRankDone` with the outcome, so ranks still
 //      waiting for it fail promptly with Aborted instead of timing out.
-// All threads are joined before `Run` returns; none is detached.
+// All rank threads are joined before `Run` returns, and in deterministic
+// mode every thread the ranks started has exited too (even one a rank let
+// go of, such as the executor of a Checkpointer dropped in a callback).
 //
 // Modes (see FakeWorld for the full semantics):
 // * Free (`seed` unset): ranks run concurrently between collectives.
