@@ -27,6 +27,7 @@
 #include "storage/fs_storage.h"
 #include "storage/memory_storage.h"
 #include "testing/checkpoint_scenarios.h"
+#include "testing/forwarding_storage.h"
 #include "testing/mem_file_system.h"
 #include "testing/simulator.h"
 #include "testing/status_matchers.h"
@@ -35,6 +36,8 @@ namespace dcp {
 namespace {
 
 using ::dcp::testing::CheckModelStateDict;
+using ::dcp::testing::ForwardingStorageReader;
+using ::dcp::testing::ForwardingStorageWriter;
 using ::dcp::testing::IsOk;
 using ::dcp::testing::MakeModelStateDict;
 using ::dcp::testing::MemFileSystem;
@@ -293,40 +296,16 @@ TEST(RoundTest, FreeAsyncSaveReportsStagingFailureThroughTheRound) {
 }
 
 // A writer whose Reset fails on one rank.
-class ResetFailsWriter : public StorageWriter {
+class ResetFailsWriter : public ForwardingStorageWriter {
  public:
-  ResetFailsWriter(std::shared_ptr<StorageWriter> inner, bool fail)
-      : inner_(std::move(inner)), fail_(fail) {}
+  ResetFailsWriter(std::shared_ptr<StorageWriter> target, bool fail)
+      : ForwardingStorageWriter(std::move(target)), fail_(fail) {}
   absl::Status Reset(std::optional<std::string> id) override {
     if (fail_) return absl::PermissionDeniedError("cannot open the new location");
-    return inner_->Reset(std::move(id));
+    return ForwardingStorageWriter::Reset(std::move(id));
   }
-  std::optional<StorageMeta> StorageMetaForSave() const override {
-    return inner_->StorageMetaForSave();
-  }
-  absl::Status SetUp(bool is_coordinator) override {
-    return inner_->SetUp(is_coordinator);
-  }
-  absl::StatusOr<SavePlan> PrepareLocalPlan(SavePlan plan) override {
-    return inner_->PrepareLocalPlan(std::move(plan));
-  }
-  absl::StatusOr<std::vector<SavePlan>> PrepareGlobalPlan(
-      std::vector<SavePlan> plans) override {
-    return inner_->PrepareGlobalPlan(std::move(plans));
-  }
-  absl::StatusOr<std::vector<WriteResult>> WriteData(
-      const SavePlan& plan, SavePlanner& planner) override {
-    return inner_->WriteData(plan, planner);
-  }
-  absl::Status Finish(
-      Metadata& metadata,
-      const std::vector<std::vector<WriteResult>>& results) override {
-    return inner_->Finish(metadata, results);
-  }
-  void AbortSave() override { inner_->AbortSave(); }
 
  private:
-  std::shared_ptr<StorageWriter> inner_;
   bool fail_;
 };
 
@@ -501,41 +480,24 @@ absl::Status SaveAlone(const std::shared_ptr<FileSystem>& fs,
 
 // A reader that commits a new checkpoint (`value` 2) into its directory
 // right after the first ReadMetadata of any rank.
-class SwapAfterFirstRead : public StorageReader {
+class SwapAfterFirstRead : public ForwardingStorageReader {
  public:
-  SwapAfterFirstRead(std::unique_ptr<StorageReader> inner,
+  SwapAfterFirstRead(std::shared_ptr<StorageReader> target,
                      std::shared_ptr<FileSystem> fs, std::string dir,
                      std::shared_ptr<std::atomic<int>> reads)
-      : inner_(std::move(inner)),
+      : ForwardingStorageReader(std::move(target)),
         fs_(std::move(fs)),
         dir_(std::move(dir)),
         reads_(std::move(reads)) {}
-  absl::Status Reset(std::optional<std::string> id) override {
-    return inner_->Reset(std::move(id));
-  }
   absl::StatusOr<Metadata> ReadMetadata() override {
-    absl::StatusOr<Metadata> metadata = inner_->ReadMetadata();
+    absl::StatusOr<Metadata> metadata = ForwardingStorageReader::ReadMetadata();
     if (reads_->fetch_add(1) == 0) {
       DCP_RETURN_IF_ERROR(SaveAlone(fs_, dir_, 2));
     }
     return metadata;
   }
-  absl::Status SetUp(const Metadata& metadata, bool is_coordinator) override {
-    return inner_->SetUp(metadata, is_coordinator);
-  }
-  absl::StatusOr<LoadPlan> PrepareLocalPlan(LoadPlan plan) override {
-    return inner_->PrepareLocalPlan(std::move(plan));
-  }
-  absl::StatusOr<std::vector<LoadPlan>> PrepareGlobalPlan(
-      std::vector<LoadPlan> plans) override {
-    return inner_->PrepareGlobalPlan(std::move(plans));
-  }
-  absl::Status ReadData(const LoadPlan& plan, LoadPlanner& planner) override {
-    return inner_->ReadData(plan, planner);
-  }
 
  private:
-  std::unique_ptr<StorageReader> inner_;
   std::shared_ptr<FileSystem> fs_;
   std::string dir_;
   std::shared_ptr<std::atomic<int>> reads_;
@@ -552,7 +514,8 @@ TEST(OneCheckpointPerLoadTest, ASaveCommittingDuringTheLoadCannotMixCheckpoints)
       sim->Run([&](RankContext& ctx) -> absl::Status {
         FileSystemReaderOptions options;
         options.file_system = fs;
-        DCP_ASSIGN_OR_RETURN(auto reader, FileSystemReader::Create(dir, options));
+        DCP_ASSIGN_OR_RETURN(std::shared_ptr<StorageReader> reader,
+                             FileSystemReader::Create(dir, options));
         auto swapping = std::make_shared<SwapAfterFirstRead>(
             std::move(reader), fs, dir, reads);
         DCP_ASSIGN_OR_RETURN(auto checkpointer,
@@ -573,14 +536,13 @@ TEST(OneCheckpointPerLoadTest, ASaveCommittingDuringTheLoadCannotMixCheckpoints)
 
 // A writer whose Finish commits and then fails, as a directory sync after
 // the rename would.
-class CommitThenFailWriter : public ResetFailsWriter {
+class CommitThenFailWriter : public ForwardingStorageWriter {
  public:
-  explicit CommitThenFailWriter(std::shared_ptr<StorageWriter> inner)
-      : ResetFailsWriter(std::move(inner), false) {}
+  using ForwardingStorageWriter::ForwardingStorageWriter;
   absl::Status Finish(
       Metadata& metadata,
       const std::vector<std::vector<WriteResult>>& results) override {
-    DCP_RETURN_IF_ERROR(ResetFailsWriter::Finish(metadata, results));
+    DCP_RETURN_IF_ERROR(ForwardingStorageWriter::Finish(metadata, results));
     return WithCommitOutcome(
         absl::UnavailableError("the new checkpoint is committed, but syncing "
                                "the directory failed: EIO"),
@@ -657,14 +619,14 @@ TEST(CommitTest, AFailureBeforeTheCommitIsNotCommitted) {
 }
 
 // A writer whose WriteData waits (visibly to the scheduler) for `gate`.
-class GatedWriter : public ResetFailsWriter {
+class GatedWriter : public ForwardingStorageWriter {
  public:
-  GatedWriter(std::shared_ptr<StorageWriter> inner, Future<void> gate)
-      : ResetFailsWriter(std::move(inner), false), gate_(std::move(gate)) {}
+  GatedWriter(std::shared_ptr<StorageWriter> target, Future<void> gate)
+      : ForwardingStorageWriter(std::move(target)), gate_(std::move(gate)) {}
   absl::StatusOr<std::vector<WriteResult>> WriteData(
       const SavePlan& plan, SavePlanner& planner) override {
     gate_.Wait();
-    return ResetFailsWriter::WriteData(plan, planner);
+    return ForwardingStorageWriter::WriteData(plan, planner);
   }
 
  private:

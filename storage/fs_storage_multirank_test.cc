@@ -29,6 +29,7 @@
 #include "storage/posix_file_system.h"
 #include "testing/checkpoint_scenarios.h"
 #include "testing/fault_injecting_file_system.h"
+#include "testing/forwarding_storage.h"
 #include "testing/mem_file_system.h"
 #include "testing/simulator.h"
 #include "testing/status_matchers.h"
@@ -38,6 +39,7 @@ namespace {
 
 using ::dcp::testing::CheckModelStateDict;
 using ::dcp::testing::FaultInjectingFileSystem;
+using ::dcp::testing::ForwardingStorageWriter;
 using ::dcp::testing::FaultRule;
 using ::dcp::testing::FileOp;
 using ::dcp::testing::IsOk;
@@ -239,43 +241,20 @@ TEST(FsStorageMultiRankTest, EveryRankWritesItsOwnFiles) {
 
 // Forwards to `target`; after the target's PrepareGlobalPlan returned OK,
 // runs `pause` (so the save is held in the middle, holding the directory).
-class PausingWriter : public StorageWriter {
+class PausingWriter : public ForwardingStorageWriter {
  public:
   PausingWriter(StorageWriter& target, std::function<void()> pause)
-      : target_(target), pause_(std::move(pause)) {}
+      : ForwardingStorageWriter(target), pause_(std::move(pause)) {}
 
-  absl::Status Reset(std::optional<std::string> checkpoint_id) override {
-    return target_.Reset(std::move(checkpoint_id));
-  }
-  std::optional<StorageMeta> StorageMetaForSave() const override {
-    return target_.StorageMetaForSave();
-  }
-  absl::Status SetUp(bool is_coordinator) override {
-    return target_.SetUp(is_coordinator);
-  }
-  absl::StatusOr<SavePlan> PrepareLocalPlan(SavePlan plan) override {
-    return target_.PrepareLocalPlan(std::move(plan));
-  }
   absl::StatusOr<std::vector<SavePlan>> PrepareGlobalPlan(
       std::vector<SavePlan> plans) override {
     absl::StatusOr<std::vector<SavePlan>> result =
-        target_.PrepareGlobalPlan(std::move(plans));
+        ForwardingStorageWriter::PrepareGlobalPlan(std::move(plans));
     if (result.ok()) pause_();
     return result;
   }
-  absl::StatusOr<std::vector<WriteResult>> WriteData(
-      const SavePlan& plan, SavePlanner& planner) override {
-    return target_.WriteData(plan, planner);
-  }
-  absl::Status Finish(
-      Metadata& metadata,
-      const std::vector<std::vector<WriteResult>>& results) override {
-    return target_.Finish(metadata, results);
-  }
-  void AbortSave() override { target_.AbortSave(); }
 
  private:
-  StorageWriter& target_;
   std::function<void()> pause_;
 };
 

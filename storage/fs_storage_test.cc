@@ -42,6 +42,7 @@
 #include "storage/torch_record.h"
 #include "testing/checkpoint_scenarios.h"
 #include "testing/fault_injecting_file_system.h"
+#include "testing/forwarding_storage.h"
 #include "testing/mem_file_system.h"
 #include "testing/simulator.h"
 #include "testing/status_matchers.h"
@@ -52,6 +53,7 @@ namespace {
 
 using ::dcp::testing::CheckModelStateDict;
 using ::dcp::testing::FaultInjectingFileSystem;
+using ::dcp::testing::ForwardingStorageWriter;
 using ::dcp::testing::FileOp;
 using ::dcp::testing::IsOk;
 using ::dcp::testing::IsOkAndHolds;
@@ -772,10 +774,10 @@ TEST(FsStorageOverwriteTest, ResetGivesEachSaveNewFileNames) {
 // -------------------------------------------------
 
 // Forwards to `target`, letting a test act in the middle of a save and see
-// what the save's protocol does not pass on.
-class ObservedWriter : public StorageWriter {
+// what the target returned.
+class ObservedWriter : public ForwardingStorageWriter {
  public:
-  explicit ObservedWriter(StorageWriter& target) : target_(target) {}
+  using ForwardingStorageWriter::ForwardingStorageWriter;
 
   // Runs when the target's PrepareGlobalPlan has returned OK: the save is
   // held in the middle, holding the directory.
@@ -783,39 +785,19 @@ class ObservedWriter : public StorageWriter {
   // What the target's last Finish returned.
   absl::Status finish_status = absl::UnknownError("Finish was not called");
 
-  absl::Status Reset(std::optional<std::string> checkpoint_id) override {
-    return target_.Reset(std::move(checkpoint_id));
-  }
-  std::optional<StorageMeta> StorageMetaForSave() const override {
-    return target_.StorageMetaForSave();
-  }
-  absl::Status SetUp(bool is_coordinator) override {
-    return target_.SetUp(is_coordinator);
-  }
-  absl::StatusOr<SavePlan> PrepareLocalPlan(SavePlan plan) override {
-    return target_.PrepareLocalPlan(std::move(plan));
-  }
   absl::StatusOr<std::vector<SavePlan>> PrepareGlobalPlan(
       std::vector<SavePlan> plans) override {
     absl::StatusOr<std::vector<SavePlan>> result =
-        target_.PrepareGlobalPlan(std::move(plans));
+        ForwardingStorageWriter::PrepareGlobalPlan(std::move(plans));
     if (result.ok()) after_global_plan();
     return result;
-  }
-  absl::StatusOr<std::vector<WriteResult>> WriteData(
-      const SavePlan& plan, SavePlanner& planner) override {
-    return target_.WriteData(plan, planner);
   }
   absl::Status Finish(
       Metadata& metadata,
       const std::vector<std::vector<WriteResult>>& results) override {
-    finish_status = target_.Finish(metadata, results);
+    finish_status = ForwardingStorageWriter::Finish(metadata, results);
     return finish_status;
   }
-  void AbortSave() override { target_.AbortSave(); }
-
- private:
-  StorageWriter& target_;
 };
 
 // A coordinator writer of `dir` that has begun a save (holds the lock).
