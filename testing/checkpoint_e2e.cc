@@ -74,33 +74,41 @@ class FailAtPointHandler : public FaultPointHandler {
   std::atomic<bool> fired_{false};
 };
 
+// This rank's part of the model in the save layout, and a Checkpointer of
+// `dir` to save it with.
+struct Saver {
+  StateDict state_dict;
+  std::unique_ptr<Checkpointer> checkpointer;
+};
+
+absl::StatusOr<Saver> MakeSaver(std::shared_ptr<ProcessGroup> pg,
+                                const std::string& dir, int value_seed,
+                                const E2eOptions& options) {
+  Saver saver;
+  DCP_ASSIGN_OR_RETURN(
+      saver.state_dict,
+      MakeModelStateDict(pg->rank(), pg->size(), ModelLayout::kSave,
+                         ModelValues::kTrue, value_seed));
+  DCP_ASSIGN_OR_RETURN(saver.checkpointer,
+                       MakeDirCheckpointer(std::move(pg), dir, options));
+  return saver;
+}
+
 }  // namespace
 
 absl::Status SaveModelToDir(std::shared_ptr<ProcessGroup> pg,
                             const std::string& dir, int value_seed,
                             const E2eOptions& options) {
-  const int rank = pg->rank();
-  const int world_size = pg->size();
-  DCP_ASSIGN_OR_RETURN(
-      StateDict state_dict,
-      MakeModelStateDict(rank, world_size, ModelLayout::kSave,
-                         ModelValues::kTrue, value_seed));
-  DCP_ASSIGN_OR_RETURN(std::unique_ptr<Checkpointer> checkpointer,
-                       MakeDirCheckpointer(std::move(pg), dir, options));
-  return checkpointer->Save(state_dict).status();
+  DCP_ASSIGN_OR_RETURN(Saver saver, MakeSaver(pg, dir, value_seed, options));
+  return saver.checkpointer->Save(saver.state_dict).status();
 }
 
 absl::Status AsyncSaveModelToDir(std::shared_ptr<ProcessGroup> pg,
                                  const std::string& dir, int value_seed,
                                  const E2eOptions& options) {
-  const int rank = pg->rank();
-  const int world_size = pg->size();
-  DCP_ASSIGN_OR_RETURN(
-      StateDict state_dict,
-      MakeModelStateDict(rank, world_size, ModelLayout::kSave,
-                         ModelValues::kTrue, value_seed));
-  DCP_ASSIGN_OR_RETURN(std::unique_ptr<Checkpointer> checkpointer,
-                       MakeDirCheckpointer(std::move(pg), dir, options));
+  DCP_ASSIGN_OR_RETURN(Saver saver, MakeSaver(pg, dir, value_seed, options));
+  StateDict& state_dict = saver.state_dict;
+  Checkpointer* checkpointer = saver.checkpointer.get();
   Future<Metadata> save = checkpointer->AsyncSave(state_dict);
   // The next training step changes the weights while the save runs.
   ZeroTensors(state_dict);
@@ -111,14 +119,10 @@ absl::Status AsyncSaveModelToDir(std::shared_ptr<ProcessGroup> pg,
 absl::Status AsyncSaveFailingStagingThenRecover(
     std::shared_ptr<ProcessGroup> pg, const std::string& dir,
     int failing_rank, int value_seed, const E2eOptions& options) {
+  DCP_ASSIGN_OR_RETURN(Saver saver, MakeSaver(pg, dir, value_seed, options));
+  StateDict& state_dict = saver.state_dict;
+  Checkpointer* checkpointer = saver.checkpointer.get();
   const int rank = pg->rank();
-  const int world_size = pg->size();
-  DCP_ASSIGN_OR_RETURN(
-      StateDict state_dict,
-      MakeModelStateDict(rank, world_size, ModelLayout::kSave,
-                         ModelValues::kTrue, value_seed));
-  DCP_ASSIGN_OR_RETURN(std::unique_ptr<Checkpointer> checkpointer,
-                       MakeDirCheckpointer(std::move(pg), dir, options));
   StateDict broken = state_dict;
   broken.Set("staging_probe",
              rank == failing_rank
