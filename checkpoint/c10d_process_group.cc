@@ -293,15 +293,35 @@ class Communicator {
       VLOG(1) << "destroying failed group " << prefix_ << ": " << broken_;
     }
     // Destroying a Gloo group joins its worker threads (in libtorch, which
-    // TSan does not see) and frees what they made, e.g. exceptions.
+    // TSan does not see) and frees what they made, e.g. exceptions; then
+    // the operations kept by KeepUntilNextOperation go.
     IgnoreTsanScope ignore;
     own_gloo_ = nullptr;
     pg_.reset();
+    kept_.clear();
   }
 
   int rank() const { return rank_; }
   int size() const { return size_; }
   const std::string& name() const { return prefix_; }
+
+  // Keeps `work` (and the tensors and future it holds) alive until a later
+  // operation of this group completes, or the group is destroyed.
+  //
+  // Why: libtorch's reference counts are not instrumented, so when Gloo's
+  // worker thread drops the last reference to an operation and frees it,
+  // TSan sees a free that races with our earlier accesses to its tensors
+  // (and when we drop the last one, our free races with the worker's
+  // finishing touches). Gloo runs our operations on one worker thread, in
+  // order (GroupConfig: threads = 1); once a later operation's completion
+  // callback has reached us (through Waiter, which TSan sees), the worker
+  // is done with every earlier operation and ours are the last references.
+  // Dropping them then frees everything on this thread, after all the
+  // worker did: no report, and no suppression that would hide real races
+  // on tensor memory. Costs the memory of one operation per group.
+  void KeepUntilNextOperation(c10::intrusive_ptr<c10d::Work> work) {
+    kept_.push_back(std::move(work));
+  }
 
   absl::Status Barrier(absl::string_view tag, absl::Time deadline);
   absl::StatusOr<std::string> Broadcast(absl::string_view tag, int root,
@@ -381,6 +401,8 @@ class Communicator {
   // (empty when unknown, e.g. for wrapped groups).
   const std::vector<std::vector<std::string>> peer_addresses_;
 
+  // See KeepUntilNextOperation.
+  std::vector<c10::intrusive_ptr<c10d::Work>> kept_;
   // Used by the one thread calling collectives (ProcessGroup contract).
   int64_t next_call_ = 0;
   absl::Status broken_;
@@ -622,10 +644,11 @@ absl::Status Communicator::Run(const Call& call, Issue&& issue) {
       call.label, absl::StatusCode::kInternal, std::forward<Issue>(issue));
   if (!work.ok()) return Fail(call, work.status());
   absl::Status status = Await(call, *work);
-  if (!status.ok()) {
-    IgnoreTsanScope ignore;  // May free the exception (see IgnoreTsanScope).
-    work->reset();
-  }
+  // On success the worker is done with every earlier operation (see
+  // KeepUntilNextOperation). A failed one may still run: it is kept until
+  // the group is destroyed, which joins the worker.
+  if (status.ok()) kept_.clear();
+  KeepUntilNextOperation(*std::move(work));
   return status;
 }
 
@@ -893,14 +916,15 @@ absl::StatusOr<std::unique_ptr<Communicator>> Communicator::CreateGloo(
   // Send a little on every pair (alltoall), so every connection is
   // complete on both ends, then exchange pair addresses.
   std::vector<std::vector<std::string>> peer_addresses(size);
+  c10::intrusive_ptr<c10d::Work> exchange;
   DCP_RETURN_IF_ERROR(GuardedCall(
       absl::StrCat(context, ": exchanging pair addresses"),
       absl::StatusCode::kUnavailable, [&] {
         at::Tensor in = at::zeros({size}, at::kLong);
         at::Tensor out = at::empty({size}, at::kLong);
         std::vector<int64_t> counts;
-        auto work = gloo->alltoall_base(out, in, counts, counts);
-        work->wait(ToMillis(deadline - absl::Now()));
+        exchange = gloo->alltoall_base(out, in, counts, counts);
+        exchange->wait(ToMillis(deadline - absl::Now()));
         peer_addresses[rank] = gloo->PairAddresses();
         meta->set(absl::StrCat("addrs/", rank),
                   ToBytes(absl::StrJoin(peer_addresses[rank], "\n")));
@@ -914,9 +938,11 @@ absl::StatusOr<std::unique_ptr<Communicator>> Communicator::CreateGloo(
   VLOG(1) << "group " << prefix << " rank " << rank
           << " pair addresses: " << absl::StrJoin(peer_addresses[rank], " ");
   GlooGroup* own = gloo.get();
-  return std::make_unique<Communicator>(
+  auto comm = std::make_unique<Communicator>(
       std::move(gloo), own, std::move(store), std::move(prefix), is_fork,
       std::move(config), std::move(peer_addresses));
+  comm->KeepUntilNextOperation(std::move(exchange));
+  return comm;
 }
 
 struct Access {

@@ -12,7 +12,6 @@
 
 #include "ATen/ATen.h"
 #include "absl/strings/str_cat.h"
-#include "absl/synchronization/notification.h"
 #include "checkpoint/checkpointer.h"
 #include "checkpoint/dist_wrapper.h"
 #include "checkpoint/sharding.h"

@@ -12,6 +12,7 @@
 #include "checkpoint/metadata_codec.h"
 #include "checkpoint/single_process_group.h"
 #include "checkpoint/status.h"
+#include "checkpoint/tensor_copy.h"
 #include "checkpoint/torch_status.h"
 #include "glog/logging.h"
 #include "planner/default_load_planner.h"
@@ -48,10 +49,11 @@ absl::StatusOr<std::vector<Plan>> DecodeAll(std::vector<std::string> encoded,
 absl::StatusOr<Value> StageValue(const Value& value);
 
 absl::StatusOr<at::Tensor> StageTensor(const at::Tensor& tensor) {
-  if (!tensor.defined()) return tensor;
-  return TorchCall("staging a tensor", [&] {
-    return tensor.detach().to(at::kCPU).clone(at::MemoryFormat::Contiguous);
-  });
+  // A copy ThreadSanitizer sees (checkpoint/tensor_copy.h), so that a caller
+  // changing the tensor while it is staged is reported.
+  absl::StatusOr<at::Tensor> staged = CloneToCpu(tensor);
+  if (!staged.ok()) return Annotate(staged.status(), "staging a tensor");
+  return staged;
 }
 
 absl::StatusOr<StateDict> StageDict(const StateDict& dict) {

@@ -3,6 +3,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <map>
+#include <mutex>
 #include <optional>
 #include <set>
 #include <string>
@@ -17,7 +18,6 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/string_view.h"
-#include "absl/synchronization/mutex.h"
 #include "checkpoint/metadata.h"
 #include "checkpoint/state_dict.h"
 #include "checkpoint/status.h"
@@ -224,7 +224,7 @@ absl::Status DefaultLoadPlanner::UseItems(
 absl::Status DefaultLoadPlanner::SetUp(StateDict* state_dict,
                                        const Metadata& metadata,
                                        bool is_coordinator) {
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   set_up_ = false;
   original_ = nullptr;
   if (state_dict == nullptr) {
@@ -260,7 +260,7 @@ absl::StatusOr<LoadPlan> DefaultLoadPlanner::CreateLocalPlan() {
     if (!unrequested.empty()) {
       StateDict* original;
       {
-        absl::MutexLock lock(&mu_);
+        std::lock_guard<std::mutex> lock(mu_);
         original = original_;
       }
       DCP_ASSIGN_OR_RETURN(FlatStateDict legacy,
@@ -340,7 +340,7 @@ absl::Status DefaultLoadPlanner::LoadBytes(const ReadItem& item, Value value) {
         "DefaultLoadPlanner::LoadBytes called before SetUp");
   }
   const std::string& fqn = item.dest_index.fqn;
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   if (!options_.flatten_state_dict) {
     original_->Set(fqn, std::move(value));
     return absl::OkStatus();

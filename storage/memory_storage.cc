@@ -24,6 +24,7 @@
 #include "checkpoint/metadata.h"
 #include "checkpoint/state_dict.h"
 #include "checkpoint/status.h"
+#include "checkpoint/tensor_copy.h"
 #include "checkpoint/torch_status.h"
 #include "glog/logging.h"
 
@@ -157,13 +158,13 @@ absl::StatusOr<Value> CopyItem(const WriteItem& item, SavePlanner& planner,
         DescribeIndex(item.index), FormatShape(tensor->sizes()),
         FormatShape(item.tensor_data->chunk.sizes)));
   }
-  DCP_ASSIGN_OR_RETURN(
-      at::Tensor copy,
-      TorchCall(absl::StrCat("copying tensor item ", DescribeIndex(item.index)),
-                [&] {
-                  return tensor->detach().to(at::kCPU).clone(
-                      at::MemoryFormat::Contiguous);
-                }));
+  // A copy ThreadSanitizer sees (checkpoint/tensor_copy.h).
+  absl::StatusOr<at::Tensor> copied = CloneToCpu(*tensor);
+  if (!copied.ok()) {
+    return Annotate(copied.status(), absl::StrCat("copying tensor item ",
+                                                  DescribeIndex(item.index)));
+  }
+  at::Tensor copy = *std::move(copied);
   *length = static_cast<int64_t>(copy.nbytes());
   return Value(std::move(copy));
 }
@@ -578,12 +579,9 @@ absl::Status MemoryStorageReader::ReadOne(const ReadItem& item,
         where, DescribeIndex(item.dest_index),
         FormatShape(destination.sizes()), FormatShape(source.sizes())));
   }
-  DCP_ASSIGN_OR_RETURN(at::Tensor target,
-                       TorchCall(absl::StrCat("copying ", where), [&] {
-                         at::Tensor detached = destination.detach();
-                         detached.copy_(source);
-                         return detached;
-                       }));
+  const at::Tensor target = destination.detach();
+  DCP_RETURN_IF_ERROR(Annotate(CopyTensorInto(source, target),
+                               absl::StrCat("copying ", where)));
   return planner.CommitTensor(item, target);
 }
 

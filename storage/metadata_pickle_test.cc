@@ -12,7 +12,6 @@
 #include <vector>
 
 #include "absl/status/status.h"
-#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
 #include "c10/core/Layout.h"
@@ -24,6 +23,7 @@
 #include "storage/pickle.h"
 #include "storage/pickle_test_util.h"
 #include "testing/status_matchers.h"
+#include "testing/test_seed.h"
 
 namespace dcp {
 namespace {
@@ -1041,13 +1041,7 @@ TEST(DecodeMetadataPickleTest, EveryTruncationFails) {
 }
 
 TEST(DecodeMetadataPickleTest, RandomMutationsNeverCrash) {
-  uint32_t seed = 0;
-  const char* env = std::getenv("DCP_TEST_SEED");
-  if (env == nullptr || !absl::SimpleAtoi(env, &seed)) {
-    seed = std::random_device()();
-  }
-  LOG(INFO) << "DCP_TEST_SEED=" << seed
-            << " (set it to replay this run deterministically)";
+  const uint32_t seed = dcp::testing::TestSeed();
   SCOPED_TRACE(absl::StrCat("DCP_TEST_SEED=", seed));
   std::mt19937 rng(seed);
   const std::vector<std::string> inputs = {
@@ -1081,6 +1075,9 @@ TEST(DecodeMetadataPickleTest, RandomMutationsNeverCrash) {
     }
   }
   LOG(INFO) << decoded << " of 3000 mutated files still decoded";
+  // Both outcomes occur (mutations in string payloads still decode).
+  EXPECT_GT(decoded, 0);
+  EXPECT_LT(decoded, 3000);
 }
 
 }  // namespace

@@ -39,6 +39,7 @@
 #include "checkpoint/metadata.h"
 #include "checkpoint/state_dict.h"
 #include "checkpoint/status.h"
+#include "checkpoint/tensor_copy.h"
 #include "checkpoint/torch_status.h"
 #include "storage/pickle.h"
 #include "storage/torch_pickle.h"
@@ -945,13 +946,16 @@ absl::Status CopyBoxInto(const BoxReadPlan& plan, absl::string_view packed,
           static_cast<unsigned char>(packed[bad]), bad));
     }
   }
-  return TorchCall("copying a box out of a tensor record", [&] {
-    c10::AutoGradMode no_grad(false);
-    at::Tensor view = at::from_blob(
-        const_cast<char*>(packed.data()), plan.sizes, plan.strides,
-        at::TensorOptions().dtype(plan.dtype).device(at::kCPU));
-    dest.copy_(view);
-  });
+  DCP_ASSIGN_OR_RETURN(
+      at::Tensor view, TorchCall("copying a box out of a tensor record", [&] {
+        return at::from_blob(
+            const_cast<char*>(packed.data()), plan.sizes, plan.strides,
+            at::TensorOptions().dtype(plan.dtype).device(at::kCPU));
+      }));
+  // A copy ThreadSanitizer sees (checkpoint/tensor_copy.h): parallel loads
+  // write their destinations from several threads.
+  return Annotate(CopyTensorInto(view, dest),
+                  "copying a box out of a tensor record");
 }
 
 absl::StatusOr<at::Tensor> MaterializeBox(const BoxReadPlan& plan,
