@@ -39,8 +39,6 @@
 #ifndef DCP_CHECKPOINT_FUTURE_H_
 #define DCP_CHECKPOINT_FUTURE_H_
 
-#include <algorithm>
-#include <chrono>  // NOLINT(build/c++11)
 #include <condition_variable>  // NOLINT(build/c++11)
 #include <memory>
 #include <mutex>  // NOLINT(build/c++11)
@@ -77,11 +75,6 @@ namespace future_internal {
 // Crashes with a message: using a default-constructed or moved-from
 // `Future` or `Promise` is a programmer error.
 [[noreturn]] void DieInvalid(const char* what);
-
-// Longest single wait: keeps the steady_clock deadline arithmetic of
-// `WaitFor` far from overflow; longer timeouts wait this long at most
-// (about a century, i.e. in practice forever).
-inline constexpr absl::Duration kMaxWait = absl::Hours(24 * 365 * 100);
 
 // The shared state of one future. `result_` is written once, under `mu_`,
 // before `ready_` becomes true, and never changed afterwards, so it may be
@@ -133,7 +126,8 @@ class State {
       return true;
     }
     std::unique_lock<std::mutex> lock(mu_);
-    return WaitUntilFor(lock, ready_cv_, this, std::min(timeout, kMaxWait),
+    // WaitUntilFor caps the timeout far from steady_clock overflow.
+    return WaitUntilFor(lock, ready_cv_, this, timeout,
                         [this]() ABSL_NO_THREAD_SAFETY_ANALYSIS {
                           return ready_;
                         });
