@@ -514,8 +514,10 @@ class FileChecker {
       p.message = absl::IsNotFound(opened.status())
                       ? absl::StrCat("missing data file (", report.records,
                                      " records of .metadata are in it)")
-                      : absl::StrCat("cannot open the data file: ",
-                                     opened.status().ToString());
+                      : "cannot open the data file";
+      if (!absl::IsNotFound(opened.status())) {
+        p.detail = opened.status().ToString();
+      }
       Add(std::move(p));
       tracker_.FileDone(0);
       return;
@@ -653,7 +655,9 @@ class FileChecker {
           absl::IsDataLoss(status) ? VerifyProblemKind::kZipStructure
                                    : VerifyProblemKind::kUnreadableFile,
           record);
-      p.message = std::string(status.message());
+      p.message = absl::IsDataLoss(status) ? "bad zip structure"
+                                           : "cannot read the record";
+      p.detail = std::string(status.message());
       Add(std::move(p));
     };
     absl::StatusOr<ZipDirectory> dir = ReadZipDirectory(source);
@@ -710,8 +714,8 @@ class FileChecker {
       absl::StatusOr<TensorRecordInfo> info = ParseTensorRecordHeader(source);
       if (!info.ok()) {
         VerifyProblem p = RecordProblem(VerifyProblemKind::kBadRecord, record);
-        p.message = absl::StrCat("tensor record does not parse: ",
-                                 info.status().message());
+        p.message = "tensor record does not parse";
+        p.detail = std::string(info.status().message());
         Add(std::move(p));
         return;
       }
@@ -743,8 +747,8 @@ class FileChecker {
       absl::StatusOr<Value> value = ParseValueRecord(bytes);
       if (!value.ok()) {
         VerifyProblem p = RecordProblem(VerifyProblemKind::kBadRecord, record);
-        p.message = absl::StrCat("value record does not parse: ",
-                                 value.status().message());
+        p.message = "value record does not parse";
+        p.detail = std::string(value.status().message());
         Add(std::move(p));
       }
     }
@@ -907,6 +911,7 @@ std::string VerifyProblem::Describe() const {
         *byte_offset == static_cast<uint64_t>(*record_offset))) {
     absl::StrAppend(&out, " (byte ", *byte_offset, ")");
   }
+  if (!detail.empty()) absl::StrAppend(&out, ": ", detail);
   return out;
 }
 
@@ -979,7 +984,8 @@ absl::StatusOr<VerifyReport> VerifyCheckpoint(const std::string& dir,
         VerifyProblem p;
         p.kind = VerifyProblemKind::kUnreadableFile;
         p.file = jobs[j].name;
-        p.message = absl::StrCat("checking stopped by an exception: ", e.what());
+        p.message = "checking stopped by an exception";
+        p.detail = e.what();
         jobs[j].report.problems.push_back(std::move(p));
       }
     }

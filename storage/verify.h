@@ -124,10 +124,12 @@ struct VerifyProblem {
   std::optional<std::string> entry;
   // The byte of `file` where the problem was seen, when it is one place.
   std::optional<uint64_t> byte_offset;
+  // The underlying error's text, if any (e.g. what the zip reader found).
+  std::string detail;
 
   // `message` with the location, e.g. `crc mismatch in entry
-  // "archive/data/0" of the record of "model.w" chunk [4, 0] at offset 8640`.
-  // Does not name `file`.
+  // "archive/data/0" of the record of "model.w" chunk [4, 0] at offset 8640
+  // (byte 8704)`, then ": " and `detail` if set. Does not name `file`.
   std::string Describe() const;
 };
 

@@ -24,6 +24,7 @@
 #include "storage/fs_storage.h"
 #include "storage/metadata_pickle.h"
 #include "storage/posix_file_system.h"
+#include "storage/zip.h"
 #include "testing/mem_file_system.h"
 #include "testing/status_matchers.h"
 
@@ -388,6 +389,74 @@ TEST(VerifyFlipTest, FlipInsideALargeTensorIsACrcMismatchNamingTheChunk) {
             absl::StrCat("crc mismatch in entry \"archive/data/0\" of the "
                          "record of \"big\" chunk [0] at offset ",
                          begin, " (byte ", *p.byte_offset, ")"));
+}
+
+// The first record of the only data file of `mem`: its file, offset and
+// zip directory.
+struct FirstRecord {
+  std::string file;
+  int64_t offset = 0;
+  ZipDirectory zip;
+};
+
+FirstRecord FindFirstRecord(MemFileSystem& mem) {
+  FirstRecord out;
+  const auto records = RecordsByFile(mem);
+  EXPECT_THAT(records, SizeIs(1));
+  out.file = records.begin()->first;
+  const auto [begin, end] = records.begin()->second.front();
+  out.offset = begin;
+  absl::StatusOr<std::string> bytes =
+      ReadFileToString(mem, JoinPath(kDir, out.file));
+  EXPECT_OK(bytes.status());
+  absl::StatusOr<ZipDirectory> zip =
+      ReadZipDirectory(absl::string_view(*bytes).substr(begin, end - begin));
+  EXPECT_OK(zip.status());
+  out.zip = *std::move(zip);
+  return out;
+}
+
+TEST(VerifyTest, FlippedPaddingByteIsAZipLayoutProblemAtThatByte) {
+  StateDict sd;
+  sd.Set("w", at::ones({2, 2}));
+  auto mem = SavedInMemory(sd, 1);
+  const FirstRecord r = FindFirstRecord(*mem);
+  const ZipEntry& first = r.zip.entries.front();
+  // Local header, name, then the "FB" block's id and length, then filler.
+  const uint64_t filler = r.offset + first.header_offset + 30 +
+                          first.name.size() + 4;
+  Flip(*mem, r.file, filler, 0x01);
+  VerifyReport report = VerifyOk(mem);
+  ASSERT_THAT(report.files, SizeIs(1));
+  ASSERT_THAT(report.files[0].problems, SizeIs(1));
+  const VerifyProblem& p = report.files[0].problems[0];
+  EXPECT_EQ(p.kind, VerifyProblemKind::kZipLayout);
+  EXPECT_EQ(p.entry, first.name);
+  EXPECT_EQ(p.byte_offset, filler);
+  EXPECT_EQ(p.Describe(),
+            absl::StrCat("zip layout: alignment padding byte is not 'Z' in "
+                         "entry \"", first.name,
+                         "\" of the record of \"w\" chunk [0, 0] at offset ",
+                         r.offset, " (byte ", filler, ")"));
+}
+
+TEST(VerifyTest, BrokenZipStructureGivesTheReadersDetail) {
+  StateDict sd;
+  sd.Set("w", at::ones({2, 2}));
+  auto mem = SavedInMemory(sd, 1);
+  const FirstRecord r = FindFirstRecord(*mem);
+  // The first local header's signature.
+  Flip(*mem, r.file, r.offset + r.zip.entries.front().header_offset, 0x01);
+  VerifyReport report = VerifyOk(mem);
+  ASSERT_THAT(report.files, SizeIs(1));
+  ASSERT_THAT(report.files[0].problems, SizeIs(1));
+  const VerifyProblem& p = report.files[0].problems[0];
+  EXPECT_EQ(p.kind, VerifyProblemKind::kZipStructure);
+  EXPECT_THAT(p.detail, HasSubstr("bad local header signature"));
+  EXPECT_THAT(p.Describe(),
+              AllOf(::testing::StartsWith("bad zip structure of the record of "
+                                        "\"w\" chunk [0, 0] at offset "),
+                    HasSubstr(": zip: entry")));
 }
 
 TEST(VerifyTest, MissingDataFileIsReportedAndTheOthersAreChecked) {
