@@ -24,6 +24,7 @@
 #include "tools/inspect.h"
 #include "tools/model_state.h"
 #include "tools/to_torch_save.h"
+#include "tools/verify.h"
 
 DEFINE_string(dir, "",
               "demo, bench: checkpoint directory (default: a fresh directory "
@@ -41,7 +42,7 @@ DEFINE_bool(distributed, false,
             "needs --dir.");
 DEFINE_int32(nproc, 1, "launch: number of processes to start.");
 DEFINE_int32(master_port, 0, "launch: MASTER_PORT (0: a free port).");
-DEFINE_bool(json, false, "inspect: print JSON instead of tables.");
+DEFINE_bool(json, false, "inspect, verify: print JSON instead of text.");
 DEFINE_int32(world_size, 4,
              "from-torch-save: ranks to shard over; bench: ranks that save "
              "and load.");
@@ -75,6 +76,12 @@ commands:
                              element and print files, bytes, times and GB/s
   inspect DIR [--json]       keys, kinds, dtypes, shapes, chunks, bytes and files of a
                              checkpoint (dcp's or PyTorch's)
+  verify DIR [--json]        check a checkpoint without loading it: every record
+                             .metadata names (file exists, inside its file, no
+                             overlaps, zip layout, CRC-32 of every entry, dtype and
+                             shape against .metadata); one OK/BAD line per file, a
+                             summary; exit 0 OK, 1 problems found, 2 cannot verify
+                             (no or unreadable .metadata); --threads files at once
   to-torch-save DIR FILE     load the whole checkpoint and write it as ONE torch.save
                              file that Python's torch.load opens
   from-torch-save FILE DIR   read a torch.save dict, shard every tensor along dim 0
@@ -95,13 +102,14 @@ examples:
   dcp demo --dir=/tmp/ckpt --save_ranks=8 --load_ranks=3 --load_layout=grid
   dcp inspect /tmp/ckpt
   dcp inspect /tmp/ckpt --json
+  dcp verify /tmp/ckpt --threads=4
   dcp to-torch-save /tmp/ckpt /tmp/model.pt
   dcp from-torch-save /tmp/model.pt /tmp/ckpt2 --world_size=4
   dcp bench --size_mb=256 --world_size=4 --threads=1,4 --fsync=both
 
 This tool's flags: dcp --helpshort (--help also lists libtorch's and glog's).
-Progress lines go to stderr when it is a terminal.
-Exit status: 0 on success, 1 on errors, 2 on usage errors.)";
+Progress lines go to stderr when it is a terminal (verify: at most one a second).
+Exit status: 0 on success, 1 on errors, 2 on usage errors (verify: see above).)";
 
 int UsageError(absl::string_view message) {
   std::cerr << "dcp: " << message << "\n\n" << kUsage << "\n";
@@ -241,6 +249,20 @@ int main(int argc, char** argv) {
     options.dir = args[0];
     options.json = FLAGS_json;
     status = dcp::tools::InspectCheckpoint(options, std::cout);
+  } else if (command == "verify") {
+    if (!expect_args(1)) return UsageError("verify takes one directory");
+    dcp::tools::VerifyCommandOptions options;
+    options.dir = args[0];
+    options.json = FLAGS_json;
+    options.thread_count = threads->front();
+    options.progress = progress;
+    absl::StatusOr<bool> verified =
+        dcp::tools::VerifyCommand(options, std::cout);
+    if (!verified.ok()) {
+      std::cerr << "dcp verify: cannot verify " << args[0] << ": "
+                << verified.status() << "\n";
+    }
+    return dcp::tools::VerifyExitCode(verified);
   } else if (command == "to-torch-save") {
     if (!expect_args(2)) {
       return UsageError("to-torch-save takes a directory and a file");

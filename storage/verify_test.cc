@@ -1,0 +1,575 @@
+#include "storage/verify.h"
+
+#include <ATen/ATen.h>
+
+#include <cstdint>
+#include <cstdlib>
+#include <map>
+#include <memory>
+#include <mutex>  // NOLINT(build/c++11)
+#include <set>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/string_view.h"
+#include "checkpoint/metadata.h"
+#include "checkpoint/save_load.h"
+#include "checkpoint/state_dict.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "storage/file_system.h"
+#include "storage/fs_storage.h"
+#include "storage/metadata_pickle.h"
+#include "storage/posix_file_system.h"
+#include "storage/zip.h"
+#include "testing/mem_file_system.h"
+#include "testing/status_matchers.h"
+
+namespace dcp {
+namespace {
+
+using ::dcp::testing::IsOk;
+using ::dcp::testing::MemFileSystem;
+using ::dcp::testing::StatusIs;
+using ::testing::AllOf;
+using ::testing::Each;
+using ::testing::ElementsAre;
+using ::testing::Field;
+using ::testing::HasSubstr;
+using ::testing::IsEmpty;
+using ::testing::SizeIs;
+
+constexpr char kDir[] = "/c";
+
+std::string Golden(absl::string_view name) {
+  const char* srcdir = std::getenv("TEST_SRCDIR");
+  const char* workspace = std::getenv("TEST_WORKSPACE");
+  return absl::StrCat(srcdir ? srcdir : ".", "/", workspace ? workspace : "dcp",
+                      "/testdata/pytorch_golden/", name);
+}
+
+// A copy of the golden checkpoint `name` in a fresh MemFileSystem at kDir.
+std::shared_ptr<MemFileSystem> GoldenInMemory(absl::string_view name) {
+  auto mem = std::make_shared<MemFileSystem>();
+  std::shared_ptr<FileSystem> posix = NewPosixFileSystem();
+  const std::string src = Golden(name);
+  EXPECT_OK(mem->CreateDir(kDir));
+  absl::StatusOr<std::vector<std::string>> children = posix->GetChildren(src);
+  EXPECT_OK(children.status());
+  if (!children.ok()) return mem;
+  for (const std::string& child : *children) {
+    absl::StatusOr<std::string> bytes =
+        ReadFileToString(*posix, JoinPath(src, child));
+    EXPECT_OK(bytes.status());
+    if (bytes.ok()) {
+      EXPECT_OK(WriteStringToFile(*mem, JoinPath(kDir, child), *bytes,
+                                  /*sync=*/false));
+    }
+  }
+  return mem;
+}
+
+// A state dict with tensors of several dtypes and shapes (a 0-d and an
+// empty one included) and bytes values.
+StateDict ModelState() {
+  StateDict sd;
+  sd.Set("w", at::arange(24, at::kFloat).reshape({4, 6}));
+  sd.Set("b", at::arange(5, at::kLong));
+  sd.Set("half", at::ones({3, 2}, at::kHalf));
+  sd.Set("flag", at::ones({7}, at::kBool));
+  sd.Set("scalar", at::scalar_tensor(2.5, at::kDouble));
+  sd.Set("empty", at::zeros({0, 3}, at::kInt));
+  sd.Set("step", int64_t{42});
+  sd.Set("name", std::string("adam"));
+  StateDict nested;
+  nested.Set("lr", 0.001);
+  nested.Set("betas", List{Value(0.9), Value(0.999)});
+  sd.Set("optim", std::move(nested));
+  return sd;
+}
+
+// Saves `sd` into kDir of a fresh MemFileSystem with `files` data files.
+std::shared_ptr<MemFileSystem> SavedInMemory(const StateDict& sd,
+                                             int files = 1) {
+  auto mem = std::make_shared<MemFileSystem>();
+  FileSystemWriterOptions options;
+  options.file_system = mem;
+  options.thread_count = files;
+  absl::StatusOr<std::unique_ptr<FileSystemWriter>> writer =
+      FileSystemWriter::Create(kDir, options);
+  EXPECT_OK(writer.status());
+  if (!writer.ok()) return mem;
+  SaveOptions save;
+  save.no_dist = true;
+  EXPECT_OK(Save(sd, **writer, save).status());
+  return mem;
+}
+
+VerifyReport VerifyOk(std::shared_ptr<FileSystem> fs, int threads = 1) {
+  VerifyOptions options;
+  options.file_system = std::move(fs);
+  options.thread_count = threads;
+  absl::StatusOr<VerifyReport> report = VerifyCheckpoint(kDir, options);
+  EXPECT_OK(report.status());
+  return report.ok() ? *std::move(report) : VerifyReport();
+}
+
+std::string ProblemsText(const VerifyReport& report) {
+  std::string out;
+  for (const VerifyProblem& p : report.metadata.problems) {
+    absl::StrAppend(&out, p.file, ": ", p.Describe(), "\n");
+  }
+  for (const VerifyFileReport& f : report.files) {
+    for (const VerifyProblem& p : f.problems) {
+      absl::StrAppend(&out, p.file, ": ", p.Describe(), "\n");
+    }
+  }
+  return out;
+}
+
+const VerifyFileReport* FindFile(const VerifyReport& report,
+                                 absl::string_view name) {
+  for (const VerifyFileReport& f : report.files) {
+    if (f.name == name) return &f;
+  }
+  return nullptr;
+}
+
+// The data files `.metadata` names, with their records' [offset, end).
+std::map<std::string, std::vector<std::pair<int64_t, int64_t>>> RecordsByFile(
+    FileSystem& fs) {
+  std::map<std::string, std::vector<std::pair<int64_t, int64_t>>> out;
+  absl::StatusOr<Metadata> md =
+      ReadCheckpointMetadata(kDir, std::shared_ptr<FileSystem>(
+                                       &fs, [](FileSystem*) {}));
+  EXPECT_OK(md.status());
+  if (!md.ok()) return out;
+  for (const auto& [index, info] : md->storage_data) {
+    out[info.relative_path].push_back(
+        {info.offset, info.offset + info.length});
+  }
+  return out;
+}
+
+void ExpectAllOk(const VerifyReport& report, size_t files, int64_t records) {
+  EXPECT_TRUE(report.ok()) << ProblemsText(report);
+  EXPECT_THAT(report.files, SizeIs(files));
+  EXPECT_EQ(report.num_records(), records);
+  EXPECT_EQ(report.metadata.records, records);
+  for (const VerifyFileReport& f : report.files) {
+    EXPECT_TRUE(f.exists) << f.name;
+    EXPECT_EQ(f.record_bytes, f.size) << f.name;
+  }
+}
+
+TEST(VerifyTest, GoodDcpCheckpointInOneFile) {
+  auto mem = SavedInMemory(ModelState(), 1);
+  VerifyReport report = VerifyOk(mem);
+  ExpectAllOk(report, 1, 10);
+  EXPECT_EQ(report.tensors, 6);
+  EXPECT_EQ(report.values, 4);
+}
+
+TEST(VerifyTest, GoodDcpCheckpointInSeveralFilesWithThreadsAndProgress) {
+  auto mem = SavedInMemory(ModelState(), 3);
+  std::mutex mu;
+  std::vector<VerifyProgress> seen;
+  VerifyOptions options;
+  options.file_system = mem;
+  options.thread_count = 2;
+  options.progress = [&](const VerifyProgress& p) {
+    std::lock_guard<std::mutex> lock(mu);
+    seen.push_back(p);
+  };
+  ASSERT_OK_AND_ASSIGN(VerifyReport report, VerifyCheckpoint(kDir, options));
+  ExpectAllOk(report, 3, 10);
+  ASSERT_FALSE(seen.empty());
+  EXPECT_EQ(seen.back().files_done, 3);
+  EXPECT_EQ(seen.back().files_total, 3);
+  EXPECT_EQ(seen.back().bytes_done, report.num_file_bytes());
+  EXPECT_EQ(seen.back().bytes_total, report.num_file_bytes());
+  for (size_t i = 1; i < seen.size(); ++i) {
+    EXPECT_GE(seen[i].bytes_done, seen[i - 1].bytes_done);
+    EXPECT_GE(seen[i].files_done, seen[i - 1].files_done);
+  }
+}
+
+TEST(VerifyTest, PyTorchGoldensAreOk) {
+  for (const char* name : {"simple", "sharded4", "nonstrided"}) {
+    SCOPED_TRACE(name);
+    auto mem = GoldenInMemory(name);
+    VerifyReport report = VerifyOk(mem, 2);
+    auto records = RecordsByFile(*mem);
+    int64_t n = 0;
+    for (const auto& [file, list] : records) n += list.size();
+    ExpectAllOk(report, records.size(), n);
+  }
+  // Through the real file system as well.
+  VerifyOptions options;
+  ASSERT_OK_AND_ASSIGN(VerifyReport report,
+                       VerifyCheckpoint(Golden("sharded4"), options));
+  EXPECT_TRUE(report.ok()) << ProblemsText(report);
+  EXPECT_THAT(report.files, SizeIs(4));
+}
+
+// Flips `mask` into the byte at `offset` of `file`; returns the original.
+std::string Flip(MemFileSystem& mem, const std::string& file, uint64_t offset,
+                 unsigned char mask) {
+  const std::string path = JoinPath(kDir, file);
+  absl::StatusOr<std::string> bytes = ReadFileToString(mem, path);
+  EXPECT_OK(bytes.status());
+  std::string flipped = *bytes;
+  flipped[offset] = static_cast<char>(flipped[offset] ^ mask);
+  EXPECT_OK(WriteStringToFile(mem, path, flipped, false));
+  return *bytes;
+}
+
+// Flips one byte at a time at `offsets` of `file` (restoring it after
+// each) and expects that file, and only it, to be reported.
+void ExpectEveryFlipNamesTheFile(MemFileSystem& mem, const std::string& file,
+                                 const std::vector<uint64_t>& offsets,
+                                 unsigned char mask) {
+  std::shared_ptr<FileSystem> fs(&mem, [](FileSystem*) {});
+  for (uint64_t offset : offsets) {
+    const std::string original = Flip(mem, file, offset, mask);
+    VerifyReport report = VerifyOk(fs);
+    const VerifyFileReport* flipped = FindFile(report, file);
+    ASSERT_NE(flipped, nullptr);
+    EXPECT_FALSE(flipped->ok())
+        << "flip 0x" << std::hex << int{mask} << std::dec << " at byte "
+        << offset << " of " << file << " was not detected";
+    EXPECT_TRUE(report.metadata.ok()) << ProblemsText(report);
+    for (const VerifyFileReport& f : report.files) {
+      if (f.name != file) {
+        EXPECT_TRUE(f.ok()) << "flip at " << offset << " of " << file
+                            << " reported in " << f.name;
+      }
+      for (const VerifyProblem& p : f.problems) EXPECT_EQ(p.file, f.name);
+    }
+    ASSERT_OK(WriteStringToFile(mem, JoinPath(kDir, file), original, false));
+  }
+}
+
+std::vector<uint64_t> AllOffsets(uint64_t size) {
+  std::vector<uint64_t> out;
+  for (uint64_t i = 0; i < size; ++i) out.push_back(i);
+  return out;
+}
+
+// Rewrites `.metadata` of kDir through `edit`.
+template <typename Edit>
+void EditMetadata(FileSystem& fs, Edit edit) {
+  const std::string path = JoinPath(kDir, ".metadata");
+  ASSERT_OK_AND_ASSIGN(std::string bytes, ReadFileToString(fs, path));
+  ASSERT_OK_AND_ASSIGN(Metadata md, DecodeMetadataPickle(bytes));
+  edit(md);
+  ASSERT_OK_AND_ASSIGN(std::string encoded, EncodeMetadataPickle(md));
+  ASSERT_OK(WriteStringToFile(fs, path, encoded, false));
+}
+
+// Trims the checkpoint to the records of `file` (a smaller `.metadata`
+// makes each of the thousands of verifications of a byte sweep cheap; the
+// records stay byte for byte as their writer wrote them).
+void KeepOnlyFile(FileSystem& fs, const std::string& file) {
+  EditMetadata(fs, [&](Metadata& md) {
+    std::map<MetadataIndex, StorageInfo> kept;
+    for (const auto& [index, info] : md.storage_data) {
+      if (info.relative_path == file) kept.emplace(index, info);
+    }
+    md.storage_data = std::move(kept);
+    std::map<std::string, StorageMetadata> keys;
+    for (auto& [fqn, entry] : md.state_dict_metadata) {
+      if (auto* tensor = std::get_if<TensorStorageMetadata>(&entry)) {
+        std::vector<ChunkStorageMetadata> chunks;
+        for (const ChunkStorageMetadata& chunk : tensor->chunks) {
+          if (md.storage_data.count(MetadataIndex(fqn, chunk.offsets)) > 0) {
+            chunks.push_back(chunk);
+          }
+        }
+        tensor->chunks = std::move(chunks);
+        if (tensor->chunks.empty()) continue;
+      } else if (md.storage_data.count(MetadataIndex(fqn)) == 0) {
+        continue;
+      }
+      keys.emplace(fqn, std::move(entry));
+    }
+    md.state_dict_metadata = std::move(keys);
+  });
+}
+
+// Every byte of a PyTorch-written data file (tensor records, an empty
+// tensor's record and a bytes record, with torch's data descriptors and
+// miniz's layout), one bit flipped at a time.
+TEST(VerifyFlipTest, EveryByteOfAPyTorchDataFile) {
+  auto mem = GoldenInMemory("sharded4");
+  const std::string file = "__2_0.distcp";
+  KeepOnlyFile(*mem, file);
+  ExpectAllOk(VerifyOk(mem), 1, 4);
+  ASSERT_OK_AND_ASSIGN(uint64_t size, mem->FileSize(JoinPath(kDir, file)));
+  ExpectEveryFlipNamesTheFile(*mem, file, AllOffsets(size), 0x01);
+}
+
+// Every byte of a small dcp checkpoint (a tensor record and a bytes
+// record), every bit of the byte flipped.
+TEST(VerifyFlipTest, EveryByteOfADcpCheckpoint) {
+  StateDict sd;
+  sd.Set("w", at::arange(6, at::kFloat).reshape({2, 3}));
+  sd.Set("step", int64_t{7});
+  auto mem = SavedInMemory(sd, 1);
+  const auto records = RecordsByFile(*mem);
+  ASSERT_THAT(records, SizeIs(1));
+  for (const auto& [file, unused] : records) {
+    ASSERT_OK_AND_ASSIGN(uint64_t size, mem->FileSize(JoinPath(kDir, file)));
+    ExpectEveryFlipNamesTheFile(*mem, file, AllOffsets(size), 0xff);
+  }
+}
+
+// Whole checkpoints: in every record of every data file, its first, middle
+// and last byte and 8 more spread over it; the other files stay OK.
+TEST(VerifyFlipTest, SpreadOffsetsInEveryRecordOfEveryFile) {
+  struct Case {
+    std::string name;
+    std::shared_ptr<MemFileSystem> mem;
+  };
+  std::vector<Case> cases;
+  for (const char* name : {"simple", "sharded4", "nonstrided"}) {
+    cases.push_back({name, GoldenInMemory(name)});
+  }
+  cases.push_back({"dcp", SavedInMemory(ModelState(), 3)});
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.name);
+    const auto records = RecordsByFile(*c.mem);
+    ASSERT_GE(records.size(), 1);
+    for (const auto& [file, list] : records) {
+      std::set<uint64_t> offsets;
+      for (const auto& [begin, end] : list) {
+        offsets.insert(begin);
+        offsets.insert(begin + (end - begin) / 2);
+        offsets.insert(end - 1);
+        for (int k = 1; k <= 8; ++k) {
+          offsets.insert(begin + (end - begin) * k / 9);
+        }
+      }
+      ExpectEveryFlipNamesTheFile(
+          *c.mem, file, std::vector<uint64_t>(offsets.begin(), offsets.end()),
+          0x10);
+    }
+  }
+}
+
+// A tensor bigger than the entry size read through the cache, so its CRC
+// is streamed.
+TEST(VerifyFlipTest, FlipInsideALargeTensorIsACrcMismatchNamingTheChunk) {
+  StateDict sd;
+  sd.Set("big", at::arange(600000, at::kFloat));
+  auto mem = SavedInMemory(sd, 1);
+  const auto records = RecordsByFile(*mem);
+  ASSERT_THAT(records, SizeIs(1));
+  const std::string file = records.begin()->first;
+  const auto [begin, end] = records.begin()->second.front();
+  const uint64_t offset = begin + (end - begin) / 2;
+  Flip(*mem, file, offset, 0x04);
+  VerifyReport report = VerifyOk(mem);
+  ASSERT_FALSE(report.ok());
+  const VerifyFileReport* f = FindFile(report, file);
+  ASSERT_NE(f, nullptr);
+  ASSERT_THAT(f->problems, SizeIs(1));
+  const VerifyProblem& p = f->problems[0];
+  EXPECT_EQ(p.kind, VerifyProblemKind::kCrcMismatch);
+  EXPECT_EQ(p.key, "big");
+  EXPECT_EQ(p.chunk_offsets, Shape({0}));
+  EXPECT_EQ(p.entry, "archive/data/0");
+  EXPECT_EQ(p.record_offset, begin);
+  ASSERT_TRUE(p.byte_offset.has_value());
+  EXPECT_LE(*p.byte_offset, offset);
+  EXPECT_EQ(p.Describe(),
+            absl::StrCat("crc mismatch in entry \"archive/data/0\" of the "
+                         "record of \"big\" chunk [0] at offset ",
+                         begin, " (byte ", *p.byte_offset, ")"));
+}
+
+// The first record of the only data file of `mem`: its file, offset and
+// zip directory.
+struct FirstRecord {
+  std::string file;
+  int64_t offset = 0;
+  ZipDirectory zip;
+};
+
+FirstRecord FindFirstRecord(MemFileSystem& mem) {
+  FirstRecord out;
+  const auto records = RecordsByFile(mem);
+  EXPECT_THAT(records, SizeIs(1));
+  out.file = records.begin()->first;
+  const auto [begin, end] = records.begin()->second.front();
+  out.offset = begin;
+  absl::StatusOr<std::string> bytes =
+      ReadFileToString(mem, JoinPath(kDir, out.file));
+  EXPECT_OK(bytes.status());
+  absl::StatusOr<ZipDirectory> zip =
+      ReadZipDirectory(absl::string_view(*bytes).substr(begin, end - begin));
+  EXPECT_OK(zip.status());
+  out.zip = *std::move(zip);
+  return out;
+}
+
+TEST(VerifyTest, FlippedPaddingByteIsAZipLayoutProblemAtThatByte) {
+  StateDict sd;
+  sd.Set("w", at::ones({2, 2}));
+  auto mem = SavedInMemory(sd, 1);
+  const FirstRecord r = FindFirstRecord(*mem);
+  const ZipEntry& first = r.zip.entries.front();
+  // Local header, name, then the "FB" block's id and length, then filler.
+  const uint64_t filler = r.offset + first.header_offset + 30 +
+                          first.name.size() + 4;
+  Flip(*mem, r.file, filler, 0x01);
+  VerifyReport report = VerifyOk(mem);
+  ASSERT_THAT(report.files, SizeIs(1));
+  ASSERT_THAT(report.files[0].problems, SizeIs(1));
+  const VerifyProblem& p = report.files[0].problems[0];
+  EXPECT_EQ(p.kind, VerifyProblemKind::kZipLayout);
+  EXPECT_EQ(p.entry, first.name);
+  EXPECT_EQ(p.byte_offset, filler);
+  EXPECT_EQ(p.Describe(),
+            absl::StrCat("zip layout: alignment padding byte is not 'Z' in "
+                         "entry \"", first.name,
+                         "\" of the record of \"w\" chunk [0, 0] at offset ",
+                         r.offset, " (byte ", filler, ")"));
+}
+
+TEST(VerifyTest, BrokenZipStructureGivesTheReadersDetail) {
+  StateDict sd;
+  sd.Set("w", at::ones({2, 2}));
+  auto mem = SavedInMemory(sd, 1);
+  const FirstRecord r = FindFirstRecord(*mem);
+  // The first local header's signature.
+  Flip(*mem, r.file, r.offset + r.zip.entries.front().header_offset, 0x01);
+  VerifyReport report = VerifyOk(mem);
+  ASSERT_THAT(report.files, SizeIs(1));
+  ASSERT_THAT(report.files[0].problems, SizeIs(1));
+  const VerifyProblem& p = report.files[0].problems[0];
+  EXPECT_EQ(p.kind, VerifyProblemKind::kZipStructure);
+  EXPECT_THAT(p.detail, HasSubstr("bad local header signature"));
+  EXPECT_THAT(p.Describe(),
+              AllOf(::testing::StartsWith("bad zip structure of the record of "
+                                        "\"w\" chunk [0, 0] at offset "),
+                    HasSubstr(": zip: entry")));
+}
+
+TEST(VerifyTest, MissingDataFileIsReportedAndTheOthersAreChecked) {
+  auto mem = GoldenInMemory("sharded4");
+  ASSERT_OK(mem->RemoveFile(JoinPath(kDir, "__1_0.distcp")));
+  VerifyReport report = VerifyOk(mem);
+  EXPECT_EQ(report.num_bad_files(), 1);
+  const VerifyFileReport* f = FindFile(report, "__1_0.distcp");
+  ASSERT_NE(f, nullptr);
+  EXPECT_FALSE(f->exists);
+  ASSERT_THAT(f->problems, SizeIs(1));
+  EXPECT_EQ(f->problems[0].kind, VerifyProblemKind::kMissingFile);
+  EXPECT_THAT(f->problems[0].Describe(), HasSubstr("missing data file"));
+  for (const char* other : {"__0_0.distcp", "__2_0.distcp", "__3_0.distcp"}) {
+    ASSERT_NE(FindFile(report, other), nullptr);
+    EXPECT_TRUE(FindFile(report, other)->ok()) << other;
+  }
+}
+
+TEST(VerifyTest, TruncatedDataFileNamesTheRecordsPastTheEnd) {
+  auto mem = SavedInMemory(ModelState(), 1);
+  const auto records = RecordsByFile(*mem);
+  const std::string file = records.begin()->first;
+  const std::string path = JoinPath(kDir, file);
+  ASSERT_OK_AND_ASSIGN(std::string bytes, ReadFileToString(*mem, path));
+  ASSERT_OK(WriteStringToFile(*mem, path, bytes.substr(0, bytes.size() - 10),
+                              false));
+  VerifyReport report = VerifyOk(mem);
+  const VerifyFileReport* f = FindFile(report, file);
+  ASSERT_NE(f, nullptr);
+  ASSERT_THAT(f->problems, SizeIs(1));
+  const VerifyProblem& p = f->problems[0];
+  EXPECT_EQ(p.kind, VerifyProblemKind::kOutsideFile);
+  EXPECT_TRUE(p.key.has_value());
+  EXPECT_THAT(p.Describe(), HasSubstr("outside the data file"));
+  EXPECT_TRUE(report.metadata.ok());
+}
+
+TEST(VerifyTest, MetadataNamingAFileThatDoesNotExist) {
+  auto mem = GoldenInMemory("sharded4");
+  EditMetadata(*mem, [](Metadata& md) {
+    md.storage_data.at(MetadataIndex("step")).relative_path = "__9_0.distcp";
+  });
+  VerifyReport report = VerifyOk(mem);
+  const VerifyFileReport* missing = FindFile(report, "__9_0.distcp");
+  ASSERT_NE(missing, nullptr);
+  ASSERT_THAT(missing->problems, SizeIs(1));
+  EXPECT_EQ(missing->problems[0].kind, VerifyProblemKind::kMissingFile);
+  // The record's old place is now bytes no record covers.
+  const VerifyFileReport* old = FindFile(report, "__2_0.distcp");
+  ASSERT_NE(old, nullptr);
+  ASSERT_THAT(old->problems, SizeIs(1));
+  EXPECT_EQ(old->problems[0].kind, VerifyProblemKind::kUnreferencedBytes);
+  EXPECT_TRUE(FindFile(report, "__0_0.distcp")->ok());
+}
+
+TEST(VerifyTest, MetadataInconsistenciesAreMetadataProblems) {
+  auto mem = SavedInMemory(ModelState(), 1);
+  EditMetadata(*mem, [](Metadata& md) {
+    md.storage_data.erase(MetadataIndex("w", Shape{0, 0}));
+    md.storage_data[MetadataIndex("nope")] =
+        md.storage_data.at(MetadataIndex("step"));
+    md.storage_data.at(MetadataIndex("name")).relative_path = "../x.distcp";
+  });
+  VerifyReport report = VerifyOk(mem);
+  EXPECT_THAT(ProblemsText(report),
+              AllOf(HasSubstr(".metadata: no storage entry for \"w\" chunk "
+                              "[0, 0]"),
+                    HasSubstr(".metadata: storage entry without a key in "
+                              "state_dict_metadata for \"nope\""),
+                    HasSubstr("\"../x.distcp\" is outside the checkpoint")));
+  // The data file: "nope" and "step" share a record; "w" and "name" are now
+  // bytes no record covers.
+  ASSERT_THAT(report.files, SizeIs(1));
+  std::set<VerifyProblemKind> kinds;
+  for (const VerifyProblem& p : report.files[0].problems) kinds.insert(p.kind);
+  EXPECT_EQ(kinds, (std::set<VerifyProblemKind>{
+                       VerifyProblemKind::kOverlap,
+                       VerifyProblemKind::kUnreferencedBytes}));
+}
+
+TEST(VerifyTest, DtypeAndShapeAgainstMetadata) {
+  auto mem = SavedInMemory(ModelState(), 1);
+  EditMetadata(*mem, [](Metadata& md) {
+    auto& w = std::get<TensorStorageMetadata>(md.state_dict_metadata.at("w"));
+    w.properties.dtype = c10::ScalarType::Double;
+    auto& b = std::get<TensorStorageMetadata>(md.state_dict_metadata.at("b"));
+    b.chunks[0].sizes = {4};
+  });
+  VerifyReport report = VerifyOk(mem);
+  EXPECT_THAT(ProblemsText(report),
+              AllOf(HasSubstr("holds a float32 tensor but .metadata says "
+                              "float64 of the record of \"w\" chunk [0, 0]"),
+                    HasSubstr("holds a tensor of shape [5] but .metadata says "
+                              "[4] of the record of \"b\" chunk [0]")));
+  EXPECT_EQ(report.num_problems(), 2);
+}
+
+TEST(VerifyTest, CannotVerifyWithoutReadableMetadata) {
+  auto mem = std::make_shared<MemFileSystem>();
+  ASSERT_OK(mem->CreateDir(kDir));
+  VerifyOptions options;
+  options.file_system = mem;
+  EXPECT_THAT(VerifyCheckpoint(kDir, options).status(),
+              StatusIs(absl::StatusCode::kNotFound));
+  ASSERT_OK(WriteStringToFile(*mem, JoinPath(kDir, ".metadata"), "garbage",
+                              false));
+  EXPECT_THAT(VerifyCheckpoint(kDir, options).status(),
+              StatusIs(absl::StatusCode::kDataLoss));
+  options.thread_count = 0;
+  EXPECT_THAT(VerifyCheckpoint(kDir, options).status(),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+}
+
+}  // namespace
+}  // namespace dcp
