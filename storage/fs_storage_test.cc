@@ -85,10 +85,11 @@ class CountingFileSystem : public FileSystemWrapper {
  public:
   using FileSystemWrapper::FileSystemWrapper;
 
+  using FileSystemWrapper::NewRandomAccessFile;
   absl::StatusOr<std::unique_ptr<RandomAccessFile>> NewRandomAccessFile(
-      absl::string_view path) override {
+      absl::string_view path, const RandomAccessFileOptions& options) override {
     DCP_ASSIGN_OR_RETURN(std::unique_ptr<RandomAccessFile> file,
-                         FileSystemWrapper::NewRandomAccessFile(path));
+                         FileSystemWrapper::NewRandomAccessFile(path, options));
     return std::unique_ptr<RandomAccessFile>(
         new CountingFile(std::move(file), std::string(path), this));
   }
@@ -193,6 +194,15 @@ std::string ReadFile(FileSystem& fs, absl::string_view path) {
   absl::StatusOr<std::string> data = ReadFileToString(fs, path);
   CHECK(data.ok()) << data.status();
   return *data;
+}
+
+// The token of the save that wrote `md`: the random part of its data file
+// names, "__<rank>_<n>_<token>.distcp".
+std::string SaveTokenOf(const Metadata& md) {
+  CHECK(!md.storage_data.empty());
+  absl::string_view name = md.storage_data.begin()->second.relative_path;
+  CHECK(absl::ConsumeSuffix(&name, ".distcp")) << name;
+  return std::string(name.substr(name.rfind('_') + 1));
 }
 
 void WriteFile(FileSystem& fs, absl::string_view path, absl::string_view data) {
@@ -375,8 +385,7 @@ TEST(FsStorageLayoutTest, FileNamesMetadataAndRecordsFollowPyTorch) {
   EXPECT_EQ(md.storage_meta->checkpoint_id, std::string(kDir));
   ASSERT_TRUE(md.storage_meta->save_id.has_value());
   EXPECT_EQ(md.version, std::string("1.0.0"));
-  // The token is the save id's first 8 hex digits.
-  const std::string token = md.storage_meta->save_id->substr(0, 8);
+  const std::string token = SaveTokenOf(md);
   const std::string name = absl::StrCat("__0_0_", token, ".distcp");
   EXPECT_THAT(Children(*fs, kDir), ElementsAre(".dcp.lock", ".metadata", name));
 
@@ -426,7 +435,7 @@ TEST(FsStorageLayoutTest, ThreadsSplitItemsLikePyTorch) {
   FileSystemWriterOptions options;
   options.thread_count = 2;
   ASSERT_OK_AND_ASSIGN(Metadata md, SaveTo(fs, kDir, sd, options));
-  const std::string token = md.storage_meta->save_id->substr(0, 8);
+  const std::string token = SaveTokenOf(md);
   const std::string f0 = absl::StrCat("__0_0_", token, ".distcp");
   const std::string f1 = absl::StrCat("__0_1_", token, ".distcp");
   // Bytes items round-robin in plan order; tensors by descending size into
@@ -456,7 +465,7 @@ TEST(FsStorageLayoutTest, EmptyBucketStillCreatesItsFile) {
   FileSystemWriterOptions options;
   options.thread_count = 3;
   ASSERT_OK_AND_ASSIGN(Metadata md, SaveTo(fs, kDir, sd, options));
-  const std::string token = md.storage_meta->save_id->substr(0, 8);
+  const std::string token = SaveTokenOf(md);
   EXPECT_THAT(DataFiles(*fs, kDir),
               ElementsAre(absl::StrCat("__0_0_", token, ".distcp"),
                           absl::StrCat("__0_1_", token, ".distcp"),
@@ -473,7 +482,7 @@ TEST(FsStorageLayoutTest, OneFilePerItem) {
   options.single_file_per_rank = false;
   options.thread_count = 2;
   ASSERT_OK_AND_ASSIGN(Metadata md, SaveTo(fs, kDir, sd, options));
-  const std::string token = md.storage_meta->save_id->substr(0, 8);
+  const std::string token = SaveTokenOf(md);
   EXPECT_THAT(DataFiles(*fs, kDir), SizeIs(3));
   std::vector<std::string> names;
   for (const auto& [index, info] : md.storage_data) {
@@ -505,7 +514,7 @@ TEST(FsStorageLayoutTest, DataIsDurableBeforeMetadataIsRenamedIntoPlace) {
   ASSERT_OK_AND_ASSIGN(Metadata md, SaveTo(faulty, kDir, sd, options));
   const std::vector<std::string> log = faulty->mutation_log();
   const std::string dir(kDir);
-  const std::string token = md.storage_meta->save_id->substr(0, 8);
+  const std::string token = SaveTokenOf(md);
   const std::string tmp = absl::StrCat(dir, "/.metadata.tmp.", token);
   const int rename =
       IndexOf(log, absl::StrCat("rename ", tmp, " ", dir, "/.metadata"));
