@@ -47,6 +47,18 @@
 // removed or replaced) and refuses to commit otherwise. Do not remove
 // `.dcp.lock`; it is never removed by dcp either. Loads take no lock.
 //
+// Hostile directories. A checkpoint directory may be writable by others, or
+// hold whatever a copy left there, so:
+//   - Files are created, never overwritten: each save's data files and its
+//     temporary `.metadata.tmp.<token>` get a new random token (64 bits
+//     from the kernel's CSPRNG, unrelated to anything in `.metadata` or to
+//     earlier saves) and are created exclusively
+//     (`WritableFileOptions::exclusive`: O_CREAT|O_EXCL|O_NOFOLLOW). If
+//     anything, such as a planted symbolic link, is already at one of
+//     those names, it is neither followed, truncated nor removed: the save
+//     fails with AlreadyExists naming the file (it does not pick another
+//     name), and the previous checkpoint stays current.
+//
 // Speed. Tensor bytes go from the tensor's memory to the file with no
 // intermediate copy; files are written by `thread_count` threads per rank.
 // A load reads, per saved chunk, only the record's directory and data.pkl,
@@ -76,6 +88,7 @@
 //     of other saves (failed or crashed attempts) that the new `.metadata`
 //     does not reference;
 //   - dcp's temporary `.metadata.tmp.<token>` files.
+// (A token is 16 lowercase hex digits, or 8 as earlier dcp versions wrote.)
 // Nothing else, ever: not other tools' files, not PyTorch-named
 // `__<rank>_<n>.distcp` files that nothing references, not the lock file.
 // Without `sync_files` nothing is removed: the new `.metadata` might not

@@ -27,6 +27,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/strip.h"
 #include "absl/strings/string_view.h"
 #include "checkpoint/metadata.h"
 #include "checkpoint/save_load.h"
@@ -642,15 +643,20 @@ const std::vector<std::string> kForeignFiles = {
     "__0_0_DEADBEEF.distcp",       // Not a token dcp generates.
     "__0_0_deadbeef.distcp.bak",   // A user's copy.
     "__0_0_deadbeef0.distcp",      // Token of 9 digits.
+    "__0_0_0123456789abcdef0.distcp",  // Token of 17 digits.
+    "__0_0_0123456789ABCDEF.distcp",   // Uppercase 16-digit token.
+    ".metadata.tmp.0123456789abcde",   // Token of 15 digits.
     "x__0_0_deadbeef.distcp",      // Prefixed.
     ".metadata.tmp",               // Not dcp's temporary name.
     ".metadata.tmp.deadbeef.old",  // Ditto.
 };
 // Leftovers of earlier dcp saves that failed or crashed.
 const std::vector<std::string> kDcpLeftovers = {
-    "__0_0_deadbeef.distcp",
+    "__0_0_deadbeef.distcp",   // Tokens of earlier dcp versions: 8 digits.
     "__12_3_0badf00d.distcp",
     ".metadata.tmp.deadbeef",
+    "__0_1_0123456789abcdef.distcp",  // Tokens of 16 digits.
+    ".metadata.tmp.fedcba9876543210",
 };
 
 TEST(FsStorageCleanupTest, RemovesOnlyTheReplacedCheckpointAndDcpLeftovers) {

@@ -64,8 +64,8 @@ class FifoWatchdog {
   const std::vector<std::string> fifos_;
   mutable std::mutex mu_;
   std::condition_variable cv_;
-  bool stop_ = false;   // Guarded by mu_.
-  bool fired_ = false;  // Guarded by mu_.
+  bool stop_ = false;     // Guarded by mu_.
+  bool fired_ = false;    // Guarded by mu_.
   std::vector<int> fds_;  // Guarded by mu_.
   std::thread thread_;
 };
