@@ -439,6 +439,31 @@ absl::StatusOr<std::unique_ptr<FileLock>> LockDirectory(
 
 // ---- Reading ----------------------------------------------------------------
 
+// Refuses a symbolic link as the last component of every file it opens for
+// reading: how a reader without `FileSystemReaderOptions::allow_symlinks`
+// opens `.metadata` and the data files. (The checkpoint directory's own
+// path may go through links.)
+class NoSymlinksFileSystem final : public FileSystemWrapper {
+ public:
+  using FileSystemWrapper::FileSystemWrapper;
+  using FileSystemWrapper::NewRandomAccessFile;
+
+  absl::StatusOr<std::unique_ptr<RandomAccessFile>> NewRandomAccessFile(
+      absl::string_view path, const RandomAccessFileOptions& options) override {
+    RandomAccessFileOptions no_follow = options;
+    no_follow.follow_symlinks = false;
+    return FileSystemWrapper::NewRandomAccessFile(path, no_follow);
+  }
+};
+
+// The file system a reader reads checkpoint files through.
+std::shared_ptr<FileSystem> ReaderFileSystem(std::shared_ptr<FileSystem> fs,
+                                             bool allow_symlinks) {
+  if (fs == nullptr) fs = NewPosixFileSystem();
+  if (allow_symlinks) return fs;
+  return std::make_shared<NoSymlinksFileSystem>(std::move(fs));
+}
+
 absl::Status NotACheckpoint(absl::string_view dir) {
   return absl::NotFoundError(
       absl::StrCat("not a checkpoint: no .metadata in ", dir));
@@ -1167,8 +1192,8 @@ absl::StatusOr<std::unique_ptr<FileSystemReader>> FileSystemReader::Create(
   }
   auto state = std::make_unique<State>();
   state->path = std::move(path);
-  state->fs = options.file_system != nullptr ? options.file_system
-                                             : NewPosixFileSystem();
+  state->fs = fs_storage_internal::ReaderFileSystem(options.file_system,
+                                                    options.allow_symlinks);
   state->options = std::move(options);
   state->load_id = fs_storage_internal::RandomUuid();
   return std::unique_ptr<FileSystemReader>(
@@ -1365,8 +1390,17 @@ absl::Status FileSystemReader::ReadData(const LoadPlan& plan,
 
 absl::StatusOr<Metadata> ReadCheckpointMetadata(
     const std::string& dir, std::shared_ptr<FileSystem> file_system) {
-  if (file_system == nullptr) file_system = NewPosixFileSystem();
-  return fs_storage_internal::ReadMetadataFile(*file_system, dir);
+  FileSystemReaderOptions options;
+  options.file_system = std::move(file_system);
+  return ReadCheckpointMetadata(dir, options);
+}
+
+absl::StatusOr<Metadata> ReadCheckpointMetadata(
+    const std::string& dir, const FileSystemReaderOptions& options) {
+  return fs_storage_internal::ReadMetadataFile(
+      *fs_storage_internal::ReaderFileSystem(options.file_system,
+                                             options.allow_symlinks),
+      dir);
 }
 
 }  // namespace dcp
