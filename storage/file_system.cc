@@ -46,13 +46,15 @@ FileSystemWrapper::FileSystemWrapper(std::shared_ptr<FileSystem> target)
     : target_(std::move(target)) {}
 
 absl::StatusOr<std::unique_ptr<WritableFile>>
-FileSystemWrapper::NewWritableFile(absl::string_view path) {
-  return target_->NewWritableFile(path);
+FileSystemWrapper::NewWritableFile(absl::string_view path,
+                                   const WritableFileOptions& options) {
+  return target_->NewWritableFile(path, options);
 }
 
 absl::StatusOr<std::unique_ptr<RandomAccessFile>>
-FileSystemWrapper::NewRandomAccessFile(absl::string_view path) {
-  return target_->NewRandomAccessFile(path);
+FileSystemWrapper::NewRandomAccessFile(absl::string_view path,
+                                       const RandomAccessFileOptions& options) {
+  return target_->NewRandomAccessFile(path, options);
 }
 
 absl::StatusOr<uint64_t> FileSystemWrapper::FileSize(absl::string_view path) {
@@ -154,9 +156,10 @@ std::string Basename(absl::string_view path) {
 // -----------------------------------------------------------------------------
 
 absl::Status WriteStringToFile(FileSystem& fs, absl::string_view path,
-                               absl::string_view data, bool sync) {
+                               absl::string_view data, bool sync,
+                               const WritableFileOptions& options) {
   DCP_ASSIGN_OR_RETURN(std::unique_ptr<WritableFile> file,
-                       fs.NewWritableFile(path));
+                       fs.NewWritableFile(path, options));
   DCP_RETURN_IF_ERROR(file->Append(data));
   if (sync) DCP_RETURN_IF_ERROR(file->Sync());
   return file->Close();

@@ -43,12 +43,30 @@
 //
 // Ownership: files returned by a `FileSystem` may outlive it.
 //
+// Only regular files. `NewRandomAccessFile`, `NewWritableFile` and
+// `FileSize` accept only regular files: a directory, FIFO, socket or device
+// at the path is FailedPrecondition naming the path and what it is
+// (`"/c/.metadata" is a FIFO, not a regular file`), and never blocks (a
+// FIFO without a writer would otherwise block an open forever).
+//
+// Symbolic links. By default the last component of a path is followed if
+// it is a symbolic link, like open(2). `RandomAccessFileOptions::
+// follow_symlinks = false` refuses it instead (FailedPrecondition "is a
+// symbolic link"), and `WritableFileOptions::exclusive` never follows one
+// (AlreadyExists). Directories earlier in the path are always followed:
+// these options guard the entries of a directory the caller chose, which
+// may itself be reached through a link. `MemFileSystem` has no links.
+//
 // Errors: every implementation returns these codes, with a message that
 // names the path (and, for I/O errors, the OS error text):
 //   NotFound            the path (or a parent directory) does not exist
-//   AlreadyExists       `CreateDir` of a path that exists and is a file
+//   AlreadyExists       `CreateDir` of a path that exists and is a file;
+//                       an exclusive `NewWritableFile` of a path where
+//                       anything (even a dangling link) exists
 //   FailedPrecondition  the path has the wrong type (a file where a directory
-//                       is required or vice versa), `RemoveDir` of a
+//                       is required or vice versa, anything but a regular
+//                       file where a file is read or written, a refused
+//                       symbolic link), `RemoveDir` of a
 //                       non-empty directory, use of a closed `WritableFile`
 //   InvalidArgument     a malformed path (e.g. renaming a directory into
 //                       itself)
@@ -175,27 +193,67 @@ class FileLock {
   const std::string path_;
 };
 
+// How `FileSystem::NewWritableFile` creates its file.
+struct WritableFileOptions {
+  // True: create a new file, atomically (O_CREAT|O_EXCL|O_NOFOLLOW).
+  // AlreadyExists, naming the path and what is there, if anything exists at
+  // `path` (a file, a directory, a FIFO, a symbolic link, even a dangling
+  // one): it is never followed, truncated or replaced. Use it for files
+  // whose names another user could guess and plant a link at.
+  // False: create the file or truncate an existing regular file (following
+  // a symbolic link).
+  bool exclusive = false;
+};
+
+// How `FileSystem::NewRandomAccessFile` opens its file.
+struct RandomAccessFileOptions {
+  // False: FailedPrecondition ("is a symbolic link") if the last component
+  // of `path` is a symbolic link, instead of opening its target. Earlier
+  // components are followed either way.
+  bool follow_symlinks = true;
+};
+
 // The file-system interface. See the file comment for the thread-safety,
 // durability and error contracts every implementation follows.
+//
+// Implementations override the two-argument `NewWritableFile` and
+// `NewRandomAccessFile` and add `using FileSystem::NewWritableFile;` and
+// `using FileSystem::NewRandomAccessFile;` so the one-argument forms stay
+// callable through them.
 class FileSystem {
  public:
   FileSystem(const FileSystem&) = delete;
   FileSystem& operator=(const FileSystem&) = delete;
   virtual ~FileSystem() = default;
 
-  // Creates `path`, or truncates it if it exists, and opens it for
-  // appending. The parent directory must exist (NotFound otherwise).
-  // FailedPrecondition if `path` is a directory.
+  // Creates `path` (or, unless `options.exclusive`, truncates the regular
+  // file there) and opens it for appending. The parent directory must exist
+  // (NotFound otherwise). FailedPrecondition if `path` is not a regular
+  // file (a directory, a FIFO, ...); AlreadyExists if `options.exclusive`
+  // and anything exists at `path`.
   virtual absl::StatusOr<std::unique_ptr<WritableFile>> NewWritableFile(
-      absl::string_view path) = 0;
+      absl::string_view path, const WritableFileOptions& options) = 0;
+  // Create or truncate (default options).
+  absl::StatusOr<std::unique_ptr<WritableFile>> NewWritableFile(
+      absl::string_view path) {
+    return NewWritableFile(path, WritableFileOptions());
+  }
 
-  // Opens an existing file for reading. NotFound if it does not exist;
-  // FailedPrecondition if it is a directory.
+  // Opens an existing regular file for reading, without blocking.
+  // NotFound if it does not exist; FailedPrecondition if it is not a regular
+  // file (a directory, FIFO, socket or device), or if it is a symbolic link
+  // and `options.follow_symlinks` is false.
   virtual absl::StatusOr<std::unique_ptr<RandomAccessFile>> NewRandomAccessFile(
-      absl::string_view path) = 0;
+      absl::string_view path, const RandomAccessFileOptions& options) = 0;
+  // Follows symbolic links (default options).
+  absl::StatusOr<std::unique_ptr<RandomAccessFile>> NewRandomAccessFile(
+      absl::string_view path) {
+    return NewRandomAccessFile(path, RandomAccessFileOptions());
+  }
 
-  // The size of the file `path` in bytes. NotFound if it does not exist;
-  // FailedPrecondition if it is a directory.
+  // The size of the file `path` in bytes (following a symbolic link),
+  // without opening it. NotFound if it does not exist; FailedPrecondition
+  // if it is not a regular file.
   virtual absl::StatusOr<uint64_t> FileSize(absl::string_view path) = 0;
 
   // OK if `path` exists (file or directory), NotFound if it does not, and
@@ -277,10 +335,12 @@ class FileSystemWrapper : public FileSystem {
   FileSystem* target() const { return target_.get(); }
   const std::shared_ptr<FileSystem>& shared_target() const { return target_; }
 
+  using FileSystem::NewRandomAccessFile;
+  using FileSystem::NewWritableFile;
   absl::StatusOr<std::unique_ptr<WritableFile>> NewWritableFile(
-      absl::string_view path) override;
+      absl::string_view path, const WritableFileOptions& options) override;
   absl::StatusOr<std::unique_ptr<RandomAccessFile>> NewRandomAccessFile(
-      absl::string_view path) override;
+      absl::string_view path, const RandomAccessFileOptions& options) override;
   absl::StatusOr<uint64_t> FileSize(absl::string_view path) override;
   absl::Status FileExists(absl::string_view path) override;
   absl::StatusOr<bool> IsDirectory(absl::string_view path) override;
@@ -323,10 +383,11 @@ std::string Basename(absl::string_view path);
 // Whole-file helpers.
 // -----------------------------------------------------------------------------
 
-// Creates or truncates `path`, writes `data`, `Sync()`s if `sync`, and
-// closes it.
+// Creates or truncates `path` (as `NewWritableFile` with `options`), writes
+// `data`, `Sync()`s if `sync`, and closes it.
 absl::Status WriteStringToFile(FileSystem& fs, absl::string_view path,
-                               absl::string_view data, bool sync);
+                               absl::string_view data, bool sync,
+                               const WritableFileOptions& options = {});
 
 // Reads the whole file `path`.
 absl::StatusOr<std::string> ReadFileToString(FileSystem& fs,

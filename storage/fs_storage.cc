@@ -1,5 +1,7 @@
 #include "storage/fs_storage.h"
 
+#include <errno.h>
+#include <sys/random.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -174,19 +176,25 @@ std::string DataFileName(const PlanStorageData& storage, size_t n) {
   return absl::StrCat(storage.prefix, n, "_", storage.token, kDataSuffix);
 }
 
-// The save-unique token: the first 8 hex digits of `save_id` on the first
-// attempt, a hash of it and the attempt number afterwards.
-std::string SaveToken(absl::string_view save_id, int attempt) {
-  if (attempt == 0) {
-    std::string hex;
-    for (char c : save_id) {
-      if (absl::ascii_isxdigit(static_cast<unsigned char>(c))) {
-        hex.push_back(absl::ascii_tolower(static_cast<unsigned char>(c)));
-      }
-      if (hex.size() == 8) return hex;
+// A new save token: 16 lowercase hex digits from the kernel's CSPRNG
+// (getrandom(2)), so that nothing a user can read (`.metadata`, the names
+// of earlier saves' files, the save id) predicts the names of the next
+// save's files. Exclusive creation makes a planted file at a guessed name
+// fail the save rather than be followed; unpredictable names keep anyone
+// from making saves fail that way.
+absl::StatusOr<std::string> NewSaveToken() {
+  uint64_t bits = 0;
+  size_t done = 0;
+  char* out = reinterpret_cast<char*>(&bits);
+  while (done < sizeof(bits)) {
+    const ssize_t n = ::getrandom(out + done, sizeof(bits) - done, 0);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return ErrnoToStatus(errno, "getrandom for a save token");
     }
+    done += static_cast<size_t>(n);
   }
-  return absl::StrFormat("%08x", Crc32(absl::StrCat(save_id, "#", attempt)));
+  return absl::StrFormat("%016x", bits);
 }
 
 // ---- Writing ----------------------------------------------------------------
@@ -305,18 +313,25 @@ absl::Status WriteItemRecord(const WriteItem& item, SavePlanner& planner,
   return absl::OkStatus();
 }
 
-// Writes one data file; on success `*results` holds one result per item of
-// `job`, in job order.
-absl::Status WriteDataFile(
-    FileSystem& fs, const std::string& dir, const FileJob& job,
-    const SavePlan& plan, SavePlanner& planner, bool sync,
-    std::vector<std::pair<size_t, WriteResult>>* results) {
+// Writes one data file, which must not exist yet: it is created
+// exclusively, so a file or symbolic link planted at its name is neither
+// followed nor truncated (AlreadyExists). On success `*results` holds one
+// result per item of `job`, in job order. `*created` says whether this
+// call created the file (which is then the caller's to remove on failure).
+absl::Status WriteDataFile(FileSystem& fs, const std::string& dir,
+                           const FileJob& job, const SavePlan& plan,
+                           SavePlanner& planner, bool sync,
+                           std::vector<std::pair<size_t, WriteResult>>* results,
+                           bool* created) {
   const std::string path = JoinPath(dir, job.name);
+  WritableFileOptions create;
+  create.exclusive = true;
   absl::StatusOr<std::unique_ptr<WritableFile>> opened =
-      fs.NewWritableFile(path);
+      fs.NewWritableFile(path, create);
   if (!opened.ok()) {
     return Annotate(opened.status(), absl::StrCat("creating data file ", path));
   }
+  *created = true;
   WritableFile& file = **opened;
   uint64_t offset = 0;
   for (size_t i : job.items) {
@@ -424,6 +439,31 @@ absl::StatusOr<std::unique_ptr<FileLock>> LockDirectory(
 
 // ---- Reading ----------------------------------------------------------------
 
+// Refuses a symbolic link as the last component of every file it opens for
+// reading: how a reader without `FileSystemReaderOptions::allow_symlinks`
+// opens `.metadata` and the data files. (The checkpoint directory's own
+// path may go through links.)
+class NoSymlinksFileSystem final : public FileSystemWrapper {
+ public:
+  using FileSystemWrapper::FileSystemWrapper;
+  using FileSystemWrapper::NewRandomAccessFile;
+
+  absl::StatusOr<std::unique_ptr<RandomAccessFile>> NewRandomAccessFile(
+      absl::string_view path, const RandomAccessFileOptions& options) override {
+    RandomAccessFileOptions no_follow = options;
+    no_follow.follow_symlinks = false;
+    return FileSystemWrapper::NewRandomAccessFile(path, no_follow);
+  }
+};
+
+// The file system a reader reads checkpoint files through.
+std::shared_ptr<FileSystem> ReaderFileSystem(std::shared_ptr<FileSystem> fs,
+                                             bool allow_symlinks) {
+  if (fs == nullptr) fs = NewPosixFileSystem();
+  if (allow_symlinks) return fs;
+  return std::make_shared<NoSymlinksFileSystem>(std::move(fs));
+}
+
 absl::Status NotACheckpoint(absl::string_view dir) {
   return absl::NotFoundError(
       absl::StrCat("not a checkpoint: no .metadata in ", dir));
@@ -455,9 +495,12 @@ bool IsSafeRelativePath(absl::string_view relative) {
 
 // ---- Stale files ------------------------------------------------------------
 
-// Whether `s` is a save token: 8 lowercase hex digits (`SaveToken`).
+// Whether `s` is a save token: 16 lowercase hex digits (`NewSaveToken`),
+// or 8 (the tokens of earlier dcp versions, whose leftovers are dcp's to
+// remove too).
 bool IsToken(absl::string_view s) {
-  return s.size() == 8 && std::all_of(s.begin(), s.end(), [](char c) {
+  return (s.size() == 16 || s.size() == 8) &&
+         std::all_of(s.begin(), s.end(), [](char c) {
            return absl::ascii_isdigit(static_cast<unsigned char>(c)) ||
                   (c >= 'a' && c <= 'f');
          });
@@ -939,7 +982,8 @@ absl::StatusOr<std::vector<SavePlan>> FileSystemWriter::PrepareGlobalPlan(
       return absl::InternalError(absl::StrCat(
           "no unused data file suffix found in ", s.path, " after 100 tries"));
     }
-    std::string candidate = fs_storage_internal::SaveToken(s.save_id, attempt);
+    DCP_ASSIGN_OR_RETURN(std::string candidate,
+                         fs_storage_internal::NewSaveToken());
     const std::string in_use = absl::StrCat("_", candidate, ".");
     const bool taken = candidate == previous_token ||
                        std::any_of(children->begin(), children->end(),
@@ -969,12 +1013,17 @@ absl::StatusOr<std::vector<WriteResult>> FileSystemWriter::WriteData(
 
   std::vector<std::vector<std::pair<size_t, WriteResult>>> per_file(
       jobs.size());
+  // Not vector<bool>: threads set their own elements.
+  std::vector<char> created(jobs.size(), 0);
   absl::Status status =
       fs_storage_internal::FirstError(fs_storage_internal::RunParallel(
           jobs.size(), s.options.thread_count, [&](size_t j) {
-            return fs_storage_internal::WriteDataFile(
+            bool made = false;
+            absl::Status written = fs_storage_internal::WriteDataFile(
                 *s.fs, s.path, jobs[j], plan, planner, s.options.sync_files,
-                &per_file[j]);
+                &per_file[j], &made);
+            created[j] = made;
+            return written;
           }));
   if (status.ok() && s.options.sync_files && !jobs.empty()) {
     status = Annotate(s.fs->SyncDir(s.path),
@@ -982,9 +1031,11 @@ absl::StatusOr<std::vector<WriteResult>> FileSystemWriter::WriteData(
   }
   if (!status.ok()) {
     // Nothing references these files; a later save would remove them too.
+    // Only those this save created: whatever was at the name of one it
+    // could not create is not dcp's.
     std::vector<std::string> paths;
-    for (const fs_storage_internal::FileJob& job : jobs) {
-      paths.push_back(JoinPath(s.path, job.name));
+    for (size_t j = 0; j < jobs.size(); ++j) {
+      if (created[j]) paths.push_back(JoinPath(s.path, jobs[j].name));
     }
     fs_storage_internal::RemoveFiles(*s.fs, paths,
                                      "data files of a failed save");
@@ -1055,18 +1106,30 @@ absl::Status FileSystemWriter::Finish(
   metadata.version = s.options.metadata_version;
   DCP_ASSIGN_OR_RETURN(std::string pickle, EncodeMetadataPickle(metadata));
 
-  // Publish: temporary file, sync, atomic rename, directory sync.
+  // Publish: temporary file, sync, atomic rename, directory sync. The
+  // temporary file is created exclusively, like the data files: whatever
+  // is already at its name (a planted symbolic link) is neither followed
+  // nor removed, and the save fails (AlreadyExists).
   const std::string tmp_path = JoinPath(
       s.path,
       absl::StrCat(fs_storage_internal::kMetadataTmpPrefix, ".", token));
-  absl::Status status =
-      Annotate(WriteStringToFile(*s.fs, tmp_path, pickle, s.options.sync_files),
-               absl::StrCat("writing ", tmp_path));
+  WritableFileOptions create;
+  create.exclusive = true;
+  absl::StatusOr<std::unique_ptr<WritableFile>> tmp_file =
+      s.fs->NewWritableFile(tmp_path, create);
+  if (!tmp_file.ok()) {
+    return Annotate(tmp_file.status(), absl::StrCat("creating ", tmp_path));
+  }
+  absl::Status status = (*tmp_file)->Append(pickle);
+  if (status.ok() && s.options.sync_files) status = (*tmp_file)->Sync();
+  if (status.ok()) status = (*tmp_file)->Close();
+  status = Annotate(status, absl::StrCat("writing ", tmp_path));
   if (status.ok()) {
     status = Annotate(s.fs->Rename(tmp_path, metadata_path),
                       absl::StrCat("renaming ", tmp_path, " to .metadata"));
   }
   if (!status.ok()) {
+    tmp_file->reset();
     fs_storage_internal::RemoveFiles(*s.fs, {tmp_path},
                                      "temporary metadata files");
     return status;
@@ -1129,8 +1192,8 @@ absl::StatusOr<std::unique_ptr<FileSystemReader>> FileSystemReader::Create(
   }
   auto state = std::make_unique<State>();
   state->path = std::move(path);
-  state->fs = options.file_system != nullptr ? options.file_system
-                                             : NewPosixFileSystem();
+  state->fs = fs_storage_internal::ReaderFileSystem(options.file_system,
+                                                    options.allow_symlinks);
   state->options = std::move(options);
   state->load_id = fs_storage_internal::RandomUuid();
   return std::unique_ptr<FileSystemReader>(
@@ -1327,8 +1390,17 @@ absl::Status FileSystemReader::ReadData(const LoadPlan& plan,
 
 absl::StatusOr<Metadata> ReadCheckpointMetadata(
     const std::string& dir, std::shared_ptr<FileSystem> file_system) {
-  if (file_system == nullptr) file_system = NewPosixFileSystem();
-  return fs_storage_internal::ReadMetadataFile(*file_system, dir);
+  FileSystemReaderOptions options;
+  options.file_system = std::move(file_system);
+  return ReadCheckpointMetadata(dir, options);
+}
+
+absl::StatusOr<Metadata> ReadCheckpointMetadata(
+    const std::string& dir, const FileSystemReaderOptions& options) {
+  return fs_storage_internal::ReadMetadataFile(
+      *fs_storage_internal::ReaderFileSystem(options.file_system,
+                                             options.allow_symlinks),
+      dir);
 }
 
 }  // namespace dcp

@@ -47,6 +47,29 @@
 // removed or replaced) and refuses to commit otherwise. Do not remove
 // `.dcp.lock`; it is never removed by dcp either. Loads take no lock.
 //
+// Hostile directories. A checkpoint directory may be writable by others, or
+// hold whatever a copy left there, so:
+//   - Only regular files are read. A FIFO, socket, device or directory
+//     named `.metadata` or like a data file fails the load (or
+//     `ReadCheckpointMetadata`) at once with FailedPrecondition naming the
+//     path and what it is ("... is a FIFO, not a regular file"); nothing
+//     ever blocks opening it.
+//   - Symbolic links inside the directory (`.metadata`, a data file) are
+//     refused (FailedPrecondition "is a symbolic link") unless
+//     `FileSystemReaderOptions::allow_symlinks`. The directory's own path,
+//     and directories above it, may be links. (A data file in a
+//     subdirectory of the checkpoint, which neither dcp nor PyTorch writes,
+//     is refused only if the file itself is a link.)
+//   - Files are created, never overwritten: each save's data files and its
+//     temporary `.metadata.tmp.<token>` get a new random token (64 bits
+//     from the kernel's CSPRNG, unrelated to anything in `.metadata` or to
+//     earlier saves) and are created exclusively
+//     (`WritableFileOptions::exclusive`: O_CREAT|O_EXCL|O_NOFOLLOW). If
+//     anything, such as a planted symbolic link, is already at one of
+//     those names, it is neither followed, truncated nor removed: the save
+//     fails with AlreadyExists naming the file (it does not pick another
+//     name), and the previous checkpoint stays current.
+//
 // Speed. Tensor bytes go from the tensor's memory to the file with no
 // intermediate copy; files are written by `thread_count` threads per rank.
 // A load reads, per saved chunk, only the record's directory and data.pkl,
@@ -76,6 +99,7 @@
 //     of other saves (failed or crashed attempts) that the new `.metadata`
 //     does not reference;
 //   - dcp's temporary `.metadata.tmp.<token>` files.
+// (A token is 16 lowercase hex digits, or 8 as earlier dcp versions wrote.)
 // Nothing else, ever: not other tools' files, not PyTorch-named
 // `__<rank>_<n>.distcp` files that nothing references, not the lock file.
 // Without `sync_files` nothing is removed: the new `.metadata` might not
@@ -163,6 +187,9 @@ struct FileSystemReaderOptions {
   // in full (streamed, in bounded memory) to do so; false reads only the
   // byte ranges needed.
   bool verify_checksums = true;
+  // Open `.metadata` and data files that are symbolic links (see "Hostile
+  // directories" above). False: refuse them with FailedPrecondition.
+  bool allow_symlinks = false;
   // Null: the local POSIX file system.
   std::shared_ptr<FileSystem> file_system;
 };
@@ -189,9 +216,16 @@ class FileSystemReader : public StorageReader {
   std::unique_ptr<State> state_;
 };
 
-// Reads and decodes `<dir>/.metadata` alone (for tools).
+// Reads and decodes `<dir>/.metadata` alone (for tools). As a
+// `FileSystemReader` with default options: FailedPrecondition if
+// `.metadata` is not a regular file or is a symbolic link.
 absl::StatusOr<Metadata> ReadCheckpointMetadata(
     const std::string& dir, std::shared_ptr<FileSystem> file_system = nullptr);
+
+// The same, as a `FileSystemReader` with `options` reads it (only
+// `file_system` and `allow_symlinks` matter).
+absl::StatusOr<Metadata> ReadCheckpointMetadata(
+    const std::string& dir, const FileSystemReaderOptions& options);
 
 }  // namespace dcp
 

@@ -16,6 +16,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/strip.h"
 #include "absl/time/time.h"
 #include "checkpoint/metadata.h"
 #include "checkpoint/save_load.h"
@@ -150,6 +151,15 @@ std::string ReadFile(FileSystem& fs, absl::string_view path) {
   return *data;
 }
 
+// The token of the save that wrote `md`: the random part of its data file
+// names, "__<rank>_<n>_<token>.distcp".
+std::string SaveTokenOf(const Metadata& md) {
+  CHECK(!md.storage_data.empty());
+  absl::string_view name = md.storage_data.begin()->second.relative_path;
+  CHECK(absl::ConsumeSuffix(&name, ".distcp")) << name;
+  return std::string(name.substr(name.rfind('_') + 1));
+}
+
 // A fresh MemFileSystem with the files of `from`.
 std::shared_ptr<MemFileSystem> CopyOf(MemFileSystem& from) {
   auto to = std::make_shared<MemFileSystem>();
@@ -224,7 +234,7 @@ TEST(FsStorageMultiRankTest, EveryRankWritesItsOwnFiles) {
   ASSERT_THAT(SaveModel(3, fs, kDir, 0, w), Each(IsOk()));
   ASSERT_OK_AND_ASSIGN(Metadata md,
                        ReadCheckpointMetadata(std::string(kDir), fs));
-  const std::string token = md.storage_meta->save_id->substr(0, 8);
+  const std::string token = SaveTokenOf(md);
   std::vector<std::string> expected = {".dcp.lock", ".metadata"};
   for (int rank = 0; rank < 3; ++rank) {
     for (int n = 0; n < 2; ++n) {
@@ -341,7 +351,7 @@ TEST(FsStorageMultiRankTest, FailedWriteKeepsTheOldCheckpointAndCleansUp) {
   for (const auto& [path, size] : mem->ListAllFiles()) {
     if (!absl::EndsWith(path, ".distcp")) continue;
     ++data_files;
-    EXPECT_TRUE(absl::StrContains(path, md.storage_meta->save_id->substr(0, 8)))
+    EXPECT_TRUE(absl::StrContains(path, SaveTokenOf(md)))
         << path;
   }
   EXPECT_EQ(data_files, 3u);

@@ -27,6 +27,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/strip.h"
 #include "absl/strings/string_view.h"
 #include "checkpoint/metadata.h"
 #include "checkpoint/save_load.h"
@@ -85,10 +86,11 @@ class CountingFileSystem : public FileSystemWrapper {
  public:
   using FileSystemWrapper::FileSystemWrapper;
 
+  using FileSystemWrapper::NewRandomAccessFile;
   absl::StatusOr<std::unique_ptr<RandomAccessFile>> NewRandomAccessFile(
-      absl::string_view path) override {
+      absl::string_view path, const RandomAccessFileOptions& options) override {
     DCP_ASSIGN_OR_RETURN(std::unique_ptr<RandomAccessFile> file,
-                         FileSystemWrapper::NewRandomAccessFile(path));
+                         FileSystemWrapper::NewRandomAccessFile(path, options));
     return std::unique_ptr<RandomAccessFile>(
         new CountingFile(std::move(file), std::string(path), this));
   }
@@ -193,6 +195,15 @@ std::string ReadFile(FileSystem& fs, absl::string_view path) {
   absl::StatusOr<std::string> data = ReadFileToString(fs, path);
   CHECK(data.ok()) << data.status();
   return *data;
+}
+
+// The token of the save that wrote `md`: the random part of its data file
+// names, "__<rank>_<n>_<token>.distcp".
+std::string SaveTokenOf(const Metadata& md) {
+  CHECK(!md.storage_data.empty());
+  absl::string_view name = md.storage_data.begin()->second.relative_path;
+  CHECK(absl::ConsumeSuffix(&name, ".distcp")) << name;
+  return std::string(name.substr(name.rfind('_') + 1));
 }
 
 void WriteFile(FileSystem& fs, absl::string_view path, absl::string_view data) {
@@ -375,8 +386,7 @@ TEST(FsStorageLayoutTest, FileNamesMetadataAndRecordsFollowPyTorch) {
   EXPECT_EQ(md.storage_meta->checkpoint_id, std::string(kDir));
   ASSERT_TRUE(md.storage_meta->save_id.has_value());
   EXPECT_EQ(md.version, std::string("1.0.0"));
-  // The token is the save id's first 8 hex digits.
-  const std::string token = md.storage_meta->save_id->substr(0, 8);
+  const std::string token = SaveTokenOf(md);
   const std::string name = absl::StrCat("__0_0_", token, ".distcp");
   EXPECT_THAT(Children(*fs, kDir), ElementsAre(".dcp.lock", ".metadata", name));
 
@@ -426,7 +436,7 @@ TEST(FsStorageLayoutTest, ThreadsSplitItemsLikePyTorch) {
   FileSystemWriterOptions options;
   options.thread_count = 2;
   ASSERT_OK_AND_ASSIGN(Metadata md, SaveTo(fs, kDir, sd, options));
-  const std::string token = md.storage_meta->save_id->substr(0, 8);
+  const std::string token = SaveTokenOf(md);
   const std::string f0 = absl::StrCat("__0_0_", token, ".distcp");
   const std::string f1 = absl::StrCat("__0_1_", token, ".distcp");
   // Bytes items round-robin in plan order; tensors by descending size into
@@ -456,7 +466,7 @@ TEST(FsStorageLayoutTest, EmptyBucketStillCreatesItsFile) {
   FileSystemWriterOptions options;
   options.thread_count = 3;
   ASSERT_OK_AND_ASSIGN(Metadata md, SaveTo(fs, kDir, sd, options));
-  const std::string token = md.storage_meta->save_id->substr(0, 8);
+  const std::string token = SaveTokenOf(md);
   EXPECT_THAT(DataFiles(*fs, kDir),
               ElementsAre(absl::StrCat("__0_0_", token, ".distcp"),
                           absl::StrCat("__0_1_", token, ".distcp"),
@@ -473,7 +483,7 @@ TEST(FsStorageLayoutTest, OneFilePerItem) {
   options.single_file_per_rank = false;
   options.thread_count = 2;
   ASSERT_OK_AND_ASSIGN(Metadata md, SaveTo(fs, kDir, sd, options));
-  const std::string token = md.storage_meta->save_id->substr(0, 8);
+  const std::string token = SaveTokenOf(md);
   EXPECT_THAT(DataFiles(*fs, kDir), SizeIs(3));
   std::vector<std::string> names;
   for (const auto& [index, info] : md.storage_data) {
@@ -505,7 +515,7 @@ TEST(FsStorageLayoutTest, DataIsDurableBeforeMetadataIsRenamedIntoPlace) {
   ASSERT_OK_AND_ASSIGN(Metadata md, SaveTo(faulty, kDir, sd, options));
   const std::vector<std::string> log = faulty->mutation_log();
   const std::string dir(kDir);
-  const std::string token = md.storage_meta->save_id->substr(0, 8);
+  const std::string token = SaveTokenOf(md);
   const std::string tmp = absl::StrCat(dir, "/.metadata.tmp.", token);
   const int rename =
       IndexOf(log, absl::StrCat("rename ", tmp, " ", dir, "/.metadata"));
@@ -633,15 +643,20 @@ const std::vector<std::string> kForeignFiles = {
     "__0_0_DEADBEEF.distcp",       // Not a token dcp generates.
     "__0_0_deadbeef.distcp.bak",   // A user's copy.
     "__0_0_deadbeef0.distcp",      // Token of 9 digits.
+    "__0_0_0123456789abcdef0.distcp",  // Token of 17 digits.
+    "__0_0_0123456789ABCDEF.distcp",   // Uppercase 16-digit token.
+    ".metadata.tmp.0123456789abcde",   // Token of 15 digits.
     "x__0_0_deadbeef.distcp",      // Prefixed.
     ".metadata.tmp",               // Not dcp's temporary name.
     ".metadata.tmp.deadbeef.old",  // Ditto.
 };
 // Leftovers of earlier dcp saves that failed or crashed.
 const std::vector<std::string> kDcpLeftovers = {
-    "__0_0_deadbeef.distcp",
+    "__0_0_deadbeef.distcp",   // Tokens of earlier dcp versions: 8 digits.
     "__12_3_0badf00d.distcp",
     ".metadata.tmp.deadbeef",
+    "__0_1_0123456789abcdef.distcp",  // Tokens of 16 digits.
+    ".metadata.tmp.fedcba9876543210",
 };
 
 TEST(FsStorageCleanupTest, RemovesOnlyTheReplacedCheckpointAndDcpLeftovers) {

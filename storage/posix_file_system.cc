@@ -65,6 +65,66 @@ absl::StatusOr<struct stat> Stat(absl::string_view path) {
   return st;
 }
 
+// What kind of file `mode` is, for messages: "a FIFO", "a directory", ...
+absl::string_view FileTypeName(mode_t mode) {
+  if (S_ISREG(mode)) return "a regular file";
+  if (S_ISDIR(mode)) return "a directory";
+  if (S_ISFIFO(mode)) return "a FIFO";
+  if (S_ISSOCK(mode)) return "a socket";
+  if (S_ISCHR(mode)) return "a character device";
+  if (S_ISBLK(mode)) return "a block device";
+  if (S_ISLNK(mode)) return "a symbolic link";
+  return "a special file";
+}
+
+// `what "path": is a FIFO, not a regular file`.
+absl::Status NotRegularFileError(absl::string_view what,
+                                 absl::string_view path, mode_t mode) {
+  return absl::FailedPreconditionError(absl::StrCat(
+      what, " ", Quoted(path), ": is ", FileTypeName(mode),
+      ", not a regular file"));
+}
+
+// The error for an open(2) of `path` that failed with `err`. open(2) says
+// only ENXIO for a socket or a FIFO without a peer, and ELOOP for a refused
+// symbolic link (or a loop), so look at what is there.
+absl::Status OpenError(int err, absl::string_view what,
+                       absl::string_view path) {
+  if (err == ENXIO || err == ELOOP || err == EEXIST) {
+    struct stat st;
+    if (::lstat(CPath(path).c_str(), &st) == 0) {
+      if (err == EEXIST) {
+        return absl::AlreadyExistsError(absl::StrCat(
+            what, " ", Quoted(path), ": ", FileTypeName(st.st_mode),
+            " already exists there; not following, truncating or replacing "
+            "it"));
+      }
+      if (err == ELOOP && S_ISLNK(st.st_mode)) {
+        return absl::FailedPreconditionError(
+            absl::StrCat(what, " ", Quoted(path),
+                         ": is a symbolic link, which is not followed here"));
+      }
+      if (err == ENXIO && !S_ISREG(st.st_mode) && !S_ISLNK(st.st_mode)) {
+        return NotRegularFileError(what, path, st.st_mode);
+      }
+      if (err == ENXIO && S_ISLNK(st.st_mode) &&
+          ::stat(CPath(path).c_str(), &st) == 0 && !S_ISREG(st.st_mode)) {
+        return NotRegularFileError(what, path, st.st_mode);
+      }
+    }
+  }
+  return PathError(err, what, path);
+}
+
+// Clears O_NONBLOCK, which only served to keep the open from blocking.
+absl::Status ClearNonBlocking(int fd, absl::string_view path) {
+  const int flags = ::fcntl(fd, F_GETFL);
+  if (flags < 0 || ::fcntl(fd, F_SETFL, flags & ~O_NONBLOCK) != 0) {
+    return PathError(errno, "set blocking mode of", path);
+  }
+  return absl::OkStatus();
+}
+
 class PosixWritableFile final : public WritableFile {
  public:
   PosixWritableFile(std::string path, int fd)
@@ -272,43 +332,69 @@ std::shared_ptr<FileSystem> NewPosixFileSystem() {
 }
 
 absl::StatusOr<std::unique_ptr<WritableFile>> PosixFileSystem::NewWritableFile(
-    absl::string_view path) {
+    absl::string_view path, const WritableFileOptions& options) {
+  // O_NONBLOCK: opening a FIFO for writing would otherwise wait for a
+  // reader. No O_TRUNC: only a regular file may be truncated, after fstat.
+  int flags = O_WRONLY | O_CREAT | O_CLOEXEC | O_NOCTTY | O_NONBLOCK;
+  if (options.exclusive) flags |= O_EXCL | O_NOFOLLOW;
+  const absl::string_view what =
+      options.exclusive ? "create new file" : "open for writing";
   int fd;
   do {
-    fd = ::open(CPath(path).c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC,
-                0644);
+    fd = ::open(CPath(path).c_str(), flags, 0644);
   } while (fd < 0 && errno == EINTR);
-  if (fd < 0) return PathError(errno, "open for writing", path);
+  if (fd < 0) return OpenError(errno, what, path);
+  auto fail = [fd](absl::Status status) {
+    ::close(fd);
+    return status;
+  };
+  struct stat st;
+  if (::fstat(fd, &st) != 0) return fail(PathError(errno, "stat", path));
+  if (!S_ISREG(st.st_mode)) {
+    return fail(NotRegularFileError(what, path, st.st_mode));
+  }
+  absl::Status status = ClearNonBlocking(fd, path);
+  if (!status.ok()) return fail(status);
+  if (!options.exclusive && st.st_size != 0) {
+    int rc;
+    do {
+      rc = ::ftruncate(fd, 0);
+    } while (rc != 0 && errno == EINTR);
+    if (rc != 0) return fail(PathError(errno, "truncate", path));
+  }
   return std::make_unique<PosixWritableFile>(std::string(path), fd);
 }
 
 absl::StatusOr<std::unique_ptr<RandomAccessFile>>
-PosixFileSystem::NewRandomAccessFile(absl::string_view path) {
+PosixFileSystem::NewRandomAccessFile(absl::string_view path,
+                                     const RandomAccessFileOptions& options) {
+  // O_NONBLOCK: opening a FIFO would otherwise wait for a writer, forever.
+  int flags = O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK;
+  if (!options.follow_symlinks) flags |= O_NOFOLLOW;
   int fd;
   do {
-    fd = ::open(CPath(path).c_str(), O_RDONLY | O_CLOEXEC);
+    fd = ::open(CPath(path).c_str(), flags);
   } while (fd < 0 && errno == EINTR);
-  if (fd < 0) return PathError(errno, "open for reading", path);
-  struct stat st;
-  if (::fstat(fd, &st) != 0) {
-    absl::Status status = PathError(errno, "stat", path);
+  if (fd < 0) return OpenError(errno, "open for reading", path);
+  auto fail = [fd](absl::Status status) {
     ::close(fd);
     return status;
+  };
+  struct stat st;
+  if (::fstat(fd, &st) != 0) return fail(PathError(errno, "stat", path));
+  if (!S_ISREG(st.st_mode)) {
+    return fail(NotRegularFileError("open for reading", path, st.st_mode));
   }
-  if (S_ISDIR(st.st_mode)) {
-    ::close(fd);
-    return absl::FailedPreconditionError(
-        absl::StrCat("open for reading ", Quoted(path), ": is a directory"));
-  }
+  absl::Status status = ClearNonBlocking(fd, path);
+  if (!status.ok()) return fail(status);
   return std::make_unique<PosixRandomAccessFile>(
       std::string(path), fd, static_cast<uint64_t>(st.st_size));
 }
 
 absl::StatusOr<uint64_t> PosixFileSystem::FileSize(absl::string_view path) {
   DCP_ASSIGN_OR_RETURN(struct stat st, Stat(path));
-  if (S_ISDIR(st.st_mode)) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("size of ", Quoted(path), ": is a directory"));
+  if (!S_ISREG(st.st_mode)) {
+    return NotRegularFileError("size of", path, st.st_mode);
   }
   return static_cast<uint64_t>(st.st_size);
 }

@@ -14,6 +14,16 @@
 //     `GetChildren` uses opendir/readdir and sorts the names.
 //   - Files are opened with O_CLOEXEC and created with mode 0644 (before the
 //     umask); directories with 0755.
+//   - Only regular files: `NewRandomAccessFile` and `NewWritableFile` open
+//     with O_NONBLOCK|O_NOCTTY, so a FIFO or device cannot block the open,
+//     then fstat the descriptor and refuse anything but a regular file
+//     (open(2)'s ENXIO for a socket or a reader-less FIFO is reported the
+//     same way, after an lstat), and only then clear O_NONBLOCK. A
+//     non-exclusive `NewWritableFile` truncates (ftruncate) only after that
+//     check. `FileSize` is a stat(2), which never blocks.
+//   - `RandomAccessFileOptions::follow_symlinks = false` adds O_NOFOLLOW;
+//     `WritableFileOptions::exclusive` adds O_EXCL|O_NOFOLLOW (with O_CREAT,
+//     a symbolic link at the path, dangling or not, is EEXIST).
 //   - `TryLockFile` opens the file with O_CREAT|O_RDWR|O_NOFOLLOW and takes
 //     an open-file-description lock on it (fcntl F_OFD_SETLK, a write lock
 //     on the whole file). Unlike flock(2) and classic POSIX record locks,
@@ -48,10 +58,12 @@ class PosixFileSystem final : public FileSystem {
  public:
   PosixFileSystem() = default;
 
+  using FileSystem::NewRandomAccessFile;
+  using FileSystem::NewWritableFile;
   absl::StatusOr<std::unique_ptr<WritableFile>> NewWritableFile(
-      absl::string_view path) override;
+      absl::string_view path, const WritableFileOptions& options) override;
   absl::StatusOr<std::unique_ptr<RandomAccessFile>> NewRandomAccessFile(
-      absl::string_view path) override;
+      absl::string_view path, const RandomAccessFileOptions& options) override;
   absl::StatusOr<uint64_t> FileSize(absl::string_view path) override;
   absl::Status FileExists(absl::string_view path) override;
   absl::StatusOr<bool> IsDirectory(absl::string_view path) override;

@@ -1,6 +1,7 @@
 #include "storage/posix_file_system.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdlib.h>
@@ -22,6 +23,7 @@
 #include "gtest/gtest.h"
 #include "storage/file_system.h"
 #include "testing/file_system_conformance.h"
+#include "testing/hostile_files.h"
 #include "testing/status_matchers.h"
 
 namespace dcp {
@@ -118,6 +120,128 @@ TEST_F(PosixFileSystemTest, LockDoesNotFollowSymlinks) {
                        AllOf(HasSubstr(Path("link")), HasSubstr("symbolic"))));
   EXPECT_THAT(ReadFileToString(fs_, Path("target")),
               IsOkAndHolds(std::string("precious")));
+}
+
+// ---- Only regular files; exclusive creation (issue 9) -----------------------
+
+TEST_F(PosixFileSystemTest, FifoIsRefusedWithoutBlocking) {
+  const std::string fifo = Path(".metadata");
+  ASSERT_OK(testing::MakeFifo(fifo));
+  // A regression blocks in open(2) until the watchdog gives it a writer.
+  testing::FifoWatchdog watchdog({fifo});
+  const auto is_fifo =
+      StatusIs(absl::StatusCode::kFailedPrecondition,
+               AllOf(HasSubstr(fifo), HasSubstr("is a FIFO, not a regular")));
+  EXPECT_THAT(fs_.NewRandomAccessFile(fifo), is_fifo);
+  EXPECT_THAT(ReadFileToString(fs_, fifo), is_fifo);
+  EXPECT_THAT(fs_.FileSize(fifo), is_fifo);
+  // Writing would block too (for a reader), and must not.
+  EXPECT_THAT(fs_.NewWritableFile(fifo), is_fifo);
+  EXPECT_FALSE(watchdog.fired()) << "an open blocked on the FIFO";
+}
+
+TEST_F(PosixFileSystemTest, FifoWithAPeerIsStillRefused) {
+  const std::string fifo = Path("__0_0.distcp");
+  ASSERT_OK(testing::MakeFifo(fifo));
+  // With a reader and a writer present, a plain open would succeed.
+  const int peer = ::open(fifo.c_str(), O_RDWR | O_NONBLOCK | O_CLOEXEC);
+  ASSERT_GE(peer, 0) << "errno " << errno;
+  const auto is_fifo = StatusIs(absl::StatusCode::kFailedPrecondition,
+                                AllOf(HasSubstr(fifo), HasSubstr("FIFO")));
+  EXPECT_THAT(fs_.NewRandomAccessFile(fifo), is_fifo);
+  EXPECT_THAT(fs_.NewWritableFile(fifo), is_fifo);
+  ::close(peer);
+}
+
+TEST_F(PosixFileSystemTest, SocketDirectoryAndDeviceAreNotRegularFiles) {
+  const std::string socket = Path("socket");
+  ASSERT_OK(testing::MakeSocketFile(socket));
+  const auto is_socket =
+      StatusIs(absl::StatusCode::kFailedPrecondition,
+               AllOf(HasSubstr(socket), HasSubstr("is a socket, not a")));
+  EXPECT_THAT(fs_.NewRandomAccessFile(socket), is_socket);
+  EXPECT_THAT(fs_.FileSize(socket), is_socket);
+  EXPECT_THAT(fs_.NewWritableFile(socket), is_socket);
+
+  const std::string dir = Path("dir");
+  ASSERT_OK(fs_.CreateDir(dir));
+  EXPECT_THAT(fs_.NewRandomAccessFile(dir),
+              StatusIs(absl::StatusCode::kFailedPrecondition,
+                       AllOf(HasSubstr(dir), HasSubstr("is a directory"))));
+  EXPECT_THAT(fs_.FileSize(dir),
+              StatusIs(absl::StatusCode::kFailedPrecondition,
+                       AllOf(HasSubstr(dir), HasSubstr("is a directory"))));
+
+  // A device, reached through a link named like a checkpoint file.
+  const std::string device = Path("__0_1.distcp");
+  ASSERT_OK(testing::MakeSymlink("/dev/null", device));
+  const auto is_device =
+      StatusIs(absl::StatusCode::kFailedPrecondition,
+               AllOf(HasSubstr(device), HasSubstr("character device")));
+  EXPECT_THAT(fs_.NewRandomAccessFile(device), is_device);
+  EXPECT_THAT(fs_.FileSize(device), is_device);
+  EXPECT_THAT(fs_.NewWritableFile(device), is_device);
+}
+
+TEST_F(PosixFileSystemTest, SymlinksAreFollowedOnlyWhenAllowed) {
+  ASSERT_OK(WriteStringToFile(fs_, Path("target"), "data", false));
+  ASSERT_OK(testing::MakeSymlink(Path("target"), Path("link")));
+  RandomAccessFileOptions no_follow;
+  no_follow.follow_symlinks = false;
+  EXPECT_THAT(fs_.NewRandomAccessFile(Path("link"), no_follow),
+              StatusIs(absl::StatusCode::kFailedPrecondition,
+                       AllOf(HasSubstr(Path("link")),
+                             HasSubstr("is a symbolic link"))));
+  // The default follows it.
+  ASSERT_OK_AND_ASSIGN(std::unique_ptr<RandomAccessFile> followed,
+                       fs_.NewRandomAccessFile(Path("link")));
+  EXPECT_EQ(followed->size(), 4u);
+  // Only the last component is refused: a directory reached through a
+  // link (a checkpoint directory that is a symlink) is fine.
+  ASSERT_OK(fs_.CreateDir(Path("real_dir")));
+  ASSERT_OK(WriteStringToFile(fs_, Path("real_dir/f"), "abc", false));
+  ASSERT_OK(testing::MakeSymlink(Path("real_dir"), Path("dir_link")));
+  ASSERT_OK_AND_ASSIGN(std::unique_ptr<RandomAccessFile> through_link,
+                       fs_.NewRandomAccessFile(Path("dir_link/f"), no_follow));
+  EXPECT_EQ(through_link->size(), 3u);
+}
+
+TEST_F(PosixFileSystemTest, ExclusiveCreateNeverFollowsOrTruncatesALink) {
+  WritableFileOptions exclusive;
+  exclusive.exclusive = true;
+  ASSERT_OK(WriteStringToFile(fs_, Path("victim"), "precious", false));
+  ASSERT_OK(testing::MakeSymlink(Path("victim"), Path("link")));
+  EXPECT_THAT(fs_.NewWritableFile(Path("link"), exclusive),
+              StatusIs(absl::StatusCode::kAlreadyExists,
+                       AllOf(HasSubstr(Path("link")),
+                             HasSubstr("a symbolic link already exists"))));
+  EXPECT_THAT(ReadFileToString(fs_, Path("victim")),
+              IsOkAndHolds(std::string("precious")));
+  // A dangling link: its target is not created either.
+  ASSERT_OK(testing::MakeSymlink(Path("would_be_created"), Path("dangling")));
+  EXPECT_THAT(fs_.NewWritableFile(Path("dangling"), exclusive),
+              StatusIs(absl::StatusCode::kAlreadyExists,
+                       HasSubstr(Path("dangling"))));
+  EXPECT_THAT(fs_.Exists(Path("would_be_created")), IsOkAndHolds(false));
+  // A FIFO at the name is refused the same way, without blocking.
+  ASSERT_OK(testing::MakeFifo(Path("fifo")));
+  EXPECT_THAT(fs_.NewWritableFile(Path("fifo"), exclusive),
+              StatusIs(absl::StatusCode::kAlreadyExists,
+                       AllOf(HasSubstr(Path("fifo")), HasSubstr("a FIFO"))));
+}
+
+TEST_F(PosixFileSystemTest, RegularFilesStillOpenReadAndTruncate) {
+  ASSERT_OK(WriteStringToFile(fs_, Path("f"), "data", false));
+  ASSERT_OK_AND_ASSIGN(std::unique_ptr<RandomAccessFile> r,
+                       fs_.NewRandomAccessFile(Path("f")));
+  char scratch[4];
+  EXPECT_THAT(r->Read(0, 4, scratch), IsOkAndHolds("data"));
+  // A non-exclusive create still truncates a regular file.
+  ASSERT_OK_AND_ASSIGN(std::unique_ptr<WritableFile> w,
+                       fs_.NewWritableFile(Path("f")));
+  ASSERT_OK(w->Append("xy"));
+  ASSERT_OK(w->Close());
+  EXPECT_THAT(ReadFileToString(fs_, Path("f")), IsOkAndHolds(std::string("xy")));
 }
 
 // Reads one byte from `fd`, waiting at most 60 s (a deadline, not a

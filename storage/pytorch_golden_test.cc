@@ -51,6 +51,14 @@ std::string GoldenDir(absl::string_view name) {
                       "/dcp/testdata/pytorch_golden/", name);
 }
 
+// Reader options for the goldens: their files in the runfiles tree are
+// symbolic links, which a reader refuses by default.
+FileSystemReaderOptions GoldenReaderOptions() {
+  FileSystemReaderOptions options;
+  options.allow_symlinks = true;
+  return options;
+}
+
 struct GoldenChunk {
   Shape offsets;
   Shape sizes;
@@ -283,7 +291,8 @@ TEST(PytorchGoldenTest, MetadataMatchesTheGeneratorsDescription) {
   for (const Golden& golden : Goldens()) {
     SCOPED_TRACE(golden.name);
     ASSERT_OK_AND_ASSIGN(Metadata md,
-                         ReadCheckpointMetadata(GoldenDir(golden.name)));
+                         ReadCheckpointMetadata(GoldenDir(golden.name),
+                                                GoldenReaderOptions()));
     ASSERT_OK_AND_ASSIGN(std::vector<PeerLeaf> leaves,
                          PeerCaseLeaves(golden.case_name));
     const std::vector<GoldenEntry>& entries = golden.entries();
@@ -360,7 +369,7 @@ TEST(PytorchGoldenTest, MetadataMatchesTheGeneratorsDescription) {
 void LoadNoDist(const Golden& golden, bool verify_checksums) {
   ASSERT_OK_AND_ASSIGN(StateDict sd, MakePeerCase(golden.case_name, 0, 1,
                                                   PeerValues::kPlaceholder));
-  FileSystemReaderOptions options;
+  FileSystemReaderOptions options = GoldenReaderOptions();
   options.verify_checksums = verify_checksums;
   ASSERT_OK_AND_ASSIGN(std::unique_ptr<FileSystemReader> reader,
                        FileSystemReader::Create(GoldenDir(golden.name),
@@ -397,7 +406,7 @@ TEST(PytorchGoldenTest, LoadsSharded4WithOneToFourRanks) {
                 StateDict sd,
                 MakePeerCase("golden_sharded4", ctx.rank(), ctx.world_size(),
                              PeerValues::kPlaceholder));
-            FileSystemReaderOptions options;
+            FileSystemReaderOptions options = GoldenReaderOptions();
             options.verify_checksums = verify;
             DCP_ASSIGN_OR_RETURN(
                 std::unique_ptr<FileSystemReader> reader,
@@ -444,7 +453,8 @@ TEST(PytorchGoldenTest, ReshardsSharded4RowsIntoColumnsAndBack) {
         sd.Set("row", row_dest);
         sd.Set("col", col_dest);
         DCP_ASSIGN_OR_RETURN(std::unique_ptr<FileSystemReader> reader,
-                             FileSystemReader::Create(GoldenDir("sharded4")));
+                             FileSystemReader::Create(GoldenDir("sharded4"),
+                                                      GoldenReaderOptions()));
         LoadOptions load;
         load.process_group = &ctx.pg();
         DCP_RETURN_IF_ERROR(Load(sd, *reader, load));

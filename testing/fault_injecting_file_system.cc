@@ -301,9 +301,11 @@ class State {
   // --- File system operations ----------------------------------------------
 
   absl::StatusOr<std::unique_ptr<WritableFile>> NewWritableFile(
-      const std::shared_ptr<State>& self, absl::string_view path);
+      const std::shared_ptr<State>& self, absl::string_view path,
+      const WritableFileOptions& options);
   absl::StatusOr<std::unique_ptr<RandomAccessFile>> NewRandomAccessFile(
-      const std::shared_ptr<State>& self, absl::string_view path);
+      const std::shared_ptr<State>& self, absl::string_view path,
+      const RandomAccessFileOptions& options);
 
   absl::StatusOr<uint64_t> FileSize(absl::string_view path) {
     std::lock_guard<std::mutex> lock(mu_);
@@ -777,13 +779,14 @@ absl::StatusOr<std::unique_ptr<FileLock>> State::TryLockFile(
 }
 
 absl::StatusOr<std::unique_ptr<WritableFile>> State::NewWritableFile(
-    const std::shared_ptr<State>& self, absl::string_view path) {
+    const std::shared_ptr<State>& self, absl::string_view path,
+    const WritableFileOptions& options) {
   std::lock_guard<std::mutex> lock(mu_);
   DCP_RETURN_IF_ERROR(
       Begin(FileOp::kCreate, absl::StrCat("create ", path), path, {}, -1));
   DCP_ASSIGN_OR_RETURN(Resolved r, Resolve(path));
   DCP_ASSIGN_OR_RETURN(std::unique_ptr<WritableFile> file,
-                       base_->NewWritableFile(path));
+                       base_->NewWritableFile(path, options));
   NodePtr node = r.node;
   if (node != nullptr && !node->is_dir) {
     node->synced_size = 0;  // Truncated; durable at once (leveldb's model).
@@ -796,12 +799,13 @@ absl::StatusOr<std::unique_ptr<WritableFile>> State::NewWritableFile(
 }
 
 absl::StatusOr<std::unique_ptr<RandomAccessFile>> State::NewRandomAccessFile(
-    const std::shared_ptr<State>& self, absl::string_view path) {
+    const std::shared_ptr<State>& self, absl::string_view path,
+    const RandomAccessFileOptions& options) {
   std::lock_guard<std::mutex> lock(mu_);
   DCP_RETURN_IF_ERROR(
       Begin(FileOp::kOpen, absl::StrCat("open ", path), path, {}, -1));
   DCP_ASSIGN_OR_RETURN(std::unique_ptr<RandomAccessFile> file,
-                       base_->NewRandomAccessFile(path));
+                       base_->NewRandomAccessFile(path, options));
   return std::make_unique<FaultRandomAccessFile>(self, std::string(path),
                                                  std::move(file), epoch_);
 }
@@ -969,13 +973,15 @@ int FaultInjectingFileSystem::op_count() const { return state_->op_count(); }
 void FaultInjectingFileSystem::ClearOpLog() { state_->ClearOpLog(); }
 
 absl::StatusOr<std::unique_ptr<WritableFile>>
-FaultInjectingFileSystem::NewWritableFile(absl::string_view path) {
-  return state_->NewWritableFile(state_, path);
+FaultInjectingFileSystem::NewWritableFile(absl::string_view path,
+                                          const WritableFileOptions& options) {
+  return state_->NewWritableFile(state_, path, options);
 }
 
 absl::StatusOr<std::unique_ptr<RandomAccessFile>>
-FaultInjectingFileSystem::NewRandomAccessFile(absl::string_view path) {
-  return state_->NewRandomAccessFile(state_, path);
+FaultInjectingFileSystem::NewRandomAccessFile(
+    absl::string_view path, const RandomAccessFileOptions& options) {
+  return state_->NewRandomAccessFile(state_, path, options);
 }
 
 absl::StatusOr<uint64_t> FaultInjectingFileSystem::FileSize(

@@ -31,11 +31,11 @@
 // Operation log format: "<verb> <path>[ <details>]", one entry per attempt,
 // including attempts that failed with an injected fault, but not calls
 // rejected because the file system is crashed. Verbs (and `FileOp`):
-//   create P (kCreate)            NewWritableFile
+//   create P (kCreate)            NewWritableFile (options are passed on)
 //   append P N (kAppend)          WritableFile::Append of N bytes
 //   sync P (kSync)                WritableFile::Sync
 //   close P (kClose)              WritableFile::Close
-//   open P (kOpen)                NewRandomAccessFile
+//   open P (kOpen)                NewRandomAccessFile (options passed on)
 //   read P OFFSET N (kRead)       RandomAccessFile::Read / ReadInto
 //   size P (kSize)                FileSize
 //   exists P (kExists)            FileExists / Exists
@@ -213,10 +213,12 @@ class FaultInjectingFileSystem final : public FileSystemWrapper {
   void ClearOpLog();
 
   // --- FileSystem ----------------------------------------------------------
+  using FileSystem::NewRandomAccessFile;
+  using FileSystem::NewWritableFile;
   absl::StatusOr<std::unique_ptr<WritableFile>> NewWritableFile(
-      absl::string_view path) override;
+      absl::string_view path, const WritableFileOptions& options) override;
   absl::StatusOr<std::unique_ptr<RandomAccessFile>> NewRandomAccessFile(
-      absl::string_view path) override;
+      absl::string_view path, const RandomAccessFileOptions& options) override;
   absl::StatusOr<uint64_t> FileSize(absl::string_view path) override;
   absl::Status FileExists(absl::string_view path) override;
   absl::StatusOr<bool> IsDirectory(absl::string_view path) override;

@@ -178,6 +178,52 @@ TEST_P(FileSystemConformanceTest, WrongTypesAreFailedPrecondition) {
               StatusIs(absl::StatusCode::kFailedPrecondition, HasSubstr(file)));
 }
 
+TEST_P(FileSystemConformanceTest, ExclusiveCreateMakesOnlyNewFiles) {
+  WritableFileOptions exclusive;
+  exclusive.exclusive = true;
+  const std::string path = Path("new");
+  ASSERT_OK_AND_ASSIGN(std::unique_ptr<WritableFile> file,
+                       fs_->NewWritableFile(path, exclusive));
+  ASSERT_OK(file->Append("fresh"));
+  ASSERT_OK(file->Close());
+  EXPECT_THAT(ReadFileToString(*fs_, path), IsOkAndHolds(std::string("fresh")));
+  // A second exclusive create of the same name is refused and truncates
+  // nothing.
+  EXPECT_THAT(fs_->NewWritableFile(path, exclusive),
+              StatusIs(absl::StatusCode::kAlreadyExists,
+                       AllOf(HasSubstr(path), HasSubstr("already exists"))));
+  EXPECT_THAT(ReadFileToString(*fs_, path), IsOkAndHolds(std::string("fresh")));
+  EXPECT_THAT(WriteStringToFile(*fs_, path, "x", false, exclusive),
+              StatusIs(absl::StatusCode::kAlreadyExists, HasSubstr(path)));
+  EXPECT_THAT(ReadFileToString(*fs_, path), IsOkAndHolds(std::string("fresh")));
+  // Nor does it take a directory's name.
+  const std::string dir = Path("d");
+  ASSERT_OK(fs_->CreateDir(dir));
+  EXPECT_THAT(fs_->NewWritableFile(dir, exclusive),
+              StatusIs(absl::StatusCode::kAlreadyExists, HasSubstr(dir)));
+  EXPECT_THAT(fs_->IsDirectory(dir), IsOkAndHolds(true));
+  // The parent must exist, as for any create.
+  const std::string in_missing_dir = Path("missing/f");
+  EXPECT_THAT(fs_->NewWritableFile(in_missing_dir, exclusive),
+              StatusIs(absl::StatusCode::kNotFound, HasSubstr(in_missing_dir)));
+}
+
+TEST_P(FileSystemConformanceTest, RefusingSymlinksStillOpensRegularFiles) {
+  RandomAccessFileOptions no_follow;
+  no_follow.follow_symlinks = false;
+  const std::string path = Path("f");
+  ASSERT_OK(WriteStringToFile(*fs_, path, "data", false));
+  ASSERT_OK_AND_ASSIGN(std::unique_ptr<RandomAccessFile> file,
+                       fs_->NewRandomAccessFile(path, no_follow));
+  EXPECT_EQ(file->size(), 4u);
+  EXPECT_THAT(fs_->NewRandomAccessFile(Path("missing"), no_follow),
+              StatusIs(absl::StatusCode::kNotFound));
+  ASSERT_OK(fs_->CreateDir(Path("d")));
+  EXPECT_THAT(fs_->NewRandomAccessFile(Path("d"), no_follow),
+              StatusIs(absl::StatusCode::kFailedPrecondition,
+                       AllOf(HasSubstr(Path("d")), HasSubstr("directory"))));
+}
+
 TEST_P(FileSystemConformanceTest, ExistsAndIsDirectory) {
   ASSERT_OK(fs_->CreateDir(Path("d")));
   ASSERT_OK(WriteStringToFile(*fs_, Path("f"), "", false));

@@ -199,12 +199,20 @@ bool MemFileSystem::HasChildren(const std::string& clean) const {
 }
 
 absl::StatusOr<std::unique_ptr<WritableFile>> MemFileSystem::NewWritableFile(
-    absl::string_view path) {
+    absl::string_view path, const WritableFileOptions& options) {
   const std::string clean = CleanPath(path);
   std::lock_guard<std::mutex> lock(mu_);
-  DCP_RETURN_IF_ERROR(CheckAncestors(clean, "open for writing", path));
+  DCP_RETURN_IF_ERROR(CheckAncestors(
+      clean, options.exclusive ? "create new file" : "open for writing", path));
+  const Kind kind = KindOf(clean);
+  if (options.exclusive && kind != Kind::kMissing) {
+    return absl::AlreadyExistsError(absl::StrCat(
+        "create new file ", Quoted(path), ": ",
+        kind == Kind::kDirectory ? "a directory" : "a regular file",
+        " already exists there; not following, truncating or replacing it"));
+  }
   std::shared_ptr<File> file;
-  switch (KindOf(clean)) {
+  switch (kind) {
     case Kind::kDirectory:
       return absl::FailedPreconditionError(
           absl::StrCat("open for writing ", Quoted(path), ": is a directory"));
@@ -224,7 +232,9 @@ absl::StatusOr<std::unique_ptr<WritableFile>> MemFileSystem::NewWritableFile(
 }
 
 absl::StatusOr<std::unique_ptr<RandomAccessFile>>
-MemFileSystem::NewRandomAccessFile(absl::string_view path) {
+MemFileSystem::NewRandomAccessFile(
+    absl::string_view path, const RandomAccessFileOptions& /*options*/) {
+  // There are no symbolic links to follow or refuse.
   const std::string clean = CleanPath(path);
   std::lock_guard<std::mutex> lock(mu_);
   DCP_RETURN_IF_ERROR(CheckAncestors(clean, "open for reading", path));

@@ -6,7 +6,8 @@
 // idea). It is fast and deterministic, and behaves like `PosixFileSystem`:
 // the same error codes in the same cases (storage/file_system.h), rename(2)
 // semantics for `Rename` (including directories), create-or-truncate for
-// `NewWritableFile`, and a parent directory must exist before a file or
+// `NewWritableFile` (create-only, AlreadyExists otherwise, when
+// exclusive), and a parent directory must exist before a file or
 // directory can be created in it. It starts with two empty root
 // directories: "/" for absolute paths and "." for relative ones. Paths are
 // normalised with `CleanPath`, so "/c//x" and "/c/./x" are "/c/x"; ".." is
@@ -21,6 +22,9 @@
 // conflict (in one process; there is no other), a removed or replaced lock
 // file no longer excludes a new file at its path, and locks may outlive the
 // file system.
+//
+// Every file is a regular file and there are no symbolic links, so
+// `RandomAccessFileOptions::follow_symlinks` changes nothing.
 //
 // `Sync` and `SyncDir` only check their arguments: nothing is ever lost. To
 // test crash behaviour wrap it in `testing::FaultInjectingFileSystem`.
@@ -55,10 +59,12 @@ class MemFileSystem final : public FileSystem {
   MemFileSystem();
   ~MemFileSystem() override;
 
+  using FileSystem::NewRandomAccessFile;
+  using FileSystem::NewWritableFile;
   absl::StatusOr<std::unique_ptr<WritableFile>> NewWritableFile(
-      absl::string_view path) override;
+      absl::string_view path, const WritableFileOptions& options) override;
   absl::StatusOr<std::unique_ptr<RandomAccessFile>> NewRandomAccessFile(
-      absl::string_view path) override;
+      absl::string_view path, const RandomAccessFileOptions& options) override;
   absl::StatusOr<uint64_t> FileSize(absl::string_view path) override;
   absl::Status FileExists(absl::string_view path) override;
   absl::StatusOr<bool> IsDirectory(absl::string_view path) override;

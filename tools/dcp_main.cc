@@ -61,6 +61,9 @@ DEFINE_bool(cold_cache, false,
             "bench: drop the checkpoint from the page cache before loads.");
 DEFINE_bool(verify_checksums, true,
             "to-torch-save: check the CRC-32 of every record read.");
+DEFINE_bool(allow_symlinks, false,
+            "inspect, to-torch-save: read checkpoint files that are symbolic "
+            "links (refused by default).");
 
 namespace {
 
@@ -248,6 +251,7 @@ int main(int argc, char** argv) {
     dcp::tools::InspectOptions options;
     options.dir = args[0];
     options.json = FLAGS_json;
+    options.allow_symlinks = FLAGS_allow_symlinks;
     status = dcp::tools::InspectCheckpoint(options, std::cout);
   } else if (command == "verify") {
     if (!expect_args(1)) return UsageError("verify takes one directory");
@@ -272,6 +276,7 @@ int main(int argc, char** argv) {
     options.file = args[1];
     options.load.thread_count = threads->front();
     options.load.verify_checksums = FLAGS_verify_checksums;
+    options.load.allow_symlinks = FLAGS_allow_symlinks;
     options.sync = fsync->front();
     options.progress = progress;
     status = dcp::tools::DcpToTorchSave(options, std::cout);

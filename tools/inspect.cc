@@ -192,7 +192,11 @@ absl::Status InspectCheckpoint(const InspectOptions& options,
     return absl::InvalidArgumentError("no checkpoint directory given");
   }
   std::shared_ptr<FileSystem> fs = NewPosixFileSystem();
-  DCP_ASSIGN_OR_RETURN(Metadata md, ReadCheckpointMetadata(options.dir, fs));
+  FileSystemReaderOptions reader_options;
+  reader_options.file_system = fs;
+  reader_options.allow_symlinks = options.allow_symlinks;
+  DCP_ASSIGN_OR_RETURN(Metadata md,
+                       ReadCheckpointMetadata(options.dir, reader_options));
   DCP_ASSIGN_OR_RETURN(std::vector<FileInfo> files,
                        ListCheckpointFiles(*fs, options.dir));
   if (options.json) {

@@ -33,8 +33,13 @@
 //
 // A chunk without a storage entry shows FILE "<missing>" (null in JSON).
 //
+// Only regular files are listed (FIFOs, sockets, devices and directories
+// are left out).
+//
 // Errors: NotFound if `dir` holds no `.metadata`; DataLoss for an
-// unreadable `.metadata`; file-system errors listing the directory.
+// unreadable `.metadata`; FailedPrecondition if `.metadata` is not a
+// regular file (a FIFO fails at once, never hangs) or is a symbolic link
+// without `allow_symlinks`; file-system errors listing the directory.
 #ifndef DCP_TOOLS_INSPECT_H_
 #define DCP_TOOLS_INSPECT_H_
 
@@ -49,6 +54,9 @@ struct InspectOptions {
   // The checkpoint directory.
   std::string dir;
   bool json = false;
+  // Read a `.metadata` that is a symbolic link
+  // (FileSystemReaderOptions::allow_symlinks).
+  bool allow_symlinks = false;
 };
 
 absl::Status InspectCheckpoint(const InspectOptions& options,

@@ -2,6 +2,8 @@
 
 #include <ATen/ATen.h>
 
+#include <unistd.h>
+
 #include <cstdlib>
 #include <sstream>
 #include <string>
@@ -17,6 +19,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "storage/file_system.h"
+#include "testing/hostile_files.h"
 #include "testing/status_matchers.h"
 #include "tools/local_checkpoint.h"
 
@@ -27,6 +30,7 @@ using ::dcp::testing::IsOk;
 using ::dcp::testing::StatusIs;
 using ::testing::AllOf;
 using ::testing::HasSubstr;
+using ::testing::Not;
 using ::testing::StartsWith;
 
 std::string Golden(absl::string_view name) {
@@ -37,10 +41,14 @@ std::string Golden(absl::string_view name) {
                       "/testdata/pytorch_golden/", name);
 }
 
-std::string Inspect(const std::string& dir, bool json) {
+// `allow_symlinks` for the goldens, whose files in the runfiles tree are
+// symbolic links.
+std::string Inspect(const std::string& dir, bool json,
+                    bool allow_symlinks = false) {
   InspectOptions options;
   options.dir = dir;
   options.json = json;
+  options.allow_symlinks = allow_symlinks;
   std::ostringstream out;
   absl::Status status = InspectCheckpoint(options, out);
   EXPECT_THAT(status, IsOk());
@@ -58,7 +66,8 @@ std::string LineStartingWith(const std::string& text, absl::string_view word) {
 }
 
 TEST(InspectTest, TableOfAPyTorchShardedCheckpoint) {
-  const std::string out = Inspect(Golden("sharded4"), false);
+  const std::string out =
+      Inspect(Golden("sharded4"), false, /*allow_symlinks=*/true);
   EXPECT_THAT(out, HasSubstr("format version: none (PyTorch 2.6 style)"));
   EXPECT_THAT(LineStartingWith(out, "row"),
               AllOf(HasSubstr("tensor"), HasSubstr("float32"),
@@ -83,7 +92,8 @@ TEST(InspectTest, TableOfAPyTorchShardedCheckpoint) {
 }
 
 TEST(InspectTest, JsonOfAPyTorchShardedCheckpoint) {
-  const std::string out = Inspect(Golden("sharded4"), true);
+  const std::string out =
+      Inspect(Golden("sharded4"), true, /*allow_symlinks=*/true);
   EXPECT_THAT(out, StartsWith("{\n  \"checkpoint\": \""));
   EXPECT_THAT(out, HasSubstr("\"version\": null"));
   EXPECT_THAT(out, HasSubstr(
@@ -103,13 +113,15 @@ TEST(InspectTest, JsonOfAPyTorchShardedCheckpoint) {
 }
 
 TEST(InspectTest, NestedPathsAndDtypesOfTheSimpleGolden) {
-  const std::string text = Inspect(Golden("simple"), false);
+  const std::string text =
+      Inspect(Golden("simple"), false, /*allow_symlinks=*/true);
   EXPECT_THAT(LineStartingWith(text, "bf16"), HasSubstr("bfloat16"));
   EXPECT_THAT(LineStartingWith(text, "c64"), HasSubstr("complex64"));
   EXPECT_THAT(LineStartingWith(text, "scalar"), HasSubstr("[]"));
   EXPECT_THAT(LineStartingWith(text, "empty2d"),
               AllOf(HasSubstr("int32"), HasSubstr("[2, 0]")));
-  const std::string json = Inspect(Golden("simple"), true);
+  const std::string json =
+      Inspect(Golden("simple"), true, /*allow_symlinks=*/true);
   EXPECT_THAT(json, HasSubstr("{\"key\": \"nested.list.0\", \"kind\": "
                               "\"tensor\", \"path\": [\"nested\", \"list\", 0]"));
   EXPECT_THAT(json, HasSubstr("\"dtype\": \"bool\", \"shape\": [5]"));
@@ -130,6 +142,51 @@ TEST(InspectTest, JsonEscapesKeysAndShowsDcpMetadata) {
   const std::string text = Inspect(dir, false);
   EXPECT_THAT(text, HasSubstr("format version: 1.0.0"));
   EXPECT_THAT(text, HasSubstr("2 keys (1 tensors, 1 bytes values)"));
+}
+
+TEST(InspectTest, FifoMetadataIsAnErrorNotAHang) {
+  const std::string dir = JoinPath(::testing::TempDir(), "inspect_fifo");
+  std::vector<StateDict> ranks(1);
+  ranks[0].Set("w", at::ones({2}));
+  ASSERT_OK_AND_ASSIGN(absl::Duration unused, SaveOnLocalRanks(ranks, dir));
+  (void)unused;
+  const std::string metadata = JoinPath(dir, ".metadata");
+  ASSERT_EQ(::unlink(metadata.c_str()), 0);
+  ASSERT_OK(testing::MakeFifo(metadata));
+  // A regression blocks in open(2) until the watchdog gives it a writer.
+  testing::FifoWatchdog watchdog({metadata});
+  InspectOptions options;
+  options.dir = dir;
+  std::ostringstream out;
+  EXPECT_THAT(InspectCheckpoint(options, out),
+              StatusIs(absl::StatusCode::kFailedPrecondition,
+                       AllOf(HasSubstr(metadata), HasSubstr("is a FIFO"))));
+  EXPECT_FALSE(watchdog.fired()) << "opening the FIFO .metadata blocked";
+}
+
+TEST(InspectTest, FilesThatAreNotRegularAreLeftOutOfTheListing) {
+  const std::string dir = JoinPath(::testing::TempDir(), "inspect_socket");
+  std::vector<StateDict> ranks(1);
+  ranks[0].Set("w", at::ones({2}));
+  ASSERT_OK_AND_ASSIGN(absl::Duration unused, SaveOnLocalRanks(ranks, dir));
+  (void)unused;
+  ASSERT_OK(testing::MakeSocketFile(JoinPath(dir, "__9_0.distcp")));
+  ASSERT_OK(testing::MakeFifo(JoinPath(dir, "__9_1.distcp")));
+  const std::string text = Inspect(dir, false);
+  EXPECT_THAT(text, HasSubstr(".metadata"));
+  EXPECT_THAT(text, Not(HasSubstr("__9_")));
+}
+
+TEST(InspectTest, SymlinkedMetadataIsRefusedUnlessAllowed) {
+  InspectOptions options;
+  options.dir = Golden("simple");  // Runfiles: every file is a link.
+  std::ostringstream out;
+  EXPECT_THAT(InspectCheckpoint(options, out),
+              StatusIs(absl::StatusCode::kFailedPrecondition,
+                       AllOf(HasSubstr(".metadata"),
+                             HasSubstr("symbolic link"))));
+  options.allow_symlinks = true;
+  EXPECT_THAT(InspectCheckpoint(options, out), IsOk());
 }
 
 TEST(InspectTest, DirectoryWithoutMetadataIsNotFound) {

@@ -29,7 +29,12 @@ namespace dcp::tools {
 
 absl::StatusOr<StateDict> LoadFullStateDict(const std::string& dir,
                                             const LoadFullOptions& options) {
-  DCP_ASSIGN_OR_RETURN(Metadata md, ReadCheckpointMetadata(dir));
+  FileSystemReaderOptions reader_options;
+  reader_options.thread_count = options.thread_count;
+  reader_options.verify_checksums = options.verify_checksums;
+  reader_options.allow_symlinks = options.allow_symlinks;
+  DCP_ASSIGN_OR_RETURN(Metadata md,
+                       ReadCheckpointMetadata(dir, reader_options));
   // A flat destination keyed by FQN: each key flattens to itself.
   StateDict flat;
   for (const auto& [fqn, entry] : md.state_dict_metadata) {
@@ -45,9 +50,6 @@ absl::StatusOr<StateDict> LoadFullStateDict(const std::string& dir,
       flat.Set(fqn, None{});
     }
   }
-  FileSystemReaderOptions reader_options;
-  reader_options.thread_count = options.thread_count;
-  reader_options.verify_checksums = options.verify_checksums;
   DCP_ASSIGN_OR_RETURN(std::unique_ptr<FileSystemReader> reader,
                        FileSystemReader::Create(dir, reader_options));
   LoadOptions load_options;

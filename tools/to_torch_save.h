@@ -33,6 +33,7 @@ struct LoadFullOptions {
   // FileSystemReaderOptions.
   int thread_count = 1;
   bool verify_checksums = true;
+  bool allow_symlinks = false;
 };
 
 // The checkpoint in `dir` as one nested state dict of full (unsharded)

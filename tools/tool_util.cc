@@ -184,8 +184,11 @@ absl::StatusOr<std::vector<FileInfo>> ListFiles(FileSystem& fs,
     const std::string path = JoinPath(dir, name);
     DCP_ASSIGN_OR_RETURN(bool is_dir, fs.IsDirectory(path));
     if (is_dir) continue;
-    DCP_ASSIGN_OR_RETURN(uint64_t size, fs.FileSize(path));
-    files.push_back({std::move(name), size});
+    absl::StatusOr<uint64_t> size = fs.FileSize(path);
+    // Not a regular file (a FIFO, a socket, ...): not a file to list.
+    if (absl::IsFailedPrecondition(size.status())) continue;
+    DCP_RETURN_IF_ERROR(size.status());
+    files.push_back({std::move(name), *size});
   }
   return files;  // GetChildren sorts.
 }

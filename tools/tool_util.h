@@ -64,8 +64,9 @@ struct FileInfo {
   uint64_t size = 0;
 };
 
-// The regular files directly inside `dir`, sorted by name (subdirectories
-// are skipped). Errors from the file system (NotFound, ...).
+// The regular files directly inside `dir`, sorted by name (subdirectories,
+// FIFOs, sockets and devices are skipped). Errors from the file system
+// (NotFound, ...).
 absl::StatusOr<std::vector<FileInfo>> ListFiles(FileSystem& fs,
                                                 absl::string_view dir);
 

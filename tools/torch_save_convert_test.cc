@@ -192,6 +192,7 @@ at::Tensor Float32Golden(absl::string_view fqn, std::vector<int64_t> shape) {
 absl::StatusOr<StateDict> ConvertGolden(absl::string_view name) {
   ToTorchSaveOptions to;
   to.dir = Golden(name);
+  to.load.allow_symlinks = true;  // The runfiles tree links every file.
   to.file = TempPath(absl::StrCat("golden_", name, ".pt"));
   to.sync = false;
   std::ostringstream sink;
