@@ -506,7 +506,8 @@ class FileChecker {
     VerifyFileReport& report = job_.report;
     const std::string path = JoinPath(dir_, job_.name);
     absl::StatusOr<std::unique_ptr<RandomAccessFile>> opened =
-        fs_.NewRandomAccessFile(path);
+        fs_.NewRandomAccessFile(
+            path, RandomAccessFileOptions{options_.allow_symlinks});
     if (!opened.ok()) {
       VerifyProblem p = FileProblem(absl::IsNotFound(opened.status())
                                         ? VerifyProblemKind::kMissingFile
@@ -954,7 +955,10 @@ absl::StatusOr<VerifyReport> VerifyCheckpoint(const std::string& dir,
   }
   std::shared_ptr<FileSystem> fs = options.file_system;
   if (fs == nullptr) fs = NewPosixFileSystem();
-  DCP_ASSIGN_OR_RETURN(Metadata md, ReadCheckpointMetadata(dir, fs));
+  FileSystemReaderOptions read_options;
+  read_options.file_system = fs;
+  read_options.allow_symlinks = options.allow_symlinks;
+  DCP_ASSIGN_OR_RETURN(Metadata md, ReadCheckpointMetadata(dir, read_options));
 
   VerifyReport report;
   report.dir = dir;

@@ -178,6 +178,10 @@ struct VerifyProgress {
 struct VerifyOptions {
   // Null: the local POSIX file system.
   std::shared_ptr<FileSystem> file_system;
+  // Read `.metadata` and data files that are symbolic links (refused by
+  // default, as by FileSystemReaderOptions::allow_symlinks: a refused link
+  // is a problem of its file).
+  bool allow_symlinks = false;
   // Threads checking data files in parallel; also the most data files open
   // at once. At least 1.
   int thread_count = 1;

@@ -207,8 +207,13 @@ TEST(VerifyTest, PyTorchGoldensAreOk) {
     for (const auto& [file, list] : records) n += list.size();
     ExpectAllOk(report, records.size(), n);
   }
-  // Through the real file system as well.
+  // Through the real file system as well, where Bazel's runfiles are
+  // symbolic links: refused by default, read when allowed.
   VerifyOptions options;
+  EXPECT_THAT(VerifyCheckpoint(Golden("sharded4"), options).status(),
+              StatusIs(absl::StatusCode::kFailedPrecondition,
+                       HasSubstr("symbolic link")));
+  options.allow_symlinks = true;
   ASSERT_OK_AND_ASSIGN(VerifyReport report,
                        VerifyCheckpoint(Golden("sharded4"), options));
   EXPECT_TRUE(report.ok()) << ProblemsText(report);

@@ -62,7 +62,7 @@ DEFINE_bool(cold_cache, false,
 DEFINE_bool(verify_checksums, true,
             "to-torch-save: check the CRC-32 of every record read.");
 DEFINE_bool(allow_symlinks, false,
-            "inspect, to-torch-save: read checkpoint files that are symbolic "
+            "inspect, verify, to-torch-save: read checkpoint files that are symbolic "
             "links (refused by default).");
 
 namespace {
@@ -259,6 +259,7 @@ int main(int argc, char** argv) {
     options.dir = args[0];
     options.json = FLAGS_json;
     options.thread_count = threads->front();
+    options.allow_symlinks = FLAGS_allow_symlinks;
     options.progress = progress;
     absl::StatusOr<bool> verified =
         dcp::tools::VerifyCommand(options, std::cout);

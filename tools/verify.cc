@@ -156,6 +156,7 @@ absl::StatusOr<bool> VerifyCommand(const VerifyCommandOptions& options,
   ProgressLine progress(options.progress, options.progress_interval);
   VerifyOptions verify;
   verify.thread_count = options.thread_count;
+  verify.allow_symlinks = options.allow_symlinks;
   verify.progress = [&progress](const VerifyProgress& p) {
     progress.Update(p);
   };

@@ -57,6 +57,8 @@ struct VerifyCommandOptions {
   bool json = false;
   // VerifyOptions::thread_count.
   int thread_count = 1;
+  // VerifyOptions::allow_symlinks.
+  bool allow_symlinks = false;
   // Progress lines; null for none. Must outlive the call.
   std::ostream* progress = nullptr;
   absl::Duration progress_interval = absl::Seconds(1);

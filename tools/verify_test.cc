@@ -73,6 +73,7 @@ CommandRun Verify(const std::string& dir, bool json = false) {
   VerifyCommandOptions options;
   options.dir = dir;
   options.json = json;
+  options.allow_symlinks = true;  // Runfiles (the goldens) are links.
   std::ostringstream out;
   CommandRun run;
   run.exit_code = VerifyExitCode(VerifyCommand(options, out));
@@ -215,6 +216,7 @@ TEST(VerifyCommandTest, CannotVerifyExitsTwo) {
 TEST(VerifyCommandTest, ProgressLinesWithoutAnInterval) {
   VerifyCommandOptions options;
   options.dir = Golden("sharded4");
+  options.allow_symlinks = true;
   options.progress_interval = absl::ZeroDuration();
   std::ostringstream progress;
   options.progress = &progress;
