@@ -13,11 +13,14 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
+#include "checkpoint/metadata.h"
 #include "checkpoint/state_dict.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "storage/file_system.h"
 #include "storage/fs_storage.h"
+#include "storage/metadata_pickle.h"
+#include "storage/posix_file_system.h"
 #include "storage/torch_save.h"
 #include "testing/status_matchers.h"
 #include "testing/tensor_matchers.h"
@@ -242,6 +245,87 @@ TEST(TorchSaveConvertTest, ConvertsAPyTorchNestedCheckpointWithItsNesting) {
   EXPECT_THAT(list[0].get<at::Tensor>(),
               TensorEq(at::tensor({30081483, 30147020}).to(at::kInt)));
   EXPECT_TRUE(ValuesEqual(list[1], Value("x")));
+}
+
+// A one-rank checkpoint of {"w": <n floats>} in `dir`, and its metadata.
+Metadata SaveOneTensor(const std::string& dir, int64_t n) {
+  const std::string file = JoinPath(::testing::TempDir(), "one_tensor.pt");
+  EXPECT_THAT(WriteTorchSave(StateDict{{"w", at::arange(n, at::kFloat)}}, file),
+              IsOk());
+  FromTorchSaveOptions from;
+  from.file = file;
+  from.dir = dir;
+  from.sync_files = false;
+  std::ostringstream sink;
+  EXPECT_THAT(TorchSaveToDcp(from, sink), IsOk());
+  absl::StatusOr<Metadata> md = ReadCheckpointMetadata(dir);
+  EXPECT_THAT(md.status(), IsOk());
+  return md.ok() ? *md : Metadata();
+}
+
+void RewriteMetadata(const std::string& dir, const Metadata& md) {
+  absl::StatusOr<std::string> bytes = EncodeMetadataPickle(md);
+  ASSERT_THAT(bytes.status(), IsOk());
+  PosixFileSystem fs;
+  ASSERT_THAT(WriteStringToFile(fs, JoinPath(dir, ".metadata"), *bytes,
+                                /*sync=*/false),
+              IsOk());
+}
+
+TEST(TorchSaveConvertTest, MetadataClaimingMoreThanTheDataIsNotAllocated) {
+  // .metadata says 2^40 floats (4 TiB) where the data file holds 4: the
+  // conversion must fail before allocating (an attempt would fail with
+  // Internal, or abort under ASan).
+  const std::string dir = TempPath("huge_claim_ckpt");
+  Metadata md = SaveOneTensor(dir, 4);
+  auto& w = std::get<TensorStorageMetadata>(md.state_dict_metadata.at("w"));
+  ASSERT_EQ(w.chunks.size(), 1u);
+  w.size = {int64_t{1} << 40};
+  w.chunks[0].sizes = w.size;
+  RewriteMetadata(dir, md);
+  ToTorchSaveOptions to;
+  to.dir = dir;
+  to.file = TempPath("huge_claim.pt");
+  to.sync = false;
+  std::ostringstream sink;
+  EXPECT_THAT(DcpToTorchSave(to, sink),
+              StatusIs(absl::StatusCode::kDataLoss,
+                       HasSubstr("declares tensor \"w\" of size "
+                                 "[1099511627776] (4398046511104 bytes) but "
+                                 "the data files hold only ")));
+  // 2^62 x 2^62 elements: the byte count itself overflows 64 bits.
+  w.size = {int64_t{1} << 62, int64_t{1} << 62};
+  w.chunks[0].offsets = {0, 0};
+  w.chunks[0].sizes = w.size;
+  const StorageInfo info = md.storage_data.begin()->second;
+  md.storage_data.clear();
+  md.storage_data[MetadataIndex("w", Shape{0, 0})] = info;
+  RewriteMetadata(dir, md);
+  EXPECT_THAT(DcpToTorchSave(to, sink),
+              StatusIs(absl::StatusCode::kDataLoss, HasSubstr("over 2^64")));
+}
+
+TEST(TorchSaveConvertTest, TensorsSharingOneRecordAreNotAllocated) {
+  // Eight tensors whose chunks all point at one 4 KiB record: each fits
+  // the record, together they claim eight times the bytes present.
+  const std::string dir = TempPath("shared_record_ckpt");
+  Metadata md = SaveOneTensor(dir, 1024);
+  const auto w = std::get<TensorStorageMetadata>(md.state_dict_metadata.at("w"));
+  const StorageInfo info = md.storage_data.begin()->second;
+  for (int i = 0; i < 8; ++i) {
+    const std::string fqn = absl::StrCat("copy", i);
+    md.state_dict_metadata[fqn] = w;
+    md.storage_data[MetadataIndex(fqn, w.chunks[0].offsets)] = info;
+  }
+  RewriteMetadata(dir, md);
+  ToTorchSaveOptions to;
+  to.dir = dir;
+  to.file = TempPath("shared_record.pt");
+  to.sync = false;
+  std::ostringstream sink;
+  EXPECT_THAT(DcpToTorchSave(to, sink),
+              StatusIs(absl::StatusCode::kDataLoss,
+                       HasSubstr("declares more bytes of tensors than the")));
 }
 
 TEST(TorchSaveConvertTest, ReportsBadInputs) {
