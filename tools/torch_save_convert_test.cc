@@ -20,6 +20,8 @@
 #include "storage/file_system.h"
 #include "storage/fs_storage.h"
 #include "storage/metadata_pickle.h"
+#include "storage/pickle.h"
+#include "storage/zip.h"
 #include "storage/posix_file_system.h"
 #include "storage/torch_save.h"
 #include "testing/status_matchers.h"
@@ -303,6 +305,83 @@ TEST(TorchSaveConvertTest, MetadataClaimingMoreThanTheDataIsNotAllocated) {
   RewriteMetadata(dir, md);
   EXPECT_THAT(DcpToTorchSave(to, sink),
               StatusIs(absl::StatusCode::kDataLoss, HasSubstr("over 2^64")));
+}
+
+// A tensor record whose data.pkl gives a FloatStorage of 1 element (2.5)
+// size `size` and stride 0.
+std::string ExpandedRecord(int64_t size) {
+  PickleWriter w;
+  w.WriteGlobal("torch._utils", "_rebuild_tensor_v2");
+  w.WriteTuple(6, [&](size_t i) {
+    switch (i) {
+      case 0:
+        w.WriteTuple(5, [&](size_t j) {
+          if (j == 0) w.WriteString("storage");
+          if (j == 1) w.WriteGlobal("torch", "FloatStorage");
+          if (j == 2) w.WriteString("0");
+          if (j == 3) w.WriteString("cpu");
+          if (j == 4) w.WriteInt(1);
+        });
+        w.EmitBinPersId();
+        break;
+      case 1:
+        w.WriteInt(0);
+        break;
+      case 2:
+        w.WriteTuple(1, [&](size_t) { w.WriteInt(size); });
+        break;
+      case 3:
+        w.WriteTuple(1, [&](size_t) { w.WriteInt(0); });
+        break;
+      case 4:
+        w.WriteBool(false);
+        break;
+      default:
+        w.WriteGlobal("collections", "OrderedDict");
+        w.EmitEmptyTuple();
+        w.EmitReduce();
+    }
+  });
+  w.EmitReduce();
+  const std::string pkl = std::move(w).Finish().value();
+  const std::string storage("\x00\x00\x20\x40", 4);
+  return BuildZipArchive({{"archive/data.pkl", pkl},
+                          {"archive/byteorder", "little"},
+                          {"archive/data/0", storage},
+                          {"archive/version", "3\n"}})
+      .value();
+}
+
+TEST(TorchSaveConvertTest, Stride0RecordIsDataLossNamingTheRecord) {
+  // A record of 100 floats that stores one (stride 0), consistent with
+  // .metadata and small enough for the bytes-present check: reading it
+  // must fail on the record, not materialise it.
+  const std::string dir = TempPath("stride0_ckpt");
+  Metadata md = SaveOneTensor(dir, 4);
+  auto& w = std::get<TensorStorageMetadata>(md.state_dict_metadata.at("w"));
+  w.size = {100};
+  w.chunks[0].sizes = w.size;
+  StorageInfo& info = md.storage_data.begin()->second;
+  const std::string record = ExpandedRecord(100);
+  info.offset = 0;
+  info.length = static_cast<int64_t>(record.size());
+  PosixFileSystem fs;
+  ASSERT_THAT(WriteStringToFile(fs, JoinPath(dir, info.relative_path), record,
+                                /*sync=*/false),
+              IsOk());
+  RewriteMetadata(dir, md);
+  ToTorchSaveOptions to;
+  to.dir = dir;
+  to.file = TempPath("stride0.pt");
+  to.sync = false;
+  std::ostringstream sink;
+  const absl::Status status = DcpToTorchSave(to, sink);
+  EXPECT_THAT(status, StatusIs(absl::StatusCode::kDataLoss,
+                               HasSubstr("has more elements than its storage "
+                                         "of 1 (zero or overlapping strides")));
+  EXPECT_THAT(status.message(),
+              HasSubstr(absl::StrCat("in ", JoinPath(dir, info.relative_path),
+                                     " at offset 0")));
 }
 
 TEST(TorchSaveConvertTest, TensorsSharingOneRecordAreNotAllocated) {
