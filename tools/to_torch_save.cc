@@ -124,12 +124,36 @@ absl::Status CheckTensorsFitTheData(const std::string& dir,
   return absl::OkStatus();
 }
 
+// UnflattenStateDict pads a list up to each index of a path, so a path
+// ["optim", 2^40] would allocate terabytes of placeholders. In a real
+// checkpoint each list element before an index holds a leaf, except empty
+// dicts (which hold none); this much slack allows for those.
+constexpr int64_t kMaxListSlack = int64_t{1} << 16;
+
+absl::Status CheckListIndices(const std::string& dir, const Metadata& md) {
+  const int64_t limit =
+      static_cast<int64_t>(md.planner_data.size()) + kMaxListSlack;
+  for (const auto& [fqn, path] : md.planner_data) {
+    for (const PathElement& element : path) {
+      const int64_t* index = std::get_if<int64_t>(&element);
+      if (index != nullptr && (*index < 0 || *index >= limit)) {
+        return absl::DataLossError(absl::StrCat(
+            dir, "/.metadata: the path of \"", fqn, "\" has list index ",
+            *index, " (at most ", limit - 1, " for ",
+            md.planner_data.size(), " keys)"));
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 absl::StatusOr<StateDict> LoadFullStateDict(const std::string& dir,
                                             const LoadFullOptions& options) {
   DCP_ASSIGN_OR_RETURN(Metadata md, ReadCheckpointMetadata(dir));
   DCP_RETURN_IF_ERROR(CheckTensorsFitTheData(dir, md));
+  DCP_RETURN_IF_ERROR(CheckListIndices(dir, md));
   // A flat destination keyed by FQN: each key flattens to itself.
   StateDict flat;
   for (const auto& [fqn, entry] : md.state_dict_metadata) {

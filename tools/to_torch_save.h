@@ -20,9 +20,14 @@
 // a `.metadata` that claims more than the files hold (hostile, or from
 // another checkpoint) costs no memory.
 //
+// Likewise a list index in `planner_data` may exceed the number of keys by
+// at most 65536 (empty dicts in a list leave no key), since every index
+// below it becomes a placeholder.
+//
 // Errors: NotFound if DIR is not a checkpoint; DataLoss if `.metadata`
-// declares tensors larger than their records in the data files; errors of
-// the load (DataLoss for corrupt data files, ...) and of writing FILE.
+// declares tensors larger than their records in the data files, or list
+// indices beyond that bound; errors of the load (DataLoss for corrupt data
+// files, ...) and of writing FILE.
 #ifndef DCP_TOOLS_TO_TORCH_SAVE_H_
 #define DCP_TOOLS_TO_TORCH_SAVE_H_
 

@@ -407,6 +407,36 @@ TEST(TorchSaveConvertTest, TensorsSharingOneRecordAreNotAllocated) {
                        HasSubstr("declares more bytes of tensors than the")));
 }
 
+TEST(TorchSaveConvertTest, HugeListIndexInThePlannerDataIsDataLoss) {
+  // {"w": ...} re-filed by .metadata under ["w", 2^40]: unflattening would
+  // pad a list with 2^40 placeholders.
+  const std::string dir = TempPath("list_index_ckpt");
+  Metadata md = SaveOneTensor(dir, 4);
+  ToTorchSaveOptions to;
+  to.dir = dir;
+  to.file = TempPath("list_index.pt");
+  to.sync = false;
+  std::ostringstream sink;
+  for (int64_t index : {int64_t{1} << 40, int64_t{-1}}) {
+    SCOPED_TRACE(index);
+    md.planner_data["w"] = ObjectPath{std::string("w"), index};
+    RewriteMetadata(dir, md);
+    EXPECT_THAT(DcpToTorchSave(to, sink),
+                StatusIs(absl::StatusCode::kDataLoss,
+                         HasSubstr(absl::StrCat("the path of \"w\" has list "
+                                                "index ", index))));
+  }
+  // A small index is a list, as PyTorch would nest it.
+  md.planner_data["w"] = ObjectPath{std::string("w"), int64_t{2}};
+  RewriteMetadata(dir, md);
+  ASSERT_THAT(DcpToTorchSave(to, sink), IsOk());
+  ASSERT_OK_AND_ASSIGN(StateDict back, ReadTorchSave(to.file));
+  const List& list = back.Find("w")->get<List>();
+  ASSERT_EQ(list.size(), 3u);
+  EXPECT_TRUE(list[0].is<None>());
+  EXPECT_THAT(list[2].get<at::Tensor>(), TensorEq(at::arange(4, at::kFloat)));
+}
+
 TEST(TorchSaveConvertTest, ReportsBadInputs) {
   std::ostringstream sink;
   ToTorchSaveOptions to;
