@@ -189,6 +189,33 @@ absl::Status ValidateLayout(c10::ScalarType dtype, const Shape& sizes,
   return absl::OkStatus();
 }
 
+// Checks that the tensor has no more elements than its storage of
+// `storage_bytes` (after ValidateLayout). DCP writers save a tensor whose
+// storage holds exactly its elements and clone any other (expanded tensors
+// included); older writers saved whole storages, which hold more. So in a
+// DCP record more elements than storage can only come from zero or
+// overlapping strides, and would make reading materialise more bytes than
+// the record holds: a 4-byte storage could demand gigabytes.
+absl::Status CheckNotExpanded(c10::ScalarType dtype, const Shape& sizes,
+                              const Shape& strides, uint64_t storage_bytes) {
+  const uint64_t storage_elements = storage_bytes / c10::elementSize(dtype);
+  u128 numel = 1;
+  for (int64_t size : sizes) {
+    if (size == 0) return absl::OkStatus();
+  }
+  for (int64_t size : sizes) {
+    numel *= static_cast<uint64_t>(size);
+    if (numel > storage_elements) {
+      return RecordError(absl::StrCat(
+          "size [", absl::StrJoin(sizes, ", "), "] with stride [",
+          absl::StrJoin(strides, ", "), "] has more elements than its storage "
+          "of ", storage_elements, " (zero or overlapping strides: an expanded "
+          "tensor, which DCP writers never save)"));
+    }
+  }
+  return absl::OkStatus();
+}
+
 // ---- Reading: data.pkl ------------------------------------------------------
 
 std::string Describe(const PickleValue& v) { return v.DebugString(120); }
@@ -749,6 +776,8 @@ absl::StatusOr<TensorRecordInfo> ParseTensorRecordHeader(
   }
   DCP_RETURN_IF_ERROR(ValidateLayout(t.dtype, t.sizes, t.strides,
                                      t.storage_offset, entry->size));
+  DCP_RETURN_IF_ERROR(
+      CheckNotExpanded(t.dtype, t.sizes, t.strides, entry->size));
   TensorRecordInfo info;
   info.dtype = t.dtype;
   info.sizes = std::move(t.sizes);

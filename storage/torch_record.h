@@ -67,6 +67,8 @@
 //                    record's tensor, packed bytes of the wrong length.
 //   DataLoss         reading: malformed records (zip structure, data.pkl
 //                    structure, sizes/strides/offsets outside the storage,
+//                    more elements than the storage holds (zero or
+//                    overlapping strides, which DCP writers never save),
 //                    storage size different from its zip entry, missing
 //                    `version`, CRC mismatch when verification is asked for).
 //   Unimplemented    reading: well-formed PyTorch records this library does
@@ -157,7 +159,9 @@ absl::StatusOr<std::string> SerializeTensorRecord(const at::Tensor& tensor);
 
 // What a tensor record's data.pkl and zip directory say. All fields are
 // validated: sizes and strides are non-negative and every element lies
-// inside the storage.
+// inside the storage. From `ParseTensorRecordHeader`, the tensor also has
+// no more elements than its storage, so materialising it (or any box of
+// it) allocates at most the storage's bytes.
 struct TensorRecordInfo {
   c10::ScalarType dtype = c10::ScalarType::Undefined;
   Shape sizes;

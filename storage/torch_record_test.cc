@@ -598,6 +598,51 @@ TEST(MalformedRecordTest, LayoutsBeyondTheStorageAreDataLoss) {
   }
 }
 
+TEST(MalformedRecordTest, ExpandedLayoutsAreDataLossBeforeAllocating) {
+  // A 4-byte storage claiming 2^40 or 2^62 elements through stride 0, and
+  // overlapping strides with more elements than the storage.
+  for (const auto& [storage_bytes, size, stride] :
+       std::vector<std::tuple<int64_t, Shape, Shape>>{
+           {4, {int64_t{1} << 40}, {0}},
+           {4, {int64_t{1} << 31, int64_t{1} << 31}, {0, 0}},
+           {4, {2}, {0}},
+           {16, {2, 3}, {1, 1}},
+           {16, {5, 1}, {0, 1}}}) {
+    SCOPED_TRACE(absl::StrCat(storage_bytes, " [", absl::StrJoin(size, ","),
+                              "] [", absl::StrJoin(stride, ","), "]"));
+    const std::string record = RecordWithPickle(
+        TensorPickle("torch._utils", "_rebuild_tensor_v2", "FloatStorage",
+                     storage_bytes / 4, 0, size, stride),
+        storage_bytes);
+    EXPECT_THAT(ParseTensorRecordHeader(record).status(),
+                StatusIs(absl::StatusCode::kDataLoss,
+                         HasSubstr("has more elements than its storage of " +
+                                   std::to_string(storage_bytes / 4))));
+    EXPECT_THAT(ReadTensorRecord(record).status(),
+                StatusIs(absl::StatusCode::kDataLoss,
+                         HasSubstr("zero or overlapping strides")));
+  }
+}
+
+TEST(MalformedRecordTest, OverlapsWithinTheStorageAreRead) {
+  // torch 2.6 saves x.as_strided((2, 2), (1, 1)) of a 4-element x as is: it
+  // has no more elements than its storage, so reading it is bounded.
+  const float values[] = {1, 2, 3, 4};
+  const std::string pkl = TensorPickle("torch._utils", "_rebuild_tensor_v2",
+                                       "FloatStorage", 4, 0, {2, 2}, {1, 1});
+  std::vector<std::pair<std::string, absl::string_view>> entries = {
+      {"archive/data.pkl", pkl},
+      {"archive/byteorder", "little"},
+      {"archive/data/0",
+       absl::string_view(reinterpret_cast<const char*>(values),
+                         sizeof(values))},
+      {"archive/version", "3\n"}};
+  ASSERT_OK_AND_ASSIGN(std::string record, BuildZipArchive(entries));
+  ASSERT_OK_AND_ASSIGN(at::Tensor t, ReadTensorRecord(record));
+  at::Tensor storage = at::tensor({1.0f, 2.0f, 3.0f, 4.0f});
+  EXPECT_THAT(t, TensorEq(storage.as_strided({2, 2}, {1, 1}).contiguous()));
+}
+
 TEST(MalformedRecordTest, MissingVersionIsDataLoss) {
   const std::string record =
       RecordWithPickle(TensorPickle("torch._utils", "_rebuild_tensor_v2",

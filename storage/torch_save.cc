@@ -25,6 +25,7 @@
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/string_view.h"
 #include "absl/types/span.h"
 #include "checkpoint/metadata.h"
@@ -42,6 +43,7 @@ namespace dcp {
 namespace {
 
 using Kind = PickleValue::Kind;
+using u128 = unsigned __int128;
 using torch_pickle_internal::DtypeSpec;
 using torch_pickle_internal::FindDtype;
 using torch_pickle_internal::FindDtypeByName;
@@ -391,7 +393,12 @@ class LoadBuilder {
  public:
   LoadBuilder(ByteReader& reader, const ZipDirectory& dir,
               const TorchSaveReadOptions& options)
-      : reader_(reader), dir_(dir), options_(options) {}
+      : reader_(reader),
+        dir_(dir),
+        options_(options),
+        budget_(std::min<u128>(
+            static_cast<u128>(options.max_expansion) * reader.size(),
+            std::numeric_limits<uint64_t>::max())) {}
 
   absl::StatusOr<Value> Convert(const PickleValue& v, const std::string& path);
 
@@ -406,6 +413,8 @@ class LoadBuilder {
   const ZipDirectory& dir_;
   const TorchSaveReadOptions& options_;
   std::map<std::string, bool> verified_;  // Storage entries checked.
+  // Bytes of tensors that may still be materialised (max_expansion).
+  u128 budget_;
 };
 
 absl::StatusOr<Value> LoadBuilder::ConvertDict(const PickleValue& dict,
@@ -576,6 +585,26 @@ absl::StatusOr<at::Tensor> LoadBuilder::ConvertTensor(
   absl::StatusOr<BoxReadPlan> plan =
       PlanBoxRead(info, Shape(info.sizes.size(), 0), info.sizes, whole);
   if (!plan.ok()) return Annotate(plan.status(), path);
+  // Before allocating: with zero or overlapping strides a tensor can have
+  // far more elements than its storage (and the file) holds.
+  u128 bytes = item;
+  for (int64_t size : info.sizes) {
+    if (size == 0) bytes = 0;
+  }
+  for (int64_t size : info.sizes) {
+    bytes *= static_cast<uint64_t>(size);  // Sizes are >= 0 (validated).
+    if (bytes > budget_) break;            // Keeps the product < 2^127.
+  }
+  if (bytes > budget_) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "torch.save file: ", path, ": a tensor of size [",
+        absl::StrJoin(info.sizes, ", "), "] and stride [",
+        absl::StrJoin(info.strides, ", "), "] from a storage of ",
+        entry->size, " bytes would bring the tensors read to more than ",
+        options_.max_expansion, " x the file's ", reader_.size(),
+        " bytes (TorchSaveReadOptions::max_expansion)"));
+  }
+  budget_ -= bytes;
   DCP_RETURN_IF_ERROR(VerifyStorage(*entry, path));
   std::string scratch;
   absl::string_view packed;

@@ -41,7 +41,8 @@
 // returned as a new contiguous CPU tensor (storage sharing is not kept).
 // Dict keys must be str or int; int keys become their decimal strings, as
 // in storage/torch_record.h. Peak memory is about the size of the tensors
-// read plus the largest storage's bytes.
+// read plus the largest storage's bytes, and the tensors read total at
+// most `TorchSaveReadOptions::max_expansion` times the file's size.
 //
 // Errors:
 //   InvalidArgument  writing: a `ShardedTensor` (unshard it first),
@@ -55,6 +56,8 @@
 //                    quantized or sparse tensors, legacy non-zip files,
 //                    big-endian files); messages name the object's path,
 //                    e.g. `obj["optim"]["state"][0]`
+//   ResourceExhausted reading: tensors (expanded ones, typically) that
+//                    would total more than `max_expansion` x the file size
 //   File-system errors (NotFound, ...) as storage/file_system.h.
 //
 // Thread safety: free functions; safe to call concurrently on different
@@ -91,6 +94,13 @@ absl::StatusOr<std::string> SerializeTorchSave(const StateDict& state_dict);
 struct TorchSaveReadOptions {
   // Check each storage entry's CRC-32 against the zip directory.
   bool verify_crc = true;
+  // torch.save keeps an expanded tensor (stride 0) with its small storage,
+  // and every tensor read is materialised: the tensors read may total at
+  // most this many times the file's size (ResourceExhausted beyond), so
+  // that a few stored bytes cannot demand gigabytes. A file without
+  // expanded or overlapping tensors stays below 1x unless tensors share
+  // storages (tied weights), each read as its own copy.
+  uint64_t max_expansion = 16;
 };
 
 // Reads a torch.save file whose top-level object is a dict.

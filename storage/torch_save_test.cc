@@ -12,6 +12,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/string_view.h"
 #include "checkpoint/state_dict.h"
 #include "glog/logging.h"
@@ -314,6 +315,98 @@ TEST(TorchSaveTest, TensorWhoseStorageEntryIsMissingIsDataLoss) {
   EXPECT_THAT(
       ParseTorchSave(ArchiveWithPickle(pkl, {{"data/0", "12345678"}})).status(),
       StatusIs(absl::StatusCode::kDataLoss, HasSubstr("claims 4 elements")));
+}
+
+// data.pkl of {"x": tensor} where the tensor has the given size and
+// stride over a FloatStorage "0" of `storage_numel` elements.
+std::string OneTensorPickle(int64_t storage_numel,
+                            const std::vector<int64_t>& size,
+                            const std::vector<int64_t>& stride) {
+  PickleWriter w;
+  w.WriteDict(1, [&](size_t) {
+    w.WriteString("x");
+    w.WriteGlobal("torch._utils", "_rebuild_tensor_v2");
+    w.WriteTuple(6, [&](size_t i) {
+      switch (i) {
+        case 0:
+          w.WriteTuple(5, [&](size_t j) {
+            if (j == 0) w.WriteString("storage");
+            if (j == 1) w.WriteGlobal("torch", "FloatStorage");
+            if (j == 2) w.WriteString("0");
+            if (j == 3) w.WriteString("cpu");
+            if (j == 4) w.WriteInt(storage_numel);
+          });
+          w.EmitBinPersId();
+          break;
+        case 1:
+          w.WriteInt(0);
+          break;
+        case 2:
+          w.WriteTuple(size.size(), [&](size_t k) { w.WriteInt(size[k]); });
+          break;
+        case 3:
+          w.WriteTuple(stride.size(), [&](size_t k) { w.WriteInt(stride[k]); });
+          break;
+        case 4:
+          w.WriteBool(false);
+          break;
+        default:
+          w.WriteGlobal("collections", "OrderedDict");
+          w.EmitEmptyTuple();
+          w.EmitReduce();
+      }
+    });
+    w.EmitReduce();
+  });
+  absl::StatusOr<std::string> pkl = std::move(w).Finish();
+  CHECK(pkl.ok()) << pkl.status();
+  return *pkl;
+}
+
+TEST(TorchSaveTest, ExpandedTensorsAreReadWithinTheExpansionBudget) {
+  // torch.save(torch.tensor([2.5]).expand(8, 3)) keeps the 4-byte storage.
+  const std::string archive =
+      ArchiveWithPickle(OneTensorPickle(1, {8, 3}, {0, 0}),
+                        {{"data/0", Raw("\x00\x00\x20\x40")}});  // 2.5f
+  ASSERT_OK_AND_ASSIGN(StateDict sd, ParseTorchSave(archive));
+  EXPECT_THAT(sd.Find("x")->get<at::Tensor>(),
+              TensorEq(at::full({8, 3}, 2.5f)));
+  // The budget is the file's size times max_expansion.
+  TorchSaveReadOptions none;
+  none.max_expansion = 0;
+  EXPECT_THAT(ParseTorchSave(archive, none).status(),
+              StatusIs(absl::StatusCode::kResourceExhausted,
+                       HasSubstr("obj[\"x\"]: a tensor of size [8, 3]")));
+}
+
+TEST(TorchSaveTest, HugeExpandedTensorsAreRefusedBeforeAllocating) {
+  // A 4-byte storage claiming 4 TiB, or 2^62 elements, through stride 0:
+  // refused by arithmetic (an attempt to allocate would abort the test).
+  struct Case {
+    std::vector<int64_t> size;
+    std::vector<int64_t> stride;
+    bool empty;
+  };
+  for (const Case& c : {Case{{int64_t{1} << 40}, {0}, false},
+                        Case{{int64_t{1} << 31, int64_t{1} << 31}, {0, 0},
+                             false},
+                        Case{{int64_t{1} << 62, 1, 0}, {0, 0, 0}, true},
+                        Case{{3, int64_t{1} << 61}, {1, 0}, false}}) {
+    const std::vector<int64_t>& size = c.size;
+    SCOPED_TRACE(absl::StrJoin(size, ","));
+    const std::string archive = ArchiveWithPickle(
+        OneTensorPickle(4, size, c.stride), {{"data/0", std::string(16, 'x')}});
+    absl::StatusOr<StateDict> sd = ParseTorchSave(archive);
+    if (c.empty) {
+      ASSERT_OK(sd.status());
+      EXPECT_EQ(sd->Find("x")->get<at::Tensor>().sizes().vec(), size);
+      continue;
+    }
+    EXPECT_THAT(sd.status(),
+                StatusIs(absl::StatusCode::kResourceExhausted,
+                         HasSubstr("from a storage of 16 bytes would bring "
+                                   "the tensors read to more than 16 x")));
+  }
 }
 
 }  // namespace

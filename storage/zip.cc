@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <iterator>
 #include <limits>
 #include <numeric>
 #include <ostream>
@@ -343,18 +344,36 @@ absl::StatusOr<absl::string_view> ZipByteSource::Read(uint64_t offset,
                                  " bytes"));
   }
   if (in_memory_) return memory_.substr(offset, length);
-  for (const Block& block : blocks_) {
-    if (offset >= block.offset &&
-        offset + length <= block.offset + block.bytes.size()) {
+  if (length == 0) return absl::string_view();
+  const uint64_t end = offset + length;
+  // The only block that can contain the read (see `index_`).
+  auto next = index_.upper_bound(offset);
+  if (next != index_.begin()) {
+    const Block& block = *std::prev(next)->second;
+    if (end <= block.offset + block.bytes.size()) {
       return absl::string_view(block.bytes)
           .substr(offset - block.offset, length);
     }
   }
-  // Fetch a window of at least block_size_ bytes that contains the request;
-  // near the end of the archive the window extends backwards, so the first
-  // look at the end records also fetches the central directory.
-  const uint64_t window = std::min(size_, std::max(length, block_size_));
-  const uint64_t start = std::min(offset, size_ - window);
+  // Fetch the read widened to at least block_size_ bytes, forwards and then
+  // (near the end of the archive or the next block) backwards, over bytes
+  // no block holds yet: the first look at the end records also fetches the
+  // central directory, and scattered reads never fetch a byte twice except
+  // the ones they ask for.
+  const uint64_t want = std::max(length, block_size_);
+  uint64_t start = offset;
+  uint64_t stop = end;
+  const uint64_t gap_end = next == index_.end() ? size_ : next->first;
+  if (stop < gap_end) stop = std::min(gap_end, start + want);
+  uint64_t gap_start = 0;
+  if (next != index_.begin()) {
+    const Block& prev = *std::prev(next)->second;
+    gap_start = prev.offset + prev.bytes.size();
+  }
+  if (stop - start < want && gap_start < start) {
+    start = std::max(gap_start, stop >= want ? stop - want : uint64_t{0});
+  }
+  const uint64_t window = stop - start;
   ++num_fetches_;
   absl::StatusOr<std::string> bytes = read_(start, window);
   if (!bytes.ok()) return bytes.status();
@@ -363,7 +382,15 @@ absl::StatusOr<absl::string_view> ZipByteSource::Read(uint64_t offset,
                                  " returned ", bytes->size(), " bytes"));
   }
   blocks_.push_back(Block{start, *std::move(bytes)});
-  return absl::string_view(blocks_.back().bytes).substr(offset - start, length);
+  const Block& added = blocks_.back();
+  // Blocks inside the new one follow each other from `start` on.
+  auto inside = index_.lower_bound(start);
+  while (inside != index_.end() &&
+         inside->second->offset + inside->second->bytes.size() <= stop) {
+    inside = index_.erase(inside);
+  }
+  index_.emplace(start, &added);
+  return absl::string_view(added.bytes).substr(offset - start, length);
 }
 
 // ---- Reading ----------------------------------------------------------------
@@ -383,7 +410,32 @@ std::ostream& operator<<(std::ostream& os, const ZipDirectory& dir) {
   return os << "]}";
 }
 
+namespace {
+
+// Compares `name` with the concatenation `a + b`, like string comparison.
+int CompareWithJoined(absl::string_view name, absl::string_view a,
+                      absl::string_view b) {
+  const size_t n = std::min(name.size(), a.size());
+  if (int c = name.substr(0, n).compare(a.substr(0, n)); c != 0) return c;
+  if (n < a.size()) return -1;  // `name` is a proper prefix of `a`.
+  return name.substr(n).compare(b);
+}
+
+}  // namespace
+
 const ZipEntry* ZipDirectory::Find(absl::string_view relative_name) const {
+  if (!by_name_.empty() && by_name_.size() == entries.size()) {
+    auto it = std::lower_bound(
+        by_name_.begin(), by_name_.end(), relative_name,
+        [&](uint32_t i, absl::string_view key) {
+          return CompareWithJoined(entries[i].name, prefix, key) < 0;
+        });
+    if (it != by_name_.end() &&
+        CompareWithJoined(entries[*it].name, prefix, relative_name) == 0) {
+      return &entries[*it];
+    }
+    return nullptr;
+  }
   for (const ZipEntry& entry : entries) {
     if (entry.name.size() == prefix.size() + relative_name.size() &&
         absl::string_view(entry.name).substr(prefix.size()) == relative_name &&
@@ -555,13 +607,15 @@ absl::Status ParseCentralDirectory(absl::string_view cd, const EndInfo& end,
   LeReader r(cd);
   for (uint64_t i = 0; i < end.entries; ++i) {
     const uint64_t at = end.cd_offset + r.position();
-    const std::string where =
-        absl::StrCat("central directory entry ", i, " (offset ", at, ")");
+    // Messages are built only on errors: this loop runs once per entry.
+    auto where = [&] {
+      return absl::StrCat("central directory entry ", i, " (offset ", at, ")");
+    };
     if (r.remaining() < kCentralHeaderSize) {
-      return ZipError(absl::StrCat(where, ": truncated"));
+      return ZipError(absl::StrCat(where(), ": truncated"));
     }
     if (r.U32() != kCentralHeaderSignature) {
-      return ZipError(absl::StrCat(where, ": bad signature"));
+      return ZipError(absl::StrCat(where(), ": bad signature"));
     }
     r.U16();  // made by
     r.U16();  // needed
@@ -580,7 +634,7 @@ absl::Status ParseCentralDirectory(absl::string_view cd, const EndInfo& end,
     r.U32();  // external attributes
     const uint32_t header_offset = r.U32();
     if (r.remaining() < uint64_t{name_len} + extra_len + comment_len) {
-      return ZipError(absl::StrCat(where,
+      return ZipError(absl::StrCat(where(),
                                    ": name, extra and comment overrun "
                                    "the central directory"));
     }
@@ -588,14 +642,14 @@ absl::Status ParseCentralDirectory(absl::string_view cd, const EndInfo& end,
     entry.name = std::string(r.Bytes(name_len));
     absl::string_view extra = r.Bytes(extra_len);
     r.Bytes(comment_len);
-    const std::string named = absl::StrCat(where, " ", Quote(entry.name));
+    auto named = [&] { return absl::StrCat(where(), " ", Quote(entry.name)); };
     if (flags & (kEncryptedFlag | kStrongEncryptionFlag)) {
-      return ZipError(absl::StrCat(named,
+      return ZipError(absl::StrCat(named(),
                                    ": encrypted entries are not "
                                    "supported"));
     }
     if (method != 0) {
-      return ZipError(absl::StrCat(named, ": compression method ", method,
+      return ZipError(absl::StrCat(named(), ": compression method ", method,
                                    " is not supported (only 0, stored)"));
     }
     const bool big_uncompressed = uncompressed == kU32Sentinel;
@@ -608,16 +662,16 @@ absl::Status ParseCentralDirectory(absl::string_view cd, const EndInfo& end,
       // Per the ZIP spec only the sentinel fields appear, in fixed order.
       DCP_ASSIGN_OR_RETURN(Zip64Fields z,
                            ParseZip64Extra(extra, big_uncompressed,
-                                           big_compressed, big_offset, named));
+                                           big_compressed, big_offset, named()));
       if (big_uncompressed) size64 = z.uncompressed_size;
       if (big_compressed) compressed64 = z.compressed_size;
       if (big_offset) offset64 = z.header_offset;
     }
     if (disk_start != 0 && !(disk_start == kU16Sentinel && big_offset)) {
-      return ZipError(absl::StrCat(named, ": entry on disk ", disk_start));
+      return ZipError(absl::StrCat(named(), ": entry on disk ", disk_start));
     }
     if (compressed64 != size64) {
-      return ZipError(absl::StrCat(named,
+      return ZipError(absl::StrCat(named(),
                                    ": stored entry with compressed "
                                    "size ",
                                    compressed64, " != size ", size64));
@@ -634,8 +688,10 @@ absl::Status ParseCentralDirectory(absl::string_view cd, const EndInfo& end,
   return absl::OkStatus();
 }
 
-absl::Status CheckNames(const std::vector<ZipEntry>& entries,
-                        std::string& prefix) {
+// Checks the common prefix and unique names, and returns the positions of
+// the entries sorted by name (ZipDirectory::by_name_).
+absl::StatusOr<std::vector<uint32_t>> CheckNames(
+    const std::vector<ZipEntry>& entries, std::string& prefix) {
   const std::string& first = entries.front().name;
   const size_t slash = first.find('/');
   if (slash == std::string::npos || slash == 0) {
@@ -643,8 +699,6 @@ absl::Status CheckNames(const std::vector<ZipEntry>& entries,
                                  " has no top-level directory prefix"));
   }
   prefix = first.substr(0, slash + 1);
-  std::vector<absl::string_view> names;
-  names.reserve(entries.size());
   for (const ZipEntry& entry : entries) {
     if (entry.name.size() <= prefix.size() ||
         absl::string_view(entry.name).substr(0, prefix.size()) != prefix) {
@@ -653,30 +707,39 @@ absl::Status CheckNames(const std::vector<ZipEntry>& entries,
                                    "directory ",
                                    Quote(prefix)));
     }
-    names.push_back(entry.name);
   }
-  std::sort(names.begin(), names.end());
-  auto dup = std::adjacent_find(names.begin(), names.end());
-  if (dup != names.end()) {
-    return ZipError(absl::StrCat("duplicate entry ", Quote(*dup)));
+  // Entry counts are bounded by kMaxCentralDirectorySize / 46 < 2^32.
+  std::vector<uint32_t> order(entries.size());
+  std::iota(order.begin(), order.end(), 0);
+  std::sort(order.begin(), order.end(), [&](uint32_t a, uint32_t b) {
+    return entries[a].name < entries[b].name;
+  });
+  auto dup = std::adjacent_find(
+      order.begin(), order.end(),
+      [&](uint32_t a, uint32_t b) { return entries[a].name == entries[b].name; });
+  if (dup != order.end()) {
+    return ZipError(absl::StrCat("duplicate entry ", Quote(entries[*dup].name)));
   }
-  return absl::OkStatus();
+  return order;
 }
 
+// Reads and checks `entry`'s local header and sets its data offset. Reads
+// the fixed part and the name, and the extra field only when the sizes are
+// in it (ZIP64), so that a header costs no more reads than it needs.
 absl::Status ReadLocalHeader(ZipByteSource& source, uint64_t cd_offset,
                              ZipEntry& entry) {
-  const std::string where = absl::StrCat("entry ", Quote(entry.name));
+  auto where = [&] { return absl::StrCat("entry ", Quote(entry.name)); };
   if (entry.header_offset > cd_offset ||
       cd_offset - entry.header_offset < kLocalHeaderSize) {
     return ZipError(
-        absl::StrCat(where, ": local header offset ", entry.header_offset,
+        absl::StrCat(where(), ": local header offset ", entry.header_offset,
                      " is not before the central directory at ", cd_offset));
   }
   DCP_ASSIGN_OR_RETURN(absl::string_view fixed,
                        source.Read(entry.header_offset, kLocalHeaderSize));
   LeReader r(fixed);
   if (r.U32() != kLocalHeaderSignature) {
-    return ZipError(absl::StrCat(where,
+    return ZipError(absl::StrCat(where(),
                                  ": bad local header signature at "
                                  "offset ",
                                  entry.header_offset));
@@ -694,41 +757,44 @@ absl::Status ReadLocalHeader(ZipByteSource& source, uint64_t cd_offset,
   const uint64_t variable = uint64_t{name_len} + extra_len;
   const uint64_t after_fixed = entry.header_offset + kLocalHeaderSize;
   if (variable > cd_offset - after_fixed) {
-    return ZipError(absl::StrCat(where,
+    return ZipError(absl::StrCat(where(),
                                  ": local header name and extra field "
                                  "overrun the central directory"));
   }
-  DCP_ASSIGN_OR_RETURN(absl::string_view rest,
-                       source.Read(after_fixed, variable));
-  if (rest.substr(0, name_len) != entry.name) {
-    return ZipError(absl::StrCat(where, ": local header names ",
-                                 Quote(rest.substr(0, name_len))));
+  DCP_ASSIGN_OR_RETURN(absl::string_view name,
+                       source.Read(after_fixed, name_len));
+  if (name != entry.name) {
+    return ZipError(
+        absl::StrCat(where(), ": local header names ", Quote(name)));
   }
   if (method != 0 || (flags & (kEncryptedFlag | kStrongEncryptionFlag))) {
-    return ZipError(absl::StrCat(where, ": local header has method ", method,
-                                 " and flags 0x", absl::Hex(flags)));
+    return ZipError(absl::StrCat(where(), ": local header has method ",
+                                 method, " and flags 0x", absl::Hex(flags)));
   }
   // With a data descriptor (flag bit 3, as torch writes) the local CRC and
   // sizes may be zero; otherwise they must match the central directory.
   const bool descriptor = flags & 0x0008;
   if (!(descriptor && crc == 0) && crc != entry.crc32) {
-    return ZipError(absl::StrCat(where, ": local header CRC 0x", absl::Hex(crc),
+    return ZipError(absl::StrCat(where(), ": local header CRC 0x",
+                                 absl::Hex(crc),
                                  " contradicts the central directory's 0x",
                                  absl::Hex(entry.crc32)));
   }
   if (!(descriptor && compressed == 0 && uncompressed == 0)) {
     uint64_t c = compressed, u = uncompressed;
     if (c == kU32Sentinel || u == kU32Sentinel) {
+      DCP_ASSIGN_OR_RETURN(absl::string_view extra,
+                           source.Read(after_fixed + name_len, extra_len));
       DCP_ASSIGN_OR_RETURN(
           Zip64Fields z,
-          ParseZip64Extra(rest.substr(name_len), /*need_uncompressed=*/true,
+          ParseZip64Extra(extra, /*need_uncompressed=*/true,
                           /*need_compressed=*/true, /*need_offset=*/false,
-                          where));
+                          where()));
       c = z.compressed_size;
       u = z.uncompressed_size;
     }
     if (c != entry.size || u != entry.size) {
-      return ZipError(absl::StrCat(where, ": local header sizes ", c, "/", u,
+      return ZipError(absl::StrCat(where(), ": local header sizes ", c, "/", u,
                                    " contradict the central directory's ",
                                    entry.size));
     }
@@ -736,28 +802,43 @@ absl::Status ReadLocalHeader(ZipByteSource& source, uint64_t cd_offset,
   entry.data_offset = after_fixed + variable;
   if (entry.size > cd_offset - entry.data_offset) {
     return ZipError(
-        absl::StrCat(where, ": data [", entry.data_offset, ", +", entry.size,
+        absl::StrCat(where(), ": data [", entry.data_offset, ", +", entry.size,
                      ") runs past the central directory at ", cd_offset));
   }
   return absl::OkStatus();
 }
 
-absl::Status CheckNoOverlap(const std::vector<ZipEntry>& entries) {
-  std::vector<size_t> order(entries.size());
+absl::Status Overlap(const ZipEntry& prev, const ZipEntry& next) {
+  return ZipError(absl::StrCat(
+      "entry ", Quote(prev.name), " (header at ", prev.header_offset,
+      ", data [", prev.data_offset, ", ", prev.data_offset + prev.size,
+      ")) overlaps entry ", Quote(next.name), " (header at ",
+      next.header_offset, ")"));
+}
+
+// Reads every local header, in offset order, checking that each entry
+// starts after the previous one's data: the reads of valid entries never
+// overlap, so hostile headers (say, names and extra fields spanning other
+// entries) cannot make the bytes read, or the bytes a ZipByteSource
+// fetches, exceed the archive by more than one header.
+absl::Status ReadLocalHeaders(ZipByteSource& source, uint64_t cd_offset,
+                              std::vector<ZipEntry>& entries) {
+  std::vector<uint32_t> order(entries.size());
   std::iota(order.begin(), order.end(), 0);
-  std::sort(order.begin(), order.end(), [&](size_t a, size_t b) {
+  std::stable_sort(order.begin(), order.end(), [&](uint32_t a, uint32_t b) {
     return entries[a].header_offset < entries[b].header_offset;
   });
-  for (size_t k = 1; k < order.size(); ++k) {
-    const ZipEntry& prev = entries[order[k - 1]];
-    const ZipEntry& next = entries[order[k]];
-    if (prev.data_offset + prev.size > next.header_offset) {
-      return ZipError(absl::StrCat(
-          "entry ", Quote(prev.name), " (header at ", prev.header_offset,
-          ", data [", prev.data_offset, ", ", prev.data_offset + prev.size,
-          ")) overlaps entry ", Quote(next.name), " (header at ",
-          next.header_offset, ")"));
+  const ZipEntry* prev = nullptr;
+  for (uint32_t i : order) {
+    ZipEntry& entry = entries[i];
+    // A bad header is the likelier corruption, so it is reported first; the
+    // first overlapping header is the only one read.
+    DCP_RETURN_IF_ERROR(ReadLocalHeader(source, cd_offset, entry));
+    if (prev != nullptr &&
+        prev->data_offset + prev->size > entry.header_offset) {
+      return Overlap(*prev, entry);
     }
+    prev = &entry;
   }
   return absl::OkStatus();
 }
@@ -772,11 +853,8 @@ absl::StatusOr<ZipDirectory> ReadZipDirectory(ZipByteSource& source) {
   dir.archive_size = source.size();
   dir.entries.reserve(end.entries);
   DCP_RETURN_IF_ERROR(ParseCentralDirectory(cd, end, dir.entries));
-  DCP_RETURN_IF_ERROR(CheckNames(dir.entries, dir.prefix));
-  for (ZipEntry& entry : dir.entries) {
-    DCP_RETURN_IF_ERROR(ReadLocalHeader(source, end.cd_offset, entry));
-  }
-  DCP_RETURN_IF_ERROR(CheckNoOverlap(dir.entries));
+  DCP_ASSIGN_OR_RETURN(dir.by_name_, CheckNames(dir.entries, dir.prefix));
+  DCP_RETURN_IF_ERROR(ReadLocalHeaders(source, end.cd_offset, dir.entries));
   return dir;
 }
 

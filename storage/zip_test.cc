@@ -350,6 +350,184 @@ TEST(ZipByteSourceTest, ReportsShortReadsAndReaderErrors) {
               StatusIs(absl::StatusCode::kDataLoss, HasSubstr("outside")));
 }
 
+// A read function over `archive` that adds up the bytes it returns.
+ZipReadFn CountingReader(absl::string_view archive, uint64_t* fetched) {
+  return [archive, fetched](uint64_t o, uint64_t n) {
+    *fetched += n;
+    return absl::StatusOr<std::string>(std::string(archive.substr(o, n)));
+  };
+}
+
+TEST(ZipByteSourceTest, ScatteredReadsFetchEachByteAboutOnce) {
+  std::string archive(1 << 20, '\0');
+  for (size_t i = 0; i < archive.size(); ++i) {
+    archive[i] = static_cast<char>(i * 131 + 7);
+  }
+  uint64_t fetched = 0;
+  ZipByteSource source(archive.size(), CountingReader(archive, &fetched));
+  // Backwards, 100-byte reads every 1000 bytes: each miss must widen only
+  // over bytes not cached yet, not refetch the next block.
+  uint64_t requested = 0;
+  for (uint64_t at = archive.size() - 100;; at -= 1000) {
+    ASSERT_OK_AND_ASSIGN(absl::string_view got, source.Read(at, 100));
+    EXPECT_EQ(got, absl::string_view(archive).substr(at, 100));
+    requested += 100;
+    if (at < 1000) break;
+  }
+  // Reads straddling block boundaries, and reads of what is cached.
+  for (uint64_t at = 4000; at + 300 < archive.size(); at += 70001) {
+    ASSERT_OK_AND_ASSIGN(absl::string_view got, source.Read(at, 300));
+    EXPECT_EQ(got, absl::string_view(archive).substr(at, 300));
+    requested += 300;
+  }
+  EXPECT_LE(fetched, archive.size() + requested);
+  const uint64_t before = fetched;
+  ASSERT_OK_AND_ASSIGN(absl::string_view all, source.Read(0, archive.size()));
+  EXPECT_EQ(all, archive);
+  ASSERT_OK_AND_ASSIGN(absl::string_view again, source.Read(12345, 54321));
+  EXPECT_EQ(again, absl::string_view(archive).substr(12345, 54321));
+  EXPECT_EQ(fetched, before + archive.size());
+}
+
+// Built in a test, not a benchmark: the point is correctness at the size
+// where the old quadratic lookups took minutes (zip_benchmark shows speed).
+TEST(ZipReadTest, ParsesFourHundredThousandEntries) {
+  constexpr int kEntries = 400000;
+  std::vector<std::string> names;
+  std::vector<std::string> contents;
+  names.reserve(kEntries);
+  contents.reserve(kEntries);
+  for (int i = 0; i < kEntries; ++i) {
+    names.push_back(absl::StrCat("archive/data/", i));
+    contents.push_back(std::string(i % 5, static_cast<char>('a' + i % 26)));
+  }
+  std::vector<std::pair<std::string, absl::string_view>> entries;
+  entries.reserve(kEntries);
+  for (int i = 0; i < kEntries; ++i) entries.emplace_back(names[i], contents[i]);
+  ASSERT_OK_AND_ASSIGN(std::string archive, BuildZipArchive(entries));
+
+  uint64_t fetched = 0;
+  ZipByteSource source(archive.size(), CountingReader(archive, &fetched));
+  ASSERT_OK_AND_ASSIGN(ZipDirectory dir, ReadZipDirectory(source));
+  EXPECT_EQ(dir, *ReadZipDirectory(archive));
+  ASSERT_THAT(dir.entries, SizeIs(kEntries));
+  // Every byte fetched about once: a miss refetches at most the bytes it
+  // asks for (here the central directory's last block, and header reads
+  // straddling a block's end), never whole blocks.
+  const uint64_t bound = archive.size() + archive.size() / 50 + 4096;
+  EXPECT_LE(fetched, bound);
+  for (int i = 0; i < kEntries; ++i) {
+    const ZipEntry* entry = dir.Find(absl::StrCat("data/", i));
+    ASSERT_NE(entry, nullptr) << i;
+    ASSERT_EQ(entry, &dir.entries[i]);
+    ASSERT_OK_AND_ASSIGN(absl::string_view data,
+                         source.Read(entry->data_offset, entry->size));
+    ASSERT_EQ(data, contents[i]) << i;
+  }
+  EXPECT_EQ(dir.Find("data/400000"), nullptr);
+  EXPECT_EQ(dir.Find("data/"), nullptr);
+  EXPECT_EQ(dir.Find(""), nullptr);
+  EXPECT_EQ(dir.Find("data/39999"), &dir.entries[39999]);
+  EXPECT_LE(fetched, bound);
+}
+
+TEST(ZipReadTest, FindWorksOnCopiedAndHandBuiltDirectories) {
+  const std::string archive = Build(RecordLikeEntries(10));
+  ASSERT_OK_AND_ASSIGN(ZipDirectory read, ReadZipDirectory(archive));
+  const ZipDirectory copy = read;
+  ASSERT_NE(copy.Find("version"), nullptr);
+  EXPECT_EQ(copy.Find("version")->name, "archive/version");
+  EXPECT_EQ(copy.Find("versio"), nullptr);
+  EXPECT_EQ(copy.Find("version2"), nullptr);
+  // Changed by hand: searched linearly.
+  ZipDirectory changed = read;
+  changed.entries.push_back({"archive/extra", 0, 0, 0, 0});
+  ASSERT_NE(changed.Find("extra"), nullptr);
+  EXPECT_EQ(changed.Find("data.pkl")->name, "archive/data.pkl");
+  ZipDirectory by_hand;
+  by_hand.prefix = "x/";
+  by_hand.entries.push_back({"x/a", 0, 0, 0, 0});
+  EXPECT_EQ(by_hand.Find("a"), &by_hand.entries[0]);
+  EXPECT_EQ(by_hand.Find("b"), nullptr);
+  // Another prefix finds nothing, indexed or not.
+  ZipDirectory other_prefix = read;
+  other_prefix.prefix = "arch/";
+  EXPECT_EQ(other_prefix.Find("version"), nullptr);
+}
+
+// An archive whose local headers overlap: each claims an extra field of
+// `extra_len` bytes that spans the following headers. The central
+// directory lists `n` empty entries whose headers are 64 bytes apart.
+std::string OverlappingHeadersArchive(int n, uint16_t extra_len) {
+  std::string out;
+  std::vector<uint32_t> offsets;
+  auto name_of = [](int i) { return absl::StrCat("a/", 100000 + i); };
+  for (int i = 0; i < n; ++i) {
+    offsets.push_back(out.size());
+    const std::string name = name_of(i);
+    AppendU32(out, 0x04034b50);
+    AppendU16(out, 0);
+    AppendU16(out, 0);
+    AppendU16(out, 0);
+    AppendU32(out, 0);
+    AppendU32(out, Crc32(""));
+    AppendU32(out, 0);
+    AppendU32(out, 0);
+    AppendU16(out, name.size());
+    AppendU16(out, extra_len);
+    out += name;
+    out.resize(offsets.back() + 64, 'Z');
+  }
+  out.resize(out.size() + extra_len, 'Z');  // Room for the last extra field.
+  const uint32_t cd_offset = out.size();
+  for (int i = 0; i < n; ++i) {
+    const std::string name = name_of(i);
+    AppendU32(out, 0x02014b50);
+    AppendU16(out, 0);
+    AppendU16(out, 0);
+    AppendU16(out, 0);
+    AppendU16(out, 0);
+    AppendU32(out, 0);
+    AppendU32(out, Crc32(""));
+    AppendU32(out, 0);
+    AppendU32(out, 0);
+    AppendU16(out, name.size());
+    AppendU16(out, 0);
+    AppendU16(out, 0);
+    AppendU16(out, 0);
+    AppendU16(out, 0);
+    AppendU32(out, 0);
+    AppendU32(out, offsets[i]);
+    out += name;
+  }
+  const uint32_t cd_size = out.size() - cd_offset;
+  AppendU32(out, 0x06054b50);
+  AppendU16(out, 0);
+  AppendU16(out, 0);
+  AppendU16(out, n);
+  AppendU16(out, n);
+  AppendU32(out, cd_size);
+  AppendU32(out, cd_offset);
+  AppendU16(out, 0);
+  return out;
+}
+
+TEST(ZipReadTest, OverlappingHeadersCannotMultiplyTheBytesRead) {
+  // Reading every header's name and extra field would fetch 2000 x 60000
+  // bytes (120 MB) from a 250 KB archive.
+  const std::string archive = OverlappingHeadersArchive(2000, 60000);
+  uint64_t fetched = 0;
+  ZipByteSource source(archive.size(), CountingReader(archive, &fetched));
+  EXPECT_THAT(ReadZipDirectory(source).status(),
+              StatusIs(absl::StatusCode::kDataLoss,
+                       HasSubstr("\"a/100000\" (header at 0, data [")));
+  EXPECT_LE(fetched, archive.size() + 2 * 4096);
+  EXPECT_THAT(ReadZipDirectory(archive).status(),
+              StatusIs(absl::StatusCode::kDataLoss, HasSubstr("overlaps")));
+  // The same layout without the overlap (no extra fields) is valid.
+  EXPECT_OK(ReadZipDirectory(OverlappingHeadersArchive(2000, 0)).status());
+}
+
 // ---- Malformed archives -----------------------------------------------------
 
 struct Corruption {

@@ -15,8 +15,19 @@
 // "param_groups": [...]}}. Dicts come out with their keys in sorted
 // flattened-key order (the metadata does not keep the original order).
 //
-// Errors: NotFound if DIR is not a checkpoint; errors of the load (DataLoss
-// for corrupt data files, ...) and of writing FILE.
+// Before allocating, each tensor's declared bytes are checked against the
+// bytes its chunks' records occupy in the data files actually present, so
+// a `.metadata` that claims more than the files hold (hostile, or from
+// another checkpoint) costs no memory.
+//
+// Likewise a list index in `planner_data` may exceed the number of keys by
+// at most 65536 (empty dicts in a list leave no key), since every index
+// below it becomes a placeholder.
+//
+// Errors: NotFound if DIR is not a checkpoint; DataLoss if `.metadata`
+// declares tensors larger than their records in the data files, or list
+// indices beyond that bound; errors of the load (DataLoss for corrupt data
+// files, ...) and of writing FILE.
 #ifndef DCP_TOOLS_TO_TORCH_SAVE_H_
 #define DCP_TOOLS_TO_TORCH_SAVE_H_
 

@@ -13,11 +13,16 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
+#include "checkpoint/metadata.h"
 #include "checkpoint/state_dict.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "storage/file_system.h"
 #include "storage/fs_storage.h"
+#include "storage/metadata_pickle.h"
+#include "storage/pickle.h"
+#include "storage/zip.h"
+#include "storage/posix_file_system.h"
 #include "storage/torch_save.h"
 #include "testing/status_matchers.h"
 #include "testing/tensor_matchers.h"
@@ -243,6 +248,194 @@ TEST(TorchSaveConvertTest, ConvertsAPyTorchNestedCheckpointWithItsNesting) {
   EXPECT_THAT(list[0].get<at::Tensor>(),
               TensorEq(at::tensor({30081483, 30147020}).to(at::kInt)));
   EXPECT_TRUE(ValuesEqual(list[1], Value("x")));
+}
+
+// A one-rank checkpoint of {"w": <n floats>} in `dir`, and its metadata.
+Metadata SaveOneTensor(const std::string& dir, int64_t n) {
+  const std::string file = JoinPath(::testing::TempDir(), "one_tensor.pt");
+  EXPECT_THAT(WriteTorchSave(StateDict{{"w", at::arange(n, at::kFloat)}}, file),
+              IsOk());
+  FromTorchSaveOptions from;
+  from.file = file;
+  from.dir = dir;
+  from.sync_files = false;
+  std::ostringstream sink;
+  EXPECT_THAT(TorchSaveToDcp(from, sink), IsOk());
+  absl::StatusOr<Metadata> md = ReadCheckpointMetadata(dir);
+  EXPECT_THAT(md.status(), IsOk());
+  return md.ok() ? *md : Metadata();
+}
+
+void RewriteMetadata(const std::string& dir, const Metadata& md) {
+  absl::StatusOr<std::string> bytes = EncodeMetadataPickle(md);
+  ASSERT_THAT(bytes.status(), IsOk());
+  PosixFileSystem fs;
+  ASSERT_THAT(WriteStringToFile(fs, JoinPath(dir, ".metadata"), *bytes,
+                                /*sync=*/false),
+              IsOk());
+}
+
+TEST(TorchSaveConvertTest, MetadataClaimingMoreThanTheDataIsNotAllocated) {
+  // .metadata says 2^40 floats (4 TiB) where the data file holds 4: the
+  // conversion must fail before allocating (an attempt would fail with
+  // Internal, or abort under ASan).
+  const std::string dir = TempPath("huge_claim_ckpt");
+  Metadata md = SaveOneTensor(dir, 4);
+  auto& w = std::get<TensorStorageMetadata>(md.state_dict_metadata.at("w"));
+  ASSERT_EQ(w.chunks.size(), 1u);
+  w.size = {int64_t{1} << 40};
+  w.chunks[0].sizes = w.size;
+  RewriteMetadata(dir, md);
+  ToTorchSaveOptions to;
+  to.dir = dir;
+  to.file = TempPath("huge_claim.pt");
+  to.sync = false;
+  std::ostringstream sink;
+  EXPECT_THAT(DcpToTorchSave(to, sink),
+              StatusIs(absl::StatusCode::kDataLoss,
+                       HasSubstr("declares tensor \"w\" of size "
+                                 "[1099511627776] (4398046511104 bytes) but "
+                                 "the data files hold only ")));
+  // 2^62 x 2^62 elements: the byte count itself overflows 64 bits.
+  w.size = {int64_t{1} << 62, int64_t{1} << 62};
+  w.chunks[0].offsets = {0, 0};
+  w.chunks[0].sizes = w.size;
+  const StorageInfo info = md.storage_data.begin()->second;
+  md.storage_data.clear();
+  md.storage_data[MetadataIndex("w", Shape{0, 0})] = info;
+  RewriteMetadata(dir, md);
+  EXPECT_THAT(DcpToTorchSave(to, sink),
+              StatusIs(absl::StatusCode::kDataLoss, HasSubstr("over 2^64")));
+}
+
+// A tensor record whose data.pkl gives a FloatStorage of 1 element (2.5)
+// size `size` and stride 0.
+std::string ExpandedRecord(int64_t size) {
+  PickleWriter w;
+  w.WriteGlobal("torch._utils", "_rebuild_tensor_v2");
+  w.WriteTuple(6, [&](size_t i) {
+    switch (i) {
+      case 0:
+        w.WriteTuple(5, [&](size_t j) {
+          if (j == 0) w.WriteString("storage");
+          if (j == 1) w.WriteGlobal("torch", "FloatStorage");
+          if (j == 2) w.WriteString("0");
+          if (j == 3) w.WriteString("cpu");
+          if (j == 4) w.WriteInt(1);
+        });
+        w.EmitBinPersId();
+        break;
+      case 1:
+        w.WriteInt(0);
+        break;
+      case 2:
+        w.WriteTuple(1, [&](size_t) { w.WriteInt(size); });
+        break;
+      case 3:
+        w.WriteTuple(1, [&](size_t) { w.WriteInt(0); });
+        break;
+      case 4:
+        w.WriteBool(false);
+        break;
+      default:
+        w.WriteGlobal("collections", "OrderedDict");
+        w.EmitEmptyTuple();
+        w.EmitReduce();
+    }
+  });
+  w.EmitReduce();
+  const std::string pkl = std::move(w).Finish().value();
+  const std::string storage("\x00\x00\x20\x40", 4);
+  return BuildZipArchive({{"archive/data.pkl", pkl},
+                          {"archive/byteorder", "little"},
+                          {"archive/data/0", storage},
+                          {"archive/version", "3\n"}})
+      .value();
+}
+
+TEST(TorchSaveConvertTest, Stride0RecordIsDataLossNamingTheRecord) {
+  // A record of 100 floats that stores one (stride 0), consistent with
+  // .metadata and small enough for the bytes-present check: reading it
+  // must fail on the record, not materialise it.
+  const std::string dir = TempPath("stride0_ckpt");
+  Metadata md = SaveOneTensor(dir, 4);
+  auto& w = std::get<TensorStorageMetadata>(md.state_dict_metadata.at("w"));
+  w.size = {100};
+  w.chunks[0].sizes = w.size;
+  StorageInfo& info = md.storage_data.begin()->second;
+  const std::string record = ExpandedRecord(100);
+  info.offset = 0;
+  info.length = static_cast<int64_t>(record.size());
+  PosixFileSystem fs;
+  ASSERT_THAT(WriteStringToFile(fs, JoinPath(dir, info.relative_path), record,
+                                /*sync=*/false),
+              IsOk());
+  RewriteMetadata(dir, md);
+  ToTorchSaveOptions to;
+  to.dir = dir;
+  to.file = TempPath("stride0.pt");
+  to.sync = false;
+  std::ostringstream sink;
+  const absl::Status status = DcpToTorchSave(to, sink);
+  EXPECT_THAT(status, StatusIs(absl::StatusCode::kDataLoss,
+                               HasSubstr("has more elements than its storage "
+                                         "of 1 (zero or overlapping strides")));
+  EXPECT_THAT(status.message(),
+              HasSubstr(absl::StrCat("in ", JoinPath(dir, info.relative_path),
+                                     " at offset 0")));
+}
+
+TEST(TorchSaveConvertTest, TensorsSharingOneRecordAreNotAllocated) {
+  // Eight tensors whose chunks all point at one 4 KiB record: each fits
+  // the record, together they claim eight times the bytes present.
+  const std::string dir = TempPath("shared_record_ckpt");
+  Metadata md = SaveOneTensor(dir, 1024);
+  const auto w = std::get<TensorStorageMetadata>(md.state_dict_metadata.at("w"));
+  const StorageInfo info = md.storage_data.begin()->second;
+  for (int i = 0; i < 8; ++i) {
+    const std::string fqn = absl::StrCat("copy", i);
+    md.state_dict_metadata[fqn] = w;
+    md.storage_data[MetadataIndex(fqn, w.chunks[0].offsets)] = info;
+  }
+  RewriteMetadata(dir, md);
+  ToTorchSaveOptions to;
+  to.dir = dir;
+  to.file = TempPath("shared_record.pt");
+  to.sync = false;
+  std::ostringstream sink;
+  EXPECT_THAT(DcpToTorchSave(to, sink),
+              StatusIs(absl::StatusCode::kDataLoss,
+                       HasSubstr("declares more bytes of tensors than the")));
+}
+
+TEST(TorchSaveConvertTest, HugeListIndexInThePlannerDataIsDataLoss) {
+  // {"w": ...} re-filed by .metadata under ["w", 2^40]: unflattening would
+  // pad a list with 2^40 placeholders.
+  const std::string dir = TempPath("list_index_ckpt");
+  Metadata md = SaveOneTensor(dir, 4);
+  ToTorchSaveOptions to;
+  to.dir = dir;
+  to.file = TempPath("list_index.pt");
+  to.sync = false;
+  std::ostringstream sink;
+  for (int64_t index : {int64_t{1} << 40, int64_t{-1}}) {
+    SCOPED_TRACE(index);
+    md.planner_data["w"] = ObjectPath{std::string("w"), index};
+    RewriteMetadata(dir, md);
+    EXPECT_THAT(DcpToTorchSave(to, sink),
+                StatusIs(absl::StatusCode::kDataLoss,
+                         HasSubstr(absl::StrCat("the path of \"w\" has list "
+                                                "index ", index))));
+  }
+  // A small index is a list, as PyTorch would nest it.
+  md.planner_data["w"] = ObjectPath{std::string("w"), int64_t{2}};
+  RewriteMetadata(dir, md);
+  ASSERT_THAT(DcpToTorchSave(to, sink), IsOk());
+  ASSERT_OK_AND_ASSIGN(StateDict back, ReadTorchSave(to.file));
+  const List& list = back.Find("w")->get<List>();
+  ASSERT_EQ(list.size(), 3u);
+  EXPECT_TRUE(list[0].is<None>());
+  EXPECT_THAT(list[2].get<at::Tensor>(), TensorEq(at::arange(4, at::kFloat)));
 }
 
 TEST(TorchSaveConvertTest, ReportsBadInputs) {
