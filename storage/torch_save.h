@@ -50,6 +50,12 @@
 //                    (ReadTorchSave; ReadTorchSaveValue accepts any)
 //   DataLoss         reading: malformed zip, pickle or tensor layout, a
 //                    missing storage entry, CRC mismatch (when verifying)
+//   ResourceExhausted reading: data.pkl nests deeper than
+//                    `decode_limits.max_depth`, or reading would allocate
+//                    more than the decoded-size budget: shared (memoized)
+//                    strings or tensors referenced too often ("torch.save
+//                    file: obj[3]: torch.save file decodes to more than its
+//                    budget of ... bytes")
 //   Unimplemented    reading: well-formed contents dcp does not represent
 //                    (sets, ints beyond int64, arbitrary Python objects,
 //                    quantized or sparse tensors, legacy non-zip files,
@@ -69,6 +75,7 @@
 #include "absl/strings/string_view.h"
 #include "checkpoint/state_dict.h"
 #include "storage/file_system.h"
+#include "storage/pickle.h"
 
 namespace dcp {
 
@@ -91,6 +98,12 @@ absl::StatusOr<std::string> SerializeTorchSave(const StateDict& state_dict);
 struct TorchSaveReadOptions {
   // Check each storage entry's CRC-32 against the zip directory.
   bool verify_crc = true;
+  // Nesting depth of data.pkl and the decoded-size budget, proportional to
+  // the file's size (storage/pickle.h): what reading allocates (values,
+  // string copies, and each tensor at every reference to it) may not
+  // exceed `decode_limits.BudgetFor(file size)`, 64 bytes per file byte
+  // + 64 KiB by default.
+  DecodeLimits decode_limits;
 };
 
 // Reads a torch.save file whose top-level object is a dict.
