@@ -430,14 +430,27 @@ absl::Status NotACheckpoint(absl::string_view dir) {
 }
 
 absl::StatusOr<Metadata> ReadMetadataFile(FileSystem& fs,
-                                          const std::string& dir) {
+                                          const std::string& dir,
+                                          uint64_t max_bytes,
+                                          const DecodeLimits& limits) {
   const std::string path = JoinPath(dir, kMetadataName);
-  absl::StatusOr<std::string> bytes = ReadFileToString(fs, path);
-  if (!bytes.ok()) {
-    if (absl::IsNotFound(bytes.status())) return NotACheckpoint(dir);
-    return Annotate(bytes.status(), absl::StrCat("reading ", path));
+  absl::StatusOr<std::unique_ptr<RandomAccessFile>> file =
+      fs.NewRandomAccessFile(path);
+  if (!file.ok()) {
+    if (absl::IsNotFound(file.status())) return NotACheckpoint(dir);
+    return Annotate(file.status(), absl::StrCat("reading ", path));
   }
-  absl::StatusOr<Metadata> metadata = DecodeMetadataPickle(*bytes);
+  // The size decides before anything is allocated or read.
+  const uint64_t size = (*file)->size();
+  if (size > max_bytes) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        path, " is ", size, " bytes, more than the ", max_bytes,
+        " bytes a .metadata may have (max_metadata_bytes); not reading it"));
+  }
+  std::string bytes(static_cast<size_t>(size), '\0');
+  absl::Status read = (*file)->ReadInto(0, absl::MakeSpan(bytes));
+  if (!read.ok()) return Annotate(read, absl::StrCat("reading ", path));
+  absl::StatusOr<Metadata> metadata = DecodeMetadataPickle(bytes, limits);
   if (!metadata.ok()) {
     return Annotate(metadata.status(), absl::StrCat("decoding ", path));
   }
@@ -496,7 +509,8 @@ bool IsDcpTempMetadataName(absl::string_view name) {
 std::set<std::string> FilesOfCurrentCheckpoint(FileSystem& fs,
                                                const std::string& dir) {
   std::set<std::string> files;
-  absl::StatusOr<Metadata> metadata = ReadMetadataFile(fs, dir);
+  absl::StatusOr<Metadata> metadata =
+      ReadMetadataFile(fs, dir, kDefaultMaxMetadataBytes, DecodeLimits());
   if (!metadata.ok()) {
     if (!absl::IsNotFound(metadata.status())) {
       LOG(WARNING) << "fs_storage: the checkpoint being replaced in " << dir
@@ -679,7 +693,7 @@ absl::Status CheckTensorRecord(const FileWork& file, RecordWork& record,
 
 // Reads, checks and parses a bytes record.
 absl::Status CheckBytesRecord(const FileWork& file, RecordWork& record,
-                              bool verify) {
+                              bool verify, const DecodeLimits& limits) {
   std::string bytes(static_cast<size_t>(record.info->length), '\0');
   DCP_RETURN_IF_ERROR(file.file->ReadInto(
       static_cast<uint64_t>(record.info->offset), absl::MakeSpan(bytes)));
@@ -692,7 +706,7 @@ absl::Status CheckBytesRecord(const FileWork& file, RecordWork& record,
       }
     }
   }
-  DCP_ASSIGN_OR_RETURN(record.value, ParseValueRecord(bytes));
+  DCP_ASSIGN_OR_RETURN(record.value, ParseValueRecord(bytes, limits));
   return absl::OkStatus();
 }
 
@@ -702,7 +716,8 @@ absl::Status CheckBytesRecord(const FileWork& file, RecordWork& record,
 absl::Status CheckFile(FileSystem& fs, FileWork& file,
                        std::vector<RecordWork>& records,
                        std::vector<ItemWork>& items,
-                       const std::vector<ReadItem>& plan_items, bool verify) {
+                       const std::vector<ReadItem>& plan_items, bool verify,
+                       const DecodeLimits& limits) {
   const RecordWork& first = records[file.records.front()];
   absl::StatusOr<std::unique_ptr<RandomAccessFile>> opened =
       fs.NewRandomAccessFile(file.path);
@@ -729,7 +744,7 @@ absl::Status CheckFile(FileSystem& fs, FileWork& file,
           DescribeRecord(file, record), file_size));
     }
     absl::Status status = record.is_bytes
-                              ? CheckBytesRecord(file, record, verify)
+                              ? CheckBytesRecord(file, record, verify, limits)
                               : CheckTensorRecord(file, record, verify);
     if (!status.ok()) {
       // Checksum errors already name the file, the offset and the key.
@@ -1151,8 +1166,11 @@ absl::Status FileSystemReader::Reset(std::optional<std::string> checkpoint_id) {
 }
 
 absl::StatusOr<Metadata> FileSystemReader::ReadMetadata() {
-  DCP_ASSIGN_OR_RETURN(Metadata metadata, fs_storage_internal::ReadMetadataFile(
-                                              *state_->fs, state_->path));
+  DCP_ASSIGN_OR_RETURN(Metadata metadata,
+                       fs_storage_internal::ReadMetadataFile(
+                           *state_->fs, state_->path,
+                           state_->options.max_metadata_bytes,
+                           state_->options.decode_limits));
   if (!metadata.storage_meta.has_value()) metadata.storage_meta.emplace();
   metadata.storage_meta->load_id = state_->load_id;
   return metadata;
@@ -1291,9 +1309,9 @@ absl::Status FileSystemReader::ReadData(const LoadPlan& plan,
   DCP_RETURN_IF_ERROR(
       fs_storage_internal::FirstError(fs_storage_internal::RunParallel(
           file_list.size(), s.options.thread_count, [&](size_t f) {
-            return fs_storage_internal::CheckFile(*s.fs, *file_list[f], records,
-                                                  items, plan.items,
-                                                  s.options.verify_checksums);
+            return fs_storage_internal::CheckFile(
+                *s.fs, *file_list[f], records, items, plan.items,
+                s.options.verify_checksums, s.options.decode_limits);
           })));
 
   // Copying phase.
@@ -1327,8 +1345,17 @@ absl::Status FileSystemReader::ReadData(const LoadPlan& plan,
 
 absl::StatusOr<Metadata> ReadCheckpointMetadata(
     const std::string& dir, std::shared_ptr<FileSystem> file_system) {
+  MetadataReadOptions options;
+  options.file_system = std::move(file_system);
+  return ReadCheckpointMetadata(dir, options);
+}
+
+absl::StatusOr<Metadata> ReadCheckpointMetadata(
+    const std::string& dir, const MetadataReadOptions& options) {
+  std::shared_ptr<FileSystem> file_system = options.file_system;
   if (file_system == nullptr) file_system = NewPosixFileSystem();
-  return fs_storage_internal::ReadMetadataFile(*file_system, dir);
+  return fs_storage_internal::ReadMetadataFile(
+      *file_system, dir, options.max_metadata_bytes, options.decode_limits);
 }
 
 }  // namespace dcp
