@@ -19,6 +19,18 @@ bool Write(const std::string& path, const std::string& data) {
   return static_cast<bool>(out);
 }
 
+// A file of `size` zero bytes without writing them (a hole).
+bool WriteSparse(const std::string& path, std::size_t size) {
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  if (size > 0) {
+    out.seekp(static_cast<std::streamoff>(size - 1));
+    out.put('\0');
+  }
+  out.close();
+  if (!out) std::cerr << "cannot write " << path << "\n";
+  return static_cast<bool>(out);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -33,7 +45,7 @@ int main(int argc, char** argv) {
                                             20000, std::size_t{1} << 20)) &&
       Write(out + "/realistic/.metadata",
             dcp::testing::RealisticMetadataPickle(20000, 150, 1)) &&
-      Write(out + "/realistic/__0_0.distcp",
-            std::string(std::size_t{20000} * 64 * 16 * 4, '\0'));
+      WriteSparse(out + "/realistic/__0_0.distcp",
+                  std::size_t{20000} * 64 * 16 * 4);
   return ok ? 0 : 1;
 }
