@@ -470,14 +470,27 @@ absl::Status NotACheckpoint(absl::string_view dir) {
 }
 
 absl::StatusOr<Metadata> ReadMetadataFile(FileSystem& fs,
-                                          const std::string& dir) {
+                                          const std::string& dir,
+                                          uint64_t max_bytes,
+                                          const DecodeLimits& limits) {
   const std::string path = JoinPath(dir, kMetadataName);
-  absl::StatusOr<std::string> bytes = ReadFileToString(fs, path);
-  if (!bytes.ok()) {
-    if (absl::IsNotFound(bytes.status())) return NotACheckpoint(dir);
-    return Annotate(bytes.status(), absl::StrCat("reading ", path));
+  absl::StatusOr<std::unique_ptr<RandomAccessFile>> file =
+      fs.NewRandomAccessFile(path);
+  if (!file.ok()) {
+    if (absl::IsNotFound(file.status())) return NotACheckpoint(dir);
+    return Annotate(file.status(), absl::StrCat("reading ", path));
   }
-  absl::StatusOr<Metadata> metadata = DecodeMetadataPickle(*bytes);
+  // The size decides before anything is allocated or read.
+  const uint64_t size = (*file)->size();
+  if (size > max_bytes) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        path, " is ", size, " bytes, more than the ", max_bytes,
+        " bytes a .metadata may have (max_metadata_bytes); not reading it"));
+  }
+  std::string bytes(static_cast<size_t>(size), '\0');
+  absl::Status read = (*file)->ReadInto(0, absl::MakeSpan(bytes));
+  if (!read.ok()) return Annotate(read, absl::StrCat("reading ", path));
+  absl::StatusOr<Metadata> metadata = DecodeMetadataPickle(bytes, limits);
   if (!metadata.ok()) {
     return Annotate(metadata.status(), absl::StrCat("decoding ", path));
   }
@@ -539,7 +552,8 @@ bool IsDcpTempMetadataName(absl::string_view name) {
 std::set<std::string> FilesOfCurrentCheckpoint(FileSystem& fs,
                                                const std::string& dir) {
   std::set<std::string> files;
-  absl::StatusOr<Metadata> metadata = ReadMetadataFile(fs, dir);
+  absl::StatusOr<Metadata> metadata =
+      ReadMetadataFile(fs, dir, kDefaultMaxMetadataBytes, DecodeLimits());
   if (!metadata.ok()) {
     if (!absl::IsNotFound(metadata.status())) {
       LOG(WARNING) << "fs_storage: the checkpoint being replaced in " << dir
@@ -722,7 +736,7 @@ absl::Status CheckTensorRecord(const FileWork& file, RecordWork& record,
 
 // Reads, checks and parses a bytes record.
 absl::Status CheckBytesRecord(const FileWork& file, RecordWork& record,
-                              bool verify) {
+                              bool verify, const DecodeLimits& limits) {
   std::string bytes(static_cast<size_t>(record.info->length), '\0');
   DCP_RETURN_IF_ERROR(file.file->ReadInto(
       static_cast<uint64_t>(record.info->offset), absl::MakeSpan(bytes)));
@@ -735,7 +749,7 @@ absl::Status CheckBytesRecord(const FileWork& file, RecordWork& record,
       }
     }
   }
-  DCP_ASSIGN_OR_RETURN(record.value, ParseValueRecord(bytes));
+  DCP_ASSIGN_OR_RETURN(record.value, ParseValueRecord(bytes, limits));
   return absl::OkStatus();
 }
 
@@ -745,7 +759,8 @@ absl::Status CheckBytesRecord(const FileWork& file, RecordWork& record,
 absl::Status CheckFile(FileSystem& fs, FileWork& file,
                        std::vector<RecordWork>& records,
                        std::vector<ItemWork>& items,
-                       const std::vector<ReadItem>& plan_items, bool verify) {
+                       const std::vector<ReadItem>& plan_items, bool verify,
+                       const DecodeLimits& limits) {
   const RecordWork& first = records[file.records.front()];
   absl::StatusOr<std::unique_ptr<RandomAccessFile>> opened =
       fs.NewRandomAccessFile(file.path);
@@ -772,7 +787,7 @@ absl::Status CheckFile(FileSystem& fs, FileWork& file,
           DescribeRecord(file, record), file_size));
     }
     absl::Status status = record.is_bytes
-                              ? CheckBytesRecord(file, record, verify)
+                              ? CheckBytesRecord(file, record, verify, limits)
                               : CheckTensorRecord(file, record, verify);
     if (!status.ok()) {
       // Checksum errors already name the file, the offset and the key.
@@ -1214,8 +1229,11 @@ absl::Status FileSystemReader::Reset(std::optional<std::string> checkpoint_id) {
 }
 
 absl::StatusOr<Metadata> FileSystemReader::ReadMetadata() {
-  DCP_ASSIGN_OR_RETURN(Metadata metadata, fs_storage_internal::ReadMetadataFile(
-                                              *state_->fs, state_->path));
+  DCP_ASSIGN_OR_RETURN(Metadata metadata,
+                       fs_storage_internal::ReadMetadataFile(
+                           *state_->fs, state_->path,
+                           state_->options.max_metadata_bytes,
+                           state_->options.decode_limits));
   if (!metadata.storage_meta.has_value()) metadata.storage_meta.emplace();
   metadata.storage_meta->load_id = state_->load_id;
   return metadata;
@@ -1354,9 +1372,9 @@ absl::Status FileSystemReader::ReadData(const LoadPlan& plan,
   DCP_RETURN_IF_ERROR(
       fs_storage_internal::FirstError(fs_storage_internal::RunParallel(
           file_list.size(), s.options.thread_count, [&](size_t f) {
-            return fs_storage_internal::CheckFile(*s.fs, *file_list[f], records,
-                                                  items, plan.items,
-                                                  s.options.verify_checksums);
+            return fs_storage_internal::CheckFile(
+                *s.fs, *file_list[f], records, items, plan.items,
+                s.options.verify_checksums, s.options.decode_limits);
           })));
 
   // Copying phase.
@@ -1400,7 +1418,7 @@ absl::StatusOr<Metadata> ReadCheckpointMetadata(
   return fs_storage_internal::ReadMetadataFile(
       *fs_storage_internal::ReaderFileSystem(options.file_system,
                                              options.allow_symlinks),
-      dir);
+      dir, options.max_metadata_bytes, options.decode_limits);
 }
 
 }  // namespace dcp

@@ -77,7 +77,8 @@
 // row-major chunk is one range), straight into the destination tensors, so
 // peak memory stays near the size of the destination tensors.
 //
-// Errors: NotFound "not a checkpoint: no .metadata in <dir>"; AlreadyExists
+// Errors: NotFound "not a checkpoint: no .metadata in <dir>"; ResourceExhausted
+// beyond the limits for untrusted checkpoints (below); AlreadyExists
 // when `overwrite` is false and a checkpoint exists; FailedPrecondition when
 // another writer is saving into the directory; DataLoss for missing,
 // truncated or corrupt files and records (naming the file, the key and the
@@ -107,6 +108,23 @@
 // checkpoint from the same directory that is still running may fail with
 // DataLoss once its files are removed.
 //
+// Untrusted checkpoints. Reading is bounded by limits with safe defaults
+// (`FileSystemReaderOptions`, also for `ReadCheckpointMetadata`), so a hostile
+// checkpoint fails with ResourceExhausted instead of exhausting memory:
+//   - `.metadata` larger than `max_metadata_bytes` (1 GiB by default) is
+//     refused from its size, before any of it is read: "<dir>/.metadata is
+//     N bytes, more than the 1073741824 bytes a .metadata may have
+//     (max_metadata_bytes); not reading it".
+//   - Decoding `.metadata` and each bytes (value) record is bounded by
+//     `decode_limits` (storage/pickle.h): a nesting depth, and a decoded-
+//     size budget proportional to the input (64 bytes per input byte +
+//     64 KiB by default) that counts every string at every reference that
+//     is copied. A 1.7 MB `.metadata` whose 20,000 entries all name one
+//     memoized 1 MiB key (20 GiB of copies) fails with "decoding
+//     <dir>/.metadata: decoding .metadata: pickle value expands to more
+//     than N units of decoded size ...". Files PyTorch or dcp write stay far
+//     below the budget; raise `budget_per_input_byte` for unusual ones.
+//
 // Thread safety: as storage/storage.h: one thread drives each writer or
 // reader; they use internal threads.
 #ifndef DCP_STORAGE_FS_STORAGE_H_
@@ -122,12 +140,17 @@
 #include "absl/strings/string_view.h"
 #include "checkpoint/metadata.h"
 #include "storage/file_system.h"
+#include "storage/pickle.h"
 #include "storage/storage.h"
 
 namespace dcp {
 
 // The lock file of a checkpoint directory (see "One saver per directory").
 inline constexpr absl::string_view kCheckpointLockFileName = ".dcp.lock";
+
+// The default largest `.metadata` a reader accepts (see "Untrusted
+// checkpoints"): 1 GiB, about 10 million keys.
+inline constexpr uint64_t kDefaultMaxMetadataBytes = uint64_t{1} << 30;
 
 struct FileSystemWriterOptions {
   // Threads (and data files) per rank when `single_file_per_rank`.
@@ -190,6 +213,15 @@ struct FileSystemReaderOptions {
   // Open `.metadata` and data files that are symbolic links (see "Hostile
   // directories" above). False: refuse them with FailedPrecondition.
   bool allow_symlinks = false;
+
+  // -- Limits for untrusted checkpoints (see "Untrusted checkpoints") --
+  // `.metadata` larger than this is refused (ResourceExhausted) before it
+  // is read.
+  uint64_t max_metadata_bytes = kDefaultMaxMetadataBytes;
+  // Nesting depth and decoded-size budget (multiplier and base) for
+  // decoding `.metadata` and bytes (value) records.
+  DecodeLimits decode_limits;
+
   // Null: the local POSIX file system.
   std::shared_ptr<FileSystem> file_system;
 };
@@ -216,14 +248,17 @@ class FileSystemReader : public StorageReader {
   std::unique_ptr<State> state_;
 };
 
-// Reads and decodes `<dir>/.metadata` alone (for tools). As a
-// `FileSystemReader` with default options: FailedPrecondition if
-// `.metadata` is not a regular file or is a symbolic link.
+// Reads and decodes `<dir>/.metadata` alone (for tools), as a
+// `FileSystemReader` with default options does. NotFound if there is none;
+// FailedPrecondition if it is not a regular file or is a symbolic link;
+// ResourceExhausted (naming the file) beyond the limits; DataLoss or
+// InvalidArgument as storage/metadata_pickle.h.
 absl::StatusOr<Metadata> ReadCheckpointMetadata(
     const std::string& dir, std::shared_ptr<FileSystem> file_system = nullptr);
 
 // The same, as a `FileSystemReader` with `options` reads it (only
-// `file_system` and `allow_symlinks` matter).
+// `file_system`, `allow_symlinks`, `max_metadata_bytes` and `decode_limits`
+// matter).
 absl::StatusOr<Metadata> ReadCheckpointMetadata(
     const std::string& dir, const FileSystemReaderOptions& options);
 

@@ -321,16 +321,32 @@ bool IsAllowedGlobal(absl::string_view module, absl::string_view name) {
   return false;
 }
 
+// At most this many bytes of a key are quoted in a field path: a hostile
+// key may be megabytes long.
+constexpr size_t kMaxQuotedKey = 200;
+
 std::string Quote(absl::string_view s) {
+  if (s.size() > kMaxQuotedKey) {
+    return absl::StrCat("\"", absl::CEscape(s.substr(0, kMaxQuotedKey)),
+                        "\"... (", s.size(), " bytes)");
+  }
   return absl::StrCat("\"", absl::CEscape(s), "\"");
 }
+
+// What a decoded std::map entry costs beyond its key and value (tree links).
+constexpr uint64_t kMapNodeBytes = 48;
 
 std::string Describe(const PickleValue& v) {
   return absl::StrCat(v.DebugString(80), " (pickle byte ", v.offset(), ")");
 }
 
+// Converts the pickle into dcp::Metadata, charging every string it copies
+// and every element it creates to `budget`: a memoized value is copied at
+// each reference, so the result can be far larger than the pickle.
 class Decoder {
  public:
+  explicit Decoder(DecodeBudget& budget) : budget_(budget) {}
+
   absl::StatusOr<Metadata> Decode(const PickleValue& root);
 
  private:
@@ -399,12 +415,20 @@ class Decoder {
     return v;
   }
 
-  static absl::StatusOr<std::string> String(absl::string_view where,
-                                            const PickleValue& v) {
+  absl::Status Charge(absl::string_view where, uint64_t bytes) {
+    absl::Status status = budget_.Charge(bytes);
+    if (status.ok()) return status;
+    return Annotate(status,
+                    absl::StrCat("at ", where.empty() ? "root" : where));
+  }
+  absl::StatusOr<std::string> String(absl::string_view where,
+                                     const PickleValue& v) {
     if (v.kind() != Kind::kString) return Mismatch(where, "a str", v);
+    DCP_RETURN_IF_ERROR(
+        Charge(where, sizeof(std::string) + v.string_value().size()));
     return v.string_value();
   }
-  static absl::StatusOr<std::optional<std::string>> OptionalString(
+  absl::StatusOr<std::optional<std::string>> OptionalString(
       absl::string_view where, const PickleValue* v) {
     if (v == nullptr || v->is_none()) return std::nullopt;
     DCP_ASSIGN_OR_RETURN(std::string s, String(where, *v));
@@ -424,10 +448,9 @@ class Decoder {
     return v.kind() == Kind::kTuple || v.kind() == Kind::kList;
   }
 
-  static absl::StatusOr<Shape> Size(absl::string_view where,
-                                    const PickleValue& v);
-  static absl::StatusOr<std::string> PathString(absl::string_view where,
-                                                const PickleValue& v);
+  absl::StatusOr<Shape> Size(absl::string_view where, const PickleValue& v);
+  absl::StatusOr<std::string> PathString(absl::string_view where,
+                                         const PickleValue& v);
   absl::StatusOr<TensorProperties> Properties(absl::string_view where,
                                               const PickleValue& v);
   absl::StatusOr<StorageMetadata> Item(absl::string_view where,
@@ -440,6 +463,8 @@ class Decoder {
                                    const PickleValue& v);
   absl::StatusOr<StorageMeta> Meta(absl::string_view where,
                                    const PickleValue& v);
+
+  DecodeBudget& budget_;
 };
 
 absl::StatusOr<Shape> Decoder::Size(absl::string_view where,
@@ -452,6 +477,8 @@ absl::StatusOr<Shape> Decoder::Size(absl::string_view where,
     dims = &v.args().item(0);
   }
   if (!IsSequence(*dims)) return Mismatch(where, "a torch.Size", v);
+  DCP_RETURN_IF_ERROR(Charge(where, sizeof(Shape) + sizeof(int64_t) *
+                                                        dims->num_items()));
   Shape shape;
   shape.reserve(dims->num_items());
   for (size_t i = 0; i < dims->num_items(); ++i) {
@@ -466,7 +493,7 @@ absl::StatusOr<Shape> Decoder::Size(absl::string_view where,
 
 absl::StatusOr<std::string> Decoder::PathString(absl::string_view where,
                                                 const PickleValue& v) {
-  if (v.kind() == Kind::kString) return v.string_value();
+  if (v.kind() == Kind::kString) return String(where, v);
   if (v.kind() != Kind::kObject ||
       v.construction() != PickleValue::Construction::kReduce ||
       v.callable().kind() != Kind::kGlobal ||
@@ -597,6 +624,7 @@ absl::StatusOr<StorageMetadata> Decoder::Item(absl::string_view where,
                     v);
   }
   DCP_ASSIGN_OR_RETURN(const PickleValue* state, State(where, v));
+  DCP_RETURN_IF_ERROR(Charge(where, sizeof(TensorStorageMetadata)));
   TensorStorageMetadata tensor;
   DCP_ASSIGN_OR_RETURN(const PickleValue* properties,
                        Require(where, state, "properties"));
@@ -608,6 +636,8 @@ absl::StatusOr<StorageMetadata> Decoder::Item(absl::string_view where,
                        Require(where, state, "chunks"));
   const std::string chunks_where = Field(where, "chunks");
   if (!IsSequence(*chunks)) return Mismatch(chunks_where, "a list", *chunks);
+  DCP_RETURN_IF_ERROR(Charge(chunks_where, sizeof(ChunkStorageMetadata) *
+                                               chunks->num_items()));
   tensor.chunks.reserve(chunks->num_items());
   for (size_t i = 0; i < chunks->num_items(); ++i) {
     const std::string chunk_where = Index(chunks_where, i);
@@ -633,11 +663,16 @@ absl::StatusOr<StorageMetadata> Decoder::Item(absl::string_view where,
 absl::StatusOr<ObjectPath> Decoder::Path(absl::string_view where,
                                          const PickleValue& v) {
   if (!IsSequence(v)) return Mismatch(where, "a tuple path", v);
+  DCP_RETURN_IF_ERROR(Charge(where, sizeof(ObjectPath) +
+                                        sizeof(ObjectPath::value_type) *
+                                            v.num_items()));
   ObjectPath path;
   path.reserve(v.num_items());
   for (size_t i = 0; i < v.num_items(); ++i) {
     const PickleValue& element = v.item(i);
     if (element.kind() == Kind::kString) {
+      DCP_RETURN_IF_ERROR(
+          Charge(where, element.string_value().size()));  // Beyond the slot.
       path.emplace_back(element.string_value());
     } else if (element.kind() == Kind::kInt) {
       path.emplace_back(element.int_value());
@@ -755,6 +790,7 @@ absl::StatusOr<Metadata> Decoder::Decode(const PickleValue& root) {
         String(Index("state_dict_metadata keys", i), items->key(i)));
     const std::string where = Key("state_dict_metadata", fqn);
     DCP_ASSIGN_OR_RETURN(StorageMetadata item, Item(where, items->value(i)));
+    DCP_RETURN_IF_ERROR(Charge(where, kMapNodeBytes));
     md.state_dict_metadata.insert_or_assign(std::move(fqn), std::move(item));
   }
 
@@ -768,6 +804,7 @@ absl::StatusOr<Metadata> Decoder::Decode(const PickleValue& root) {
           String(Index("planner_data keys", i), planner->key(i)));
       DCP_ASSIGN_OR_RETURN(ObjectPath path,
                            Path(Key("planner_data", fqn), planner->value(i)));
+      DCP_RETURN_IF_ERROR(Charge("planner_data", kMapNodeBytes));
       md.planner_data.insert_or_assign(std::move(fqn), std::move(path));
     }
   }
@@ -787,6 +824,9 @@ absl::StatusOr<Metadata> Decoder::Decode(const PickleValue& root) {
                            IndexKey(absl::StrCat(where, ".key"), storage->key(i)));
       DCP_ASSIGN_OR_RETURN(StorageInfo info,
                            Info(Key("storage_data", index.fqn), storage->value(i)));
+      DCP_RETURN_IF_ERROR(Charge(where, sizeof(MetadataIndex) +
+                                            sizeof(StorageInfo) +
+                                            kMapNodeBytes));
       md.storage_data.insert_or_assign(std::move(index), std::move(info));
     }
   }
@@ -808,12 +848,14 @@ absl::StatusOr<std::string> EncodeMetadataPickle(const Metadata& metadata) {
   return bytes;
 }
 
-absl::StatusOr<Metadata> DecodeMetadataPickle(absl::string_view bytes) {
-  PickleReadOptions options;
+absl::StatusOr<Metadata> DecodeMetadataPickle(absl::string_view bytes,
+                                              const DecodeLimits& limits) {
+  PickleReadOptions options = limits.PickleOptions(bytes.size());
   options.allow_global = &IsAllowedGlobal;
   absl::StatusOr<PickleValue> root = ReadPickle(bytes, options);
   if (!root.ok()) return Annotate(root.status(), "decoding .metadata");
-  return Decoder().Decode(*root);
+  DecodeBudget budget(bytes.size(), limits, ".metadata");
+  return Decoder(budget).Decode(*root);
 }
 
 }  // namespace dcp

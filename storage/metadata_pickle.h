@@ -57,8 +57,19 @@
 //                    storage_data; when encoding, a dtype without a PyTorch
 //                    name, a non-strided layout, an invalid memory format or
 //                    a string that is not UTF-8
-//   ResourceExhausted  the pickle exceeds the reader's nesting or size limits
-//                    (storage/pickle.h)
+//   ResourceExhausted  the pickle nests deeper than `DecodeLimits::max_depth`,
+//                    or decodes to more than its budget
+//                    (`DecodeLimits::BudgetFor` the pickle's size, by
+//                    default 64 bytes per input byte + 64 KiB): the
+//                    pickle's decoded size (storage/pickle.h, "Resource
+//                    bounds") or the bytes the conversion copies, counting
+//                    every string (an fqn, a path) at every reference and
+//                    every chunk, index and entry it creates. Pickles
+//                    PyTorch or dcp write reference each string a few times
+//                    and stay far below it; a `.metadata` whose 20,000
+//                    entries all name one memoized 1 MiB key does not
+//                    ("... decodes to more than its budget of ... bytes").
+//                    The limit holds memory to about the budget.
 //
 // Thread safety: free functions without shared state.
 #ifndef DCP_STORAGE_METADATA_PICKLE_H_
@@ -69,6 +80,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "checkpoint/metadata.h"
+#include "storage/pickle.h"
 
 namespace dcp {
 
@@ -76,8 +88,9 @@ namespace dcp {
 absl::StatusOr<std::string> EncodeMetadataPickle(const Metadata& metadata);
 
 // Parses a `.metadata` pickle written by PyTorch (2.4 or newer, and older
-// files where noted above) or by EncodeMetadataPickle.
-absl::StatusOr<Metadata> DecodeMetadataPickle(absl::string_view bytes);
+// files where noted above) or by EncodeMetadataPickle, within `limits`.
+absl::StatusOr<Metadata> DecodeMetadataPickle(absl::string_view bytes,
+                                              const DecodeLimits& limits = {});
 
 }  // namespace dcp
 

@@ -313,6 +313,11 @@ std::string LeFromInt64(int64_t v) {
   return NormalizeLe(le);
 }
 
+// The decoded size of a str, bytes or big-int node: the node and its bytes.
+uint64_t PayloadSize(absl::string_view text) {
+  return uint64_t{1} + text.size();
+}
+
 uint64_t SaturatingAdd(uint64_t a, uint64_t b) {
   return a > std::numeric_limits<uint64_t>::max() - b
              ? std::numeric_limits<uint64_t>::max()
@@ -436,6 +441,7 @@ PickleValue PickleValue::BigInt(absl::string_view le_bytes) {
   if (normal.size() <= 8) return Int(Int64FromLe(normal));
   PickleValue v(Kind::kBigInt);
   v.text_ = std::move(normal);
+  v.tree_size_ = PayloadSize(v.text_);
   return v;
 }
 
@@ -448,12 +454,14 @@ PickleValue PickleValue::Float(double value) {
 PickleValue PickleValue::String(std::string utf8) {
   PickleValue v(Kind::kString);
   v.text_ = std::move(utf8);
+  v.tree_size_ = PayloadSize(v.text_);
   return v;
 }
 
 PickleValue PickleValue::Bytes(std::string bytes) {
   PickleValue v(Kind::kBytes);
   v.text_ = std::move(bytes);
+  v.tree_size_ = PayloadSize(v.text_);
   return v;
 }
 
@@ -729,14 +737,20 @@ void PickleValue::AppendDebugString(std::string& out, size_t max_chars) const {
       absl::StrAppend(&out, scalar_.int_);
       return;
     case Kind::kBigInt:
-      absl::StrAppend(&out, "int(le=0x", absl::BytesToHexString(text_), ")");
+      // Only what fits is converted: a payload may be megabytes.
+      absl::StrAppend(&out, "int(le=0x",
+                      absl::BytesToHexString(absl::string_view(text_).substr(
+                          0, max_chars - out.size() + 1)),
+                      ")");
       return;
     case Kind::kFloat:
       absl::StrAppendFormat(&out, "%.17g", scalar_.float_);
       return;
     case Kind::kString:
     case Kind::kBytes:
-      AppendPythonString(out, text_, kind_ == Kind::kBytes);
+      AppendPythonString(
+          out, absl::string_view(text_).substr(0, max_chars - out.size() + 1),
+          kind_ == Kind::kBytes);
       return;
     case Kind::kTuple:
       AppendItems(out, max_chars, "(", children_.size() == 1 ? ",)" : ")",
@@ -835,7 +849,7 @@ class Unpickler {
         options_(options),
         max_tree_size_(options.max_tree_size != 0
                            ? options.max_tree_size
-                           : uint64_t{data.size()} * 64 + 65536) {}
+                           : DecodeLimits().BudgetFor(data.size())) {}
 
   absl::StatusOr<PickleValue> Run();
 
@@ -878,6 +892,10 @@ class Unpickler {
 
   // Structure.
   absl::Status CheckLimits(const PickleValue& value) const;
+  // Counts `text`, about to be copied into a new node, against
+  // `max_tree_size_`: copies of input bytes never reach it, but copies of
+  // shared values (a bytes value built from a memoized str) could.
+  absl::Status AllocatePayload(absl::string_view text);
   absl::Status CheckChild(const Node& child) const;
   absl::Status AddChild(PickleValue& parent, Node child);
   absl::Status SetSlot(PickleValue& object, PickleValue::ObjectSlot slot,
@@ -904,6 +922,7 @@ class Unpickler {
   const absl::string_view data_;
   const PickleReadOptions& options_;
   const uint64_t max_tree_size_;
+  uint64_t allocated_payload_ = 0;
   size_t pos_ = 0;
   size_t op_pos_ = 0;
   uint8_t op_ = 0;
@@ -996,8 +1015,21 @@ absl::Status Unpickler::CheckLimits(const PickleValue& value) const {
   if (value.tree_size_ > max_tree_size_) {
     return absl::ResourceExhaustedError(absl::StrCat(
         "pickle value expands to more than ", max_tree_size_,
-        " nodes through shared references (opcode ", OpName(), " at byte ",
-        op_pos_, ")"));
+        " units of decoded size (nodes plus string bytes, shared values "
+        "counted at every reference; the limit is proportional to the ",
+        data_.size(), "-byte input) at opcode ", OpName(), " at byte ",
+        op_pos_));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Unpickler::AllocatePayload(absl::string_view text) {
+  allocated_payload_ = SaturatingAdd(allocated_payload_, PayloadSize(text));
+  if (allocated_payload_ > max_tree_size_) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "pickle builds more than ", max_tree_size_,
+        " bytes of strings (the limit is proportional to the ", data_.size(),
+        "-byte input) at opcode ", OpName(), " at byte ", op_pos_));
   }
   return absl::OkStatus();
 }
@@ -1131,7 +1163,9 @@ absl::Status Unpickler::PushString(absl::string_view bytes, bool unicode) {
     return Corrupt(absl::StrCat("string of ", bytes.size(),
                                 " bytes is not valid UTF-8"));
   }
+  DCP_RETURN_IF_ERROR(AllocatePayload(bytes));
   node->text_ = std::string(bytes);
+  node->tree_size_ = PayloadSize(node->text_);
   Push(std::move(node));
   return absl::OkStatus();
 }
@@ -1148,6 +1182,7 @@ absl::Status Unpickler::PushAsciiString(absl::string_view bytes) {
 }
 
 absl::Status Unpickler::PushLong(absl::string_view le) {
+  DCP_RETURN_IF_ERROR(AllocatePayload(le));
   PickleValue value = PickleValue::BigInt(le);
   Node node = std::make_shared<PickleValue>(std::move(value));
   node->offset_ = static_cast<int64_t>(op_pos_);
@@ -1170,6 +1205,8 @@ absl::Status Unpickler::PushGlobal(absl::string_view module,
         "pickle references unsupported global \"", absl::CEscape(module), ".",
         absl::CEscape(name), "\" at byte ", op_pos_));
   }
+  DCP_RETURN_IF_ERROR(AllocatePayload(module));
+  DCP_RETURN_IF_ERROR(AllocatePayload(name));
   Node node = NewNode(Kind::kGlobal);
   node->text_ = std::string(module);
   node->name_ = std::string(name);
@@ -1182,6 +1219,11 @@ absl::Status Unpickler::ReduceBytes(const PickleValue& callable,
                                     const PickleValue& args) {
   Node node = NewNode(Kind::kBytes);
   if (callable.text_ == "_codecs") {
+    // The str may be memoized and shared: each bytes value is a new copy.
+    if (args.children_.size() == 2 &&
+        args.children_[0]->kind_ == Kind::kString) {
+      DCP_RETURN_IF_ERROR(AllocatePayload(args.children_[0]->text_));
+    }
     static constexpr absl::string_view kLatin1[] = {"latin1", "latin-1",
                                                     "latin_1"};
     const bool ok =
@@ -1204,6 +1246,7 @@ absl::Status Unpickler::ReduceBytes(const PickleValue& callable,
         ": only bytes() without arguments is supported, got bytes",
         args.DebugString(80)));
   }
+  node->tree_size_ = PayloadSize(node->text_);
   Push(std::move(node));
   return absl::OkStatus();
 }
@@ -1622,7 +1665,9 @@ absl::Status Unpickler::Step(bool& stopped, Node& result) {
         }
       }
       Node pid = NewNode(Kind::kString);
+      DCP_RETURN_IF_ERROR(AllocatePayload(line));
       pid->text_ = std::string(line);
+      pid->tree_size_ = PayloadSize(pid->text_);
       return PersistentId(std::move(pid));
     }
 
@@ -1675,6 +1720,43 @@ absl::StatusOr<PickleValue> ReadPickle(absl::string_view bytes,
                                        const PickleReadOptions& options) {
   pickle_internal::Unpickler unpickler(bytes, options);
   return unpickler.Run();
+}
+
+// ---- Decode limits -----------------------------------------------------------
+
+uint64_t DecodeLimits::BudgetFor(uint64_t input_bytes) const {
+  uint64_t scaled = std::numeric_limits<uint64_t>::max();
+  if (budget_per_input_byte == 0 ||
+      input_bytes <= scaled / budget_per_input_byte) {
+    scaled = input_bytes * budget_per_input_byte;
+  }
+  return SaturatingAdd(scaled, budget_base_bytes);
+}
+
+PickleReadOptions DecodeLimits::PickleOptions(uint64_t input_bytes) const {
+  PickleReadOptions options;
+  options.max_depth = max_depth;
+  // 0 would mean "the default"; a budget that small is 1 unit.
+  options.max_tree_size = std::max<uint64_t>(BudgetFor(input_bytes), 1);
+  return options;
+}
+
+DecodeBudget::DecodeBudget(uint64_t input_bytes, const DecodeLimits& limits,
+                           std::string what)
+    : input_bytes_(input_bytes),
+      limits_(limits),
+      limit_(limits.BudgetFor(input_bytes)),
+      what_(std::move(what)) {}
+
+absl::Status DecodeBudget::Charge(uint64_t bytes) {
+  used_ = SaturatingAdd(used_, bytes);
+  if (used_ <= limit_) return absl::OkStatus();
+  return absl::ResourceExhaustedError(absl::StrCat(
+      what_, " decodes to more than its budget of ", limit_, " bytes (",
+      limits_.budget_per_input_byte, " per input byte x ", input_bytes_,
+      " bytes + ", limits_.budget_base_bytes,
+      "): it references shared values too often (raise "
+      "DecodeLimits::budget_per_input_byte to accept it)"));
 }
 
 // ---- Writing -----------------------------------------------------------------

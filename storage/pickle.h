@@ -42,13 +42,23 @@
 // already nested in another value, and refuses to add a container to
 // itself. Self-referencing data therefore fails with DataLoss.
 //
-// Resource bounds for hostile input: every length is checked against the
-// remaining input before anything is allocated; each opcode creates at most
-// one node, so memory is proportional to the input (about 100 bytes per
-// pickled object); nesting depth (values and MARKs) is limited by
-// `max_depth`; the "expanded" size of a value (its node count when shared
-// nodes are counted once per reference) is limited by `max_tree_size`, so a
-// recursive walk over a result is bounded too. The VM itself is iterative.
+// Resource bounds for hostile input. Every length is checked against the
+// remaining input before anything is allocated. Each opcode creates at most
+// one node, and the memo and the stack hold at most one entry per opcode,
+// so the VM's own memory is proportional to the input (about 100 bytes per
+// pickled object). Nesting depth (values and MARKs) is limited by
+// `max_depth`. What is not proportional to the input is what sharing makes
+// of it: one memoized 1 MiB string referenced 20,000 times is 20 GiB once a
+// consumer copies it at every reference. So sizes are "decoded sizes":
+// one unit per node plus one per byte of str, bytes and big-int payload,
+// with a shared value counted again at every reference (`tree_size()`).
+// `max_tree_size` (by default 64 units per input byte plus 65536, see
+// `DecodeLimits`) bounds the decoded size of every value, and also the
+// payload the VM itself allocates (a bytes value built by REDUCE copies its
+// argument). Consumers that copy strings out of a result count each copy
+// against a `DecodeBudget` with the same kind of limit, so decoding
+// hostile input fails with ResourceExhausted, in bounded memory, instead of
+// exhausting memory. The VM itself is iterative.
 //
 // Writing. `PickleWriter` emits protocol 2 with GLOBAL opcodes and no memo,
 // which every Python 3 (and PyTorch's unpicklers) accepts (§4.6). Output is
@@ -75,7 +85,8 @@
 //                      opcode this reader does not implement, an integer too
 //                      large for the text INT/LONG forms
 //   ResourceExhausted  `max_depth`, `max_memo_entries` or `max_tree_size`
-//                      exceeded
+//                      exceeded ("pickle value expands to more than N
+//                      units ..."); see "Resource bounds" above
 //
 // Thread safety: `PickleValue` is immutable once built and may be read from
 // several threads; `PickleWriter` is not thread-safe.
@@ -170,7 +181,9 @@ class PickleValue {
   int64_t offset() const { return offset_; }
   // Nesting depth: 1 for scalars and empty containers.
   int depth() const { return depth_; }
-  // Node count with shared nodes counted once per reference (saturating).
+  // Decoded size: the node count plus the bytes of every str, bytes and
+  // big-int payload, with shared nodes counted once per reference
+  // (saturating). A scalar or global is 1; a str of n bytes is 1 + n.
   uint64_t tree_size() const { return tree_size_; }
 
   // Scalars. Each requires the matching kind (DCHECKed).
@@ -308,8 +321,63 @@ struct PickleReadOptions {
   int max_depth = 1000;
   // Maximum number of memo entries.
   int64_t max_memo_entries = int64_t{1} << 26;
-  // Maximum `tree_size()` of any value; 0 means 64 * input size + 65536.
+  // Maximum `tree_size()` (decoded size) of any value, and of the payload
+  // the VM allocates; 0 means `DecodeLimits().BudgetFor(input size)`, i.e.
+  // 64 * input size + 65536.
   uint64_t max_tree_size = 0;
+};
+
+// Limits for decoding untrusted pickles and the files that hold them
+// (`.metadata`, torch.save records and files). The defaults accept any
+// checkpoint PyTorch or dcp writes: those pickles reference each string a
+// few times at most, which costs far less than 64 bytes per input byte.
+struct DecodeLimits {
+  // Maximum nesting of pickled values (and of MARKs).
+  int max_depth = 1000;
+  // The decoded-size budget is `budget_per_input_byte * input bytes +
+  // budget_base_bytes`: it bounds the pickle's `tree_size()` and the bytes
+  // a conversion materialises (see `DecodeBudget`).
+  uint64_t budget_per_input_byte = 64;
+  uint64_t budget_base_bytes = 64 << 10;
+
+  // The budget for `input_bytes` of input (saturating).
+  uint64_t BudgetFor(uint64_t input_bytes) const;
+  // Options for ReadPickle of `input_bytes` with these limits.
+  PickleReadOptions PickleOptions(uint64_t input_bytes) const;
+};
+
+// Counts what converting a decoded pickle into C++ values materialises:
+// the bytes of each string copied out (once per reference that is copied),
+// plus an estimate of each element's own size, against a limit from
+// `DecodeLimits::BudgetFor`. Charge before allocating.
+//
+// Thread safety: not thread-safe; one per decoding.
+class DecodeBudget {
+ public:
+  // `what` names the input in the error, e.g. ".metadata".
+  DecodeBudget(uint64_t input_bytes, const DecodeLimits& limits,
+               std::string what);
+  DecodeBudget(const DecodeBudget&) = delete;
+  DecodeBudget& operator=(const DecodeBudget&) = delete;
+
+  // Adds `bytes`; ResourceExhausted once the total exceeds the limit (and
+  // at every later call), with a message naming `what`, the limit and how
+  // it was computed.
+  absl::Status Charge(uint64_t bytes);
+  // Charges a string's bytes plus the size of a std::string.
+  absl::Status ChargeString(absl::string_view s) {
+    return Charge(s.size() + sizeof(std::string));
+  }
+
+  uint64_t used() const { return used_; }
+  uint64_t limit() const { return limit_; }
+
+ private:
+  const uint64_t input_bytes_;
+  const DecodeLimits limits_;
+  const uint64_t limit_;
+  const std::string what_;
+  uint64_t used_ = 0;
 };
 
 // Evaluates the pickle `bytes` (which must end at its STOP opcode unless

@@ -553,6 +553,98 @@ TEST(ReadPickleTest, SharedReferenceExplosionIsBounded) {
   EXPECT_LE(v.DebugString(100).size(), 200u);  // Printing stays bounded.
 }
 
+TEST(ReadPickleTest, StringsCountTheirBytesAtEveryReference) {
+  const std::string text(1000, 'x');
+  ASSERT_OK_AND_ASSIGN(
+      V v,
+      Read(Asm().Unicode(text).Op('q').U8(0).Op('h').U8(0).Op(0x86).Stop()));
+  ASSERT_EQ(&v.item(0), &v.item(1));
+  EXPECT_EQ(v.item(0).tree_size(), 1u + text.size());
+  EXPECT_EQ(v.tree_size(), 1u + 2 * (1u + text.size()));
+  EXPECT_EQ(V::String(text).tree_size(), 1u + text.size());
+  EXPECT_EQ(V::Bytes("abc").tree_size(), 4u);
+}
+
+// Issue 9: one memoized 1 MiB string referenced 20,000 times is 20 GiB for
+// a consumer that copies it at each reference; the node count alone (20,002)
+// looked harmless.
+TEST(ReadPickleTest, SharedBigStringExplosionIsBounded) {
+  const std::string big(1 << 20, 'k');
+  constexpr int kRefs = 20000;
+  Asm a;
+  a.Proto(2).Unicode(big).Op('q').U8(0).Op('0');  // memo[0] = big; pop
+  a.Op(']').Op('(');
+  for (int i = 0; i < kRefs; ++i) a.Op('h').U8(0);
+  a.Op('e').Stop();
+  const uint64_t limit = DecodeLimits().BudgetFor(a.size());
+  EXPECT_THAT(Read(a),
+              StatusIs(absl::StatusCode::kResourceExhausted,
+                       HasSubstr(absl::StrCat("expands to more than ", limit,
+                                              " units of decoded size"))));
+  // The size is what a consumer copying each reference would allocate.
+  PickleReadOptions unlimited = Permissive();
+  unlimited.max_tree_size = std::numeric_limits<uint64_t>::max();
+  ASSERT_OK_AND_ASSIGN(V v, ReadPickle(a, unlimited));
+  EXPECT_EQ(v.tree_size(), 1u + kRefs * (1u + big.size()));
+  EXPECT_LE(v.DebugString(100).size(), 200u);  // Printing stays bounded.
+}
+
+TEST(ReadPickleTest, BytesBuiltFromASharedStringAreBounded) {
+  // _codecs.encode(s, 'latin1') copies s; repeated on one memoized s (and
+  // popped, so no value ever grows) it must still be bounded.
+  const std::string text(64 << 10, 'b');
+  auto pickle = [&](int copies) {
+    Asm a;
+    a.Proto(2).Global("_codecs", "encode").Op('q').U8(0);
+    a.Unicode(text).Op('q').U8(1).ShortUnicode("latin1").Op('q').U8(2);
+    a.Op('0').Op('0').Op('0');
+    for (int i = 0; i < copies; ++i) {
+      a.Op('h').U8(0).Op('h').U8(1).Op('h').U8(2).Op(0x86).Op('R').Op('0');
+    }
+    return a.Op('N').Stop();
+  };
+  EXPECT_THAT(Read(pickle(10)), IsOk());
+  EXPECT_THAT(Read(pickle(10000)),
+              StatusIs(absl::StatusCode::kResourceExhausted,
+                       HasSubstr("pickle builds more than")));
+}
+
+TEST(DecodeLimitsTest, BudgetIsProportionalToTheInputAndSaturates) {
+  DecodeLimits limits;
+  EXPECT_EQ(limits.BudgetFor(0), 65536u);
+  EXPECT_EQ(limits.BudgetFor(1000), 64u * 1000 + 65536);
+  EXPECT_EQ(limits.BudgetFor(std::numeric_limits<uint64_t>::max()),
+            std::numeric_limits<uint64_t>::max());
+  limits.budget_per_input_byte = 2;
+  limits.budget_base_bytes = 10;
+  EXPECT_EQ(limits.BudgetFor(100), 210u);
+  limits.max_depth = 7;
+  PickleReadOptions options = limits.PickleOptions(100);
+  EXPECT_EQ(options.max_depth, 7);
+  EXPECT_EQ(options.max_tree_size, 210u);
+}
+
+TEST(DecodeBudgetTest, FailsOnceTheTotalExceedsTheLimit) {
+  DecodeLimits limits;
+  limits.budget_per_input_byte = 2;
+  limits.budget_base_bytes = 10;
+  DecodeBudget budget(100, limits, "the input");
+  EXPECT_EQ(budget.limit(), 210u);
+  EXPECT_THAT(budget.Charge(200), IsOk());
+  EXPECT_THAT(budget.Charge(10), IsOk());
+  EXPECT_THAT(budget.Charge(1),
+              StatusIs(absl::StatusCode::kResourceExhausted,
+                       HasSubstr("the input decodes to more than its budget "
+                                 "of 210 bytes (2 per input byte x 100 bytes "
+                                 "+ 10)")));
+  EXPECT_THAT(budget.Charge(0),
+              StatusIs(absl::StatusCode::kResourceExhausted));
+  EXPECT_EQ(budget.used(), 211u);
+  DecodeBudget strings(0, limits, "x");
+  EXPECT_THAT(strings.ChargeString(""),
+              StatusIs(absl::StatusCode::kResourceExhausted));
+}
+
 TEST(ReadPickleTest, MemoLimit) {
   PickleReadOptions options = Permissive();
   options.max_memo_entries = 2;

@@ -460,7 +460,8 @@ absl::Status CheckVersionAndByteOrder(ZipByteSource& source,
 }
 
 absl::StatusOr<PickleValue> ReadRecordPickle(ZipByteSource& source,
-                                             const ZipDirectory& dir) {
+                                             const ZipDirectory& dir,
+                                             const DecodeLimits& limits = {}) {
   const ZipEntry* pkl = dir.Find("data.pkl");
   if (pkl == nullptr) {
     return absl::DataLossError(
@@ -468,7 +469,7 @@ absl::StatusOr<PickleValue> ReadRecordPickle(ZipByteSource& source,
   }
   DCP_ASSIGN_OR_RETURN(absl::string_view bytes,
                        source.Read(pkl->data_offset, pkl->size));
-  PickleReadOptions options;
+  PickleReadOptions options = limits.PickleOptions(bytes.size());
   // Nothing is ever called; the interpretation below decides what is valid,
   // so that errors can name what was found.
   options.allow_global = [](absl::string_view, absl::string_view) {
@@ -476,6 +477,9 @@ absl::StatusOr<PickleValue> ReadRecordPickle(ZipByteSource& source,
   };
   options.allow_persistent_ids = true;
   absl::StatusOr<PickleValue> value = ReadPickle(bytes, options);
+  if (absl::IsResourceExhausted(value.status())) {
+    return Annotate(value.status(), "torch.save record: data.pkl");
+  }
   if (!value.ok()) {
     return absl::DataLossError(absl::StrCat("torch.save record: data.pkl: ",
                                             value.status().message()));
@@ -560,11 +564,52 @@ absl::Status Unsupported(absl::string_view type, const std::string& path) {
       "value record: unsupported pickled type ", type, " at ", path));
 }
 
-absl::StatusOr<Value> ValueFromPickle(const PickleValue& v,
-                                      const std::string& path);
+// Paths in messages stay short however long the keys and deep the nesting:
+// each level's path is a new string, so unbounded paths would grow with
+// depth times key length.
+constexpr size_t kMaxPathBytes = 1024;
+constexpr size_t kMaxPathKeyBytes = 64;
 
-absl::StatusOr<Value> DictFromEntries(const PickleValue& dict,
-                                      const std::string& path) {
+std::string ChildPath(const std::string& path, absl::string_view segment) {
+  if (path.size() >= kMaxPathBytes) return path;  // Already ends in "...".
+  std::string child = absl::StrCat(path, segment);
+  if (child.size() >= kMaxPathBytes) {
+    child.resize(kMaxPathBytes - 3);
+    child += "...";
+  }
+  return child;
+}
+
+std::string KeySegment(absl::string_view key, bool is_int) {
+  const bool cut = key.size() > kMaxPathKeyBytes;
+  return absl::StrCat("[", is_int ? "" : "\"",
+                      absl::CEscape(key.substr(0, kMaxPathKeyBytes)),
+                      cut ? "..." : "", is_int ? "" : "\"", "]");
+}
+
+// Converts a value record's pickle into a Value, charging each value it
+// creates and each string it copies to `budget`: shared (memoized) values
+// are copied at every reference.
+class ValueDecoder {
+ public:
+  explicit ValueDecoder(DecodeBudget& budget) : budget_(budget) {}
+
+  absl::StatusOr<Value> Convert(const PickleValue& v, const std::string& path);
+
+ private:
+  absl::StatusOr<Value> DictFromEntries(const PickleValue& dict,
+                                        const std::string& path);
+  absl::Status Charge(uint64_t bytes, const std::string& path) {
+    absl::Status status = budget_.Charge(bytes);
+    if (status.ok()) return status;
+    return Annotate(status, absl::StrCat("value record at ", path));
+  }
+
+  DecodeBudget& budget_;
+};
+
+absl::StatusOr<Value> ValueDecoder::DictFromEntries(const PickleValue& dict,
+                                                    const std::string& path) {
   StateDict out;
   std::map<std::string, bool> key_is_int;
   for (size_t i = 0; i < dict.num_entries(); ++i) {
@@ -572,8 +617,13 @@ absl::StatusOr<Value> DictFromEntries(const PickleValue& dict,
     std::string key;
     bool is_int = false;
     if (k.kind() == Kind::kString) {
+      // The key is copied into the dict and into `key_is_int`.
+      DCP_RETURN_IF_ERROR(Charge(2 * (sizeof(StateDict::Entry) +
+                                      k.string_value().size()),
+                                 path));
       key = k.string_value();
     } else if (k.kind() == Kind::kInt) {
+      DCP_RETURN_IF_ERROR(Charge(2 * sizeof(StateDict::Entry), path));
       key = absl::StrCat(k.int_value());
       is_int = true;
     } else {
@@ -581,22 +631,22 @@ absl::StatusOr<Value> DictFromEntries(const PickleValue& dict,
     }
     auto [it, inserted] = key_is_int.emplace(key, is_int);
     if (!inserted && it->second != is_int) {
+      // `key` is the decimal string of an int here, so it is short.
       return absl::UnimplementedError(
           absl::StrCat("value record: dict at ", path, " has both the int key ",
                        key, " and the str key \"", key, "\""));
     }
     DCP_ASSIGN_OR_RETURN(
-        Value item, ValueFromPickle(dict.value(i),
-                                    absl::StrCat(path, "[", is_int ? "" : "\"",
-                                                 absl::CEscape(key),
-                                                 is_int ? "" : "\"", "]")));
+        Value item,
+        Convert(dict.value(i), ChildPath(path, KeySegment(key, is_int))));
     out.Set(std::move(key), std::move(item));  // Python: last value wins.
   }
   return Value(std::move(out));
 }
 
-absl::StatusOr<Value> ValueFromPickle(const PickleValue& v,
-                                      const std::string& path) {
+absl::StatusOr<Value> ValueDecoder::Convert(const PickleValue& v,
+                                            const std::string& path) {
+  DCP_RETURN_IF_ERROR(Charge(sizeof(Value), path));
   switch (v.kind()) {
     case Kind::kNone:
       return Value(None{});
@@ -609,8 +659,10 @@ absl::StatusOr<Value> ValueFromPickle(const PickleValue& v,
     case Kind::kFloat:
       return Value(v.float_value());
     case Kind::kString:
+      DCP_RETURN_IF_ERROR(Charge(v.string_value().size(), path));
       return Value(v.string_value());
     case Kind::kBytes:
+      DCP_RETURN_IF_ERROR(Charge(v.string_value().size(), path));
       return Value(Bytes{v.string_value()});
     case Kind::kTuple:
     case Kind::kList: {
@@ -619,7 +671,7 @@ absl::StatusOr<Value> ValueFromPickle(const PickleValue& v,
       for (size_t i = 0; i < v.num_items(); ++i) {
         DCP_ASSIGN_OR_RETURN(
             Value item,
-            ValueFromPickle(v.item(i), absl::StrCat(path, "[", i, "]")));
+            Convert(v.item(i), ChildPath(path, absl::StrCat("[", i, "]"))));
         list.push_back(std::move(item));
       }
       return Value(std::move(list));
@@ -1033,12 +1085,14 @@ absl::StatusOr<std::string> SerializeValueRecord(const Value& value) {
   return absl::StrCat(pieces.prefix, pieces.suffix);
 }
 
-absl::StatusOr<Value> ParseValueRecord(absl::string_view record) {
+absl::StatusOr<Value> ParseValueRecord(absl::string_view record,
+                                       const DecodeLimits& limits) {
   ZipByteSource source(record);
   DCP_ASSIGN_OR_RETURN(ZipDirectory dir, ReadZipDirectory(source));
   DCP_RETURN_IF_ERROR(CheckVersionAndByteOrder(source, dir));
-  DCP_ASSIGN_OR_RETURN(PickleValue root, ReadRecordPickle(source, dir));
-  return ValueFromPickle(root, "value");
+  DCP_ASSIGN_OR_RETURN(PickleValue root, ReadRecordPickle(source, dir, limits));
+  DecodeBudget budget(record.size(), limits, "value record");
+  return ValueDecoder(budget).Convert(root, "value");
 }
 
 }  // namespace dcp

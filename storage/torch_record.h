@@ -65,6 +65,8 @@
 //                    tensors, a tensor passed as a value, invalid UTF-8;
 //                    reading: a box or destination that does not fit the
 //                    record's tensor, packed bytes of the wrong length.
+//   ResourceExhausted reading: data.pkl nests too deep or decodes to more
+//                    than its budget (`DecodeLimits`, storage/pickle.h)
 //   DataLoss         reading: malformed records (zip structure, data.pkl
 //                    structure, sizes/strides/offsets outside the storage,
 //                    more elements than the storage holds (zero or
@@ -96,6 +98,7 @@
 #include "c10/core/ScalarType.h"
 #include "checkpoint/metadata.h"
 #include "checkpoint/state_dict.h"
+#include "storage/pickle.h"
 #include "storage/zip.h"
 
 namespace dcp {
@@ -253,8 +256,16 @@ absl::StatusOr<std::string> SerializeValueRecord(const Value& value);
 // Reads a value record written by `SerializeValueRecord` or by Python's
 // torch.save. DataLoss for malformed records; Unimplemented naming the type
 // for pickled values outside the supported set ("unsupported pickled type
-// torch.Tensor").
-absl::StatusOr<Value> ParseValueRecord(absl::string_view record);
+// torch.Tensor"). ResourceExhausted when the pickle nests deeper than
+// `limits.max_depth`, or when the value decodes to more than
+// `limits.BudgetFor(record.size())` (by default 64 bytes per record byte +
+// 64 KiB): each string and bytes value counts its bytes at every reference
+// that is copied into the result, and each value its size, so a pickle that
+// references one memoized megabyte string thousands of times fails instead
+// of exhausting memory ("value record at value[3]: value record decodes to
+// more than its budget of ..."). Paths in messages are cut to about 1 KiB.
+absl::StatusOr<Value> ParseValueRecord(absl::string_view record,
+                                       const DecodeLimits& limits = {});
 
 }  // namespace dcp
 

@@ -34,6 +34,7 @@ using ::dcp::testing::IsOk;
 using ::dcp::testing::MakeTestTensor;
 using ::dcp::testing::StatusIs;
 using ::dcp::testing::TensorEq;
+using ::testing::AllOf;
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
 using ::testing::SizeIs;
@@ -1041,6 +1042,99 @@ TEST(ValueRecordTest, EveryTruncationFails) {
         StatusIs(absl::StatusCode::kDataLoss))
         << n;
   }
+}
+
+// ---- Decoded-size budget (issue 9) ------------------------------------------
+
+// BINUNICODE of any length.
+std::string LongBinUnicode(absl::string_view s) {
+  const uint32_t n = static_cast<uint32_t>(s.size());
+  std::string out = "X";
+  for (int i = 0; i < 4; ++i) out.push_back(static_cast<char>(n >> (8 * i)));
+  return absl::StrCat(out, s);
+}
+constexpr absl::string_view kProto2 = "\x80\x02";
+constexpr absl::string_view kPut0Pop("q\0" "0", 3);  // BINPUT 0, POP
+constexpr absl::string_view kGet0("h\0", 2);         // BINGET 0
+
+// [s, s, s, ...]: one memoized 1 MiB str referenced 20,000 times, 20 GiB
+// once each reference is copied into a List.
+TEST(ValueRecordBudgetTest, SharedBigStringFailsCleanly) {
+  std::string pkl = absl::StrCat(
+      kProto2, LongBinUnicode(std::string(1 << 20, 's')), kPut0Pop, "](");
+  for (int i = 0; i < 20000; ++i) absl::StrAppend(&pkl, kGet0);
+  pkl += "e.";
+  EXPECT_THAT(ParseValueRecord(RecordWithPickle(pkl, 0)),
+              StatusIs(absl::StatusCode::kResourceExhausted,
+                       AllOf(HasSubstr("torch.save record: data.pkl"),
+                             HasSubstr("expands to more than"))));
+  // A few references are fine.
+  std::string few =
+      absl::StrCat(kProto2, LongBinUnicode("abc"), kPut0Pop, "](");
+  for (int i = 0; i < 3; ++i) absl::StrAppend(&few, kGet0);
+  few += "e.";
+  ASSERT_OK_AND_ASSIGN(Value v, ParseValueRecord(RecordWithPickle(few, 0)));
+  EXPECT_TRUE(ValuesEqual(
+      v, Value(List{Value("abc"), Value("abc"), Value("abc")})))
+      << v;
+}
+
+// [{k: None}, {k: None}, ...] with one shared 64 KiB key: within the
+// pickle's decoded size, but each dict copies the key twice (into the dict
+// and into its key index), which the conversion's budget catches.
+TEST(ValueRecordBudgetTest, SharedDictKeysAreChargedPerCopy) {
+  auto pickle = [](int dicts) {
+    std::string pkl = absl::StrCat(
+        kProto2, LongBinUnicode(std::string(64 << 10, 'k')), kPut0Pop, "](");
+    for (int i = 0; i < dicts; ++i) absl::StrAppend(&pkl, "}", kGet0, "Ns");
+    return pkl + "e.";
+  };
+  ASSERT_THAT(ParseValueRecord(RecordWithPickle(pickle(3), 0)), IsOk());
+  const std::string pkl = pickle(45);
+  PickleReadOptions options = DecodeLimits().PickleOptions(pkl.size());
+  ASSERT_THAT(ReadPickle(pkl, options), IsOk());
+  const std::string record = RecordWithPickle(pkl, 0);
+  EXPECT_THAT(ParseValueRecord(record),
+              StatusIs(absl::StatusCode::kResourceExhausted,
+                       AllOf(HasSubstr("value record at value["),
+                             HasSubstr("value record decodes to more than "
+                                       "its budget of"))));
+  DecodeLimits generous;
+  generous.budget_per_input_byte = 256;
+  ASSERT_OK_AND_ASSIGN(Value v, ParseValueRecord(record, generous));
+  ASSERT_TRUE(v.is<List>());
+  EXPECT_THAT(v.get<List>(), SizeIs(45));
+}
+
+// 300 nested dicts, each under its own 4 KiB key: a path naming every key
+// would be 1.2 MB at the bottom (and each level holds its own path).
+TEST(ValueRecordBudgetTest, PathsStayShortUnderDeepLongKeys) {
+  constexpr int kLevels = 300;
+  std::string pkl(kProto2);
+  for (int i = 0; i < kLevels; ++i) {
+    absl::StrAppend(&pkl, "}",
+                    LongBinUnicode(std::string(4096, 'a' + i % 26)));
+  }
+  pkl += "\x8f";  // EMPTY_SET: unsupported, so the error names the path.
+  for (int i = 0; i < kLevels; ++i) pkl += "s";
+  pkl += ".";
+  absl::Status status = ParseValueRecord(RecordWithPickle(pkl, 0)).status();
+  EXPECT_THAT(status, StatusIs(absl::StatusCode::kUnimplemented,
+                               AllOf(HasSubstr("unsupported pickled type set "
+                                               "at value[\"aaaa"),
+                                     HasSubstr("...\"][\"bbbb"))));
+  EXPECT_LT(status.message().size(), 1200u);
+}
+
+TEST(ValueRecordBudgetTest, DepthLimitIsAnOption) {
+  const std::string record =
+      SerializeValueRecord(Value(List{Value(List{Value(List{})})})).value();
+  ASSERT_THAT(ParseValueRecord(record), IsOk());
+  DecodeLimits shallow;
+  shallow.max_depth = 2;
+  EXPECT_THAT(ParseValueRecord(record, shallow),
+              StatusIs(absl::StatusCode::kResourceExhausted,
+                       HasSubstr("deeper than 2 levels")));
 }
 
 }  // namespace

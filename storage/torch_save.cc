@@ -58,12 +58,30 @@ constexpr uint64_t kReadChunk = uint64_t{64} << 20;
 
 // ---- dtypes -----------------------------------------------------------------
 
+// Paths in messages stay short however long the keys and deep the nesting
+// (each level holds its own path, so full paths would grow as depth times
+// key length): keys are cut at 64 bytes, paths at about 1 KiB.
+constexpr size_t kMaxPathBytes = 1024;
+constexpr size_t kMaxPathKeyBytes = 64;
+
+std::string ChildPath(const std::string& path, absl::string_view segment) {
+  if (path.size() >= kMaxPathBytes) return path;  // Already ends in "...".
+  std::string child = absl::StrCat(path, segment);
+  if (child.size() >= kMaxPathBytes) {
+    child.resize(kMaxPathBytes - 3);
+    child += "...";
+  }
+  return child;
+}
+
 std::string KeyPath(const std::string& path, absl::string_view key) {
-  return absl::StrCat(path, "[\"", absl::CEscape(key), "\"]");
+  return ChildPath(
+      path, absl::StrCat("[\"", absl::CEscape(key.substr(0, kMaxPathKeyBytes)),
+                         key.size() > kMaxPathKeyBytes ? "..." : "", "\"]"));
 }
 
 std::string IndexPath(const std::string& path, size_t i) {
-  return absl::StrCat(path, "[", i, "]");
+  return ChildPath(path, absl::StrCat("[", i, "]"));
 }
 
 // ---- Writing ----------------------------------------------------------------
@@ -389,6 +407,22 @@ absl::StatusOr<Shape> ShapeOf(const PickleValue& v, const std::string& path,
   return out;
 }
 
+// The bytes of a contiguous tensor of `sizes` (non-negative, as validated)
+// and `dtype`, or the maximum if that does not fit in 64 bits.
+uint64_t SaturatingNumelBytes(const Shape& sizes, c10::ScalarType dtype) {
+  constexpr uint64_t kMax = std::numeric_limits<uint64_t>::max();
+  uint64_t bytes = c10::elementSize(dtype);
+  for (int64_t size : sizes) {
+    if (size == 0) return 0;
+  }
+  for (int64_t size : sizes) {
+    const uint64_t n = static_cast<uint64_t>(size);
+    if (bytes > kMax / n) return kMax;
+    bytes *= n;
+  }
+  return bytes;
+}
+
 class LoadBuilder {
  public:
   LoadBuilder(ByteReader& reader, const ZipDirectory& dir,
@@ -396,9 +430,7 @@ class LoadBuilder {
       : reader_(reader),
         dir_(dir),
         options_(options),
-        budget_(std::min<u128>(
-            static_cast<u128>(options.max_expansion) * reader.size(),
-            std::numeric_limits<uint64_t>::max())) {}
+        budget_(reader.size(), options.decode_limits, "torch.save file") {}
 
   absl::StatusOr<Value> Convert(const PickleValue& v, const std::string& path);
 
@@ -408,13 +440,19 @@ class LoadBuilder {
   absl::StatusOr<at::Tensor> ConvertTensor(const PickleValue& v,
                                            const std::string& path);
   absl::Status VerifyStorage(const ZipEntry& entry, const std::string& path);
+  // Charges what a conversion creates: a memoized value (a string, a
+  // tensor) referenced many times is copied at each reference.
+  absl::Status Charge(uint64_t bytes, const std::string& path) {
+    absl::Status status = budget_.Charge(bytes);
+    if (status.ok()) return status;
+    return Annotate(status, absl::StrCat("torch.save file: ", path));
+  }
 
   ByteReader& reader_;
   const ZipDirectory& dir_;
   const TorchSaveReadOptions& options_;
+  DecodeBudget budget_;
   std::map<std::string, bool> verified_;  // Storage entries checked.
-  // Bytes of tensors that may still be materialised (max_expansion).
-  u128 budget_;
 };
 
 absl::StatusOr<Value> LoadBuilder::ConvertDict(const PickleValue& dict,
@@ -426,8 +464,12 @@ absl::StatusOr<Value> LoadBuilder::ConvertDict(const PickleValue& dict,
     std::string key;
     bool is_int = false;
     if (k.kind() == Kind::kString) {
+      // The key is copied into the dict and into `key_is_int`.
+      DCP_RETURN_IF_ERROR(Charge(
+          2 * (sizeof(StateDict::Entry) + k.string_value().size()), path));
       key = k.string_value();
     } else if (k.kind() == Kind::kInt) {
+      DCP_RETURN_IF_ERROR(Charge(2 * sizeof(StateDict::Entry), path));
       key = absl::StrCat(k.int_value());
       is_int = true;
     } else {
@@ -435,12 +477,14 @@ absl::StatusOr<Value> LoadBuilder::ConvertDict(const PickleValue& dict,
     }
     auto [it, inserted] = key_is_int.emplace(key, is_int);
     if (!inserted && it->second != is_int) {
+      // `key` is the decimal string of an int here, so it is short.
       return absl::UnimplementedError(
           absl::StrCat("torch.save file: dict at ", path, " has both the int "
                        "key ", key, " and the str key \"", key, "\""));
     }
     const std::string item_path =
-        is_int ? absl::StrCat(path, "[", key, "]") : KeyPath(path, key);
+        is_int ? ChildPath(path, absl::StrCat("[", key, "]"))
+               : KeyPath(path, key);
     DCP_ASSIGN_OR_RETURN(Value item, Convert(dict.value(i), item_path));
     out.Set(std::move(key), std::move(item));  // Python: last value wins.
   }
@@ -585,26 +629,12 @@ absl::StatusOr<at::Tensor> LoadBuilder::ConvertTensor(
   absl::StatusOr<BoxReadPlan> plan =
       PlanBoxRead(info, Shape(info.sizes.size(), 0), info.sizes, whole);
   if (!plan.ok()) return Annotate(plan.status(), path);
-  // Before allocating: with zero or overlapping strides a tensor can have
-  // far more elements than its storage (and the file) holds.
-  u128 bytes = item;
-  for (int64_t size : info.sizes) {
-    if (size == 0) bytes = 0;
-  }
-  for (int64_t size : info.sizes) {
-    bytes *= static_cast<uint64_t>(size);  // Sizes are >= 0 (validated).
-    if (bytes > budget_) break;            // Keeps the product < 2^127.
-  }
-  if (bytes > budget_) {
-    return absl::ResourceExhaustedError(absl::StrCat(
-        "torch.save file: ", path, ": a tensor of size [",
-        absl::StrJoin(info.sizes, ", "), "] and stride [",
-        absl::StrJoin(info.strides, ", "), "] from a storage of ",
-        entry->size, " bytes would bring the tensors read to more than ",
-        options_.max_expansion, " x the file's ", reader_.size(),
-        " bytes (TorchSaveReadOptions::max_expansion)"));
-  }
-  budget_ -= bytes;
+  // Each reference to a (memoized) tensor becomes its own tensor, and an
+  // expanded view (stride 0) becomes a full one: count what is allocated,
+  // the packed bytes read and the contiguous result.
+  const uint64_t result_bytes = SaturatingNumelBytes(info.sizes, dtype);
+  DCP_RETURN_IF_ERROR(Charge(plan->packed_size, path));
+  DCP_RETURN_IF_ERROR(Charge(result_bytes, path));
   DCP_RETURN_IF_ERROR(VerifyStorage(*entry, path));
   std::string scratch;
   absl::string_view packed;
@@ -619,6 +649,7 @@ absl::StatusOr<at::Tensor> LoadBuilder::ConvertTensor(
 
 absl::StatusOr<Value> LoadBuilder::Convert(const PickleValue& v,
                                            const std::string& path) {
+  DCP_RETURN_IF_ERROR(Charge(sizeof(Value), path));
   switch (v.kind()) {
     case Kind::kNone:
       return Value(None{});
@@ -631,8 +662,10 @@ absl::StatusOr<Value> LoadBuilder::Convert(const PickleValue& v,
     case Kind::kFloat:
       return Value(v.float_value());
     case Kind::kString:
+      DCP_RETURN_IF_ERROR(Charge(v.string_value().size(), path));
       return Value(v.string_value());
     case Kind::kBytes:
+      DCP_RETURN_IF_ERROR(Charge(v.string_value().size(), path));
       return Value(Bytes{v.string_value()});
     case Kind::kTuple:
     case Kind::kList: {
@@ -763,7 +796,8 @@ absl::StatusOr<Value> ParseFrom(ByteReader& reader,
   std::string pkl_scratch;
   DCP_ASSIGN_OR_RETURN(absl::string_view pkl_bytes,
                        reader.Read(pkl->data_offset, pkl->size, pkl_scratch));
-  PickleReadOptions pickle_options;
+  PickleReadOptions pickle_options =
+      options.decode_limits.PickleOptions(pkl_bytes.size());
   // Nothing is ever called; Convert decides what is acceptable so that its
   // errors can name what was found.
   pickle_options.allow_global = [](absl::string_view, absl::string_view) {
@@ -771,6 +805,9 @@ absl::StatusOr<Value> ParseFrom(ByteReader& reader,
   };
   pickle_options.allow_persistent_ids = true;
   absl::StatusOr<PickleValue> root = ReadPickle(pkl_bytes, pickle_options);
+  if (absl::IsResourceExhausted(root.status())) {
+    return Annotate(root.status(), "torch.save file: data.pkl");
+  }
   if (!root.ok()) {
     return absl::DataLossError(absl::StrCat("torch.save file: data.pkl: ",
                                             root.status().message()));

@@ -42,7 +42,10 @@
 // Dict keys must be str or int; int keys become their decimal strings, as
 // in storage/torch_record.h. Peak memory is about the size of the tensors
 // read plus the largest storage's bytes, and the tensors read total at
-// most `TorchSaveReadOptions::max_expansion` times the file's size.
+// most the decoded-size budget (`TorchSaveReadOptions::decode_limits`, 64
+// times the file's size + 64 KiB by default): torch.save keeps an expanded
+// tensor (stride 0) with its small storage, and every tensor read is
+// materialised, so a few stored bytes cannot demand gigabytes.
 //
 // Errors:
 //   InvalidArgument  writing: a `ShardedTensor` (unshard it first),
@@ -51,13 +54,18 @@
 //                    (ReadTorchSave; ReadTorchSaveValue accepts any)
 //   DataLoss         reading: malformed zip, pickle or tensor layout, a
 //                    missing storage entry, CRC mismatch (when verifying)
+//   ResourceExhausted reading: data.pkl nests deeper than
+//                    `decode_limits.max_depth`, or reading would allocate
+//                    more than the decoded-size budget: shared (memoized)
+//                    strings or tensors referenced too often, expanded
+//                    (stride 0) tensors far larger than the file ("torch.save
+//                    file: obj[3]: torch.save file decodes to more than its
+//                    budget of ... bytes")
 //   Unimplemented    reading: well-formed contents dcp does not represent
 //                    (sets, ints beyond int64, arbitrary Python objects,
 //                    quantized or sparse tensors, legacy non-zip files,
 //                    big-endian files); messages name the object's path,
 //                    e.g. `obj["optim"]["state"][0]`
-//   ResourceExhausted reading: tensors (expanded ones, typically) that
-//                    would total more than `max_expansion` x the file size
 //   File-system errors (NotFound, ...) as storage/file_system.h.
 //
 // Thread safety: free functions; safe to call concurrently on different
@@ -72,6 +80,7 @@
 #include "absl/strings/string_view.h"
 #include "checkpoint/state_dict.h"
 #include "storage/file_system.h"
+#include "storage/pickle.h"
 
 namespace dcp {
 
@@ -94,13 +103,12 @@ absl::StatusOr<std::string> SerializeTorchSave(const StateDict& state_dict);
 struct TorchSaveReadOptions {
   // Check each storage entry's CRC-32 against the zip directory.
   bool verify_crc = true;
-  // torch.save keeps an expanded tensor (stride 0) with its small storage,
-  // and every tensor read is materialised: the tensors read may total at
-  // most this many times the file's size (ResourceExhausted beyond), so
-  // that a few stored bytes cannot demand gigabytes. A file without
-  // expanded or overlapping tensors stays below 1x unless tensors share
-  // storages (tied weights), each read as its own copy.
-  uint64_t max_expansion = 16;
+  // Nesting depth of data.pkl and the decoded-size budget, proportional to
+  // the file's size (storage/pickle.h): what reading allocates (values,
+  // string copies, and each tensor at every reference to it) may not
+  // exceed `decode_limits.BudgetFor(file size)`, 64 bytes per file byte
+  // + 64 KiB by default.
+  DecodeLimits decode_limits;
 };
 
 // Reads a torch.save file whose top-level object is a dict.

@@ -20,6 +20,7 @@
 #include "gtest/gtest.h"
 #include "storage/file_system.h"
 #include "storage/pickle.h"
+#include "storage/torch_pickle.h"
 #include "storage/posix_file_system.h"
 #include "storage/zip.h"
 #include "testing/status_matchers.h"
@@ -32,6 +33,7 @@ using ::dcp::testing::IsOk;
 using ::dcp::testing::StateDictEq;
 using ::dcp::testing::StatusIs;
 using ::dcp::testing::TensorEq;
+using ::testing::AllOf;
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
 
@@ -371,12 +373,14 @@ TEST(TorchSaveTest, ExpandedTensorsAreReadWithinTheExpansionBudget) {
   ASSERT_OK_AND_ASSIGN(StateDict sd, ParseTorchSave(archive));
   EXPECT_THAT(sd.Find("x")->get<at::Tensor>(),
               TensorEq(at::full({8, 3}, 2.5f)));
-  // The budget is the file's size times max_expansion.
-  TorchSaveReadOptions none;
-  none.max_expansion = 0;
-  EXPECT_THAT(ParseTorchSave(archive, none).status(),
+  // The same 4 bytes expanded to 1000 x 1000 (4 MB) exceed the budget of
+  // 64 bytes per file byte + 64 KiB.
+  const std::string bomb =
+      ArchiveWithPickle(OneTensorPickle(1, {1000, 1000}, {0, 0}),
+                        {{"data/0", Raw("\x00\x00\x20\x40")}});
+  EXPECT_THAT(ParseTorchSave(bomb).status(),
               StatusIs(absl::StatusCode::kResourceExhausted,
-                       HasSubstr("obj[\"x\"]: a tensor of size [8, 3]")));
+                       HasSubstr("obj[\"x\"]")));
 }
 
 TEST(TorchSaveTest, HugeExpandedTensorsAreRefusedBeforeAllocating) {
@@ -404,9 +408,85 @@ TEST(TorchSaveTest, HugeExpandedTensorsAreRefusedBeforeAllocating) {
     }
     EXPECT_THAT(sd.status(),
                 StatusIs(absl::StatusCode::kResourceExhausted,
-                         HasSubstr("from a storage of 16 bytes would bring "
-                                   "the tensors read to more than 16 x")));
+                         HasSubstr("budget")));
   }
+}
+
+// ---- Decoded-size budget (issue 9) ------------------------------------------
+
+// The pickle expression `_rebuild_tensor_v2(...)` of a float32 tensor over
+// storage "0" of `numel` elements (no PROTO, no STOP).
+std::string FloatTensorExpr(int64_t numel, std::vector<int64_t> sizes,
+                            std::vector<int64_t> strides) {
+  PickleWriter w;
+  torch_pickle_internal::WriteRebuildTensor(
+      w, "0", *torch_pickle_internal::FindDtype(at::kFloat), numel, 0, sizes,
+      strides);
+  std::string pkl = std::move(w).Finish().value();
+  return pkl.substr(2, pkl.size() - 3);
+}
+
+// [t, t, t, ...]: one memoized 1 MiB tensor referenced 10,000 times is
+// 10 GiB of tensors once each reference is read as its own tensor.
+TEST(TorchSaveBudgetTest, SharedTensorReferencedManyTimesFailsCleanly) {
+  constexpr int64_t kNumel = 1 << 18;  // 1 MiB of float32.
+  const std::string storage(kNumel * 4, '\x01');
+  auto archive = [&](int refs) {
+    std::string pkl =
+        absl::StrCat(Raw("\x80\x02]("), FloatTensorExpr(kNumel, {kNumel}, {1}),
+                     Raw("q\x00"));
+    for (int i = 1; i < refs; ++i) pkl += Raw("h\x00");
+    pkl += "e.";
+    return ArchiveWithPickle(pkl, {{"data/0", storage}});
+  };
+  ASSERT_OK_AND_ASSIGN(Value few, ParseTorchSaveValue(archive(3)));
+  ASSERT_TRUE(few.is<List>());
+  EXPECT_EQ(few.get<List>().size(), 3u);
+  EXPECT_THAT(ParseTorchSaveValue(archive(10000)).status(),
+              StatusIs(absl::StatusCode::kResourceExhausted,
+                       AllOf(HasSubstr("torch.save file: obj["),
+                             HasSubstr("torch.save file decodes to more than "
+                                       "its budget of"))));
+}
+
+// A stride-0 view of one element with 2^40 elements would be read as a
+// 4 TiB contiguous tensor.
+TEST(TorchSaveBudgetTest, ExpandedTensorBombFailsCleanly) {
+  const std::string pkl = absl::StrCat(
+      Raw("\x80\x02"),
+      FloatTensorExpr(1, {int64_t{1} << 20, int64_t{1} << 20}, {0, 0}), ".");
+  EXPECT_THAT(
+      ParseTorchSaveValue(
+          ArchiveWithPickle(pkl, {{"data/0", std::string(4, '\0')}}))
+          .status(),
+      StatusIs(absl::StatusCode::kResourceExhausted,
+               HasSubstr("decodes to more than its budget")));
+  // A small expanded tensor is fine.
+  const std::string small = absl::StrCat(
+      Raw("\x80\x02"), FloatTensorExpr(1, {4, 8}, {0, 0}), ".");
+  ASSERT_OK_AND_ASSIGN(
+      Value v, ParseTorchSaveValue(ArchiveWithPickle(
+                   small, {{"data/0", std::string(4, '\0')}})));
+  ASSERT_TRUE(v.is<at::Tensor>());
+  EXPECT_EQ(v.get<at::Tensor>().numel(), 32);
+}
+
+TEST(TorchSaveBudgetTest, LimitsAreOptions) {
+  StateDict sd{{"w", at::arange(1000, at::kFloat)},
+               {"nested", StateDict{{"a", List{Value(1), Value("x")}}}}};
+  ASSERT_OK_AND_ASSIGN(std::string bytes, SerializeTorchSave(sd));
+  ASSERT_OK_AND_ASSIGN(StateDict back, ParseTorchSave(bytes));
+  EXPECT_THAT(back, StateDictEq(sd));
+  TorchSaveReadOptions tiny;
+  tiny.decode_limits.budget_per_input_byte = 1;
+  tiny.decode_limits.budget_base_bytes = 0;
+  EXPECT_THAT(ParseTorchSave(bytes, tiny).status(),
+              StatusIs(absl::StatusCode::kResourceExhausted));
+  TorchSaveReadOptions shallow;
+  shallow.decode_limits.max_depth = 2;
+  EXPECT_THAT(ParseTorchSave(bytes, shallow).status(),
+              StatusIs(absl::StatusCode::kResourceExhausted,
+                       HasSubstr("deeper than 2 levels")));
 }
 
 }  // namespace
