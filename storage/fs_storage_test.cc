@@ -1504,6 +1504,161 @@ TEST_F(BadInputTest, FailedLoadLeavesDestinationsUntouched) {
   EXPECT_EQ(dest.Find("n")->get<int64_t>(), 0);
 }
 
+// ---- Hand-edited .metadata --------------------------------------------------
+
+// "w" [4, 6] saved as two row shards, each in its own file, beside "b" and
+// "n"; loads into destinations holding other values.
+class HandEditedMetadataTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    const at::Tensor full = MakeTestTensor({4, 6}, c10::kFloat, 5);
+    saved_w_ = full.clone();
+    StateDict sd;
+    sd.Set("w", ShardedTensor{{4, 6},
+                              {Shard{full.narrow(0, 0, 2), {0, 0}},
+                               Shard{full.narrow(0, 2, 2), {2, 0}}}});
+    sd.Set("b", MakeTestTensor({2}, c10::kFloat, 6));
+    sd.Set("n", int64_t{3});
+    FileSystemWriterOptions w;
+    w.single_file_per_rank = false;  // One file per chunk.
+    w.sync_files = false;
+    ASSERT_OK_AND_ASSIGN(md_, SaveTo(fs_, kDir, sd, w));
+    file0_ = md_.storage_data.at(MetadataIndex("w", Shape{0, 0})).relative_path;
+    file1_ = md_.storage_data.at(MetadataIndex("w", Shape{2, 0})).relative_path;
+    ASSERT_NE(file0_, file1_);
+  }
+
+  StateDict Dest() const {
+    return StateDict{{"w", at::full({4, 6}, 42.0)},
+                     {"b", at::full({2}, 7.0)},
+                     {"n", int64_t{5}}};
+  }
+  // Loads into Dest(); checks that no destination changed when it fails.
+  absl::Status LoadAndCheckUnchangedOnError() {
+    StateDict dest = Dest();
+    absl::Status status = LoadFrom(fs_, kDir, dest);
+    if (status.ok()) return status;
+    EXPECT_THAT(dest.Find("w")->get<at::Tensor>(),
+                TensorEq(at::full({4, 6}, 42.0)));
+    EXPECT_THAT(dest.Find("b")->get<at::Tensor>(),
+                TensorEq(at::full({2}, 7.0)));
+    EXPECT_EQ(dest.Find("n")->get<int64_t>(), 5);
+    return status;
+  }
+  TensorStorageMetadata& W(Metadata& md) {
+    return std::get<TensorStorageMetadata>(md.state_dict_metadata.at("w"));
+  }
+  // Moves the second chunk of "w" (and its storage entry) to `offsets`.
+  void MoveSecondChunk(Metadata& md, const Shape& offsets) {
+    W(md).chunks[1].offsets = offsets;
+    auto node = md.storage_data.extract(MetadataIndex("w", Shape{2, 0}));
+    node.key() = MetadataIndex("w", offsets, 1);
+    md.storage_data.insert(std::move(node));
+  }
+  void RewriteMetadata(const Metadata& md) {
+    ASSERT_OK_AND_ASSIGN(std::string pickle, EncodeMetadataPickle(md));
+    WriteFile(*fs_, JoinPath(kDir, ".metadata"), pickle);
+  }
+
+  std::shared_ptr<MemFileSystem> fs_ = std::make_shared<MemFileSystem>();
+  Metadata md_;
+  at::Tensor saved_w_;
+  std::string file0_;
+  std::string file1_;
+};
+
+TEST_F(HandEditedMetadataTest, UneditedLoadsExactly) {
+  StateDict dest = Dest();
+  ASSERT_OK(LoadFrom(fs_, kDir, dest));
+  EXPECT_THAT(dest.Find("w")->get<at::Tensor>(), TensorEq(saved_w_));
+}
+
+TEST_F(HandEditedMetadataTest, OverlappingChunksInTwoFilesAreDataLoss) {
+  // Row 1 would be written by both files' reads, in parallel.
+  Metadata md = md_;
+  MoveSecondChunk(md, {1, 0});
+  RewriteMetadata(md);
+  EXPECT_THAT(
+      LoadAndCheckUnchangedOnError(),
+      StatusIs(absl::StatusCode::kDataLoss,
+               HasSubstr(absl::StrCat(
+                   "invalid checkpoint metadata: \"w\": chunks [0, "
+                   "0]+[2, 6] (in ",
+                   file0_, ") and [1, 0]+[2, 6] (in ", file1_, ") overlap"))));
+}
+
+TEST_F(HandEditedMetadataTest, ChunkOutsideTheTensorIsDataLoss) {
+  Metadata md = md_;
+  MoveSecondChunk(md, {3, 0});
+  RewriteMetadata(md);
+  EXPECT_THAT(
+      LoadAndCheckUnchangedOnError(),
+      StatusIs(absl::StatusCode::kDataLoss,
+               HasSubstr(absl::StrCat("\"w\": chunk [3, 0]+[2, 6] (in ", file1_,
+                                      ") is not inside size [4, 6]"))));
+}
+
+TEST_F(HandEditedMetadataTest, GapIsDataLossNamingTheRegionAndTheChunks) {
+  // The second chunk dropped: rows [2, 4) are saved nowhere.
+  Metadata dropped = md_;
+  W(dropped).chunks.pop_back();
+  RewriteMetadata(dropped);
+  EXPECT_THAT(LoadAndCheckUnchangedOnError(),
+              StatusIs(absl::StatusCode::kDataLoss,
+                       HasSubstr("checkpoint holds 12 of the 24 elements of "
+                                 "\"w\" chunk [0, 0]+[4, 6]; the checkpoint's "
+                                 "chunks of \"w\": [0, 0]+[2, 6]")));
+  // The second chunk shrunk to one row: row 3 is saved nowhere.
+  Metadata shrunk = md_;
+  W(shrunk).chunks[1].sizes = {1, 6};
+  RewriteMetadata(shrunk);
+  EXPECT_THAT(LoadAndCheckUnchangedOnError(),
+              StatusIs(absl::StatusCode::kDataLoss,
+                       HasSubstr("checkpoint holds 18 of the 24 elements of "
+                                 "\"w\" chunk [0, 0]+[4, 6]; the checkpoint's "
+                                 "chunks of \"w\": [0, 0]+[2, 6], [2, 0]+[1, "
+                                 "6]")));
+}
+
+TEST_F(HandEditedMetadataTest, ChunkWithoutStorageEntryIsDataLoss) {
+  Metadata md = md_;
+  md.storage_data.erase(MetadataIndex("w", Shape{2, 0}));
+  RewriteMetadata(md);
+  EXPECT_THAT(LoadAndCheckUnchangedOnError(),
+              StatusIs(absl::StatusCode::kDataLoss,
+                       HasSubstr("\"w\": chunk [2, 0]+[2, 6] has no storage "
+                                 "entry")));
+}
+
+TEST_F(HandEditedMetadataTest, EveryRankGetsTheSameError) {
+  Metadata md = md_;
+  MoveSecondChunk(md, {1, 0});
+  RewriteMetadata(md);
+  SimulatorOptions options;
+  options.world_size = 2;
+  ASSERT_OK_AND_ASSIGN(std::unique_ptr<Simulator> sim,
+                       Simulator::Create(options));
+  std::vector<StateDict> dests = {Dest(), Dest()};
+  std::vector<absl::Status> statuses =
+      sim->Run([&](RankContext& ctx) -> absl::Status {
+        FileSystemReaderOptions r;
+        r.file_system = fs_;
+        DCP_ASSIGN_OR_RETURN(auto reader,
+                             FileSystemReader::Create(std::string(kDir), r));
+        LoadOptions load;
+        load.process_group = &ctx.pg();
+        return Load(dests[ctx.rank()], *reader, load);
+      });
+  ASSERT_THAT(statuses, SizeIs(2));
+  EXPECT_THAT(statuses[0], StatusIs(absl::StatusCode::kDataLoss,
+                                    HasSubstr("\"w\": chunks [0, 0]+[2, 6]")));
+  EXPECT_EQ(statuses[0], statuses[1]);
+  for (const StateDict& dest : dests) {
+    EXPECT_THAT(dest.Find("w")->get<at::Tensor>(),
+                TensorEq(at::full({4, 6}, 42.0)));
+  }
+}
+
 // ---- Mutation ---------------------------------------------------------------
 
 // Copies every file of `from` into a fresh MemFileSystem.
