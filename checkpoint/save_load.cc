@@ -18,6 +18,7 @@
 #include "planner/default_load_planner.h"
 #include "planner/default_save_planner.h"
 #include "planner/plan_codec.h"
+#include "planner/plan_validation.h"
 
 namespace dcp {
 namespace {
@@ -289,6 +290,9 @@ absl::Status Load(StateDict& state_dict, StorageReader& reader,
           [&](std::vector<std::string>) -> absl::StatusOr<std::string> {
             DCP_RETURN_IF_ERROR(FaultPoint("load.metadata"));
             DCP_ASSIGN_OR_RETURN(Metadata metadata, reader.ReadMetadata());
+            // Checked here, once, so that every rank gets the same error
+            // before any plans or writes a destination.
+            DCP_RETURN_IF_ERROR(ValidateCheckpointMetadata(metadata));
             return EncodeMetadata(metadata);
           }));
   // Decoding the same bytes gives every rank the same result; an error is

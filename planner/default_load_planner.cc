@@ -190,6 +190,22 @@ absl::StatusOr<std::vector<ChunkStorageMetadata>> DestinationChunks(
                    " (expected BytesStorageMetadata)"));
 }
 
+// "[0, 0]+[2, 4], [2, 0]+[2, 4]", at most kMaxChunksNamed of them.
+std::string DescribeChunks(const std::vector<ChunkStorageMetadata>& chunks) {
+  constexpr size_t kMaxChunksNamed = 8;
+  if (chunks.empty()) return "none";
+  std::vector<std::string> named;
+  for (size_t i = 0; i < chunks.size() && i < kMaxChunksNamed; ++i) {
+    named.push_back(absl::StrCat(FormatShape(chunks[i].offsets), "+",
+                                 FormatShape(chunks[i].sizes)));
+  }
+  if (chunks.size() > kMaxChunksNamed) {
+    named.push_back(
+        absl::StrCat("and ", chunks.size() - kMaxChunksNamed, " more"));
+  }
+  return absl::StrJoin(named, ", ");
+}
+
 ReadItem BytesReadItem(const std::string& fqn) {
   ReadItem item;
   item.type = LoadItemType::kByteIo;
@@ -298,7 +314,15 @@ absl::StatusOr<LoadPlan> DefaultLoadPlanner::CreateLocalPlan() {
         DestinationChunks(fqn, value, *saved, options_.check_dtype));
     std::vector<ReadItem> items =
         CreateReadItemsForChunkList(fqn, *saved, chunks);
-    DCP_RETURN_IF_ERROR(CheckReadItemsCoverChunks(fqn, chunks, items));
+    const absl::Status covered = CheckReadItemsCoverChunks(fqn, chunks, items);
+    if (!covered.ok()) {
+      // What the checkpoint does hold tells a partial save from a corrupt
+      // `.metadata`.
+      return absl::Status(
+          covered.code(),
+          absl::StrCat(covered.message(), "; the checkpoint's chunks of ",
+                       Quoted(fqn), ": ", DescribeChunks(saved->chunks)));
+    }
     for (ReadItem& item : items) plan.items.push_back(std::move(item));
   }
 

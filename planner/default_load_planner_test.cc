@@ -451,7 +451,9 @@ TEST(DefaultLoadPlannerTest, IncompleteCheckpointIsDataLoss) {
   EXPECT_THAT(PlanLoadForRanks(md, {&dest}),
               StatusIs(absl::StatusCode::kDataLoss,
                        HasSubstr("checkpoint holds 4 of the 8 elements of "
-                                 "\"w\" chunk [0, 0]+[4, 2]")));
+                                 "\"w\" chunk [0, 0]+[4, 2]; the "
+                                 "checkpoint's chunks of \"w\": [0, 0]+[2, "
+                                 "2]")));
   // A destination shard inside the saved part is fine.
   StateDict part{
       {"w", ShardedTensor{{4, 2}, {Shard{at::zeros({2, 2}), {0, 0}}}}}};

@@ -55,6 +55,82 @@ int64_t SaturatingAdd(int64_t a, int64_t b) {
   return sum;
 }
 
+// The file (or object) holding the chunk of `fqn` at `offsets`, as " (in
+// <file>)", or "" if `storage_data` has no entry for it.
+std::string StoredIn(const Metadata& metadata, const std::string& fqn,
+                     const Shape& offsets) {
+  auto found = metadata.storage_data.find(MetadataIndex(fqn, offsets));
+  if (found == metadata.storage_data.end()) return "";
+  return absl::StrCat(" (in ", found->second.relative_path, ")");
+}
+
+// ValidateCheckpointMetadata's checks of one tensor entry.
+void AppendLoadedTensorProblems(const Metadata& metadata,
+                                const std::string& fqn,
+                                const TensorStorageMetadata& tensor,
+                                std::vector<std::string>* problems) {
+  const Shape& size = tensor.size;
+  const std::string key = absl::StrCat("\"", fqn, "\": ");
+  for (int64_t dim : size) {
+    if (dim < 0) {
+      problems->push_back(absl::StrCat(key, "size ", FormatShape(size),
+                                       " has a negative dimension"));
+      return;
+    }
+  }
+  // Chunks of the right rank, by position; only these are checked further.
+  std::vector<ChunkStorageMetadata> well_formed;
+  std::vector<size_t> positions;
+  for (size_t i = 0; i < tensor.chunks.size(); ++i) {
+    const ChunkStorageMetadata& chunk = tensor.chunks[i];
+    if (chunk.offsets.size() != size.size() ||
+        chunk.sizes.size() != size.size()) {
+      problems->push_back(absl::StrCat(key, "chunk ", FormatChunk(chunk),
+                                       " does not have the rank ", size.size(),
+                                       " of size ", FormatShape(size)));
+      continue;
+    }
+    if (!InBounds(chunk, size)) {
+      problems->push_back(absl::StrCat(key, "chunk ", FormatChunk(chunk),
+                                       StoredIn(metadata, fqn, chunk.offsets),
+                                       " is not inside size ",
+                                       FormatShape(size)));
+      continue;
+    }
+    if (NumElements(chunk.sizes) > 0 &&
+        metadata.storage_data.count(MetadataIndex(fqn, chunk.offsets)) == 0) {
+      problems->push_back(absl::StrCat(key, "chunk ", FormatChunk(chunk),
+                                       " has no storage entry"));
+    }
+    well_formed.push_back(chunk);
+    positions.push_back(i);
+  }
+  const std::vector<std::pair<size_t, size_t>> overlaps =
+      FindOverlappingChunks(well_formed, kMaxOverlapsPerTensor + 1);
+  for (size_t k = 0; k < overlaps.size() && k < kMaxOverlapsPerTensor; ++k) {
+    const ChunkStorageMetadata& a = tensor.chunks[positions[overlaps[k].first]];
+    const ChunkStorageMetadata& b =
+        tensor.chunks[positions[overlaps[k].second]];
+    problems->push_back(absl::StrCat(
+        key, "chunks ", FormatChunk(a), StoredIn(metadata, fqn, a.offsets),
+        " and ", FormatChunk(b), StoredIn(metadata, fqn, b.offsets),
+        " overlap"));
+  }
+  if (overlaps.size() > kMaxOverlapsPerTensor) {
+    problems->push_back(absl::StrCat(key, "more chunks overlap"));
+  }
+}
+
+std::string JoinProblems(absl::string_view prefix,
+                         std::vector<std::string> problems) {
+  if (problems.size() > kMaxProblems) {
+    const size_t rest = problems.size() - kMaxProblems;
+    problems.resize(kMaxProblems);
+    problems.push_back(absl::StrCat("and ", rest, " more problems"));
+  }
+  return absl::StrCat(prefix, absl::StrJoin(problems, "; "));
+}
+
 }  // namespace
 
 void AppendTensorChunkProblems(absl::string_view fqn,
@@ -125,14 +201,34 @@ absl::Status ValidateGlobalMetadata(const Metadata& metadata) {
     }
   }
   if (problems.empty()) return absl::OkStatus();
-  std::string message = "invalid global plan: ";
-  if (problems.size() > kMaxProblems) {
-    const size_t rest = problems.size() - kMaxProblems;
-    problems.resize(kMaxProblems);
-    problems.push_back(absl::StrCat("and ", rest, " more problems"));
+  return absl::InvalidArgumentError(
+      JoinProblems("invalid global plan: ", std::move(problems)));
+}
+
+absl::Status ValidateCheckpointMetadata(const Metadata& metadata) {
+  std::vector<std::string> problems;
+  for (const auto& [fqn, storage] : metadata.state_dict_metadata) {
+    if (const auto* tensor = std::get_if<TensorStorageMetadata>(&storage)) {
+      AppendLoadedTensorProblems(metadata, fqn, *tensor, &problems);
+    } else if (metadata.storage_data.count(MetadataIndex(fqn)) == 0) {
+      problems.push_back(
+          absl::StrCat("\"", fqn, "\": bytes entry has no storage entry"));
+    }
   }
-  absl::StrAppend(&message, absl::StrJoin(problems, "; "));
-  return absl::InvalidArgumentError(message);
+  for (const auto& [index, info] : metadata.storage_data) {
+    if (info.offset < 0 || info.length < 0) {
+      std::string where = absl::StrCat("\"", index.fqn, "\"");
+      if (index.offset.has_value()) {
+        absl::StrAppend(&where, " chunk at ", FormatShape(*index.offset));
+      }
+      problems.push_back(absl::StrCat(
+          where, ": storage entry in ", info.relative_path, " has offset ",
+          info.offset, " and length ", info.length));
+    }
+  }
+  if (problems.empty()) return absl::OkStatus();
+  return absl::DataLossError(
+      JoinProblems("invalid checkpoint metadata: ", std::move(problems)));
 }
 
 }  // namespace dcp

@@ -51,6 +51,36 @@ void AppendTensorChunkProblems(absl::string_view fqn,
 // listing the problems in key order (at most 20, then a count of the rest).
 absl::Status ValidateGlobalMetadata(const Metadata& metadata);
 
+// Checks a `Metadata` read from storage, before a load plans or writes
+// anything from it: a corrupt or hand-edited `.metadata` must not make
+// parallel reads write the same destination bytes, or read outside a saved
+// tensor. For every tensor entry:
+//   * its size has no negative dimension;
+//   * each chunk has the tensor's rank (a 0-d tensor's chunks have empty
+//     offsets and sizes) and lies inside it: offsets >= 0, sizes >= 0,
+//     offset + size <= dimension size;
+//   * no two chunks overlap (`ChunksOverlap`; two 0-d chunks overlap);
+//   * each chunk with elements has a `storage_data` entry (fqn, offsets);
+// every bytes entry has a `storage_data` entry (fqn, no offset); and every
+// `storage_data` entry has a non-negative offset and length. Entries of
+// `storage_data` that nothing refers to are ignored.
+//
+// Gaps are not errors here: a checkpoint may hold part of a tensor (a
+// custom save planner's choice), and a load may ask for less than all of
+// it. The load planner checks that the saved chunks cover every box a load
+// asks for (`CheckReadItemsCoverChunks`, planner/resharding.h).
+//
+// Errors: DataLoss "invalid checkpoint metadata: <problem>; <problem>..."
+// in key order (at most 20, then a count of the rest), each problem naming
+// the key and the chunks, with the files holding them:
+//
+//   invalid checkpoint metadata: "w": chunks [0, 0]+[3, 4] (in
+//   __0_0.distcp) and [2, 0]+[2, 4] (in __1_0.distcp) overlap
+//
+// Cost: as `ValidateGlobalMetadata`, plus O(log n) per chunk to find its
+// storage entry. Deterministic: the same `metadata` gives the same status.
+absl::Status ValidateCheckpointMetadata(const Metadata& metadata);
+
 }  // namespace dcp
 
 #endif  // DCP_PLANNER_PLAN_VALIDATION_H_

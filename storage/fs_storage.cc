@@ -645,7 +645,10 @@ struct FileWork {
   std::string path;
   std::vector<size_t> records;  // Sorted by offset.
   std::vector<size_t> items;    // Tensor items, sorted by record offset.
+  // Open while the file is checked or copied from, and between the two
+  // phases for the files the reader keeps open (see ReadData).
   std::unique_ptr<RandomAccessFile> file;
+  uint64_t checked_size = 0;  // The size the checking phase saw.
 };
 
 std::string DescribeRecord(const FileWork& file, const RecordWork& record) {
@@ -753,15 +756,10 @@ absl::Status CheckBytesRecord(const FileWork& file, RecordWork& record,
   return absl::OkStatus();
 }
 
-// The checking phase for one file: opens it, checks every record the load
-// touches and plans every tensor item's byte ranges. Touches no
-// destination.
-absl::Status CheckFile(FileSystem& fs, FileWork& file,
-                       std::vector<RecordWork>& records,
-                       std::vector<ItemWork>& items,
-                       const std::vector<ReadItem>& plan_items, bool verify,
-                       const DecodeLimits& limits) {
-  const RecordWork& first = records[file.records.front()];
+// Opens `file` into `file.file`. A missing file is DataLoss: `.metadata`
+// says it holds `first`.
+absl::Status OpenDataFile(FileSystem& fs, FileWork& file,
+                          const RecordWork& first) {
   absl::StatusOr<std::unique_ptr<RandomAccessFile>> opened =
       fs.NewRandomAccessFile(file.path);
   if (!opened.ok()) {
@@ -774,7 +772,37 @@ absl::Status CheckFile(FileSystem& fs, FileWork& file,
                     absl::StrCat("opening data file ", file.path));
   }
   file.file = *std::move(opened);
+  return absl::OkStatus();
+}
+
+// Reopens, for the copying phase, a file that the checking phase closed.
+// Its records were checked through the earlier handle, so the file must
+// still be the one checked; the FileSystem interface tells only its size.
+absl::Status ReopenDataFile(FileSystem& fs, FileWork& file,
+                            const RecordWork& first) {
+  DCP_RETURN_IF_ERROR(OpenDataFile(fs, file, first));
+  const uint64_t size = file.file->size();
+  if (size != file.checked_size) {
+    file.file.reset();
+    return absl::DataLossError(absl::StrFormat(
+        "data file %s changed during the load: %d bytes when checked, %d "
+        "when reopened to copy (was the checkpoint overwritten?)",
+        file.path, file.checked_size, size));
+  }
+  return absl::OkStatus();
+}
+
+// The checking phase for one file: opens it, checks every record the load
+// touches and plans every tensor item's byte ranges. Touches no
+// destination. Leaves the file open; the caller decides whether to keep it.
+absl::Status CheckFile(FileSystem& fs, FileWork& file,
+                       std::vector<RecordWork>& records,
+                       std::vector<ItemWork>& items,
+                       const std::vector<ReadItem>& plan_items, bool verify,
+                       const DecodeLimits& limits) {
+  DCP_RETURN_IF_ERROR(OpenDataFile(fs, file, records[file.records.front()]));
   const uint64_t file_size = file.file->size();
+  file.checked_size = file_size;
   for (size_t r : file.records) {
     RecordWork& record = records[r];
     const StorageInfo& info = *record.info;
@@ -1205,6 +1233,11 @@ absl::StatusOr<std::unique_ptr<FileSystemReader>> FileSystemReader::Create(
         absl::StrCat("FileSystemReader thread_count must be at least 1, got ",
                      options.thread_count));
   }
+  if (options.max_open_files < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("FileSystemReader max_open_files must be at least 1, got ",
+                     options.max_open_files));
+  }
   auto state = std::make_unique<State>();
   state->path = std::move(path);
   state->fs = fs_storage_internal::ReaderFileSystem(options.file_system,
@@ -1258,14 +1291,17 @@ absl::StatusOr<std::vector<LoadPlan>> FileSystemReader::PrepareGlobalPlan(
 
 // Two phases. Checking (in parallel over files): open every data file the
 // plan touches, parse and check each record against `.metadata` (and its
-// CRC-32s when verifying), and plan each item's byte ranges. Only then
-// copying: bytes items are handed to the planner on this thread (planners
-// may serialise LoadBytes internally), and tensor boxes are read and copied
-// in parallel over files. So corrupt or mismatched data, and a checksum
-// mismatch, fail the load before any destination changes; what can still
-// leave destinations partly written is an I/O error while copying, or an
-// error from the planner (ResolveTensor, CommitTensor, LoadBytes, shape
-// mismatches of resolved destinations).
+// CRC-32s when verifying), and plan each item's byte ranges. Files beyond
+// the open-file budget are closed again, their sizes checked once more
+// before the copying starts, and reopened to copy (sizes checked again).
+// Only then copying: bytes items are handed to the planner on this thread
+// (planners may serialise LoadBytes internally), and tensor boxes are read
+// and copied in parallel over files. So corrupt or mismatched data, and a
+// checksum mismatch, fail the load before any destination changes; what
+// can still leave destinations partly written is an I/O error while
+// copying, a data file replaced or removed while copying (by a concurrent
+// save), or an error from the planner (ResolveTensor, CommitTensor,
+// LoadBytes, shape mismatches of resolved destinations).
 absl::Status FileSystemReader::ReadData(const LoadPlan& plan,
                                         LoadPlanner& planner) {
   using fs_storage_internal::FileWork;
@@ -1368,14 +1404,43 @@ absl::Status FileSystemReader::ReadData(const LoadPlan& plan,
     file_list.push_back(&file);
   }
 
+  // Open files: each thread has at most one open that it is checking or
+  // copying from; up to `keep` more stay open from their check to their
+  // copy, so that a load of few files opens each once.
+  const int threads =
+      std::min(s.options.thread_count, s.options.max_open_files);
+  const size_t keep = static_cast<size_t>(s.options.max_open_files - threads);
+  std::atomic<size_t> kept{0};
+
   // Checking phase.
   DCP_RETURN_IF_ERROR(
       fs_storage_internal::FirstError(fs_storage_internal::RunParallel(
-          file_list.size(), s.options.thread_count, [&](size_t f) {
-            return fs_storage_internal::CheckFile(
-                *s.fs, *file_list[f], records, items, plan.items,
+          file_list.size(), threads, [&](size_t f) {
+            FileWork& file = *file_list[f];
+            absl::Status status = fs_storage_internal::CheckFile(
+                *s.fs, file, records, items, plan.items,
                 s.options.verify_checksums, s.options.decode_limits);
+            if (!status.ok() || file.items.empty() ||
+                kept.fetch_add(1) >= keep) {
+              file.file.reset();
+            }
+            return status;
           })));
+
+  // Files closed since their check must still be the files checked: a
+  // cheap look before any destination is written (reopening checks again).
+  for (FileWork* file : file_list) {
+    if (file->file != nullptr || file->items.empty()) continue;
+    absl::StatusOr<uint64_t> size = s.fs->FileSize(file->path);
+    if (!size.ok() || *size != file->checked_size) {
+      return absl::DataLossError(absl::StrFormat(
+          "data file %s changed during the load: %d bytes when checked, %s "
+          "before copying (was the checkpoint overwritten?)",
+          file->path, file->checked_size,
+          size.ok() ? absl::StrCat(*size, " bytes")
+                    : std::string(size.status().message())));
+    }
+  }
 
   // Copying phase.
   for (size_t b = 0; b < bytes_items.size(); ++b) {
@@ -1386,23 +1451,31 @@ absl::Status FileSystemReader::ReadData(const LoadPlan& plan,
                  absl::StrCat("loading ", DescribeIndex(item.dest_index))));
   }
   return fs_storage_internal::FirstError(fs_storage_internal::RunParallel(
-      file_list.size(), s.options.thread_count, [&](size_t f) {
-        const FileWork& file = *file_list[f];
+      file_list.size(), threads, [&](size_t f) -> absl::Status {
+        FileWork& file = *file_list[f];
+        if (file.items.empty()) return absl::OkStatus();
+        if (file.file == nullptr) {
+          DCP_RETURN_IF_ERROR(fs_storage_internal::ReopenDataFile(
+              *s.fs, file, records[file.records.front()]));
+        }
+        absl::Status status;
         for (size_t w : file.items) {
           const ItemWork& work = items[w];
           const ReadItem& item = plan.items[work.item];
           const RecordWork& record = records[work.record];
-          absl::Status status =
+          status =
               fs_storage_internal::CopyItem(file, record, work, item, planner);
           if (!status.ok()) {
-            return Annotate(
+            status = Annotate(
                 status,
                 absl::StrCat(
                     "loading ", DescribeIndex(item.dest_index), " from ",
                     fs_storage_internal::DescribeRecord(file, record)));
+            break;
           }
         }
-        return absl::OkStatus();
+        file.file.reset();
+        return status;
       }));
 }
 

@@ -86,8 +86,10 @@
 // A load checks every record it touches (zip structure, dtype and shape
 // against `.metadata`, and CRC-32s when verifying) before it writes any
 // destination, so such errors leave the destinations unchanged; an I/O
-// error while copying, or an error from the planner, can leave some
-// destinations loaded and others not. `.metadata` itself has no checksum
+// error while copying, a data file replaced or removed while copying (by a
+// concurrent save; see `FileSystemReaderOptions::max_open_files`), or an
+// error from the planner, can leave some destinations loaded and others
+// not. `.metadata` itself has no checksum
 // (PyTorch's format): a corruption of it that still decodes into a
 // consistent description of the same files cannot be detected.
 //
@@ -206,6 +208,16 @@ class FileSystemWriter : public StorageWriter {
 struct FileSystemReaderOptions {
   // Threads reading data files.
   int thread_count = 1;
+  // The most data files one load holds open at once; at least 1, and
+  // `thread_count` is capped at it. A load checks each file it touches (open,
+  // check, and close unless it is among the first `max_open_files -
+  // thread_count` checked), then copies from each, reopening a closed file.
+  // A closed file whose size changed since its check fails the load with
+  // DataLoss: before any destination is written if the change is seen then,
+  // else when reopened (a concurrent overwrite of the checkpoint). So a load
+  // of thousands of files (one file per item, many ranks) stays well under
+  // the default `ulimit -n` of 1024, shared with the rest of the process.
+  int max_open_files = 64;
   // Check each record's CRC-32. Reads every saved chunk that a load touches
   // in full (streamed, in bounded memory) to do so; false reads only the
   // byte ranges needed.

@@ -1065,6 +1065,186 @@ TEST(FsStorageTest, CreateRejectsBadOptions) {
   EXPECT_THAT(
       FileSystemReader::Create("/c", r).status(),
       StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("thread_count")));
+  FileSystemReaderOptions no_files;
+  no_files.max_open_files = 0;
+  EXPECT_THAT(FileSystemReader::Create("/c", no_files).status(),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("max_open_files")));
+}
+
+// ---- Open files -------------------------------------------------------------
+
+// Counts the data files it opens (per path) and how many are open at once.
+// It can also append to a data file when its size is first asked for, or
+// when it is opened the second time, as a save replacing the file between
+// a load's two phases would.
+class OpenFilesFileSystem : public FileSystemWrapper {
+ public:
+  using FileSystemWrapper::FileSystemWrapper;
+  using FileSystemWrapper::NewRandomAccessFile;
+  enum class Grow { kNever, kOnFileSize, kOnReopen };
+
+  absl::StatusOr<std::unique_ptr<RandomAccessFile>> NewRandomAccessFile(
+      absl::string_view path, const RandomAccessFileOptions& options) override {
+    const bool data = absl::EndsWith(path, ".distcp");
+    int opens = 0;
+    if (data) {
+      std::lock_guard<std::mutex> lock(mu_);
+      opens = ++opens_[std::string(path)];
+    }
+    if (data && opens == 2 && grow_ == Grow::kOnReopen) {
+      DCP_RETURN_IF_ERROR(Append(path));
+    }
+    DCP_ASSIGN_OR_RETURN(
+        std::unique_ptr<RandomAccessFile> file,
+        FileSystemWrapper::NewRandomAccessFile(path, options));
+    const int open = open_.fetch_add(1) + 1;
+    int peak = peak_.load();
+    while (open > peak && !peak_.compare_exchange_weak(peak, open)) {
+    }
+    return std::unique_ptr<RandomAccessFile>(
+        new TrackedFile(std::move(file), &open_));
+  }
+
+  absl::StatusOr<uint64_t> FileSize(absl::string_view path) override {
+    if (grow_ == Grow::kOnFileSize && absl::EndsWith(path, ".distcp")) {
+      DCP_RETURN_IF_ERROR(Append(path));
+    }
+    return FileSystemWrapper::FileSize(path);
+  }
+
+  void set_grow(Grow grow) { grow_ = grow; }
+  int peak_open() const { return peak_.load(); }
+  int open_now() const { return open_.load(); }
+  // Opens of each data file, by path.
+  std::map<std::string, int> opens() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return opens_;
+  }
+
+ private:
+  class TrackedFile : public RandomAccessFile {
+   public:
+    TrackedFile(std::unique_ptr<RandomAccessFile> file, std::atomic<int>* open)
+        : file_(std::move(file)), open_(open) {}
+    ~TrackedFile() override { open_->fetch_sub(1); }
+    absl::StatusOr<absl::string_view> Read(uint64_t offset, size_t n,
+                                           char* scratch) const override {
+      return file_->Read(offset, n, scratch);
+    }
+    uint64_t size() const override { return file_->size(); }
+
+   private:
+    std::unique_ptr<RandomAccessFile> file_;
+    std::atomic<int>* open_;
+  };
+
+  absl::Status Append(absl::string_view path) {
+    DCP_ASSIGN_OR_RETURN(std::string bytes, ReadFileToString(*target(), path));
+    return WriteStringToFile(*target(), path, bytes + "extra", /*sync=*/false);
+  }
+
+  Grow grow_ = Grow::kNever;
+  std::atomic<int> open_{0};
+  std::atomic<int> peak_{0};
+  mutable std::mutex mu_;
+  std::map<std::string, int> opens_;
+};
+
+// `n` small tensors "t<i>" with values from `seed`.
+StateDict ManyTensors(int n, int seed) {
+  StateDict sd;
+  for (int i = 0; i < n; ++i) {
+    sd.Set(absl::StrCat("t", i), MakeTestTensor({3}, c10::kFloat, seed + i));
+  }
+  return sd;
+}
+
+StateDict ZerosLike(const StateDict& sd) {
+  StateDict out;
+  for (const StateDict::Entry& entry : sd.entries()) {
+    out.Set(entry.first, at::zeros_like(entry.second.get<at::Tensor>()));
+  }
+  return out;
+}
+
+TEST(FsStorageOpenFilesTest, LoadKeepsAtMostMaxOpenFilesOpen) {
+  auto mem = std::make_shared<MemFileSystem>();
+  const StateDict sd = ManyTensors(40, 1);
+  FileSystemWriterOptions w;
+  w.single_file_per_rank = false;
+  w.sync_files = false;
+  ASSERT_OK(SaveTo(mem, kDir, sd, w).status());
+  ASSERT_THAT(DataFiles(*mem, kDir), SizeIs(40));
+
+  auto fs = std::make_shared<OpenFilesFileSystem>(mem);
+  FileSystemReaderOptions r;
+  r.thread_count = 3;
+  r.max_open_files = 5;
+  StateDict dest = ZerosLike(sd);
+  ASSERT_OK(LoadFrom(fs, kDir, dest, r));
+  for (const StateDict::Entry& entry : sd.entries()) {
+    EXPECT_THAT(dest.Find(entry.first)->get<at::Tensor>(),
+                TensorEq(entry.second.get<at::Tensor>()))
+        << entry.first;
+  }
+  EXPECT_LE(fs->peak_open(), 5);
+  EXPECT_EQ(fs->open_now(), 0);
+  // Two files at most stay open from their check to their copy (5 minus a
+  // file per thread); every other file is opened twice.
+  int reopened = 0;
+  for (const auto& [path, opens] : fs->opens()) {
+    EXPECT_THAT(opens, ::testing::AnyOf(1, 2)) << path;
+    if (opens == 2) ++reopened;
+  }
+  EXPECT_EQ(reopened, 38);
+  EXPECT_THAT(fs->opens(), SizeIs(40));
+}
+
+TEST(FsStorageOpenFilesTest, FewFilesAreOpenedOnce) {
+  auto mem = std::make_shared<MemFileSystem>();
+  const StateDict sd = ManyTensors(20, 100);
+  FileSystemWriterOptions w;
+  w.single_file_per_rank = false;
+  w.sync_files = false;
+  ASSERT_OK(SaveTo(mem, kDir, sd, w).status());
+  auto fs = std::make_shared<OpenFilesFileSystem>(mem);
+  FileSystemReaderOptions r;
+  r.thread_count = 2;  // Default max_open_files: 62 may stay open.
+  StateDict dest = ZerosLike(sd);
+  ASSERT_OK(LoadFrom(fs, kDir, dest, r));
+  EXPECT_THAT(fs->opens(), SizeIs(20));
+  EXPECT_THAT(fs->opens(), Each(::testing::Pair(::testing::_, 1)));
+  EXPECT_EQ(fs->open_now(), 0);
+}
+
+TEST(FsStorageOpenFilesTest, FileThatChangedBeforeTheCopyIsDataLossAndUnused) {
+  for (auto grow : {OpenFilesFileSystem::Grow::kOnFileSize,
+                    OpenFilesFileSystem::Grow::kOnReopen}) {
+    SCOPED_TRACE(static_cast<int>(grow));
+    auto mem = std::make_shared<MemFileSystem>();
+    const StateDict sd = ManyTensors(3, 7);
+    FileSystemWriterOptions w;
+    w.sync_files = false;
+    ASSERT_OK(SaveTo(mem, kDir, sd, w).status());  // One data file.
+    const std::vector<std::string> files = DataFiles(*mem, kDir);
+    ASSERT_THAT(files, SizeIs(1));
+
+    auto fs = std::make_shared<OpenFilesFileSystem>(mem);
+    fs->set_grow(grow);
+    FileSystemReaderOptions r;
+    r.max_open_files = 1;  // Nothing stays open between the phases.
+    StateDict dest = ZerosLike(sd);
+    EXPECT_THAT(LoadFrom(fs, kDir, dest, r),
+                StatusIs(absl::StatusCode::kDataLoss,
+                         AllOf(HasSubstr(JoinPath(kDir, files[0])),
+                               HasSubstr("changed during the load"))));
+    for (const StateDict::Entry& entry : dest.entries()) {
+      EXPECT_THAT(entry.second.get<at::Tensor>(), TensorEq(at::zeros({3})))
+          << entry.first;
+    }
+    EXPECT_EQ(fs->open_now(), 0);
+  }
 }
 
 // ---- Partial reads ----------------------------------------------------------
@@ -1339,6 +1519,161 @@ TEST_F(BadInputTest, FailedLoadLeavesDestinationsUntouched) {
               StatusIs(absl::StatusCode::kDataLoss, HasSubstr(path)));
   EXPECT_THAT(dest.Find("a")->get<at::Tensor>(), TensorEq(at::zeros({4, 6})));
   EXPECT_EQ(dest.Find("n")->get<int64_t>(), 0);
+}
+
+// ---- Hand-edited .metadata --------------------------------------------------
+
+// "w" [4, 6] saved as two row shards, each in its own file, beside "b" and
+// "n"; loads into destinations holding other values.
+class HandEditedMetadataTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    const at::Tensor full = MakeTestTensor({4, 6}, c10::kFloat, 5);
+    saved_w_ = full.clone();
+    StateDict sd;
+    sd.Set("w", ShardedTensor{{4, 6},
+                              {Shard{full.narrow(0, 0, 2), {0, 0}},
+                               Shard{full.narrow(0, 2, 2), {2, 0}}}});
+    sd.Set("b", MakeTestTensor({2}, c10::kFloat, 6));
+    sd.Set("n", int64_t{3});
+    FileSystemWriterOptions w;
+    w.single_file_per_rank = false;  // One file per chunk.
+    w.sync_files = false;
+    ASSERT_OK_AND_ASSIGN(md_, SaveTo(fs_, kDir, sd, w));
+    file0_ = md_.storage_data.at(MetadataIndex("w", Shape{0, 0})).relative_path;
+    file1_ = md_.storage_data.at(MetadataIndex("w", Shape{2, 0})).relative_path;
+    ASSERT_NE(file0_, file1_);
+  }
+
+  StateDict Dest() const {
+    return StateDict{{"w", at::full({4, 6}, 42.0)},
+                     {"b", at::full({2}, 7.0)},
+                     {"n", int64_t{5}}};
+  }
+  // Loads into Dest(); checks that no destination changed when it fails.
+  absl::Status LoadAndCheckUnchangedOnError() {
+    StateDict dest = Dest();
+    absl::Status status = LoadFrom(fs_, kDir, dest);
+    if (status.ok()) return status;
+    EXPECT_THAT(dest.Find("w")->get<at::Tensor>(),
+                TensorEq(at::full({4, 6}, 42.0)));
+    EXPECT_THAT(dest.Find("b")->get<at::Tensor>(),
+                TensorEq(at::full({2}, 7.0)));
+    EXPECT_EQ(dest.Find("n")->get<int64_t>(), 5);
+    return status;
+  }
+  TensorStorageMetadata& W(Metadata& md) {
+    return std::get<TensorStorageMetadata>(md.state_dict_metadata.at("w"));
+  }
+  // Moves the second chunk of "w" (and its storage entry) to `offsets`.
+  void MoveSecondChunk(Metadata& md, const Shape& offsets) {
+    W(md).chunks[1].offsets = offsets;
+    auto node = md.storage_data.extract(MetadataIndex("w", Shape{2, 0}));
+    node.key() = MetadataIndex("w", offsets, 1);
+    md.storage_data.insert(std::move(node));
+  }
+  void RewriteMetadata(const Metadata& md) {
+    ASSERT_OK_AND_ASSIGN(std::string pickle, EncodeMetadataPickle(md));
+    WriteFile(*fs_, JoinPath(kDir, ".metadata"), pickle);
+  }
+
+  std::shared_ptr<MemFileSystem> fs_ = std::make_shared<MemFileSystem>();
+  Metadata md_;
+  at::Tensor saved_w_;
+  std::string file0_;
+  std::string file1_;
+};
+
+TEST_F(HandEditedMetadataTest, UneditedLoadsExactly) {
+  StateDict dest = Dest();
+  ASSERT_OK(LoadFrom(fs_, kDir, dest));
+  EXPECT_THAT(dest.Find("w")->get<at::Tensor>(), TensorEq(saved_w_));
+}
+
+TEST_F(HandEditedMetadataTest, OverlappingChunksInTwoFilesAreDataLoss) {
+  // Row 1 would be written by both files' reads, in parallel.
+  Metadata md = md_;
+  MoveSecondChunk(md, {1, 0});
+  RewriteMetadata(md);
+  EXPECT_THAT(
+      LoadAndCheckUnchangedOnError(),
+      StatusIs(absl::StatusCode::kDataLoss,
+               HasSubstr(absl::StrCat(
+                   "invalid checkpoint metadata: \"w\": chunks [0, "
+                   "0]+[2, 6] (in ",
+                   file0_, ") and [1, 0]+[2, 6] (in ", file1_, ") overlap"))));
+}
+
+TEST_F(HandEditedMetadataTest, ChunkOutsideTheTensorIsDataLoss) {
+  Metadata md = md_;
+  MoveSecondChunk(md, {3, 0});
+  RewriteMetadata(md);
+  EXPECT_THAT(
+      LoadAndCheckUnchangedOnError(),
+      StatusIs(absl::StatusCode::kDataLoss,
+               HasSubstr(absl::StrCat("\"w\": chunk [3, 0]+[2, 6] (in ", file1_,
+                                      ") is not inside size [4, 6]"))));
+}
+
+TEST_F(HandEditedMetadataTest, GapIsDataLossNamingTheRegionAndTheChunks) {
+  // The second chunk dropped: rows [2, 4) are saved nowhere.
+  Metadata dropped = md_;
+  W(dropped).chunks.pop_back();
+  RewriteMetadata(dropped);
+  EXPECT_THAT(LoadAndCheckUnchangedOnError(),
+              StatusIs(absl::StatusCode::kDataLoss,
+                       HasSubstr("checkpoint holds 12 of the 24 elements of "
+                                 "\"w\" chunk [0, 0]+[4, 6]; the checkpoint's "
+                                 "chunks of \"w\": [0, 0]+[2, 6]")));
+  // The second chunk shrunk to one row: row 3 is saved nowhere.
+  Metadata shrunk = md_;
+  W(shrunk).chunks[1].sizes = {1, 6};
+  RewriteMetadata(shrunk);
+  EXPECT_THAT(LoadAndCheckUnchangedOnError(),
+              StatusIs(absl::StatusCode::kDataLoss,
+                       HasSubstr("checkpoint holds 18 of the 24 elements of "
+                                 "\"w\" chunk [0, 0]+[4, 6]; the checkpoint's "
+                                 "chunks of \"w\": [0, 0]+[2, 6], [2, 0]+[1, "
+                                 "6]")));
+}
+
+TEST_F(HandEditedMetadataTest, ChunkWithoutStorageEntryIsDataLoss) {
+  Metadata md = md_;
+  md.storage_data.erase(MetadataIndex("w", Shape{2, 0}));
+  RewriteMetadata(md);
+  EXPECT_THAT(LoadAndCheckUnchangedOnError(),
+              StatusIs(absl::StatusCode::kDataLoss,
+                       HasSubstr("\"w\": chunk [2, 0]+[2, 6] has no storage "
+                                 "entry")));
+}
+
+TEST_F(HandEditedMetadataTest, EveryRankGetsTheSameError) {
+  Metadata md = md_;
+  MoveSecondChunk(md, {1, 0});
+  RewriteMetadata(md);
+  SimulatorOptions options;
+  options.world_size = 2;
+  ASSERT_OK_AND_ASSIGN(std::unique_ptr<Simulator> sim,
+                       Simulator::Create(options));
+  std::vector<StateDict> dests = {Dest(), Dest()};
+  std::vector<absl::Status> statuses =
+      sim->Run([&](RankContext& ctx) -> absl::Status {
+        FileSystemReaderOptions r;
+        r.file_system = fs_;
+        DCP_ASSIGN_OR_RETURN(auto reader,
+                             FileSystemReader::Create(std::string(kDir), r));
+        LoadOptions load;
+        load.process_group = &ctx.pg();
+        return Load(dests[ctx.rank()], *reader, load);
+      });
+  ASSERT_THAT(statuses, SizeIs(2));
+  EXPECT_THAT(statuses[0], StatusIs(absl::StatusCode::kDataLoss,
+                                    HasSubstr("\"w\": chunks [0, 0]+[2, 6]")));
+  EXPECT_EQ(statuses[0], statuses[1]);
+  for (const StateDict& dest : dests) {
+    EXPECT_THAT(dest.Find("w")->get<at::Tensor>(),
+                TensorEq(at::full({4, 6}, 42.0)));
+  }
 }
 
 // ---- Mutation ---------------------------------------------------------------
