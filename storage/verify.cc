@@ -27,6 +27,7 @@
 #include "absl/strings/string_view.h"
 #include "checkpoint/metadata.h"
 #include "checkpoint/status.h"
+#include "planner/plan_validation.h"
 #include "storage/file_system.h"
 #include "storage/fs_storage.h"
 #include "storage/posix_file_system.h"
@@ -791,6 +792,18 @@ std::vector<FileJob> PlanJobs(const Metadata& md, VerifyReport& report) {
   for (const auto& [fqn, entry] : md.state_dict_metadata) {
     if (const auto* tensor = std::get_if<TensorStorageMetadata>(&entry)) {
       ++report.tensors;
+      // The chunks must tile the tensor exactly, as every saver (dcp's and
+      // PyTorch's) checks before it commits.
+      std::vector<std::string> geometry;
+      AppendTensorChunkProblems(fqn, *tensor, &geometry);
+      const std::string key_prefix = absl::StrCat("\"", fqn, "\": ");
+      for (std::string& problem : geometry) {
+        // The key is named by the problem's `key` field.
+        if (absl::StartsWith(problem, key_prefix)) {
+          problem.erase(0, key_prefix.size());
+        }
+        metadata_problem(std::move(problem), fqn, std::nullopt);
+      }
       for (const ChunkStorageMetadata& chunk : tensor->chunks) {
         if (md.storage_data.count(MetadataIndex(fqn, chunk.offsets)) == 0) {
           metadata_problem("no storage entry", fqn, chunk.offsets);

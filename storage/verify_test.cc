@@ -281,33 +281,43 @@ void EditMetadata(FileSystem& fs, Edit edit) {
 void KeepOnlyFile(FileSystem& fs, const std::string& file) {
   EditMetadata(fs, [&](Metadata& md) {
     std::map<MetadataIndex, StorageInfo> kept;
-    for (const auto& [index, info] : md.storage_data) {
-      if (info.relative_path == file) kept.emplace(index, info);
-    }
-    md.storage_data = std::move(kept);
     std::map<std::string, StorageMetadata> keys;
     for (auto& [fqn, entry] : md.state_dict_metadata) {
       if (auto* tensor = std::get_if<TensorStorageMetadata>(&entry)) {
-        std::vector<ChunkStorageMetadata> chunks;
+        // The tensor becomes its one chunk in `file` (at offset 0), so that
+        // the chunks still tile it.
+        const ChunkStorageMetadata* in_file = nullptr;
         for (const ChunkStorageMetadata& chunk : tensor->chunks) {
-          if (md.storage_data.count(MetadataIndex(fqn, chunk.offsets)) > 0) {
-            chunks.push_back(chunk);
+          auto info = md.storage_data.find(MetadataIndex(fqn, chunk.offsets));
+          if (info != md.storage_data.end() &&
+              info->second.relative_path == file) {
+            EXPECT_EQ(in_file, nullptr) << "two chunks of " << fqn;
+            in_file = &chunk;
           }
         }
-        tensor->chunks = std::move(chunks);
-        if (tensor->chunks.empty()) continue;
-      } else if (md.storage_data.count(MetadataIndex(fqn)) == 0) {
-        continue;
+        if (in_file == nullptr) continue;
+        const StorageInfo info =
+            md.storage_data.at(MetadataIndex(fqn, in_file->offsets));
+        ChunkStorageMetadata chunk{Shape(in_file->sizes.size(), 0),
+                                   in_file->sizes};
+        tensor->size = chunk.sizes;
+        tensor->chunks = {chunk};
+        kept.emplace(MetadataIndex(fqn, chunk.offsets), info);
+      } else {
+        auto info = md.storage_data.find(MetadataIndex(fqn));
+        if (info == md.storage_data.end() ||
+            info->second.relative_path != file) {
+          continue;
+        }
+        kept.emplace(info->first, info->second);
       }
       keys.emplace(fqn, std::move(entry));
     }
+    md.storage_data = std::move(kept);
     md.state_dict_metadata = std::move(keys);
   });
 }
 
-// Every byte of a PyTorch-written data file (tensor records, an empty
-// tensor's record and a bytes record, with torch's data descriptors and
-// miniz's layout), one bit flipped at a time.
 TEST(VerifyFlipTest, EveryByteOfAPyTorchDataFile) {
   auto mem = GoldenInMemory("sharded4");
   const std::string file = "__2_0.distcp";
@@ -556,8 +566,31 @@ TEST(VerifyTest, DtypeAndShapeAgainstMetadata) {
               AllOf(HasSubstr("holds a float32 tensor but .metadata says "
                               "float64 of the record of \"w\" chunk [0, 0]"),
                     HasSubstr("holds a tensor of shape [5] but .metadata says "
-                              "[4] of the record of \"b\" chunk [0]")));
-  EXPECT_EQ(report.num_problems(), 2);
+                              "[4] of the record of \"b\" chunk [0]"),
+                    HasSubstr("chunks cover 4 of 5 elements for \"b\"")));
+  EXPECT_EQ(report.num_problems(), 3);
+}
+
+// Chunks that do not tile their tensor exactly, as PyTorch's and dcp's
+// savers require: a load would fail, or read a region twice.
+TEST(VerifyTest, ChunksThatDoNotTileTheTensorAreMetadataProblems) {
+  for (int64_t delta : {1, -1}) {
+    SCOPED_TRACE(delta);
+    auto mem = SavedInMemory(ModelState(), 1);
+    Shape size;
+    EditMetadata(*mem, [&](Metadata& md) {
+      auto& w = std::get<TensorStorageMetadata>(md.state_dict_metadata.at("w"));
+      w.size[0] += delta;
+      size = w.size;
+    });
+    VerifyReport report = VerifyOk(mem);
+    // Only .metadata is wrong; the records are what it says they are.
+    EXPECT_EQ(report.num_problems(), report.metadata.problems.size());
+    EXPECT_THAT(ProblemsText(report),
+                delta > 0 ? HasSubstr("chunks cover 24 of 30 elements for \"w\"")
+                          : HasSubstr("chunk [0, 0]+[4, 6] is out of bounds of "
+                                      "size [3, 6] for \"w\""));
+  }
 }
 
 TEST(VerifyTest, CannotVerifyWithoutReadableMetadata) {

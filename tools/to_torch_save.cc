@@ -24,6 +24,7 @@
 #include "checkpoint/status.h"
 #include "checkpoint/torch_status.h"
 #include "planner/flatten.h"
+#include "storage/file_system.h"
 #include "storage/fs_storage.h"
 #include "storage/posix_file_system.h"
 #include "storage/torch_save.h"
@@ -75,10 +76,25 @@ u128 TensorBytes(const Shape& size, c10::ScalarType dtype) {
 absl::Status CheckTensorsFitTheData(const std::string& dir,
                                     const Metadata& md) {
   PosixFileSystem fs;
-  DCP_ASSIGN_OR_RETURN(std::vector<FileInfo> files,
-                       ListCheckpointFiles(fs, dir));
+  // The size of each data file a chunk names; a file that is missing or
+  // not a regular file fails here, as the load would (later, after
+  // allocating).
   std::map<std::string, uint64_t> file_size;
-  for (const FileInfo& f : files) file_size[f.name] = f.size;
+  for (const auto& [index, info] : md.storage_data) {
+    if (file_size.count(info.relative_path) > 0) continue;
+    absl::StatusOr<uint64_t> size =
+        fs.FileSize(JoinPath(dir, info.relative_path));
+    if (!size.ok()) {
+      if (absl::IsNotFound(size.status())) {
+        return absl::DataLossError(absl::StrCat(
+            "missing data file ", JoinPath(dir, info.relative_path),
+            " (holding \"", index.fqn, "\"): ", size.status().message()));
+      }
+      return Annotate(size.status(),
+                      absl::StrCat("data file of \"", index.fqn, "\""));
+    }
+    file_size[info.relative_path] = *size;
+  }
   FileRanges all;
   u128 all_bytes = 0;
   for (const auto& [fqn, entry] : md.state_dict_metadata) {
@@ -92,10 +108,7 @@ absl::Status CheckTensorsFitTheData(const std::string& dir,
       auto info = md.storage_data.find(MetadataIndex(fqn, chunk.offsets));
       if (info == md.storage_data.end()) continue;
       auto size = file_size.find(info->second.relative_path);
-      if (size == file_size.end() || info->second.offset < 0 ||
-          info->second.length < 0) {
-        continue;
-      }
+      if (info->second.offset < 0 || info->second.length < 0) continue;
       const uint64_t begin =
           std::min<uint64_t>(info->second.offset, size->second);
       const uint64_t end = std::min<uint64_t>(
