@@ -576,7 +576,7 @@ TEST(DefaultSavePlannerTest, OutOfBoundsChunkInAGatheredPlanFailsValidation) {
   EXPECT_THAT(planner.CreateGlobalPlan(plans),
               StatusIs(absl::StatusCode::kInvalidArgument,
                        HasSubstr("invalid global plan: \"w\": chunk [2]+[4] is "
-                                 "out of bounds of size [4]")));
+                                 "not inside size [4]")));
 }
 
 TEST(DefaultSavePlannerTest, TensorItemWithoutTensorDataIsAnError) {

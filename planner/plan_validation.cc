@@ -55,22 +55,25 @@ int64_t SaturatingAdd(int64_t a, int64_t b) {
   return sum;
 }
 
-// The file (or object) holding the chunk of `fqn` at `offsets`, as " (in
-// <file>)", or "" if `storage_data` has no entry for it.
-std::string StoredIn(const Metadata& metadata, const std::string& fqn,
-                     const Shape& offsets) {
-  auto found = metadata.storage_data.find(MetadataIndex(fqn, offsets));
-  if (found == metadata.storage_data.end()) return "";
-  return absl::StrCat(" (in ", found->second.relative_path, ")");
-}
-
-// ValidateCheckpointMetadata's checks of one tensor entry.
-void AppendLoadedTensorProblems(const Metadata& metadata,
-                                const std::string& fqn,
-                                const TensorStorageMetadata& tensor,
-                                std::vector<std::string>* problems) {
+// The chunk problems of the tensor `fqn`. With `stored` (a Metadata read
+// from storage, for ValidateCheckpointMetadata): 0-d tensors are checked
+// too, chunks name their files, every chunk with elements needs a storage
+// entry, and gaps are left to the load planner. Without (a global save
+// plan, for ValidateGlobalMetadata): 0-d tensors are skipped, as in
+// Python, and the chunks must cover the tensor exactly.
+void AppendChunkProblems(const Metadata* stored, absl::string_view fqn,
+                         const TensorStorageMetadata& tensor,
+                         std::vector<std::string>* problems) {
   const Shape& size = tensor.size;
+  if (stored == nullptr && size.empty()) return;
   const std::string key = absl::StrCat("\"", fqn, "\": ");
+  auto stored_in = [&](const ChunkStorageMetadata& chunk) -> std::string {
+    if (stored == nullptr) return "";
+    auto found = stored->storage_data.find(
+        MetadataIndex(std::string(fqn), chunk.offsets));
+    if (found == stored->storage_data.end()) return "";
+    return absl::StrCat(" (in ", found->second.relative_path, ")");
+  };
   for (int64_t dim : size) {
     if (dim < 0) {
       problems->push_back(absl::StrCat(key, "size ", FormatShape(size),
@@ -78,7 +81,8 @@ void AppendLoadedTensorProblems(const Metadata& metadata,
       return;
     }
   }
-  // Chunks of the right rank, by position; only these are checked further.
+  // Chunks of the right rank, by position; only these are checked further
+  // (from storage, only those also inside the tensor).
   std::vector<ChunkStorageMetadata> well_formed;
   std::vector<size_t> positions;
   for (size_t i = 0; i < tensor.chunks.size(); ++i) {
@@ -92,13 +96,13 @@ void AppendLoadedTensorProblems(const Metadata& metadata,
     }
     if (!InBounds(chunk, size)) {
       problems->push_back(absl::StrCat(key, "chunk ", FormatChunk(chunk),
-                                       StoredIn(metadata, fqn, chunk.offsets),
-                                       " is not inside size ",
+                                       stored_in(chunk), " is not inside size ",
                                        FormatShape(size)));
-      continue;
+      if (stored != nullptr) continue;
     }
-    if (NumElements(chunk.sizes) > 0 &&
-        metadata.storage_data.count(MetadataIndex(fqn, chunk.offsets)) == 0) {
+    if (stored != nullptr && NumElements(chunk.sizes) > 0 &&
+        stored->storage_data.count(
+            MetadataIndex(std::string(fqn), chunk.offsets)) == 0) {
       problems->push_back(absl::StrCat(key, "chunk ", FormatChunk(chunk),
                                        " has no storage entry"));
     }
@@ -111,13 +115,22 @@ void AppendLoadedTensorProblems(const Metadata& metadata,
     const ChunkStorageMetadata& a = tensor.chunks[positions[overlaps[k].first]];
     const ChunkStorageMetadata& b =
         tensor.chunks[positions[overlaps[k].second]];
-    problems->push_back(absl::StrCat(
-        key, "chunks ", FormatChunk(a), StoredIn(metadata, fqn, a.offsets),
-        " and ", FormatChunk(b), StoredIn(metadata, fqn, b.offsets),
-        " overlap"));
+    problems->push_back(absl::StrCat(key, "chunks ", FormatChunk(a),
+                                     stored_in(a), " and ", FormatChunk(b),
+                                     stored_in(b), " overlap"));
   }
   if (overlaps.size() > kMaxOverlapsPerTensor) {
     problems->push_back(absl::StrCat(key, "more chunks overlap"));
+  }
+  if (stored != nullptr) return;
+  int64_t covered = 0;
+  for (const ChunkStorageMetadata& chunk : well_formed) {
+    covered = SaturatingAdd(covered, NumElements(chunk.sizes));
+  }
+  const int64_t volume = NumElements(size);
+  if (covered != volume) {
+    problems->push_back(absl::StrCat(key, "chunks cover ", covered, " of ",
+                                     volume, " elements"));
   }
 }
 
@@ -136,61 +149,7 @@ std::string JoinProblems(absl::string_view prefix,
 void AppendTensorChunkProblems(absl::string_view fqn,
                                const TensorStorageMetadata& tensor,
                                std::vector<std::string>* problems) {
-  const Shape& size = tensor.size;
-  if (size.empty()) return;  // 0-d: skipped, as in Python.
-  const std::string key = absl::StrCat("\"", fqn, "\": ");
-
-  for (int64_t dim : size) {
-    if (dim < 0) {
-      problems->push_back(absl::StrCat(key, "size ", FormatShape(size),
-                                       " has a negative dimension"));
-      return;
-    }
-  }
-
-  // Chunks of the right rank, by position; only these are checked for
-  // overlap and counted.
-  std::vector<ChunkStorageMetadata> well_formed;
-  std::vector<size_t> positions;
-  for (size_t i = 0; i < tensor.chunks.size(); ++i) {
-    const ChunkStorageMetadata& chunk = tensor.chunks[i];
-    if (chunk.offsets.size() != size.size() ||
-        chunk.sizes.size() != size.size()) {
-      problems->push_back(absl::StrCat(key, "chunk ", FormatChunk(chunk),
-                                       " does not have the rank ", size.size(),
-                                       " of size ", FormatShape(size)));
-      continue;
-    }
-    if (!InBounds(chunk, size)) {
-      problems->push_back(absl::StrCat(key, "chunk ", FormatChunk(chunk),
-                                       " is out of bounds of size ",
-                                       FormatShape(size)));
-    }
-    well_formed.push_back(chunk);
-    positions.push_back(i);
-  }
-
-  const std::vector<std::pair<size_t, size_t>> overlaps =
-      FindOverlappingChunks(well_formed, kMaxOverlapsPerTensor + 1);
-  for (size_t k = 0; k < overlaps.size() && k < kMaxOverlapsPerTensor; ++k) {
-    problems->push_back(absl::StrCat(
-        key, "chunks ",
-        FormatChunk(tensor.chunks[positions[overlaps[k].first]]), " and ",
-        FormatChunk(tensor.chunks[positions[overlaps[k].second]]), " overlap"));
-  }
-  if (overlaps.size() > kMaxOverlapsPerTensor) {
-    problems->push_back(absl::StrCat(key, "more chunks overlap"));
-  }
-
-  int64_t covered = 0;
-  for (const ChunkStorageMetadata& chunk : well_formed) {
-    covered = SaturatingAdd(covered, NumElements(chunk.sizes));
-  }
-  const int64_t volume = NumElements(size);
-  if (covered != volume) {
-    problems->push_back(absl::StrCat(key, "chunks cover ", covered, " of ",
-                                     volume, " elements"));
-  }
+  AppendChunkProblems(nullptr, fqn, tensor, problems);
 }
 
 absl::Status ValidateGlobalMetadata(const Metadata& metadata) {
@@ -209,7 +168,7 @@ absl::Status ValidateCheckpointMetadata(const Metadata& metadata) {
   std::vector<std::string> problems;
   for (const auto& [fqn, storage] : metadata.state_dict_metadata) {
     if (const auto* tensor = std::get_if<TensorStorageMetadata>(&storage)) {
-      AppendLoadedTensorProblems(metadata, fqn, *tensor, &problems);
+      AppendChunkProblems(&metadata, fqn, *tensor, &problems);
     } else if (metadata.storage_data.count(MetadataIndex(fqn)) == 0) {
       problems.push_back(
           absl::StrCat("\"", fqn, "\": bytes entry has no storage entry"));

@@ -84,13 +84,13 @@ TEST(PlanValidationTest, GapIsReported) {
 TEST(PlanValidationTest, OutOfBoundsIsReported) {
   EXPECT_THAT(
       Problems(Tensor({4, 4}, {Chunk({0, 0}, {4, 2}), Chunk({0, 2}, {4, 3})})),
-      ElementsAre("\"k\": chunk [0, 2]+[4, 3] is out of bounds of size [4, 4]",
+      ElementsAre("\"k\": chunk [0, 2]+[4, 3] is not inside size [4, 4]",
                   "\"k\": chunks cover 20 of 16 elements"));
   EXPECT_THAT(Problems(Tensor({4}, {Chunk({-1}, {4}), Chunk({3}, {1})})),
-              ElementsAre("\"k\": chunk [-1]+[4] is out of bounds of size [4]",
+              ElementsAre("\"k\": chunk [-1]+[4] is not inside size [4]",
                           "\"k\": chunks cover 5 of 4 elements"));
   EXPECT_THAT(Problems(Tensor({4}, {Chunk({0}, {4}), Chunk({2}, {-2})})),
-              ElementsAre("\"k\": chunk [2]+[-2] is out of bounds of size [4]",
+              ElementsAre("\"k\": chunk [2]+[-2] is not inside size [4]",
                           "\"k\": chunks cover 2 of 4 elements"));
 }
 
@@ -98,7 +98,7 @@ TEST(PlanValidationTest, HugeOffsetsDoNotOverflow) {
   constexpr int64_t kMax = std::numeric_limits<int64_t>::max();
   EXPECT_THAT(
       Problems(Tensor({4}, {Chunk({kMax}, {kMax})})),
-      ElementsAre(HasSubstr("is out of bounds"), HasSubstr("chunks cover")));
+      ElementsAre(HasSubstr("is not inside size"), HasSubstr("chunks cover")));
 }
 
 TEST(PlanValidationTest, RankMismatchIsReported) {

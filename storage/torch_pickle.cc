@@ -3,6 +3,8 @@
 #include <cstdint>
 
 #include "absl/status/statusor.h"
+#include "absl/strings/escaping.h"
+#include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
 #include "checkpoint/metadata.h"
 #include "storage/pickle.h"
@@ -113,6 +115,31 @@ void WriteRebuildTensor(PickleWriter& w, absl::string_view storage_key,
     }
   });
   w.EmitReduce();
+}
+
+namespace {
+constexpr size_t kMaxPathBytes = 1024;
+constexpr size_t kMaxPathKeyBytes = 64;
+}  // namespace
+
+std::string ChildValuePath(const std::string& path,
+                           absl::string_view segment) {
+  if (path.size() >= kMaxPathBytes) return path;  // Already ends in "...".
+  std::string child = absl::StrCat(path, segment);
+  if (child.size() >= kMaxPathBytes) {
+    child.resize(kMaxPathBytes - 3);
+    child += "...";
+  }
+  return child;
+}
+
+std::string KeyValuePath(const std::string& path, absl::string_view key,
+                         bool is_int) {
+  const bool cut = key.size() > kMaxPathKeyBytes;
+  return ChildValuePath(
+      path, absl::StrCat("[", is_int ? "" : "\"",
+                         absl::CEscape(key.substr(0, kMaxPathKeyBytes)),
+                         cut ? "..." : "", is_int ? "" : "\"", "]"));
 }
 
 }  // namespace torch_pickle_internal

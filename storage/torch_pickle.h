@@ -15,6 +15,7 @@
 #include <c10/util/ArrayRef.h>
 
 #include <cstdint>
+#include <string>
 
 #include "absl/strings/string_view.h"
 #include "storage/pickle.h"
@@ -50,6 +51,18 @@ void WriteRebuildTensor(PickleWriter& w, absl::string_view storage_key,
                         const DtypeSpec& dtype, int64_t storage_numel,
                         int64_t storage_offset, c10::IntArrayRef sizes,
                         c10::IntArrayRef strides);
+
+// Paths of values in error messages (`obj["optim"][3]`) stay short however
+// long the keys and deep the nesting (each level holds its own path, so
+// full paths would grow as depth times key length): a key is cut at 64
+// bytes, a path at about 1 KiB (ending in "...").
+//
+// `path` followed by `segment`, cut.
+std::string ChildValuePath(const std::string& path, absl::string_view segment);
+// `path` followed by `["key"]` (or `[key]` for an int key), the key cut
+// and C-escaped.
+std::string KeyValuePath(const std::string& path, absl::string_view key,
+                         bool is_int = false);
 
 }  // namespace torch_pickle_internal
 }  // namespace dcp

@@ -564,29 +564,6 @@ absl::Status Unsupported(absl::string_view type, const std::string& path) {
       "value record: unsupported pickled type ", type, " at ", path));
 }
 
-// Paths in messages stay short however long the keys and deep the nesting:
-// each level's path is a new string, so unbounded paths would grow with
-// depth times key length.
-constexpr size_t kMaxPathBytes = 1024;
-constexpr size_t kMaxPathKeyBytes = 64;
-
-std::string ChildPath(const std::string& path, absl::string_view segment) {
-  if (path.size() >= kMaxPathBytes) return path;  // Already ends in "...".
-  std::string child = absl::StrCat(path, segment);
-  if (child.size() >= kMaxPathBytes) {
-    child.resize(kMaxPathBytes - 3);
-    child += "...";
-  }
-  return child;
-}
-
-std::string KeySegment(absl::string_view key, bool is_int) {
-  const bool cut = key.size() > kMaxPathKeyBytes;
-  return absl::StrCat("[", is_int ? "" : "\"",
-                      absl::CEscape(key.substr(0, kMaxPathKeyBytes)),
-                      cut ? "..." : "", is_int ? "" : "\"", "]");
-}
-
 // Converts a value record's pickle into a Value, charging each value it
 // creates and each string it copies to `budget`: shared (memoized) values
 // are copied at every reference.
@@ -638,7 +615,7 @@ absl::StatusOr<Value> ValueDecoder::DictFromEntries(const PickleValue& dict,
     }
     DCP_ASSIGN_OR_RETURN(
         Value item,
-        Convert(dict.value(i), ChildPath(path, KeySegment(key, is_int))));
+        Convert(dict.value(i), torch_pickle_internal::KeyValuePath(path, key, is_int)));
     out.Set(std::move(key), std::move(item));  // Python: last value wins.
   }
   return Value(std::move(out));
@@ -671,7 +648,8 @@ absl::StatusOr<Value> ValueDecoder::Convert(const PickleValue& v,
       for (size_t i = 0; i < v.num_items(); ++i) {
         DCP_ASSIGN_OR_RETURN(
             Value item,
-            Convert(v.item(i), ChildPath(path, absl::StrCat("[", i, "]"))));
+            Convert(v.item(i), torch_pickle_internal::ChildValuePath(
+                                     path, absl::StrCat("[", i, "]"))));
         list.push_back(std::move(item));
       }
       return Value(std::move(list));

@@ -58,30 +58,11 @@ constexpr uint64_t kReadChunk = uint64_t{64} << 20;
 
 // ---- dtypes -----------------------------------------------------------------
 
-// Paths in messages stay short however long the keys and deep the nesting
-// (each level holds its own path, so full paths would grow as depth times
-// key length): keys are cut at 64 bytes, paths at about 1 KiB.
-constexpr size_t kMaxPathBytes = 1024;
-constexpr size_t kMaxPathKeyBytes = 64;
-
-std::string ChildPath(const std::string& path, absl::string_view segment) {
-  if (path.size() >= kMaxPathBytes) return path;  // Already ends in "...".
-  std::string child = absl::StrCat(path, segment);
-  if (child.size() >= kMaxPathBytes) {
-    child.resize(kMaxPathBytes - 3);
-    child += "...";
-  }
-  return child;
-}
-
-std::string KeyPath(const std::string& path, absl::string_view key) {
-  return ChildPath(
-      path, absl::StrCat("[\"", absl::CEscape(key.substr(0, kMaxPathKeyBytes)),
-                         key.size() > kMaxPathKeyBytes ? "..." : "", "\"]"));
-}
+using torch_pickle_internal::ChildValuePath;
+using torch_pickle_internal::KeyValuePath;
 
 std::string IndexPath(const std::string& path, size_t i) {
-  return ChildPath(path, absl::StrCat("[", i, "]"));
+  return ChildValuePath(path, absl::StrCat("[", i, "]"));
 }
 
 // ---- Writing ----------------------------------------------------------------
@@ -138,7 +119,7 @@ absl::Status SaveBuilder::Prepare(const Value& value,
     }
   } else if (const auto* dict = value.get_if<StateDict>()) {
     for (const auto& [key, item] : dict->entries()) {
-      DCP_RETURN_IF_ERROR(Prepare(item, KeyPath(path, key)));
+      DCP_RETURN_IF_ERROR(Prepare(item, KeyValuePath(path, key)));
     }
   }
   return absl::OkStatus();
@@ -266,7 +247,7 @@ absl::Status EmitTorchSave(
     absl::FunctionRef<absl::Status(absl::string_view)> sink) {
   SaveBuilder builder;
   for (const auto& [key, value] : state_dict.entries()) {
-    DCP_RETURN_IF_ERROR(builder.Prepare(value, KeyPath("obj", key)));
+    DCP_RETURN_IF_ERROR(builder.Prepare(value, KeyValuePath("obj", key)));
   }
   DCP_ASSIGN_OR_RETURN(std::string pkl, builder.Pickle(state_dict));
 
@@ -482,9 +463,7 @@ absl::StatusOr<Value> LoadBuilder::ConvertDict(const PickleValue& dict,
           absl::StrCat("torch.save file: dict at ", path, " has both the int "
                        "key ", key, " and the str key \"", key, "\""));
     }
-    const std::string item_path =
-        is_int ? ChildPath(path, absl::StrCat("[", key, "]"))
-               : KeyPath(path, key);
+    const std::string item_path = KeyValuePath(path, key, is_int);
     DCP_ASSIGN_OR_RETURN(Value item, Convert(dict.value(i), item_path));
     out.Set(std::move(key), std::move(item));  // Python: last value wins.
   }

@@ -588,8 +588,8 @@ TEST(VerifyTest, ChunksThatDoNotTileTheTensorAreMetadataProblems) {
     EXPECT_EQ(report.num_problems(), report.metadata.problems.size());
     EXPECT_THAT(ProblemsText(report),
                 delta > 0 ? HasSubstr("chunks cover 24 of 30 elements for \"w\"")
-                          : HasSubstr("chunk [0, 0]+[4, 6] is out of bounds of "
-                                      "size [3, 6] for \"w\""));
+                          : HasSubstr("chunk [0, 0]+[4, 6] is not inside size "
+                                      "[3, 6] for \"w\""));
   }
 }
 

@@ -42,6 +42,9 @@ constexpr uint16_t kUtf8Flag = 0x0800;
 constexpr uint16_t kEncryptedFlag = 0x0001;
 constexpr uint16_t kStrongEncryptionFlag = 0x0040;
 constexpr uint16_t kZip64Version = 45;
+constexpr uint16_t kDescriptorFlag = 0x0008;
+constexpr uint32_t kDescriptorSignature = 0x08074b50;
+constexpr uint16_t kTorchZip64MadeBy = 0x031e;  // miniz, as torch.save uses.
 
 constexpr uint32_t kU32Sentinel = 0xffffffff;
 constexpr uint16_t kU16Sentinel = 0xffff;
@@ -71,19 +74,22 @@ class LeReader {
   uint16_t U16() { return static_cast<uint16_t>(Get(2)); }
   uint32_t U32() { return static_cast<uint32_t>(Get(4)); }
   uint64_t U64() { return Get(8); }
+  // Reads past the end give what is there (Bytes) or zeros (U*), never
+  // out-of-bounds memory.
   absl::string_view Bytes(size_t n) {
+    n = std::min(n, remaining());
     absl::string_view out = data_.substr(pos_, n);
     pos_ += n;
     return out;
   }
 
  private:
-  uint64_t Get(int n) {
+  uint64_t Get(size_t n) {
     uint64_t v = 0;
-    for (int i = 0; i < n; ++i) {
+    for (size_t i = 0; i < n && pos_ + i < data_.size(); ++i) {
       v |= uint64_t{static_cast<unsigned char>(data_[pos_ + i])} << (8 * i);
     }
-    pos_ += n;
+    pos_ = std::min(pos_ + n, data_.size());
     return v;
   }
 
@@ -888,5 +894,353 @@ absl::StatusOr<absl::string_view> ZipEntryData(absl::string_view archive,
   }
   return archive.substr(entry.data_offset, entry.size);
 }
+
+// ---- Layout check -----------------------------------------------------------
+
+namespace {
+
+// The central-directory fields a local header must repeat.
+struct CentralFields {
+  uint16_t needed = 0;
+  uint16_t flags = 0;
+  uint16_t time = 0;
+  uint16_t date = 0;
+  uint32_t crc = 0;
+  uint32_t compressed = 0;
+  uint32_t uncompressed = 0;
+};
+
+// Checks an extra field: only ZIP64 blocks whose values are `expected` (in
+// order; fewer values may be present) and 'Z'-filled "FB" padding blocks.
+// `base` is the field's offset in the record.
+std::optional<ZipLayoutIssue> CheckExtraField(absl::string_view extra,
+                                           uint64_t base,
+                                           const std::vector<uint64_t>& expected,
+                                           const std::string& entry) {
+  LeReader r(extra);
+  while (r.remaining() > 0) {
+    const uint64_t at = base + r.position();
+    if (r.remaining() < 4) {
+      return ZipLayoutIssue{"truncated extra-field block", at, entry};
+    }
+    const uint16_t id = r.U16();
+    const uint16_t len = r.U16();
+    if (len > r.remaining()) {
+      return ZipLayoutIssue{absl::StrCat("extra-field block of ", len,
+                                      " bytes overruns the extra field"),
+                         at, entry};
+    }
+    const uint64_t payload_at = base + r.position();
+    absl::string_view payload = r.Bytes(len);
+    if (id == kPaddingExtraId) {
+      for (size_t i = 0; i < payload.size(); ++i) {
+        if (payload[i] != 'Z') {
+          return ZipLayoutIssue{"alignment padding byte is not 'Z'",
+                             payload_at + i, entry};
+        }
+      }
+    } else if (id == kZip64ExtraId) {
+      if (len % 8 != 0 || len / 8 > expected.size() || len == 0) {
+        return ZipLayoutIssue{
+            absl::StrCat("ZIP64 extra field of ", len, " bytes"), at, entry};
+      }
+      LeReader z(payload);
+      for (size_t i = 0; i < len / 8; ++i) {
+        if (z.U64() != expected[i]) {
+          return ZipLayoutIssue{"ZIP64 extra field contradicts the entry",
+                             payload_at + 8 * i, entry};
+        }
+      }
+    } else {
+      return ZipLayoutIssue{absl::StrFormat("unknown extra-field id 0x%04x", id),
+                         at, entry};
+    }
+  }
+  return std::nullopt;
+}
+
+}  // namespace
+
+absl::StatusOr<std::optional<ZipLayoutIssue>> CheckZipLayout(
+    ZipByteSource& source, const ZipDirectory& dir) {
+  const uint64_t size = source.size();
+  const uint64_t n = dir.entries.size();
+  if (size < kEndSize) return ZipLayoutIssue{"archive too small", 0, {}};
+  const uint64_t end_pos = size - kEndSize;
+  DCP_ASSIGN_OR_RETURN(absl::string_view end, source.Read(end_pos, kEndSize));
+  LeReader e(end);
+  if (e.U32() != kEndSignature) {
+    return ZipLayoutIssue{"bytes after the end of central directory record",
+                       end_pos, {}};
+  }
+  const uint16_t disk = e.U16();
+  const uint16_t cd_disk = e.U16();
+  const uint16_t entries_disk = e.U16();
+  const uint16_t entries_total = e.U16();
+  const uint32_t cd_size32 = e.U32();
+  const uint32_t cd_offset32 = e.U32();
+  const uint16_t comment_len = e.U16();
+  if (disk != 0 || cd_disk != 0) {
+    return ZipLayoutIssue{"end record disk number is not 0", end_pos + 4, {}};
+  }
+  if (comment_len != 0) {
+    return ZipLayoutIssue{"archive comment length is not 0", end_pos + 20, {}};
+  }
+
+  uint64_t cd_offset = cd_offset32;
+  uint64_t cd_size = cd_size32;
+  uint64_t cd_end = end_pos;
+  bool zip64 = false;
+  if (end_pos >= kZip64LocatorSize) {
+    const uint64_t loc_pos = end_pos - kZip64LocatorSize;
+    DCP_ASSIGN_OR_RETURN(absl::string_view loc,
+                         source.Read(loc_pos, kZip64LocatorSize));
+    LeReader l(loc);
+    if (l.U32() == kZip64LocatorSignature) {
+      zip64 = true;
+      const uint32_t z_disk = l.U32();
+      const uint64_t z_offset = l.U64();
+      const uint32_t total_disks = l.U32();
+      if (z_disk != 0) {
+        return ZipLayoutIssue{"ZIP64 locator disk is not 0", loc_pos + 4, {}};
+      }
+      if (total_disks != 1) {
+        return ZipLayoutIssue{"ZIP64 locator disk count is not 1", loc_pos + 16,
+                           {}};
+      }
+      if (z_offset > loc_pos || loc_pos - z_offset != kZip64EndSize) {
+        return ZipLayoutIssue{
+            "ZIP64 end record does not end where the locator starts",
+            loc_pos + 8, {}};
+      }
+      DCP_ASSIGN_OR_RETURN(absl::string_view z64,
+                           source.Read(z_offset, kZip64EndSize));
+      LeReader z(z64);
+      z.U32();  // Signature: checked by ReadZipDirectory.
+      const uint64_t record_size = z.U64();
+      const uint16_t made_by = z.U16();
+      const uint16_t needed = z.U16();
+      const uint32_t z_disk_this = z.U32();
+      const uint32_t z_disk_cd = z.U32();
+      const uint64_t z_entries_disk = z.U64();
+      const uint64_t z_entries_total = z.U64();
+      cd_size = z.U64();
+      cd_offset = z.U64();
+      if (record_size != kZip64EndSize - 12) {
+        return ZipLayoutIssue{"ZIP64 end record size is not 44", z_offset + 4,
+                           {}};
+      }
+      if (made_by != kZip64Version && made_by != kTorchZip64MadeBy) {
+        return ZipLayoutIssue{absl::StrFormat("ZIP64 end record made by 0x%04x",
+                                           made_by),
+                           z_offset + 12, {}};
+      }
+      if (needed != kZip64Version) {
+        return ZipLayoutIssue{
+            absl::StrCat("ZIP64 end record needs version ", needed),
+            z_offset + 14, {}};
+      }
+      if (z_disk_this != 0 || z_disk_cd != 0) {
+        return ZipLayoutIssue{"ZIP64 end record disk number is not 0",
+                           z_offset + 16, {}};
+      }
+      if (z_entries_disk != n || z_entries_total != n) {
+        return ZipLayoutIssue{"ZIP64 end record entry count is wrong",
+                           z_offset + 24, {}};
+      }
+      cd_end = z_offset;
+    }
+  }
+  if (cd_offset > cd_end || cd_end - cd_offset != cd_size) {
+    return ZipLayoutIssue{"central directory does not end where the end records "
+                       "start",
+                       cd_end, {}};
+  }
+  // The classic record: the real values, or the sentinel when they do not
+  // fit (and then only with ZIP64 records).
+  const uint16_t want_entries =
+      static_cast<uint16_t>(std::min<uint64_t>(n, kU16Sentinel));
+  if (entries_disk != want_entries || entries_total != want_entries ||
+      (!zip64 && n >= kU16Sentinel)) {
+    return ZipLayoutIssue{"end record entry count is wrong", end_pos + 8, {}};
+  }
+  if (cd_size32 != Clamp32(cd_size) || (!zip64 && cd_size >= kU32Sentinel)) {
+    return ZipLayoutIssue{"end record central directory size is wrong",
+                       end_pos + 12, {}};
+  }
+  if (cd_offset32 != Clamp32(cd_offset) ||
+      (!zip64 && cd_offset >= kU32Sentinel)) {
+    return ZipLayoutIssue{"end record central directory offset is wrong",
+                       end_pos + 16, {}};
+  }
+
+  // The central directory, entry by entry (same order as `dir.entries`).
+  DCP_ASSIGN_OR_RETURN(absl::string_view cd, source.Read(cd_offset, cd_size));
+  std::vector<CentralFields> central(n);
+  {
+    LeReader r(cd);
+    for (uint64_t i = 0; i < n; ++i) {
+      const ZipEntry& entry = dir.entries[i];
+      const uint64_t at = cd_offset + r.position();
+      if (r.remaining() < kCentralHeaderSize) {
+        return ZipLayoutIssue{"central directory truncated", at, entry.name};
+      }
+      CentralFields& c = central[i];
+      r.U32();  // Signature: checked by ReadZipDirectory.
+      const uint16_t made_by = r.U16();
+      c.needed = r.U16();
+      c.flags = r.U16();
+      r.U16();  // Method: checked by ReadZipDirectory.
+      c.time = r.U16();
+      c.date = r.U16();
+      c.crc = r.U32();
+      c.compressed = r.U32();
+      c.uncompressed = r.U32();
+      const uint16_t name_len = r.U16();
+      const uint16_t extra_len = r.U16();
+      const uint16_t entry_comment_len = r.U16();
+      const uint16_t disk_start = r.U16();
+      const uint16_t internal_attributes = r.U16();
+      const uint32_t external_attributes = r.U32();
+      const uint32_t header_offset32 = r.U32();
+      if (made_by != c.needed) {
+        return ZipLayoutIssue{
+            absl::StrCat("central directory entry made by version ", made_by,
+                         " but needs version ", c.needed),
+            at + 4, entry.name};
+      }
+      if (entry_comment_len != 0) {
+        return ZipLayoutIssue{"central directory entry has a comment", at + 32,
+                           entry.name};
+      }
+      if (disk_start != 0) {
+        return ZipLayoutIssue{"central directory entry disk is not 0", at + 34,
+                           entry.name};
+      }
+      if (internal_attributes != 0 || external_attributes != 0) {
+        return ZipLayoutIssue{"central directory entry has file attributes",
+                           at + 36, entry.name};
+      }
+      r.Bytes(name_len);  // Compared with the local header's.
+      const uint64_t extra_at = cd_offset + r.position();
+      absl::string_view extra = r.Bytes(extra_len);
+      std::vector<uint64_t> expected;
+      if (c.uncompressed == kU32Sentinel) expected.push_back(entry.size);
+      if (c.compressed == kU32Sentinel) expected.push_back(entry.size);
+      if (header_offset32 == kU32Sentinel) {
+        expected.push_back(entry.header_offset);
+      }
+      if (std::optional<ZipLayoutIssue> issue =
+              CheckExtraField(extra, extra_at, expected, entry.name)) {
+        return issue;
+      }
+    }
+  }
+
+  // The entries, back to back from offset 0 up to the central directory.
+  std::vector<size_t> order(n);
+  for (size_t i = 0; i < n; ++i) order[i] = i;
+  std::sort(order.begin(), order.end(), [&](size_t a, size_t b) {
+    return dir.entries[a].header_offset < dir.entries[b].header_offset;
+  });
+  uint64_t expected_pos = 0;
+  for (size_t k = 0; k < n; ++k) {
+    const ZipEntry& entry = dir.entries[order[k]];
+    const CentralFields& c = central[order[k]];
+    if (entry.header_offset != expected_pos) {
+      return ZipLayoutIssue{
+          absl::StrCat(entry.header_offset - expected_pos,
+                       " bytes before the local header belong to no entry"),
+          expected_pos, entry.name};
+    }
+    const uint64_t at = entry.header_offset;
+    DCP_ASSIGN_OR_RETURN(absl::string_view fixed,
+                         source.Read(at, kLocalHeaderSize));
+    LeReader r(fixed);
+    r.U32();  // Signature: checked by ReadZipDirectory.
+    const uint16_t needed = r.U16();
+    const uint16_t flags = r.U16();
+    r.U16();  // Method: checked by ReadZipDirectory.
+    const uint16_t time = r.U16();
+    const uint16_t date = r.U16();
+    const uint32_t crc = r.U32();
+    const uint32_t compressed = r.U32();
+    const uint32_t uncompressed = r.U32();
+    const uint16_t name_len = r.U16();
+    const uint16_t extra_len = r.U16();
+    const bool descriptor = (c.flags & kDescriptorFlag) != 0;
+    auto mismatch = [&](absl::string_view field, uint64_t field_offset) {
+      return ZipLayoutIssue{absl::StrCat("local header ", field,
+                                      " contradicts the central directory"),
+                         at + field_offset, entry.name};
+    };
+    if (needed != c.needed) return mismatch("version", 4);
+    if (flags != c.flags) return mismatch("flags", 6);
+    if (time != c.time) return mismatch("time", 10);
+    if (date != c.date) return mismatch("date", 12);
+    if (crc != c.crc && !(descriptor && crc == 0)) return mismatch("CRC", 14);
+    const bool zero_sizes = compressed == 0 && uncompressed == 0;
+    if (!(descriptor && zero_sizes)) {
+      if (compressed != c.compressed) return mismatch("compressed size", 18);
+      if (uncompressed != c.uncompressed) return mismatch("size", 22);
+    }
+    const uint64_t extra_at = at + kLocalHeaderSize + name_len;
+    DCP_ASSIGN_OR_RETURN(absl::string_view extra,
+                         source.Read(extra_at, extra_len));
+    if (std::optional<ZipLayoutIssue> issue = CheckExtraField(
+            extra, extra_at, {entry.size, entry.size}, entry.name)) {
+      return issue;
+    }
+    const uint64_t data_end = entry.data_offset + entry.size;
+    const uint64_t next =
+        k + 1 < n ? dir.entries[order[k + 1]].header_offset : cd_offset;
+    if (next < data_end) {  // ReadZipDirectory rejects this already.
+      return ZipLayoutIssue{"entries overlap", next, entry.name};
+    }
+    const uint64_t gap = next - data_end;
+    if (!descriptor) {
+      if (gap != 0) {
+        return ZipLayoutIssue{
+            absl::StrCat(gap, " bytes after the entry's data belong to no "
+                              "entry"),
+            data_end, entry.name};
+      }
+    } else {
+      if (gap != 12 && gap != 16 && gap != 24) {
+        return ZipLayoutIssue{absl::StrCat("data descriptor of ", gap, " bytes"),
+                           data_end, entry.name};
+      }
+      DCP_ASSIGN_OR_RETURN(absl::string_view d, source.Read(data_end, gap));
+      LeReader dr(d);
+      uint64_t pos = data_end;
+      if (gap != 12) {
+        if (dr.U32() != kDescriptorSignature) {
+          return ZipLayoutIssue{"bad data descriptor signature", pos, entry.name};
+        }
+        pos += 4;
+      }
+      if (dr.U32() != entry.crc32) {
+        return ZipLayoutIssue{"data descriptor CRC contradicts the central "
+                           "directory",
+                           pos, entry.name};
+      }
+      pos += 4;
+      const bool wide = gap == 24;
+      for (int i = 0; i < 2; ++i) {
+        const uint64_t v = wide ? dr.U64() : dr.U32();
+        if (v != entry.size) {
+          return ZipLayoutIssue{"data descriptor size contradicts the central "
+                             "directory",
+                             pos, entry.name};
+        }
+        pos += wide ? 8 : 4;
+      }
+    }
+    expected_pos = next;
+  }
+  return std::nullopt;
+}
+
+// Serialises progress reports.
 
 }  // namespace dcp

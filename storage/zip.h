@@ -60,6 +60,7 @@
 #include <deque>
 #include <functional>
 #include <map>
+#include <optional>
 #include <ostream>
 #include <string>
 #include <utility>
@@ -262,6 +263,29 @@ absl::Status VerifyZipEntryCrc(const ZipEntry& entry, absl::string_view data);
 // they are not inside `archive`.
 absl::StatusOr<absl::string_view> ZipEntryData(absl::string_view archive,
                                                const ZipEntry& entry);
+
+// ---- Strict layout ------------------------------------------------------------
+
+// A byte of an archive that the zip structure accepts but that neither
+// dcp's writer (`ZipLayout`) nor torch.save's would produce: a field no
+// CRC-32 covers (padding, a local header's copy of a central field, the
+// end records) that was changed.
+struct ZipLayoutIssue {
+  std::string message;
+  // Bytes from the start of the archive.
+  uint64_t offset = 0;
+  // The entry whose header or padding holds the byte, if any.
+  std::optional<std::string> entry;
+};
+
+// Checks, byte for byte, that an archive `ReadZipDirectory` accepted as
+// `dir` has exactly a layout dcp or torch.save (2.x, with or without data
+// descriptors) writes: signatures, versions, flags, sizes and CRCs repeated
+// in local headers and descriptors, ZIP64 fields and end records, and
+// 'Z'-filled "FB" padding. Returns the first issue, or nullopt. Errors are
+// those of `source`'s read function.
+absl::StatusOr<std::optional<ZipLayoutIssue>> CheckZipLayout(
+    ZipByteSource& source, const ZipDirectory& dir);
 
 }  // namespace dcp
 

@@ -92,7 +92,7 @@ missing_data_file       ok                          distcp                      
 truncated_data_file     ok                          distcp                      distcp
 flipped_tensor_byte     ok                          distcp.*(crc|checksum)      (crc|checksum).*distcp
 overlapping_chunks      any                         overlap                     overlap
-chunk_outside_tensor    any                         out.of.bounds               not.inside
+chunk_outside_tensor    any                         not.inside                  not.inside
 gap_between_chunks      any                         cover.24.of.30              holds.24.of.the.30
 oversized_tensor_claim  any                         cover.24.of.4294967296      declares.*hold.only
 TABLE
