@@ -327,38 +327,9 @@ std::string OneTensorPickle(int64_t storage_numel,
   PickleWriter w;
   w.WriteDict(1, [&](size_t) {
     w.WriteString("x");
-    w.WriteGlobal("torch._utils", "_rebuild_tensor_v2");
-    w.WriteTuple(6, [&](size_t i) {
-      switch (i) {
-        case 0:
-          w.WriteTuple(5, [&](size_t j) {
-            if (j == 0) w.WriteString("storage");
-            if (j == 1) w.WriteGlobal("torch", "FloatStorage");
-            if (j == 2) w.WriteString("0");
-            if (j == 3) w.WriteString("cpu");
-            if (j == 4) w.WriteInt(storage_numel);
-          });
-          w.EmitBinPersId();
-          break;
-        case 1:
-          w.WriteInt(0);
-          break;
-        case 2:
-          w.WriteTuple(size.size(), [&](size_t k) { w.WriteInt(size[k]); });
-          break;
-        case 3:
-          w.WriteTuple(stride.size(), [&](size_t k) { w.WriteInt(stride[k]); });
-          break;
-        case 4:
-          w.WriteBool(false);
-          break;
-        default:
-          w.WriteGlobal("collections", "OrderedDict");
-          w.EmitEmptyTuple();
-          w.EmitReduce();
-      }
-    });
-    w.EmitReduce();
+    torch_pickle_internal::WriteRebuildTensor(
+        w, "0", *torch_pickle_internal::FindDtype(at::kFloat), storage_numel,
+        0, size, stride);
   });
   absl::StatusOr<std::string> pkl = std::move(w).Finish();
   CHECK(pkl.ok()) << pkl.status();

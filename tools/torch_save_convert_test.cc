@@ -23,6 +23,7 @@
 #include "storage/pickle.h"
 #include "storage/zip.h"
 #include "storage/posix_file_system.h"
+#include "storage/torch_pickle.h"
 #include "storage/torch_save.h"
 #include "testing/status_matchers.h"
 #include "testing/tensor_matchers.h"
@@ -312,38 +313,9 @@ TEST(TorchSaveConvertTest, MetadataClaimingMoreThanTheDataIsNotAllocated) {
 // size `size` and stride 0.
 std::string ExpandedRecord(int64_t size) {
   PickleWriter w;
-  w.WriteGlobal("torch._utils", "_rebuild_tensor_v2");
-  w.WriteTuple(6, [&](size_t i) {
-    switch (i) {
-      case 0:
-        w.WriteTuple(5, [&](size_t j) {
-          if (j == 0) w.WriteString("storage");
-          if (j == 1) w.WriteGlobal("torch", "FloatStorage");
-          if (j == 2) w.WriteString("0");
-          if (j == 3) w.WriteString("cpu");
-          if (j == 4) w.WriteInt(1);
-        });
-        w.EmitBinPersId();
-        break;
-      case 1:
-        w.WriteInt(0);
-        break;
-      case 2:
-        w.WriteTuple(1, [&](size_t) { w.WriteInt(size); });
-        break;
-      case 3:
-        w.WriteTuple(1, [&](size_t) { w.WriteInt(0); });
-        break;
-      case 4:
-        w.WriteBool(false);
-        break;
-      default:
-        w.WriteGlobal("collections", "OrderedDict");
-        w.EmitEmptyTuple();
-        w.EmitReduce();
-    }
-  });
-  w.EmitReduce();
+  torch_pickle_internal::WriteRebuildTensor(
+      w, "0", *torch_pickle_internal::FindDtype(at::kFloat), 1, 0, {size},
+      {0});
   const std::string pkl = std::move(w).Finish().value();
   const std::string storage("\x00\x00\x20\x40", 4);
   return BuildZipArchive({{"archive/data.pkl", pkl},
