@@ -1,8 +1,11 @@
 #include "checkpoint/state_dict.h"
 
+#include <atomic>
 #include <cmath>
+#include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <mutex>  // NOLINT(build/c++11)
 #include <ostream>
 #include <string>
 #include <utility>
@@ -10,6 +13,7 @@
 #include <vector>
 
 #include "ATen/ATen.h"
+#include "absl/container/flat_hash_map.h"
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/string_view.h"
@@ -90,91 +94,192 @@ void PrintTensorSummary(std::ostream& os, const at::Tensor& t) {
 
 // ---- StateDict --------------------------------------------------------------
 
-StateDict::StateDict() : entries_(std::make_unique<std::vector<Entry>>()) {}
+// `index` maps each key to its position in `entries`. It is exact unless
+// `stale` is set, which mutable_entries() does because the caller may then
+// change keys. Every hit is checked against `entries`; keys are unique, so a
+// checked hit is right even in a stale index. A miss or a mismatch in a
+// stale index rebuilds it, so each mutable_entries() costs at most one
+// O(n) rebuild.
+//
+// Const lookups may run concurrently. They touch `index` without `mu` only
+// while `stale` is clear, when nothing writes it; a lookup that sees `stale`
+// takes `mu` and may rebuild, then clears `stale` with release order so that
+// unlocked readers see the finished index. Non-const calls run alone and
+// need no lock.
+struct StateDict::Rep {
+  std::vector<Entry> entries;
+  // std::mutex, not absl::Mutex: TSan cannot see the happens-before edges
+  // of Debian's uninstrumented libabsl (see checkpoint/future.h).
+  mutable std::mutex mu;
+  mutable std::atomic<bool> stale{false};
+  mutable absl::flat_hash_map<std::string, size_t> index;
+
+  // Whether `key` is at `pos` in `entries`.
+  bool Checks(size_t pos, absl::string_view key) const {
+    return pos < entries.size() && entries[pos].first == key;
+  }
+
+  // Position of `key` by `index` if `entries` agrees, else -1.
+  ptrdiff_t CheckedLookup(absl::string_view key) const {
+    auto it = index.find(key);
+    if (it == index.end() || !Checks(it->second, key)) return -1;
+    return static_cast<ptrdiff_t>(it->second);
+  }
+
+  // O(n). With duplicate keys (a broken mutable_entries() contract) the
+  // first wins, as a front-to-back scan would find.
+  void Rebuild() const {
+    index.clear();
+    index.reserve(entries.size());
+    for (size_t i = 0; i < entries.size(); ++i) {
+      index.try_emplace(entries[i].first, i);
+    }
+  }
+};
+
+StateDict::StateDict() : rep_(std::make_unique<Rep>()) {}
 
 StateDict::StateDict(std::initializer_list<Entry> entries) : StateDict() {
   for (const Entry& entry : entries) Set(entry.first, entry.second);
 }
 
-StateDict::StateDict(const StateDict& other)
-    : entries_(std::make_unique<std::vector<Entry>>(*other.entries_)) {}
+// A copy starts with an empty stale index and builds it on its first lookup,
+// so copies that are never searched (most nested ones) cost no hashing.
+StateDict::StateDict(const StateDict& other) : StateDict() {
+  rep_->entries = other.rep_->entries;
+  rep_->stale.store(true, std::memory_order_relaxed);
+}
 
-// Allocates so that `other` keeps the never-null invariant; only a failed
-// 24-byte allocation could make this terminate.
-StateDict::StateDict(StateDict&& other) noexcept
-    : entries_(std::make_unique<std::vector<Entry>>(
-          std::move(*other.entries_))) {
-  other.entries_->clear();
+// Allocates this dict's Rep, leaving `other` its own (empty) one; only a
+// failed small allocation could make this terminate.
+StateDict::StateDict(StateDict&& other) noexcept : StateDict() {
+  *this = std::move(other);
 }
 
 StateDict& StateDict::operator=(const StateDict& other) {
-  if (this != &other) *entries_ = *other.entries_;
+  if (this != &other) {
+    rep_->entries = other.rep_->entries;
+    rep_->index.clear();
+    rep_->stale.store(true, std::memory_order_relaxed);
+  }
   return *this;
 }
 
+// Moves the vector's contents, not the vector, so that a reference from
+// entries() keeps naming this dict's entries.
 StateDict& StateDict::operator=(StateDict&& other) noexcept {
   if (this != &other) {
-    *entries_ = std::move(*other.entries_);
-    other.entries_->clear();
+    Rep& from = *other.rep_;
+    rep_->entries = std::move(from.entries);
+    rep_->index = std::move(from.index);
+    rep_->stale.store(from.stale.load(std::memory_order_relaxed),
+                      std::memory_order_relaxed);
+    from.entries.clear();
+    from.index.clear();
+    from.stale.store(false, std::memory_order_relaxed);
   }
   return *this;
 }
 
 StateDict::~StateDict() = default;
 
+ptrdiff_t StateDict::IndexOf(absl::string_view key) const {
+  const Rep& rep = *rep_;
+  if (!rep.stale.load(std::memory_order_acquire)) {
+    auto it = rep.index.find(key);
+    // An exact index answers a miss by itself.
+    if (it == rep.index.end()) return -1;
+    if (rep.Checks(it->second, key)) return static_cast<ptrdiff_t>(it->second);
+    // An exact index cannot mismatch unless a mutable_entries() reference
+    // was used against the contract; rebuilding below still answers right.
+  }
+  std::lock_guard<std::mutex> lock(rep.mu);
+  // Checked hits are right even in a stale index.
+  const ptrdiff_t pos = rep.CheckedLookup(key);
+  if (pos >= 0) return pos;
+  // Another reader may have rebuilt the index while this one waited. It is
+  // exact then, and being read without the lock, so a miss must not rebuild.
+  if (!rep.stale.load(std::memory_order_relaxed) && !rep.index.contains(key)) {
+    return -1;
+  }
+  rep.Rebuild();
+  rep.stale.store(false, std::memory_order_release);
+  return rep.CheckedLookup(key);
+}
+
 void StateDict::Set(std::string key, Value value) {
-  if (Value* existing = FindMutable(key)) {
-    *existing = std::move(value);
+  Rep& rep = *rep_;
+  ptrdiff_t pos;
+  if (rep.stale.load(std::memory_order_relaxed)) {
+    pos = IndexOf(key);  // On a miss this leaves the index exact.
+  } else {
+    // One hash in the common case, a new key. If the vector then fails to
+    // grow, the dangling position fails its check later and is rebuilt.
+    auto [it, inserted] = rep.index.try_emplace(key, rep.entries.size());
+    if (inserted) {
+      rep.entries.emplace_back(std::move(key), std::move(value));
+      return;
+    }
+    pos = rep.Checks(it->second, key) ? static_cast<ptrdiff_t>(it->second) : -1;
+    if (pos < 0) {
+      // A failed append or a broken mutable_entries() contract.
+      rep.Rebuild();
+      pos = rep.CheckedLookup(key);
+    }
+  }
+  if (pos >= 0) {
+    rep.entries[pos].second = std::move(value);
     return;
   }
-  entries_->emplace_back(std::move(key), std::move(value));
+  rep.index.insert_or_assign(key, rep.entries.size());
+  rep.entries.emplace_back(std::move(key), std::move(value));
 }
 
 bool StateDict::Contains(absl::string_view key) const {
-  return Find(key) != nullptr;
+  return IndexOf(key) >= 0;
 }
 
 const Value* StateDict::Find(absl::string_view key) const {
-  for (const Entry& entry : *entries_) {
-    if (entry.first == key) return &entry.second;
-  }
-  return nullptr;
+  const ptrdiff_t pos = IndexOf(key);
+  return pos >= 0 ? &rep_->entries[pos].second : nullptr;
 }
 
 Value* StateDict::FindMutable(absl::string_view key) {
-  for (Entry& entry : *entries_) {
-    if (entry.first == key) return &entry.second;
-  }
-  return nullptr;
+  const ptrdiff_t pos = IndexOf(key);
+  return pos >= 0 ? &rep_->entries[pos].second : nullptr;
 }
 
 bool StateDict::Erase(absl::string_view key) {
-  for (auto it = entries_->begin(); it != entries_->end(); ++it) {
-    if (it->first == key) {
-      entries_->erase(it);
-      return true;
-    }
+  const ptrdiff_t pos = IndexOf(key);
+  if (pos < 0) return false;
+  std::vector<Entry>& entries = rep_->entries;
+  rep_->index.erase(key);
+  entries.erase(entries.begin() + pos);
+  // The later entries moved up by one; keep their positions exact.
+  for (size_t i = static_cast<size_t>(pos); i < entries.size(); ++i) {
+    rep_->index.insert_or_assign(entries[i].first, i);
   }
-  return false;
+  return true;
 }
 
-size_t StateDict::size() const { return entries_->size(); }
+size_t StateDict::size() const { return rep_->entries.size(); }
 
-bool StateDict::empty() const { return entries_->empty(); }
+bool StateDict::empty() const { return rep_->entries.empty(); }
 
 std::vector<std::string> StateDict::Keys() const {
   std::vector<std::string> keys;
-  keys.reserve(entries_->size());
-  for (const Entry& entry : *entries_) keys.push_back(entry.first);
+  keys.reserve(rep_->entries.size());
+  for (const Entry& entry : rep_->entries) keys.push_back(entry.first);
   return keys;
 }
 
 const std::vector<StateDict::Entry>& StateDict::entries() const {
-  return *entries_;
+  return rep_->entries;
 }
 
 std::vector<StateDict::Entry>& StateDict::mutable_entries() {
-  return *entries_;
+  rep_->stale.store(true, std::memory_order_relaxed);
+  return rep_->entries;
 }
 
 // ---- Value ------------------------------------------------------------------

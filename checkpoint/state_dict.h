@@ -25,6 +25,7 @@
 #ifndef DCP_CHECKPOINT_STATE_DICT_H_
 #define DCP_CHECKPOINT_STATE_DICT_H_
 
+#include <cstddef>
 #include <cstdint>
 #include <initializer_list>
 #include <memory>
@@ -78,7 +79,17 @@ struct ShardedTensor {
 
 using List = std::vector<Value>;
 
-// An insertion-ordered string-keyed map of values.
+// An insertion-ordered string-keyed map of values, with hashed lookup.
+//
+// Set, Find, FindMutable and Contains take O(1) expected time; Erase takes
+// O(n), because later entries shift down one position.
+//
+// Keys are unique. `mutable_entries()` hands out the entry vector itself, so
+// a caller may change values, rename keys, reorder, erase or append through
+// it, as long as keys stay unique. The key index is then re-checked on the
+// next lookup and rebuilt once (O(n)) if the keys changed. The reference
+// must not be kept across any other call on this `StateDict`: changes made
+// through it after such a call may go unseen by lookups.
 class StateDict {
  public:
   using Entry = std::pair<std::string, Value>;
@@ -94,10 +105,11 @@ class StateDict {
   // Inserts or replaces `key`; a replaced key keeps its position.
   void Set(std::string key, Value value);
   bool Contains(absl::string_view key) const;
-  // nullptr if absent. Pointers are invalidated by Set and Erase.
+  // nullptr if absent. Pointers are invalidated by Set, Erase and
+  // mutable_entries().
   const Value* Find(absl::string_view key) const;
   Value* FindMutable(absl::string_view key);
-  // Returns false if absent.
+  // Returns false if absent. O(n): later entries move up one position.
   bool Erase(absl::string_view key);
 
   size_t size() const;
@@ -106,11 +118,19 @@ class StateDict {
   std::vector<std::string> Keys() const;
   // Entries in insertion order.
   const std::vector<Entry>& entries() const;
+  // See the class comment: keys must stay unique, and the reference must not
+  // be used across other calls on this StateDict.
   std::vector<Entry>& mutable_entries();
 
  private:
-  // Indirection because Value is incomplete here; never null.
-  std::unique_ptr<std::vector<Entry>> entries_;
+  // The entries and their key index; defined in state_dict.cc because Value
+  // is incomplete here. Never null.
+  struct Rep;
+
+  // Position of `key` in the entries, or -1 if absent.
+  ptrdiff_t IndexOf(absl::string_view key) const;
+
+  std::unique_ptr<Rep> rep_;
 };
 
 // A state-dict value. See the file comment for the alternatives.

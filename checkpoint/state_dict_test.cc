@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "ATen/ATen.h"
+#include "absl/strings/str_cat.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
@@ -104,6 +105,144 @@ TEST(StateDictTest, MutableEntries) {
   d.mutable_entries().emplace_back("b", 2);
   EXPECT_THAT(d.Keys(), ElementsAre("a", "b"));
   EXPECT_EQ(d.Find("b")->get<int64_t>(), 2);
+}
+
+TEST(StateDictTest, EraseThenFindSeesShiftedEntries) {
+  StateDict d{{"a", 1}, {"b", 2}, {"c", 3}, {"d", 4}};
+  EXPECT_TRUE(d.Erase("b"));
+  EXPECT_EQ(d.Find("b"), nullptr);
+  EXPECT_EQ(d.Find("a")->get<int64_t>(), 1);
+  EXPECT_EQ(d.Find("c")->get<int64_t>(), 3);
+  EXPECT_EQ(d.Find("d")->get<int64_t>(), 4);
+  EXPECT_TRUE(d.Erase("a"));
+  EXPECT_TRUE(d.Erase("d"));
+  EXPECT_THAT(d.Keys(), ElementsAre("c"));
+  EXPECT_EQ(d.Find("c")->get<int64_t>(), 3);
+  d.Set("c", 30);
+  d.Set("e", 5);
+  EXPECT_THAT(d.Keys(), ElementsAre("c", "e"));
+  EXPECT_EQ(d.Find("c")->get<int64_t>(), 30);
+  EXPECT_EQ(d.Find("e")->get<int64_t>(), 5);
+}
+
+TEST(StateDictTest, LookupsSeeKeysRenamedThroughMutableEntries) {
+  StateDict d{{"a", 1}, {"b", 2}, {"c", 3}};
+  d.mutable_entries()[1].first = "x";
+  EXPECT_EQ(d.Find("b"), nullptr);
+  EXPECT_FALSE(d.Contains("b"));
+  ASSERT_NE(d.Find("x"), nullptr);
+  EXPECT_EQ(d.Find("x")->get<int64_t>(), 2);
+  EXPECT_EQ(d.Find("c")->get<int64_t>(), 3);
+  // Set of the old name appends; of the new name replaces in place.
+  d.Set("b", 20);
+  d.Set("x", 200);
+  EXPECT_THAT(d.Keys(), ElementsAre("a", "x", "c", "b"));
+  EXPECT_EQ(d.Find("x")->get<int64_t>(), 200);
+  EXPECT_EQ(d.Find("b")->get<int64_t>(), 20);
+}
+
+TEST(StateDictTest, LookupsSeeKeysSwappedThroughMutableEntries) {
+  StateDict d{{"a", 1}, {"b", 2}};
+  std::vector<StateDict::Entry>& entries = d.mutable_entries();
+  std::swap(entries[0].first, entries[1].first);
+  // Both keys still hit the index, at the wrong positions.
+  EXPECT_EQ(d.Find("a")->get<int64_t>(), 2);
+  EXPECT_EQ(d.Find("b")->get<int64_t>(), 1);
+  EXPECT_THAT(d.Keys(), ElementsAre("b", "a"));
+}
+
+TEST(StateDictTest, LookupsSeeEntriesErasedThroughMutableEntries) {
+  StateDict d{{"a", 1}, {"b", 2}, {"c", 3}, {"d", 4}};
+  std::vector<StateDict::Entry>& entries = d.mutable_entries();
+  entries.erase(entries.begin() + 1);
+  EXPECT_EQ(d.Find("b"), nullptr);
+  EXPECT_EQ(d.Find("c")->get<int64_t>(), 3);
+  EXPECT_EQ(d.Find("d")->get<int64_t>(), 4);
+
+  d.mutable_entries().pop_back();
+  EXPECT_EQ(d.Find("d"), nullptr);
+  EXPECT_FALSE(d.Erase("d"));
+  EXPECT_TRUE(d.Erase("a"));
+  EXPECT_THAT(d.Keys(), ElementsAre("c"));
+
+  d.mutable_entries().clear();
+  EXPECT_FALSE(d.Contains("c"));
+  d.Set("c", 5);
+  EXPECT_THAT(d.Keys(), ElementsAre("c"));
+}
+
+TEST(StateDictTest, LookupsSeeEntriesAppendedThroughMutableEntries) {
+  StateDict d{{"a", 1}};
+  ASSERT_NE(d.Find("a"), nullptr);  // The index is built and exact.
+  d.mutable_entries().emplace_back("b", 2);
+  d.mutable_entries().insert(d.mutable_entries().begin(), {"z", 0});
+  EXPECT_EQ(d.Find("a")->get<int64_t>(), 1);
+  EXPECT_EQ(d.Find("b")->get<int64_t>(), 2);
+  EXPECT_EQ(d.Find("z")->get<int64_t>(), 0);
+  d.Set("b", 3);
+  EXPECT_THAT(d.Keys(), ElementsAre("z", "a", "b"));
+  EXPECT_EQ(d.Find("b")->get<int64_t>(), 3);
+  EXPECT_TRUE(d.Erase("z"));
+  EXPECT_EQ(d.Find("a")->get<int64_t>(), 1);
+  EXPECT_EQ(d.Find("b")->get<int64_t>(), 3);
+}
+
+TEST(StateDictTest, CopiesAndMovesKeepLookupsWorking) {
+  StateDict a{{"a", 1}, {"b", 2}};
+  a.mutable_entries()[0].first = "r";  // Copies of a stale index still work.
+  StateDict copy = a;
+  EXPECT_EQ(copy.Find("r")->get<int64_t>(), 1);
+  EXPECT_EQ(copy.Find("a"), nullptr);
+  copy.Set("c", 3);
+  EXPECT_FALSE(a.Contains("c"));
+
+  StateDict assigned{{"z", 9}};
+  assigned = copy;
+  EXPECT_EQ(assigned.Find("z"), nullptr);
+  EXPECT_EQ(assigned.Find("c")->get<int64_t>(), 3);
+  EXPECT_EQ(assigned.Find("b")->get<int64_t>(), 2);
+
+  StateDict moved = std::move(copy);
+  EXPECT_EQ(moved.Find("c")->get<int64_t>(), 3);
+  EXPECT_FALSE(copy.Contains("c"));  // NOLINT: moved-from on purpose.
+  copy.Set("c", 4);
+  EXPECT_EQ(copy.Find("c")->get<int64_t>(), 4);
+
+  StateDict move_assigned{{"c", 8}, {"y", 7}};
+  move_assigned = std::move(moved);
+  EXPECT_EQ(move_assigned.Find("y"), nullptr);
+  EXPECT_EQ(move_assigned.Find("c")->get<int64_t>(), 3);
+  EXPECT_THAT(move_assigned.Keys(), ElementsAre("r", "b", "c"));
+  EXPECT_FALSE(moved.Contains("c"));  // NOLINT
+}
+
+TEST(StateDictTest, NestedDictsInValuesKeepLookupsWorking) {
+  StateDict inner{{"w", 1}};
+  StateDict outer{{"inner", inner}};
+  Value copy = *outer.Find("inner");
+  copy.get<StateDict>().Set("v", 2);
+  EXPECT_EQ(copy.get<StateDict>().Find("w")->get<int64_t>(), 1);
+  EXPECT_EQ(copy.get<StateDict>().Find("v")->get<int64_t>(), 2);
+  EXPECT_FALSE(outer.Find("inner")->get<StateDict>().Contains("v"));
+}
+
+TEST(StateDictTest, HundredThousandKeysAreAllFound) {
+  constexpr int kKeys = 100000;
+  auto key = [](int i) {
+    return absl::StrCat("layers.", i / 10, ".attention.w", i % 10, ".weight");
+  };
+  StateDict d;
+  for (int i = 0; i < kKeys; ++i) d.Set(key(i), i);
+  ASSERT_EQ(d.size(), static_cast<size_t>(kKeys));
+  for (int i = 0; i < kKeys; ++i) {
+    const Value* value = d.Find(key(i));
+    ASSERT_NE(value, nullptr) << key(i);
+    ASSERT_EQ(value->get<int64_t>(), i) << key(i);
+  }
+  EXPECT_FALSE(d.Contains("layers.10000.attention.w0.weight"));
+  for (int i = 0; i < kKeys; ++i) {
+    ASSERT_EQ(d.entries()[i].first, key(i));
+  }
 }
 
 TEST(ValueTest, TypeNames) {
