@@ -14,17 +14,16 @@
 // checks only that every key is found with its value.
 
 #include <algorithm>
-#include <chrono>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <string>
 #include <vector>
 
-#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
 #include "checkpoint/state_dict.h"
+#include "testing/microbench.h"
 
 namespace dcp {
 namespace {
@@ -48,30 +47,6 @@ std::vector<std::string> MakeKeys(int64_t n) {
   return keys;
 }
 
-// Seconds of the fastest of kRuns calls of `fn`.
-template <typename Fn>
-double Best(Fn fn) {
-  double best = 1e100;
-  for (int run = 0; run < kRuns; ++run) {
-    const auto start = std::chrono::steady_clock::now();
-    fn();
-    const std::chrono::duration<double> took =
-        std::chrono::steady_clock::now() - start;
-    best = std::min(best, took.count());
-  }
-  return best;
-}
-
-void Fail(const std::string& what) {
-  std::fprintf(stderr, "%s\n", what.c_str());
-  std::exit(1);
-}
-
-void Row(const char* name, int64_t n, double seconds) {
-  std::printf("%-6s %9lld %9.4f %12.0f\n", name, static_cast<long long>(n),
-              seconds, static_cast<double>(n) / seconds);
-}
-
 StateDict Build(const std::vector<std::string>& keys) {
   StateDict d;
   for (size_t i = 0; i < keys.size(); ++i) {
@@ -86,18 +61,18 @@ void RunCase(int64_t n) {
   // counted as building.
   std::vector<StateDict> built;
   built.reserve(kRuns);
-  Row("set", n, Best([&] {
+  microbench::PrintRow("set", n, microbench::BestSeconds(kRuns, [&] {
         built.push_back(Build(keys));
-        if (built.back().size() != keys.size()) Fail("set: duplicate keys");
+        if (built.back().size() != keys.size()) microbench::Fail("set: duplicate keys");
       }));
   built.clear();
   const StateDict d = Build(keys);
-  Row("find", n, Best([&] {
+  microbench::PrintRow("find", n, microbench::BestSeconds(kRuns, [&] {
         for (size_t i = 0; i < keys.size(); ++i) {
           const Value* value = d.Find(keys[i]);
           if (value == nullptr ||
               value->get<int64_t>() != static_cast<int64_t>(i)) {
-            Fail(absl::StrCat("find: wrong answer for ", keys[i]));
+            microbench::Fail(absl::StrCat("find: wrong answer for ", keys[i]));
           }
         }
       }));
@@ -107,17 +82,9 @@ void RunCase(int64_t n) {
 }  // namespace dcp
 
 int main(int argc, char** argv) {
-  std::vector<int64_t> counts;
-  for (int i = 1; i < argc; ++i) {
-    int64_t n = 0;
-    if (!absl::SimpleAtoi(argv[i], &n) || n < 1) {
-      std::fprintf(stderr, "usage: %s [keys...]\n", argv[0]);
-      return 2;
-    }
-    counts.push_back(n);
+  for (int64_t n : dcp::microbench::CountsFromArgs(argc, argv, "keys",
+                                                   {10000, 100000, 1000000})) {
+    dcp::RunCase(n);
   }
-  if (counts.empty()) counts = {10000, 100000, 1000000};
-  std::printf("%-6s %9s %9s %12s\n", "case", "keys", "seconds", "keys/s");
-  for (int64_t n : counts) dcp::RunCase(n);
   return 0;
 }

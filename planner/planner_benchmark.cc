@@ -18,7 +18,6 @@
 //
 // This is a benchmark, not a test: it checks only that each step succeeds.
 
-#include <chrono>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -28,13 +27,13 @@
 
 #include "ATen/ATen.h"
 #include "absl/status/status.h"
-#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
 #include "checkpoint/state_dict.h"
 #include "planner/default_load_planner.h"
 #include "planner/default_save_planner.h"
 #include "planner/flatten.h"
+#include "testing/microbench.h"
 
 namespace dcp {
 namespace {
@@ -86,12 +85,7 @@ void Check(const absl::Status& status, absl::string_view step) {
 // Runs `fn` once and prints its row.
 template <typename Fn>
 void Row(const char* name, int64_t n, Fn fn) {
-  const auto start = std::chrono::steady_clock::now();
-  fn();
-  const std::chrono::duration<double> took =
-      std::chrono::steady_clock::now() - start;
-  std::printf("%-12s %9lld %9.4f %12.0f\n", name, static_cast<long long>(n),
-              took.count(), static_cast<double>(n) / took.count());
+  microbench::PrintRow(name, n, microbench::BestSeconds(1, fn));
 }
 
 void RunCase(int64_t n) {
@@ -152,17 +146,9 @@ void RunCase(int64_t n) {
 }  // namespace dcp
 
 int main(int argc, char** argv) {
-  std::vector<int64_t> counts;
-  for (int i = 1; i < argc; ++i) {
-    int64_t n = 0;
-    if (!absl::SimpleAtoi(argv[i], &n) || n < 1) {
-      std::fprintf(stderr, "usage: %s [keys...]\n", argv[0]);
-      return 2;
-    }
-    counts.push_back(n);
+  for (int64_t n : dcp::microbench::CountsFromArgs(argc, argv, "keys",
+                                                   {10000, 100000, 1000000})) {
+    dcp::RunCase(n);
   }
-  if (counts.empty()) counts = {10000, 100000, 1000000};
-  std::printf("%-12s %9s %9s %12s\n", "step", "keys", "seconds", "keys/s");
-  for (int64_t n : counts) dcp::RunCase(n);
   return 0;
 }

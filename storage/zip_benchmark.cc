@@ -16,7 +16,6 @@
 // checks only that parsing succeeds and finds every entry.
 
 #include <algorithm>
-#include <chrono>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -25,10 +24,10 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
-#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
 #include "storage/zip.h"
+#include "testing/microbench.h"
 
 namespace dcp {
 namespace {
@@ -52,56 +51,32 @@ std::string BuildArchive(int64_t n) {
   return *std::move(archive);
 }
 
-// Seconds of the fastest of kRuns calls of `fn`.
-template <typename Fn>
-double Best(Fn fn) {
-  double best = 1e100;
-  for (int run = 0; run < kRuns; ++run) {
-    const auto start = std::chrono::steady_clock::now();
-    fn();
-    const std::chrono::duration<double> took =
-        std::chrono::steady_clock::now() - start;
-    best = std::min(best, took.count());
-  }
-  return best;
-}
-
-void Fail(absl::string_view what) {
-  std::fprintf(stderr, "%.*s\n", static_cast<int>(what.size()), what.data());
-  std::exit(1);
-}
-
-void Row(const char* name, int64_t n, double seconds) {
-  std::printf("%-8s %9lld %9.3f %12.0f\n", name, static_cast<long long>(n),
-              seconds, static_cast<double>(n) / seconds);
-}
-
 void RunCase(int64_t n) {
   const std::string archive = BuildArchive(n);
-  Row("memory", n, Best([&] {
+  microbench::PrintRow("memory", n, microbench::BestSeconds(kRuns, [&] {
         absl::StatusOr<ZipDirectory> dir = ReadZipDirectory(archive);
         if (!dir.ok() || dir->entries.size() != static_cast<size_t>(n)) {
-          Fail(absl::StrCat("memory: ", dir.status().ToString()));
+          microbench::Fail(absl::StrCat("memory: ", dir.status().ToString()));
         }
       }));
-  Row("blocks", n, Best([&] {
+  microbench::PrintRow("blocks", n, microbench::BestSeconds(kRuns, [&] {
         ZipByteSource source(archive.size(), [&](uint64_t off, uint64_t len) {
           return absl::StatusOr<std::string>(
               std::string(archive.substr(off, len)));
         });
         absl::StatusOr<ZipDirectory> dir = ReadZipDirectory(source);
         if (!dir.ok() || dir->entries.size() != static_cast<size_t>(n)) {
-          Fail(absl::StrCat("blocks: ", dir.status().ToString()));
+          microbench::Fail(absl::StrCat("blocks: ", dir.status().ToString()));
         }
       }));
   absl::StatusOr<ZipDirectory> dir = ReadZipDirectory(archive);
-  if (!dir.ok()) Fail(dir.status().ToString());
+  if (!dir.ok()) microbench::Fail(dir.status().ToString());
   std::vector<std::string> keys;
   keys.reserve(n);
   for (int64_t i = 0; i < n; ++i) keys.push_back(absl::StrCat("data/", i));
-  Row("find", n, Best([&] {
+  microbench::PrintRow("find", n, microbench::BestSeconds(kRuns, [&] {
         for (const std::string& key : keys) {
-          if (dir->Find(key) == nullptr) Fail(absl::StrCat("no ", key));
+          if (dir->Find(key) == nullptr) microbench::Fail(absl::StrCat("no ", key));
         }
       }));
 }
@@ -110,18 +85,9 @@ void RunCase(int64_t n) {
 }  // namespace dcp
 
 int main(int argc, char** argv) {
-  std::vector<int64_t> counts;
-  for (int i = 1; i < argc; ++i) {
-    int64_t n = 0;
-    if (!absl::SimpleAtoi(argv[i], &n) || n < 1) {
-      std::fprintf(stderr, "usage: %s [entries...]\n", argv[0]);
-      return 2;
-    }
-    counts.push_back(n);
+  for (int64_t n : dcp::microbench::CountsFromArgs(argc, argv, "entries",
+                                                   {100000, 200000, 400000})) {
+    dcp::RunCase(n);
   }
-  if (counts.empty()) counts = {100000, 200000, 400000};
-  std::printf("%-8s %9s %9s %12s\n", "case", "entries", "seconds",
-              "entries/s");
-  for (int64_t n : counts) dcp::RunCase(n);
   return 0;
 }
