@@ -385,6 +385,11 @@ std::vector<FileJob> PlanJobs(const Metadata& md, VerifyReport& report) {
     p.chunk_offsets = std::move(chunk);
     mr.problems.push_back(std::move(p));
   };
+  // Each tensor chunk by its storage key (MetadataIndex compares fqn and
+  // offsets), so that matching storage entries to chunks is O(log n) each.
+  std::map<MetadataIndex, std::pair<const TensorProperties*,
+                                    const ChunkStorageMetadata*>>
+      chunk_of;
   for (const auto& [fqn, entry] : md.state_dict_metadata) {
     if (const auto* tensor = std::get_if<TensorStorageMetadata>(&entry)) {
       ++report.tensors;
@@ -404,6 +409,8 @@ std::vector<FileJob> PlanJobs(const Metadata& md, VerifyReport& report) {
         if (md.storage_data.count(MetadataIndex(fqn, chunk.offsets)) == 0) {
           metadata_problem("no storage entry", fqn, chunk.offsets);
         }
+        chunk_of.emplace(MetadataIndex(fqn, chunk.offsets),
+                         std::make_pair(&tensor->properties, &chunk));
       }
     } else {
       ++report.values;
@@ -425,12 +432,10 @@ std::vector<FileJob> PlanJobs(const Metadata& md, VerifyReport& report) {
                        index.fqn, index.offset);
     } else if (const auto* tensor =
                    std::get_if<TensorStorageMetadata>(&it->second)) {
-      for (const ChunkStorageMetadata& chunk : tensor->chunks) {
-        if (index.offset.has_value() && chunk.offsets == *index.offset) {
-          ref.properties = &tensor->properties;
-          ref.chunk = &chunk;
-          break;
-        }
+      if (auto found = chunk_of.find(index);
+          index.offset.has_value() && found != chunk_of.end()) {
+        ref.properties = found->second.first;
+        ref.chunk = found->second.second;
       }
       if (ref.chunk == nullptr) {
         metadata_problem("storage entry without a chunk of its tensor",
