@@ -430,8 +430,7 @@ std::vector<FileJob> PlanJobs(const Metadata& md, VerifyReport& report) {
     if (it == md.state_dict_metadata.end()) {
       metadata_problem("storage entry without a key in state_dict_metadata",
                        index.fqn, index.offset);
-    } else if (const auto* tensor =
-                   std::get_if<TensorStorageMetadata>(&it->second)) {
+    } else if (std::holds_alternative<TensorStorageMetadata>(it->second)) {
       if (auto found = chunk_of.find(index);
           index.offset.has_value() && found != chunk_of.end()) {
         ref.properties = found->second.first;
