@@ -446,12 +446,14 @@ absl::Status MemoryStorageReader::Reset(
   }
   load_id_ = memory_storage_internal::RandomUuid();
   snapshot_.reset();
+  snapshot_is_current_ = false;
   storage_data_.reset();
   return absl::OkStatus();
 }
 
 absl::StatusOr<Metadata> MemoryStorageReader::ReadMetadata() {
   DCP_ASSIGN_OR_RETURN(snapshot_, store_->Get(checkpoint_id_));
+  snapshot_is_current_ = true;
   Metadata metadata = snapshot_->metadata;
   if (!metadata.storage_meta.has_value()) metadata.storage_meta.emplace();
   metadata.storage_meta->load_id = load_id_;
@@ -460,9 +462,11 @@ absl::StatusOr<Metadata> MemoryStorageReader::ReadMetadata() {
 
 absl::Status MemoryStorageReader::SetUp(const Metadata& metadata,
                                         bool is_coordinator) {
-  if (snapshot_ == nullptr) {
+  if (snapshot_ == nullptr || !snapshot_is_current_) {
+    snapshot_.reset();
     DCP_ASSIGN_OR_RETURN(snapshot_, store_->Get(checkpoint_id_));
   }
+  snapshot_is_current_ = false;
   const std::optional<StorageMeta>& given = metadata.storage_meta;
   const std::optional<StorageMeta>& stored = snapshot_->metadata.storage_meta;
   if (given.has_value() && given->save_id.has_value() && stored.has_value() &&

@@ -265,6 +265,10 @@ class MemoryStorageReader : public StorageReader {
   std::string checkpoint_id_;
   std::string load_id_;
   std::shared_ptr<const memory_storage_internal::Checkpoint> snapshot_;
+  // ReadMetadata took `snapshot_` for the load in progress; otherwise SetUp
+  // takes a fresh one (a rank that is not the coordinator never reads the
+  // metadata, and must not load from a previous load's snapshot).
+  bool snapshot_is_current_ = false;
   // From SetUp's metadata, as PyTorch's readers do.
   std::optional<std::map<MetadataIndex, StorageInfo>> storage_data_;
 };

@@ -454,6 +454,29 @@ TEST(MemoryStorageTest, OverwriteKeepsTheOldCheckpointUntilCommit) {
   EXPECT_THAT(planner.tensors["w"], TensorEq(v1));
 }
 
+// A rank that is not the coordinator never calls ReadMetadata: its second
+// load through the same reader must not read the first load's snapshot.
+TEST(MemoryStorageTest, ANonCoordinatorReaderLoadsTheCurrentCheckpointEachTime) {
+  auto store = std::make_shared<MemoryStore>();
+  const at::Tensor v1 = MakeTestTensor({4, 3}, at::kFloat, /*seed=*/8);
+  const at::Tensor v2 = MakeTestTensor({4, 3}, at::kFloat, /*seed=*/9);
+  MemoryStorageReader coordinator(store, "c");
+  MemoryStorageReader other(store, "c");
+  for (const at::Tensor& w : {v1, v2}) {
+    ASSERT_OK(HandDrivenSave(store, "c", TwoRanks(w, Value(1), Value(2))).Run());
+    ASSERT_OK_AND_ASSIGN(Metadata metadata, coordinator.ReadMetadata());
+    ASSERT_OK(coordinator.SetUp(metadata, /*is_coordinator=*/true));
+    ASSERT_OK(other.SetUp(metadata, /*is_coordinator=*/false));
+    FakeLoadPlanner planner;
+    planner.tensors["w"] = at::zeros({4, 3});
+    LoadPlan plan;
+    plan.items = {TensorRead("w", {0, 0}, {0, 0}, {0, 0}, {2, 3}),
+                  TensorRead("w", {2, 0}, {0, 0}, {2, 0}, {2, 3})};
+    ASSERT_OK(other.ReadData(plan, planner));
+    EXPECT_THAT(planner.tensors["w"], TensorEq(w));
+  }
+}
+
 TEST(MemoryStorageTest, MetadataOfAReplacedSaveIsRefused) {
   auto store = std::make_shared<MemoryStore>();
   const at::Tensor w = MakeTestTensor({4, 3}, at::kFloat, /*seed=*/7);
