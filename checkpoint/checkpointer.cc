@@ -49,7 +49,12 @@ Checkpointer::Checkpointer(std::shared_ptr<StorageWriter> writer,
                            CheckpointerOptions options)
     : writer_(std::move(writer)),
       reader_(std::move(reader)),
-      options_(std::move(options)) {}
+      options_(std::move(options)) {
+  if (options_.reuse_staging_buffers) {
+    staging_ = std::make_unique<StagingPool>(
+        options_.staging, static_cast<size_t>(options_.max_pending_saves));
+  }
+}
 
 Checkpointer::~Checkpointer() {
   if (executor_ != nullptr && executor_->InWorkerThread()) {
@@ -140,6 +145,14 @@ absl::Status Checkpointer::BeginAsyncRound(const std::string& round,
   return absl::OkStatus();
 }
 
+absl::StatusOr<std::shared_ptr<const StateDict>> Checkpointer::Stage(
+    const StateDict& state_dict) {
+  if (staging_ != nullptr) return staging_->Stage(state_dict);
+  DCP_ASSIGN_OR_RETURN(StateDict staged,
+                       StageStateDict(state_dict, options_.staging));
+  return std::make_shared<const StateDict>(std::move(staged));
+}
+
 Future<Metadata> Checkpointer::AsyncSave(const StateDict& state_dict) {
   if (writer_ == nullptr) {
     return absl::FailedPreconditionError(
@@ -163,8 +176,8 @@ Future<Metadata> Checkpointer::AsyncSave(const StateDict& state_dict) {
       local = Annotate(executor.status(), "starting the async-save thread");
     }
   }
-  absl::StatusOr<StateDict> staged =
-      local.ok() ? StageStateDict(state_dict) : local;
+  using Staged = absl::StatusOr<std::shared_ptr<const StateDict>>;
+  Staged staged = local.ok() ? Stage(state_dict) : Staged(local);
   if (local.ok() && !staged.ok()) {
     staged = Annotate(staged.status(), "staging for async save");
   }
@@ -184,7 +197,7 @@ Future<Metadata> Checkpointer::AsyncSave(const StateDict& state_dict) {
   // this Checkpointer. Fault points fire for the rank that scheduled it.
   executor_->Schedule(
       [promise = std::move(pair.promise),
-       staged = std::make_unique<StateDict>(*std::move(staged)),
+       staged = *std::move(staged),
        writer = writer_, group = async_group_,
        planner = options_.save_planner, options = std::move(options),
        fault_handler = CurrentFaultPointHandler()]() mutable {
@@ -192,8 +205,9 @@ Future<Metadata> Checkpointer::AsyncSave(const StateDict& state_dict) {
         options.process_group = group.get();
         options.planner = planner.get();
         absl::StatusOr<Metadata> result = dcp::Save(*staged, *writer, options);
-        // Freed before anyone can see the result, so that a waiter in
-        // AsyncSave never holds two staged copies of one save.
+        // Freed (or given back to the staging pool) before anyone can see
+        // the result, so that a waiter in AsyncSave never holds two staged
+        // copies of one save.
         staged.reset();
         promise.Set(std::move(result));
       });

@@ -33,7 +33,9 @@
 //     `Save` and `Load` first wait for pending async saves, so a load sees
 //     every earlier save. The destructor waits for pending saves.
 //   * Bounded memory: at most `max_pending_saves` staged copies exist; an
-//     AsyncSave beyond that first waits for the oldest pending save.
+//     AsyncSave beyond that first waits for the oldest pending save. With
+//     `reuse_staging_buffers` (the default), completed copies are kept and
+//     the next AsyncSave copies into them (checkpoint/staging.h).
 //   * Background saves never interleave their collectives with the
 //     caller's: they run on a dedicated communicator forked from the
 //     process group (`ProcessGroup::Fork`, in the caller's thread). After
@@ -81,6 +83,7 @@
 #include "checkpoint/future.h"
 #include "checkpoint/metadata.h"
 #include "checkpoint/process_group.h"
+#include "checkpoint/staging.h"
 #include "checkpoint/state_dict.h"
 #include "planner/planner.h"
 #include "storage/storage.h"
@@ -104,6 +107,16 @@ struct CheckpointerOptions {
   // The default 1 matches PyTorch, where a new async save waits for the
   // previous one.
   int max_pending_saves = 1;
+  // AsyncSave copies into the buffers of an earlier, completed async save
+  // of the same layout instead of allocating (PyTorch's
+  // `cache_staged_state_dict`), which makes staging cost about one memcpy.
+  // The price: between saves the checkpointer keeps up to
+  // `max_pending_saves` staged copies of the state alive (freed with the
+  // checkpointer). Off: every AsyncSave allocates, and copies are freed as
+  // soon as their save completes.
+  bool reuse_staging_buffers = true;
+  // Threads and thresholds of the staging copy.
+  StagingOptions staging;
 };
 
 class Checkpointer {
@@ -147,6 +160,9 @@ class Checkpointer {
   // Waits until at most `keep` saves are pending, oldest first; returns the
   // first error among those waited for.
   absl::Status WaitUntilPending(size_t keep);
+  // The staged copy of `state_dict` for an async save.
+  absl::StatusOr<std::shared_ptr<const StateDict>> Stage(
+      const StateDict& state_dict);
   // Agrees with the other ranks on starting `round` (this rank's `local`
   // error included), and forks a new async communicator if any rank needs
   // one. The same error on every rank, or OK on every rank.
@@ -162,6 +178,8 @@ class Checkpointer {
   std::shared_ptr<ProcessGroup> async_group_;
   bool async_group_failed_ = false;
   std::deque<PendingSave> pending_;
+  // Null unless options_.reuse_staging_buffers.
+  std::unique_ptr<StagingPool> staging_;
   // Declared last: destroyed first, so queued saves finish while the
   // members they use are alive.
   std::unique_ptr<SerialExecutor> executor_;

@@ -559,6 +559,41 @@ TEST(AsyncSaveTest, SavesCompleteInOrderAndTheLastOneWins) {
   }), Each(IsOk()));
 }
 
+// Each AsyncSave after the first copies into the staging buffers of the one
+// before (reuse_staging_buffers, the default): every checkpoint must still
+// hold its own call's values, also when the caller changes them right away.
+TEST(AsyncSaveTest, ReusedStagingBuffersHoldEachSavesOwnValues) {
+  constexpr int kWorld = 2;
+  auto store = std::make_shared<MemoryStore>();
+  auto sim = MakeSimulator(kWorld, /*seed=*/24);
+  std::vector<absl::Status> statuses = sim->Run([&](RankContext& ctx) -> absl::Status {
+    DCP_ASSIGN_OR_RETURN(auto checkpointer, MakeCheckpointer(ctx, store, "reuse"));
+    DCP_ASSIGN_OR_RETURN(StateDict sd, MakeModelStateDict(ctx.rank(), kWorld,
+                                                          ModelLayout::kSave,
+                                                          ModelValues::kTrue));
+    for (int round = 0; round < 3; ++round) {
+      DCP_ASSIGN_OR_RETURN(StateDict values,
+                           MakeModelStateDict(ctx.rank(), kWorld, ModelLayout::kSave,
+                                              ModelValues::kTrue, /*value_seed=*/round));
+      sd = values;
+      Future<Metadata> save = checkpointer->AsyncSave(sd);
+      // Overwritten before the background save has run (seeded mode).
+      DCP_ASSIGN_OR_RETURN(sd, MakeModelStateDict(ctx.rank(), kWorld, ModelLayout::kSave,
+                                                  ModelValues::kTrue, /*value_seed=*/99));
+      DCP_RETURN_IF_ERROR(save.result().status());
+      DCP_ASSIGN_OR_RETURN(StateDict loaded, MakeModelStateDict(ctx.rank(), kWorld,
+                                                                ModelLayout::kLoad,
+                                                                ModelValues::kPlaceholder));
+      DCP_RETURN_IF_ERROR(checkpointer->Load(loaded));
+      DCP_RETURN_IF_ERROR(Annotate(
+          CheckModelStateDict(loaded, ctx.rank(), kWorld, ModelLayout::kLoad, round),
+          absl::StrCat("round ", round)));
+    }
+    return absl::OkStatus();
+  });
+  EXPECT_THAT(statuses, Each(IsOk()));
+}
+
 TEST(AsyncSaveTest, BackgroundFailureReachesEveryRanksFuture) {
   auto store = std::make_shared<MemoryStore>();
   auto sim = MakeSimulator(3, /*seed=*/23);

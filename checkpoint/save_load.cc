@@ -5,15 +5,12 @@
 #include <utility>
 #include <vector>
 
-#include "ATen/ATen.h"
 #include "absl/strings/str_cat.h"
 #include "checkpoint/dist_wrapper.h"
 #include "checkpoint/fault_point.h"
 #include "checkpoint/metadata_codec.h"
 #include "checkpoint/single_process_group.h"
 #include "checkpoint/status.h"
-#include "checkpoint/tensor_copy.h"
-#include "checkpoint/torch_status.h"
 #include "glog/logging.h"
 #include "planner/default_load_planner.h"
 #include "planner/default_save_planner.h"
@@ -47,61 +44,7 @@ absl::StatusOr<std::vector<Plan>> DecodeAll(std::vector<std::string> encoded,
   return plans;
 }
 
-absl::StatusOr<Value> StageValue(const Value& value);
-
-absl::StatusOr<at::Tensor> StageTensor(const at::Tensor& tensor) {
-  // A copy ThreadSanitizer sees (checkpoint/tensor_copy.h), so that a caller
-  // changing the tensor while it is staged is reported.
-  absl::StatusOr<at::Tensor> staged = CloneToCpu(tensor);
-  if (!staged.ok()) return Annotate(staged.status(), "staging a tensor");
-  return staged;
-}
-
-absl::StatusOr<StateDict> StageDict(const StateDict& dict) {
-  StateDict staged;
-  for (const auto& [key, value] : dict.entries()) {
-    absl::StatusOr<Value> copy = StageValue(value);
-    if (!copy.ok()) return Annotate(copy.status(), absl::StrCat("key \"", key, "\""));
-    staged.Set(key, *std::move(copy));
-  }
-  return staged;
-}
-
-absl::StatusOr<Value> StageValue(const Value& value) {
-  if (const auto* tensor = value.get_if<at::Tensor>()) {
-    DCP_ASSIGN_OR_RETURN(at::Tensor copy, StageTensor(*tensor));
-    return Value(std::move(copy));
-  }
-  if (const auto* sharded = value.get_if<ShardedTensor>()) {
-    ShardedTensor copy;
-    copy.global_size = sharded->global_size;
-    for (const Shard& shard : sharded->local_shards) {
-      DCP_ASSIGN_OR_RETURN(at::Tensor data, StageTensor(shard.tensor));
-      copy.local_shards.push_back(Shard{std::move(data), shard.offsets});
-    }
-    return Value(std::move(copy));
-  }
-  if (const auto* list = value.get_if<List>()) {
-    List copy;
-    copy.reserve(list->size());
-    for (const Value& element : *list) {
-      DCP_ASSIGN_OR_RETURN(Value staged, StageValue(element));
-      copy.push_back(std::move(staged));
-    }
-    return Value(std::move(copy));
-  }
-  if (const auto* dict = value.get_if<StateDict>()) {
-    DCP_ASSIGN_OR_RETURN(StateDict copy, StageDict(*dict));
-    return Value(std::move(copy));
-  }
-  return value;  // Non-tensor leaves are values already.
-}
-
 }  // namespace
-
-absl::StatusOr<StateDict> StageStateDict(const StateDict& state_dict) {
-  return StageDict(state_dict);
-}
 
 namespace {
 
@@ -349,7 +292,7 @@ Future<Metadata> AsyncSave(const StateDict& state_dict,
   }
   // A staging failure does not end the round here: the background save
   // still takes part and reports it, so that every rank fails alike.
-  absl::StatusOr<StateDict> staged = StageStateDict(state_dict);
+  absl::StatusOr<StateDict> staged = StageStateDict(state_dict, options.staging);
   absl::Status prior;
   if (!staged.ok()) {
     prior = Annotate(staged.status(), "staging for async save");

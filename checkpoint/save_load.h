@@ -61,6 +61,7 @@
 #include "checkpoint/future.h"
 #include "checkpoint/metadata.h"
 #include "checkpoint/process_group.h"
+#include "checkpoint/staging.h"  // StageStateDict, for AsyncSave callers.
 #include "checkpoint/state_dict.h"
 #include "planner/planner.h"
 #include "storage/storage.h"
@@ -108,11 +109,6 @@ absl::StatusOr<Metadata> Save(const StateDict& state_dict,
 absl::Status Load(StateDict& state_dict, StorageReader& reader,
                   const LoadOptions& options = {});
 
-// A deep copy of `state_dict` whose tensors are fresh contiguous CPU copies
-// (sharded tensors keep their layout), so the caller may modify or free its
-// own tensors at once. Non-tensor values are copied by value.
-absl::StatusOr<StateDict> StageStateDict(const StateDict& state_dict);
-
 struct AsyncSaveOptions {
   // As in SaveOptions, but shared: the background save keeps them alive.
   // The background save runs its collectives on `process_group`, so the
@@ -125,11 +121,13 @@ struct AsyncSaveOptions {
   std::optional<std::string> checkpoint_id;
   absl::Duration collective_timeout = absl::Minutes(10);
   std::string round;
+  // How the state dict is copied before AsyncSave returns.
+  StagingOptions staging;
   // Runs the background save. Must be set.
   Executor executor;
 };
 
-// Stages `state_dict` (StageStateDict) before returning, then runs Save on
+// Stages `state_dict` (StageStateDict, into fresh buffers) before returning, then runs Save on
 // `options.executor`. The future yields the Metadata or the error. If
 // staging fails, the background save still takes part in the round and
 // reports the staging error, so every rank's future fails alike.
