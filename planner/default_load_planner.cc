@@ -3,9 +3,9 @@
 #include <cstddef>
 #include <cstdint>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <optional>
-#include <set>
 #include <string>
 #include <utility>
 #include <variant>
@@ -240,12 +240,24 @@ absl::Status DefaultLoadPlanner::UseItems(
 absl::Status DefaultLoadPlanner::SetUp(StateDict* state_dict,
                                        const Metadata& metadata,
                                        bool is_coordinator) {
+  return SetUpShared(state_dict, std::make_shared<const IndexedMetadata>(metadata),
+                     is_coordinator);
+}
+
+absl::Status DefaultLoadPlanner::SetUpShared(
+    StateDict* state_dict, std::shared_ptr<const IndexedMetadata> metadata,
+    bool is_coordinator) {
   std::lock_guard<std::mutex> lock(mu_);
   set_up_ = false;
   original_ = nullptr;
+  saved_ = nullptr;
   if (state_dict == nullptr) {
     return absl::InvalidArgumentError(
         "DefaultLoadPlanner::SetUp: state_dict is null");
+  }
+  if (metadata == nullptr) {
+    return absl::InvalidArgumentError(
+        "DefaultLoadPlanner::SetUpShared: metadata is null");
   }
   if (options_.flatten_state_dict) {
     DCP_ASSIGN_OR_RETURN(FlatStateDict flat, FlattenStateDict(*state_dict));
@@ -255,7 +267,7 @@ absl::Status DefaultLoadPlanner::SetUp(StateDict* state_dict,
     DCP_RETURN_IF_ERROR(UseItems(state_dict->entries(), {}));
   }
   original_ = state_dict;
-  saved_ = metadata.state_dict_metadata;
+  saved_ = std::move(metadata);
   set_up_ = true;
   return absl::OkStatus();
 }
@@ -265,46 +277,54 @@ absl::StatusOr<LoadPlan> DefaultLoadPlanner::CreateLocalPlan() {
     return absl::FailedPreconditionError(
         "DefaultLoadPlanner::CreateLocalPlan called before SetUp");
   }
-  if (options_.flatten_state_dict) {
+  const std::map<std::string, StorageMetadata>& saved_keys =
+      saved_->metadata().state_dict_metadata;
+  // How many saved keys the destination asks for: fewer than all means
+  // some are not asked for, found without visiting every saved key.
+  auto count_requested = [&] {
+    size_t requested = 0;
+    for (const auto& item : items_) {
+      if (saved_->Find(item.first) != nullptr) ++requested;
+    }
+    return requested;
+  };
+  size_t requested = count_requested();
+  if (options_.flatten_state_dict && requested < saved_keys.size()) {
     // Python 2.6's detection of checkpoints from PyTorch <= 2.3: if some
     // saved keys are not requested but appear when the destination is
     // flattened the old way, use the old flattening.
-    std::set<std::string> unrequested;
-    for (const auto& entry : saved_) {
-      if (!positions_.contains(entry.first)) unrequested.insert(entry.first);
+    StateDict* original;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      original = original_;
     }
-    if (!unrequested.empty()) {
-      StateDict* original;
-      {
-        std::lock_guard<std::mutex> lock(mu_);
-        original = original_;
+    DCP_ASSIGN_OR_RETURN(FlatStateDict legacy,
+                         LegacyFlattenStateDict(*original));
+    bool use_legacy = false;
+    for (const auto& item : legacy.items) {
+      if (!positions_.contains(item.first) &&
+          saved_->Find(item.first) != nullptr) {
+        use_legacy = true;
+        break;
       }
-      DCP_ASSIGN_OR_RETURN(FlatStateDict legacy,
-                           LegacyFlattenStateDict(*original));
-      bool use_legacy = false;
-      for (const auto& item : legacy.items) {
-        if (unrequested.count(item.first) > 0) {
-          use_legacy = true;
-          break;
-        }
-      }
-      if (use_legacy) {
-        VLOG(1) << "loading a checkpoint flattened by PyTorch <= 2.3";
-        DCP_RETURN_IF_ERROR(
-            UseItems(std::move(legacy.items), std::move(legacy.mappings)));
-      }
+    }
+    if (use_legacy) {
+      VLOG(1) << "loading a checkpoint flattened by PyTorch <= 2.3";
+      DCP_RETURN_IF_ERROR(
+          UseItems(std::move(legacy.items), std::move(legacy.mappings)));
+      requested = count_requested();
     }
   }
 
   LoadPlan plan;
   std::vector<std::string> missing;
   for (const auto& [fqn, value] : items_) {
-    auto found = saved_.find(fqn);
-    if (found == saved_.end()) {
+    const IndexedMetadata::Entry* found = saved_->Find(fqn);
+    if (found == nullptr) {
       if (!options_.allow_partial_load) missing.push_back(fqn);
       continue;
     }
-    const auto* saved = std::get_if<TensorStorageMetadata>(&found->second);
+    const auto* saved = std::get_if<TensorStorageMetadata>(found->storage);
     if (saved == nullptr) {
       plan.items.push_back(BytesReadItem(fqn));
       continue;
@@ -313,7 +333,7 @@ absl::StatusOr<LoadPlan> DefaultLoadPlanner::CreateLocalPlan() {
         std::vector<ChunkStorageMetadata> chunks,
         DestinationChunks(fqn, value, *saved, options_.check_dtype));
     std::vector<ReadItem> items =
-        CreateReadItemsForChunkList(fqn, *saved, chunks);
+        CreateReadItemsForChunkList(fqn, *saved, found->chunk_index, chunks);
     const absl::Status covered = CheckReadItemsCoverChunks(fqn, chunks, items);
     if (!covered.ok()) {
       // What the checkpoint does hold tells a partial save from a corrupt
@@ -327,8 +347,8 @@ absl::StatusOr<LoadPlan> DefaultLoadPlanner::CreateLocalPlan() {
   }
 
   std::vector<std::string> unexpected;
-  if (options_.strict) {
-    for (const auto& entry : saved_) {
+  if (options_.strict && requested < saved_keys.size()) {
+    for (const auto& entry : saved_keys) {
       if (!positions_.contains(entry.first)) unexpected.push_back(entry.first);
     }
   }

@@ -16,16 +16,28 @@
 //        {storage [8] idx 1, storage_offsets {0}, dest_offsets {4}, lengths
 //        {3}}
 //
-// Thread safety: pure functions.
+// For many local chunks, or many ranks reading the same checkpoint, build a
+// `SavedChunkIndex` of the saved chunks once (or an `IndexedMetadata` of the
+// whole checkpoint, which the load planners of all ranks can share) and pass
+// it in: each local chunk then costs O(log S + the saved chunks it meets)
+// instead of O(S).
+//
+// Thread safety: the free functions are pure; `SavedChunkIndex` and
+// `IndexedMetadata` are immutable once built, so const use from many threads
+// is safe.
 #ifndef DCP_PLANNER_RESHARDING_H_
 #define DCP_PLANNER_RESHARDING_H_
 
 #include <cstddef>
+#include <cstdint>
+#include <memory>
 #include <string>
 #include <utility>
 #include <vector>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
+#include "absl/strings/string_view.h"
 #include "checkpoint/metadata.h"
 #include "planner/load_plan.h"
 
@@ -44,6 +56,98 @@ namespace dcp {
 bool ChunksOverlap(const ChunkStorageMetadata& a,
                    const ChunkStorageMetadata& b);
 
+// An index of a tensor's saved chunks (one `TensorStorageMetadata::chunks`
+// list) that finds the chunks overlapping a box without looking at the
+// others.
+//
+// Chunks are grouped by rank (number of dimensions); within a group, those
+// with elements are sorted by their start along the "sweep" dimension, the
+// one where they start at the most distinct offsets (rows for row sharding,
+// columns for column sharding), with a max-end tree over that order. A
+// query walks only to chunks whose extent along the sweep dimension meets
+// the box's (a binary search when, as in any tiling, the chunks' ends
+// ascend with their starts; a descent of the tree otherwise) and then
+// applies `ChunksOverlap` to each of them.
+//
+// Cost: building is O(ndim x S log S) time and O(S) memory for S chunks. A
+// query is O((c + 1) log S + k log k) for k results, where c >= k is the
+// number of chunks meeting the box along the sweep dimension: c = k for
+// row or column sharding; for an R x C grid swept along rows, c is the C
+// chunks of each row band the box meets.
+//
+// The index holds positions, not chunks: queries take the same `chunks` the
+// index was built from, unchanged.
+class SavedChunkIndex {
+ public:
+  // An index of no chunks.
+  SavedChunkIndex() = default;
+  explicit SavedChunkIndex(const std::vector<ChunkStorageMetadata>& chunks);
+
+  // The positions in `chunks` (which must be the vector the index was built
+  // from) of the chunks that overlap `box` (`ChunksOverlap(box, chunk)`),
+  // ascending.
+  std::vector<size_t> FindOverlapping(
+      const std::vector<ChunkStorageMetadata>& chunks,
+      const ChunkStorageMetadata& box) const;
+
+  // The number of chunks the index was built from.
+  size_t size() const { return size_; }
+
+ private:
+  // The chunks with elements of one rank.
+  struct Group {
+    size_t ndim = 0;
+    size_t sweep_dim = 0;
+    // Positions sorted by (start along sweep_dim, position), their starts,
+    // and a complete binary tree (`leaves` leaves, node 1 the root) of the
+    // largest end along sweep_dim below each node.
+    std::vector<size_t> order;
+    std::vector<int64_t> starts;
+    std::vector<int64_t> max_end;
+    size_t leaves = 0;
+    // Whether the ends (the leaves of max_end) ascend in `order`.
+    bool ends_sorted = false;
+  };
+
+  size_t size_ = 0;
+  std::vector<Group> groups_;  // by ndim, ascending
+};
+
+// A checkpoint's Metadata with a `SavedChunkIndex` of every tensor entry:
+// what load planning reads. Built once, then shared read-only by the load
+// planners of any number of ranks (DefaultLoadPlanner::SetUpShared,
+// planner/lockstep.h), so that no rank copies or scans the whole Metadata.
+//
+// Cost: construction is O(total chunks x log) time and keeps the Metadata
+// plus O(total chunks) of index; Find is O(1) expected.
+class IndexedMetadata {
+ public:
+  // One state_dict_metadata entry with its chunk index (empty for bytes).
+  struct Entry {
+    const StorageMetadata* storage;
+    SavedChunkIndex chunk_index;
+  };
+
+  // Indexes `metadata`, which it keeps.
+  explicit IndexedMetadata(Metadata metadata);
+  // Indexes `*metadata` in place, sharing it (not null). A caller that
+  // knows the Metadata outlives this object may pass a non-owning pointer
+  // (`std::shared_ptr<const Metadata>(std::shared_ptr<void>(), &md)`).
+  explicit IndexedMetadata(std::shared_ptr<const Metadata> metadata);
+  IndexedMetadata(const IndexedMetadata&) = delete;
+  IndexedMetadata& operator=(const IndexedMetadata&) = delete;
+
+  const Metadata& metadata() const { return *metadata_; }
+
+  // The entry of key `fqn`, or null if the checkpoint has no such key.
+  const Entry* Find(absl::string_view fqn) const;
+
+ private:
+  std::shared_ptr<const Metadata> metadata_;
+  // Points into metadata_->state_dict_metadata.
+  absl::flat_hash_map<std::string, Entry> entries_;
+};
+
 // The read items that fill `local_chunks` (the destination's boxes of the
 // tensor `fqn`, in global coordinates) from the saved chunks of `saved`,
 // exactly as Python's `create_read_items_for_chunk_list`: for each local
@@ -58,9 +162,18 @@ bool ChunksOverlap(const ChunkStorageMetadata& a,
 // offsets and lengths. Parts of a local chunk that no saved chunk covers get
 // no item; see `CheckReadItemsCoverChunk` to detect that.
 //
-// Cost: O(local chunks x saved chunks).
+// Cost: builds a `SavedChunkIndex` of `saved.chunks`, O(S log S), then as
+// the overload below.
 std::vector<ReadItem> CreateReadItemsForChunkList(
     const std::string& fqn, const TensorStorageMetadata& saved,
+    const std::vector<ChunkStorageMetadata>& local_chunks);
+
+// As above with a prebuilt `index` of `saved.chunks`; same items, same
+// order. Cost: one `SavedChunkIndex::FindOverlapping` per local chunk plus
+// O(ndim) per item.
+std::vector<ReadItem> CreateReadItemsForChunkList(
+    const std::string& fqn, const TensorStorageMetadata& saved,
+    const SavedChunkIndex& index,
     const std::vector<ChunkStorageMetadata>& local_chunks);
 
 // Pairs (i, j), i < j, of positions in `chunks` whose boxes overlap, at most
