@@ -2,6 +2,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <iterator>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -317,6 +318,7 @@ absl::StatusOr<LoadPlan> DefaultLoadPlanner::CreateLocalPlan() {
   }
 
   LoadPlan plan;
+  plan.items.reserve(items_.size());
   std::vector<std::string> missing;
   for (const auto& [fqn, value] : items_) {
     const IndexedMetadata::Entry* found = saved_->Find(fqn);
@@ -343,7 +345,8 @@ absl::StatusOr<LoadPlan> DefaultLoadPlanner::CreateLocalPlan() {
           absl::StrCat(covered.message(), "; the checkpoint's chunks of ",
                        Quoted(fqn), ": ", DescribeChunks(saved->chunks)));
     }
-    for (ReadItem& item : items) plan.items.push_back(std::move(item));
+    plan.items.insert(plan.items.end(), std::make_move_iterator(items.begin()),
+                      std::make_move_iterator(items.end()));
   }
 
   std::vector<std::string> unexpected;

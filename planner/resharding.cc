@@ -5,7 +5,6 @@
 #include <limits>
 #include <memory>
 #include <optional>
-#include <set>
 #include <string>
 #include <utility>
 #include <variant>
@@ -254,7 +253,14 @@ std::vector<ReadItem> CreateReadItemsForChunkList(
   std::vector<ReadItem> items;
   for (size_t li = 0; li < local_chunks.size(); ++li) {
     const ChunkStorageMetadata& local = local_chunks[li];
-    for (size_t si : index.FindOverlapping(saved.chunks, local)) {
+    const std::vector<size_t> overlapping =
+        index.FindOverlapping(saved.chunks, local);
+    if (items.capacity() < items.size() + overlapping.size()) {
+      // Geometric, so that many local chunks do not reallocate each time.
+      items.reserve(
+          std::max(items.size() + overlapping.size(), 2 * items.capacity()));
+    }
+    for (size_t si : overlapping) {
       const ChunkStorageMetadata& stored = saved.chunks[si];
       const size_t ndim = local.offsets.size();
       Shape storage_offsets(ndim);
@@ -316,11 +322,16 @@ std::vector<std::pair<size_t, size_t>> FindOverlappingChunks(
   // offsets: row sharding sweeps rows, column sharding columns.
   size_t sweep_dim = 0;
   size_t most_distinct = 0;
+  std::vector<int64_t> starts(candidates.size());
   for (size_t d = 0; d < ndim; ++d) {
-    std::set<int64_t> starts;
-    for (size_t i : candidates) starts.insert(chunks[i].offsets[d]);
-    if (starts.size() > most_distinct) {
-      most_distinct = starts.size();
+    for (size_t j = 0; j < candidates.size(); ++j) {
+      starts[j] = chunks[candidates[j]].offsets[d];
+    }
+    std::sort(starts.begin(), starts.end());
+    const size_t distinct = static_cast<size_t>(
+        std::unique(starts.begin(), starts.end()) - starts.begin());
+    if (distinct > most_distinct) {
+      most_distinct = distinct;
       sweep_dim = d;
     }
   }
