@@ -2,7 +2,6 @@
 
 #include <cstddef>
 #include <cstdint>
-#include <iterator>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -19,6 +18,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/string_view.h"
+#include "absl/types/span.h"
 #include "checkpoint/metadata.h"
 #include "checkpoint/state_dict.h"
 #include "checkpoint/status.h"
@@ -143,14 +143,16 @@ absl::StatusOr<std::vector<ChunkStorageMetadata>> DestinationChunks(
   if (const at::Tensor* tensor = value.get_if<at::Tensor>()) {
     DCP_RETURN_IF_ERROR(
         CheckDestinationTensor(fqn, *tensor, "value", saved, check_dtype));
-    const Shape sizes = tensor->sizes().vec();
+    Shape sizes = tensor->sizes().vec();
     if (sizes != saved.size) {
       return absl::InvalidArgumentError(absl::StrCat(
           "size mismatch for ", Quoted(fqn), ": saved ",
           FormatShape(saved.size), ", destination ", FormatShape(sizes)));
     }
-    return std::vector<ChunkStorageMetadata>{
-        ChunkStorageMetadata{Shape(sizes.size(), 0), sizes}};
+    std::vector<ChunkStorageMetadata> chunks(1);
+    chunks[0].offsets.assign(sizes.size(), 0);
+    chunks[0].sizes = std::move(sizes);
+    return chunks;
   }
   if (const ShardedTensor* sharded = value.get_if<ShardedTensor>()) {
     const Shape& global = sharded->global_size;
@@ -160,12 +162,13 @@ absl::StatusOr<std::vector<ChunkStorageMetadata>> DestinationChunks(
           FormatShape(saved.size), ", destination ", FormatShape(global)));
     }
     std::vector<ChunkStorageMetadata> chunks;
+    chunks.reserve(sharded->local_shards.size());
     for (size_t i = 0; i < sharded->local_shards.size(); ++i) {
       const Shard& shard = sharded->local_shards[i];
       const std::string what = absl::StrCat("local shard ", i);
       DCP_RETURN_IF_ERROR(
           CheckDestinationTensor(fqn, shard.tensor, what, saved, check_dtype));
-      const Shape sizes = shard.tensor.sizes().vec();
+      Shape sizes = shard.tensor.sizes().vec();
       bool fits = sizes.size() == global.size() &&
                   shard.offsets.size() == global.size();
       for (size_t d = 0; fits && d < global.size(); ++d) {
@@ -180,7 +183,7 @@ absl::StatusOr<std::vector<ChunkStorageMetadata>> DestinationChunks(
             FormatShape(shard.offsets), " with sizes ", FormatShape(sizes),
             " does not fit the global size ", FormatShape(global)));
       }
-      chunks.push_back(ChunkStorageMetadata{shard.offsets, sizes});
+      chunks.push_back(ChunkStorageMetadata{shard.offsets, std::move(sizes)});
     }
     return chunks;
   }
@@ -226,9 +229,10 @@ DefaultLoadPlanner::DefaultLoadPlanner(DefaultLoadPlannerOptions options)
 absl::Status DefaultLoadPlanner::UseItems(
     std::vector<std::pair<std::string, Value>> items,
     std::map<std::string, ObjectPath> mappings) {
+  positions_.clear();  // its keys view the strings of items_
   items_ = std::move(items);
   mappings_ = std::move(mappings);
-  positions_.clear();
+  positions_.reserve(items_.size());
   for (size_t i = 0; i < items_.size(); ++i) {
     if (!positions_.emplace(items_[i].first, i).second) {
       return absl::InvalidArgumentError(
@@ -241,7 +245,11 @@ absl::Status DefaultLoadPlanner::UseItems(
 absl::Status DefaultLoadPlanner::SetUp(StateDict* state_dict,
                                        const Metadata& metadata,
                                        bool is_coordinator) {
-  return SetUpShared(state_dict, std::make_shared<const IndexedMetadata>(metadata),
+  // Planning reads only state_dict_metadata: copy nothing else.
+  Metadata needed;
+  needed.state_dict_metadata = metadata.state_dict_metadata;
+  return SetUpShared(state_dict,
+                     std::make_shared<const IndexedMetadata>(std::move(needed)),
                      is_coordinator);
 }
 
@@ -280,16 +288,21 @@ absl::StatusOr<LoadPlan> DefaultLoadPlanner::CreateLocalPlan() {
   }
   const std::map<std::string, StorageMetadata>& saved_keys =
       saved_->metadata().state_dict_metadata;
-  // How many saved keys the destination asks for: fewer than all means
-  // some are not asked for, found without visiting every saved key.
-  auto count_requested = [&] {
-    size_t requested = 0;
+  // Each destination key's checkpoint entry, and how many saved keys the
+  // destination asks for: fewer than all means some are not asked for,
+  // found without visiting every saved key.
+  std::vector<IndexedMetadata::Entry> entries;
+  size_t requested = 0;
+  auto look_up = [&] {
+    entries.clear();
+    entries.reserve(items_.size());
+    requested = 0;
     for (const auto& item : items_) {
-      if (saved_->Find(item.first) != nullptr) ++requested;
+      entries.push_back(saved_->Find(item.first));
+      if (entries.back().storage != nullptr) ++requested;
     }
-    return requested;
   };
-  size_t requested = count_requested();
+  look_up();
   if (options_.flatten_state_dict && requested < saved_keys.size()) {
     // Python 2.6's detection of checkpoints from PyTorch <= 2.3: if some
     // saved keys are not requested but appear when the destination is
@@ -304,7 +317,7 @@ absl::StatusOr<LoadPlan> DefaultLoadPlanner::CreateLocalPlan() {
     bool use_legacy = false;
     for (const auto& item : legacy.items) {
       if (!positions_.contains(item.first) &&
-          saved_->Find(item.first) != nullptr) {
+          saved_->Find(item.first).storage != nullptr) {
         use_legacy = true;
         break;
       }
@@ -313,20 +326,21 @@ absl::StatusOr<LoadPlan> DefaultLoadPlanner::CreateLocalPlan() {
       VLOG(1) << "loading a checkpoint flattened by PyTorch <= 2.3";
       DCP_RETURN_IF_ERROR(
           UseItems(std::move(legacy.items), std::move(legacy.mappings)));
-      requested = count_requested();
+      look_up();
     }
   }
 
   LoadPlan plan;
   plan.items.reserve(items_.size());
   std::vector<std::string> missing;
-  for (const auto& [fqn, value] : items_) {
-    const IndexedMetadata::Entry* found = saved_->Find(fqn);
-    if (found == nullptr) {
+  for (size_t i = 0; i < items_.size(); ++i) {
+    const auto& [fqn, value] = items_[i];
+    const IndexedMetadata::Entry& found = entries[i];
+    if (found.storage == nullptr) {
       if (!options_.allow_partial_load) missing.push_back(fqn);
       continue;
     }
-    const auto* saved = std::get_if<TensorStorageMetadata>(found->storage);
+    const auto* saved = std::get_if<TensorStorageMetadata>(found.storage);
     if (saved == nullptr) {
       plan.items.push_back(BytesReadItem(fqn));
       continue;
@@ -334,9 +348,12 @@ absl::StatusOr<LoadPlan> DefaultLoadPlanner::CreateLocalPlan() {
     DCP_ASSIGN_OR_RETURN(
         std::vector<ChunkStorageMetadata> chunks,
         DestinationChunks(fqn, value, *saved, options_.check_dtype));
-    std::vector<ReadItem> items =
-        CreateReadItemsForChunkList(fqn, *saved, found->chunk_index, chunks);
-    const absl::Status covered = CheckReadItemsCoverChunks(fqn, chunks, items);
+    const size_t first_item = plan.items.size();
+    AppendReadItemsForChunkList(fqn, *saved, *found.chunk_index, chunks,
+                                &plan.items);
+    const absl::Status covered = CheckReadItemsCoverChunks(
+        fqn, chunks,
+        absl::MakeConstSpan(plan.items).subspan(first_item));
     if (!covered.ok()) {
       // What the checkpoint does hold tells a partial save from a corrupt
       // `.metadata`.
@@ -345,8 +362,6 @@ absl::StatusOr<LoadPlan> DefaultLoadPlanner::CreateLocalPlan() {
           absl::StrCat(covered.message(), "; the checkpoint's chunks of ",
                        Quoted(fqn), ": ", DescribeChunks(saved->chunks)));
     }
-    plan.items.insert(plan.items.end(), std::make_move_iterator(items.begin()),
-                      std::make_move_iterator(items.end()));
   }
 
   std::vector<std::string> unexpected;

@@ -62,8 +62,9 @@
 //
 // Cost per rank: SetUp is O(keys of the destination) plus, for SetUp (not
 // SetUpShared), copying and indexing the Metadata, O(total saved chunks x
-// log). CreateLocalPlan is O(log S + items) per destination chunk of a
-// tensor saved as S chunks (planner/resharding.h), O(1) per other key, and
+// log). CreateLocalPlan is O(log K) per destination key of a checkpoint of
+// K keys, plus O(log S + items) per destination chunk of a tensor saved as
+// S chunks (planner/resharding.h), and
 // never visits checkpoint keys the destination does not ask for, except to
 // list them (with `strict`) or to look for a PyTorch <= 2.3 checkpoint when
 // some are not asked for.
@@ -83,6 +84,7 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "checkpoint/metadata.h"
 #include "checkpoint/state_dict.h"
 #include "planner/load_plan.h"
@@ -111,8 +113,8 @@ class DefaultLoadPlanner : public LoadPlanner {
   DefaultLoadPlanner(const DefaultLoadPlanner&) = delete;
   DefaultLoadPlanner& operator=(const DefaultLoadPlanner&) = delete;
 
-  // Flattens `*state_dict` (kept for LoadBytes) and copies
-  // `metadata.state_dict_metadata`. Unlike Python, tensors are not
+  // Flattens `*state_dict` (kept for LoadBytes) and copies and indexes
+  // `metadata.state_dict_metadata` (planner/resharding.h's IndexedMetadata). Unlike Python, tensors are not
   // materialised: the destination must already hold tensors of the right
   // shape. May be called again to plan another load.
   //
@@ -123,7 +125,8 @@ class DefaultLoadPlanner : public LoadPlanner {
 
   // As SetUp, reading the checkpoint's Metadata from `metadata`, which the
   // planners of many ranks may share (planner/lockstep.h does): nothing is
-  // copied and the saved chunks are indexed once, not once per rank.
+  // copied and the saved chunks are indexed once, not once per rank. Only
+  // `metadata->metadata().state_dict_metadata` is read.
   //
   // Errors: as SetUp; InvalidArgument if `metadata` is null.
   absl::Status SetUpShared(StateDict* state_dict,
@@ -188,7 +191,9 @@ class DefaultLoadPlanner : public LoadPlanner {
   // positions, and their paths in `*original_`. Read-only once the plan
   // phases are done.
   std::vector<std::pair<std::string, Value>> items_;
-  absl::flat_hash_map<std::string, size_t> positions_;
+  // Keys view the strings of items_ (not copied: one allocation less per
+  // key); rebuilt whenever items_ changes.
+  absl::flat_hash_map<absl::string_view, size_t> positions_;
   std::map<std::string, ObjectPath> mappings_;
   // std::mutex, not absl::Mutex: TSan cannot see the happens-before edges
   // of Debian's uninstrumented absl::Mutex (README, "Conventions").

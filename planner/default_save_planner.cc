@@ -72,16 +72,20 @@ TensorProperties PropertiesOf(const at::Tensor& tensor) {
   return properties;
 }
 
+// `what` names the tensor ("value", or "local shard" with `shard` >= 0).
 absl::Status CheckTensor(absl::string_view fqn, const at::Tensor& tensor,
-                         absl::string_view what) {
+                         absl::string_view what, int64_t shard = -1) {
+  auto name = [&] {
+    return shard < 0 ? std::string(what) : absl::StrCat(what, " ", shard);
+  };
   if (!tensor.defined()) {
     return absl::InvalidArgumentError(
-        absl::StrCat(Quoted(fqn), ": ", what, " is an undefined tensor"));
+        absl::StrCat(Quoted(fqn), ": ", name(), " is an undefined tensor"));
   }
   absl::StatusOr<int64_t> element_size = ElementSize(tensor.scalar_type());
   if (!element_size.ok()) {
     return Annotate(element_size.status(),
-                    absl::StrCat(Quoted(fqn), ": ", what, " cannot be saved"));
+                    absl::StrCat(Quoted(fqn), ": ", name(), " cannot be saved"));
   }
   return absl::OkStatus();
 }
@@ -100,13 +104,15 @@ absl::Status AppendShardedItems(const std::string& fqn,
   std::optional<TensorProperties> properties;
   for (size_t i = 0; i < sharded.local_shards.size(); ++i) {
     const Shard& shard = sharded.local_shards[i];
-    const std::string what = absl::StrCat("local shard ", i);
-    DCP_RETURN_IF_ERROR(CheckTensor(fqn, shard.tensor, what));
-    const Shape sizes = shard.tensor.sizes().vec();
+    // Named only when something is wrong (no string per shard otherwise).
+    auto what = [i] { return absl::StrCat("local shard ", i); };
+    DCP_RETURN_IF_ERROR(
+        CheckTensor(fqn, shard.tensor, "local shard", static_cast<int64_t>(i)));
+    Shape sizes = shard.tensor.sizes().vec();
     if (sizes.size() != global.size() ||
         shard.offsets.size() != global.size()) {
       return absl::InvalidArgumentError(absl::StrCat(
-          Quoted(fqn), ": ", what, " at offsets ", FormatShape(shard.offsets),
+          Quoted(fqn), ": ", what(), " at offsets ", FormatShape(shard.offsets),
           " with sizes ", FormatShape(sizes), " does not have the rank ",
           global.size(), " of the global size ", FormatShape(global)));
     }
@@ -116,8 +122,8 @@ absl::Status AppendShardedItems(const std::string& fqn,
           __builtin_add_overflow(shard.offsets[d], sizes[d], &end) ||
           end > global[d]) {
         return absl::InvalidArgumentError(absl::StrCat(
-            Quoted(fqn), ": ", what, " at offsets ", FormatShape(shard.offsets),
-            " with sizes ", FormatShape(sizes),
+            Quoted(fqn), ": ", what(), " at offsets ",
+            FormatShape(shard.offsets), " with sizes ", FormatShape(sizes),
             " lies outside the global size ", FormatShape(global)));
       }
     }
@@ -133,7 +139,8 @@ absl::Status AppendShardedItems(const std::string& fqn,
     item.index = MetadataIndex(fqn, shard.offsets);
     item.type = WriteItemType::kShard;
     item.tensor_data = TensorWriteData{
-        ChunkStorageMetadata{shard.offsets, sizes}, *properties, global};
+        ChunkStorageMetadata{shard.offsets, std::move(sizes)}, *properties,
+        global};
     items.push_back(std::move(item));
   }
   return absl::OkStatus();
@@ -463,6 +470,7 @@ absl::Status DefaultSavePlanner::SetUp(const StateDict& state_dict,
   } else {
     items_ = state_dict.entries();
   }
+  positions_.reserve(items_.size());
   for (size_t i = 0; i < items_.size(); ++i) {
     positions_.emplace(items_[i].first, i);
   }

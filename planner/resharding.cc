@@ -11,10 +11,12 @@
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
+#include "absl/container/inlined_vector.h"
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/string_view.h"
+#include "absl/types/span.h"
 #include "checkpoint/metadata.h"
 #include "glog/logging.h"
 #include "planner/load_plan.h"
@@ -78,6 +80,9 @@ bool BoxesOverlap(const Shape& a_offsets, const Shape& a_sizes,
   return true;
 }
 
+// Up to this many saved chunks are scanned instead of indexed.
+constexpr size_t kMaxScannedChunks = 8;
+
 // Up to this many boxes per local chunk are checked pairwise.
 constexpr size_t kMaxPairwiseBoxes = 8;
 
@@ -90,7 +95,9 @@ bool ChunksOverlap(const ChunkStorageMetadata& a,
 
 SavedChunkIndex::SavedChunkIndex(
     const std::vector<ChunkStorageMetadata>& chunks)
-    : size_(chunks.size()) {
+    : size_(chunks.size()), scan_(chunks.size() <= kMaxScannedChunks) {
+  // A few chunks are scanned: cheaper than building and searching groups.
+  if (scan_) return;
   // Positions of the chunks that can overlap anything, by rank.
   std::vector<std::pair<size_t, size_t>> by_ndim;  // (ndim, position)
   for (size_t i = 0; i < chunks.size(); ++i) {
@@ -138,23 +145,32 @@ SavedChunkIndex::SavedChunkIndex(
                      [&](size_t a, size_t b) {
                        return chunks[a].offsets[sd] < chunks[b].offsets[sd];
                      });
-    group.starts.resize(group.order.size());
-    group.leaves = 1;
-    while (group.leaves < group.order.size()) group.leaves *= 2;
-    group.max_end.assign(2 * group.leaves,
-                         std::numeric_limits<int64_t>::min());
-    for (size_t j = 0; j < group.order.size(); ++j) {
+    const size_t n = group.order.size();
+    group.starts.resize(n);
+    group.ends.resize(n);
+    group.bounds.resize(n * 2 * group.ndim);
+    for (size_t j = 0; j < n; ++j) {
       const ChunkStorageMetadata& chunk = chunks[group.order[j]];
       group.starts[j] = chunk.offsets[sd];
-      group.max_end[group.leaves + j] =
-          SaturatingEnd(chunk.offsets[sd], chunk.sizes[sd]);
+      group.ends[j] = SaturatingEnd(chunk.offsets[sd], chunk.sizes[sd]);
+      for (size_t d = 0; d < group.ndim; ++d) {
+        group.bounds[(j * group.ndim + d) * 2] = chunk.offsets[d];
+        group.bounds[(j * group.ndim + d) * 2 + 1] =
+            SaturatingEnd(chunk.offsets[d], chunk.sizes[d]);
+      }
     }
-    group.ends_sorted = std::is_sorted(
-        group.max_end.begin() + group.leaves,
-        group.max_end.begin() + group.leaves + group.order.size());
-    for (size_t node = group.leaves - 1; node >= 1; --node) {
-      group.max_end[node] =
-          std::max(group.max_end[2 * node], group.max_end[2 * node + 1]);
+    group.ends_sorted = std::is_sorted(group.ends.begin(), group.ends.end());
+    if (!group.ends_sorted) {
+      group.leaves = 1;
+      while (group.leaves < n) group.leaves *= 2;
+      group.max_end.assign(2 * group.leaves,
+                           std::numeric_limits<int64_t>::min());
+      std::copy(group.ends.begin(), group.ends.end(),
+                group.max_end.begin() + group.leaves);
+      for (size_t node = group.leaves - 1; node >= 1; --node) {
+        group.max_end[node] =
+            std::max(group.max_end[2 * node], group.max_end[2 * node + 1]);
+      }
     }
     groups_.push_back(std::move(group));
   }
@@ -163,15 +179,34 @@ SavedChunkIndex::SavedChunkIndex(
 std::vector<size_t> SavedChunkIndex::FindOverlapping(
     const std::vector<ChunkStorageMetadata>& chunks,
     const ChunkStorageMetadata& box) const {
-  DCHECK_EQ(chunks.size(), size_);
-  std::vector<size_t> found;
+  absl::InlinedVector<size_t, 8> found;
+  FindOverlapping(chunks, box, &found);
+  return std::vector<size_t>(found.begin(), found.end());
+}
+
+void SavedChunkIndex::FindOverlapping(
+    const std::vector<ChunkStorageMetadata>& chunks,
+    const ChunkStorageMetadata& box,
+    absl::InlinedVector<size_t, 8>* found_out) const {
+  DCHECK(scan_ || chunks.size() == size_);
+  absl::InlinedVector<size_t, 8>& found = *found_out;
+  found.clear();
   const size_t ndim = box.offsets.size();
-  if (!IsWellFormed(box, ndim) || !HasPositiveExtent(box)) return found;
+  if (!IsWellFormed(box, ndim) || !HasPositiveExtent(box)) return;
+  if (scan_) {
+    for (size_t i = 0; i < chunks.size(); ++i) {
+      if (ChunksOverlap(box, chunks[i])) found.push_back(i);
+    }
+    return;
+  }
   auto group = std::lower_bound(
       groups_.begin(), groups_.end(), ndim,
       [](const Group& g, size_t n) { return g.ndim < n; });
-  if (group == groups_.end() || group->ndim != ndim) return found;
-  if (ndim == 0) return group->order;  // ascending; all overlap vacuously
+  if (group == groups_.end() || group->ndim != ndim) return;
+  if (ndim == 0) {  // ascending; all overlap vacuously
+    found.assign(group->order.begin(), group->order.end());
+    return;
+  }
 
   const size_t sd = group->sweep_dim;
   const int64_t lo = box.offsets[sd];
@@ -181,17 +216,25 @@ std::vector<size_t> SavedChunkIndex::FindOverlapping(
   const size_t prefix = static_cast<size_t>(
       std::lower_bound(group->starts.begin(), group->starts.end(), hi) -
       group->starts.begin());
+  // ChunksOverlap(box, chunk) on the chunk's copy in `bounds` (well formed,
+  // positive extents), without touching `chunks`.
   auto consider = [&](size_t j) {
-    const size_t position = group->order[j];
-    if (ChunksOverlap(box, chunks[position])) found.push_back(position);
+    const int64_t* bounds = group->bounds.data() + j * ndim * 2;
+    for (size_t d = 0; d < ndim; ++d) {
+      if (box.offsets[d] >= bounds[2 * d + 1] ||
+          bounds[2 * d] >= SaturatingEnd(box.offsets[d], box.sizes[d])) {
+        return;
+      }
+    }
+    found.push_back(group->order[j]);
   };
   if (group->ends_sorted) {
     // Ends ascend with starts (chunks do not nest along the sweep
-    // dimension, as in every tiling): the wanted ones are a range.
-    const int64_t* ends = group->max_end.data() + group->leaves;
-    const size_t first = static_cast<size_t>(
-        std::upper_bound(ends, ends + prefix, lo) - ends);
-    for (size_t j = first; j < prefix; ++j) consider(j);
+    // dimension, as in every tiling): the wanted ones are the last of the
+    // prefix, found walking back until one ends at or before `lo`.
+    for (size_t j = prefix; j > 0 && group->ends[j - 1] > lo; --j) {
+      consider(j - 1);
+    }
   } else {
     // Descend the max-end tree: (node, first leaf, leaf count).
     struct Frame {
@@ -213,7 +256,6 @@ std::vector<size_t> SavedChunkIndex::FindOverlapping(
     }
   }
   std::sort(found.begin(), found.end());
-  return found;
 }
 
 IndexedMetadata::IndexedMetadata(Metadata metadata)
@@ -222,20 +264,23 @@ IndexedMetadata::IndexedMetadata(Metadata metadata)
 IndexedMetadata::IndexedMetadata(std::shared_ptr<const Metadata> metadata)
     : metadata_(std::move(metadata)) {
   CHECK(metadata_ != nullptr);
-  entries_.reserve(metadata_->state_dict_metadata.size());
   for (const auto& [fqn, storage] : metadata_->state_dict_metadata) {
-    Entry entry{&storage, SavedChunkIndex()};
-    if (const auto* tensor = std::get_if<TensorStorageMetadata>(&storage)) {
-      entry.chunk_index = SavedChunkIndex(tensor->chunks);
+    const auto* tensor = std::get_if<TensorStorageMetadata>(&storage);
+    if (tensor != nullptr && tensor->chunks.size() > kMaxScannedChunks) {
+      indexes_.emplace(fqn, SavedChunkIndex(tensor->chunks));
     }
-    entries_.emplace(fqn, std::move(entry));
   }
 }
 
-const IndexedMetadata::Entry* IndexedMetadata::Find(
-    absl::string_view fqn) const {
-  auto found = entries_.find(fqn);
-  return found == entries_.end() ? nullptr : &found->second;
+IndexedMetadata::Entry IndexedMetadata::Find(const std::string& fqn) const {
+  static const SavedChunkIndex* const kScan = new SavedChunkIndex();
+  Entry entry;
+  auto found = metadata_->state_dict_metadata.find(fqn);
+  if (found == metadata_->state_dict_metadata.end()) return entry;
+  entry.storage = &found->second;
+  auto index = indexes_.find(found->first);
+  entry.chunk_index = index == indexes_.end() ? kScan : &index->second;
+  return entry;
 }
 
 std::vector<ReadItem> CreateReadItemsForChunkList(
@@ -251,10 +296,20 @@ std::vector<ReadItem> CreateReadItemsForChunkList(
     const SavedChunkIndex& index,
     const std::vector<ChunkStorageMetadata>& local_chunks) {
   std::vector<ReadItem> items;
+  AppendReadItemsForChunkList(fqn, saved, index, local_chunks, &items);
+  return items;
+}
+
+void AppendReadItemsForChunkList(
+    const std::string& fqn, const TensorStorageMetadata& saved,
+    const SavedChunkIndex& index,
+    const std::vector<ChunkStorageMetadata>& local_chunks,
+    std::vector<ReadItem>* items_out) {
+  std::vector<ReadItem>& items = *items_out;
+  absl::InlinedVector<size_t, 8> overlapping;
   for (size_t li = 0; li < local_chunks.size(); ++li) {
     const ChunkStorageMetadata& local = local_chunks[li];
-    const std::vector<size_t> overlapping =
-        index.FindOverlapping(saved.chunks, local);
+    index.FindOverlapping(saved.chunks, local, &overlapping);
     if (items.capacity() < items.size() + overlapping.size()) {
       // Geometric, so that many local chunks do not reallocate each time.
       items.reserve(
@@ -293,7 +348,6 @@ std::vector<ReadItem> CreateReadItemsForChunkList(
       items.push_back(std::move(item));
     }
   }
-  return items;
 }
 
 std::vector<std::pair<size_t, size_t>> FindOverlappingChunks(
@@ -371,21 +425,57 @@ std::vector<std::pair<size_t, size_t>> FindOverlappingChunks(
 absl::Status CheckReadItemsCoverChunks(
     const std::string& fqn,
     const std::vector<ChunkStorageMetadata>& local_chunks,
-    const std::vector<ReadItem>& items) {
-  // Per local chunk: the items reading into it.
-  std::vector<std::vector<const ReadItem*>> sources(local_chunks.size());
-  for (const ReadItem& item : items) {
+    absl::Span<const ReadItem> items) {
+  // The tensor items with a valid destination position.
+  auto position_of = [&](const ReadItem& item) -> std::optional<size_t> {
     if (item.type != LoadItemType::kTensor ||
         !item.dest_index.index.has_value()) {
-      continue;
+      return std::nullopt;
     }
     const int64_t li = *item.dest_index.index;
-    if (li < 0 || static_cast<size_t>(li) >= local_chunks.size()) continue;
-    sources[li].push_back(&item);
+    if (li < 0 || static_cast<size_t>(li) >= local_chunks.size()) {
+      return std::nullopt;
+    }
+    return static_cast<size_t>(li);
+  };
+  // Per local chunk: the items reading into it, as runs of `items` when
+  // they come grouped by ascending position (no allocation), else
+  // gathered.
+  bool grouped = true;
+  std::optional<size_t> last;
+  for (const ReadItem& item : items) {
+    const std::optional<size_t> li = position_of(item);
+    if (!li.has_value()) continue;
+    if (last.has_value() && *li < *last) {
+      grouped = false;
+      break;
+    }
+    last = li;
   }
+  std::vector<std::vector<const ReadItem*>> gathered;
+  if (!grouped) {
+    gathered.resize(local_chunks.size());
+    for (const ReadItem& item : items) {
+      if (const std::optional<size_t> li = position_of(item)) {
+        gathered[*li].push_back(&item);
+      }
+    }
+  }
+  absl::InlinedVector<const ReadItem*, 8> from;
+  size_t next = 0;  // in `items`, when grouped
   for (size_t li = 0; li < local_chunks.size(); ++li) {
     const ChunkStorageMetadata& local = local_chunks[li];
-    const std::vector<const ReadItem*>& from = sources[li];
+    from.clear();
+    if (grouped) {
+      for (; next < items.size(); ++next) {
+        const std::optional<size_t> position = position_of(items[next]);
+        if (!position.has_value()) continue;
+        if (*position != li) break;
+        from.push_back(&items[next]);
+      }
+    } else {
+      from.assign(gathered[li].begin(), gathered[li].end());
+    }
     // The first overlapping pair (i < j, lexicographically), considering
     // the boxes of the first box's rank, as FindOverlappingChunks does.
     std::optional<std::pair<size_t, size_t>> overlap;

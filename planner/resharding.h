@@ -36,8 +36,10 @@
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
+#include "absl/container/inlined_vector.h"
 #include "absl/status/status.h"
 #include "absl/strings/string_view.h"
+#include "absl/types/span.h"
 #include "checkpoint/metadata.h"
 #include "planner/load_plan.h"
 
@@ -69,6 +71,9 @@ bool ChunksOverlap(const ChunkStorageMetadata& a,
 // ascend with their starts; a descent of the tree otherwise) and then
 // applies `ChunksOverlap` to each of them.
 //
+// Up to 8 chunks are simply scanned (no index is built), and so are any
+// chunks given to a default-constructed index.
+//
 // Cost: building is O(ndim x S log S) time and O(S) memory for S chunks. A
 // query is O((c + 1) log S + k log k) for k results, where c >= k is the
 // number of chunks meeting the box along the sweep dimension: c = k for
@@ -79,18 +84,24 @@ bool ChunksOverlap(const ChunkStorageMetadata& a,
 // index was built from, unchanged.
 class SavedChunkIndex {
  public:
-  // An index of no chunks.
+  // An index that scans: FindOverlapping checks every chunk it is given
+  // (any vector), in O(S).
   SavedChunkIndex() = default;
   explicit SavedChunkIndex(const std::vector<ChunkStorageMetadata>& chunks);
 
   // The positions in `chunks` (which must be the vector the index was built
-  // from) of the chunks that overlap `box` (`ChunksOverlap(box, chunk)`),
+  // from, unless default-constructed) of the chunks that overlap `box` (`ChunksOverlap(box, chunk)`),
   // ascending.
   std::vector<size_t> FindOverlapping(
       const std::vector<ChunkStorageMetadata>& chunks,
       const ChunkStorageMetadata& box) const;
+  // The same positions, in `*found` (cleared first): no heap allocation
+  // for up to 8 of them.
+  void FindOverlapping(const std::vector<ChunkStorageMetadata>& chunks,
+                       const ChunkStorageMetadata& box,
+                       absl::InlinedVector<size_t, 8>* found) const;
 
-  // The number of chunks the index was built from.
+  // The number of chunks the index was built from (0 if default-built).
   size_t size() const { return size_; }
 
  private:
@@ -98,18 +109,23 @@ class SavedChunkIndex {
   struct Group {
     size_t ndim = 0;
     size_t sweep_dim = 0;
-    // Positions sorted by (start along sweep_dim, position), their starts,
-    // and a complete binary tree (`leaves` leaves, node 1 the root) of the
-    // largest end along sweep_dim below each node.
+    // Positions sorted by (start along sweep_dim, position), and in that
+    // order: the starts and (saturated) ends along sweep_dim, and each
+    // chunk's box as (offset, end) per dimension, so that queries read
+    // contiguous memory instead of the chunks' vectors.
     std::vector<size_t> order;
     std::vector<int64_t> starts;
+    std::vector<int64_t> ends;
+    std::vector<int64_t> bounds;
+    // Whether `ends` ascends. If not: a complete binary tree (`leaves`
+    // leaves, node 1 the root) of the largest end below each node.
+    bool ends_sorted = false;
     std::vector<int64_t> max_end;
     size_t leaves = 0;
-    // Whether the ends (the leaves of max_end) ascend in `order`.
-    bool ends_sorted = false;
   };
 
   size_t size_ = 0;
+  bool scan_ = true;           // no groups: scan the chunks
   std::vector<Group> groups_;  // by ndim, ascending
 };
 
@@ -119,13 +135,16 @@ class SavedChunkIndex {
 // planner/lockstep.h), so that no rank copies or scans the whole Metadata.
 //
 // Cost: construction is O(total chunks x log) time and keeps the Metadata
-// plus O(total chunks) of index; Find is O(1) expected.
+// plus O(chunks) of index for each tensor of more than 8 chunks; Find is a
+// std::map lookup plus a hash lookup.
 class IndexedMetadata {
  public:
-  // One state_dict_metadata entry with its chunk index (empty for bytes).
+  // One state_dict_metadata entry: `storage` is null if the key is absent;
+  // `chunk_index` indexes a tensor entry's chunks (a scanning index for
+  // bytes entries and tensors of at most 8 chunks).
   struct Entry {
-    const StorageMetadata* storage;
-    SavedChunkIndex chunk_index;
+    const StorageMetadata* storage = nullptr;
+    const SavedChunkIndex* chunk_index = nullptr;
   };
 
   // Indexes `metadata`, which it keeps.
@@ -139,13 +158,15 @@ class IndexedMetadata {
 
   const Metadata& metadata() const { return *metadata_; }
 
-  // The entry of key `fqn`, or null if the checkpoint has no such key.
-  const Entry* Find(absl::string_view fqn) const;
+  // The entry of key `fqn` (storage null if the checkpoint has no such
+  // key). O(log keys).
+  Entry Find(const std::string& fqn) const;
 
  private:
   std::shared_ptr<const Metadata> metadata_;
-  // Points into metadata_->state_dict_metadata.
-  absl::flat_hash_map<std::string, Entry> entries_;
+  // Indexes of the tensors with more chunks than are scanned; keys view
+  // metadata_->state_dict_metadata's.
+  absl::flat_hash_map<absl::string_view, SavedChunkIndex> indexes_;
 };
 
 // The read items that fill `local_chunks` (the destination's boxes of the
@@ -176,6 +197,14 @@ std::vector<ReadItem> CreateReadItemsForChunkList(
     const SavedChunkIndex& index,
     const std::vector<ChunkStorageMetadata>& local_chunks);
 
+// As above, appending the items to `*items` (which may already hold
+// others) instead of returning a new vector.
+void AppendReadItemsForChunkList(
+    const std::string& fqn, const TensorStorageMetadata& saved,
+    const SavedChunkIndex& index,
+    const std::vector<ChunkStorageMetadata>& local_chunks,
+    std::vector<ReadItem>* items);
+
 // Pairs (i, j), i < j, of positions in `chunks` whose boxes overlap, at most
 // `max_pairs` of them (all pairs are found when fewer exist). Boxes with a
 // zero extent and boxes whose rank differs from `chunks[0]`'s are ignored.
@@ -198,10 +227,15 @@ std::vector<std::pair<size_t, size_t>> FindOverlappingChunks(
 // covered by no saved chunk (`checkpoint holds 12 of the 16 elements of
 // "w" chunk [0, 0]+[4, 4]`), or by more than one (overlapping saved
 // chunks, which a valid checkpoint never has).
+//
+// Cost: O(items) without allocating when `items` are grouped by
+// destination chunk in ascending order (as CreateReadItemsForChunkList
+// returns them), plus an overlap search among the items of each chunk
+// (pairwise for up to 8 items, else FindOverlappingChunks).
 absl::Status CheckReadItemsCoverChunks(
     const std::string& fqn,
     const std::vector<ChunkStorageMetadata>& local_chunks,
-    const std::vector<ReadItem>& items);
+    absl::Span<const ReadItem> items);
 
 }  // namespace dcp
 
