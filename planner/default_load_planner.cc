@@ -352,8 +352,7 @@ absl::StatusOr<LoadPlan> DefaultLoadPlanner::CreateLocalPlan() {
     AppendReadItemsForChunkList(fqn, *saved, *found.chunk_index, chunks,
                                 &plan.items);
     const absl::Status covered = CheckReadItemsCoverChunks(
-        fqn, chunks,
-        absl::MakeConstSpan(plan.items).subspan(first_item));
+        fqn, chunks, absl::MakeConstSpan(plan.items).subspan(first_item));
     if (!covered.ok()) {
       // What the checkpoint does hold tells a partial save from a corrupt
       // `.metadata`.

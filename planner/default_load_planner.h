@@ -114,9 +114,9 @@ class DefaultLoadPlanner : public LoadPlanner {
   DefaultLoadPlanner& operator=(const DefaultLoadPlanner&) = delete;
 
   // Flattens `*state_dict` (kept for LoadBytes) and copies and indexes
-  // `metadata.state_dict_metadata` (planner/resharding.h's IndexedMetadata). Unlike Python, tensors are not
-  // materialised: the destination must already hold tensors of the right
-  // shape. May be called again to plan another load.
+  // `metadata.state_dict_metadata` (planner/resharding.h's IndexedMetadata).
+  // Unlike Python, tensors are not materialised: the destination must already
+  // hold tensors of the right shape. May be called again to plan another load.
   //
   // Errors: InvalidArgument if `state_dict` is null or has duplicated
   // flattened keys.

@@ -84,8 +84,9 @@ absl::Status CheckTensor(absl::string_view fqn, const at::Tensor& tensor,
   }
   absl::StatusOr<int64_t> element_size = ElementSize(tensor.scalar_type());
   if (!element_size.ok()) {
-    return Annotate(element_size.status(),
-                    absl::StrCat(Quoted(fqn), ": ", name(), " cannot be saved"));
+    return Annotate(
+        element_size.status(),
+        absl::StrCat(Quoted(fqn), ": ", name(), " cannot be saved"));
   }
   return absl::OkStatus();
 }
@@ -138,9 +139,9 @@ absl::Status AppendShardedItems(const std::string& fqn,
     WriteItem item;
     item.index = MetadataIndex(fqn, shard.offsets);
     item.type = WriteItemType::kShard;
-    item.tensor_data = TensorWriteData{
-        ChunkStorageMetadata{shard.offsets, std::move(sizes)}, *properties,
-        global};
+    item.tensor_data =
+        TensorWriteData{ChunkStorageMetadata{shard.offsets, std::move(sizes)},
+                        *properties, global};
     items.push_back(std::move(item));
   }
   return absl::OkStatus();
@@ -374,8 +375,8 @@ absl::StatusOr<GlobalSavePlan> CreateDefaultGlobalSavePlan(
         const TensorWriteData& data = *item.tensor_data;
         // A key seen for the first time: md has no entry for it yet.
         auto it =
-            md.emplace(fqn, TensorStorageMetadata{data.properties, data.size,
-                                                  {}})
+            md.emplace(fqn,
+                       TensorStorageMetadata{data.properties, data.size, {}})
                 .first;
         tensor = &std::get<TensorStorageMetadata>(it->second);
         origins.emplace(fqn, Origin{rank, &item, tensor});

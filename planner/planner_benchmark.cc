@@ -77,10 +77,9 @@ namespace dcp {
 namespace {
 
 constexpr absl::string_view kLeaves[][2] = {
-    {"attention", "wq"},       {"attention", "wk"},
-    {"attention", "wv"},       {"attention", "wo"},
-    {"feed_forward", "w1"},    {"feed_forward", "w2"},
-    {"attention_norm", ""},    {"ffn_norm", ""},
+    {"attention", "wq"},    {"attention", "wk"},    {"attention", "wv"},
+    {"attention", "wo"},    {"feed_forward", "w1"}, {"feed_forward", "w2"},
+    {"attention_norm", ""}, {"ffn_norm", ""},
 };
 constexpr int64_t kPerLayer = sizeof(kLeaves) / sizeof(kLeaves[0]);
 
@@ -115,8 +114,8 @@ StateDict MakeStateDict(int64_t n) {
 
 void Check(const absl::Status& status, absl::string_view step) {
   if (status.ok()) return;
-  std::fprintf(stderr, "%.*s: %s\n", static_cast<int>(step.size()),
-               step.data(), status.ToString().c_str());
+  std::fprintf(stderr, "%.*s: %s\n", static_cast<int>(step.size()), step.data(),
+               status.ToString().c_str());
   std::exit(1);
 }
 
@@ -175,9 +174,8 @@ void RunCase(int64_t n) {
     }
   });
 
-  Row("unflatten", n, [&] {
-    Check(UnflattenStateDict(flat).status(), "unflatten");
-  });
+  Row("unflatten", n,
+      [&] { Check(UnflattenStateDict(flat).status(), "unflatten"); });
 }
 
 // Keeps the compiler from eliding ConsolidateFreed's allocation.
@@ -255,11 +253,16 @@ void RunW4(int save_ranks, int load_ranks, int64_t tensors) {
   for (const StateDict& sd : saved) saved_ptrs.push_back(&sd);
 
   GlobalSavePlan global;
-  const Timing save = TimeRepeated([&] { global = {}; ConsolidateFreed(); }, [&] {
-    absl::StatusOr<GlobalSavePlan> result = PlanSaveForRanks(saved_ptrs);
-    Check(result.status(), "PlanSaveForRanks");
-    global = *std::move(result);
-  });
+  const Timing save = TimeRepeated(
+      [&] {
+        global = {};
+        ConsolidateFreed();
+      },
+      [&] {
+        absl::StatusOr<GlobalSavePlan> result = PlanSaveForRanks(saved_ptrs);
+        Check(result.status(), "PlanSaveForRanks");
+        global = *std::move(result);
+      });
   size_t write_items = 0;
   for (const SavePlan& plan : global.plans) write_items += plan.items.size();
   if (write_items != static_cast<size_t>(save_ranks * tensors)) {
@@ -273,13 +276,17 @@ void RunW4(int save_ranks, int load_ranks, int64_t tensors) {
   std::vector<StateDict*> dest_ptrs;
   for (StateDict& sd : dests) dest_ptrs.push_back(&sd);
   std::vector<LoadPlan> load_plans;
-  const Timing load =
-      TimeRepeated([&] { load_plans.clear(); ConsolidateFreed(); }, [&] {
-    absl::StatusOr<std::vector<LoadPlan>> result =
-        PlanLoadForRanks(global.metadata, dest_ptrs);
-    Check(result.status(), "PlanLoadForRanks");
-    load_plans = *std::move(result);
-  });
+  const Timing load = TimeRepeated(
+      [&] {
+        load_plans.clear();
+        ConsolidateFreed();
+      },
+      [&] {
+        absl::StatusOr<std::vector<LoadPlan>> result =
+            PlanLoadForRanks(global.metadata, dest_ptrs);
+        Check(result.status(), "PlanLoadForRanks");
+        load_plans = *std::move(result);
+      });
   size_t read_items = 0;
   for (const LoadPlan& plan : load_plans) read_items += plan.items.size();
   if (save_ranks == 2 * load_ranks && kW4Rows % save_ranks == 0 &&
@@ -288,8 +295,7 @@ void RunW4(int save_ranks, int load_ranks, int64_t tensors) {
   }
   std::printf("w4_load_plan_seconds %.6f\n", load.seconds);
   std::printf("w4_load_plan_cpu_seconds %.6f\n", load.cpu_seconds);
-  std::printf("w4: %zu write items, %zu read items\n", write_items,
-              read_items);
+  std::printf("w4: %zu write items, %zu read items\n", write_items, read_items);
 }
 
 // `planner_benchmark w4 [save_ranks] [load_ranks] [tensors]`.
@@ -303,8 +309,7 @@ void RunW4FromArgs(int argc, char** argv) {
   for (int i = 2; i < argc; ++i) {
     if (!absl::SimpleAtoi(argv[i], &values[i - 2]) || values[i - 2] < 1 ||
         values[i - 2] > (int64_t{1} << 20)) {
-      std::fprintf(stderr,
-                   "usage: %s w4 [save_ranks] [load_ranks] [tensors]\n",
+      std::fprintf(stderr, "usage: %s w4 [save_ranks] [load_ranks] [tensors]\n",
                    argv[0]);
       std::exit(2);
     }

@@ -199,9 +199,9 @@ void SavedChunkIndex::FindOverlapping(
     }
     return;
   }
-  auto group = std::lower_bound(
-      groups_.begin(), groups_.end(), ndim,
-      [](const Group& g, size_t n) { return g.ndim < n; });
+  auto group =
+      std::lower_bound(groups_.begin(), groups_.end(), ndim,
+                       [](const Group& g, size_t n) { return g.ndim < n; });
   if (group == groups_.end() || group->ndim != ndim) return;
   if (ndim == 0) {  // ascending; all overlap vacuously
     found.assign(group->order.begin(), group->order.end());
@@ -495,7 +495,8 @@ absl::Status CheckReadItemsCoverChunks(
       std::vector<ChunkStorageMetadata> boxes;
       boxes.reserve(from.size());
       for (const ReadItem* item : from) {
-        boxes.push_back(ChunkStorageMetadata{item->dest_offsets, item->lengths});
+        boxes.push_back(
+            ChunkStorageMetadata{item->dest_offsets, item->lengths});
       }
       const std::vector<std::pair<size_t, size_t>> overlaps =
           FindOverlappingChunks(boxes, 1);

@@ -65,20 +65,21 @@ bool ChunksOverlap(const ChunkStorageMetadata& a,
 // Chunks are grouped by rank (number of dimensions); within a group, those
 // with elements are sorted by their start along the "sweep" dimension, the
 // one where they start at the most distinct offsets (rows for row sharding,
-// columns for column sharding), with a max-end tree over that order. A
-// query walks only to chunks whose extent along the sweep dimension meets
-// the box's (a binary search when, as in any tiling, the chunks' ends
-// ascend with their starts; a descent of the tree otherwise) and then
-// applies `ChunksOverlap` to each of them.
+// columns for column sharding). A query binary-searches the chunks that
+// start before the box ends, then visits only those of them that end after
+// the box starts (walking back from the end of that prefix when, as in any
+// tiling, ends ascend with starts; else descending a max-end tree) and
+// applies `ChunksOverlap`'s test to each.
 //
 // Up to 8 chunks are simply scanned (no index is built), and so are any
 // chunks given to a default-constructed index.
 //
 // Cost: building is O(ndim x S log S) time and O(S) memory for S chunks. A
-// query is O((c + 1) log S + k log k) for k results, where c >= k is the
-// number of chunks meeting the box along the sweep dimension: c = k for
-// row or column sharding; for an R x C grid swept along rows, c is the C
-// chunks of each row band the box meets.
+// query is O(log S + c + k log k) when ends ascend (O((c + 1) log S + k log
+// k) otherwise) for k results, where c >= k is the number of chunks meeting
+// the box along the sweep dimension: c = k for row or column sharding; for
+// an R x C grid swept along rows, c is the C chunks of each row band the
+// box meets.
 //
 // The index holds positions, not chunks: queries take the same `chunks` the
 // index was built from, unchanged.
@@ -90,8 +91,8 @@ class SavedChunkIndex {
   explicit SavedChunkIndex(const std::vector<ChunkStorageMetadata>& chunks);
 
   // The positions in `chunks` (which must be the vector the index was built
-  // from, unless default-constructed) of the chunks that overlap `box` (`ChunksOverlap(box, chunk)`),
-  // ascending.
+  // from, unless default-constructed) of the chunks that overlap `box`
+  // (`ChunksOverlap(box, chunk)`), ascending.
   std::vector<size_t> FindOverlapping(
       const std::vector<ChunkStorageMetadata>& chunks,
       const ChunkStorageMetadata& box) const;
@@ -129,10 +130,11 @@ class SavedChunkIndex {
   std::vector<Group> groups_;  // by ndim, ascending
 };
 
-// A checkpoint's Metadata with a `SavedChunkIndex` of every tensor entry:
-// what load planning reads. Built once, then shared read-only by the load
-// planners of any number of ranks (DefaultLoadPlanner::SetUpShared,
-// planner/lockstep.h), so that no rank copies or scans the whole Metadata.
+// A checkpoint's Metadata with a `SavedChunkIndex` of every tensor entry of
+// more than 8 chunks: what load planning reads. Built once, then shared
+// read-only by the load planners of any number of ranks
+// (DefaultLoadPlanner::SetUpShared, planner/lockstep.h), so that no rank copies
+// or scans the whole Metadata.
 //
 // Cost: construction is O(total chunks x log) time and keeps the Metadata
 // plus O(chunks) of index for each tensor of more than 8 chunks; Find is a

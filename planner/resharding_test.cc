@@ -1,7 +1,7 @@
 #include "planner/resharding.h"
 
-#include <cstddef>
 #include <algorithm>
+#include <cstddef>
 #include <cstdint>
 #include <iterator>
 #include <limits>
@@ -11,11 +11,11 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "checkpoint/metadata.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
-#include "absl/strings/str_cat.h"
-#include "absl/strings/str_join.h"
 #include "planner/load_plan.h"
 #include "testing/status_matchers.h"
 #include "testing/test_seed.h"
@@ -362,7 +362,8 @@ std::vector<ReadItem> BruteForceReadItems(
       item.storage_offsets.resize(ndim);
       item.lengths.resize(ndim);
       for (size_t d = 0; d < ndim; ++d) {
-        const int64_t local_end = SaturatingEnd(local.offsets[d], local.sizes[d]);
+        const int64_t local_end =
+            SaturatingEnd(local.offsets[d], local.sizes[d]);
         const int64_t stored_end =
             SaturatingEnd(stored.offsets[d], stored.sizes[d]);
         item.lengths[d] = std::min(local_end, stored_end) -
@@ -388,12 +389,19 @@ std::vector<int64_t> Cuts(std::mt19937& rng, int64_t extent, int pieces,
   std::uniform_int_distribution<int64_t> at(0, extent);
   for (int i = 1; i < pieces; ++i) cuts.push_back(at(rng));
   std::sort(cuts.begin(), cuts.end());
-  if (!allow_empty) cuts.erase(std::unique(cuts.begin(), cuts.end()), cuts.end());
+  if (!allow_empty)
+    cuts.erase(std::unique(cuts.begin(), cuts.end()), cuts.end());
   return cuts;
 }
 
 enum class Layout {
-  kRows, kColumns, kGrid, kIrregular, kRandomBoxes, kDegenerate, kScalar
+  kRows,
+  kColumns,
+  kGrid,
+  kIrregular,
+  kRandomBoxes,
+  kDegenerate,
+  kScalar
 };
 constexpr Layout kLayouts[] = {Layout::kRows,        Layout::kColumns,
                                Layout::kGrid,        Layout::kIrregular,
@@ -402,13 +410,20 @@ constexpr Layout kLayouts[] = {Layout::kRows,        Layout::kColumns,
 
 const char* LayoutName(Layout layout) {
   switch (layout) {
-    case Layout::kRows: return "rows";
-    case Layout::kColumns: return "columns";
-    case Layout::kGrid: return "grid";
-    case Layout::kIrregular: return "irregular";
-    case Layout::kRandomBoxes: return "random boxes";
-    case Layout::kDegenerate: return "degenerate";
-    case Layout::kScalar: return "scalar";
+    case Layout::kRows:
+      return "rows";
+    case Layout::kColumns:
+      return "columns";
+    case Layout::kGrid:
+      return "grid";
+    case Layout::kIrregular:
+      return "irregular";
+    case Layout::kRandomBoxes:
+      return "random boxes";
+    case Layout::kDegenerate:
+      return "degenerate";
+    case Layout::kScalar:
+      return "scalar";
   }
   return "?";
 }
@@ -470,10 +485,10 @@ std::vector<ChunkStorageMetadata> MakeLayout(std::mt19937& rng, Layout layout,
       for (int i = 0; i < n; ++i) {
         const int64_t r0 = row(rng);
         const int64_t c0 = col(rng);
-        boxes.push_back(Chunk({r0, c0}, {std::uniform_int_distribution<int64_t>(
-                                             0, rows + 2 - r0)(rng),
-                                         std::uniform_int_distribution<int64_t>(
-                                             0, cols + 2 - c0)(rng)}));
+        boxes.push_back(Chunk(
+            {r0, c0},
+            {std::uniform_int_distribution<int64_t>(0, rows + 2 - r0)(rng),
+             std::uniform_int_distribution<int64_t>(0, cols + 2 - c0)(rng)}));
       }
       break;
     }
@@ -524,9 +539,8 @@ TEST(CreateReadItemsForChunkListPropertyTest, IndexedEqualsBruteForce) {
   size_t indexed_cases = 0;  // more saved chunks than SavedChunkIndex scans
   for (int iteration = 0; iteration < 3000; ++iteration) {
     const Layout saved_layout = kLayouts[iteration % std::size(kLayouts)];
-    const Layout local_layout =
-        kLayouts[std::uniform_int_distribution<size_t>(
-            0, std::size(kLayouts) - 1)(rng)];
+    const Layout local_layout = kLayouts[std::uniform_int_distribution<size_t>(
+        0, std::size(kLayouts) - 1)(rng)];
     const int64_t rows = extent(rng);
     const int64_t cols = extent(rng);
     TensorStorageMetadata saved;
@@ -583,14 +597,12 @@ TEST(CreateReadItemsForChunkListPropertyTest, LargeRowLayoutsMatchBruteForce) {
     }
     // Make the cuts into rows: each chunk ends where the next starts.
     std::sort(saved.chunks.begin(), saved.chunks.end(),
-              [](const ChunkStorageMetadata& a,
-                 const ChunkStorageMetadata& b) {
+              [](const ChunkStorageMetadata& a, const ChunkStorageMetadata& b) {
                 return a.offsets < b.offsets;
               });
     for (size_t i = 0; i < saved.chunks.size(); ++i) {
-      const int64_t end = i + 1 < saved.chunks.size()
-                              ? saved.chunks[i + 1].offsets[0]
-                              : rows;
+      const int64_t end =
+          i + 1 < saved.chunks.size() ? saved.chunks[i + 1].offsets[0] : rows;
       saved.chunks[i].sizes[0] = end - saved.chunks[i].offsets[0];
     }
     std::vector<ChunkStorageMetadata> local;
@@ -652,8 +664,8 @@ TEST(CheckReadItemsCoverChunksPropertyTest, AgreesWithPairwiseReference) {
       for (ChunkStorageMetadata& c : saved.chunks) {
         for (size_t d = 0; d < 2; ++d) {
           c.offsets[d] = std::clamp<int64_t>(c.offsets[d], 0, saved.size[d]);
-          c.sizes[d] = std::clamp<int64_t>(c.sizes[d], 0,
-                                           saved.size[d] - c.offsets[d]);
+          c.sizes[d] =
+              std::clamp<int64_t>(c.sizes[d], 0, saved.size[d] - c.offsets[d]);
         }
       }
     }
