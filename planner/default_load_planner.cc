@@ -3,9 +3,9 @@
 #include <cstddef>
 #include <cstdint>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <optional>
-#include <set>
 #include <string>
 #include <utility>
 #include <variant>
@@ -18,6 +18,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/string_view.h"
+#include "absl/types/span.h"
 #include "checkpoint/metadata.h"
 #include "checkpoint/state_dict.h"
 #include "checkpoint/status.h"
@@ -142,14 +143,16 @@ absl::StatusOr<std::vector<ChunkStorageMetadata>> DestinationChunks(
   if (const at::Tensor* tensor = value.get_if<at::Tensor>()) {
     DCP_RETURN_IF_ERROR(
         CheckDestinationTensor(fqn, *tensor, "value", saved, check_dtype));
-    const Shape sizes = tensor->sizes().vec();
+    Shape sizes = tensor->sizes().vec();
     if (sizes != saved.size) {
       return absl::InvalidArgumentError(absl::StrCat(
           "size mismatch for ", Quoted(fqn), ": saved ",
           FormatShape(saved.size), ", destination ", FormatShape(sizes)));
     }
-    return std::vector<ChunkStorageMetadata>{
-        ChunkStorageMetadata{Shape(sizes.size(), 0), sizes}};
+    std::vector<ChunkStorageMetadata> chunks(1);
+    chunks[0].offsets.assign(sizes.size(), 0);
+    chunks[0].sizes = std::move(sizes);
+    return chunks;
   }
   if (const ShardedTensor* sharded = value.get_if<ShardedTensor>()) {
     const Shape& global = sharded->global_size;
@@ -159,12 +162,13 @@ absl::StatusOr<std::vector<ChunkStorageMetadata>> DestinationChunks(
           FormatShape(saved.size), ", destination ", FormatShape(global)));
     }
     std::vector<ChunkStorageMetadata> chunks;
+    chunks.reserve(sharded->local_shards.size());
     for (size_t i = 0; i < sharded->local_shards.size(); ++i) {
       const Shard& shard = sharded->local_shards[i];
       const std::string what = absl::StrCat("local shard ", i);
       DCP_RETURN_IF_ERROR(
           CheckDestinationTensor(fqn, shard.tensor, what, saved, check_dtype));
-      const Shape sizes = shard.tensor.sizes().vec();
+      Shape sizes = shard.tensor.sizes().vec();
       bool fits = sizes.size() == global.size() &&
                   shard.offsets.size() == global.size();
       for (size_t d = 0; fits && d < global.size(); ++d) {
@@ -179,7 +183,7 @@ absl::StatusOr<std::vector<ChunkStorageMetadata>> DestinationChunks(
             FormatShape(shard.offsets), " with sizes ", FormatShape(sizes),
             " does not fit the global size ", FormatShape(global)));
       }
-      chunks.push_back(ChunkStorageMetadata{shard.offsets, sizes});
+      chunks.push_back(ChunkStorageMetadata{shard.offsets, std::move(sizes)});
     }
     return chunks;
   }
@@ -225,9 +229,10 @@ DefaultLoadPlanner::DefaultLoadPlanner(DefaultLoadPlannerOptions options)
 absl::Status DefaultLoadPlanner::UseItems(
     std::vector<std::pair<std::string, Value>> items,
     std::map<std::string, ObjectPath> mappings) {
+  positions_.clear();  // its keys view the strings of items_
   items_ = std::move(items);
   mappings_ = std::move(mappings);
-  positions_.clear();
+  positions_.reserve(items_.size());
   for (size_t i = 0; i < items_.size(); ++i) {
     if (!positions_.emplace(items_[i].first, i).second) {
       return absl::InvalidArgumentError(
@@ -240,12 +245,28 @@ absl::Status DefaultLoadPlanner::UseItems(
 absl::Status DefaultLoadPlanner::SetUp(StateDict* state_dict,
                                        const Metadata& metadata,
                                        bool is_coordinator) {
+  // Planning reads only state_dict_metadata: copy nothing else.
+  Metadata needed;
+  needed.state_dict_metadata = metadata.state_dict_metadata;
+  return SetUpShared(state_dict,
+                     std::make_shared<const IndexedMetadata>(std::move(needed)),
+                     is_coordinator);
+}
+
+absl::Status DefaultLoadPlanner::SetUpShared(
+    StateDict* state_dict, std::shared_ptr<const IndexedMetadata> metadata,
+    bool is_coordinator) {
   std::lock_guard<std::mutex> lock(mu_);
   set_up_ = false;
   original_ = nullptr;
+  saved_ = nullptr;
   if (state_dict == nullptr) {
     return absl::InvalidArgumentError(
         "DefaultLoadPlanner::SetUp: state_dict is null");
+  }
+  if (metadata == nullptr) {
+    return absl::InvalidArgumentError(
+        "DefaultLoadPlanner::SetUpShared: metadata is null");
   }
   if (options_.flatten_state_dict) {
     DCP_ASSIGN_OR_RETURN(FlatStateDict flat, FlattenStateDict(*state_dict));
@@ -255,7 +276,7 @@ absl::Status DefaultLoadPlanner::SetUp(StateDict* state_dict,
     DCP_RETURN_IF_ERROR(UseItems(state_dict->entries(), {}));
   }
   original_ = state_dict;
-  saved_ = metadata.state_dict_metadata;
+  saved_ = std::move(metadata);
   set_up_ = true;
   return absl::OkStatus();
 }
@@ -265,46 +286,61 @@ absl::StatusOr<LoadPlan> DefaultLoadPlanner::CreateLocalPlan() {
     return absl::FailedPreconditionError(
         "DefaultLoadPlanner::CreateLocalPlan called before SetUp");
   }
-  if (options_.flatten_state_dict) {
+  const std::map<std::string, StorageMetadata>& saved_keys =
+      saved_->metadata().state_dict_metadata;
+  // Each destination key's checkpoint entry, and how many saved keys the
+  // destination asks for: fewer than all means some are not asked for,
+  // found without visiting every saved key.
+  std::vector<IndexedMetadata::Entry> entries;
+  size_t requested = 0;
+  auto look_up = [&] {
+    entries.clear();
+    entries.reserve(items_.size());
+    requested = 0;
+    for (const auto& item : items_) {
+      entries.push_back(saved_->Find(item.first));
+      if (entries.back().storage != nullptr) ++requested;
+    }
+  };
+  look_up();
+  if (options_.flatten_state_dict && requested < saved_keys.size()) {
     // Python 2.6's detection of checkpoints from PyTorch <= 2.3: if some
     // saved keys are not requested but appear when the destination is
     // flattened the old way, use the old flattening.
-    std::set<std::string> unrequested;
-    for (const auto& entry : saved_) {
-      if (!positions_.contains(entry.first)) unrequested.insert(entry.first);
+    StateDict* original;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      original = original_;
     }
-    if (!unrequested.empty()) {
-      StateDict* original;
-      {
-        std::lock_guard<std::mutex> lock(mu_);
-        original = original_;
+    DCP_ASSIGN_OR_RETURN(FlatStateDict legacy,
+                         LegacyFlattenStateDict(*original));
+    bool use_legacy = false;
+    for (const auto& item : legacy.items) {
+      if (!positions_.contains(item.first) &&
+          saved_->Find(item.first).storage != nullptr) {
+        use_legacy = true;
+        break;
       }
-      DCP_ASSIGN_OR_RETURN(FlatStateDict legacy,
-                           LegacyFlattenStateDict(*original));
-      bool use_legacy = false;
-      for (const auto& item : legacy.items) {
-        if (unrequested.count(item.first) > 0) {
-          use_legacy = true;
-          break;
-        }
-      }
-      if (use_legacy) {
-        VLOG(1) << "loading a checkpoint flattened by PyTorch <= 2.3";
-        DCP_RETURN_IF_ERROR(
-            UseItems(std::move(legacy.items), std::move(legacy.mappings)));
-      }
+    }
+    if (use_legacy) {
+      VLOG(1) << "loading a checkpoint flattened by PyTorch <= 2.3";
+      DCP_RETURN_IF_ERROR(
+          UseItems(std::move(legacy.items), std::move(legacy.mappings)));
+      look_up();
     }
   }
 
   LoadPlan plan;
+  plan.items.reserve(items_.size());
   std::vector<std::string> missing;
-  for (const auto& [fqn, value] : items_) {
-    auto found = saved_.find(fqn);
-    if (found == saved_.end()) {
+  for (size_t i = 0; i < items_.size(); ++i) {
+    const auto& [fqn, value] = items_[i];
+    const IndexedMetadata::Entry& found = entries[i];
+    if (found.storage == nullptr) {
       if (!options_.allow_partial_load) missing.push_back(fqn);
       continue;
     }
-    const auto* saved = std::get_if<TensorStorageMetadata>(&found->second);
+    const auto* saved = std::get_if<TensorStorageMetadata>(found.storage);
     if (saved == nullptr) {
       plan.items.push_back(BytesReadItem(fqn));
       continue;
@@ -312,9 +348,11 @@ absl::StatusOr<LoadPlan> DefaultLoadPlanner::CreateLocalPlan() {
     DCP_ASSIGN_OR_RETURN(
         std::vector<ChunkStorageMetadata> chunks,
         DestinationChunks(fqn, value, *saved, options_.check_dtype));
-    std::vector<ReadItem> items =
-        CreateReadItemsForChunkList(fqn, *saved, chunks);
-    const absl::Status covered = CheckReadItemsCoverChunks(fqn, chunks, items);
+    const size_t first_item = plan.items.size();
+    AppendReadItemsForChunkList(fqn, *saved, *found.chunk_index, chunks,
+                                &plan.items);
+    const absl::Status covered = CheckReadItemsCoverChunks(
+        fqn, chunks, absl::MakeConstSpan(plan.items).subspan(first_item));
     if (!covered.ok()) {
       // What the checkpoint does hold tells a partial save from a corrupt
       // `.metadata`.
@@ -323,12 +361,11 @@ absl::StatusOr<LoadPlan> DefaultLoadPlanner::CreateLocalPlan() {
           absl::StrCat(covered.message(), "; the checkpoint's chunks of ",
                        Quoted(fqn), ": ", DescribeChunks(saved->chunks)));
     }
-    for (ReadItem& item : items) plan.items.push_back(std::move(item));
   }
 
   std::vector<std::string> unexpected;
-  if (options_.strict) {
-    for (const auto& entry : saved_) {
+  if (options_.strict && requested < saved_keys.size()) {
+    for (const auto& entry : saved_keys) {
       if (!positions_.contains(entry.first)) unexpected.push_back(entry.first);
     }
   }

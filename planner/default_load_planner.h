@@ -56,13 +56,24 @@
 // until the load returns.
 //
 // Ownership: `state_dict` passed to SetUp must outlive the planner's use.
-// The planner keeps handles to its tensors and copies the Metadata parts it
-// needs, so `metadata` need only live through SetUp.
+// The planner keeps handles to its tensors and a copy of the Metadata
+// (SetUp) or a share of an `IndexedMetadata` (SetUpShared), so `metadata`
+// need only live through SetUp.
+//
+// Cost per rank: SetUp is O(keys of the destination) plus, for SetUp (not
+// SetUpShared), copying and indexing the Metadata, O(total saved chunks x
+// log). CreateLocalPlan is O(log K) per destination key of a checkpoint of
+// K keys, plus O(log S + items) per destination chunk of a tensor saved as
+// S chunks (planner/resharding.h), and
+// never visits checkpoint keys the destination does not ask for, except to
+// list them (with `strict`) or to look for a PyTorch <= 2.3 checkpoint when
+// some are not asked for.
 #ifndef DCP_PLANNER_DEFAULT_LOAD_PLANNER_H_
 #define DCP_PLANNER_DEFAULT_LOAD_PLANNER_H_
 
 #include <cstddef>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <string>
 #include <utility>
@@ -73,10 +84,12 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "checkpoint/metadata.h"
 #include "checkpoint/state_dict.h"
 #include "planner/load_plan.h"
 #include "planner/planner.h"
+#include "planner/resharding.h"
 
 namespace dcp {
 
@@ -100,15 +113,25 @@ class DefaultLoadPlanner : public LoadPlanner {
   DefaultLoadPlanner(const DefaultLoadPlanner&) = delete;
   DefaultLoadPlanner& operator=(const DefaultLoadPlanner&) = delete;
 
-  // Flattens `*state_dict` (kept for LoadBytes) and copies
-  // `metadata.state_dict_metadata`. Unlike Python, tensors are not
-  // materialised: the destination must already hold tensors of the right
-  // shape. May be called again to plan another load.
+  // Flattens `*state_dict` (kept for LoadBytes) and copies and indexes
+  // `metadata.state_dict_metadata` (planner/resharding.h's IndexedMetadata).
+  // Unlike Python, tensors are not materialised: the destination must already
+  // hold tensors of the right shape. May be called again to plan another load.
   //
   // Errors: InvalidArgument if `state_dict` is null or has duplicated
   // flattened keys.
   absl::Status SetUp(StateDict* state_dict, const Metadata& metadata,
                      bool is_coordinator) override ABSL_LOCKS_EXCLUDED(mu_);
+
+  // As SetUp, reading the checkpoint's Metadata from `metadata`, which the
+  // planners of many ranks may share (planner/lockstep.h does): nothing is
+  // copied and the saved chunks are indexed once, not once per rank. Only
+  // `metadata->metadata().state_dict_metadata` is read.
+  //
+  // Errors: as SetUp; InvalidArgument if `metadata` is null.
+  absl::Status SetUpShared(StateDict* state_dict,
+                           std::shared_ptr<const IndexedMetadata> metadata,
+                           bool is_coordinator) ABSL_LOCKS_EXCLUDED(mu_);
 
   // Read items for every destination key; see the file comment.
   //
@@ -162,12 +185,15 @@ class DefaultLoadPlanner : public LoadPlanner {
   bool set_up_ = false;
   // The caller's state dict; LoadBytes writes into it.
   StateDict* original_ ABSL_PT_GUARDED_BY(mu_) = nullptr;
-  std::map<std::string, StorageMetadata> saved_;
+  // The checkpoint's Metadata and chunk indexes; null before SetUp.
+  std::shared_ptr<const IndexedMetadata> saved_;
   // Flattened (or top-level) destination values in traversal order, their
   // positions, and their paths in `*original_`. Read-only once the plan
   // phases are done.
   std::vector<std::pair<std::string, Value>> items_;
-  absl::flat_hash_map<std::string, size_t> positions_;
+  // Keys view the strings of items_ (not copied: one allocation less per
+  // key); rebuilt whenever items_ changes.
+  absl::flat_hash_map<absl::string_view, size_t> positions_;
   std::map<std::string, ObjectPath> mappings_;
   // std::mutex, not absl::Mutex: TSan cannot see the happens-before edges
   // of Debian's uninstrumented absl::Mutex (README, "Conventions").

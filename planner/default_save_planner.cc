@@ -13,6 +13,8 @@
 
 #include "ATen/core/Tensor.h"
 #include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
+#include "absl/hash/hash.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
@@ -70,16 +72,21 @@ TensorProperties PropertiesOf(const at::Tensor& tensor) {
   return properties;
 }
 
+// `what` names the tensor ("value", or "local shard" with `shard` >= 0).
 absl::Status CheckTensor(absl::string_view fqn, const at::Tensor& tensor,
-                         absl::string_view what) {
+                         absl::string_view what, int64_t shard = -1) {
+  auto name = [&] {
+    return shard < 0 ? std::string(what) : absl::StrCat(what, " ", shard);
+  };
   if (!tensor.defined()) {
     return absl::InvalidArgumentError(
-        absl::StrCat(Quoted(fqn), ": ", what, " is an undefined tensor"));
+        absl::StrCat(Quoted(fqn), ": ", name(), " is an undefined tensor"));
   }
   absl::StatusOr<int64_t> element_size = ElementSize(tensor.scalar_type());
   if (!element_size.ok()) {
-    return Annotate(element_size.status(),
-                    absl::StrCat(Quoted(fqn), ": ", what, " cannot be saved"));
+    return Annotate(
+        element_size.status(),
+        absl::StrCat(Quoted(fqn), ": ", name(), " cannot be saved"));
   }
   return absl::OkStatus();
 }
@@ -98,13 +105,15 @@ absl::Status AppendShardedItems(const std::string& fqn,
   std::optional<TensorProperties> properties;
   for (size_t i = 0; i < sharded.local_shards.size(); ++i) {
     const Shard& shard = sharded.local_shards[i];
-    const std::string what = absl::StrCat("local shard ", i);
-    DCP_RETURN_IF_ERROR(CheckTensor(fqn, shard.tensor, what));
-    const Shape sizes = shard.tensor.sizes().vec();
+    // Named only when something is wrong (no string per shard otherwise).
+    auto what = [i] { return absl::StrCat("local shard ", i); };
+    DCP_RETURN_IF_ERROR(
+        CheckTensor(fqn, shard.tensor, "local shard", static_cast<int64_t>(i)));
+    Shape sizes = shard.tensor.sizes().vec();
     if (sizes.size() != global.size() ||
         shard.offsets.size() != global.size()) {
       return absl::InvalidArgumentError(absl::StrCat(
-          Quoted(fqn), ": ", what, " at offsets ", FormatShape(shard.offsets),
+          Quoted(fqn), ": ", what(), " at offsets ", FormatShape(shard.offsets),
           " with sizes ", FormatShape(sizes), " does not have the rank ",
           global.size(), " of the global size ", FormatShape(global)));
     }
@@ -114,8 +123,8 @@ absl::Status AppendShardedItems(const std::string& fqn,
           __builtin_add_overflow(shard.offsets[d], sizes[d], &end) ||
           end > global[d]) {
         return absl::InvalidArgumentError(absl::StrCat(
-            Quoted(fqn), ": ", what, " at offsets ", FormatShape(shard.offsets),
-            " with sizes ", FormatShape(sizes),
+            Quoted(fqn), ": ", what(), " at offsets ",
+            FormatShape(shard.offsets), " with sizes ", FormatShape(sizes),
             " lies outside the global size ", FormatShape(global)));
       }
     }
@@ -130,8 +139,9 @@ absl::Status AppendShardedItems(const std::string& fqn,
     WriteItem item;
     item.index = MetadataIndex(fqn, shard.offsets);
     item.type = WriteItemType::kShard;
-    item.tensor_data = TensorWriteData{
-        ChunkStorageMetadata{shard.offsets, sizes}, *properties, global};
+    item.tensor_data =
+        TensorWriteData{ChunkStorageMetadata{shard.offsets, std::move(sizes)},
+                        *properties, global};
     items.push_back(std::move(item));
   }
   return absl::OkStatus();
@@ -188,6 +198,7 @@ constexpr uint8_t kPathIndex = 1;
 absl::StatusOr<SavePlan> CreateDefaultLocalSavePlan(
     const std::vector<std::pair<std::string, Value>>& items) {
   SavePlan plan;
+  plan.items.reserve(items.size());
   for (const auto& [fqn, value] : items) {
     if (const at::Tensor* tensor = value.get_if<at::Tensor>()) {
       DCP_RETURN_IF_ERROR(CheckTensor(fqn, *tensor, "value"));
@@ -219,30 +230,62 @@ absl::StatusOr<SavePlan> CreateDefaultLocalSavePlan(
 
 absl::StatusOr<std::vector<SavePlan>> DedupSavePlans(
     std::vector<SavePlan> plans, bool save_to_lowest_rank) {
-  struct Entry {
-    const WriteItem* first;       // the first item seen with this index
-    std::vector<size_t> holders;  // plans holding the index, ascending
+  // Holders of an entry form a list through `holders` (ascending ranks,
+  // since plans are visited in rank order), so that the common case of one
+  // holder per index costs no allocation.
+  struct Holder {
+    size_t rank;
+    size_t next;  // kNone at the end of the list
   };
-  // Entries in first-seen order; the hash map is only used for lookups.
+  constexpr size_t kNone = static_cast<size_t>(-1);
+  struct Entry {
+    const WriteItem* first;  // the first item seen with this index
+    size_t head;             // first and last holder in `holders`
+    size_t tail;
+  };
+  // Entries in first-seen order; the hash map (keyed by the items' own
+  // indexes, which stay in place during this pass) is only for lookups.
+  struct IndexHash {
+    size_t operator()(const MetadataIndex* index) const {
+      return absl::Hash<MetadataIndex>()(*index);
+    }
+  };
+  struct IndexEq {
+    bool operator()(const MetadataIndex* a, const MetadataIndex* b) const {
+      return *a == *b;
+    }
+  };
+  size_t total_items = 0;
+  for (const SavePlan& plan : plans) total_items += plan.items.size();
   std::vector<Entry> entries;
-  absl::flat_hash_map<MetadataIndex, size_t> lookup;
+  std::vector<Holder> holders;
+  entries.reserve(total_items);
+  holders.reserve(total_items);
+  absl::flat_hash_map<const MetadataIndex*, size_t, IndexHash, IndexEq> lookup;
+  lookup.reserve(total_items);
   // entry_of[r][i]: the entry of plans[r].items[i].
   std::vector<std::vector<size_t>> entry_of(plans.size());
   for (size_t rank = 0; rank < plans.size(); ++rank) {
+    entry_of[rank].reserve(plans[rank].items.size());
     for (const WriteItem& item : plans[rank].items) {
-      auto [it, inserted] = lookup.try_emplace(item.index, entries.size());
+      auto [it, inserted] = lookup.try_emplace(&item.index, entries.size());
       if (inserted) {
-        entries.push_back(Entry{&item, {rank}});
+        holders.push_back(Holder{rank, kNone});
+        entries.push_back(Entry{&item, holders.size() - 1, holders.size() - 1});
       } else {
         Entry& entry = entries[it->second];
         if (!SameReplica(*entry.first, item)) {
           return absl::InvalidArgumentError(absl::StrCat(
               Quoted(item.index.fqn), " is saved differently by ranks ",
-              entry.holders.front(), " and ", rank, ": ",
+              holders[entry.head].rank, " and ", rank, ": ",
               DescribeItem(*entry.first), " vs ", DescribeItem(item),
               "; replicated values must match on every rank"));
         }
-        if (entry.holders.back() != rank) entry.holders.push_back(rank);
+        if (holders[entry.tail].rank != rank) {
+          holders.push_back(Holder{rank, kNone});
+          holders[entry.tail].next = holders.size() - 1;
+          entry.tail = holders.size() - 1;
+        }
       }
       entry_of[rank].push_back(it->second);
     }
@@ -251,10 +294,11 @@ absl::StatusOr<std::vector<SavePlan>> DedupSavePlans(
   std::vector<int64_t> planned_bytes(plans.size(), 0);
   std::vector<size_t> owner(entries.size());
   for (size_t e = 0; e < entries.size(); ++e) {
-    const std::vector<size_t>& holders = entries[e].holders;
-    size_t chosen = holders.front();
+    size_t chosen = holders[entries[e].head].rank;
     if (!save_to_lowest_rank) {
-      for (size_t rank : holders) {
+      for (size_t h = holders[entries[e].head].next; h != kNone;
+           h = holders[h].next) {
+        const size_t rank = holders[h].rank;
         // Strictly smaller, so ties go to the lowest rank.
         if (planned_bytes[rank] < planned_bytes[chosen]) chosen = rank;
       }
@@ -264,14 +308,16 @@ absl::StatusOr<std::vector<SavePlan>> DedupSavePlans(
         SaturatingAdd(planned_bytes[chosen], PlannedBytes(*entries[e].first));
   }
 
+  // Drop the items other ranks keep, in place and in order.
   for (size_t rank = 0; rank < plans.size(); ++rank) {
     std::vector<WriteItem>& items = plans[rank].items;
-    std::vector<WriteItem> kept;
-    kept.reserve(items.size());
+    size_t kept = 0;
     for (size_t i = 0; i < items.size(); ++i) {
-      if (owner[entry_of[rank][i]] == rank) kept.push_back(std::move(items[i]));
+      if (owner[entry_of[rank][i]] != rank) continue;
+      if (kept != i) items[kept] = std::move(items[i]);
+      ++kept;
     }
-    items = std::move(kept);
+    items.erase(items.begin() + kept, items.end());
   }
   return plans;
 }
@@ -281,6 +327,8 @@ absl::StatusOr<GlobalSavePlan> CreateDefaultGlobalSavePlan(
   struct Origin {
     size_t rank;
     const WriteItem* item;  // the first item seen for the key
+    // The key's entry in the Metadata; null for bytes.
+    TensorStorageMetadata* tensor;
   };
   GlobalSavePlan global;
   std::map<std::string, StorageMetadata>& md =
@@ -306,6 +354,7 @@ absl::StatusOr<GlobalSavePlan> CreateDefaultGlobalSavePlan(
             item.type == WriteItemType::kShard ? "shard" : "tensor",
             " write item has no tensor data"));
       }
+      TensorStorageMetadata* tensor;
       if (found != origins.end()) {
         const TensorWriteData& first = *found->second.item->tensor_data;
         if (first.size != item.tensor_data->size ||
@@ -317,20 +366,23 @@ absl::StatusOr<GlobalSavePlan> CreateDefaultGlobalSavePlan(
               "), rank ", rank, " saves ", FormatShape(item.tensor_data->size),
               " (", DtypeName(item.tensor_data->properties.dtype), ")"));
         }
-      } else {
-        origins.emplace(fqn, Origin{rank, &item});
-      }
-
-      if (item.type == WriteItemType::kByteIo) {
+        tensor = found->second.tensor;
+      } else if (item.type == WriteItemType::kByteIo) {
         md[fqn] = BytesStorageMetadata{};
+        origins.emplace(fqn, Origin{rank, &item, nullptr});
         continue;
+      } else {
+        const TensorWriteData& data = *item.tensor_data;
+        // A key seen for the first time: md has no entry for it yet.
+        auto it =
+            md.emplace(fqn,
+                       TensorStorageMetadata{data.properties, data.size, {}})
+                .first;
+        tensor = &std::get<TensorStorageMetadata>(it->second);
+        origins.emplace(fqn, Origin{rank, &item, tensor});
       }
-      const TensorWriteData& data = *item.tensor_data;
-      auto [it, inserted] = md.try_emplace(
-          fqn, TensorStorageMetadata{data.properties, data.size, {}});
-      auto& tensor = std::get<TensorStorageMetadata>(it->second);
-      item.index.index = static_cast<int64_t>(tensor.chunks.size());
-      tensor.chunks.push_back(data.chunk);
+      item.index.index = static_cast<int64_t>(tensor->chunks.size());
+      tensor->chunks.push_back(item.tensor_data->chunk);
     }
   }
   global.plans = std::move(plans);
@@ -419,6 +471,7 @@ absl::Status DefaultSavePlanner::SetUp(const StateDict& state_dict,
   } else {
     items_ = state_dict.entries();
   }
+  positions_.reserve(items_.size());
   for (size_t i = 0; i < items_.size(); ++i) {
     positions_.emplace(items_[i].first, i);
   }
@@ -447,10 +500,14 @@ absl::StatusOr<GlobalSavePlan> DefaultSavePlanner::CreateGlobalPlan(
                        CreateDefaultGlobalSavePlan(std::move(deduped)));
   if (options_.flatten_state_dict) {
     // Python's dict(ChainMap(*mappings)): the lowest rank's path wins.
+    // Ranks with equal state dict layouts send equal bytes: each distinct
+    // encoding is decoded and merged once.
     std::map<std::string, ObjectPath>& merged = global.metadata.planner_data;
+    absl::flat_hash_set<absl::string_view> merged_encodings;
     for (size_t rank = 0; rank < global.plans.size(); ++rank) {
       const std::string& bytes = global.plans[rank].planner_data;
       if (bytes.empty()) continue;  // a plan from another planner
+      if (!merged_encodings.insert(bytes).second) continue;
       absl::StatusOr<std::map<std::string, ObjectPath>> mappings =
           DecodePlannerData(bytes);
       if (!mappings.ok()) {

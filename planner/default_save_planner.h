@@ -144,7 +144,9 @@ class DefaultSavePlanner : public SavePlanner {
   bool set_up_ = false;
   // Flattened (or top-level) items in traversal order, and their positions.
   std::vector<std::pair<std::string, Value>> items_;
-  absl::flat_hash_map<std::string, size_t> positions_;
+  // Keys view the strings of items_ (not copied: one allocation less per
+  // key); rebuilt whenever items_ changes.
+  absl::flat_hash_map<absl::string_view, size_t> positions_;
   std::map<std::string, ObjectPath> mappings_;
 };
 

@@ -5,6 +5,7 @@
 #include <utility>
 #include <vector>
 
+#include "absl/functional/function_ref.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
@@ -15,6 +16,7 @@
 #include "planner/default_save_planner.h"
 #include "planner/load_plan.h"
 #include "planner/planner.h"
+#include "planner/resharding.h"
 #include "planner/save_plan.h"
 
 namespace dcp {
@@ -88,15 +90,18 @@ absl::StatusOr<GlobalSavePlan> PlanSaveForRanks(
   return PlanSaveWithPlanners(planners, per_rank);
 }
 
-absl::StatusOr<std::vector<LoadPlan>> PlanLoadWithPlanners(
-    const Metadata& metadata, const std::vector<LoadPlanner*>& planners,
-    const std::vector<StateDict*>& destinations) {
+namespace {
+
+// The load phases for every rank, `set_up(rank)` being rank's SetUp.
+absl::StatusOr<std::vector<LoadPlan>> PlanLoad(
+    const std::vector<LoadPlanner*>& planners,
+    const std::vector<StateDict*>& destinations,
+    absl::FunctionRef<absl::Status(size_t rank)> set_up) {
   DCP_RETURN_IF_ERROR(CheckInputs(planners, destinations));
   std::vector<LoadPlan> local_plans;
   local_plans.reserve(destinations.size());
   for (size_t rank = 0; rank < destinations.size(); ++rank) {
-    DCP_RETURN_IF_ERROR(AtRank(
-        rank, planners[rank]->SetUp(destinations[rank], metadata, rank == 0)));
+    DCP_RETURN_IF_ERROR(AtRank(rank, set_up(rank)));
     absl::StatusOr<LoadPlan> plan = planners[rank]->CreateLocalPlan();
     if (!plan.ok()) return AtRank(rank, plan.status());
     local_plans.push_back(*std::move(plan));
@@ -118,6 +123,16 @@ absl::StatusOr<std::vector<LoadPlan>> PlanLoadWithPlanners(
   return global;
 }
 
+}  // namespace
+
+absl::StatusOr<std::vector<LoadPlan>> PlanLoadWithPlanners(
+    const Metadata& metadata, const std::vector<LoadPlanner*>& planners,
+    const std::vector<StateDict*>& destinations) {
+  return PlanLoad(planners, destinations, [&](size_t rank) {
+    return planners[rank]->SetUp(destinations[rank], metadata, rank == 0);
+  });
+}
+
 absl::StatusOr<std::vector<LoadPlan>> PlanLoadForRanks(
     const Metadata& metadata, std::vector<StateDict*> destinations,
     DefaultLoadPlannerOptions options) {
@@ -127,7 +142,16 @@ absl::StatusOr<std::vector<LoadPlan>> PlanLoadForRanks(
     owned.push_back(std::make_unique<DefaultLoadPlanner>(options));
     planners.push_back(owned.back().get());
   }
-  return PlanLoadWithPlanners(metadata, planners, destinations);
+  // One index of the Metadata for every rank. `metadata` outlives the
+  // planners, so it is borrowed, not copied.
+  std::shared_ptr<const IndexedMetadata> indexed;
+  if (!destinations.empty()) {
+    indexed = std::make_shared<const IndexedMetadata>(
+        std::shared_ptr<const Metadata>(std::shared_ptr<void>(), &metadata));
+  }
+  return PlanLoad(planners, destinations, [&](size_t rank) {
+    return owned[rank]->SetUpShared(destinations[rank], indexed, rank == 0);
+  });
 }
 
 }  // namespace dcp

@@ -62,13 +62,20 @@ absl::StatusOr<GlobalSavePlan> PlanSaveWithPlanners(
 // CreateGlobalPlan on rank 0, FinishPlan on every rank. Returns the finished
 // plans by rank. Nothing is read and the destinations are not modified.
 //
+// Cost: `metadata` is indexed once (planner/resharding.h's IndexedMetadata),
+// not copied, and shared by every rank's planner (SetUpShared), so
+// each rank costs what its own destination asks for, not the size of the
+// whole checkpoint.
+//
 // Errors: InvalidArgument if `destinations` is empty or holds a null
 // pointer; otherwise whatever a phase returns.
 absl::StatusOr<std::vector<LoadPlan>> PlanLoadForRanks(
     const Metadata& metadata, std::vector<StateDict*> destinations,
     DefaultLoadPlannerOptions options = {});
 
-// As PlanLoadForRanks with caller-provided planners, one per rank.
+// As PlanLoadForRanks with caller-provided planners, one per rank, each set
+// up with `LoadPlanner::SetUp(destination, metadata, ...)` (so each copies
+// what it needs of `metadata`).
 absl::StatusOr<std::vector<LoadPlan>> PlanLoadWithPlanners(
     const Metadata& metadata, const std::vector<LoadPlanner*>& planners,
     const std::vector<StateDict*>& destinations);

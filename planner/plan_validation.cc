@@ -82,9 +82,11 @@ void AppendChunkProblems(const Metadata* stored, absl::string_view fqn,
     }
   }
   // Chunks of the right rank, by position; only these are checked further
-  // (from storage, only those also inside the tensor).
+  // (from storage, only those also inside the tensor). Copied only if some
+  // chunk is left out.
   std::vector<ChunkStorageMetadata> well_formed;
   std::vector<size_t> positions;
+  bool all_well_formed = true;
   for (size_t i = 0; i < tensor.chunks.size(); ++i) {
     const ChunkStorageMetadata& chunk = tensor.chunks[i];
     if (chunk.offsets.size() != size.size() ||
@@ -92,13 +94,17 @@ void AppendChunkProblems(const Metadata* stored, absl::string_view fqn,
       problems->push_back(absl::StrCat(key, "chunk ", FormatChunk(chunk),
                                        " does not have the rank ", size.size(),
                                        " of size ", FormatShape(size)));
+      all_well_formed = false;
       continue;
     }
     if (!InBounds(chunk, size)) {
       problems->push_back(absl::StrCat(key, "chunk ", FormatChunk(chunk),
                                        stored_in(chunk), " is not inside size ",
                                        FormatShape(size)));
-      if (stored != nullptr) continue;
+      if (stored != nullptr) {
+        all_well_formed = false;
+        continue;
+      }
     }
     if (stored != nullptr && NumElements(chunk.sizes) > 0 &&
         stored->storage_data.count(
@@ -106,11 +112,16 @@ void AppendChunkProblems(const Metadata* stored, absl::string_view fqn,
       problems->push_back(absl::StrCat(key, "chunk ", FormatChunk(chunk),
                                        " has no storage entry"));
     }
-    well_formed.push_back(chunk);
     positions.push_back(i);
   }
+  if (!all_well_formed) {
+    well_formed.reserve(positions.size());
+    for (size_t i : positions) well_formed.push_back(tensor.chunks[i]);
+  }
+  const std::vector<ChunkStorageMetadata>& checked =
+      all_well_formed ? tensor.chunks : well_formed;
   const std::vector<std::pair<size_t, size_t>> overlaps =
-      FindOverlappingChunks(well_formed, kMaxOverlapsPerTensor + 1);
+      FindOverlappingChunks(checked, kMaxOverlapsPerTensor + 1);
   for (size_t k = 0; k < overlaps.size() && k < kMaxOverlapsPerTensor; ++k) {
     const ChunkStorageMetadata& a = tensor.chunks[positions[overlaps[k].first]];
     const ChunkStorageMetadata& b =
@@ -124,7 +135,7 @@ void AppendChunkProblems(const Metadata* stored, absl::string_view fqn,
   }
   if (stored != nullptr) return;
   int64_t covered = 0;
-  for (const ChunkStorageMetadata& chunk : well_formed) {
+  for (const ChunkStorageMetadata& chunk : checked) {
     covered = SaturatingAdd(covered, NumElements(chunk.sizes));
   }
   const int64_t volume = NumElements(size);
