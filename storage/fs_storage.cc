@@ -42,6 +42,7 @@
 #include "checkpoint/status.h"
 #include "checkpoint/torch_status.h"
 #include "glog/logging.h"
+#include "storage/crc32.h"
 #include "storage/file_system.h"
 #include "storage/metadata_pickle.h"
 #include "storage/posix_file_system.h"

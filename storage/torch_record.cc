@@ -14,6 +14,7 @@
 // `_rebuild_tensor_v3`, `torch.storage UntypedStorage` with the storage size
 // in bytes, and a trailing dtype global (`torch complex32`).
 
+#include "storage/crc32.h"
 #include "storage/torch_record.h"
 
 #include <ATen/ATen.h>
