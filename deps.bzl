@@ -68,6 +68,7 @@ def dcp_dependencies():
         ("com_github_google_glog", "//third_party:glog.BUILD"),
         ("com_github_gflags_gflags", "//third_party:gflags.BUILD"),
         ("libtorch", "//third_party:libtorch.BUILD"),
+        ("isal", "//third_party:isal.BUILD"),
     ]:
         _maybe(
             native.new_local_repository,

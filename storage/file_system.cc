@@ -182,6 +182,14 @@ absl::Status ReadPastEndError(absl::string_view path, uint64_t offset,
                    " bytes are available there"));
 }
 
+absl::Status CheckWriteAtRange(absl::string_view path, uint64_t offset,
+                               uint64_t n, uint64_t size) {
+  if (offset <= size && n <= size - offset) return absl::OkStatus();
+  return absl::OutOfRangeError(absl::StrCat(
+      "file \"", path, "\": cannot overwrite ", n, " bytes at offset ", offset,
+      ": only ", size, " bytes have been written"));
+}
+
 // -----------------------------------------------------------------------------
 // Lock errors
 // -----------------------------------------------------------------------------

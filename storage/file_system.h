@@ -73,6 +73,7 @@
 //                       `TryLockFile` of a file another holder has locked
 //                       (`LockHeldError`)
 //   DataLoss            a read past the end of a file (short read)
+//   OutOfRange          `WritableFile::WriteAt` beyond the bytes appended
 //   PermissionDenied    the OS refused access
 //   ResourceExhausted   no space left on the device
 //   Unavailable         other I/O errors (possibly transient)
@@ -114,6 +115,18 @@ class WritableFile {
   // do not require it to outlive the call. On error, an unknown prefix of
   // `data` may have been written.
   virtual absl::Status Append(absl::string_view data) = 0;
+
+  // Overwrites the `data.size()` bytes at `offset` with `data`. They must be
+  // bytes this object appended already (`offset + data.size() <= size()`),
+  // e.g. a header patched once the data after it is known. `size()` and
+  // where `Append` writes do not change. Like appended bytes, the new bytes
+  // are durable only once a later `Sync()` has returned OK; until then a
+  // crash may leave the old bytes (or, on a real disk, a mix).
+  //
+  // Errors: OutOfRange (`CheckWriteAtRange`, nothing written) if the range
+  // is not inside the bytes appended so far; on I/O errors an unknown part
+  // of `data` may have been written.
+  virtual absl::Status WriteAt(uint64_t offset, absl::string_view data) = 0;
 
   // Makes every byte appended so far durable (fsync). Bytes not covered by
   // a successful `Sync()` may be lost in a crash.
@@ -398,6 +411,12 @@ absl::StatusOr<std::string> ReadFileToString(FileSystem& fs,
 // exist.
 absl::Status ReadPastEndError(absl::string_view path, uint64_t offset,
                               uint64_t wanted, uint64_t available);
+
+// OK if `n` bytes at `offset` lie inside the first `size` bytes of file
+// `path`, else the OutOfRange status every `WritableFile::WriteAt` returns
+// for them (naming the file, the range and `size`). Safe against overflow.
+absl::Status CheckWriteAtRange(absl::string_view path, uint64_t offset,
+                               uint64_t n, uint64_t size);
 
 // -----------------------------------------------------------------------------
 // Lock errors (shared by the implementations, so every one reports alike).

@@ -42,6 +42,7 @@
 #include "checkpoint/status.h"
 #include "checkpoint/torch_status.h"
 #include "glog/logging.h"
+#include "storage/crc32.h"
 #include "storage/file_system.h"
 #include "storage/metadata_pickle.h"
 #include "storage/posix_file_system.h"
@@ -264,8 +265,9 @@ std::vector<FileJob> PlanFiles(const SavePlan& plan,
   return jobs;
 }
 
-// Resolves `item` and appends its record to `file`; sets `*length` to the
-// number of bytes appended.
+// Resolves `item` and appends its record to `file` (a tensor record's CRC
+// is patched into its header in place once its data is written); sets
+// `*length` to the number of bytes appended.
 absl::Status WriteItemRecord(const WriteItem& item, SavePlanner& planner,
                              WritableFile& file, uint64_t* length) {
   DCP_ASSIGN_OR_RETURN(Value data, planner.ResolveData(item));
@@ -303,11 +305,18 @@ absl::Status WriteItemRecord(const WriteItem& item, SavePlanner& planner,
           " tensor; the plan says ", DtypeName(expected.properties.dtype)));
     }
   }
-  DCP_ASSIGN_OR_RETURN(TensorRecordPlan record, PlanTensorRecord(*tensor));
-  DCP_RETURN_IF_ERROR(WriteTensorRecord(record, sink));
-  if (written != record.size()) {
+  // One pass over the tensor's bytes: each block is checksummed just before
+  // it is appended, and the CRC is patched into the record's header after.
+  const uint64_t record_start = file.size();
+  DCP_ASSIGN_OR_RETURN(
+      uint64_t size,
+      WriteTensorRecordOnePass(
+          *tensor, sink, [&](uint64_t offset, absl::string_view bytes) {
+            return file.WriteAt(record_start + offset, bytes);
+          }));
+  if (written != size) {
     return absl::InternalError(absl::StrCat(
-        "wrote ", written, " bytes of a tensor record of ", record.size()));
+        "wrote ", written, " bytes of a tensor record of ", size));
   }
   *length = written;
   return absl::OkStatus();

@@ -423,6 +423,77 @@ TEST(FsStorageLayoutTest, FileNamesMetadataAndRecordsFollowPyTorch) {
   EXPECT_EQ(file.substr(a.offset, a.length), record);
 }
 
+// The writer checksums each record's data while writing it and patches the
+// CRC into the header afterwards (WriteTensorRecordOnePass): the files must
+// hold exactly the records the two-pass layout (SerializeTensorRecord)
+// gives, for data larger than a block too.
+TEST(FsStorageLayoutTest, OnePassRecordsAreTheTwoPassRecordsByteForByte) {
+  auto faulty = std::make_shared<FaultInjectingFileSystem>(
+      std::make_shared<MemFileSystem>());
+  // 6 MiB: more than one block (kOnePassBlockSize), so its CRC is patched.
+  at::Tensor big = MakeTestTensor({1536, 1024}, c10::kFloat, 11);
+  ASSERT_GT(static_cast<size_t>(big.numel()) * 4, kOnePassBlockSize);
+  at::Tensor other = MakeTestTensor({40, 30}, c10::kDouble, 12);
+  std::map<std::string, at::Tensor> tensors = {
+      {"big", big},
+      {"big_transposed", MakeTestTensor({1100, 1200}, c10::kFloat, 13).t()},
+      {"column_slice", other.slice(1, 3, 9)},
+      {"empty", at::empty({0, 7}, c10::kFloat)},
+      {"scalar", at::scalar_tensor(2.5, c10::kDouble)},
+      {"small", MakeTestTensor({3}, c10::kLong, 14)},
+  };
+  StateDict sd;
+  for (const auto& [key, t] : tensors) sd.Set(key, t);
+  ASSERT_OK_AND_ASSIGN(Metadata md, SaveTo(faulty, kDir, sd));
+  for (const auto& [key, t] : tensors) {
+    SCOPED_TRACE(key);
+    const StorageInfo& info = InfoOf(md, key);
+    const std::string file = ReadFile(*faulty, JoinPath(kDir, info.relative_path));
+    ASSERT_OK_AND_ASSIGN(std::string expected, SerializeTensorRecord(t));
+    ASSERT_EQ(info.length, static_cast<int64_t>(expected.size()));
+    EXPECT_TRUE(file.substr(info.offset, info.length) == expected)
+        << "the saved record differs from the two-pass layout";
+  }
+  // The big records' CRCs were patched in place: one 4-byte (at most)
+  // overwrite each, in the file holding them.
+  int patches = 0;
+  for (const std::string& entry : faulty->mutation_log()) {
+    if (absl::StartsWith(entry, "writeat ")) {
+      ++patches;
+      EXPECT_TRUE(absl::EndsWith(entry, " 4") || absl::EndsWith(entry, " 3") ||
+                  absl::EndsWith(entry, " 2") || absl::EndsWith(entry, " 1"))
+          << entry;
+    }
+  }
+  EXPECT_EQ(patches, 2);
+  // And the checkpoint loads back, CRCs verified.
+  StateDict dest;
+  for (const auto& [key, t] : tensors) {
+    dest.Set(key, at::zeros(t.sizes(), t.options()));
+  }
+  FileSystemReaderOptions read;
+  read.verify_checksums = true;
+  ASSERT_OK(LoadFrom(faulty, kDir, dest, read));
+  for (const auto& [key, t] : tensors) {
+    EXPECT_THAT(dest.Find(key)->get<at::Tensor>(), TensorEq(t)) << key;
+  }
+}
+
+TEST(FsStorageLayoutTest, FailedCrcPatchFailsTheSaveAndCommitsNothing) {
+  auto faulty = std::make_shared<FaultInjectingFileSystem>(
+      std::make_shared<MemFileSystem>());
+  faulty->AddRule({FileOp::kWriteAt, ".distcp", /*nth=*/1, /*times=*/1,
+                   absl::UnavailableError("pwrite failed")});
+  StateDict sd;
+  sd.Set("big", MakeTestTensor({1536, 1024}, c10::kFloat, 11));
+  EXPECT_THAT(SaveTo(faulty, kDir, sd).status(),
+              StatusIs(absl::StatusCode::kUnavailable,
+                       AllOf(HasSubstr("writeat"), HasSubstr("pwrite failed"),
+                             HasSubstr("big"))));
+  EXPECT_THAT(faulty->Exists(JoinPath(kDir, ".metadata")),
+              IsOkAndHolds(false));
+}
+
 TEST(FsStorageLayoutTest, ThreadsSplitItemsLikePyTorch) {
   auto fs = std::make_shared<MemFileSystem>();
   StateDict sd;

@@ -157,6 +157,33 @@ class PosixWritableFile final : public WritableFile {
     return absl::OkStatus();
   }
 
+  absl::Status WriteAt(uint64_t offset, absl::string_view data) override {
+    DCP_RETURN_IF_ERROR(CheckOpen("overwrite"));
+    DCP_RETURN_IF_ERROR(CheckWriteAtRange(path_, offset, data.size(), size_));
+    // pwrite(2) leaves the file position, where Append writes, alone (the
+    // file is not O_APPEND, which would make it ignore the offset).
+    size_t done = 0;
+    while (done < data.size()) {
+      const ssize_t n =
+          ::pwrite(fd_, data.data() + done,
+                   std::min(data.size() - done, kMaxIoChunk),
+                   static_cast<off_t>(offset + done));
+      if (n < 0) {
+        if (errno == EINTR) continue;
+        return PathError(
+            errno, absl::StrCat("overwrite at offset ", offset + done, " of"),
+            path_);
+      }
+      if (n == 0) {
+        return absl::UnavailableError(
+            absl::StrCat("overwrite at offset ", offset + done, " of ",
+                         Quoted(path_), ": pwrite(2) returned 0"));
+      }
+      done += static_cast<size_t>(n);
+    }
+    return absl::OkStatus();
+  }
+
   absl::Status Sync() override {
     DCP_RETURN_IF_ERROR(CheckOpen("sync"));
 #if defined(__linux__)

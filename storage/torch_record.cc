@@ -14,6 +14,7 @@
 // `_rebuild_tensor_v3`, `torch.storage UntypedStorage` with the storage size
 // in bytes, and a trailing dtype global (`torch complex32`).
 
+#include "storage/crc32.h"
 #include "storage/torch_record.h"
 
 #include <ATen/ATen.h>
@@ -697,7 +698,18 @@ absl::StatusOr<Value> ValueDecoder::Convert(const PickleValue& v,
 
 // ---- Tensor records: writing ------------------------------------------------
 
-absl::StatusOr<TensorRecordPlan> PlanTensorRecord(const at::Tensor& tensor) {
+namespace {
+
+// What a tensor's record holds apart from the zip structure: the tensor
+// whose storage is saved (the input or a contiguous copy), its storage
+// bytes (in that tensor's memory) and data.pkl.
+struct PreparedTensor {
+  at::Tensor saved;
+  absl::string_view data;
+  std::string pkl;
+};
+
+absl::StatusOr<PreparedTensor> PrepareTensor(const at::Tensor& tensor) {
   if (!tensor.defined()) {
     return absl::InvalidArgumentError("cannot save an undefined tensor");
   }
@@ -731,23 +743,89 @@ absl::StatusOr<TensorRecordPlan> PlanTensorRecord(const at::Tensor& tensor) {
   const c10::Storage& storage = saved.storage();
   const uint64_t nbytes = storage.nbytes();
   const int64_t item = saved.element_size();
-  TensorRecordPlan plan;
-  plan.data =
+  PreparedTensor prepared;
+  prepared.data =
       absl::string_view(static_cast<const char*>(storage.data()), nbytes);
   const int64_t numel_field = dtype->storage_class == nullptr
                                   ? static_cast<int64_t>(nbytes)
                                   : static_cast<int64_t>(nbytes / item);
   DCP_ASSIGN_OR_RETURN(
-      std::string pkl,
+      prepared.pkl,
       TensorPickle(*dtype, numel_field, saved.storage_offset(),
                    saved.sizes().vec(), saved.strides().vec()));
+  prepared.saved = std::move(saved);
+  return prepared;
+}
+
+}  // namespace
+
+absl::StatusOr<TensorRecordPlan> PlanTensorRecord(const at::Tensor& tensor) {
+  DCP_ASSIGN_OR_RETURN(PreparedTensor prepared, PrepareTensor(tensor));
   DCP_ASSIGN_OR_RETURN(
       RecordPieces pieces,
-      LayOutRecord(pkl, StorageData{nbytes, Crc32(plan.data)}));
+      LayOutRecord(prepared.pkl,
+                   StorageData{prepared.data.size(), Crc32(prepared.data)}));
+  TensorRecordPlan plan;
   plan.prefix = std::move(pieces.prefix);
+  plan.data = prepared.data;
   plan.suffix = std::move(pieces.suffix);
-  plan.tensor = std::move(saved);
+  plan.tensor = std::move(prepared.saved);
   return plan;
+}
+
+absl::StatusOr<uint64_t> WriteTensorRecordOnePass(
+    const at::Tensor& tensor,
+    absl::FunctionRef<absl::Status(absl::string_view)> append,
+    absl::FunctionRef<absl::Status(uint64_t, absl::string_view)> overwrite,
+    size_t block_size) {
+  if (block_size == 0) {
+    return absl::InvalidArgumentError("one-pass record block size is 0");
+  }
+  DCP_ASSIGN_OR_RETURN(PreparedTensor prepared, PrepareTensor(tensor));
+  const absl::string_view data = prepared.data;
+  if (data.size() <= block_size) {
+    // One block: checksum it, then write it while it is still in cache.
+    DCP_ASSIGN_OR_RETURN(
+        RecordPieces pieces,
+        LayOutRecord(prepared.pkl, StorageData{data.size(), Crc32(data)}));
+    DCP_RETURN_IF_ERROR(append(pieces.prefix));
+    if (!data.empty()) DCP_RETURN_IF_ERROR(append(data));
+    DCP_RETURN_IF_ERROR(append(pieces.suffix));
+    return pieces.prefix.size() + data.size() + pieces.suffix.size();
+  }
+  // The CRC is unknown until the data is written: lay the record out with
+  // CRC 0 for data/0, append the prefix, checksum and append the data block
+  // by block, then lay it out again with the real CRC, patch what changed in
+  // the prefix (data/0's local header) and append the suffix.
+  DCP_ASSIGN_OR_RETURN(RecordPieces placeholder,
+                       LayOutRecord(prepared.pkl, StorageData{data.size(), 0}));
+  DCP_RETURN_IF_ERROR(append(placeholder.prefix));
+  uint32_t crc = 0;
+  for (size_t pos = 0; pos < data.size(); pos += block_size) {
+    const absl::string_view block = data.substr(pos, block_size);
+    crc = Crc32(block, crc);
+    DCP_RETURN_IF_ERROR(append(block));
+  }
+  DCP_ASSIGN_OR_RETURN(
+      RecordPieces pieces,
+      LayOutRecord(prepared.pkl, StorageData{data.size(), crc}));
+  const std::string& before = placeholder.prefix;
+  const std::string& after = pieces.prefix;
+  if (after.size() != before.size()) {
+    return absl::InternalError(absl::StrCat(
+        "a tensor record's prefix changed size from ", before.size(), " to ",
+        after.size(), " bytes when its CRC-32 was filled in"));
+  }
+  size_t first = 0;
+  while (first < after.size() && after[first] == before[first]) ++first;
+  if (first < after.size()) {
+    size_t last = after.size();
+    while (after[last - 1] == before[last - 1]) --last;
+    DCP_RETURN_IF_ERROR(overwrite(
+        first, absl::string_view(after).substr(first, last - first)));
+  }
+  DCP_RETURN_IF_ERROR(append(pieces.suffix));
+  return after.size() + data.size() + pieces.suffix.size();
 }
 
 absl::Status WriteTensorRecord(

@@ -23,7 +23,12 @@
 // as it is, with its strides; any other tensor (a view of a larger storage,
 // an expanded tensor, a conjugate view) is first copied into a fresh
 // contiguous tensor. `PlanTensorRecord` computes the CRC-32 of the data
-// (one pass over it; the ZIP local headers need it before the data).
+// (one pass over it; the ZIP local headers need it before the data), so
+// writing the plan reads the data a second time. `WriteTensorRecordOnePass`
+// writes the same bytes reading the data once: it checksums each block just
+// before writing it and patches the CRC into the header afterwards, which
+// needs a sink that can overwrite (`WritableFile::WriteAt`); the filesystem
+// storage saves that way.
 //
 // Tensor records, reading. Resharding reads only the bytes a box needs:
 //
@@ -153,6 +158,36 @@ absl::StatusOr<TensorRecordPlan> PlanTensorRecord(const at::Tensor& tensor);
 absl::Status WriteTensorRecord(
     const TensorRecordPlan& plan,
     absl::FunctionRef<absl::Status(absl::string_view)> sink);
+
+// The data block size of `WriteTensorRecordOnePass`: small enough that a
+// block checksummed just before it is written is still in the CPU caches.
+inline constexpr size_t kOnePassBlockSize = size_t{4} << 20;
+
+// Writes the record of `tensor`, byte for byte what `PlanTensorRecord` plus
+// `WriteTensorRecord` (and `SerializeTensorRecord`) produce, reading the
+// tensor's bytes from memory once instead of twice (a CRC pass, then the
+// write). `append` adds bytes at the end of the record; `overwrite` replaces
+// bytes `append` already wrote, at `offset` from the record's first byte
+// (e.g. `WritableFile::WriteAt(record_start + offset, bytes)`).
+//
+// Data of at most `block_size` bytes is checksummed, then appended with the
+// record's prefix and suffix, as `WriteTensorRecord` does. Larger data is
+// appended in blocks of `block_size` bytes, each checksummed just before it
+// is appended; the prefix is appended first with 0 in the CRC field of
+// data/0's local header, and once the data is written `overwrite` is
+// called once with the bytes that differ (those 4 bytes, or fewer), before
+// the suffix (central directory, serialization id) is appended.
+//
+// Returns the record's size (what was appended). Errors: InvalidArgument
+// for a `block_size` of 0 and for the tensors `PlanTensorRecord` refuses
+// (nothing written then); errors of `append` and `overwrite` as they are,
+// at the first one (a partial record may have been written).
+absl::StatusOr<uint64_t> WriteTensorRecordOnePass(
+    const at::Tensor& tensor,
+    absl::FunctionRef<absl::Status(absl::string_view)> append,
+    absl::FunctionRef<absl::Status(uint64_t offset, absl::string_view bytes)>
+        overwrite,
+    size_t block_size = kOnePassBlockSize);
 
 // The whole record of `tensor` in one string (a copy; for tests and small
 // tensors).

@@ -300,6 +300,177 @@ TEST(TensorRecordTest, HeaderThroughAReadFunctionReadsOnlyHeadAndTail) {
                                  std::make_pair(0, 4096)));
 }
 
+// ---- One-pass writing -------------------------------------------------------
+
+// A record written by `WriteTensorRecordOnePass` into memory, and what the
+// writer did.
+struct OnePass {
+  std::string record;
+  uint64_t returned = 0;
+  std::vector<uint64_t> appends;                       // Sizes.
+  std::vector<std::pair<uint64_t, uint64_t>> patches;  // (offset, size)
+};
+
+OnePass WriteOnePass(const at::Tensor& t, size_t block_size) {
+  OnePass out;
+  absl::StatusOr<uint64_t> size = WriteTensorRecordOnePass(
+      t,
+      [&](absl::string_view piece) {
+        out.appends.push_back(piece.size());
+        out.record.append(piece.data(), piece.size());
+        return absl::OkStatus();
+      },
+      [&](uint64_t offset, absl::string_view bytes) {
+        out.patches.emplace_back(offset, bytes.size());
+        if (offset > out.record.size() ||
+            bytes.size() > out.record.size() - offset) {
+          return absl::OutOfRangeError("overwrite beyond the appended bytes");
+        }
+        out.record.replace(offset, bytes.size(), bytes.data(), bytes.size());
+        return absl::OkStatus();
+      },
+      block_size);
+  EXPECT_THAT(size.status(), IsOk());
+  if (size.ok()) out.returned = *size;
+  return out;
+}
+
+// Random bytes as a uint8 tensor of `n` elements.
+at::Tensor RandomBytesTensor(std::mt19937& rng, int64_t n) {
+  at::Tensor t = at::empty({n}, at::kByte);
+  uint8_t* p = t.data_ptr<uint8_t>();
+  for (int64_t i = 0; i < n; ++i) p[i] = static_cast<uint8_t>(rng());
+  return t;
+}
+
+TEST(OnePassRecordTest, BytesEqualTheTwoPassRecordForEveryLayout) {
+  const uint32_t seed = dcp::testing::TestSeed();
+  SCOPED_TRACE(absl::StrCat("DCP_TEST_SEED=", seed));
+  std::mt19937 rng(seed);
+  at::Tensor base = MakeTestTensor({64, 48}, at::kFloat, 3);
+  at::Tensor z = MakeTestTensor({5}, at::kComplexDouble, 4);
+  struct Case {
+    const char* name;
+    at::Tensor tensor;
+  };
+  const std::vector<Case> cases = {
+      {"empty 0x3", at::empty({0, 3}, at::kFloat)},
+      {"empty 2x0x4 long", at::empty({2, 0, 4}, at::kLong)},
+      {"0-d double", at::scalar_tensor(3.5, at::kDouble)},
+      {"0-d bool", at::scalar_tensor(true, at::kBool)},
+      {"one byte", at::ones({1}, at::kByte)},
+      {"contiguous", base},
+      {"transposed (saved with strides)", base.t()},
+      {"column slice (copied)", base.slice(1, 5, 17)},
+      {"row slice with storage offset (copied)", base.slice(0, 3, 40)},
+      {"expanded (copied)", base[0].expand({7, 48})},
+      {"channels last",
+       MakeTestTensor({2, 3, 4, 5}, at::kBFloat16, 5)
+           .contiguous(at::MemoryFormat::ChannelsLast)},
+      {"conjugate view", z.conj()},
+      {"random bytes, 100003", RandomBytesTensor(rng, 100003)},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.name);
+    const std::string expected = Serialize(c.tensor);
+    const uint64_t data_size =
+        ParseTensorRecordHeader(expected).value().storage.size;
+    for (size_t block : {size_t{1}, size_t{7}, size_t{4096}, size_t{65536},
+                         kOnePassBlockSize}) {
+      if (block == 1 && data_size > 20000) continue;  // Too many calls.
+      SCOPED_TRACE(absl::StrCat("block size ", block));
+      const OnePass got = WriteOnePass(c.tensor, block);
+      EXPECT_EQ(got.returned, expected.size());
+      EXPECT_TRUE(got.record == expected)
+          << "one-pass record of " << got.record.size()
+          << " bytes differs from the two-pass one of " << expected.size();
+      // Data that fits in a block is checksummed first: nothing to patch.
+      if (data_size <= block) {
+        EXPECT_THAT(got.patches, SizeIs(0));
+      }
+      EXPECT_LE(got.patches.size(), 1u);
+    }
+  }
+}
+
+TEST(OnePassRecordTest, LargeDataIsAppendedInBlocksAndItsCrcPatchedOnce) {
+  at::Tensor t = MakeTestTensor({10000}, at::kFloat, 9);  // 40000 bytes.
+  const OnePass got = WriteOnePass(t, 4096);
+  ASSERT_OK_AND_ASSIGN(TensorRecordInfo info, ParseTensorRecordHeader(got.record));
+  // Prefix, 10 blocks (9 of 4096 bytes and one of 3136), suffix.
+  ASSERT_THAT(got.appends, SizeIs(12));
+  EXPECT_EQ(got.appends[0], info.storage.data_offset);
+  for (int i = 1; i <= 9; ++i) EXPECT_EQ(got.appends[i], 4096u);
+  EXPECT_EQ(got.appends[10], 40000u - 9 * 4096);
+  // One patch, inside data/0's local header, at most the 4 CRC bytes.
+  ASSERT_THAT(got.patches, SizeIs(1));
+  // The CRC field is bytes 14..17 of a local header.
+  EXPECT_GE(got.patches[0].first, info.storage.header_offset + 14);
+  EXPECT_LE(got.patches[0].first + got.patches[0].second,
+            info.storage.header_offset + 18);
+  EXPECT_GE(got.patches[0].second, 1u);
+  // The patched record checks out, CRC included.
+  ASSERT_OK_AND_ASSIGN(at::Tensor back,
+                       ReadTensorRecord(got.record, {/*verify_crc=*/true}));
+  EXPECT_THAT(back, TensorEq(t));
+}
+
+TEST(OnePassRecordTest, StopsAtTheFirstAppendOrOverwriteError) {
+  at::Tensor t = MakeTestTensor({3000}, at::kDouble, 10);  // 24000 bytes.
+  auto ok_overwrite = [](uint64_t, absl::string_view) {
+    return absl::OkStatus();
+  };
+  for (int fail_at : {1, 2, 5, 8}) {  // Prefix, blocks, suffix.
+    SCOPED_TRACE(absl::StrCat("append ", fail_at, " fails"));
+    int calls = 0;
+    int overwrites = 0;
+    EXPECT_THAT(WriteTensorRecordOnePass(
+                    t,
+                    [&](absl::string_view) {
+                      return ++calls == fail_at
+                                 ? absl::ResourceExhaustedError("disk full")
+                                 : absl::OkStatus();
+                    },
+                    [&](uint64_t, absl::string_view) {
+                      ++overwrites;
+                      return absl::OkStatus();
+                    },
+                    4096)
+                    .status(),
+                StatusIs(absl::StatusCode::kResourceExhausted, "disk full"));
+    EXPECT_EQ(calls, fail_at);
+    // The CRC is patched after the last block, before the suffix.
+    EXPECT_EQ(overwrites, fail_at == 8 ? 1 : 0);
+  }
+  int appends = 0;
+  EXPECT_THAT(WriteTensorRecordOnePass(
+                  t,
+                  [&](absl::string_view) {
+                    ++appends;
+                    return absl::OkStatus();
+                  },
+                  [&](uint64_t, absl::string_view) {
+                    return absl::UnavailableError("pwrite failed");
+                  },
+                  4096)
+                  .status(),
+              StatusIs(absl::StatusCode::kUnavailable, "pwrite failed"));
+  EXPECT_EQ(appends, 1 + 6);  // The suffix is not appended.
+  int calls = 0;
+  auto counting_append = [&](absl::string_view) {
+    ++calls;
+    return absl::OkStatus();
+  };
+  EXPECT_THAT(
+      WriteTensorRecordOnePass(t, counting_append, ok_overwrite, 0).status(),
+      StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("block size")));
+  EXPECT_THAT(WriteTensorRecordOnePass(at::eye(3).to_sparse(), counting_append,
+                                       ok_overwrite)
+                  .status(),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("layout")));
+  EXPECT_EQ(calls, 0);
+}
+
 // ---- Boxes ------------------------------------------------------------------
 
 TEST(BoxReadTest, RowRangeOfARowMajorChunkIsOneRange) {

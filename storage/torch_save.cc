@@ -3,6 +3,7 @@
 // one storage key per distinct storage; reading validates layouts and copies
 // data through the record library's PlanBoxRead / MaterializeBox.
 
+#include "storage/crc32.h"
 #include "storage/torch_save.h"
 
 #include <ATen/ATen.h>

@@ -28,6 +28,7 @@
 #include "checkpoint/metadata.h"
 #include "checkpoint/status.h"
 #include "planner/plan_validation.h"
+#include "storage/crc32.h"
 #include "storage/file_system.h"
 #include "storage/fs_storage.h"
 #include "storage/posix_file_system.h"

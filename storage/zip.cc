@@ -1,7 +1,5 @@
 #include "storage/zip.h"
 
-#include <zlib.h>
-
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
@@ -19,6 +17,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/string_view.h"
 #include "checkpoint/status.h"
+#include "storage/crc32.h"
 
 namespace dcp {
 namespace {
@@ -238,11 +237,6 @@ void AppendCentralHeader(const ZipEntrySpec& entry, uint64_t header_offset,
 }
 
 }  // namespace
-
-uint32_t Crc32(absl::string_view data, uint32_t crc) {
-  return static_cast<uint32_t>(
-      crc32_z(crc, reinterpret_cast<const Bytef*>(data.data()), data.size()));
-}
 
 // ---- ZipLayout --------------------------------------------------------------
 

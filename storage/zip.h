@@ -70,12 +70,9 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/types/span.h"
+#include "storage/crc32.h"  // IWYU pragma: export (Crc32, for entry CRCs)
 
 namespace dcp {
-
-// CRC-32 as ZIP uses it (zlib's `crc32`) of `data`, continuing from `crc`
-// (0 to start). Handles inputs of any length.
-uint32_t Crc32(absl::string_view data, uint32_t crc = 0);
 
 // Entry data is aligned to this many bytes from the start of the archive.
 inline constexpr uint64_t kZipDataAlignment = 64;

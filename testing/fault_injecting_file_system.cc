@@ -30,6 +30,8 @@ absl::string_view FileOpName(FileOp op) {
       return "create";
     case FileOp::kAppend:
       return "append";
+    case FileOp::kWriteAt:
+      return "writeat";
     case FileOp::kSync:
       return "sync";
     case FileOp::kClose:
@@ -70,6 +72,7 @@ bool IsMutating(FileOp op) {
   switch (op) {
     case FileOp::kCreate:
     case FileOp::kAppend:
+    case FileOp::kWriteAt:
     case FileOp::kSync:
     case FileOp::kClose:
     case FileOp::kRename:
@@ -652,6 +655,22 @@ class FaultWritableFile final : public WritableFile {
         FileOp::kAppend, absl::StrCat("append ", path_, " ", data.size()),
         path_, {}, epoch_));
     return base_->Append(data);
+  }
+
+  absl::Status WriteAt(uint64_t offset, absl::string_view data) override {
+    std::lock_guard<std::mutex> lock(state_->mu());
+    DCP_RETURN_IF_ERROR(state_->Begin(
+        FileOp::kWriteAt,
+        absl::StrCat("writeat ", path_, " ", offset, " ", data.size()), path_,
+        {}, epoch_));
+    DCP_RETURN_IF_ERROR(
+        CheckWriteAtRange(path_, offset, data.size(), base_->size()));
+    // Overwritten durable bytes are not durable again until the next Sync
+    // (the crash model in the header).
+    if (!data.empty() && offset < node_->synced_size) {
+      node_->synced_size = offset;
+    }
+    return base_->WriteAt(offset, data);
   }
 
   absl::Status Sync() override {

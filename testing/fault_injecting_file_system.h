@@ -33,6 +33,7 @@
 // rejected because the file system is crashed. Verbs (and `FileOp`):
 //   create P (kCreate)            NewWritableFile (options are passed on)
 //   append P N (kAppend)          WritableFile::Append of N bytes
+//   writeat P OFFSET N (kWriteAt) WritableFile::WriteAt of N bytes at OFFSET
 //   sync P (kSync)                WritableFile::Sync
 //   close P (kClose)              WritableFile::Close
 //   open P (kOpen)                NewRandomAccessFile (options passed on)
@@ -50,15 +51,20 @@
 //   unlock P (kUnlock)            a FileLock released (destroyed); logged
 //                                 only, never fails, rules do not apply
 // P is the path as the caller spelled it (for file handles, the path they
-// were opened with). The mutating operations are create, append, sync,
-// close, createdir, remove, removedir, rename, syncdir and lock.
+// were opened with). The mutating operations are create, append, writeat,
+// sync, close, createdir, remove, removedir, rename, syncdir and lock.
 //
 // Crash model. Changes are durable as described in storage/file_system.h:
 //   - File data: the durable content of a file is the prefix of its content
 //     that the last successful `Sync()` covered. `NewWritableFile` on an
 //     existing file truncates it, and the truncation is durable at once (as
 //     in leveldb's model): until the next `Sync()` its durable content is
-//     empty.
+//     empty. A `WriteAt` into that durable prefix shortens it to the
+//     overwrite's offset until the next `Sync()`: a crash then cuts the
+//     file there. (A real disk would keep the old or the new bytes; the
+//     model loses them instead, which a writer that only counts on bytes a
+//     later `Sync()` covered survives all the same. Overwrites of bytes not
+//     synced yet, which is how dcp patches record headers, are exact.)
 //   - Directory entries: each directory has a durable set of entries,
 //     updated to the live set by a successful `SyncDir()` of that
 //     directory. Until then every entry added (a created file or directory,
@@ -126,6 +132,7 @@ class State;  // Shared between the file system and its open files.
 enum class FileOp {
   kCreate,
   kAppend,
+  kWriteAt,
   kSync,
   kClose,
   kOpen,

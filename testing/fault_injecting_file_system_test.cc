@@ -26,6 +26,7 @@
 namespace dcp::testing {
 namespace {
 
+using ::testing::AllOf;
 using ::testing::Contains;
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
@@ -151,6 +152,27 @@ TEST_F(FaultInjectingFileSystemTest, FileOpNamesAndMutatingSet) {
   EXPECT_EQ(FileOpName(FileOp::kUnlock), "unlock");
   EXPECT_TRUE(IsMutating(FileOp::kLock));
   EXPECT_FALSE(IsMutating(FileOp::kUnlock));
+  EXPECT_EQ(FileOpName(FileOp::kWriteAt), "writeat");
+  EXPECT_TRUE(IsMutating(FileOp::kWriteAt));
+}
+
+TEST_F(FaultInjectingFileSystemTest, WriteAtIsLoggedAndCanBeFailed) {
+  ASSERT_OK(fs_->CreateDir("/c"));
+  ASSERT_OK_AND_ASSIGN(std::unique_ptr<WritableFile> w,
+                       fs_->NewWritableFile("/c/f"));
+  ASSERT_OK(w->Append("abcdef"));
+  ASSERT_OK(w->WriteAt(1, "BC"));
+  fs_->AddRule({FileOp::kWriteAt, "/c/f"});
+  EXPECT_THAT(w->WriteAt(4, "EF"),
+              StatusIs(absl::StatusCode::kUnavailable,
+                       AllOf(HasSubstr("writeat /c/f"),
+                             HasSubstr("injected fault"))));
+  EXPECT_THAT(w->WriteAt(5, "xy"), StatusIs(absl::StatusCode::kOutOfRange));
+  EXPECT_EQ(BaseContent("/c/f"), "aBCdef");  // The failed calls did nothing.
+  EXPECT_THAT(fs_->mutation_log(),
+              ElementsAre("createdir /c", "create /c/f", "append /c/f 6",
+                          "writeat /c/f 1 2", "writeat /c/f 4 2",
+                          "writeat /c/f 5 2"));
 }
 
 // -----------------------------------------------------------------------------
@@ -298,6 +320,43 @@ TEST_F(FaultInjectingFileSystemTest, UnsyncedAppendsAreLostSyncedKept) {
   EXPECT_EQ(BaseContent("/c/f"), "abcdef");
   CrashAndRestart();
   EXPECT_EQ(BaseContent("/c/f"), "abc");
+}
+
+TEST_F(FaultInjectingFileSystemTest, OverwriteOfUnsyncedBytesKeepsSyncedPrefix) {
+  MakeDurableDir();
+  ASSERT_OK_AND_ASSIGN(std::unique_ptr<WritableFile> w,
+                       fs_->NewWritableFile("/c/f"));
+  ASSERT_OK(fs_->SyncDir("/c"));
+  ASSERT_OK(w->Append("abc"));
+  ASSERT_OK(w->Sync());
+  ASSERT_OK(w->Append("def"));
+  ASSERT_OK(w->WriteAt(4, "E"));
+  EXPECT_EQ(BaseContent("/c/f"), "abcdEf");
+  CrashAndRestart();
+  EXPECT_EQ(BaseContent("/c/f"), "abc");
+}
+
+TEST_F(FaultInjectingFileSystemTest, OverwriteOfSyncedBytesIsDurableOnlyAfterSync) {
+  MakeDurableDir();
+  ASSERT_OK_AND_ASSIGN(std::unique_ptr<WritableFile> w,
+                       fs_->NewWritableFile("/c/f"));
+  ASSERT_OK(fs_->SyncDir("/c"));
+  ASSERT_OK(w->Append("abcdef"));
+  ASSERT_OK(w->Sync());
+  ASSERT_OK(w->WriteAt(2, "XY"));
+  EXPECT_EQ(BaseContent("/c/f"), "abXYef");
+  CrashAndRestart();
+  // The model cuts the file at the unsynced overwrite (see the header).
+  EXPECT_EQ(BaseContent("/c/f"), "ab");
+
+  ASSERT_OK_AND_ASSIGN(w, fs_->NewWritableFile("/c/g"));
+  ASSERT_OK(fs_->SyncDir("/c"));
+  ASSERT_OK(w->Append("abcdef"));
+  ASSERT_OK(w->Sync());
+  ASSERT_OK(w->WriteAt(2, "XY"));
+  ASSERT_OK(w->Sync());
+  CrashAndRestart();
+  EXPECT_EQ(BaseContent("/c/g"), "abXYef");
 }
 
 TEST_F(FaultInjectingFileSystemTest, FileNeverSyncedIsEmptyAfterCrash) {
@@ -512,6 +571,7 @@ TEST_F(FaultInjectingFileSystemTest, EverythingFailsWhileCrashed) {
       StatusIs(absl::StatusCode::kAborted, HasSubstr("simulated crash"));
   char scratch[1];
   EXPECT_THAT(w->Append("x"), aborted);
+  EXPECT_THAT(w->WriteAt(0, ""), aborted);
   EXPECT_THAT(w->Sync(), aborted);
   EXPECT_THAT(w->Close(), aborted);
   EXPECT_THAT(r->Read(0, 1, scratch), aborted);

@@ -107,9 +107,63 @@ TEST_P(FileSystemConformanceTest, ClosedFileRefusesEveryCall) {
   ASSERT_OK(w->Close());
   EXPECT_THAT(w->Append("y"),
               StatusIs(absl::StatusCode::kFailedPrecondition, HasSubstr(path)));
+  EXPECT_THAT(w->WriteAt(0, "z"),
+              StatusIs(absl::StatusCode::kFailedPrecondition, HasSubstr(path)));
   EXPECT_THAT(w->Sync(), StatusIs(absl::StatusCode::kFailedPrecondition));
   EXPECT_THAT(w->Close(), StatusIs(absl::StatusCode::kFailedPrecondition));
   EXPECT_THAT(ReadFileToString(*fs_, path), IsOkAndHolds(std::string("x")));
+}
+
+TEST_P(FileSystemConformanceTest, WriteAtOverwritesAppendedBytesInPlace) {
+  const std::string path = Path("patched");
+  ASSERT_OK_AND_ASSIGN(std::unique_ptr<WritableFile> w,
+                       fs_->NewWritableFile(path));
+  ASSERT_OK(w->Append("hello world"));
+  ASSERT_OK(w->WriteAt(0, "J"));
+  ASSERT_OK(w->WriteAt(6, "W"));
+  ASSERT_OK(w->WriteAt(11, ""));  // Empty, at the end: nothing to do.
+  EXPECT_EQ(w->size(), 11u);
+  ASSERT_OK(w->Append("!"));  // Appends still go to the end.
+  ASSERT_OK(w->WriteAt(10, "D?"));
+  EXPECT_EQ(w->size(), 12u);
+  ASSERT_OK(w->Sync());
+  ASSERT_OK(w->Close());
+  EXPECT_THAT(ReadFileToString(*fs_, path),
+              IsOkAndHolds(std::string("Jello WorlD?")));
+}
+
+TEST_P(FileSystemConformanceTest, WriteAtOfLargeRangesAcrossAppends) {
+  const std::string path = Path("big");
+  std::string expected = Pattern(3 << 20, 1);
+  ASSERT_OK_AND_ASSIGN(std::unique_ptr<WritableFile> w,
+                       fs_->NewWritableFile(path));
+  ASSERT_OK(w->Append(absl::string_view(expected).substr(0, 1 << 20)));
+  ASSERT_OK(w->Append(absl::string_view(expected).substr(1 << 20)));
+  const std::string patch = Pattern((1 << 20) + 17, 2);
+  ASSERT_OK(w->WriteAt((1 << 20) - 5, patch));
+  expected.replace((1 << 20) - 5, patch.size(), patch);
+  EXPECT_EQ(w->size(), uint64_t{3} << 20);
+  ASSERT_OK(w->Close());
+  ASSERT_OK_AND_ASSIGN(std::string got, ReadFileToString(*fs_, path));
+  EXPECT_TRUE(got == expected) << "the file differs after the overwrite";
+}
+
+TEST_P(FileSystemConformanceTest, WriteAtBeyondTheAppendedBytesIsOutOfRange) {
+  const std::string path = Path("short_patch");
+  ASSERT_OK_AND_ASSIGN(std::unique_ptr<WritableFile> w,
+                       fs_->NewWritableFile(path));
+  ASSERT_OK(w->Append("abc"));
+  EXPECT_THAT(w->WriteAt(2, "xy"),
+              StatusIs(absl::StatusCode::kOutOfRange,
+                       AllOf(HasSubstr(path), HasSubstr("2 bytes at offset 2"),
+                             HasSubstr("only 3 bytes"))));
+  EXPECT_THAT(w->WriteAt(4, ""), StatusIs(absl::StatusCode::kOutOfRange));
+  EXPECT_THAT(w->WriteAt(UINT64_MAX, "x"),
+              StatusIs(absl::StatusCode::kOutOfRange));
+  EXPECT_THAT(w->WriteAt(1, absl::string_view("x", 1)), IsOk());
+  EXPECT_EQ(w->size(), 3u);
+  ASSERT_OK(w->Close());
+  EXPECT_THAT(ReadFileToString(*fs_, path), IsOkAndHolds(std::string("axc")));
 }
 
 TEST_P(FileSystemConformanceTest, DestructorClosesWithoutLosingData) {

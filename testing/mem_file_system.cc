@@ -79,6 +79,18 @@ class MemWritableFile final : public WritableFile {
     return absl::OkStatus();
   }
 
+  absl::Status WriteAt(uint64_t offset, absl::string_view data) override {
+    DCP_RETURN_IF_ERROR(CheckOpen("overwrite"));
+    DCP_RETURN_IF_ERROR(CheckWriteAtRange(path_, offset, data.size(), size_));
+    std::lock_guard<std::mutex> lock(file_->mu);
+    // Another writer may have truncated the file since (MemFileSystem
+    // shares one File per path): refuse what is no longer there.
+    DCP_RETURN_IF_ERROR(
+        CheckWriteAtRange(path_, offset, data.size(), file_->data.size()));
+    file_->data.replace(offset, data.size(), data.data(), data.size());
+    return absl::OkStatus();
+  }
+
   absl::Status Sync() override { return CheckOpen("sync"); }
 
   absl::Status Close() override {

@@ -14,7 +14,8 @@ PACKAGES=(
   libgmock-dev          # GoogleMock 1.12.1
   libgoogle-glog-dev    # glog 0.6
   libgflags-dev         # gflags 2.2
-  zlib1g-dev            # zlib: CRC-32 of torch.save zip records (//storage:zip)
+  libisal-dev           # Intel ISA-L: CRC-32 of torch.save zip records (//storage:crc32)
+  zlib1g-dev            # zlib: the reference CRC-32 in tests and benchmarks
 )
 
 missing=()
