@@ -15,6 +15,7 @@ PACKAGES=(
   libgoogle-glog-dev    # glog 0.6
   libgflags-dev         # gflags 2.2
   zlib1g-dev            # zlib: CRC-32 of torch.save zip records (//storage:zip)
+  time                  # /usr/bin/time -v: peak RSS in tools/peer/bench_side_by_side.sh
 )
 
 missing=()
