@@ -4,6 +4,7 @@
 #include <sys/resource.h>
 
 #include <algorithm>
+#include <chrono>  // NOLINT(build/c++11): a monotonic clock for timing
 #include <cstdint>
 #include <cstring>
 #include <memory>
@@ -89,6 +90,19 @@ absl::StatusOr<StateDict> MakeRankStateDict(const DistBenchOptions& options,
   return state_dict;
 }
 
+// Times intervals with the monotonic clock (absl::Now is the wall clock,
+// which may step).
+class Stopwatch {
+ public:
+  Stopwatch() : start_(std::chrono::steady_clock::now()) {}
+  absl::Duration Elapsed() const {
+    return absl::FromChrono(std::chrono::steady_clock::now() - start_);
+  }
+
+ private:
+  std::chrono::steady_clock::time_point start_;
+};
+
 int64_t TensorBytes(const std::vector<LocalTensor>& locals) {
   int64_t bytes = 0;
   for (const LocalTensor& l : locals) {
@@ -124,7 +138,7 @@ absl::StatusOr<absl::Duration> TimeMemcpy(
   std::memset(destination.data(), 1, destination.size());
   DCP_RETURN_IF_ERROR(pg.Barrier("dcp.bench.memcpy",
                                  absl::Now() + options.collective_timeout));
-  const absl::Time start = absl::Now();
+  const Stopwatch stopwatch;
   char* out = destination.data();
   for (const LocalTensor& l : locals) {
     const size_t n = l.tensor.numel() * l.tensor.element_size();
@@ -132,7 +146,7 @@ absl::StatusOr<absl::Duration> TimeMemcpy(
     std::memcpy(out, l.tensor.data_ptr(), n);
     out += n;
   }
-  const absl::Duration elapsed = absl::Now() - start;
+  const absl::Duration elapsed = stopwatch.Elapsed();
   // Keeps the copy observable.
   if (bytes > 0 && destination[static_cast<size_t>(bytes) - 1] == 2) {
     return absl::InternalError("unreachable");
@@ -308,20 +322,20 @@ absl::Status RunDistributedBench(const DistBenchOptions& options,
   switch (options.workload) {
     case DistBenchWorkload::kSave: {
       DCP_RETURN_IF_ERROR(pg->Barrier("dcp.bench.start", deadline()));
-      const absl::Time start = absl::Now();
+      const Stopwatch stopwatch;
       DCP_ASSIGN_OR_RETURN(std::unique_ptr<Checkpointer> checkpointer,
                            MakeCheckpointer(options, pg, /*save=*/true));
       DCP_RETURN_IF_ERROR(checkpointer->Save(state_dict).status());
-      result.seconds = absl::Now() - start;
+      result.seconds = stopwatch.Elapsed();
       break;
     }
     case DistBenchWorkload::kLoad: {
       DCP_RETURN_IF_ERROR(pg->Barrier("dcp.bench.start", deadline()));
-      const absl::Time start = absl::Now();
+      const Stopwatch stopwatch;
       DCP_ASSIGN_OR_RETURN(std::unique_ptr<Checkpointer> checkpointer,
                            MakeCheckpointer(options, pg, /*save=*/false));
       DCP_RETURN_IF_ERROR(checkpointer->Load(state_dict));
-      result.seconds = absl::Now() - start;
+      result.seconds = stopwatch.Elapsed();
       // Peak memory of the load itself, before the check's temporaries.
       result.max_rss_kb = MaxRssKb();
       if (options.check_values) {
@@ -333,11 +347,11 @@ absl::Status RunDistributedBench(const DistBenchOptions& options,
       DCP_ASSIGN_OR_RETURN(std::unique_ptr<Checkpointer> checkpointer,
                            MakeCheckpointer(options, pg, /*save=*/true));
       DCP_RETURN_IF_ERROR(pg->Barrier("dcp.bench.start", deadline()));
-      const absl::Time start = absl::Now();
+      const Stopwatch stopwatch;
       Future<Metadata> saved = checkpointer->AsyncSave(state_dict);
-      result.seconds = absl::Now() - start;
+      result.seconds = stopwatch.Elapsed();
       saved.Wait();
-      result.extra.emplace_back("complete_seconds", absl::Now() - start);
+      result.extra.emplace_back("complete_seconds", stopwatch.Elapsed());
       DCP_RETURN_IF_ERROR(saved.result().status());
       checkpointer.reset();
       DCP_ASSIGN_OR_RETURN(absl::Duration memcpy_time,
