@@ -433,7 +433,10 @@ fmt_seconds() {  # KEY [BYTES]
   echo "$st" | awk -v bytes="${2:-0}" '{
       if ($1 >= 0.1) f = "%.3f"; else if ($1 >= 0.001) f = "%.4f"; else f = "%.6f"
       s = sprintf(f " s", $1)
-      if (bytes > 0 && $1 > 0) s = s sprintf(", %.2f GB/s", bytes / $1 / 1e9)
+      if (bytes > 0 && $1 > 0) {
+        r = bytes / $1
+        s = s ((r >= 1e8) ? sprintf(", %.2f GB/s", r / 1e9) : sprintf(", %.1f MB/s", r / 1e6))
+      }
       if ($4 > 1) s = s sprintf(" (" f "–" f ")", $2, $3)
       print s
     }'
@@ -452,7 +455,9 @@ fmt_mb() {  # KEY (kB values)
 ratio() {  # PT_KEY DCP_KEY
   local a b; a="$(median "$1")"; b="$(median "$2")"
   if [ -z "$a" ] || [ -z "$b" ]; then echo "—"; return; fi
-  awk -v a="$a" -v b="$b" 'BEGIN { if (b > 0) printf "%.2f×\n", a / b; else print "—" }'
+  awk -v a="$a" -v b="$b" 'BEGIN {
+      if (b <= 0) { print "—"; exit }
+      r = a / b; printf((r >= 0.1) ? "%.2f×\n" : "%.2g×\n", r) }'
 }
 # "yes"/"no"/"n/a" for an awk condition over named medians.
 met() {  # CONDITION NAME=KEY...

@@ -57,7 +57,7 @@ if [ "$mode" = dcp_only ]; then
       || { cat "$out"; die "the dcp-only run failed"; }
   expect_row "workload" "PyTorch 2.6 \| dcp \| ratio \| goal \| met\?"
   # PyTorch skipped; dcp figures with min-max of the 2 runs.
-  expect_row "W1 save" "\| skipped \|$number, [0-9.]+ GB/s \([0-9.]+–[0-9.]+\) \|"
+  expect_row "W1 save" "\| skipped \|$number, [0-9.]+ [GM]B/s \([0-9.]+–[0-9.]+\) \|"
   expect_row "↳ dd if=/dev/zero" "$number"
   expect_row "↳ memcpy, same bytes" "$number"
   expect_row "W1 resharded load" "\| skipped \|$number"
