@@ -19,6 +19,7 @@
 #include "tools/bench.h"
 #include "checkpoint/c10d_process_group.h"
 #include "tools/demo.h"
+#include "tools/dist_bench.h"
 #include "tools/launch.h"
 #include "tools/from_torch_save.h"
 #include "tools/inspect.h"
@@ -37,9 +38,21 @@ DEFINE_int64(hidden, 192, "demo: model hidden size.");
 DEFINE_int32(layers, 2, "demo: model layers.");
 DEFINE_int64(vocab, 5000, "demo: model vocabulary size.");
 DEFINE_bool(distributed, false,
-            "demo: run as one rank of a multi-process job (RANK, WORLD_SIZE, "
-            "MASTER_ADDR, MASTER_PORT set, e.g. by dcp launch or torchrun); "
-            "needs --dir.");
+            "demo, bench: run as one rank of a multi-process job (RANK, "
+            "WORLD_SIZE, MASTER_ADDR, MASTER_PORT set, e.g. by dcp launch or "
+            "torchrun); needs --dir (bench: except --workload=memcpy).");
+DEFINE_string(workload, "save",
+              "bench --distributed: save, load, async_save or memcpy.");
+DEFINE_int64(tensors, 16, "bench --distributed: number of float32 tensors.");
+DEFINE_int64(rows, 4096, "bench --distributed: rows of each tensor.");
+DEFINE_int64(cols, 4096, "bench --distributed: columns of each tensor.");
+DEFINE_string(layout, "row",
+              "bench --distributed: row (every tensor row-sharded over the "
+              "ranks) or round_robin (rank r holds whole tensors i with "
+              "i % world == r).");
+DEFINE_bool(check_values, true,
+            "bench --distributed --workload=load: check every loaded element "
+            "(untimed).");
 DEFINE_int32(nproc, 1, "launch: number of processes to start.");
 DEFINE_int32(master_port, 0, "launch: MASTER_PORT (0: a free port).");
 DEFINE_bool(json, false, "inspect, verify: print JSON instead of text.");
@@ -60,7 +73,8 @@ DEFINE_int32(reshard_world_size, 0,
 DEFINE_bool(cold_cache, false,
             "bench: drop the checkpoint from the page cache before loads.");
 DEFINE_bool(verify_checksums, true,
-            "to-torch-save: check the CRC-32 of every record read.");
+            "to-torch-save, bench --distributed: check the CRC-32 of every "
+            "record read.");
 DEFINE_bool(allow_symlinks, false,
             "inspect, verify, to-torch-save: read checkpoint files that are symbolic "
             "links (refused by default).");
@@ -91,6 +105,12 @@ commands:
                              over --world_size ranks and save a checkpoint
   bench                      save / load / resharded-load throughput for --size_mb of
                              tensors, --world_size ranks, --threads and --fsync
+  bench --distributed --workload=W --dir=D
+                             one rank of a multi-process benchmark (save, load,
+                             async_save or memcpy of --tensors x --rows x --cols
+                             float32, --layout row or round_robin): one
+                             "dcp_bench_rank ..." line per rank, then rank 0's
+                             "dcp_bench ..." line (slowest rank's seconds)
   demo --distributed --dir=D  one rank of a multi-process demo (RANK, WORLD_SIZE,
                              MASTER_ADDR, MASTER_PORT from the environment): save
                              row-sharded into D, load back resharded, verify
@@ -109,6 +129,7 @@ examples:
   dcp to-torch-save /tmp/ckpt /tmp/model.pt
   dcp from-torch-save /tmp/model.pt /tmp/ckpt2 --world_size=4
   dcp bench --size_mb=256 --world_size=4 --threads=1,4 --fsync=both
+  dcp launch --nproc=4 -- dcp bench --distributed --workload=save --dir=/tmp/b
 
 This tool's flags: dcp --helpshort (--help also lists libtorch's and glog's).
 Progress lines go to stderr when it is a terminal (verify: at most one a second).
@@ -183,7 +204,8 @@ int main(int argc, char** argv) {
   absl::StatusOr<std::vector<int>> threads = ParseThreads(FLAGS_threads);
   if (!threads.ok()) return UsageError(threads.status().message());
   absl::StatusOr<std::vector<bool>> fsync =
-      ParseFsync(FLAGS_fsync, /*allow_both=*/command == "bench");
+      ParseFsync(FLAGS_fsync,
+                 /*allow_both=*/command == "bench" && !FLAGS_distributed);
   if (!fsync.ok()) return UsageError(fsync.status().message());
 
   auto expect_args = [&](size_t n) { return args.size() == n; };
@@ -293,6 +315,31 @@ int main(int argc, char** argv) {
     options.sync_files = fsync->front();
     options.progress = progress;
     status = dcp::tools::TorchSaveToDcp(options, std::cout);
+  } else if (command == "bench" && FLAGS_distributed) {
+    if (!expect_args(0)) return UsageError("bench takes no arguments");
+    dcp::tools::DistBenchOptions options;
+    absl::StatusOr<dcp::tools::DistBenchWorkload> workload =
+        dcp::tools::ParseDistBenchWorkload(FLAGS_workload);
+    if (!workload.ok()) return UsageError(workload.status().message());
+    absl::StatusOr<dcp::tools::DistBenchLayout> layout =
+        dcp::tools::ParseDistBenchLayout(FLAGS_layout);
+    if (!layout.ok()) return UsageError(layout.status().message());
+    options.workload = *workload;
+    options.layout = *layout;
+    options.dir = FLAGS_dir;
+    options.tensors = FLAGS_tensors;
+    options.rows = FLAGS_rows;
+    options.cols = FLAGS_cols;
+    options.thread_count = threads->front();
+    options.sync_files = fsync->front();
+    options.verify_checksums = FLAGS_verify_checksums;
+    options.check_values = FLAGS_check_values;
+    absl::StatusOr<std::unique_ptr<dcp::C10dProcessGroup>> pg =
+        dcp::C10dProcessGroup::CreateFromEnv();
+    if (!pg.ok()) return Fail(pg.status());
+    status = dcp::tools::RunDistributedBench(
+        options, std::shared_ptr<dcp::ProcessGroup>(*std::move(pg)),
+        std::cout);
   } else if (command == "bench") {
     if (!expect_args(0)) return UsageError("bench takes no arguments");
     dcp::tools::BenchOptions options;

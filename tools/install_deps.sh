@@ -16,6 +16,7 @@ PACKAGES=(
   libgflags-dev         # gflags 2.2
   libisal-dev           # Intel ISA-L: CRC-32 of torch.save zip records (//storage:crc32)
   zlib1g-dev            # zlib: the reference CRC-32 in tests and benchmarks
+  time                  # /usr/bin/time -v: peak RSS in tools/peer/bench_side_by_side.sh
 )
 
 missing=()

@@ -8,7 +8,8 @@
 #      by tag, so new threaded tests join without editing this script;
 #   3. the interop tests against real PyTorch 2.6, in a Debian 13 root that
 #      tools/peer/provision_pytorch_peer.sh creates (or reuses) first, with
-#      the dcp side under ThreadSanitizer (it runs simulated ranks);
+#      the dcp side under ThreadSanitizer (it runs simulated ranks), and the
+#      side-by-side benchmark's smoke run at tiny sizes (both sides);
 #   4. the example consumer workspace (examples/consumer), which depends on
 #      dcp the way another Bazel project would (plain build).
 # Before the tests, a query checks that every test depending on a library
@@ -68,7 +69,8 @@ run_bazel_tests "$root" "$events_dir/tsan.json" --config=tsan \
 if [ "$peer_ready" -eq 1 ]; then
   # Tagged manual (they need root and the peer), so named explicitly.
   run_bazel_tests "$root" "$events_dir/interop.json" --config=tsan "$@" -- \
-    //tools/interop:pytorch_to_dcp_test //tools/interop:dcp_to_pytorch_test
+    //tools/interop:pytorch_to_dcp_test //tools/interop:dcp_to_pytorch_test \
+    //tools/peer:bench_side_by_side_peer_test
 else
   overall=1
 fi
