@@ -31,7 +31,11 @@
 //               this world's layout (any saved world size: a resharded
 //               load), then, untimed, checks every element in blocks of a
 //               few rows (so the check adds little to peak memory)
-//   kAsyncSave  Checkpointer::AsyncSave into `dir`: the time until it
+//   kAsyncSave  two Checkpointer::AsyncSave calls into `dir`, each waited
+//               for: the first forks the background communicator and
+//               allocates the staging buffers (`first_return_seconds`); the
+//               second, the steady state of a training loop, copies into
+//               the first one's buffers and is the one timed until it
 //               returns; then the time until its future is done, and then
 //               the time of a memcpy of this rank's tensor bytes into
 //               touched buffers, all ranks at once
@@ -54,9 +58,10 @@
 // was built (the process's baseline: libtorch, the process group). Rank 0
 // then prints the `dcp_bench` line: the maximum over the ranks of seconds
 // and of both RSS figures, and the sum of bytes. Fields may be added;
-// parsers should look fields up by name. kAsyncSave adds `complete_seconds=` (until the
-// future was done) and `memcpy_seconds=` to both lines; for it, `seconds`
-// is the time until AsyncSave returned.
+// parsers should look fields up by name. kAsyncSave adds
+// `first_return_seconds=`, `complete_seconds=` (until the second future was
+// done) and `memcpy_seconds=` to both lines; for it, `seconds` is the time
+// until the second AsyncSave returned.
 //
 // Errors: InvalidArgument for bad options (no dir, sizes below 1); any
 // save, load or collective error; DataLoss naming the rank, tensor and row

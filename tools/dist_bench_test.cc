@@ -188,6 +188,7 @@ TEST(DistBenchTest, AsyncSaveReportsReturnCompletionAndMemcpy) {
   const Line total = CheckLines(RunOnRanks(options, 2), "async_save",
                                 2 * 6 * 4 * 4);
   EXPECT_GE(total.Seconds("complete_seconds"), total.Seconds("seconds"));
+  EXPECT_GT(total.Seconds("first_return_seconds"), 0);
   EXPECT_GE(total.Seconds("memcpy_seconds"), 0);
 
   // What it saved loads and checks.

@@ -18,7 +18,8 @@
 #   W2  save: 20,000 tensors 32x32 float32 (80 MB) [2,000], each rank holding
 #       a quarter of the tensors (whole tensors, round robin); load with 3
 #       ranks (each a third)
-#   W3  async save of W1: time until async_save / AsyncSave returns; memcpy
+#   W3  async save of W1: time until the second async_save / AsyncSave of
+#       one writer (the steady state; the first sets up) returns; memcpy
 #       of each rank's bytes into touched buffers, all 4 ranks at once
 #   W4  planning only: save planning for 1,024 ranks x 200 tensors, load
 #       planning for 512 ranks against that metadata [64 x 20, 32]
@@ -320,12 +321,14 @@ w3_async() {
     if pt_case W3_return "w3_async_pt_$2" save --async --dir "$scratch/w3_pt" \
         --world-size 4 "${w1_tensor_args[@]}" > /dev/null; then
       record W3_complete.pt "$(agg_field "$scratch/logs/w3_async_pt_$2" peer_bench complete_seconds)"
+      record W3_first.pt "$(agg_field "$scratch/logs/w3_async_pt_$2" peer_bench first_return_seconds)"
     fi
     rm -rf "$scratch/w3_pt"
   else
     if dcp_case W3_return "w3_async_dcp_$2" 4 --workload=async_save \
         --dir="$scratch/w3_dcp" "${w1_dcp_args[@]}"; then
       record W3_complete.dcp "$(agg_field "$scratch/logs/w3_async_dcp_$2" dcp_bench complete_seconds)"
+      record W3_first.dcp "$(agg_field "$scratch/logs/w3_async_dcp_$2" dcp_bench first_return_seconds)"
       record W3_memcpy "$(agg_field "$scratch/logs/w3_async_dcp_$2" dcp_bench memcpy_seconds)"
     fi
     rm -rf "$scratch/w3_dcp"
@@ -344,6 +347,7 @@ w4_plan() {
     if pt "$name" plan --save-ranks "$w4_save_ranks" --load-ranks "$w4_load_ranks" \
         --tensors "$w4_tensors"; then
       record W4_save.pt "$(named_value "$log_file" w4_save_plan_seconds)"
+      record W4_save_local.pt "$(named_value "$log_file" w4_save_local_plan_seconds)"
       record W4_load.pt "$(named_value "$log_file" w4_load_plan_seconds)"
     else
       run_failed "$log_file" "$name (PyTorch)"
@@ -523,20 +527,29 @@ if has W2; then
       "$(met 'p / d >= 15' p=W2_load.pt d=W2_load.dcp)"
 fi
 if has W3; then
-  row "W3 async save of W1: until the call returns" \
+  row "W3 async save of W1: until the second call returns (steady state)" \
       "$(fmt_seconds W3_return.pt) (no copy of CPU tensors)" "$(fmt_seconds W3_return.dcp)" \
       "$(ratio W3_return.pt W3_return.dcp)" "≤ 1.5× memcpy" \
       "$(met 'd <= 1.5 * m' d=W3_return.dcp m=W3_memcpy)"
   row "↳ memcpy of each rank's bytes into touched buffers, 4 ranks at once" "—" \
       "$(fmt_seconds W3_memcpy)" "—" "reference" ""
-  row "↳ until the save is complete" "$(fmt_seconds W3_complete.pt)" \
+  row "↳ the first call (sets up the background group, allocates)" \
+      "$(fmt_seconds W3_first.pt)" "$(fmt_seconds W3_first.dcp)" \
+      "$(ratio W3_first.pt W3_first.dcp)" "—" ""
+  row "↳ until the second save is complete" "$(fmt_seconds W3_complete.pt)" \
       "$(fmt_seconds W3_complete.dcp)" "$(ratio W3_complete.pt W3_complete.dcp)" "—" ""
 fi
 if has W4; then
   row "W4 save planning, $w4_save_ranks ranks × $w4_tensors tensors" \
       "$(fmt_seconds W4_save.pt)" "$(fmt_seconds W4_save.dcp)" \
-      "$(ratio W4_save.pt W4_save.dcp)" "≥ 10× PyTorch" \
-      "$(met 'p / d >= 10' p=W4_save.pt d=W4_save.dcp)"
+      "$(ratio W4_save.pt W4_save.dcp)" "—" ""
+  # The goal is judged against PyTorch's per-rank part alone (what issue 10
+  # measured), so that its quadratic global validation does not flatter dcp,
+  # whose figure includes its whole global step.
+  row "↳ PyTorch: the ranks' set_up + create_local_plan only" \
+      "$(fmt_seconds W4_save_local.pt)" "$(fmt_seconds W4_save.dcp)" \
+      "$(ratio W4_save_local.pt W4_save.dcp)" "≥ 10× PyTorch" \
+      "$(met 'p / d >= 10' p=W4_save_local.pt d=W4_save.dcp)"
   row "W4 load planning, $w4_load_ranks ranks against it" \
       "$(fmt_seconds W4_load.pt)" "$(fmt_seconds W4_load.dcp)" \
       "$(ratio W4_load.pt W4_load.dcp)" "≥ 100× PyTorch" \

@@ -66,7 +66,8 @@ if [ "$mode" = dcp_only ]; then
   expect_row "W2 load" "\| skipped \|$number"
   expect_row "W3 async save" "\|$number \([0-9.]+–[0-9.]+\) \| — \| ≤ 1.5× memcpy \| (yes|no) \|"
   expect_row "↳ memcpy of each rank" "$number"
-  expect_row "↳ until the save is complete" "$number"
+  expect_row "↳ the first call" "\| skipped \|$number"
+  expect_row "↳ until the second save is complete" "$number"
   # The fake planner_benchmark's w4 lines and state_dict_benchmark's rows.
   expect_row "W4 save planning, 8 ranks × 4 tensors" \
       "\| skipped \| 0[.]500 s \(0[.]500–0[.]500\) \| — \|"
@@ -81,7 +82,8 @@ if [ "$mode" = dcp_only ]; then
       > "$bin/planner/planner_benchmark"
   bash "$script" --tiny --repeat 1 --dcp-only --workloads w4 --bin-dir "$bin" --dir "$tmp" \
       > "$out" 2> "$tmp/err" || { cat "$out" "$tmp/err"; die "the W4-only run failed"; }
-  expect_row "W4 save planning" "\| skipped \| n/a \| — \| ≥ 10× PyTorch \| n/a \|"
+  expect_row "W4 save planning" "\| skipped \| n/a \| — \| — \|  \|"
+  expect_row "↳ PyTorch: the ranks'" "\| skipped \| n/a \| — \| ≥ 10× PyTorch \| n/a \|"
   expect_row "W4 load planning" "\| skipped \| n/a \|"
   grep -q "no w4 mode" "$tmp/err" || die "no note that W4 is n/a"
   [ -z "$(cells "W1 save")" ] || die "W1 ran although only W4 was asked for"
@@ -110,7 +112,8 @@ elif [ "$mode" = with_peer ]; then
       || { cat "$out"; die "the run with the peer failed"; }
   cat "$out"
   for row in "W1 save" "W1 resharded load" "W2 save" "W2 load" "W3 async save" \
-      "↳ until the save is complete" "W4 save planning" "W4 load planning" \
+      "↳ the first call" "↳ until the second save is complete" \
+      "W4 save planning" "↳ PyTorch: the ranks'" "W4 load planning" \
       "W5 build"; do
     expect_row "$row" "^\| [^|]* \|$number[^|]* \|$number[^|]* \| [0-9.]+× \|"
   done
