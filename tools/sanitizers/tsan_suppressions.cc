@@ -53,5 +53,12 @@ extern "C" const char* __tsan_default_suppressions() {
       // ...) owns, and the waiter destroys it: "data race:
       // pthread_cond_destroy / previous read in pthread_cond_broadcast
       // called from c10d::ProcessGroupGloo::AsyncWork::finishWorkGloo".
-      "race:c10d::ProcessGroupGloo::AsyncWork::finishWorkGloo\n";
+      "race:c10d::ProcessGroupGloo::AsyncWork::finishWorkGloo\n"
+      // And when the worker thread holds the last reference: runLoop()
+      // deletes the finished work after our thread dropped its reference
+      // (an atomic decrement TSan sees) without an order TSan can see:
+      // "data race: operator delete called from
+      // c10d::ProcessGroupGloo::runLoop / previous atomic write in
+      // intrusive_ptr<c10d::Work>::reset_ in Communicator::Gather".
+      "race:c10d::ProcessGroupGloo::runLoop\n";
 }
