@@ -290,7 +290,9 @@ class Encoder {
               });
   }
 
-  PickleWriter w_;
+  // Memoized: a .metadata names the same classes, keys and file names in
+  // every entry.
+  PickleWriter w_{PickleWriterOptions{/*memoize=*/true}};
   absl::Status status_;
 };
 

@@ -7,7 +7,9 @@
 // converted to and from `dcp::Metadata` (checkpoint/metadata.h).
 //
 // Encoding writes what PyTorch 2.6 and newer unpickle (§4.5, §4.6, §11):
-//   * protocol 2, GLOBAL opcodes, no memo, no frames;
+//   * protocol 2, GLOBAL opcodes, no frames; each distinct str and global
+//     written once and referenced with BINGET / LONG_BINGET after that
+//     (`PickleWriterOptions::memoize`);
 //   * dataclasses as `GLOBAL cls, EMPTY_TUPLE, NEWOBJ, {state}, BUILD`, with
 //     the state keys in PyTorch's order (§4.4); `BytesStorageMetadata` has no
 //     state and no BUILD;

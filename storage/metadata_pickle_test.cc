@@ -3,6 +3,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <fstream>
+#include <map>
 #include <optional>
 #include <random>
 #include <sstream>
@@ -47,12 +48,36 @@ constexpr absl::string_view kUuid = "2f5b6b1e-8c47-4c41-9d8e-3e4f3b6f0a11";
 // S = BINUNICODE, G = GLOBAL.
 struct Md45 {
   Asm a;
+  // When set, each distinct str and global is written once followed by
+  // BINPUT, and as BINGET after that (what EncodeMetadataPickle writes).
+  bool memoize = false;
+  std::map<std::string, int> memo;
+  // Emits BINGET if `key` was memoized; otherwise returns false.
+  bool Get(const std::string& key) {
+    if (!memoize) return false;
+    auto it = memo.find(key);
+    if (it == memo.end()) return false;
+    a.Op(0x68).U8(it->second);  // BINGET
+    return true;
+  }
+  void Put(const std::string& key) {
+    if (!memoize) return;
+    const int index = static_cast<int>(memo.size());
+    memo.emplace(key, index);
+    a.Op(0x71).U8(index);  // BINPUT
+  }
   Md45& S(absl::string_view s) {
+    const std::string key = absl::StrCat("s", s);
+    if (Get(key)) return *this;
     a.Unicode(s);
+    Put(key);
     return *this;
   }
   Md45& G(absl::string_view module, absl::string_view name) {
+    const std::string key = absl::StrCat("g", module, ".", name);
+    if (Get(key)) return *this;
     a.Global(module, name);
+    Put(key);
     return *this;
   }
   Md45& H(uint8_t op) {
@@ -161,10 +186,11 @@ TEST(DecodeMetadataPickleTest, AnnotatedExampleOfSection45) {
 }
 
 // What EncodeMetadataPickle writes for the same content, assembled by hand:
-// the §4.5 structure with std::map entry order and Python's batching (a
-// single list item is APPEND).
+// the §4.5 structure with std::map entry order, Python's batching (a
+// single list item is APPEND) and each distinct str and global memoized.
 std::string Section45Encoding() {
   Md45 m;
+  m.memoize = true;
   auto index = [&](absl::string_view fqn, bool tensor) {
     m.New(kMd, "MetadataIndex").H(0x7d).H(0x28).S("fqn").S(fqn).S("index");
     if (tensor) {

@@ -1761,9 +1761,40 @@ absl::Status DecodeBudget::Charge(uint64_t bytes) {
 
 // ---- Writing -----------------------------------------------------------------
 
-PickleWriter::PickleWriter() {
+PickleWriter::PickleWriter(const PickleWriterOptions& options)
+    : memoize_(options.memoize) {
   out_.push_back(static_cast<char>(kProto));
   out_.push_back(2);
+}
+
+bool PickleWriter::EmitMemoized(absl::string_view key) {
+  if (!memoize_) return false;
+  const auto it = memo_.find(key);
+  if (it == memo_.end()) return false;
+  const uint32_t index = it->second;
+  if (index < 256) {
+    Op(kBinGet);
+    out_.push_back(static_cast<char>(index));
+  } else {
+    Op(kLongBinGet);
+    for (int i = 0; i < 4; ++i) out_.push_back(static_cast<char>(index >> (8 * i)));
+  }
+  Push();
+  return true;
+}
+
+void PickleWriter::Memoize(absl::string_view key) {
+  // A pickle too large for 32-bit memo indices simply stops memoizing.
+  if (!memoize_ || memo_.size() >= 0xFFFFFFFFu) return;
+  const uint32_t index = static_cast<uint32_t>(memo_.size());
+  if (index < 256) {
+    Op(kBinPut);
+    out_.push_back(static_cast<char>(index));
+  } else {
+    Op(kLongBinPut);
+    for (int i = 0; i < 4; ++i) out_.push_back(static_cast<char>(index >> (8 * i)));
+  }
+  memo_.emplace(key, index);
 }
 
 void PickleWriter::Op(char opcode) { out_.push_back(opcode); }
@@ -1858,11 +1889,17 @@ void PickleWriter::WriteString(absl::string_view utf8) {
         " bytes with protocol 2 (limit 4 GiB)")));
     utf8 = absl::string_view();
   }
+  std::string key;
+  if (memoize_) {
+    key = absl::StrCat("s", utf8);
+    if (EmitMemoized(key)) return;
+  }
   Op(kBinUnicode);
   const uint32_t n = static_cast<uint32_t>(utf8.size());
   for (int i = 0; i < 4; ++i) out_.push_back(static_cast<char>(n >> (8 * i)));
   out_.append(utf8.data(), utf8.size());
   Push();
+  Memoize(key);
 }
 
 void PickleWriter::WriteBytes(absl::string_view bytes) {
@@ -1887,9 +1924,15 @@ void PickleWriter::WriteGlobal(absl::string_view module,
         absl::StrCat("cannot pickle global \"", absl::CHexEscape(module), ".",
                      absl::CHexEscape(name), "\"")));
   }
+  std::string key;
+  if (memoize_) {
+    key = absl::StrCat("g", module, "\n", name);
+    if (EmitMemoized(key)) return;
+  }
   Op(kGlobal);
   absl::StrAppend(&out_, module, "\n", name, "\n");
   Push();
+  Memoize(key);
 }
 
 void PickleWriter::WriteTuple(size_t size,

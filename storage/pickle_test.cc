@@ -938,6 +938,71 @@ TEST(PickleWriterTest, ValuesRoundTrip) {
   EXPECT_THAT(Read(bytes), testing::IsOkAndHolds(od));
 }
 
+std::string WriteMemoized(absl::FunctionRef<void(PickleWriter&)> write) {
+  PickleWriter w(PickleWriterOptions{/*memoize=*/true});
+  write(w);
+  absl::StatusOr<std::string> bytes = std::move(w).Finish();
+  CHECK(bytes.ok()) << bytes.status();
+  return *bytes;
+}
+
+TEST(PickleWriterTest, MemoizeWritesEachStrAndGlobalOnce) {
+  // BINPUT after the first of each, BINGET for the repeats; ints and other
+  // values are written as they are.
+  EXPECT_EQ(WriteMemoized([](PickleWriter& w) {
+              w.WriteTuple(5, [&](size_t i) {
+                if (i == 2) {
+                  w.WriteInt(1);
+                } else if (i % 2 == 0) {
+                  w.WriteString("a");
+                } else {
+                  w.WriteGlobal("torch", "float32");
+                }
+              });
+            }),
+            Asm().Proto(2).Op('(').Unicode("a").Op('q').U8(0)
+                .Global("torch", "float32").Op('q').U8(1).BinInt1(1)
+                .Op('h').U8(1).Op('h').U8(0).Op('t').Stop().bytes());
+  // A str and a global with the same text are different values.
+  EXPECT_THAT(Read(WriteMemoized([](PickleWriter& w) {
+                w.WriteTuple(2, [&](size_t i) {
+                  if (i == 0) w.WriteString("torch\nfloat32");
+                  if (i == 1) w.WriteGlobal("torch", "float32");
+                });
+              })),
+              testing::IsOkAndHolds(V::Tuple({Str("torch\nfloat32"),
+                                              V::Global("torch", "float32")})));
+}
+
+TEST(PickleWriterTest, MemoizedPicklesReadBackTheSameValues) {
+  // 600 distinct strings, each written three times: indices past 255 take
+  // LONG_BINPUT / LONG_BINGET.
+  std::vector<V> items;
+  for (int round = 0; round < 3; ++round) {
+    for (int i = 0; i < 600; ++i) {
+      items.push_back(Str(absl::StrCat("key", i)));
+      items.push_back(V::Global("m", absl::StrCat("C", i % 7)));
+    }
+  }
+  const V list = V::List(items);
+  PickleWriter plain;
+  plain.Write(list);
+  ASSERT_OK_AND_ASSIGN(std::string plain_bytes, std::move(plain).Finish());
+  const std::string memoized = WriteMemoized([&](PickleWriter& w) { w.Write(list); });
+  EXPECT_THAT(Read(memoized), testing::IsOkAndHolds(list));
+  EXPECT_LT(memoized.size(), plain_bytes.size());
+  EXPECT_NE(memoized.find('r'), std::string::npos);  // LONG_BINPUT
+  EXPECT_NE(memoized.find('j'), std::string::npos);  // LONG_BINGET
+  // Deterministic.
+  EXPECT_EQ(WriteMemoized([&](PickleWriter& w) { w.Write(list); }), memoized);
+  // Bytes (protocol 2 spells them with _codecs.encode and a str) too.
+  const V bytes_twice = V::Tuple({V::Bytes("ab\xff"), V::Bytes("ab\xff"),
+                                  V::Bytes(""), V::Bytes("")});
+  EXPECT_THAT(
+      Read(WriteMemoized([&](PickleWriter& w) { w.Write(bytes_twice); })),
+      testing::IsOkAndHolds(bytes_twice));
+}
+
 TEST(PickleWriterTest, DataErrorsSurfaceInFinish) {
   PickleWriter bad_utf8;
   bad_utf8.WriteString("\xff");
