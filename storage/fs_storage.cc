@@ -45,6 +45,7 @@
 #include "storage/crc32.h"
 #include "storage/file_system.h"
 #include "storage/metadata_pickle.h"
+#include "storage/metadata_sidecar.h"
 #include "storage/posix_file_system.h"
 #include "storage/torch_record.h"
 #include "storage/zip.h"
@@ -56,6 +57,8 @@ namespace {
 constexpr absl::string_view kMetadataName = ".metadata";
 constexpr absl::string_view kLockName = kCheckpointLockFileName;
 constexpr absl::string_view kMetadataTmpPrefix = ".metadata.tmp";
+// The sidecar's temporary file is ".dcp.metadata.<token>.tmp".
+constexpr absl::string_view kSidecarTmpSuffix = ".tmp";
 constexpr absl::string_view kDataSuffix = ".distcp";
 // "Tag:token:prefix", the encoding of SavePlan::storage_data.
 constexpr absl::string_view kPlanTag = "dcp-fs-save";
@@ -409,6 +412,35 @@ void RemoveFiles(FileSystem& fs, const std::vector<std::string>& paths,
   }
 }
 
+// Best effort, since loads fall back to the pickle: writes `dir`'s metadata
+// sidecar for `pickle` through a temporary file (created exclusively, like
+// the .metadata's) and a rename, logging failures.
+void WriteMetadataSidecar(FileSystem& fs, const std::string& dir,
+                          absl::string_view token, const Metadata& metadata,
+                          absl::string_view pickle) {
+  const std::string tmp_path = JoinPath(
+      dir, absl::StrCat(kMetadataSidecarName, ".", token, kSidecarTmpSuffix));
+  const std::string path = JoinPath(dir, kMetadataSidecarName);
+  WritableFileOptions create;
+  create.exclusive = true;
+  absl::StatusOr<std::unique_ptr<WritableFile>> file =
+      fs.NewWritableFile(tmp_path, create);
+  absl::Status status = file.status();
+  if (status.ok()) {
+    // Not synced: a sidecar a crash leaves torn or empty fails its checks
+    // and is not used, so it needs no durability of its own.
+    status = (*file)->Append(EncodeMetadataSidecar(metadata, pickle));
+    if (status.ok()) status = (*file)->Close();
+    file->reset();
+    if (status.ok()) status = fs.Rename(tmp_path, path);
+    if (!status.ok()) RemoveFiles(fs, {tmp_path}, "temporary metadata sidecars");
+  }
+  if (!status.ok()) {
+    LOG(WARNING) << "fs_storage: could not write " << path
+                 << " (loads will decode .metadata instead): " << status;
+  }
+}
+
 // ---- The directory lock -----------------------------------------------------
 
 // Who holds the lock, for the lock file and for the error another writer
@@ -478,10 +510,47 @@ absl::Status NotACheckpoint(absl::string_view dir) {
       absl::StrCat("not a checkpoint: no .metadata in ", dir));
 }
 
+// The metadata in `dir`'s sidecar if it describes `pickle` (the bytes of
+// its `.metadata`); nullopt if there is none or it cannot be used, which is
+// logged unless the sidecar is simply absent or stale.
+std::optional<Metadata> ReadMetadataSidecar(FileSystem& fs,
+                                            const std::string& dir,
+                                            absl::string_view pickle,
+                                            uint64_t max_bytes) {
+  const std::string path = JoinPath(dir, kMetadataSidecarName);
+  absl::StatusOr<std::unique_ptr<RandomAccessFile>> file =
+      fs.NewRandomAccessFile(path);
+  absl::Status status = file.status();
+  if (file.ok()) {
+    const uint64_t size = (*file)->size();
+    if (size > max_bytes) {
+      status = absl::ResourceExhaustedError(
+          absl::StrCat(size, " bytes, more than max_metadata_bytes"));
+    } else {
+      std::string bytes(static_cast<size_t>(size), '\0');
+      status = (*file)->ReadInto(0, absl::MakeSpan(bytes));
+      if (status.ok()) {
+        absl::StatusOr<Metadata> metadata = DecodeMetadataSidecar(bytes, pickle);
+        if (metadata.ok()) return *std::move(metadata);
+        status = metadata.status();
+      }
+    }
+  }
+  if (!absl::IsNotFound(status) && !absl::IsFailedPrecondition(status)) {
+    LOG(WARNING) << "fs_storage: not using " << path
+                 << ", decoding .metadata instead: " << status;
+  } else {
+    VLOG(1) << "fs_storage: decoding .metadata, no usable " << path << ": "
+            << status;
+  }
+  return std::nullopt;
+}
+
 absl::StatusOr<Metadata> ReadMetadataFile(FileSystem& fs,
                                           const std::string& dir,
                                           uint64_t max_bytes,
-                                          const DecodeLimits& limits) {
+                                          const DecodeLimits& limits,
+                                          bool use_sidecar) {
   const std::string path = JoinPath(dir, kMetadataName);
   absl::StatusOr<std::unique_ptr<RandomAccessFile>> file =
       fs.NewRandomAccessFile(path);
@@ -499,6 +568,11 @@ absl::StatusOr<Metadata> ReadMetadataFile(FileSystem& fs,
   std::string bytes(static_cast<size_t>(size), '\0');
   absl::Status read = (*file)->ReadInto(0, absl::MakeSpan(bytes));
   if (!read.ok()) return Annotate(read, absl::StrCat("reading ", path));
+  if (use_sidecar) {
+    std::optional<Metadata> metadata =
+        ReadMetadataSidecar(fs, dir, bytes, max_bytes);
+    if (metadata.has_value()) return *std::move(metadata);
+  }
   absl::StatusOr<Metadata> metadata = DecodeMetadataPickle(bytes, limits);
   if (!metadata.ok()) {
     return Annotate(metadata.status(), absl::StrCat("decoding ", path));
@@ -549,10 +623,15 @@ std::optional<absl::string_view> DcpDataFileToken(absl::string_view name) {
   return parts[2];
 }
 
-// Whether `name` is a temporary metadata file of dcp, ".metadata.tmp.<token>".
+// Whether `name` is a temporary metadata file of dcp,
+// ".metadata.tmp.<token>" or ".dcp.metadata.<token>.tmp" (the sidecar's).
 bool IsDcpTempMetadataName(absl::string_view name) {
-  return absl::ConsumePrefix(&name, kMetadataTmpPrefix) &&
-         absl::ConsumePrefix(&name, ".") && IsToken(name);
+  if (absl::ConsumePrefix(&name, kMetadataTmpPrefix)) {
+    return absl::ConsumePrefix(&name, ".") && IsToken(name);
+  }
+  return absl::ConsumePrefix(&name, kMetadataSidecarName) &&
+         absl::ConsumePrefix(&name, ".") &&
+         absl::ConsumeSuffix(&name, kSidecarTmpSuffix) && IsToken(name);
 }
 
 // The files (cleaned relative paths) the `.metadata` in `dir` references,
@@ -562,7 +641,8 @@ std::set<std::string> FilesOfCurrentCheckpoint(FileSystem& fs,
                                                const std::string& dir) {
   std::set<std::string> files;
   absl::StatusOr<Metadata> metadata =
-      ReadMetadataFile(fs, dir, kDefaultMaxMetadataBytes, DecodeLimits());
+      ReadMetadataFile(fs, dir, kDefaultMaxMetadataBytes, DecodeLimits(),
+                       /*use_sidecar=*/true);
   if (!metadata.ok()) {
     if (!absl::IsNotFound(metadata.status())) {
       LOG(WARNING) << "fs_storage: the checkpoint being replaced in " << dir
@@ -1157,6 +1237,12 @@ absl::Status FileSystemWriter::Finish(
   metadata.storage_meta = StorageMetaForSave();
   metadata.version = s.options.metadata_version;
   DCP_ASSIGN_OR_RETURN(std::string pickle, EncodeMetadataPickle(metadata));
+  if (s.options.write_metadata_sidecar) {
+    // Before .metadata, so a committed checkpoint has its sidecar; a crash
+    // in between leaves a sidecar that describes no .metadata, never used.
+    fs_storage_internal::WriteMetadataSidecar(*s.fs, s.path, token, metadata,
+                                              pickle);
+  }
 
   // Publish: temporary file, sync, atomic rename, directory sync. The
   // temporary file is created exclusively, like the data files: whatever
@@ -1275,7 +1361,8 @@ absl::StatusOr<Metadata> FileSystemReader::ReadMetadata() {
                        fs_storage_internal::ReadMetadataFile(
                            *state_->fs, state_->path,
                            state_->options.max_metadata_bytes,
-                           state_->options.decode_limits));
+                           state_->options.decode_limits,
+                           state_->options.use_metadata_sidecar));
   if (!metadata.storage_meta.has_value()) metadata.storage_meta.emplace();
   metadata.storage_meta->load_id = state_->load_id;
   return metadata;
@@ -1500,7 +1587,8 @@ absl::StatusOr<Metadata> ReadCheckpointMetadata(
   return fs_storage_internal::ReadMetadataFile(
       *fs_storage_internal::ReaderFileSystem(options.file_system,
                                              options.allow_symlinks),
-      dir, options.max_metadata_bytes, options.decode_limits);
+      dir, options.max_metadata_bytes, options.decode_limits,
+      options.use_metadata_sidecar);
 }
 
 }  // namespace dcp

@@ -9,6 +9,9 @@
 //   <dir>/.metadata                         pickled Metadata, written last
 //   <dir>/__<rank>_<n><suffix>.distcp       data files of torch.save records
 //   <dir>/.dcp.lock                         held by the saving coordinator
+//   <dir>/.dcp.metadata                     binary copy of .metadata that
+//                                           loads read when it matches it
+//                                           (storage/metadata_sidecar.h)
 //
 // Every item is a complete torch.save-compatible zip record
 // (storage/torch_record.h), concatenated in the data files, with its file,
@@ -19,7 +22,10 @@
 // `.metadata` points at. Each rank syncs its data files and the directory;
 // then the coordinator writes `.metadata` to a temporary file, syncs it,
 // renames it over `.metadata` (an atomic replace) and syncs the directory.
-// Only then are stale files removed (below). So a crash at any point leaves
+// Only then are stale files removed (below). (Just before `.metadata`, the
+// coordinator also renames `.dcp.metadata` into place, unsynced: a sidecar
+// that does not match the `.metadata` beside it byte for byte, or fails its
+// own CRC-32, is never read.) So a crash at any point leaves
 // either the old checkpoint or the new one, complete; a directory without
 // `.metadata` is not a checkpoint.
 //
@@ -171,6 +177,11 @@ struct FileSystemWriterOptions {
   // and dcp's own leftovers of earlier saves (see "Stale files" above).
   // Only with `sync_files`.
   bool remove_stale_files = true;
+  // Also write `.dcp.metadata`, a binary copy of `.metadata` that loads
+  // read instead of decoding the pickle (storage/metadata_sidecar.h). Best
+  // effort: a failure to write it is logged, and loads without it decode
+  // `.metadata`.
+  bool write_metadata_sidecar = true;
   // Written as Metadata::version; PyTorch 2.6 ignores it.
   std::optional<std::string> metadata_version = std::string("1.0.0");
   // Null: the local POSIX file system.
@@ -222,6 +233,10 @@ struct FileSystemReaderOptions {
   // in full (streamed, in bounded memory) to do so; false reads only the
   // byte ranges needed.
   bool verify_checksums = true;
+  // Read `.dcp.metadata` instead of decoding the `.metadata` pickle when it
+  // records the exact bytes of this `.metadata` and passes its CRC-32;
+  // otherwise (absent, stale, damaged: the last logged) decode `.metadata`.
+  bool use_metadata_sidecar = true;
   // Open `.metadata` and data files that are symbolic links (see "Hostile
   // directories" above). False: refuse them with FailedPrecondition.
   bool allow_symlinks = false;

@@ -235,7 +235,8 @@ TEST(FsStorageMultiRankTest, EveryRankWritesItsOwnFiles) {
   ASSERT_OK_AND_ASSIGN(Metadata md,
                        ReadCheckpointMetadata(std::string(kDir), fs));
   const std::string token = SaveTokenOf(md);
-  std::vector<std::string> expected = {".dcp.lock", ".metadata"};
+  std::vector<std::string> expected = {".dcp.lock", ".dcp.metadata",
+                                       ".metadata"};
   for (int rank = 0; rank < 3; ++rank) {
     for (int n = 0; n < 2; ++n) {
       expected.push_back(

@@ -39,6 +39,7 @@
 #include "gtest/gtest.h"
 #include "storage/file_system.h"
 #include "storage/metadata_pickle.h"
+#include "storage/metadata_sidecar.h"
 #include "storage/posix_file_system.h"
 #include "storage/torch_record.h"
 #include "testing/checkpoint_scenarios.h"
@@ -388,7 +389,8 @@ TEST(FsStorageLayoutTest, FileNamesMetadataAndRecordsFollowPyTorch) {
   EXPECT_EQ(md.version, std::string("1.0.0"));
   const std::string token = SaveTokenOf(md);
   const std::string name = absl::StrCat("__0_0_", token, ".distcp");
-  EXPECT_THAT(Children(*fs, kDir), ElementsAre(".dcp.lock", ".metadata", name));
+  EXPECT_THAT(Children(*fs, kDir),
+              ElementsAre(".dcp.lock", ".dcp.metadata", ".metadata", name));
 
   // What was written is what .metadata says (read back through the file).
   ASSERT_OK_AND_ASSIGN(Metadata on_disk,
@@ -649,7 +651,8 @@ TEST(FsStorageOverwriteTest, NewSaveReplacesOldOneAndRemovesItsFiles) {
   ASSERT_OK_AND_ASSIGN(Metadata md2, SaveTo(fs, kDir, v2));
   EXPECT_NE(md1.storage_meta->save_id, md2.storage_meta->save_id);
 
-  std::vector<std::string> expected = {".dcp.lock", ".metadata"};
+  std::vector<std::string> expected = {".dcp.lock", ".dcp.metadata",
+                                       ".metadata"};
   for (const auto& [index, info] : md2.storage_data) {
     expected.push_back(info.relative_path);
   }
@@ -677,6 +680,71 @@ TEST(FsStorageOverwriteTest, StaleFilesAreKeptWhenAsked) {
   EXPECT_THAT(DataFiles(*fs, kDir), SizeIs(2));
   EXPECT_THAT(Children(*fs, kDir),
               ::testing::Contains(InfoOf(md1, "w").relative_path));
+}
+
+// ---- The metadata sidecar -----------------------------------------------------
+
+TEST(FsStorageSidecarTest, LoadsReadTheSidecarOnlyWhileItMatchesMetadata) {
+  auto fs = std::make_shared<MemFileSystem>();
+  ASSERT_OK_AND_ASSIGN(Metadata saved, SaveTo(fs, kDir, ModelVersion(1)));
+  const std::string pickle = ReadFile(*fs, JoinPath(kDir, ".metadata"));
+  const std::string sidecar_path = JoinPath(kDir, ".dcp.metadata");
+  ASSERT_OK_AND_ASSIGN(Metadata from_pickle, DecodeMetadataPickle(pickle));
+  EXPECT_EQ(DecodeMetadataSidecar(ReadFile(*fs, sidecar_path), pickle).value(),
+            from_pickle);
+  EXPECT_OK(LoadModelVersion(fs, kDir, 1));
+
+  // A sidecar made for these .metadata bytes is believed: one that says
+  // something else shows which of the two a read used.
+  Metadata marked = from_pickle;
+  marked.version = "from the sidecar";
+  WriteFile(*fs, sidecar_path, EncodeMetadataSidecar(marked, pickle));
+  ASSERT_OK_AND_ASSIGN(Metadata read,
+                       ReadCheckpointMetadata(std::string(kDir), fs));
+  EXPECT_EQ(read.version, std::string("from the sidecar"));
+  FileSystemReaderOptions no_sidecar;
+  no_sidecar.file_system = fs;
+  no_sidecar.use_metadata_sidecar = false;
+  ASSERT_OK_AND_ASSIGN(read, ReadCheckpointMetadata(std::string(kDir), no_sidecar));
+  EXPECT_EQ(read.version, std::string("1.0.0"));
+
+  // .metadata replaced (PyTorch saving over it leaves the sidecar): stale.
+  Metadata replaced = from_pickle;
+  replaced.version = "replaced";
+  ASSERT_OK_AND_ASSIGN(std::string replaced_pickle,
+                       EncodeMetadataPickle(replaced));
+  WriteFile(*fs, JoinPath(kDir, ".metadata"), replaced_pickle);
+  ASSERT_OK_AND_ASSIGN(read, ReadCheckpointMetadata(std::string(kDir), fs));
+  EXPECT_EQ(read.version, std::string("replaced"));
+
+  // Damaged, or not a regular file: the pickle, and the load is exact.
+  WriteFile(*fs, JoinPath(kDir, ".metadata"), pickle);
+  WriteFile(*fs, sidecar_path, "DCPMETA1 but nothing else");
+  EXPECT_OK(LoadModelVersion(fs, kDir, 1));
+  ASSERT_OK(fs->RemoveFile(sidecar_path));
+  ASSERT_OK(fs->CreateDir(sidecar_path));
+  EXPECT_OK(LoadModelVersion(fs, kDir, 1));
+}
+
+TEST(FsStorageSidecarTest, WritingItIsOptionalAndBestEffort) {
+  auto fs = std::make_shared<MemFileSystem>();
+  FileSystemWriterOptions options;
+  options.write_metadata_sidecar = false;
+  ASSERT_OK(SaveTo(fs, kDir, ModelVersion(1), options).status());
+  EXPECT_THAT(Children(*fs, kDir), Not(::testing::Contains(".dcp.metadata")));
+  EXPECT_OK(LoadModelVersion(fs, kDir, 1));
+
+  // A sidecar that cannot be written does not fail the save, and leaves no
+  // temporary file; loads decode .metadata.
+  for (FileOp op : {FileOp::kCreate, FileOp::kAppend, FileOp::kRename}) {
+    auto faulty = std::make_shared<FaultInjectingFileSystem>(
+        std::make_shared<MemFileSystem>());
+    faulty->AddRule({op, ".dcp.metadata."});
+    ASSERT_OK(SaveTo(faulty, kDir, ModelVersion(2)).status());
+    EXPECT_THAT(Children(*faulty, kDir),
+                ElementsAre(".dcp.lock", ".metadata", ::testing::_));
+    EXPECT_OK(LoadModelVersion(faulty, kDir, 2));
+  }
 }
 
 // Gives the data files of the checkpoint in `dir` PyTorch's own names
@@ -720,6 +788,9 @@ const std::vector<std::string> kForeignFiles = {
     "x__0_0_deadbeef.distcp",      // Prefixed.
     ".metadata.tmp",               // Not dcp's temporary name.
     ".metadata.tmp.deadbeef.old",  // Ditto.
+    ".dcp.metadata.tmp",              // Not the sidecar's temporary name.
+    ".dcp.metadata.deadbeef.tmp.old",  // Ditto.
+    ".dcp.metadata.DEADBEEF.tmp",      // Not a token dcp generates.
 };
 // Leftovers of earlier dcp saves that failed or crashed.
 const std::vector<std::string> kDcpLeftovers = {
@@ -728,6 +799,8 @@ const std::vector<std::string> kDcpLeftovers = {
     ".metadata.tmp.deadbeef",
     "__0_1_0123456789abcdef.distcp",  // Tokens of 16 digits.
     ".metadata.tmp.fedcba9876543210",
+    ".dcp.metadata.deadbeef.tmp",  // The sidecar's temporary files.
+    ".dcp.metadata.fedcba9876543210.tmp",
 };
 
 TEST(FsStorageCleanupTest, RemovesOnlyTheReplacedCheckpointAndDcpLeftovers) {
@@ -750,6 +823,7 @@ TEST(FsStorageCleanupTest, RemovesOnlyTheReplacedCheckpointAndDcpLeftovers) {
 
   std::vector<std::string> expected = kForeignFiles;
   expected.push_back(".dcp.lock");
+  expected.push_back(".dcp.metadata");
   expected.push_back(".metadata");
   for (const auto& [index, info] : md.storage_data) {
     expected.push_back(info.relative_path);
@@ -1796,9 +1870,12 @@ TEST(FsStorageMutationTest, EveryLoadIsExactOrFails) {
   for (const auto& [path, size] : base->ListAllFiles()) {
     if (Basename(path) != kCheckpointLockFileName) files.push_back(path);
   }
-  ASSERT_THAT(files, SizeIs(5));
+  // Four data files, .metadata and its sidecar, which the mutations reach
+  // too: whatever happens to it, a load is exact or fails.
+  ASSERT_THAT(files, SizeIs(6));
   const std::string metadata_path = JoinPath(kDir, ".metadata");
   ASSERT_THAT(files, ::testing::Contains(metadata_path));
+  ASSERT_THAT(files, ::testing::Contains(JoinPath(kDir, ".dcp.metadata")));
 
   std::mt19937 rng(seed);
   auto uniform = [&](uint64_t n) {  // In [0, n).

@@ -13,6 +13,8 @@
 //   decode       DecodeMetadataPickle (what the coordinator reads on load)
 //   codec_enc    EncodeMetadata, the binary form broadcast to the ranks
 //   codec_dec    DecodeMetadata, what every rank decodes
+//   sidecar      DecodeMetadataSidecar: what a load of a checkpoint dcp
+//                wrote reads instead of the pickle (storage/metadata_sidecar.h)
 //
 // and the sizes of the pickle and of the binary form. Timing uses the best
 // of three runs. This is a benchmark, not a test: it checks only that each
@@ -28,6 +30,7 @@
 #include "checkpoint/metadata.h"
 #include "checkpoint/metadata_codec.h"
 #include "storage/metadata_pickle.h"
+#include "storage/metadata_sidecar.h"
 #include "storage/pickle.h"
 #include "testing/microbench.h"
 
@@ -45,8 +48,9 @@ Metadata BuildMetadata(int64_t n) {
     tensor.size = {32, 32};
     tensor.chunks.push_back(ChunkStorageMetadata{{0, 0}, {32, 32}});
     md.state_dict_metadata.emplace(fqn, std::move(tensor));
-    md.planner_data.emplace(fqn, ObjectPath{std::string("model"),
-                                            absl::StrCat("layer", i, ".weight")});
+    md.planner_data.emplace(
+        fqn,
+        ObjectPath{std::string("model"), absl::StrCat("layer", i, ".weight")});
     StorageInfo info;
     info.relative_path = absl::StrCat("__", i % kFiles, "_0_33a75ced.distcp");
     info.offset = (i / kFiles) * 5067;
@@ -65,10 +69,13 @@ void RunCase(int64_t n) {
   absl::StatusOr<std::string> pickle = EncodeMetadataPickle(md);
   if (!pickle.ok()) microbench::Fail(pickle.status().ToString());
   microbench::PrintRow("encode", n, microbench::BestSeconds(kRuns, [&] {
-        if (!EncodeMetadataPickle(md).ok()) microbench::Fail("encode");
-      }));
-  microbench::PrintRow("read_pickle", n, microbench::BestSeconds(kRuns, [&] {
-        PickleReadOptions options = DecodeLimits().PickleOptions(pickle->size());
+                         if (!EncodeMetadataPickle(md).ok())
+                           microbench::Fail("encode");
+                       }));
+  microbench::PrintRow(
+      "read_pickle", n, microbench::BestSeconds(kRuns, [&] {
+        PickleReadOptions options =
+            DecodeLimits().PickleOptions(pickle->size());
         // Every global is allowed here: this times the VM, not the filter.
         options.allow_global = [](absl::string_view, absl::string_view) {
           return true;
@@ -77,19 +84,30 @@ void RunCase(int64_t n) {
         if (!value.ok()) microbench::Fail(value.status().ToString());
       }));
   microbench::PrintRow("decode", n, microbench::BestSeconds(kRuns, [&] {
-        absl::StatusOr<Metadata> decoded = DecodeMetadataPickle(*pickle);
-        if (!decoded.ok() || *decoded != md) {
-          microbench::Fail(absl::StrCat("decode: ", decoded.status().ToString()));
-        }
-      }));
+                         absl::StatusOr<Metadata> decoded =
+                             DecodeMetadataPickle(*pickle);
+                         if (!decoded.ok() || *decoded != md) {
+                           microbench::Fail(absl::StrCat(
+                               "decode: ", decoded.status().ToString()));
+                         }
+                       }));
   const std::string binary = EncodeMetadata(md);
   microbench::PrintRow("codec_enc", n, microbench::BestSeconds(kRuns, [&] {
-        if (EncodeMetadata(md).size() != binary.size()) microbench::Fail("enc");
-      }));
+                         if (EncodeMetadata(md).size() != binary.size())
+                           microbench::Fail("enc");
+                       }));
   microbench::PrintRow("codec_dec", n, microbench::BestSeconds(kRuns, [&] {
-        absl::StatusOr<Metadata> decoded = DecodeMetadata(binary);
-        if (!decoded.ok() || *decoded != md) microbench::Fail("codec_dec");
-      }));
+                         absl::StatusOr<Metadata> decoded =
+                             DecodeMetadata(binary);
+                         if (!decoded.ok() || *decoded != md)
+                           microbench::Fail("codec_dec");
+                       }));
+  const std::string sidecar = EncodeMetadataSidecar(md, *pickle);
+  microbench::PrintRow("sidecar", n, microbench::BestSeconds(kRuns, [&] {
+                         if (!DecodeMetadataSidecar(sidecar, *pickle).ok()) {
+                           microbench::Fail("sidecar");
+                         }
+                       }));
   std::printf("# %lld keys: .metadata %zu bytes, binary form %zu bytes\n",
               static_cast<long long>(n), pickle->size(), binary.size());
 }

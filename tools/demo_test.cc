@@ -36,7 +36,7 @@ TEST(DemoTest, SavesWithFourRanksLoadsWithThreeColumnShardsAndVerifies) {
   const std::string report = out.str();
   EXPECT_THAT(report, HasSubstr(absl::StrCat("checkpoint: ", options.dir)));
   EXPECT_THAT(report, HasSubstr("model: 2 layers, hidden 12, vocab 37"));
-  EXPECT_THAT(report, HasSubstr("files      5\n"));  // .metadata + 4 ranks.
+  EXPECT_THAT(report, HasSubstr("files      6\n"));  // 4 ranks, .metadata, .dcp.metadata
   EXPECT_THAT(report, HasSubstr("(4 ranks, row-sharded)"));
   EXPECT_THAT(report, HasSubstr("(3 ranks, column-sharded)"));
   EXPECT_THAT(report, HasSubstr("GB/s"));

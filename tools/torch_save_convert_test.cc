@@ -125,7 +125,7 @@ TEST(TorchSaveConvertTest, FromThenToTorchSaveReproducesEverything) {
   std::ostringstream from_out;
   ASSERT_THAT(TorchSaveToDcp(from, from_out), IsOk());
   EXPECT_THAT(from_out.str(), HasSubstr("with 3 ranks: "));
-  EXPECT_THAT(from_out.str(), HasSubstr("4 files"));  // 3 ranks + .metadata
+  EXPECT_THAT(from_out.str(), HasSubstr("5 files"));  // 3 ranks, .metadata, .dcp.metadata
 
   // Tensors with a dimension are row-sharded: [7, 5] over 3 ranks is 3, 3, 1.
   ASSERT_OK_AND_ASSIGN(Metadata md, ReadCheckpointMetadata(dir));
