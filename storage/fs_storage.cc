@@ -68,6 +68,17 @@ constexpr uint64_t kCrcChunkBytes = uint64_t{4} << 20;
 // record's cached `ZipByteSource`; larger ones are streamed.
 constexpr uint64_t kSmallEntryBytes = uint64_t{1} << 20;
 constexpr absl::string_view kChecksumMismatch = "checksum mismatch";
+// The checking phase reads records in batches: one read covers a run of
+// the records a load touches in a file, at most kBatchBytes long with gaps
+// of at most kMaxBatchGapBytes, so that a load of many small tensors makes
+// one read per batch instead of several per record (zip directory,
+// data.pkl, entries). Batched are the records it reads in full anyway
+// (all up to kBatchBytes when verifying checksums) and, without
+// verification, records of up to kSmallRecordBytes, for which a few reads
+// of their parts would cost more than reading them whole.
+constexpr uint64_t kBatchBytes = uint64_t{4} << 20;
+constexpr uint64_t kMaxBatchGapBytes = uint64_t{4} << 10;
+constexpr uint64_t kSmallRecordBytes = uint64_t{64} << 10;
 
 // A random RFC 4122 version-4 UUID string, as Python's str(uuid4()).
 std::string RandomUuid() {
@@ -773,19 +784,28 @@ absl::Status ChecksumMismatch(const FileWork& file, const RecordWork& record,
 // Parses and checks a tensor record: its zip directory and data.pkl, the
 // saved dtype and shape against `.metadata`, and with `verify` the CRC-32
 // of every entry. Reads only the record's small entries unless `verify`.
+// `in_memory`, if set, is the whole record, already read.
 absl::Status CheckTensorRecord(const FileWork& file, RecordWork& record,
-                               bool verify) {
+                               bool verify,
+                               std::optional<absl::string_view> in_memory) {
   const RandomAccessFile& data = *file.file;
   const uint64_t base = static_cast<uint64_t>(record.info->offset);
-  ZipByteSource source(
-      static_cast<uint64_t>(record.info->length),
-      [&data, base](uint64_t offset,
-                    uint64_t length) -> absl::StatusOr<std::string> {
-        std::string bytes(static_cast<size_t>(length), '\0');
-        DCP_RETURN_IF_ERROR(
-            data.ReadInto(base + offset, absl::MakeSpan(bytes)));
-        return bytes;
-      });
+  std::optional<ZipByteSource> from_file;
+  std::optional<ZipByteSource> from_memory;
+  if (in_memory.has_value()) {
+    from_memory.emplace(*in_memory);
+  } else {
+    from_file.emplace(
+        static_cast<uint64_t>(record.info->length),
+        [&data, base](uint64_t offset,
+                      uint64_t length) -> absl::StatusOr<std::string> {
+          std::string bytes(static_cast<size_t>(length), '\0');
+          DCP_RETURN_IF_ERROR(
+              data.ReadInto(base + offset, absl::MakeSpan(bytes)));
+          return bytes;
+        });
+  }
+  ZipByteSource& source = in_memory.has_value() ? *from_memory : *from_file;
   // Checked first, so that a corrupt data.pkl reports the mismatch.
   std::optional<ZipDirectory> dir;
   if (verify) {
@@ -817,21 +837,31 @@ absl::Status CheckTensorRecord(const FileWork& file, RecordWork& record,
     // The tensor data, after the cheaper checks against `.metadata`.
     for (const ZipEntry& entry : dir->entries) {
       if (entry.size <= kSmallEntryBytes) continue;
-      DCP_ASSIGN_OR_RETURN(
-          uint32_t crc,
-          StreamCrc32(data, base + entry.data_offset, entry.size));
+      uint32_t crc;
+      if (in_memory.has_value()) {
+        // ReadZipDirectory checked that entries lie inside the record.
+        crc = Crc32(in_memory->substr(entry.data_offset, entry.size));
+      } else {
+        DCP_ASSIGN_OR_RETURN(
+            crc, StreamCrc32(data, base + entry.data_offset, entry.size));
+      }
       if (crc != entry.crc32) return ChecksumMismatch(file, record, entry);
     }
   }
   return absl::OkStatus();
 }
 
-// Reads, checks and parses a bytes record.
+// Reads, checks and parses a bytes record (`in_memory`, if already read).
 absl::Status CheckBytesRecord(const FileWork& file, RecordWork& record,
-                              bool verify, const DecodeLimits& limits) {
-  std::string bytes(static_cast<size_t>(record.info->length), '\0');
-  DCP_RETURN_IF_ERROR(file.file->ReadInto(
-      static_cast<uint64_t>(record.info->offset), absl::MakeSpan(bytes)));
+                              bool verify, const DecodeLimits& limits,
+                              std::optional<absl::string_view> in_memory) {
+  std::string read;
+  if (!in_memory.has_value()) {
+    read.resize(static_cast<size_t>(record.info->length));
+    DCP_RETURN_IF_ERROR(file.file->ReadInto(
+        static_cast<uint64_t>(record.info->offset), absl::MakeSpan(read)));
+  }
+  const absl::string_view bytes = in_memory.value_or(read);
   if (verify) {
     DCP_ASSIGN_OR_RETURN(ZipDirectory dir, ReadZipDirectory(bytes));
     for (const ZipEntry& entry : dir.entries) {
@@ -892,20 +922,63 @@ absl::Status CheckFile(FileSystem& fs, FileWork& file,
   DCP_RETURN_IF_ERROR(OpenDataFile(fs, file, records[file.records.front()]));
   const uint64_t file_size = file.file->size();
   file.checked_size = file_size;
-  for (size_t r : file.records) {
-    RecordWork& record = records[r];
+  auto inside = [file_size](const StorageInfo& info) {
+    return info.offset >= 0 && info.length >= 0 &&
+           static_cast<uint64_t>(info.offset) <= file_size &&
+           static_cast<uint64_t>(info.length) <=
+               file_size - static_cast<uint64_t>(info.offset);
+  };
+  // The current batch of small records: `batch` holds the file's bytes
+  // from `batch_start`.
+  std::string batch;
+  uint64_t batch_start = 0;
+  for (size_t i = 0; i < file.records.size(); ++i) {
+    RecordWork& record = records[file.records[i]];
     const StorageInfo& info = *record.info;
-    if (info.offset < 0 || info.length < 0 ||
-        static_cast<uint64_t>(info.offset) > file_size ||
-        static_cast<uint64_t>(info.length) >
-            file_size - static_cast<uint64_t>(info.offset)) {
+    if (!inside(info)) {
       return absl::DataLossError(absl::StrFormat(
           "%s: outside the data file of %d bytes (truncated file?)",
           DescribeRecord(file, record), file_size));
     }
-    absl::Status status = record.is_bytes
-                              ? CheckBytesRecord(file, record, verify, limits)
-                              : CheckTensorRecord(file, record, verify);
+    const uint64_t offset = static_cast<uint64_t>(info.offset);
+    const uint64_t length = static_cast<uint64_t>(info.length);
+    std::optional<absl::string_view> in_memory;
+    const uint64_t max_batched = verify ? kBatchBytes : kSmallRecordBytes;
+    if (length <= max_batched) {
+      if (offset < batch_start ||
+          offset + length > batch_start + batch.size()) {
+        // A new batch: this record and the next ones while they fit.
+        uint64_t end = offset + length;
+        for (size_t j = i + 1; j < file.records.size(); ++j) {
+          const StorageInfo& next = *records[file.records[j]].info;
+          if (!inside(next) ||
+              static_cast<uint64_t>(next.length) > max_batched) {
+            break;
+          }
+          const uint64_t next_offset = static_cast<uint64_t>(next.offset);
+          const uint64_t next_end =
+              next_offset + static_cast<uint64_t>(next.length);
+          if (next_offset > end + kMaxBatchGapBytes ||
+              next_end - offset > kBatchBytes) {
+            break;
+          }
+          end = std::max(end, next_end);
+        }
+        batch.resize(static_cast<size_t>(end - offset));
+        batch_start = offset;
+        absl::Status read = file.file->ReadInto(offset, absl::MakeSpan(batch));
+        if (!read.ok()) {
+          batch.clear();
+          return Annotate(read, DescribeRecord(file, record));
+        }
+      }
+      in_memory = absl::string_view(batch).substr(
+          static_cast<size_t>(offset - batch_start), static_cast<size_t>(length));
+    }
+    absl::Status status =
+        record.is_bytes
+            ? CheckBytesRecord(file, record, verify, limits, in_memory)
+            : CheckTensorRecord(file, record, verify, in_memory);
     if (!status.ok()) {
       // Checksum errors already name the file, the offset and the key.
       if (absl::StartsWith(status.message(), kChecksumMismatch)) return status;

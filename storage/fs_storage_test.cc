@@ -105,9 +105,19 @@ class CountingFileSystem : public FileSystemWrapper {
     }
     return total;
   }
+  // Read calls on files whose path ends with `suffix`.
+  uint64_t ReadCalls(absl::string_view suffix) const {
+    std::lock_guard<std::mutex> lock(mu_);
+    uint64_t total = 0;
+    for (const auto& [path, calls] : read_calls_) {
+      if (absl::EndsWith(path, suffix)) total += calls;
+    }
+    return total;
+  }
   void Clear() {
     std::lock_guard<std::mutex> lock(mu_);
     bytes_read_.clear();
+    read_calls_.clear();
   }
 
  private:
@@ -132,10 +142,12 @@ class CountingFileSystem : public FileSystemWrapper {
   void Count(const std::string& path, uint64_t n) {
     std::lock_guard<std::mutex> lock(mu_);
     bytes_read_[path] += n;
+    ++read_calls_[path];
   }
 
   mutable std::mutex mu_;
   std::map<std::string, uint64_t> bytes_read_;
+  std::map<std::string, uint64_t> read_calls_;
 };
 
 absl::StatusOr<Metadata> SaveTo(std::shared_ptr<FileSystem> fs,
@@ -1428,6 +1440,44 @@ class PartialReadTest : public ::testing::Test {
   std::shared_ptr<CountingFileSystem> counting_ =
       std::make_shared<CountingFileSystem>(mem_);
 };
+
+// Many small tensors: the checking phase reads runs of records in one read
+// each instead of reading every record's parts, with or without
+// verification, and the copy phase reads each item once.
+TEST(SmallRecordsTest, AreCheckedFromBatchedReads) {
+  auto mem = std::make_shared<MemFileSystem>();
+  constexpr int kTensors = 300;
+  StateDict source;
+  for (int i = 0; i < kTensors; ++i) {
+    source.Set(absl::StrCat("t", i), at::arange(16, at::kFloat).add(i).view({4, 4}));
+  }
+  ASSERT_OK(SaveTo(mem, kDir, source).status());
+  auto counting = std::make_shared<CountingFileSystem>(mem);
+  for (bool verify : {true, false}) {
+    SCOPED_TRACE(verify ? "verify" : "no verify");
+    StateDict dest;
+    for (int i = 0; i < kTensors; ++i) {
+      dest.Set(absl::StrCat("t", i), at::zeros({4, 4}, at::kFloat));
+    }
+    counting->Clear();
+    FileSystemReaderOptions options;
+    options.verify_checksums = verify;
+    ASSERT_OK(LoadFrom(counting, kDir, dest, options));
+    for (int i = 0; i < kTensors; ++i) {
+      const std::string key = absl::StrCat("t", i);
+      EXPECT_THAT(dest.Find(key)->get<at::Tensor>(),
+                  TensorEq(source.Find(key)->get<at::Tensor>()))
+          << key;
+    }
+    // One file of 300 records of about 1.3 KiB: one read checks them all;
+    // then one read per item.
+    EXPECT_LE(counting->ReadCalls(".distcp"), kTensors + 4);
+    const std::vector<std::string> files = DataFiles(*mem, kDir);
+    ASSERT_THAT(files, SizeIs(1));
+    EXPECT_LE(counting->BytesRead(".distcp"),
+              2 * ReadFile(*mem, JoinPath(kDir, files[0])).size());
+  }
+}
 
 TEST_F(PartialReadTest, RowShardReadsAboutItsOwnBytes) {
   const uint64_t shard_bytes = kChunkBytes / 4;
