@@ -1767,10 +1767,9 @@ PickleWriter::PickleWriter(const PickleWriterOptions& options)
   out_.push_back(2);
 }
 
-bool PickleWriter::EmitMemoized(absl::string_view key) {
-  if (!memoize_) return false;
-  const auto it = memo_.find(key);
-  if (it == memo_.end()) return false;
+bool PickleWriter::EmitMemoized(const MemoIndex& memo, absl::string_view key) {
+  const auto it = memo.find(key);
+  if (it == memo.end()) return false;
   const uint32_t index = it->second;
   if (index < 256) {
     Op(kBinGet);
@@ -1783,10 +1782,10 @@ bool PickleWriter::EmitMemoized(absl::string_view key) {
   return true;
 }
 
-void PickleWriter::Memoize(absl::string_view key) {
+void PickleWriter::Memoize(MemoIndex& memo, absl::string_view key) {
   // A pickle too large for 32-bit memo indices simply stops memoizing.
-  if (!memoize_ || memo_.size() >= 0xFFFFFFFFu) return;
-  const uint32_t index = static_cast<uint32_t>(memo_.size());
+  if (memo_size_ >= 0xFFFFFFFFu) return;
+  const uint32_t index = static_cast<uint32_t>(memo_size_++);
   if (index < 256) {
     Op(kBinPut);
     out_.push_back(static_cast<char>(index));
@@ -1794,7 +1793,7 @@ void PickleWriter::Memoize(absl::string_view key) {
     Op(kLongBinPut);
     for (int i = 0; i < 4; ++i) out_.push_back(static_cast<char>(index >> (8 * i)));
   }
-  memo_.emplace(key, index);
+  memo.emplace(key, index);
 }
 
 void PickleWriter::Op(char opcode) { out_.push_back(opcode); }
@@ -1878,6 +1877,8 @@ void PickleWriter::WriteFloat(double value) {
 }
 
 void PickleWriter::WriteString(absl::string_view utf8) {
+  // A memoized string was checked when it was first written.
+  if (memoize_ && EmitMemoized(string_memo_, utf8)) return;
   if (!IsValidUtf8(utf8)) {
     SetError(absl::InvalidArgumentError(absl::StrCat(
         "cannot pickle string \"", absl::CHexEscape(utf8.substr(0, 60)),
@@ -1889,17 +1890,12 @@ void PickleWriter::WriteString(absl::string_view utf8) {
         " bytes with protocol 2 (limit 4 GiB)")));
     utf8 = absl::string_view();
   }
-  std::string key;
-  if (memoize_) {
-    key = absl::StrCat("s", utf8);
-    if (EmitMemoized(key)) return;
-  }
   Op(kBinUnicode);
   const uint32_t n = static_cast<uint32_t>(utf8.size());
   for (int i = 0; i < 4; ++i) out_.push_back(static_cast<char>(n >> (8 * i)));
   out_.append(utf8.data(), utf8.size());
   Push();
-  Memoize(key);
+  if (memoize_) Memoize(string_memo_, utf8);
 }
 
 void PickleWriter::WriteBytes(absl::string_view bytes) {
@@ -1918,21 +1914,23 @@ void PickleWriter::WriteBytes(absl::string_view bytes) {
 
 void PickleWriter::WriteGlobal(absl::string_view module,
                                absl::string_view name) {
+  if (memoize_) {
+    // Neither part holds a newline (checked below when first written).
+    global_key_.assign(module.data(), module.size());
+    global_key_.push_back('\n');
+    global_key_.append(name.data(), name.size());
+    if (EmitMemoized(global_memo_, global_key_)) return;
+  }
   if (!IsTextGlobalPart(module) || !IsTextGlobalPart(name) || module.empty() ||
       name.empty()) {
     SetError(absl::InvalidArgumentError(
         absl::StrCat("cannot pickle global \"", absl::CHexEscape(module), ".",
                      absl::CHexEscape(name), "\"")));
   }
-  std::string key;
-  if (memoize_) {
-    key = absl::StrCat("g", module, "\n", name);
-    if (EmitMemoized(key)) return;
-  }
   Op(kGlobal);
   absl::StrAppend(&out_, module, "\n", name, "\n");
   Push();
-  Memoize(key);
+  if (memoize_) Memoize(global_memo_, global_key_);
 }
 
 void PickleWriter::WriteTuple(size_t size,

@@ -471,15 +471,19 @@ class PickleWriter {
   void PopToMark(const char* what);
   void Push() { ++stack_size_; }
   void SetError(absl::Status status);
-  // With `memoize`: emits BINGET of `key`'s memo entry and returns true if
-  // it has one; otherwise returns false, and the caller writes the value
-  // and then calls Memoize(key).
-  bool EmitMemoized(absl::string_view key);
-  void Memoize(absl::string_view key);
+  // Memo indices of the strs, or of the globals ("module\nname").
+  using MemoIndex = absl::flat_hash_map<std::string, uint32_t>;
+  // With `memoize`: emits BINGET of `key`'s entry in `memo` and returns
+  // true if it has one; otherwise returns false, and the caller writes the
+  // value and then calls Memoize(memo, key).
+  bool EmitMemoized(const MemoIndex& memo, absl::string_view key);
+  void Memoize(MemoIndex& memo, absl::string_view key);
 
   const bool memoize_;
-  // Memo index of each memoized value, keyed by a kind tag and its text.
-  absl::flat_hash_map<std::string, uint32_t> memo_;
+  MemoIndex string_memo_;
+  MemoIndex global_memo_;
+  uint64_t memo_size_ = 0;
+  std::string global_key_;  // Scratch for global_memo_ keys.
   std::string out_;
   // Number of values on the modelled stack and the stack sizes at each MARK.
   size_t stack_size_ = 0;
