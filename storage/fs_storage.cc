@@ -68,6 +68,13 @@ constexpr uint64_t kCrcChunkBytes = uint64_t{4} << 20;
 // record's cached `ZipByteSource`; larger ones are streamed.
 constexpr uint64_t kSmallEntryBytes = uint64_t{1} << 20;
 constexpr absl::string_view kChecksumMismatch = "checksum mismatch";
+// Records (bytes values, and tensors whose record is at most
+// kBatchedRecordBytes) are assembled in memory and appended in batches of
+// about kWriteBatchBytes, so that a save of many small tensors makes one
+// write per batch instead of several per record; larger tensor records are
+// written in one pass over their data (WriteTensorRecordOnePass).
+constexpr uint64_t kBatchedRecordBytes = uint64_t{1} << 20;
+constexpr uint64_t kWriteBatchBytes = uint64_t{4} << 20;
 // The checking phase reads records in batches: one read covers a run of
 // the records a load touches in a file, at most kBatchBytes long with gaps
 // of at most kMaxBatchGapBytes, so that a load of many small tensors makes
@@ -283,7 +290,8 @@ std::vector<FileJob> PlanFiles(const SavePlan& plan,
 // is patched into its header in place once its data is written); sets
 // `*length` to the number of bytes appended.
 absl::Status WriteItemRecord(const WriteItem& item, SavePlanner& planner,
-                             WritableFile& file, uint64_t* length) {
+                             WritableFile& file, std::string& batch,
+                             uint64_t* length) {
   DCP_ASSIGN_OR_RETURN(Value data, planner.ResolveData(item));
   uint64_t written = 0;
   auto sink = [&](absl::string_view piece) {
@@ -292,8 +300,8 @@ absl::Status WriteItemRecord(const WriteItem& item, SavePlanner& planner,
   };
   if (item.type == WriteItemType::kByteIo) {
     DCP_ASSIGN_OR_RETURN(std::string record, SerializeValueRecord(data));
-    DCP_RETURN_IF_ERROR(sink(record));
-    *length = written;
+    *length = record.size();
+    batch.append(record);
     return absl::OkStatus();
   }
   const at::Tensor* tensor = data.get_if<at::Tensor>();
@@ -318,6 +326,22 @@ absl::Status WriteItemRecord(const WriteItem& item, SavePlanner& planner,
           "tensor item resolved to a ", DtypeName(tensor->scalar_type()),
           " tensor; the plan says ", DtypeName(expected.properties.dtype)));
     }
+  }
+  DCP_ASSIGN_OR_RETURN(TensorRecordPlan record, PlanTensorRecord(*tensor));
+  if (record.size() <= kBatchedRecordBytes) {
+    // Small: assembled in the batch (checksummed from the cache, then
+    // copied), appended with its neighbours.
+    const size_t start = batch.size();
+    DCP_RETURN_IF_ERROR(WriteTensorRecord(record, [&](absl::string_view piece) {
+      batch.append(piece.data(), piece.size());
+      return absl::OkStatus();
+    }));
+    *length = batch.size() - start;
+    return absl::OkStatus();
+  }
+  if (!batch.empty()) {
+    DCP_RETURN_IF_ERROR(file.Append(batch));
+    batch.clear();
   }
   // One pass over the tensor's bytes: each block is checksummed just before
   // it is appended, and the CRC is patched into the record's header after.
@@ -357,10 +381,12 @@ absl::Status WriteDataFile(FileSystem& fs, const std::string& dir,
   *created = true;
   WritableFile& file = **opened;
   uint64_t offset = 0;
+  // Records not yet appended (see kBatchedRecordBytes).
+  std::string batch;
   for (size_t i : job.items) {
     const WriteItem& item = plan.items[i];
     uint64_t length = 0;
-    absl::Status status = WriteItemRecord(item, planner, file, &length);
+    absl::Status status = WriteItemRecord(item, planner, file, batch, &length);
     if (!status.ok()) {
       return Annotate(status,
                       absl::StrFormat("writing item %s to %s at offset %d",
@@ -373,6 +399,15 @@ absl::Status WriteDataFile(FileSystem& fs, const std::string& dir,
                                       static_cast<int64_t>(length)};
     results->emplace_back(i, std::move(result));
     offset += length;
+    if (batch.size() >= kWriteBatchBytes) {
+      DCP_RETURN_IF_ERROR(Annotate(file.Append(batch),
+                                   absl::StrCat("writing data file ", path)));
+      batch.clear();
+    }
+  }
+  if (!batch.empty()) {
+    DCP_RETURN_IF_ERROR(
+        Annotate(file.Append(batch), absl::StrCat("writing data file ", path)));
   }
   if (sync) {
     DCP_RETURN_IF_ERROR(
@@ -444,7 +479,8 @@ void WriteMetadataSidecar(FileSystem& fs, const std::string& dir,
     if (status.ok()) status = (*file)->Close();
     file->reset();
     if (status.ok()) status = fs.Rename(tmp_path, path);
-    if (!status.ok()) RemoveFiles(fs, {tmp_path}, "temporary metadata sidecars");
+    if (!status.ok())
+      RemoveFiles(fs, {tmp_path}, "temporary metadata sidecars");
   }
   if (!status.ok()) {
     LOG(WARNING) << "fs_storage: could not write " << path
@@ -541,7 +577,8 @@ std::optional<Metadata> ReadMetadataSidecar(FileSystem& fs,
       std::string bytes(static_cast<size_t>(size), '\0');
       status = (*file)->ReadInto(0, absl::MakeSpan(bytes));
       if (status.ok()) {
-        absl::StatusOr<Metadata> metadata = DecodeMetadataSidecar(bytes, pickle);
+        absl::StatusOr<Metadata> metadata =
+            DecodeMetadataSidecar(bytes, pickle);
         if (metadata.ok()) return *std::move(metadata);
         status = metadata.status();
       }
@@ -973,7 +1010,8 @@ absl::Status CheckFile(FileSystem& fs, FileWork& file,
         }
       }
       in_memory = absl::string_view(batch).substr(
-          static_cast<size_t>(offset - batch_start), static_cast<size_t>(length));
+          static_cast<size_t>(offset - batch_start),
+          static_cast<size_t>(length));
     }
     absl::Status status =
         record.is_bytes

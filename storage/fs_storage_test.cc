@@ -1479,6 +1479,39 @@ TEST(SmallRecordsTest, AreCheckedFromBatchedReads) {
   }
 }
 
+// And they are written in batches: one append for a few hundred records.
+TEST(SmallRecordsTest, AreWrittenInBatches) {
+  auto faulty = std::make_shared<FaultInjectingFileSystem>(
+      std::make_shared<MemFileSystem>());
+  StateDict source;
+  for (int i = 0; i < 300; ++i) {
+    source.Set(absl::StrCat("t", i), at::full({4, 4}, i, at::kFloat));
+    if (i % 100 == 0) source.Set(absl::StrCat("v", i), int64_t{i});
+  }
+  ASSERT_OK(SaveTo(faulty, kDir, source).status());
+  int appends = 0;
+  for (const std::string& entry : faulty->mutation_log()) {
+    if (absl::StartsWith(entry, "append ") &&
+        absl::StrContains(entry, ".distcp")) {
+      ++appends;
+    }
+  }
+  EXPECT_EQ(appends, 1);
+  StateDict dest;
+  for (int i = 0; i < 300; ++i) {
+    dest.Set(absl::StrCat("t", i), at::zeros({4, 4}, at::kFloat));
+    if (i % 100 == 0) dest.Set(absl::StrCat("v", i), int64_t{0});
+  }
+  ASSERT_OK(LoadFrom(faulty, kDir, dest));
+  for (int i = 0; i < 300; ++i) {
+    EXPECT_THAT(dest.Find(absl::StrCat("t", i))->get<at::Tensor>(),
+                TensorEq(at::full({4, 4}, i, at::kFloat)));
+    if (i % 100 == 0) {
+      EXPECT_EQ(dest.Find(absl::StrCat("v", i))->get<int64_t>(), i);
+    }
+  }
+}
+
 TEST_F(PartialReadTest, RowShardReadsAboutItsOwnBytes) {
   const uint64_t shard_bytes = kChunkBytes / 4;
   const uint64_t read = LoadShard(/*dim=*/0, /*rank=*/1, /*verify=*/false);
