@@ -195,11 +195,18 @@ constexpr uint8_t kPathIndex = 1;
 
 }  // namespace
 
-absl::StatusOr<SavePlan> CreateDefaultLocalSavePlan(
-    const std::vector<std::pair<std::string, Value>>& items) {
+namespace {
+
+// CreateDefaultLocalSavePlan over `count` items, the i-th given by
+// `item(i)` as (const std::string& fqn, const Value& value).
+template <typename ItemFn>
+absl::StatusOr<SavePlan> CreateLocalSavePlanOf(size_t count, ItemFn item_at) {
   SavePlan plan;
-  plan.items.reserve(items.size());
-  for (const auto& [fqn, value] : items) {
+  plan.items.reserve(count);
+  for (size_t i = 0; i < count; ++i) {
+    const auto [fqn_ptr, value_ptr] = item_at(i);
+    const std::string& fqn = *fqn_ptr;
+    const Value& value = *value_ptr;
     if (const at::Tensor* tensor = value.get_if<at::Tensor>()) {
       DCP_RETURN_IF_ERROR(CheckTensor(fqn, *tensor, "value"));
       const Shape sizes = tensor->sizes().vec();
@@ -226,6 +233,15 @@ absl::StatusOr<SavePlan> CreateDefaultLocalSavePlan(
     }
   }
   return plan;
+}
+
+}  // namespace
+
+absl::StatusOr<SavePlan> CreateDefaultLocalSavePlan(
+    const std::vector<std::pair<std::string, Value>>& items) {
+  return CreateLocalSavePlanOf(items.size(), [&items](size_t i) {
+    return std::make_pair(&items[i].first, &items[i].second);
+  });
 }
 
 absl::StatusOr<std::vector<SavePlan>> DedupSavePlans(
@@ -389,14 +405,19 @@ absl::StatusOr<GlobalSavePlan> CreateDefaultGlobalSavePlan(
   return global;
 }
 
-std::string EncodePlannerData(
-    const std::map<std::string, ObjectPath>& mappings) {
+namespace {
+
+// EncodePlannerData of `count` entries, the i-th given by `entry(i)` as
+// (fqn, path) in increasing FQN order.
+template <typename EntryFn>
+std::string EncodeSortedPlannerData(size_t count, EntryFn entry) {
   ByteWriter writer;
-  writer.WriteCount(mappings.size());
-  for (const auto& [fqn, path] : mappings) {
-    writer.WriteString(fqn);
-    writer.WriteCount(path.size());
-    for (const PathElement& element : path) {
+  writer.WriteCount(count);
+  for (size_t i = 0; i < count; ++i) {
+    const auto [fqn, path] = entry(i);
+    writer.WriteString(*fqn);
+    writer.WriteCount(path->size());
+    for (const PathElement& element : *path) {
       if (const auto* key = std::get_if<std::string>(&element)) {
         writer.WriteU8(kPathKey);
         writer.WriteString(*key);
@@ -407,6 +428,18 @@ std::string EncodePlannerData(
     }
   }
   return std::move(writer).Finish();
+}
+
+}  // namespace
+
+std::string EncodePlannerData(
+    const std::map<std::string, ObjectPath>& mappings) {
+  auto it = mappings.begin();
+  return EncodeSortedPlannerData(mappings.size(), [&it](size_t) {
+    const auto entry = std::make_pair(&it->first, &it->second);
+    ++it;
+    return entry;
+  });
 }
 
 absl::StatusOr<std::map<std::string, ObjectPath>> DecodePlannerData(
@@ -463,13 +496,20 @@ absl::Status DefaultSavePlanner::SetUp(const StateDict& state_dict,
   set_up_ = false;
   items_.clear();
   positions_.clear();
-  mappings_.clear();
+  planner_data_.clear();
   if (options_.flatten_state_dict) {
-    DCP_ASSIGN_OR_RETURN(FlatStateDict flat, FlattenStateDict(state_dict));
-    items_ = std::move(flat.items);
-    mappings_ = std::move(flat.mappings);
+    DCP_ASSIGN_OR_RETURN(FlatLeaves flat, FlattenStateDictLeaves(state_dict));
+    items_ = std::move(flat.items);  // Pointers into `state_dict`.
+    planner_data_ = EncodeSortedPlannerData(
+        flat.by_fqn.size(), [&](size_t i) {
+          const size_t leaf = flat.by_fqn[i];
+          return std::make_pair(&items_[leaf].first, &flat.paths[leaf]);
+        });
   } else {
-    items_ = state_dict.entries();
+    items_.reserve(state_dict.entries().size());
+    for (const auto& [key, value] : state_dict.entries()) {
+      items_.emplace_back(key, &value);
+    }
   }
   positions_.reserve(items_.size());
   for (size_t i = 0; i < items_.size(); ++i) {
@@ -484,9 +524,13 @@ absl::StatusOr<SavePlan> DefaultSavePlanner::CreateLocalPlan() {
     return absl::FailedPreconditionError(
         "DefaultSavePlanner::CreateLocalPlan called before SetUp");
   }
-  DCP_ASSIGN_OR_RETURN(SavePlan plan, CreateDefaultLocalSavePlan(items_));
+  DCP_ASSIGN_OR_RETURN(SavePlan plan,
+                       CreateLocalSavePlanOf(items_.size(), [this](size_t i) {
+                         return std::make_pair(&items_[i].first,
+                                               items_[i].second);
+                       }));
   if (options_.flatten_state_dict) {
-    plan.planner_data = EncodePlannerData(mappings_);
+    plan.planner_data = planner_data_;
   }
   return plan;
 }
@@ -538,7 +582,7 @@ absl::StatusOr<Value> DefaultSavePlanner::ResolveData(const WriteItem& item) {
     return absl::NotFoundError(absl::StrCat("could not find ", Quoted(fqn),
                                             " in the state dict being saved"));
   }
-  const Value& value = items_[found->second].second;
+  const Value& value = *items_[found->second].second;
   if (item.type == WriteItemType::kByteIo) {
     if (value.is_tensor_like()) {
       return absl::InvalidArgumentError(

@@ -143,11 +143,14 @@ class DefaultSavePlanner : public SavePlanner {
   DefaultSavePlannerOptions options_;
   bool set_up_ = false;
   // Flattened (or top-level) items in traversal order, and their positions.
-  std::vector<std::pair<std::string, Value>> items_;
+  // The values are those of the state dict given to SetUp, which outlives
+  // the save (SavePlanner's contract): no copy per key.
+  std::vector<std::pair<std::string, const Value*>> items_;
   // Keys view the strings of items_ (not copied: one allocation less per
   // key); rebuilt whenever items_ changes.
   absl::flat_hash_map<absl::string_view, size_t> positions_;
-  std::map<std::string, ObjectPath> mappings_;
+  // EncodePlannerData of the flatten mappings (empty without flattening).
+  std::string planner_data_;
 };
 
 // Python's `create_default_local_save_plan`: the write items for `items`

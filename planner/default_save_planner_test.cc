@@ -616,10 +616,12 @@ TEST(DefaultSavePlannerTest, ResolveDataReturnsTheCallersTensorsAndValues) {
       {"m", StateDict{{"w", w}}},
       {"sh", ShardedTensor{{8, 4}, {Shard{s0, {2, 0}}, Shard{s1, {6, 0}}}}},
       {"opt", StateDict{{"lr", 0.5}}}};
+  // The state dicts outlive the planners' use (SavePlanner's contract).
+  const std::vector<StateDict> per_rank = {other, sd};
   std::vector<std::unique_ptr<DefaultSavePlanner>> planners;
   ASSERT_OK_AND_ASSIGN(
       GlobalSavePlan global,
-      PlanSave({other, sd}, DefaultSavePlannerOptions{}, &planners));
+      PlanSave(per_rank, DefaultSavePlannerOptions{}, &planners));
   DefaultSavePlanner& planner = *planners[1];
   ASSERT_OK_AND_ASSIGN(SavePlan plan, planner.FinishPlan(global.plans[1]));
   ASSERT_THAT(plan.items, SizeIs(4));

@@ -1,5 +1,6 @@
 #include "planner/flatten.h"
 
+#include <algorithm>
 #include <cstdint>
 #include <map>
 #include <string>
@@ -75,22 +76,37 @@ class Flattener {
     return absl::OkStatus();
   }
 
-  FlatStateDict Release() && { return std::move(flat_); }
+  // The leaves and their paths, in traversal order, and the positions of
+  // the leaves sorted by FQN. Error on a duplicated FQN.
+  absl::StatusOr<FlatLeaves> Release() && {
+    leaves_.by_fqn.resize(leaves_.items.size());
+    for (size_t i = 0; i < leaves_.by_fqn.size(); ++i) leaves_.by_fqn[i] = i;
+    const auto& items = leaves_.items;
+    std::stable_sort(leaves_.by_fqn.begin(), leaves_.by_fqn.end(),
+                     [&items](size_t a, size_t b) {
+                       return items[a].first < items[b].first;
+                     });
+    for (size_t k = 1; k < leaves_.by_fqn.size(); ++k) {
+      const size_t first = leaves_.by_fqn[k - 1];
+      const size_t second = leaves_.by_fqn[k];
+      if (items[first].first == items[second].first) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "duplicated flatten key \"", absl::CHexEscape(items[first].first),
+            "\": paths ", PathRepr(leaves_.paths[first]), " and ",
+            PathRepr(leaves_.paths[second])));
+      }
+    }
+    return std::move(leaves_);
+  }
 
  private:
   absl::Status AddLeaf(const ObjectPath& path, const Value& value) {
-    std::string fqn = FqnOf(path);
-    auto [it, inserted] = flat_.mappings.emplace(fqn, path);
-    if (!inserted) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "duplicated flatten key \"", absl::CHexEscape(fqn), "\": paths ",
-          PathRepr(it->second), " and ", PathRepr(path)));
-    }
-    flat_.items.emplace_back(std::move(fqn), value);
+    leaves_.items.emplace_back(FqnOf(path), &value);
+    leaves_.paths.push_back(path);
     return absl::OkStatus();
   }
 
-  FlatStateDict flat_;
+  FlatLeaves leaves_;
 };
 
 absl::Status WrongContainer(const ObjectPath& path, size_t depth,
@@ -174,11 +190,23 @@ std::string FqnOf(const ObjectPath& path) {
   return fqn;
 }
 
-absl::StatusOr<FlatStateDict> FlattenStateDict(const StateDict& state_dict) {
+absl::StatusOr<FlatLeaves> FlattenStateDictLeaves(const StateDict& state_dict) {
   Flattener flattener;
   ObjectPath path;
   DCP_RETURN_IF_ERROR(flattener.VisitDict(path, state_dict));
   return std::move(flattener).Release();
+}
+
+absl::StatusOr<FlatStateDict> FlattenStateDict(const StateDict& state_dict) {
+  DCP_ASSIGN_OR_RETURN(FlatLeaves leaves, FlattenStateDictLeaves(state_dict));
+  FlatStateDict flat;
+  flat.items.reserve(leaves.items.size());
+  for (size_t i = 0; i < leaves.items.size(); ++i) {
+    flat.mappings.emplace(leaves.items[i].first, std::move(leaves.paths[i]));
+    flat.items.emplace_back(std::move(leaves.items[i].first),
+                            *leaves.items[i].second);
+  }
+  return flat;
 }
 
 absl::Status SetElement(StateDict& root, const ObjectPath& path, Value value) {

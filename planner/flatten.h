@@ -64,6 +64,21 @@ struct FlatStateDict {
 // join to the same FQN (e.g. key "a.b" next to {"a": {"b": ...}}).
 absl::StatusOr<FlatStateDict> FlattenStateDict(const StateDict& state_dict);
 
+// The same flattening without the FQN -> path map, for callers that only
+// walk the leaves (the save planner): no allocation per key beyond the
+// FQN and the path.
+struct FlatLeaves {
+  // As FlatStateDict::items, with the values in the flattened state dict,
+  // which must outlive these pointers.
+  std::vector<std::pair<std::string, const Value*>> items;
+  // paths[i] is the object path of items[i].
+  std::vector<ObjectPath> paths;
+  // Positions in `items`, ordered by FQN.
+  std::vector<size_t> by_fqn;
+};
+// Errors: as FlattenStateDict.
+absl::StatusOr<FlatLeaves> FlattenStateDictLeaves(const StateDict& state_dict);
+
 // The largest list index SetElement accepts. Paths can come from a
 // checkpoint's metadata; Python has no limit and would pad the list to any
 // length a corrupt index asks for.
