@@ -1770,29 +1770,29 @@ PickleWriter::PickleWriter(const PickleWriterOptions& options)
 bool PickleWriter::EmitMemoized(const MemoIndex& memo, absl::string_view key) {
   const auto it = memo.find(key);
   if (it == memo.end()) return false;
-  const uint32_t index = it->second;
-  if (index < 256) {
-    Op(kBinGet);
-    out_.push_back(static_cast<char>(index));
-  } else {
-    Op(kLongBinGet);
-    for (int i = 0; i < 4; ++i) out_.push_back(static_cast<char>(index >> (8 * i)));
-  }
+  EmitMemoOp(kBinGet, kLongBinGet, it->second);
   Push();
   return true;
+}
+
+void PickleWriter::EmitMemoOp(char one_byte_op, char four_byte_op,
+                              uint32_t index) {
+  if (index < 256) {
+    Op(one_byte_op);
+    out_.push_back(static_cast<char>(index));
+  } else {
+    Op(four_byte_op);
+    for (int i = 0; i < 4; ++i) {
+      out_.push_back(static_cast<char>(index >> (8 * i)));
+    }
+  }
 }
 
 void PickleWriter::Memoize(MemoIndex& memo, absl::string_view key) {
   // A pickle too large for 32-bit memo indices simply stops memoizing.
   if (memo_size_ >= 0xFFFFFFFFu) return;
   const uint32_t index = static_cast<uint32_t>(memo_size_++);
-  if (index < 256) {
-    Op(kBinPut);
-    out_.push_back(static_cast<char>(index));
-  } else {
-    Op(kLongBinPut);
-    for (int i = 0; i < 4; ++i) out_.push_back(static_cast<char>(index >> (8 * i)));
-  }
+  EmitMemoOp(kBinPut, kLongBinPut, index);
   memo.emplace(key, index);
 }
 

@@ -478,6 +478,9 @@ class PickleWriter {
   // value and then calls Memoize(memo, key).
   bool EmitMemoized(const MemoIndex& memo, absl::string_view key);
   void Memoize(MemoIndex& memo, absl::string_view key);
+  // BINPUT/BINGET (`one_byte_op`) for indices below 256, else the
+  // LONG_ form (`four_byte_op`), with `index`.
+  void EmitMemoOp(char one_byte_op, char four_byte_op, uint32_t index);
 
   const bool memoize_;
   MemoIndex string_memo_;
