@@ -1,5 +1,5 @@
 // ThreadSanitizer suppressions: named functions of the uninstrumented
-// libtorch only, each for one false report that was seen.
+// libtorch and Gloo only, each for one false report that was seen.
 //
 // How they match: TSan records the frames of instrumented code (ours) and,
 // for code it does not instrument (libtorch, c10, gloo, libgomp), only the
@@ -60,5 +60,16 @@ extern "C" const char* __tsan_default_suppressions() {
       // "data race: operator delete called from
       // c10d::ProcessGroupGloo::runLoop / previous atomic write in
       // intrusive_ptr<c10d::Work>::reset_ in Communicator::Gather".
-      "race:c10d::ProcessGroupGloo::runLoop\n";
+      "race:c10d::ProcessGroupGloo::runLoop\n"
+      // Gloo itself, when a peer dies mid-collective: the pair's I/O thread
+      // hands the error to a pending receive buffer
+      // (UnboundBuffer::signalException broadcasts the buffer's condition
+      // variable under its mutex); the waiting thread wakes, fails the
+      // collective and destroys the buffer: "data race: pthread_cond_destroy
+      // in gloo::transport::tcp::UnboundBuffer::~UnboundBuffer / previous
+      // read in pthread_cond_broadcast called from
+      // gloo::transport::tcp::UnboundBuffer::signalException". Seen in
+      // //checkpoint:c10d_process_group_test
+      // (C10dLostRankTest.SigkilledRankFailsTheOthersPromptly, four ranks).
+      "race:gloo::transport::tcp::UnboundBuffer::signalException\n";
 }
