@@ -77,11 +77,14 @@
 //     name), and the previous checkpoint stays current.
 //
 // Speed. Tensor bytes go from the tensor's memory to the file with no
-// intermediate copy; files are written by `thread_count` threads per rank.
-// A load reads, per saved chunk, only the record's directory and data.pkl,
-// then only the byte ranges of the boxes it needs (a row range of a
-// row-major chunk is one range), straight into the destination tensors, so
-// peak memory stays near the size of the destination tensors.
+// intermediate copy, except records of up to 1 MiB, which are assembled in
+// memory and appended in batches of about 4 MiB; files are written by
+// `thread_count` threads per rank. A load reads, per saved chunk, only the
+// record's directory and data.pkl (small records whole, in batched reads;
+// every record whole when verifying checksums), then only the byte ranges
+// of the boxes it needs (a row range of a row-major chunk is one range),
+// straight into the destination tensors, so peak memory stays near the
+// size of the destination tensors.
 //
 // Errors: NotFound "not a checkpoint: no .metadata in <dir>"; ResourceExhausted
 // beyond the limits for untrusted checkpoints (below); AlreadyExists
