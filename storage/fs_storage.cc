@@ -824,7 +824,8 @@ absl::Status ChecksumMismatch(const FileWork& file, const RecordWork& record,
 // `in_memory`, if set, is the whole record, already read.
 absl::Status CheckTensorRecord(const FileWork& file, RecordWork& record,
                                bool verify,
-                               std::optional<absl::string_view> in_memory) {
+                               std::optional<absl::string_view> in_memory,
+                               TensorPickleCache& pickle_cache) {
   const RandomAccessFile& data = *file.file;
   const uint64_t base = static_cast<uint64_t>(record.info->offset);
   std::optional<ZipByteSource> from_file;
@@ -843,11 +844,10 @@ absl::Status CheckTensorRecord(const FileWork& file, RecordWork& record,
         });
   }
   ZipByteSource& source = in_memory.has_value() ? *from_memory : *from_file;
+  DCP_ASSIGN_OR_RETURN(const ZipDirectory dir, ReadZipDirectory(source));
   // Checked first, so that a corrupt data.pkl reports the mismatch.
-  std::optional<ZipDirectory> dir;
   if (verify) {
-    DCP_ASSIGN_OR_RETURN(dir, ReadZipDirectory(source));
-    for (const ZipEntry& entry : dir->entries) {
+    for (const ZipEntry& entry : dir.entries) {
       if (entry.size > kSmallEntryBytes) continue;  // Streamed below.
       DCP_ASSIGN_OR_RETURN(absl::string_view bytes,
                            source.Read(entry.data_offset, entry.size));
@@ -856,7 +856,8 @@ absl::Status CheckTensorRecord(const FileWork& file, RecordWork& record,
       }
     }
   }
-  DCP_ASSIGN_OR_RETURN(record.tensor, ParseTensorRecordHeader(source));
+  DCP_ASSIGN_OR_RETURN(record.tensor,
+                       ParseTensorRecordHeader(source, dir, &pickle_cache));
   const TensorRecordInfo& info = record.tensor;
   if (info.dtype != record.properties->dtype) {
     return absl::DataLossError(absl::StrCat(
@@ -872,7 +873,7 @@ absl::Status CheckTensorRecord(const FileWork& file, RecordWork& record,
   }
   if (verify) {
     // The tensor data, after the cheaper checks against `.metadata`.
-    for (const ZipEntry& entry : dir->entries) {
+    for (const ZipEntry& entry : dir.entries) {
       if (entry.size <= kSmallEntryBytes) continue;
       uint32_t crc;
       if (in_memory.has_value()) {
@@ -965,6 +966,8 @@ absl::Status CheckFile(FileSystem& fs, FileWork& file,
            static_cast<uint64_t>(info.length) <=
                file_size - static_cast<uint64_t>(info.offset);
   };
+  // Many records of a file usually share a data.pkl (same-shaped tensors).
+  TensorPickleCache pickle_cache;
   // The current batch of small records: `batch` holds the file's bytes
   // from `batch_start`.
   std::string batch;
@@ -1016,7 +1019,7 @@ absl::Status CheckFile(FileSystem& fs, FileWork& file,
     absl::Status status =
         record.is_bytes
             ? CheckBytesRecord(file, record, verify, limits, in_memory)
-            : CheckTensorRecord(file, record, verify, in_memory);
+            : CheckTensorRecord(file, record, verify, in_memory, pickle_cache);
     if (!status.ok()) {
       // Checksum errors already name the file, the offset and the key.
       if (absl::StartsWith(status.message(), kChecksumMismatch)) return status;

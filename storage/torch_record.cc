@@ -14,7 +14,6 @@
 // `_rebuild_tensor_v3`, `torch.storage UntypedStorage` with the storage size
 // in bytes, and a trailing dtype global (`torch complex32`).
 
-#include "storage/crc32.h"
 #include "storage/torch_record.h"
 
 #include <ATen/ATen.h>
@@ -42,6 +41,7 @@
 #include "checkpoint/status.h"
 #include "checkpoint/tensor_copy.h"
 #include "checkpoint/torch_status.h"
+#include "storage/crc32.h"
 #include "storage/pickle.h"
 #include "storage/torch_pickle.h"
 #include "storage/zip.h"
@@ -460,16 +460,20 @@ absl::Status CheckVersionAndByteOrder(ZipByteSource& source,
   return absl::OkStatus();
 }
 
-absl::StatusOr<PickleValue> ReadRecordPickle(ZipByteSource& source,
-                                             const ZipDirectory& dir,
-                                             const DecodeLimits& limits = {}) {
+// The bytes of the record's data.pkl, valid as long as `source`.
+absl::StatusOr<absl::string_view> ReadRecordPickleBytes(
+    ZipByteSource& source, const ZipDirectory& dir) {
   const ZipEntry* pkl = dir.Find("data.pkl");
   if (pkl == nullptr) {
     return absl::DataLossError(
         absl::StrCat("torch.save record has no ", dir.prefix, "data.pkl"));
   }
-  DCP_ASSIGN_OR_RETURN(absl::string_view bytes,
-                       source.Read(pkl->data_offset, pkl->size));
+  return source.Read(pkl->data_offset, pkl->size);
+}
+
+// Unpickles a record's data.pkl `bytes`.
+absl::StatusOr<PickleValue> UnpickleRecord(absl::string_view bytes,
+                                           const DecodeLimits& limits = {}) {
   PickleReadOptions options = limits.PickleOptions(bytes.size());
   // Nothing is ever called; the interpretation below decides what is valid,
   // so that errors can name what was found.
@@ -486,6 +490,14 @@ absl::StatusOr<PickleValue> ReadRecordPickle(ZipByteSource& source,
                                             value.status().message()));
   }
   return value;
+}
+
+absl::StatusOr<PickleValue> ReadRecordPickle(ZipByteSource& source,
+                                             const ZipDirectory& dir,
+                                             const DecodeLimits& limits = {}) {
+  DCP_ASSIGN_OR_RETURN(absl::string_view bytes,
+                       ReadRecordPickleBytes(source, dir));
+  return UnpickleRecord(bytes, limits);
 }
 
 // ---- Reading: boxes ---------------------------------------------------------
@@ -857,12 +869,57 @@ std::ostream& operator<<(std::ostream& os, const TensorRecordInfo& info) {
             << info.location << " " << info.storage << "}";
 }
 
+struct TensorPickleCache::Entry {
+  std::string pickle;
+  PickledTensor parsed;
+};
+
+TensorPickleCache::TensorPickleCache() = default;
+TensorPickleCache::~TensorPickleCache() = default;
+
+const TensorPickleCache::Entry* TensorPickleCache::Find(
+    absl::string_view pickle) {
+  for (const Entry& entry : entries_) {
+    if (entry.pickle == pickle) {
+      ++hits_;
+      return &entry;
+    }
+  }
+  return nullptr;
+}
+
+void TensorPickleCache::Insert(Entry entry) {
+  if (entry.pickle.size() > kMaxPickleBytes) return;
+  if (entries_.size() < kMaxEntries) {
+    entries_.push_back(std::move(entry));
+    return;
+  }
+  // Round robin: cheap, and a run of same-shaped records needs one slot.
+  entries_[next_] = std::move(entry);
+  next_ = (next_ + 1) % kMaxEntries;
+}
+
 absl::StatusOr<TensorRecordInfo> ParseTensorRecordHeader(
     ZipByteSource& source) {
   DCP_ASSIGN_OR_RETURN(ZipDirectory dir, ReadZipDirectory(source));
+  return ParseTensorRecordHeader(source, dir, nullptr);
+}
+
+absl::StatusOr<TensorRecordInfo> ParseTensorRecordHeader(
+    ZipByteSource& source, const ZipDirectory& dir, TensorPickleCache* cache) {
   DCP_RETURN_IF_ERROR(CheckVersionAndByteOrder(source, dir));
-  DCP_ASSIGN_OR_RETURN(PickleValue root, ReadRecordPickle(source, dir));
-  DCP_ASSIGN_OR_RETURN(PickledTensor t, ParseTensorPickle(root));
+  DCP_ASSIGN_OR_RETURN(absl::string_view pickle,
+                       ReadRecordPickleBytes(source, dir));
+  const TensorPickleCache::Entry* remembered =
+      cache != nullptr ? cache->Find(pickle) : nullptr;
+  PickledTensor t;
+  if (remembered != nullptr) {
+    t = remembered->parsed;
+  } else {
+    DCP_ASSIGN_OR_RETURN(PickleValue root, UnpickleRecord(pickle));
+    DCP_ASSIGN_OR_RETURN(t, ParseTensorPickle(root));
+    if (cache != nullptr) cache->Insert({std::string(pickle), t});
+  }
 
   const ZipEntry* entry = dir.Find(absl::StrCat("data/", t.key));
   if (entry == nullptr) {

@@ -224,6 +224,48 @@ absl::StatusOr<TensorRecordInfo> ParseTensorRecordHeader(ZipByteSource& source);
 absl::StatusOr<TensorRecordInfo> ParseTensorRecordHeader(
     absl::string_view record);
 
+// Remembers the last few tensor data.pkl entries parsed, by their exact
+// bytes, so that records whose data.pkl is byte-identical (the same dtype,
+// shape, strides and storage key, as a model's many same-shaped tensors
+// have) are unpickled once. A remembered parse is used only for identical
+// bytes, and everything that depends on the rest of the record is still
+// checked per record, so parsing gives the same results and errors with or
+// without a cache. Failed parses are not remembered. Holds at most
+// `kMaxEntries` entries of at most `kMaxPickleBytes` bytes each.
+//
+// Not thread-safe: one per thread (for example per file being read).
+class TensorPickleCache {
+ public:
+  static constexpr size_t kMaxEntries = 8;
+  static constexpr size_t kMaxPickleBytes = 4096;
+
+  TensorPickleCache();
+  ~TensorPickleCache();
+  TensorPickleCache(const TensorPickleCache&) = delete;
+  TensorPickleCache& operator=(const TensorPickleCache&) = delete;
+
+  // How many parses were answered from the cache.
+  uint64_t hits() const { return hits_; }
+
+ private:
+  friend absl::StatusOr<TensorRecordInfo> ParseTensorRecordHeader(
+      ZipByteSource& source, const ZipDirectory& dir, TensorPickleCache* cache);
+  struct Entry;
+
+  // The entry for exactly `pickle`, or null.
+  const Entry* Find(absl::string_view pickle);
+  void Insert(Entry entry);
+
+  std::vector<Entry> entries_;
+  size_t next_ = 0;  // The entry replaced next once full.
+  uint64_t hits_ = 0;
+};
+
+// As above, for a record whose directory `dir` the caller already read from
+// `source` with `ReadZipDirectory`, with an optional `cache` (may be null).
+absl::StatusOr<TensorRecordInfo> ParseTensorRecordHeader(
+    ZipByteSource& source, const ZipDirectory& dir, TensorPickleCache* cache);
+
 // How to read one box of a record's tensor.
 struct BoxReadOptions {
   // Consecutive ranges separated by at most this many bytes are read as one

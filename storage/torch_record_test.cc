@@ -8,6 +8,7 @@
 #include <fstream>
 #include <iterator>
 #include <random>
+#include <sstream>
 #include <string>
 #include <tuple>
 #include <utility>
@@ -939,6 +940,106 @@ TEST(MalformedRecordTest, RandomMutationsNeverCrash) {
   }
   EXPECT_GT(parsed, 0);
   EXPECT_LT(parsed, 4000);
+}
+
+// The result of parsing `record` with `cache` (or none), as a string that
+// holds either the whole TensorRecordInfo or the whole status.
+std::string ParseToString(absl::string_view record, TensorPickleCache* cache) {
+  ZipByteSource source(record);
+  absl::StatusOr<ZipDirectory> dir = ReadZipDirectory(source);
+  if (!dir.ok()) return dir.status().ToString();
+  absl::StatusOr<TensorRecordInfo> info =
+      ParseTensorRecordHeader(source, *dir, cache);
+  if (!info.ok()) return info.status().ToString();
+  std::ostringstream os;
+  os << *info;
+  return os.str();
+}
+
+TEST(TensorPickleCacheTest, SameResultsAndErrorsAsWithoutACache) {
+  const uint32_t seed = dcp::testing::TestSeed();
+  SCOPED_TRACE(absl::StrCat("DCP_TEST_SEED=", seed));
+  std::mt19937 rng(seed);
+  // More shapes than the cache holds, repeated, plus mutated records (mostly
+  // inside data.pkl) and records whose data.pkl matches a good one but whose
+  // storage entry does not.
+  const std::vector<Shape> shapes = {{4, 3},    {3, 4}, {12},   {2, 2, 3},
+                                     {1, 12},   {6, 2}, {2, 6}, {12, 1},
+                                     {3, 2, 2}, {4}};
+  std::vector<std::string> good;
+  for (size_t k = 0; k < shapes.size(); ++k) {
+    good.push_back(Serialize(MakeTestTensor(shapes[k], at::kFloat, 30 + k)));
+  }
+  const std::string pickle_of_twelve = TensorPickle(
+      "torch._utils", "_rebuild_tensor_v2", "FloatStorage", 12, 0, {12}, {1});
+  TensorPickleCache cache;
+  int hits_expected = 0;
+  int mismatches = 0;
+  for (int iteration = 0; iteration < 3000; ++iteration) {
+    std::string record;
+    switch (rng() % 4) {
+      case 0:
+      case 1:  // A run of one shape, as a model's layers give.
+        record = good[rng() % 3];
+        break;
+      case 2: {
+        record = good[rng() % good.size()];
+        ASSERT_OK_AND_ASSIGN(ZipDirectory dir, ReadZipDirectory(record));
+        const ZipEntry& pkl = *dir.Find("data.pkl");
+        const size_t at = pkl.data_offset + rng() % pkl.size;
+        record[at] = static_cast<char>(record[at] ^ (1 << (rng() % 8)));
+        break;
+      }
+      default:
+        // The same data.pkl as a good record, with a storage entry of 48
+        // bytes (right) or 44 or 52 (wrong).
+        record = RecordWithPickle(pickle_of_twelve, 44 + 4 * (rng() % 3));
+        break;
+    }
+    const std::string uncached = ParseToString(record, nullptr);
+    const uint64_t hits_before = cache.hits();
+    const std::string cached = ParseToString(record, &cache);
+    EXPECT_EQ(cached, uncached) << "iteration " << iteration;
+    if (cached != uncached) ++mismatches;
+    if (cache.hits() > hits_before) ++hits_expected;
+    if (mismatches > 5) break;
+  }
+  // The cache was used, and repeated records were answered from it.
+  EXPECT_GT(cache.hits(), 1000u);
+  EXPECT_EQ(cache.hits(), static_cast<uint64_t>(hits_expected));
+}
+
+TEST(TensorPickleCacheTest, EntryPerDistinctPickleUpToTheLimit) {
+  TensorPickleCache cache;
+  std::vector<std::string> records;
+  for (int64_t n = 1; n <= static_cast<int64_t>(TensorPickleCache::kMaxEntries);
+       ++n) {
+    records.push_back(Serialize(MakeTestTensor({n}, at::kFloat, 40)));
+  }
+  for (const std::string& record : records) ParseToString(record, &cache);
+  EXPECT_EQ(cache.hits(), 0u);
+  // All of them are remembered.
+  for (const std::string& record : records) ParseToString(record, &cache);
+  EXPECT_EQ(cache.hits(), records.size());
+  // A data.pkl that parses is remembered even if the record then fails its
+  // storage check, which runs again on every parse.
+  const std::string bad_storage =
+      RecordWithPickle(TensorPickle("torch._utils", "_rebuild_tensor_v2",
+                                    "FloatStorage", 5, 0, {4}, {1}),
+                       16);
+  EXPECT_THAT(ParseToString(bad_storage, &cache),
+              HasSubstr("claims a storage"));
+  EXPECT_THAT(ParseToString(bad_storage, &cache),
+              HasSubstr("claims a storage"));
+  EXPECT_EQ(cache.hits(), records.size() + 1);
+  // One that does not parse is not.
+  const std::string not_supported =
+      RecordWithPickle(TensorPickle("torch._utils", "_rebuild_qtensor",
+                                    "FloatStorage", 4, 0, {4}, {1}),
+                       16);
+  EXPECT_THAT(ParseToString(not_supported, &cache), HasSubstr("quantized"));
+  EXPECT_THAT(ParseToString(not_supported, &cache), HasSubstr("quantized"));
+  EXPECT_EQ(cache.hits(), records.size() + 1);
 }
 
 // ---- Records written by PyTorch 2.6 (storage/testdata/torch26/README.md) ----
