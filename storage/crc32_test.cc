@@ -137,5 +137,63 @@ TEST(Crc32Test, EverySingleBitFlipChangesTheChecksum) {
   EXPECT_EQ(Crc32(data), original);
 }
 
+// Crc32Combine against zlib's crc32_combine64 and against the checksum of
+// the concatenation, for random pieces of random lengths (empty included).
+TEST(Crc32CombineTest, MatchesZlibAndTheWhole) {
+  const uint32_t seed = dcp::testing::TestSeed();
+  SCOPED_TRACE(absl::StrCat("DCP_TEST_SEED=", seed));
+  std::mt19937_64 rng(seed);
+  int mismatches = 0;
+  for (int iteration = 0; iteration < 300 && mismatches < 5; ++iteration) {
+    const std::string a = RandomBytes(rng, rng() % 3000);
+    const std::string b =
+        RandomBytes(rng, iteration % 10 == 0 ? 0 : rng() % 5000);
+    const uint32_t crc_a = Crc32(a);
+    const uint32_t crc_b = Crc32(b);
+    const uint32_t combined = Crc32Combine(crc_a, crc_b, b.size());
+    const uint32_t whole = Crc32(absl::StrCat(a, b));
+    const uint32_t zlib = static_cast<uint32_t>(
+        crc32_combine64(crc_a, crc_b, static_cast<z_off64_t>(b.size())));
+    EXPECT_EQ(combined, whole) << a.size() << " + " << b.size();
+    EXPECT_EQ(combined, zlib) << a.size() << " + " << b.size();
+    EXPECT_EQ(Crc32Combine(crc_a, crc_b, Crc32Shift(b.size())), whole);
+    if (combined != whole || combined != zlib) ++mismatches;
+  }
+}
+
+// Large lengths (without the bytes: zlib is the reference), including
+// lengths with high bits set.
+TEST(Crc32CombineTest, LargeLengthsMatchZlib) {
+  const uint32_t seed = dcp::testing::TestSeed();
+  SCOPED_TRACE(absl::StrCat("DCP_TEST_SEED=", seed));
+  std::mt19937_64 rng(seed);
+  for (uint64_t length :
+       {uint64_t{1} << 20, uint64_t{1} << 32, (uint64_t{1} << 40) + 12345,
+        (uint64_t{1} << 62) + 7, rng() >> 2, rng() >> 2}) {
+    const uint32_t crc_a = static_cast<uint32_t>(rng());
+    const uint32_t crc_b = static_cast<uint32_t>(rng());
+    EXPECT_EQ(Crc32Combine(crc_a, crc_b, length),
+              static_cast<uint32_t>(crc32_combine64(
+                  crc_a, crc_b, static_cast<z_off64_t>(length))))
+        << length;
+  }
+}
+
+// Blocks of one size combined with a shared Crc32Shift give the checksum
+// of the whole, as block checksum files use them.
+TEST(Crc32CombineTest, BlocksCombineToTheWhole) {
+  std::mt19937_64 rng(dcp::testing::TestSeed());
+  const std::string data = RandomBytes(rng, 10 * 4096 + 123);
+  const Crc32Shift shift(4096);
+  uint32_t combined = 0;
+  for (size_t pos = 0; pos < data.size(); pos += 4096) {
+    const absl::string_view block = absl::string_view(data).substr(pos, 4096);
+    combined = block.size() == 4096
+                   ? Crc32Combine(combined, Crc32(block), shift)
+                   : Crc32Combine(combined, Crc32(block), block.size());
+  }
+  EXPECT_EQ(combined, Crc32(data));
+}
+
 }  // namespace
 }  // namespace dcp

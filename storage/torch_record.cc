@@ -789,17 +789,50 @@ absl::StatusOr<uint64_t> WriteTensorRecordOnePass(
     const at::Tensor& tensor,
     absl::FunctionRef<absl::Status(absl::string_view)> append,
     absl::FunctionRef<absl::Status(uint64_t, absl::string_view)> overwrite,
-    size_t block_size) {
+    size_t block_size, TensorDataChecksums* checksums) {
   if (block_size == 0) {
     return absl::InvalidArgumentError("one-pass record block size is 0");
   }
+  if (checksums != nullptr &&
+      (checksums->block_bytes == 0 || block_size % checksums->block_bytes)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("one-pass record block size ", block_size,
+                     " is not a multiple of the checksum block size ",
+                     checksums->block_bytes));
+  }
   DCP_ASSIGN_OR_RETURN(PreparedTensor prepared, PrepareTensor(tensor));
   const absl::string_view data = prepared.data;
+  // The CRC-32 of one block of `data`, and of each checksum block in it.
+  std::optional<Crc32Shift> checksum_block;
+  if (checksums != nullptr) {
+    checksum_block.emplace(checksums->block_bytes);
+    checksums->data_size = data.size();
+    checksums->block_crc32.clear();
+  }
+  auto checksum = [&](absl::string_view block) {
+    if (checksums == nullptr) return Crc32(block);
+    uint32_t crc = 0;
+    for (size_t pos = 0; pos < block.size(); pos += checksums->block_bytes) {
+      const absl::string_view piece = block.substr(pos, checksums->block_bytes);
+      checksums->block_crc32.push_back(Crc32(piece));
+      crc =
+          piece.size() == checksums->block_bytes
+              ? Crc32Combine(crc, checksums->block_crc32.back(),
+                             *checksum_block)
+              : Crc32Combine(crc, checksums->block_crc32.back(), piece.size());
+    }
+    return crc;
+  };
   if (data.size() <= block_size) {
     // One block: checksum it, then write it while it is still in cache.
+    const uint32_t crc = checksum(data);
     DCP_ASSIGN_OR_RETURN(
         RecordPieces pieces,
-        LayOutRecord(prepared.pkl, StorageData{data.size(), Crc32(data)}));
+        LayOutRecord(prepared.pkl, StorageData{data.size(), crc}));
+    if (checksums != nullptr) {
+      checksums->data_offset = pieces.prefix.size();
+      checksums->data_crc32 = crc;
+    }
     DCP_RETURN_IF_ERROR(append(pieces.prefix));
     if (!data.empty()) DCP_RETURN_IF_ERROR(append(data));
     DCP_RETURN_IF_ERROR(append(pieces.suffix));
@@ -815,12 +848,18 @@ absl::StatusOr<uint64_t> WriteTensorRecordOnePass(
   uint32_t crc = 0;
   for (size_t pos = 0; pos < data.size(); pos += block_size) {
     const absl::string_view block = data.substr(pos, block_size);
-    crc = Crc32(block, crc);
+    crc = checksums == nullptr
+              ? Crc32(block, crc)
+              : Crc32Combine(crc, checksum(block), block.size());
     DCP_RETURN_IF_ERROR(append(block));
   }
   DCP_ASSIGN_OR_RETURN(
       RecordPieces pieces,
       LayOutRecord(prepared.pkl, StorageData{data.size(), crc}));
+  if (checksums != nullptr) {
+    checksums->data_offset = pieces.prefix.size();
+    checksums->data_crc32 = crc;
+  }
   const std::string& before = placeholder.prefix;
   const std::string& after = pieces.prefix;
   if (after.size() != before.size()) {

@@ -178,16 +178,31 @@ inline constexpr size_t kOnePassBlockSize = size_t{4} << 20;
 // called once with the bytes that differ (those 4 bytes, or fewer), before
 // the suffix (central directory, serialization id) is appended.
 //
+// With `checksums`, also reports where the data lies in the record and the
+// CRC-32 of each `checksums->block_bytes` block of it (storage/
+// block_checksums.h), computed in the same pass; `block_size` must then be
+// a multiple of `checksums->block_bytes`.
+//
 // Returns the record's size (what was appended). Errors: InvalidArgument
-// for a `block_size` of 0 and for the tensors `PlanTensorRecord` refuses
-// (nothing written then); errors of `append` and `overwrite` as they are,
-// at the first one (a partial record may have been written).
+// for a `block_size` of 0 (or not a multiple of the checksum block size)
+// and for the tensors `PlanTensorRecord` refuses (nothing written then);
+// errors of `append` and `overwrite` as they are, at the first one (a
+// partial record may have been written).
+struct TensorDataChecksums {
+  uint64_t block_bytes = 0;  // Set by the caller.
+  // Set by the call.
+  uint64_t data_offset = 0;  // Of data/0's first byte, within the record.
+  uint64_t data_size = 0;
+  uint32_t data_crc32 = 0;
+  std::vector<uint32_t> block_crc32;
+};
 absl::StatusOr<uint64_t> WriteTensorRecordOnePass(
     const at::Tensor& tensor,
     absl::FunctionRef<absl::Status(absl::string_view)> append,
     absl::FunctionRef<absl::Status(uint64_t offset, absl::string_view bytes)>
         overwrite,
-    size_t block_size = kOnePassBlockSize);
+    size_t block_size = kOnePassBlockSize,
+    TensorDataChecksums* checksums = nullptr);
 
 // The whole record of `tensor` in one string (a copy; for tests and small
 // tensors).

@@ -22,11 +22,12 @@
 #include "checkpoint/state_dict.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "storage/crc32.h"
 #include "storage/pickle.h"
 #include "storage/zip.h"
 #include "testing/status_matchers.h"
-#include "testing/test_seed.h"
 #include "testing/tensor_matchers.h"
+#include "testing/test_seed.h"
 
 namespace dcp {
 namespace {
@@ -312,7 +313,8 @@ struct OnePass {
   std::vector<std::pair<uint64_t, uint64_t>> patches;  // (offset, size)
 };
 
-OnePass WriteOnePass(const at::Tensor& t, size_t block_size) {
+OnePass WriteOnePass(const at::Tensor& t, size_t block_size,
+                     TensorDataChecksums* checksums = nullptr) {
   OnePass out;
   absl::StatusOr<uint64_t> size = WriteTensorRecordOnePass(
       t,
@@ -330,7 +332,7 @@ OnePass WriteOnePass(const at::Tensor& t, size_t block_size) {
         out.record.replace(offset, bytes.size(), bytes.data(), bytes.size());
         return absl::OkStatus();
       },
-      block_size);
+      block_size, checksums);
   EXPECT_THAT(size.status(), IsOk());
   if (size.ok()) out.returned = *size;
   return out;
@@ -414,6 +416,45 @@ TEST(OnePassRecordTest, LargeDataIsAppendedInBlocksAndItsCrcPatchedOnce) {
   ASSERT_OK_AND_ASSIGN(at::Tensor back,
                        ReadTensorRecord(got.record, {/*verify_crc=*/true}));
   EXPECT_THAT(back, TensorEq(t));
+}
+
+// With checksums requested, the record is the same, and the reported data
+// range, CRC-32 and block CRC-32s are those of the record's data/0.
+TEST(OnePassRecordTest, ReportsTheDataAndItsBlockChecksums) {
+  std::mt19937 rng(dcp::testing::TestSeed());
+  for (int64_t n : {0, 1, 4095, 4096, 4097, 3 * 4096, 40000}) {
+    for (size_t block : {size_t{4096}, size_t{3 * 4096}, size_t{65536}}) {
+      SCOPED_TRACE(absl::StrCat(n, " bytes, write blocks of ", block));
+      at::Tensor t = RandomBytesTensor(rng, n);
+      TensorDataChecksums checksums;
+      checksums.block_bytes = 4096;
+      const OnePass got = WriteOnePass(t, block, &checksums);
+      EXPECT_TRUE(got.record == Serialize(t));
+      ASSERT_OK_AND_ASSIGN(TensorRecordInfo info,
+                           ParseTensorRecordHeader(got.record));
+      EXPECT_EQ(checksums.data_offset, info.storage.data_offset);
+      EXPECT_EQ(checksums.data_size, info.storage.size);
+      EXPECT_EQ(checksums.data_crc32, info.storage.crc32);
+      const absl::string_view data =
+          absl::string_view(got.record)
+              .substr(info.storage.data_offset, info.storage.size);
+      ASSERT_EQ(checksums.block_crc32.size(), (data.size() + 4095) / 4096);
+      for (size_t b = 0; b < checksums.block_crc32.size(); ++b) {
+        EXPECT_EQ(checksums.block_crc32[b], Crc32(data.substr(b * 4096, 4096)))
+            << "block " << b;
+      }
+    }
+  }
+  // The write block size must be a multiple of the checksum block size.
+  TensorDataChecksums checksums;
+  checksums.block_bytes = 4096;
+  EXPECT_THAT(WriteTensorRecordOnePass(
+                  MakeTestTensor({10}, at::kFloat, 1),
+                  [](absl::string_view) { return absl::OkStatus(); },
+                  [](uint64_t, absl::string_view) { return absl::OkStatus(); },
+                  6000, &checksums)
+                  .status(),
+              StatusIs(absl::StatusCode::kInvalidArgument));
 }
 
 TEST(OnePassRecordTest, StopsAtTheFirstAppendOrOverwriteError) {
