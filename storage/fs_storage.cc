@@ -42,6 +42,7 @@
 #include "checkpoint/status.h"
 #include "checkpoint/torch_status.h"
 #include "glog/logging.h"
+#include "storage/block_checksums.h"
 #include "storage/crc32.h"
 #include "storage/file_system.h"
 #include "storage/metadata_pickle.h"
@@ -288,9 +289,11 @@ std::vector<FileJob> PlanFiles(const SavePlan& plan,
 
 // Resolves `item` and appends its record to `file` (a tensor record's CRC
 // is patched into its header in place once its data is written); sets
-// `*length` to the number of bytes appended.
+// `*length` to the number of bytes appended. With `block_checksums`, adds
+// the block checksums of a large tensor record's data to it.
 absl::Status WriteItemRecord(const WriteItem& item, SavePlanner& planner,
                              WritableFile& file, std::string& batch,
+                             BlockChecksums* block_checksums,
                              uint64_t* length) {
   DCP_ASSIGN_OR_RETURN(Value data, planner.ResolveData(item));
   uint64_t written = 0;
@@ -346,18 +349,49 @@ absl::Status WriteItemRecord(const WriteItem& item, SavePlanner& planner,
   // One pass over the tensor's bytes: each block is checksummed just before
   // it is appended, and the CRC is patched into the record's header after.
   const uint64_t record_start = file.size();
-  DCP_ASSIGN_OR_RETURN(
-      uint64_t size,
-      WriteTensorRecordOnePass(
-          *tensor, sink, [&](uint64_t offset, absl::string_view bytes) {
-            return file.WriteAt(record_start + offset, bytes);
-          }));
+  TensorDataChecksums checksums;
+  checksums.block_bytes = kChecksumBlockBytes;
+  DCP_ASSIGN_OR_RETURN(uint64_t size,
+                       WriteTensorRecordOnePass(
+                           *tensor, sink,
+                           [&](uint64_t offset, absl::string_view bytes) {
+                             return file.WriteAt(record_start + offset, bytes);
+                           },
+                           kOnePassBlockSize,
+                           block_checksums != nullptr ? &checksums : nullptr));
   if (written != size) {
     return absl::InternalError(absl::StrCat(
         "wrote ", written, " bytes of a tensor record of ", size));
   }
+  if (block_checksums != nullptr) {
+    block_checksums->records.push_back(RecordBlockChecksums{
+        record_start + checksums.data_offset, checksums.data_size,
+        checksums.data_crc32, std::move(checksums.block_crc32)});
+  }
   *length = written;
   return absl::OkStatus();
+}
+
+// Best effort, since loads verify whole records without it: writes the
+// block checksum file of the data file `data_path`, created exclusively
+// and not synced (a torn one fails its own CRC-32), logging failures.
+void WriteBlockChecksumsFile(FileSystem& fs, const std::string& data_path,
+                             const BlockChecksums& checksums) {
+  const std::string path = absl::StrCat(data_path, kBlockChecksumsSuffix);
+  WritableFileOptions create;
+  create.exclusive = true;
+  absl::StatusOr<std::unique_ptr<WritableFile>> file =
+      fs.NewWritableFile(path, create);
+  absl::Status status = file.status();
+  if (status.ok()) {
+    status = (*file)->Append(EncodeBlockChecksums(checksums));
+    if (status.ok()) status = (*file)->Close();
+  }
+  if (!status.ok()) {
+    LOG(WARNING) << "fs_storage: could not write " << path
+                 << " (verified loads will read whole records instead): "
+                 << status;
+  }
 }
 
 // Writes one data file, which must not exist yet: it is created
@@ -368,6 +402,7 @@ absl::Status WriteItemRecord(const WriteItem& item, SavePlanner& planner,
 absl::Status WriteDataFile(FileSystem& fs, const std::string& dir,
                            const FileJob& job, const SavePlan& plan,
                            SavePlanner& planner, bool sync,
+                           bool write_block_checksums,
                            std::vector<std::pair<size_t, WriteResult>>* results,
                            bool* created) {
   const std::string path = JoinPath(dir, job.name);
@@ -383,10 +418,13 @@ absl::Status WriteDataFile(FileSystem& fs, const std::string& dir,
   uint64_t offset = 0;
   // Records not yet appended (see kBatchedRecordBytes).
   std::string batch;
+  BlockChecksums block_checksums;
   for (size_t i : job.items) {
     const WriteItem& item = plan.items[i];
     uint64_t length = 0;
-    absl::Status status = WriteItemRecord(item, planner, file, batch, &length);
+    absl::Status status = WriteItemRecord(
+        item, planner, file, batch,
+        write_block_checksums ? &block_checksums : nullptr, &length);
     if (!status.ok()) {
       return Annotate(status,
                       absl::StrFormat("writing item %s to %s at offset %d",
@@ -408,6 +446,10 @@ absl::Status WriteDataFile(FileSystem& fs, const std::string& dir,
   if (!batch.empty()) {
     DCP_RETURN_IF_ERROR(
         Annotate(file.Append(batch), absl::StrCat("writing data file ", path)));
+  }
+  if (!block_checksums.records.empty()) {
+    block_checksums.data_file_size = offset;
+    WriteBlockChecksumsFile(fs, path, block_checksums);
   }
   if (sync) {
     DCP_RETURN_IF_ERROR(
@@ -711,6 +753,7 @@ std::set<std::string> FilesOfCurrentCheckpoint(FileSystem& fs,
 //     `committed` does not;
 //   - data files named by dcp for another save (leftovers of failed or
 //     crashed saves) that `committed` does not reference;
+//   - the block checksum files of the data files above;
 //   - dcp's temporary metadata files.
 // Never any other file: not another tool's, not a PyTorch-named data file
 // that nothing references, not `.metadata` or the lock file. Best effort:
@@ -727,15 +770,20 @@ void RemoveStaleFiles(FileSystem& fs, const std::string& dir,
     if (referenced.count(name) == 0 && IsSafeRelativePath(name) &&
         name != "." && name != kMetadataName && name != kLockName) {
       stale.insert(name);
+      // Its block checksum file, if it has one.
+      stale.insert(absl::StrCat(name, kBlockChecksumsSuffix));
     }
   }
   absl::StatusOr<std::vector<std::string>> children = fs.GetChildren(dir);
   if (children.ok()) {
     for (const std::string& name : *children) {
+      // A data file, or a data file's block checksum file.
+      absl::string_view data_name = name;
+      absl::ConsumeSuffix(&data_name, kBlockChecksumsSuffix);
       const std::optional<absl::string_view> data_token =
-          DcpDataFileToken(name);
+          DcpDataFileToken(data_name);
       if ((data_token.has_value() && *data_token != token &&
-           referenced.count(name) == 0) ||
+           referenced.count(std::string(data_name)) == 0) ||
           IsDcpTempMetadataName(name)) {
         stale.insert(name);
       }
@@ -768,6 +816,9 @@ struct RecordWork {
   // Filled by the checking phase.
   TensorRecordInfo tensor;
   std::optional<Value> value;
+  // Entries over kSmallEntryBytes whose CRC-32 is still to check, once the
+  // boxes the load needs of them are known (see VerifyLargeEntries).
+  std::vector<ZipEntry> unverified;
 };
 
 // A tensor read item and the byte ranges it needs.
@@ -818,10 +869,26 @@ absl::Status ChecksumMismatch(const FileWork& file, const RecordWork& record,
       absl::CHexEscape(entry.name)));
 }
 
+absl::Status BlockChecksumMismatch(const FileWork& file,
+                                   const RecordWork& record,
+                                   const ZipEntry& entry, uint64_t block,
+                                   uint64_t block_bytes) {
+  const uint64_t start = block * block_bytes;
+  const uint64_t end = std::min(start + block_bytes, entry.size);
+  return absl::DataLossError(absl::StrFormat(
+      "%s in %s at offset %d for %s (entry \"%s\", bytes %d to %d of its "
+      "data, block %d of %s%s)",
+      kChecksumMismatch, file.path, record.info->offset,
+      DescribeIndex(*record.index), absl::CHexEscape(entry.name), start, end,
+      block, file.path, kBlockChecksumsSuffix));
+}
+
 // Parses and checks a tensor record: its zip directory and data.pkl, the
 // saved dtype and shape against `.metadata`, and with `verify` the CRC-32
-// of every entry. Reads only the record's small entries unless `verify`.
-// `in_memory`, if set, is the whole record, already read.
+// of every entry, except entries over kSmallEntryBytes not in memory,
+// which it leaves in `record.unverified` for VerifyLargeEntries. Reads only
+// the record's small entries. `in_memory`, if set, is the whole record,
+// already read.
 absl::Status CheckTensorRecord(const FileWork& file, RecordWork& record,
                                bool verify,
                                std::optional<absl::string_view> in_memory,
@@ -872,18 +939,131 @@ absl::Status CheckTensorRecord(const FileWork& file, RecordWork& record,
                      " (is .metadata from another checkpoint?)"));
   }
   if (verify) {
-    // The tensor data, after the cheaper checks against `.metadata`.
+    // The tensor data, after the cheaper checks against `.metadata`; data
+    // not in memory once the load's boxes are known (VerifyLargeEntries).
     for (const ZipEntry& entry : dir.entries) {
       if (entry.size <= kSmallEntryBytes) continue;
-      uint32_t crc;
-      if (in_memory.has_value()) {
-        // ReadZipDirectory checked that entries lie inside the record.
-        crc = Crc32(in_memory->substr(entry.data_offset, entry.size));
-      } else {
-        DCP_ASSIGN_OR_RETURN(
-            crc, StreamCrc32(data, base + entry.data_offset, entry.size));
+      if (!in_memory.has_value()) {
+        record.unverified.push_back(entry);
+        continue;
       }
+      // ReadZipDirectory checked that entries lie inside the record.
+      if (Crc32(in_memory->substr(entry.data_offset, entry.size)) !=
+          entry.crc32) {
+        return ChecksumMismatch(file, record, entry);
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
+// The block checksums of `file` if it has a usable block checksum file;
+// nullopt if it has none (NotFound) or it cannot be used (logged).
+std::optional<BlockChecksums> ReadBlockChecksums(FileSystem& fs,
+                                                 const FileWork& file) {
+  const std::string path = absl::StrCat(file.path, kBlockChecksumsSuffix);
+  absl::StatusOr<std::unique_ptr<RandomAccessFile>> opened =
+      fs.NewRandomAccessFile(path);
+  absl::Status status = opened.status();
+  if (opened.ok()) {
+    const uint64_t size = (*opened)->size();
+    // About 5 bytes per MiB of data, plus a few dozen per record: anything
+    // much larger is not one.
+    const uint64_t max_size = (uint64_t{1} << 20) + file.checked_size / 1024;
+    if (size > max_size) {
+      status = absl::DataLossError(
+          absl::StrCat(size, " bytes, too large for a data file of ",
+                       file.checked_size, " bytes"));
+    } else {
+      std::string bytes(static_cast<size_t>(size), '\0');
+      status = (*opened)->ReadInto(0, absl::MakeSpan(bytes));
+      if (status.ok()) {
+        absl::StatusOr<BlockChecksums> decoded = DecodeBlockChecksums(bytes);
+        if (decoded.ok() && decoded->data_file_size != file.checked_size) {
+          decoded = absl::DataLossError(
+              absl::StrCat("it is for a data file of ", decoded->data_file_size,
+                           " bytes, not ", file.checked_size));
+        }
+        if (decoded.ok()) return *std::move(decoded);
+        status = decoded.status();
+      }
+    }
+  }
+  if (!absl::IsNotFound(status)) {
+    LOG(WARNING) << "fs_storage: not using " << path
+                 << ", verifying whole records instead: " << status;
+  }
+  return std::nullopt;
+}
+
+// Checks the CRC-32s of `record`'s entries left unverified by
+// CheckTensorRecord. The tensor data entry is checked block by block if
+// `checksums` has its blocks (and they match the entry's own CRC-32):
+// only the blocks that hold `ranges` (record-relative byte ranges the load
+// reads). Other entries, and all without usable block checksums, are read
+// whole.
+absl::Status VerifyLargeEntries(const FileWork& file, const RecordWork& record,
+                                const std::vector<ByteRange>& ranges,
+                                const BlockChecksums* checksums) {
+  const RandomAccessFile& data = *file.file;
+  const uint64_t base = static_cast<uint64_t>(record.info->offset);
+  std::string buffer;
+  for (const ZipEntry& entry : record.unverified) {
+    const RecordBlockChecksums* blocks =
+        checksums != nullptr &&
+                entry.data_offset == record.tensor.storage.data_offset
+            ? checksums->Find(base + entry.data_offset)
+            : nullptr;
+    if (blocks == nullptr || blocks->data_size != entry.size ||
+        blocks->data_crc32 != entry.crc32) {
+      DCP_ASSIGN_OR_RETURN(
+          uint32_t crc,
+          StreamCrc32(data, base + entry.data_offset, entry.size));
       if (crc != entry.crc32) return ChecksumMismatch(file, record, entry);
+      continue;
+    }
+    // The blocks the ranges touch, as sorted, merged [first, last] runs.
+    const uint64_t block_bytes = checksums->block_bytes;
+    std::vector<std::pair<uint64_t, uint64_t>> runs;
+    for (const ByteRange& range : ranges) {
+      const uint64_t start = std::max(range.offset, entry.data_offset);
+      const uint64_t end =
+          std::min(range.offset + range.length, entry.data_offset + entry.size);
+      if (start >= end) continue;
+      runs.emplace_back((start - entry.data_offset) / block_bytes,
+                        (end - 1 - entry.data_offset) / block_bytes);
+    }
+    std::sort(runs.begin(), runs.end());
+    size_t merged = 0;
+    for (size_t i = 0; i < runs.size(); ++i) {
+      if (merged > 0 && runs[i].first <= runs[merged - 1].second + 1) {
+        runs[merged - 1].second =
+            std::max(runs[merged - 1].second, runs[i].second);
+      } else {
+        runs[merged++] = runs[i];
+      }
+    }
+    runs.resize(merged);
+    // Read up to kCrcChunkBytes of whole blocks at a time.
+    const uint64_t blocks_per_read =
+        std::max<uint64_t>(1, kCrcChunkBytes / block_bytes);
+    for (const auto& [first, last] : runs) {
+      for (uint64_t b = first; b <= last; b += blocks_per_read) {
+        const uint64_t b_end = std::min(last + 1, b + blocks_per_read);
+        const uint64_t start = b * block_bytes;
+        const uint64_t end = std::min(b_end * block_bytes, entry.size);
+        if (buffer.size() < end - start) buffer.resize(end - start);
+        DCP_ASSIGN_OR_RETURN(absl::string_view bytes,
+                             data.Read(base + entry.data_offset + start,
+                                       end - start, buffer.data()));
+        for (uint64_t k = b; k < b_end; ++k) {
+          const absl::string_view block =
+              bytes.substr((k - b) * block_bytes, block_bytes);
+          if (Crc32(block) != blocks->block_crc32[k]) {
+            return BlockChecksumMismatch(file, record, entry, k, block_bytes);
+          }
+        }
+      }
     }
   }
   return absl::OkStatus();
@@ -956,7 +1136,7 @@ absl::Status CheckFile(FileSystem& fs, FileWork& file,
                        std::vector<RecordWork>& records,
                        std::vector<ItemWork>& items,
                        const std::vector<ReadItem>& plan_items, bool verify,
-                       const DecodeLimits& limits) {
+                       bool use_block_checksums, const DecodeLimits& limits) {
   DCP_RETURN_IF_ERROR(OpenDataFile(fs, file, records[file.records.front()]));
   const uint64_t file_size = file.file->size();
   file.checked_size = file_size;
@@ -1038,6 +1218,36 @@ absl::Status CheckFile(FileSystem& fs, FileWork& file,
                                    " from ", DescribeRecord(file, record)));
     }
     work.box = *std::move(box);
+  }
+  // Large records not yet verified, now that the ranges needed are known.
+  std::vector<std::pair<size_t, const BoxReadPlan*>> boxes;  // (record, box)
+  for (size_t w : file.items) {
+    if (!records[items[w].record].unverified.empty()) {
+      boxes.emplace_back(items[w].record, &items[w].box);
+    }
+  }
+  if (boxes.empty()) return absl::OkStatus();
+  std::stable_sort(
+      boxes.begin(), boxes.end(),
+      [](const auto& a, const auto& b) { return a.first < b.first; });
+  std::optional<BlockChecksums> checksums;
+  if (use_block_checksums) checksums = ReadBlockChecksums(fs, file);
+  std::vector<ByteRange> ranges;
+  for (size_t i = 0; i < boxes.size();) {
+    const size_t r = boxes[i].first;
+    ranges.clear();
+    for (; i < boxes.size() && boxes[i].first == r; ++i) {
+      ranges.insert(ranges.end(), boxes[i].second->ranges.begin(),
+                    boxes[i].second->ranges.end());
+    }
+    RecordWork& record = records[r];
+    absl::Status status = VerifyLargeEntries(
+        file, record, ranges, checksums.has_value() ? &*checksums : nullptr);
+    if (!status.ok()) {
+      if (absl::StartsWith(status.message(), kChecksumMismatch)) return status;
+      return Annotate(status, DescribeRecord(file, record));
+    }
+    record.unverified.clear();
   }
   return absl::OkStatus();
 }
@@ -1267,7 +1477,7 @@ absl::StatusOr<std::vector<WriteResult>> FileSystemWriter::WriteData(
             bool made = false;
             absl::Status written = fs_storage_internal::WriteDataFile(
                 *s.fs, s.path, jobs[j], plan, planner, s.options.sync_files,
-                &per_file[j], &made);
+                s.options.write_block_checksums, &per_file[j], &made);
             created[j] = made;
             return written;
           }));
@@ -1281,7 +1491,10 @@ absl::StatusOr<std::vector<WriteResult>> FileSystemWriter::WriteData(
     // could not create is not dcp's.
     std::vector<std::string> paths;
     for (size_t j = 0; j < jobs.size(); ++j) {
-      if (created[j]) paths.push_back(JoinPath(s.path, jobs[j].name));
+      if (!created[j]) continue;
+      paths.push_back(JoinPath(s.path, jobs[j].name));
+      paths.push_back(
+          JoinPath(s.path, absl::StrCat(jobs[j].name, kBlockChecksumsSuffix)));
     }
     fs_storage_internal::RemoveFiles(*s.fs, paths,
                                      "data files of a failed save");
@@ -1629,7 +1842,8 @@ absl::Status FileSystemReader::ReadData(const LoadPlan& plan,
             FileWork& file = *file_list[f];
             absl::Status status = fs_storage_internal::CheckFile(
                 *s.fs, file, records, items, plan.items,
-                s.options.verify_checksums, s.options.decode_limits);
+                s.options.verify_checksums, s.options.use_block_checksums,
+                s.options.decode_limits);
             if (!status.ok() || file.items.empty() ||
                 kept.fetch_add(1) >= keep) {
               file.file.reset();

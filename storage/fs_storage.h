@@ -12,6 +12,9 @@
 //   <dir>/.dcp.metadata                     binary copy of .metadata that
 //                                           loads read when it matches it
 //                                           (storage/metadata_sidecar.h)
+//   <dir>/<data file>.dcpcrc                CRC-32s of 1 MiB blocks of a
+//                                           data file's large records
+//                                           (storage/block_checksums.h)
 //
 // Every item is a complete torch.save-compatible zip record
 // (storage/torch_record.h), concatenated in the data files, with its file,
@@ -81,7 +84,9 @@
 // memory and appended in batches of about 4 MiB; files are written by
 // `thread_count` threads per rank. A load reads, per saved chunk, only the
 // record's directory and data.pkl (small records whole, in batched reads;
-// every record whole when verifying checksums), then only the byte ranges
+// when verifying checksums, the 1 MiB blocks of each large record that
+// hold what it needs, or the whole record without a usable block checksum
+// file), then only the byte ranges
 // of the boxes it needs (a row range of a row-major chunk is one range),
 // straight into the destination tensors, so peak memory stays near the
 // size of the destination tensors.
@@ -109,7 +114,8 @@
 //     new `.metadata` does not reference;
 //   - data files with the names dcp generates, `__<rank>_<n>_<token>.distcp`,
 //     of other saves (failed or crashed attempts) that the new `.metadata`
-//     does not reference;
+//     does not reference, and the block checksum files (`.dcpcrc`) of the
+//     data files removed or of such names;
 //   - dcp's temporary `.metadata.tmp.<token>` files.
 // (A token is 16 lowercase hex digits, or 8 as earlier dcp versions wrote.)
 // Nothing else, ever: not other tools' files, not PyTorch-named
@@ -185,6 +191,12 @@ struct FileSystemWriterOptions {
   // effort: a failure to write it is logged, and loads without it decode
   // `.metadata`.
   bool write_metadata_sidecar = true;
+  // Also write, beside each data file with tensor records over 1 MiB, its
+  // block checksum file `<data file>.dcpcrc` (storage/block_checksums.h):
+  // the CRC-32 of every 1 MiB block of those records' data, computed in the
+  // same pass as the records' own CRC-32s, so that verified loads read only
+  // the blocks they need. Best effort, like the sidecar.
+  bool write_block_checksums = true;
   // Written as Metadata::version; PyTorch 2.6 ignores it.
   std::optional<std::string> metadata_version = std::string("1.0.0");
   // Null: the local POSIX file system.
@@ -232,10 +244,21 @@ struct FileSystemReaderOptions {
   // of thousands of files (one file per item, many ranks) stays well under
   // the default `ulimit -n` of 1024, shared with the rest of the process.
   int max_open_files = 64;
-  // Check each record's CRC-32. Reads every saved chunk that a load touches
-  // in full (streamed, in bounded memory) to do so; false reads only the
-  // byte ranges needed.
+  // Check the CRC-32s of what the load reads before any destination is
+  // written. A record's tensor data is checked block by block against its
+  // block checksum file (`use_block_checksums`), reading only the 1 MiB
+  // blocks that hold the byte ranges the load needs; without a usable one
+  // the whole record is read (streamed, in bounded memory) and checked
+  // against its CRC-32. False reads only the byte ranges needed and checks
+  // no checksums.
   bool verify_checksums = true;
+  // Use `<data file>.dcpcrc` when verifying, if it decodes, is for a data
+  // file of this size and its records match the records' own CRC-32s
+  // (otherwise, logged: verify whole records). With block checksums a load
+  // verifies what it reads, not what it does not: a damaged byte in a
+  // block the load does not need is not reported (`dcp verify` checks
+  // everything).
+  bool use_block_checksums = true;
   // Read `.dcp.metadata` instead of decoding the `.metadata` pickle when it
   // records the exact bytes of this `.metadata` and passes its CRC-32;
   // otherwise (absent, stale, damaged: the last logged) decode `.metadata`.

@@ -27,8 +27,8 @@
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
-#include "absl/strings/strip.h"
 #include "absl/strings/string_view.h"
+#include "absl/strings/strip.h"
 #include "checkpoint/metadata.h"
 #include "checkpoint/save_load.h"
 #include "checkpoint/sharding.h"
@@ -37,6 +37,8 @@
 #include "glog/logging.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "storage/block_checksums.h"
+#include "storage/crc32.h"
 #include "storage/file_system.h"
 #include "storage/metadata_pickle.h"
 #include "storage/metadata_sidecar.h"
@@ -48,8 +50,8 @@
 #include "testing/mem_file_system.h"
 #include "testing/simulator.h"
 #include "testing/status_matchers.h"
-#include "testing/test_seed.h"
 #include "testing/tensor_matchers.h"
+#include "testing/test_seed.h"
 
 namespace dcp {
 namespace {
@@ -789,30 +791,35 @@ std::vector<std::string> UsePyTorchFileNames(std::shared_ptr<FileSystem> fs,
 
 // Files that are not dcp's to remove, whatever they look like.
 const std::vector<std::string> kForeignFiles = {
-    "notes.txt",                   // Another tool's.
-    "__7_0.distcp",                // PyTorch-named, referenced by nothing.
-    "__0_0_DEADBEEF.distcp",       // Not a token dcp generates.
-    "__0_0_deadbeef.distcp.bak",   // A user's copy.
-    "__0_0_deadbeef0.distcp",      // Token of 9 digits.
+    "notes.txt",                       // Another tool's.
+    "__7_0.distcp",                    // PyTorch-named, referenced by nothing.
+    "__0_0_DEADBEEF.distcp",           // Not a token dcp generates.
+    "__0_0_deadbeef.distcp.bak",       // A user's copy.
+    "__0_0_deadbeef0.distcp",          // Token of 9 digits.
     "__0_0_0123456789abcdef0.distcp",  // Token of 17 digits.
     "__0_0_0123456789ABCDEF.distcp",   // Uppercase 16-digit token.
     ".metadata.tmp.0123456789abcde",   // Token of 15 digits.
-    "x__0_0_deadbeef.distcp",      // Prefixed.
-    ".metadata.tmp",               // Not dcp's temporary name.
-    ".metadata.tmp.deadbeef.old",  // Ditto.
-    ".dcp.metadata.tmp",              // Not the sidecar's temporary name.
+    "x__0_0_deadbeef.distcp",          // Prefixed.
+    ".metadata.tmp",                   // Not dcp's temporary name.
+    ".metadata.tmp.deadbeef.old",      // Ditto.
+    ".dcp.metadata.tmp",               // Not the sidecar's temporary name.
     ".dcp.metadata.deadbeef.tmp.old",  // Ditto.
     ".dcp.metadata.DEADBEEF.tmp",      // Not a token dcp generates.
+    "__7_0.distcp.dcpcrc",             // Beside a file dcp does not remove.
+    "notes.dcpcrc",                    // Not beside a data file.
+    "__0_0_DEADBEEF.distcp.dcpcrc",    // Not a token dcp generates.
 };
 // Leftovers of earlier dcp saves that failed or crashed.
 const std::vector<std::string> kDcpLeftovers = {
-    "__0_0_deadbeef.distcp",   // Tokens of earlier dcp versions: 8 digits.
+    "__0_0_deadbeef.distcp",  // Tokens of earlier dcp versions: 8 digits.
     "__12_3_0badf00d.distcp",
     ".metadata.tmp.deadbeef",
     "__0_1_0123456789abcdef.distcp",  // Tokens of 16 digits.
     ".metadata.tmp.fedcba9876543210",
     ".dcp.metadata.deadbeef.tmp",  // The sidecar's temporary files.
     ".dcp.metadata.fedcba9876543210.tmp",
+    "__0_0_deadbeef.distcp.dcpcrc",  // Block checksums of leftovers.
+    "__3_0_fedcba9876543210.distcp.dcpcrc",
 };
 
 TEST(FsStorageCleanupTest, RemovesOnlyTheReplacedCheckpointAndDcpLeftovers) {
@@ -1539,6 +1546,211 @@ TEST_F(PartialReadTest, VerifyingChecksumsReadsTheWholeChunk) {
   LOG(INFO) << "row shard with checksums: read " << read << " bytes";
   EXPECT_GE(read, kChunkBytes + kChunkBytes / 4);
   EXPECT_LE(read, kChunkBytes + kChunkBytes / 4 + 16 * 1024);
+}
+
+// ---- Block checksums --------------------------------------------------------
+
+// "w", 4096 x 512 float32 (8 MiB of data: eight 1 MiB blocks), saved by one
+// rank beside a small tensor, and loaded back as row shards.
+class BlockChecksumsTest : public ::testing::Test {
+ protected:
+  static constexpr int64_t kRows = 4096;
+  static constexpr int64_t kCols = 512;
+  static constexpr uint64_t kRowBytes = kCols * 4;
+  static constexpr uint64_t kDataBytes = kRows * kRowBytes;
+
+  void SetUp() override {
+    full_ = MakeTestTensor({kRows, kCols}, c10::kFloat, 11);
+    ASSERT_OK_AND_ASSIGN(
+        md_,
+        SaveTo(mem_, kDir, StateDict{{"w", full_}, {"small", at::ones({3})}}));
+    const StorageInfo& info = InfoOf(md_, "w");
+    data_path_ = JoinPath(kDir, info.relative_path);
+    record_offset_ = static_cast<uint64_t>(info.offset);
+    const std::string data = ReadFile(*mem_, data_path_);
+    ASSERT_OK_AND_ASSIGN(TensorRecordInfo record,
+                         ParseTensorRecordHeader(absl::string_view(data).substr(
+                             info.offset, info.length)));
+    data_offset_ = record_offset_ + record.storage.data_offset;
+  }
+
+  // Loads `rank`'s row shard of `ranks` into zeros; the status, and in
+  // `*read` the .distcp bytes read.
+  absl::Status LoadShard(int rank, int ranks, uint64_t* read = nullptr,
+                         FileSystemReaderOptions options = {}) {
+    absl::StatusOr<ShardedTensor> shard =
+        ZerosShardAlongDim({kRows, kCols}, c10::kFloat, /*dim=*/0, rank, ranks);
+    CHECK(shard.ok()) << shard.status();
+    StateDict dest{{"w", *shard}};
+    counting_->Clear();
+    absl::Status status = LoadFrom(counting_, kDir, dest, options);
+    if (read != nullptr) *read = counting_->BytesRead(".distcp");
+    const Shard& loaded = dest.Find("w")->get<ShardedTensor>().local_shards[0];
+    if (status.ok()) {
+      EXPECT_THAT(loaded.tensor, TensorEq(full_.narrow(0, loaded.offsets[0],
+                                                       loaded.tensor.size(0))));
+    } else {
+      // Nothing is written before every checksum checked out.
+      EXPECT_THAT(loaded.tensor, TensorEq(at::zeros_like(loaded.tensor)));
+    }
+    return status;
+  }
+
+  // Flips a bit of byte `at` of w's tensor data.
+  void CorruptData(uint64_t at) {
+    std::string data = ReadFile(*mem_, data_path_);
+    data[data_offset_ + at] ^= 0x10;
+    WriteFile(*mem_, data_path_, data);
+  }
+
+  std::string ChecksumsPath() const {
+    return absl::StrCat(data_path_, kBlockChecksumsSuffix);
+  }
+
+  at::Tensor full_;
+  Metadata md_;
+  std::string data_path_;
+  uint64_t record_offset_ = 0;
+  uint64_t data_offset_ = 0;  // Of w's data in its data file.
+  std::shared_ptr<MemFileSystem> mem_ = std::make_shared<MemFileSystem>();
+  std::shared_ptr<CountingFileSystem> counting_ =
+      std::make_shared<CountingFileSystem>(mem_);
+};
+
+TEST_F(BlockChecksumsTest, SaveWritesTheBlocksOfLargeRecords) {
+  ASSERT_OK_AND_ASSIGN(BlockChecksums checksums,
+                       DecodeBlockChecksums(ReadFile(*mem_, ChecksumsPath())));
+  const std::string data = ReadFile(*mem_, data_path_);
+  EXPECT_EQ(checksums.data_file_size, data.size());
+  EXPECT_EQ(checksums.block_bytes, kChecksumBlockBytes);
+  // Only "w" is large enough to have blocks.
+  ASSERT_THAT(checksums.records, SizeIs(1));
+  const RecordBlockChecksums& w = checksums.records[0];
+  EXPECT_EQ(w.data_offset, data_offset_);
+  EXPECT_EQ(w.data_size, kDataBytes);
+  ASSERT_THAT(w.block_crc32, SizeIs(kDataBytes / kChecksumBlockBytes));
+  for (size_t b = 0; b < w.block_crc32.size(); ++b) {
+    EXPECT_EQ(w.block_crc32[b], Crc32(absl::string_view(data).substr(
+                                    data_offset_ + b * kChecksumBlockBytes,
+                                    kChecksumBlockBytes)));
+  }
+  // Optional.
+  auto other = std::make_shared<MemFileSystem>();
+  FileSystemWriterOptions options;
+  options.write_block_checksums = false;
+  ASSERT_OK(SaveTo(other, kDir, StateDict{{"w", full_}}, options).status());
+  for (const std::string& name : Children(*other, kDir)) {
+    EXPECT_FALSE(absl::EndsWith(name, kBlockChecksumsSuffix)) << name;
+  }
+}
+
+TEST_F(BlockChecksumsTest, VerifiedShardReadsOnlyTheBlocksItNeeds) {
+  // Rank 1 of 3 needs rows [1366, 2731): bytes 2797568 to 5591040 of the
+  // data, in blocks 2 to 5.
+  uint64_t read = 0;
+  ASSERT_OK(LoadShard(1, 3, &read));
+  const uint64_t shard_bytes = (2731 - 1366) * kRowBytes;
+  const uint64_t blocks_bytes = 4 * kChecksumBlockBytes;
+  LOG(INFO) << "verified row shard: read " << read << " bytes for a "
+            << shard_bytes << "-byte shard of an " << kDataBytes
+            << "-byte chunk";
+  EXPECT_GE(read, shard_bytes + blocks_bytes);
+  EXPECT_LE(read, shard_bytes + blocks_bytes + 64 * 1024);
+  // Without the block checksums (not used, or not there) the whole chunk
+  // is read to check it.
+  FileSystemReaderOptions without;
+  without.use_block_checksums = false;
+  ASSERT_OK(LoadShard(1, 3, &read, without));
+  EXPECT_GE(read, shard_bytes + kDataBytes);
+  ASSERT_OK(mem_->RemoveFile(ChecksumsPath()));
+  ASSERT_OK(LoadShard(1, 3, &read));
+  EXPECT_GE(read, shard_bytes + kDataBytes);
+}
+
+TEST_F(BlockChecksumsTest, DamageInANeededBlockIsDataLossNamingTheBlock) {
+  CorruptData(3 * kChecksumBlockBytes + 12345);
+  EXPECT_THAT(
+      LoadShard(1, 3),
+      StatusIs(
+          absl::StatusCode::kDataLoss,
+          AllOf(HasSubstr(absl::StrCat("checksum mismatch in ", data_path_)),
+                HasSubstr("\"w\""), HasSubstr("block 3"),
+                HasSubstr(absl::StrCat("bytes ", 3 * kChecksumBlockBytes,
+                                       " to ", 4 * kChecksumBlockBytes)))));
+}
+
+TEST_F(BlockChecksumsTest, LoadsVerifyWhatTheyReadNotWhatTheySkip) {
+  // Block 7 holds rows [3584, 4096): rank 0 of 4 (rows [0, 1024)) does not
+  // read it, rank 3 does.
+  CorruptData(7 * kChecksumBlockBytes + 5);
+  EXPECT_OK(LoadShard(0, 4));
+  EXPECT_THAT(LoadShard(3, 4),
+              StatusIs(absl::StatusCode::kDataLoss, HasSubstr("block 7")));
+  // Verifying whole records, rank 0 reports it too.
+  FileSystemReaderOptions without;
+  without.use_block_checksums = false;
+  EXPECT_THAT(
+      LoadShard(0, 4, nullptr, without),
+      StatusIs(absl::StatusCode::kDataLoss, HasSubstr("checksum mismatch")));
+}
+
+// A block checksum file that is damaged, truncated, empty, for another data
+// file, or contradicts the record is not used: the whole record is checked
+// (which finds damage in a block the load does not need), and loads of
+// undamaged data still succeed.
+TEST_F(BlockChecksumsTest, UnusableBlockChecksumFilesFallBackToWholeRecords) {
+  const std::string good = ReadFile(*mem_, ChecksumsPath());
+  ASSERT_OK_AND_ASSIGN(BlockChecksums decoded, DecodeBlockChecksums(good));
+  std::vector<std::pair<std::string, std::string>> cases;
+  {
+    std::string flipped = good;
+    flipped[flipped.size() / 2] ^= 0x01;
+    cases.emplace_back("a flipped byte", flipped);
+  }
+  cases.emplace_back("truncated", good.substr(0, good.size() - 3));
+  cases.emplace_back("empty", "");
+  {
+    BlockChecksums other = decoded;
+    other.data_file_size += 1;
+    cases.emplace_back("for a larger data file", EncodeBlockChecksums(other));
+  }
+  {
+    // Consistent in itself, but not with the record's own CRC-32.
+    BlockChecksums other = decoded;
+    std::string zeros(kDataBytes, '\0');
+    other.records[0].block_crc32 = ChecksumBlocks(zeros, kChecksumBlockBytes,
+                                                  &other.records[0].data_crc32);
+    cases.emplace_back("of other data", EncodeBlockChecksums(other));
+  }
+  {
+    BlockChecksums other = decoded;
+    other.records[0].data_offset += 1;
+    cases.emplace_back("for another record offset",
+                       EncodeBlockChecksums(other));
+  }
+  const std::string original = ReadFile(*mem_, data_path_);
+  for (const auto& [what, bytes] : cases) {
+    SCOPED_TRACE(what);
+    WriteFile(*mem_, ChecksumsPath(), bytes);
+    WriteFile(*mem_, data_path_, original);
+    uint64_t read = 0;
+    EXPECT_OK(LoadShard(0, 4, &read));
+    EXPECT_GE(read, kDataBytes);  // The whole record, checked.
+    CorruptData(7 * kChecksumBlockBytes + 5);
+    EXPECT_THAT(LoadShard(0, 4), StatusIs(absl::StatusCode::kDataLoss,
+                                          HasSubstr("checksum mismatch")));
+  }
+}
+
+TEST_F(BlockChecksumsTest, ReplacedCheckpointsTakeTheirBlockChecksumsAlong) {
+  const std::string old_checksums = ChecksumsPath();
+  ASSERT_OK_AND_ASSIGN(Metadata md,
+                       SaveTo(mem_, kDir, StateDict{{"w", full_ * 2}}));
+  EXPECT_THAT(ReadFileToString(*mem_, old_checksums),
+              StatusIs(absl::StatusCode::kNotFound));
+  const std::string now = JoinPath(
+      kDir, absl::StrCat(InfoOf(md, "w").relative_path, kBlockChecksumsSuffix));
+  EXPECT_OK(ReadFileToString(*mem_, now).status());
 }
 
 // ---- Bad input --------------------------------------------------------------

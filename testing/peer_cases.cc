@@ -181,6 +181,16 @@ std::vector<PeerLeaf> CaseMixed() {
   return leaves;
 }
 
+// Chunks over 1 MiB, which dcp saves with block checksum files
+// (storage/block_checksums.h) that PyTorch must ignore.
+std::vector<PeerLeaf> CaseLarge() {
+  return {
+      TensorLeaf({K("weight")}, ScalarType::Float, {1536, 512},
+                 PeerLayout::kRow),
+      TensorLeaf({K("bias")}, ScalarType::Float, {512}),
+  };
+}
+
 std::vector<PeerLeaf> CaseGoldenSimple() {
   return {
       TensorLeaf({K("tensor_f32")}, ScalarType::Float, {2, 3}),
@@ -349,13 +359,14 @@ absl::StatusOr<std::vector<PeerLeaf>> LeavesOf(absl::string_view name) {
   if (name == "mesh2d") return CaseMesh2D();
   if (name == "replicated") return CaseReplicated();
   if (name == "mixed") return CaseMixed();
+  if (name == "large") return CaseLarge();
   if (name == "golden_simple") return CaseGoldenSimple();
   if (name == "golden_sharded4") return CaseGoldenSharded4();
   if (name == "golden_nonstrided") return CaseGoldenNonstrided();
   return absl::InvalidArgumentError(absl::StrCat(
       "unknown peer case \"", name, "\"; known: ",
       absl::StrJoin(PeerCaseNames(), ", "),
-      ", golden_simple, golden_sharded4, golden_nonstrided"));
+      ", large, golden_simple, golden_sharded4, golden_nonstrided"));
 }
 
 absl::Status CheckRank(int rank, int world_size) {

@@ -75,9 +75,10 @@ struct PeerLeaf {
 // "replicated", "mixed".
 std::vector<std::string> PeerCaseNames();
 
-// The leaves of `case_name`: a public case or one of the golden cases
-// "golden_simple", "golden_sharded4", "golden_nonstrided" (the latter's
-// values only; its strides are a property of the saved files).
+// The leaves of `case_name`: a public case, "large" (chunks over 1 MiB, for
+// the interop tests) or one of the golden cases "golden_simple",
+// "golden_sharded4", "golden_nonstrided" (the latter's values only; its
+// strides are a property of the saved files).
 absl::StatusOr<std::vector<PeerLeaf>> PeerCaseLeaves(
     absl::string_view case_name);
 

@@ -168,6 +168,15 @@ def _case_mixed() -> Case:
     return leaves
 
 
+def _case_large() -> Case:
+    # Chunks over 1 MiB: dcp saves them with block checksum files
+    # (<data file>.dcpcrc), which PyTorch must ignore.
+    return [
+        (("weight",), _t("float32", (1536, 512), ROW)),
+        (("bias",), _t("float32", (512,))),
+    ]
+
+
 def _case_golden_simple() -> Case:
     return [
         (("tensor_f32",), _t("float32", (2, 3))),
@@ -221,6 +230,7 @@ CASES = {
     "mesh2d": _case_mesh2d,
     "replicated": _case_replicated,
     "mixed": _case_mixed,
+    "large": _case_large,
     # Used by `golden`; also loadable with `load` (nonstrided only values).
     "golden_simple": _case_golden_simple,
     "golden_sharded4": _case_golden_sharded4,
