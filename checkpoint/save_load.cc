@@ -240,7 +240,12 @@ absl::Status Load(StateDict& state_dict, StorageReader& reader,
           }));
   // Decoding the same bytes gives every rank the same result; an error is
   // still reported through the next step, to keep the ranks in step.
-  const absl::StatusOr<Metadata> metadata = DecodeMetadata(encoded_metadata);
+  absl::StatusOr<Metadata> decoded = DecodeMetadata(encoded_metadata);
+  // Shared by the planner and the reader, which then need not copy it.
+  std::shared_ptr<const Metadata> metadata;
+  if (decoded.ok()) {
+    metadata = std::make_shared<const Metadata>(*std::move(decoded));
+  }
 
   DCP_ASSIGN_OR_RETURN(
       std::string central_plan,
@@ -248,10 +253,11 @@ absl::Status Load(StateDict& state_dict, StorageReader& reader,
           "load.plan",
           [&]() -> absl::StatusOr<std::string> {
             DCP_RETURN_IF_ERROR(FaultPoint("load.plan"));
-            DCP_RETURN_IF_ERROR(metadata.status());
+            DCP_RETURN_IF_ERROR(decoded.status());
+            DCP_RETURN_IF_ERROR(planner.SetUpShared(&state_dict, metadata,
+                                                    dist.is_coordinator()));
             DCP_RETURN_IF_ERROR(
-                planner.SetUp(&state_dict, *metadata, dist.is_coordinator()));
-            DCP_RETURN_IF_ERROR(reader.SetUp(*metadata, dist.is_coordinator()));
+                reader.SetUpShared(metadata, dist.is_coordinator()));
             DCP_ASSIGN_OR_RETURN(LoadPlan plan, planner.CreateLocalPlan());
             DCP_ASSIGN_OR_RETURN(plan, reader.PrepareLocalPlan(std::move(plan)));
             return EncodeLoadPlan(plan);

@@ -254,6 +254,18 @@ absl::Status DefaultLoadPlanner::SetUp(StateDict* state_dict,
 }
 
 absl::Status DefaultLoadPlanner::SetUpShared(
+    StateDict* state_dict, std::shared_ptr<const Metadata> metadata,
+    bool is_coordinator) {
+  if (metadata == nullptr) {
+    return absl::InvalidArgumentError(
+        "DefaultLoadPlanner::SetUpShared: metadata is null");
+  }
+  return SetUpShared(
+      state_dict, std::make_shared<const IndexedMetadata>(std::move(metadata)),
+      is_coordinator);
+}
+
+absl::Status DefaultLoadPlanner::SetUpShared(
     StateDict* state_dict, std::shared_ptr<const IndexedMetadata> metadata,
     bool is_coordinator) {
   std::lock_guard<std::mutex> lock(mu_);

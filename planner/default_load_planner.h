@@ -57,8 +57,8 @@
 //
 // Ownership: `state_dict` passed to SetUp must outlive the planner's use.
 // The planner keeps handles to its tensors and a copy of the Metadata
-// (SetUp) or a share of an `IndexedMetadata` (SetUpShared), so `metadata`
-// need only live through SetUp.
+// (SetUp) or a share of the Metadata or of an `IndexedMetadata`
+// (SetUpShared), so `metadata` need only live through SetUp.
 //
 // Cost per rank: SetUp is O(keys of the destination) plus, for SetUp (not
 // SetUpShared), copying and indexing the Metadata, O(total saved chunks x
@@ -132,6 +132,13 @@ class DefaultLoadPlanner : public LoadPlanner {
   absl::Status SetUpShared(StateDict* state_dict,
                            std::shared_ptr<const IndexedMetadata> metadata,
                            bool is_coordinator) ABSL_LOCKS_EXCLUDED(mu_);
+
+  // As SetUp, indexing `metadata` in place and keeping a share of it
+  // instead of copying its state_dict_metadata. InvalidArgument if null.
+  absl::Status SetUpShared(StateDict* state_dict,
+                           std::shared_ptr<const Metadata> metadata,
+                           bool is_coordinator) override
+      ABSL_LOCKS_EXCLUDED(mu_);
 
   // Read items for every destination key; see the file comment.
   //

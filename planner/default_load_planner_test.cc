@@ -633,6 +633,48 @@ TEST(DefaultLoadPlannerTest, LegacyCheckpointLoadsWholeContainers) {
                      {"param_groups", param_groups}}}}));
 }
 
+// SetUpShared plans exactly as SetUp, keeping a share of the Metadata
+// instead of a copy.
+TEST(DefaultLoadPlannerTest, SetUpSharedPlansAsSetUpWithoutACopy) {
+  auto md =
+      std::make_shared<const Metadata>(TensorMetadata({"a", "b", "c"}, {6}));
+  StateDict dest{{"a", at::zeros({6})}, {"c", at::zeros({6})}};
+  DefaultLoadPlanner copying;
+  ASSERT_OK(copying.SetUp(&dest, *md, true));
+  ASSERT_OK_AND_ASSIGN(LoadPlan expected, copying.CreateLocalPlan());
+  EXPECT_EQ(md.use_count(), 1);
+  DefaultLoadPlanner sharing;
+  ASSERT_OK(sharing.SetUpShared(&dest, md, true));
+  EXPECT_GT(md.use_count(), 1);
+  ASSERT_OK_AND_ASSIGN(LoadPlan plan, sharing.CreateLocalPlan());
+  EXPECT_EQ(plan, expected);
+  EXPECT_THAT(
+      sharing.SetUpShared(&dest, std::shared_ptr<const Metadata>(), true),
+      StatusIs(absl::StatusCode::kInvalidArgument));
+}
+
+// A planner that implements only SetUp gets it called by SetUpShared.
+TEST(LoadPlannerTest, DefaultSetUpSharedCallsSetUp) {
+  class Recording : public DefaultLoadPlanner {
+   public:
+    absl::Status SetUp(StateDict* state_dict, const Metadata& metadata,
+                       bool is_coordinator) override {
+      keys = metadata.state_dict_metadata.size();
+      return DefaultLoadPlanner::SetUp(state_dict, metadata, is_coordinator);
+    }
+    size_t keys = 0;
+  };
+  Recording planner;
+  LoadPlanner& base = planner;
+  StateDict dest{{"a", at::zeros({4})}};
+  auto md = std::make_shared<const Metadata>(TensorMetadata({"a", "b"}));
+  // DefaultLoadPlanner overrides SetUpShared; call the interface's default.
+  ASSERT_OK(base.LoadPlanner::SetUpShared(&dest, md, true));
+  EXPECT_EQ(planner.keys, 2u);
+  EXPECT_THAT(base.LoadPlanner::SetUpShared(&dest, nullptr, true),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+}
+
 TEST(DefaultLoadPlannerTest, ModernCheckpointDoesNotUseLegacyFlattening) {
   // An unrequested key that the legacy traversal would not produce either
   // leaves the modern flattening in place.

@@ -39,6 +39,7 @@
 #ifndef DCP_PLANNER_PLANNER_H_
 #define DCP_PLANNER_PLANNER_H_
 
+#include <memory>
 #include <optional>
 #include <vector>
 
@@ -89,6 +90,19 @@ class LoadPlanner {
   // `state_dict` is the destination and must outlive the load.
   virtual absl::Status SetUp(StateDict* state_dict, const Metadata& metadata,
                              bool is_coordinator) = 0;
+
+  // As SetUp, with a Metadata the planner may keep a share of instead of
+  // copying what it needs (Load calls this one). The default calls
+  // SetUp(state_dict, *metadata, is_coordinator). InvalidArgument if
+  // `metadata` is null.
+  virtual absl::Status SetUpShared(StateDict* state_dict,
+                                   std::shared_ptr<const Metadata> metadata,
+                                   bool is_coordinator) {
+    if (metadata == nullptr) {
+      return absl::InvalidArgumentError("LoadPlanner::SetUpShared: null");
+    }
+    return SetUp(state_dict, *metadata, is_coordinator);
+  }
 
   virtual absl::StatusOr<LoadPlan> CreateLocalPlan() = 0;
 

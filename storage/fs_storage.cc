@@ -1633,10 +1633,9 @@ struct FileSystemReader::State {
   FileSystemReaderOptions options;
   std::shared_ptr<FileSystem> fs;
   std::string load_id;
-  // From SetUp's metadata.
+  // From SetUp: what ReadData reads of the checkpoint's Metadata.
   bool set_up = false;
-  std::map<MetadataIndex, StorageInfo> storage_data;
-  std::map<std::string, StorageMetadata> state_dict_metadata;
+  std::shared_ptr<const Metadata> metadata;
 };
 
 FileSystemReader::FileSystemReader(std::unique_ptr<State> state)
@@ -1678,8 +1677,7 @@ absl::Status FileSystemReader::Reset(std::optional<std::string> checkpoint_id) {
   }
   state_->load_id = fs_storage_internal::RandomUuid();
   state_->set_up = false;
-  state_->storage_data.clear();
-  state_->state_dict_metadata.clear();
+  state_->metadata = nullptr;
   return absl::OkStatus();
 }
 
@@ -1697,8 +1695,19 @@ absl::StatusOr<Metadata> FileSystemReader::ReadMetadata() {
 
 absl::Status FileSystemReader::SetUp(const Metadata& metadata,
                                      bool is_coordinator) {
-  state_->storage_data = metadata.storage_data;
-  state_->state_dict_metadata = metadata.state_dict_metadata;
+  // A copy of what ReadData reads.
+  auto needed = std::make_shared<Metadata>();
+  needed->storage_data = metadata.storage_data;
+  needed->state_dict_metadata = metadata.state_dict_metadata;
+  return SetUpShared(std::move(needed), is_coordinator);
+}
+
+absl::Status FileSystemReader::SetUpShared(
+    std::shared_ptr<const Metadata> metadata, bool is_coordinator) {
+  if (metadata == nullptr) {
+    return absl::InvalidArgumentError("FileSystemReader::SetUpShared: null");
+  }
+  state_->metadata = std::move(metadata);
   state_->set_up = true;
   return absl::OkStatus();
 }
@@ -1747,8 +1756,8 @@ absl::Status FileSystemReader::ReadData(const LoadPlan& plan,
   for (size_t i = 0; i < plan.items.size(); ++i) {
     const ReadItem& item = plan.items[i];
     const bool is_bytes = item.type == LoadItemType::kByteIo;
-    auto found = s.storage_data.find(item.storage_index);
-    if (found == s.storage_data.end()) {
+    auto found = s.metadata->storage_data.find(item.storage_index);
+    if (found == s.metadata->storage_data.end()) {
       return absl::DataLossError(absl::StrCat(
           ".metadata in ", s.path, " records no storage location for ",
           DescribeIndex(item.storage_index)));
@@ -1759,8 +1768,8 @@ absl::Status FileSystemReader::ReadData(const LoadPlan& plan,
       record.index = &found->first;
       record.info = &found->second;
       record.is_bytes = is_bytes;
-      auto md = s.state_dict_metadata.find(item.storage_index.fqn);
-      if (md == s.state_dict_metadata.end()) {
+      auto md = s.metadata->state_dict_metadata.find(item.storage_index.fqn);
+      if (md == s.metadata->state_dict_metadata.end()) {
         return absl::DataLossError(
             absl::StrCat(".metadata in ", s.path, " has no entry for ",
                          DescribeIndex(item.storage_index)));

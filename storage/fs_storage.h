@@ -290,6 +290,8 @@ class FileSystemReader : public StorageReader {
   absl::Status Reset(std::optional<std::string> checkpoint_id) override;
   absl::StatusOr<Metadata> ReadMetadata() override;
   absl::Status SetUp(const Metadata& metadata, bool is_coordinator) override;
+  absl::Status SetUpShared(std::shared_ptr<const Metadata> metadata,
+                           bool is_coordinator) override;
   absl::StatusOr<LoadPlan> PrepareLocalPlan(LoadPlan plan) override;
   absl::StatusOr<std::vector<LoadPlan>> PrepareGlobalPlan(
       std::vector<LoadPlan> plans) override;

@@ -1216,6 +1216,28 @@ TEST(FsStorageCommitTest, ErrorsBeforeTheRenameAreNotMarked) {
   }
 }
 
+// SetUpShared keeps a share of the Metadata (no copy) and reads through it
+// as SetUp does through its copy.
+TEST(FsStorageTest, SetUpSharedReadsThroughAShareOfTheMetadata) {
+  auto fs = std::make_shared<MemFileSystem>();
+  const StateDict sd = ModelVersion(3);
+  ASSERT_OK(SaveTo(fs, kDir, sd).status());
+  FileSystemReaderOptions options;
+  options.file_system = fs;
+  ASSERT_OK_AND_ASSIGN(std::unique_ptr<FileSystemReader> reader,
+                       FileSystemReader::Create(std::string(kDir), options));
+  ASSERT_OK_AND_ASSIGN(Metadata read, reader->ReadMetadata());
+  auto md = std::make_shared<const Metadata>(std::move(read));
+  ASSERT_OK(reader->SetUpShared(md, true));
+  EXPECT_GT(md.use_count(), 1);
+  ASSERT_OK(reader->Reset(std::nullopt));
+  EXPECT_EQ(md.use_count(), 1) << "Reset lets go of it";
+  EXPECT_THAT(reader->SetUpShared(nullptr, true),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+  // Load goes through SetUpShared; the values are exact.
+  ASSERT_OK(LoadModelVersion(fs, kDir, 3));
+}
+
 TEST(FsStorageTest, CreateRejectsBadOptions) {
   FileSystemWriterOptions w;
   w.thread_count = 0;

@@ -24,6 +24,7 @@
 //                                   every rank gets its copy, so all ranks
 //                                   load the same checkpoint
 //   SetUp(metadata, is_coordinator) on every rank, with that copy
+//                                   (SetUpShared: a share of it)
 //   PrepareLocalPlan(plan)
 //   * PrepareGlobalPlan(all plans)
 //   ReadData(plan, planner)
@@ -37,6 +38,7 @@
 #ifndef DCP_STORAGE_STORAGE_H_
 #define DCP_STORAGE_STORAGE_H_
 
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -103,6 +105,18 @@ class StorageReader {
 
   virtual absl::Status SetUp(const Metadata& metadata,
                              bool is_coordinator) = 0;
+
+  // As SetUp, with a Metadata the reader may keep a share of instead of
+  // copying what it needs (Load calls this one). The default calls
+  // SetUp(*metadata, is_coordinator). InvalidArgument if `metadata` is
+  // null.
+  virtual absl::Status SetUpShared(std::shared_ptr<const Metadata> metadata,
+                                   bool is_coordinator) {
+    if (metadata == nullptr) {
+      return absl::InvalidArgumentError("StorageReader::SetUpShared: null");
+    }
+    return SetUp(*metadata, is_coordinator);
+  }
 
   virtual absl::StatusOr<LoadPlan> PrepareLocalPlan(LoadPlan plan) = 0;
 

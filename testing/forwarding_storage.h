@@ -89,6 +89,10 @@ class ForwardingStorageReader : public StorageReader {
   absl::Status SetUp(const Metadata& metadata, bool is_coordinator) override {
     return target_.SetUp(metadata, is_coordinator);
   }
+  absl::Status SetUpShared(std::shared_ptr<const Metadata> metadata,
+                           bool is_coordinator) override {
+    return target_.SetUpShared(std::move(metadata), is_coordinator);
+  }
   absl::StatusOr<LoadPlan> PrepareLocalPlan(LoadPlan plan) override {
     return target_.PrepareLocalPlan(std::move(plan));
   }
