@@ -9,12 +9,15 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstdio>
 #include <cstdlib>
+#include <functional>
 #include <memory>
 #include <string>
 #include <utility>
 #include <vector>
 
+#include "ATen/ATen.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/ascii.h"
@@ -217,6 +220,59 @@ TEST_F(FsStorageHostileTest, DirectoryNamedMetadataFailsTheRead) {
 }
 
 // ---- Symbolic links on load -------------------------------------------------
+
+// A block checksum file is an aid: whatever is at its name that is not a
+// usable one (a FIFO, a socket, a directory, a link to another data file's
+// checksums) is skipped without blocking, and the load verifies whole
+// records instead.
+TEST(FsStorageHostileBlockChecksumsTest, OddFilesAtTheNameAreSkipped) {
+  const std::string dir = NewTempDir();
+  const at::Tensor big = at::arange(3 * 262144, at::kFloat);  // 3 MiB.
+  FileSystemWriterOptions options;
+  options.file_system = NewPosixFileSystem();
+  ASSERT_OK_AND_ASSIGN(std::unique_ptr<FileSystemWriter> writer,
+                       FileSystemWriter::Create(dir, options));
+  SaveOptions save;
+  save.no_dist = true;
+  ASSERT_OK_AND_ASSIGN(Metadata md, Save(StateDict{{"w", big}}, *writer, save));
+  const std::string data = JoinPath(dir, DataFilesOf(md).front());
+  const std::string checksums = absl::StrCat(data, ".dcpcrc");
+  const std::string saved = Contents(checksums);
+  auto load = [&]() -> absl::Status {
+    StateDict dest{{"w", at::zeros_like(big)}};
+    DCP_ASSIGN_OR_RETURN(std::unique_ptr<FileSystemReader> reader,
+                         FileSystemReader::Create(dir));
+    LoadOptions options;
+    options.no_dist = true;
+    DCP_RETURN_IF_ERROR(Load(dest, *reader, options));
+    if (!dest.Find("w")->get<at::Tensor>().equal(big)) {
+      return absl::InternalError("loaded values differ");
+    }
+    return absl::OkStatus();
+  };
+  ASSERT_OK(load());
+  PosixFileSystem fs;
+  const std::string elsewhere = JoinPath(NewTempDir(), "other.dcpcrc");
+  WriteFile(elsewhere, saved);
+  struct Case {
+    const char* what;
+    std::function<absl::Status()> make;
+  };
+  const std::vector<Case> cases = {
+      {"FIFO", [&] { return MakeFifo(checksums); }},
+      {"socket", [&] { return MakeSocketFile(checksums); }},
+      {"directory", [&] { return fs.CreateDir(checksums); }},
+      {"symbolic link", [&] { return MakeSymlink(elsewhere, checksums); }},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.what);
+    ASSERT_EQ(::remove(checksums.c_str()), 0) << errno;
+    ASSERT_OK(c.make());
+    FifoWatchdog watchdog({checksums});
+    EXPECT_OK(load());
+    EXPECT_FALSE(watchdog.fired()) << "opening the block checksums blocked";
+  }
+}
 
 TEST_F(FsStorageHostileTest, SymlinkedDataFileIsRefusedUnlessAllowed) {
   // The data file lives elsewhere; the checkpoint holds a link to it.
