@@ -30,6 +30,14 @@
 //     (`ParseTensorRecordHeader`) and hold the dtype and chunk shape
 //     `.metadata` says; bytes records parse (`ParseValueRecord`, for records
 //     up to `max_value_record_bytes`).
+//   Block checksums (`<data file>.dcpcrc`, storage/block_checksums.h), if
+//     the data file has them: the file decodes and is for a data file of
+//     this size; each of its records describes a large entry of a record
+//     (offset, size and CRC-32); and each block checksum is that of its
+//     block, checked in the same pass as the entry's CRC-32 (reported only
+//     when the entry's own CRC-32 is right, so that damaged data is one
+//     "crc mismatch"). A data file without one is fine: loads then verify
+//     whole records.
 //   Zip layout, so that a flipped byte anywhere in a record is caught, not
 //     only in the bytes a CRC covers: the record is exactly its entries
 //     (local header, name, extra field, data, data descriptor when flagged)
@@ -56,7 +64,8 @@
 // header valid and equal to its counterpart is impossible (each field is
 // either CRC-covered or compared with another copy or a fixed value), but a
 // rewrite of both copies of a field is not detected. Files in the
-// directory that `.metadata` does not name are not read.
+// directory that `.metadata` does not name, other than the block checksum
+// files of the data files it names, are not read.
 //
 // Resources: files are checked by `thread_count` threads, each with at most
 // one data file open at a time; each thread holds one 4 MiB read buffer, a
@@ -92,17 +101,18 @@ namespace dcp {
 
 // What kind of problem was found.
 enum class VerifyProblemKind {
-  kMetadata,          // .metadata is inconsistent (missing storage entry...).
-  kMissingFile,       // A data file .metadata names does not exist.
-  kUnreadableFile,    // An I/O error opening or reading a data file.
-  kOutsideFile,       // A record extends past the end of its file.
-  kOverlap,           // Two records share bytes.
-  kUnreferencedBytes, // Bytes of a data file that belong to no record.
-  kZipStructure,      // The record is not a valid archive.
-  kZipLayout,         // Valid archive, but a field no CRC covers is wrong.
-  kCrcMismatch,       // An entry's bytes do not have the recorded CRC-32.
-  kRecordMismatch,    // dtype or shape differ from .metadata.
-  kBadRecord,         // data.pkl or the value does not parse.
+  kMetadata,           // .metadata is inconsistent (missing storage entry...).
+  kMissingFile,        // A data file .metadata names does not exist.
+  kUnreadableFile,     // An I/O error opening or reading a data file.
+  kOutsideFile,        // A record extends past the end of its file.
+  kOverlap,            // Two records share bytes.
+  kUnreferencedBytes,  // Bytes of a data file that belong to no record.
+  kZipStructure,       // The record is not a valid archive.
+  kZipLayout,          // Valid archive, but a field no CRC covers is wrong.
+  kCrcMismatch,        // An entry's bytes do not have the recorded CRC-32.
+  kRecordMismatch,     // dtype or shape differ from .metadata.
+  kBadRecord,          // data.pkl or the value does not parse.
+  kBlockChecksums,     // The data file's .dcpcrc is unusable or wrong.
 };
 
 // "crc mismatch", "missing file", ... (also the JSON "kind" of the CLI).

@@ -20,6 +20,8 @@
 #include "checkpoint/state_dict.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "storage/block_checksums.h"
+#include "storage/crc32.h"
 #include "storage/file_system.h"
 #include "storage/fs_storage.h"
 #include "storage/metadata_pickle.h"
@@ -472,6 +474,135 @@ TEST(VerifyTest, BrokenZipStructureGivesTheReadersDetail) {
               AllOf(::testing::StartsWith("bad zip structure of the record of "
                                         "\"w\" chunk [0, 0] at offset "),
                     HasSubstr(": zip: entry")));
+}
+
+// ---- Block checksum files ---------------------------------------------------
+
+class VerifyBlockChecksumsTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    StateDict sd;
+    sd.Set("big", at::arange(700000, at::kFloat));    // 2.7 MiB: 3 blocks.
+    sd.Set("exact", at::arange(262144, at::kFloat));  // 1 MiB: 1 block.
+    sd.Set("small", at::arange(10, at::kFloat));
+    mem_ = SavedInMemory(sd, 1);
+    const auto records = RecordsByFile(*mem_);
+    ASSERT_THAT(records, SizeIs(1));
+    file_ = records.begin()->first;
+    path_ = JoinPath(kDir, absl::StrCat(file_, kBlockChecksumsSuffix));
+    absl::StatusOr<std::string> bytes = ReadFileToString(*mem_, path_);
+    ASSERT_OK(bytes.status());
+    ASSERT_OK_AND_ASSIGN(checksums_, DecodeBlockChecksums(*bytes));
+    ASSERT_THAT(checksums_.records, SizeIs(2));
+  }
+
+  void WriteChecksums(const std::string& bytes) {
+    ASSERT_OK(WriteStringToFile(*mem_, path_, bytes, false));
+  }
+
+  // The problems of the one data file, which must be of `kind`.
+  std::vector<VerifyProblem> Problems(VerifyProblemKind kind) {
+    VerifyReport report = VerifyOk(mem_);
+    EXPECT_TRUE(report.metadata.ok());
+    const VerifyFileReport* f = FindFile(report, file_);
+    if (f == nullptr) return {};
+    for (const VerifyProblem& p : f->problems) {
+      EXPECT_EQ(p.kind, kind) << p;
+    }
+    return f->problems;
+  }
+
+  std::shared_ptr<MemFileSystem> mem_;
+  std::string file_;
+  std::string path_;
+  BlockChecksums checksums_;
+};
+
+TEST_F(VerifyBlockChecksumsTest, GoodOrAbsentIsOk) {
+  EXPECT_THAT(Problems(VerifyProblemKind::kBlockChecksums), IsEmpty());
+  ASSERT_OK(mem_->RemoveFile(path_));
+  EXPECT_THAT(Problems(VerifyProblemKind::kBlockChecksums), IsEmpty());
+}
+
+TEST_F(VerifyBlockChecksumsTest, UnusableFileIsOneProblem) {
+  ASSERT_OK_AND_ASSIGN(std::string bytes, ReadFileToString(*mem_, path_));
+  bytes[bytes.size() / 2] ^= 0x08;
+  WriteChecksums(bytes);
+  std::vector<VerifyProblem> problems =
+      Problems(VerifyProblemKind::kBlockChecksums);
+  ASSERT_THAT(problems, SizeIs(1));
+  EXPECT_THAT(problems[0].message,
+              HasSubstr("unusable block checksum file " + file_ + ".dcpcrc"));
+  EXPECT_THAT(problems[0].detail, HasSubstr("CRC-32"));
+}
+
+TEST_F(VerifyBlockChecksumsTest, WrongBlockChecksumsAreNamed) {
+  // Consistent in themselves, but the checksums of other data of the same
+  // sizes, so their CRC-32s are not the records' (loads would not use
+  // them).
+  BlockChecksums wrong = checksums_;
+  for (RecordBlockChecksums& r : wrong.records) {
+    const std::string other(r.data_size, '\x5a');
+    r.block_crc32 = ChecksumBlocks(other, wrong.block_bytes, &r.data_crc32);
+  }
+  WriteChecksums(EncodeBlockChecksums(wrong));
+  std::vector<VerifyProblem> problems =
+      Problems(VerifyProblemKind::kBlockChecksums);
+  ASSERT_THAT(problems, SizeIs(2));
+  for (const VerifyProblem& p : problems) {
+    EXPECT_THAT(p.message, HasSubstr("describe"));
+    EXPECT_EQ(p.entry, "archive/data/0");
+  }
+}
+
+TEST_F(VerifyBlockChecksumsTest, BlockChecksumNotOfItsBlockIsNamed) {
+  // Right sizes and CRC-32 for "big", but block 1 is the checksum of other
+  // bytes and block 2 compensates (CRC-32 is linear: recompute block 2 as
+  // whatever makes the combination right).
+  BlockChecksums wrong = checksums_;
+  RecordBlockChecksums* big = nullptr;
+  for (RecordBlockChecksums& r : wrong.records) {
+    if (r.block_crc32.size() == 3) big = &r;
+  }
+  ASSERT_NE(big, nullptr);
+  const uint64_t last = big->data_size - 2 * wrong.block_bytes;
+  big->block_crc32[1] ^= 0x1;
+  // Combining XORs the last block's checksum into the shifted head, so
+  // the block 2 that keeps the combination right is solved for directly.
+  const uint32_t head = Crc32Combine(
+      Crc32Combine(big->block_crc32[0], big->block_crc32[1], wrong.block_bytes),
+      0, last);
+  big->block_crc32[2] = head ^ big->data_crc32;
+  ASSERT_OK(DecodeBlockChecksums(EncodeBlockChecksums(wrong)).status());
+  WriteChecksums(EncodeBlockChecksums(wrong));
+  std::vector<VerifyProblem> problems =
+      Problems(VerifyProblemKind::kBlockChecksums);
+  ASSERT_THAT(problems, SizeIs(1));
+  EXPECT_THAT(problems[0].message,
+              HasSubstr("2 wrong block checksum(s) in " + file_ +
+                        ".dcpcrc, the first for block 1"));
+  EXPECT_EQ(problems[0].key, "big");
+}
+
+TEST_F(VerifyBlockChecksumsTest, ChecksumsForNoRecordAreNamed) {
+  BlockChecksums extra = checksums_;
+  RecordBlockChecksums stray;
+  stray.data_offset = 1;  // Inside the first record's header.
+  extra.records.insert(extra.records.begin(), stray);
+  WriteChecksums(EncodeBlockChecksums(extra));
+  std::vector<VerifyProblem> problems =
+      Problems(VerifyProblemKind::kBlockChecksums);
+  ASSERT_THAT(problems, SizeIs(1));
+  EXPECT_THAT(problems[0].message,
+              HasSubstr("for data at byte 1 (0 bytes) where no record"));
+}
+
+TEST_F(VerifyBlockChecksumsTest, DamagedDataIsOneCrcMismatch) {
+  const RecordBlockChecksums& r = checksums_.records.back();
+  Flip(*mem_, file_, r.data_offset + r.data_size / 2, 0x10);
+  std::vector<VerifyProblem> problems =
+      Problems(VerifyProblemKind::kCrcMismatch);
+  EXPECT_THAT(problems, SizeIs(1));
 }
 
 TEST(VerifyTest, MissingDataFileIsReportedAndTheOthersAreChecked) {

@@ -96,7 +96,8 @@ commands:
   verify DIR [--json]        check a checkpoint without loading it: every record
                              .metadata names (file exists, inside its file, no
                              overlaps, zip layout, CRC-32 of every entry, dtype and
-                             shape against .metadata); one OK/BAD line per file, a
+                             shape against .metadata, .dcpcrc block checksums);
+                             one OK/BAD line per file, a
                              summary; exit 0 OK, 1 problems found, 2 cannot verify
                              (no or unreadable .metadata); --threads files at once
   to-torch-save DIR FILE     load the whole checkpoint and write it as ONE torch.save
