@@ -482,7 +482,8 @@ absl::Status SaveAlone(const std::shared_ptr<FileSystem>& fs,
 }
 
 // A reader that commits a new checkpoint (`value` 2) into its directory
-// right after the first ReadMetadata of any rank.
+// right after the first read of the metadata (ReadMetadata, or
+// ReadEncodedMetadata, which Load calls) of any rank.
 class SwapAfterFirstRead : public ForwardingStorageReader {
  public:
   SwapAfterFirstRead(std::shared_ptr<StorageReader> target,
@@ -494,6 +495,14 @@ class SwapAfterFirstRead : public ForwardingStorageReader {
         reads_(std::move(reads)) {}
   absl::StatusOr<Metadata> ReadMetadata() override {
     absl::StatusOr<Metadata> metadata = ForwardingStorageReader::ReadMetadata();
+    if (reads_->fetch_add(1) == 0) {
+      DCP_RETURN_IF_ERROR(SaveAlone(fs_, dir_, 2));
+    }
+    return metadata;
+  }
+  absl::StatusOr<EncodedMetadata> ReadEncodedMetadata() override {
+    absl::StatusOr<EncodedMetadata> metadata =
+        ForwardingStorageReader::ReadEncodedMetadata();
     if (reads_->fetch_add(1) == 0) {
       DCP_RETURN_IF_ERROR(SaveAlone(fs_, dir_, 2));
     }

@@ -1,11 +1,14 @@
 #include "checkpoint/save_load.h"
 
 #include <memory>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/string_view.h"
+#include "checkpoint/byte_codec.h"
 #include "checkpoint/dist_wrapper.h"
 #include "checkpoint/fault_point.h"
 #include "checkpoint/metadata_codec.h"
@@ -202,6 +205,42 @@ absl::StatusOr<Metadata> Save(const StateDict& state_dict,
   return SaveWithPrior(state_dict, writer, options, absl::OkStatus());
 }
 
+namespace {
+
+// The message the coordinator broadcasts for a load: the reader's load id,
+// then the encoded metadata.
+std::string EncodeMetadataMessage(
+    const StorageReader::EncodedMetadata& metadata) {
+  ByteWriter writer;
+  writer.WriteBool(metadata.load_id.has_value());
+  if (metadata.load_id.has_value()) writer.WriteString(*metadata.load_id);
+  std::string message = std::move(writer).Finish();
+  message.append(metadata.encoded);
+  return message;
+}
+
+// The metadata of an EncodeMetadataMessage, as the reader's ReadMetadata
+// would give it, and checked (ValidateCheckpointMetadata).
+absl::StatusOr<Metadata> DecodeMetadataMessage(absl::string_view message) {
+  ByteReader reader(message);
+  DCP_ASSIGN_OR_RETURN(bool has_load_id, reader.ReadBool("load_id presence"));
+  std::optional<std::string> load_id;
+  if (has_load_id) {
+    DCP_ASSIGN_OR_RETURN(absl::string_view id, reader.ReadString("load_id"));
+    load_id = std::string(id);
+  }
+  DCP_ASSIGN_OR_RETURN(Metadata metadata,
+                       DecodeMetadata(message.substr(reader.position())));
+  if (load_id.has_value()) {
+    if (!metadata.storage_meta.has_value()) metadata.storage_meta.emplace();
+    metadata.storage_meta->load_id = *std::move(load_id);
+  }
+  DCP_RETURN_IF_ERROR(ValidateCheckpointMetadata(metadata));
+  return metadata;
+}
+
+}  // namespace
+
 absl::Status Load(StateDict& state_dict, StorageReader& reader,
                   const LoadOptions& options) {
   std::unique_ptr<ProcessGroup> single;
@@ -232,15 +271,14 @@ absl::Status Load(StateDict& state_dict, StorageReader& reader,
           },
           [&](std::vector<std::string>) -> absl::StatusOr<std::string> {
             DCP_RETURN_IF_ERROR(FaultPoint("load.metadata"));
-            DCP_ASSIGN_OR_RETURN(Metadata metadata, reader.ReadMetadata());
-            // Checked here, once, so that every rank gets the same error
-            // before any plans or writes a destination.
-            DCP_RETURN_IF_ERROR(ValidateCheckpointMetadata(metadata));
-            return EncodeMetadata(metadata);
+            DCP_ASSIGN_OR_RETURN(StorageReader::EncodedMetadata metadata,
+                                 reader.ReadEncodedMetadata());
+            return EncodeMetadataMessage(metadata);
           }));
-  // Decoding the same bytes gives every rank the same result; an error is
+  // Decoding and validating the same bytes gives every rank the same
+  // result, before any rank plans or writes a destination; an error is
   // still reported through the next step, to keep the ranks in step.
-  absl::StatusOr<Metadata> decoded = DecodeMetadata(encoded_metadata);
+  absl::StatusOr<Metadata> decoded = DecodeMetadataMessage(encoded_metadata);
   // Shared by the planner and the reader, which then need not copy it.
   std::shared_ptr<const Metadata> metadata;
   if (decoded.ok()) {

@@ -13,12 +13,15 @@
 //            the coordinator commits (StorageWriter::Finish) ->
 //            [Broadcast] the final Metadata (or the error) to every rank
 // Load, on every rank:
-//   "metadata": [Gather] -> the coordinator reads the metadata and
-//               validates it (ValidateCheckpointMetadata,
+//   "metadata": [Gather] -> the coordinator reads the metadata
+//               (StorageReader::ReadEncodedMetadata, encoded) -> [Broadcast]
+//               it (or the error), so every rank loads the same checkpoint
+//               even if a save commits meanwhile; every rank decodes and
+//               validates the same bytes (ValidateCheckpointMetadata,
 //               planner/plan_validation.h: DataLoss for chunks outside
 //               their tensor, overlapping chunks, missing storage entries)
-//               -> [Broadcast] it (or the error), so every rank loads the
-//               same checkpoint even if a save commits meanwhile
+//               and reports an error in the next step, before any rank
+//               plans
 //   "plan":  SetUp + local plan -> [Gather] -> global plan on the
 //            coordinator -> [Scatter]
 //   "read":  finish plan + read on all ranks -> [AllGather] of statuses

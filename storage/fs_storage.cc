@@ -38,6 +38,7 @@
 #include "absl/types/span.h"
 #include "checkpoint/fault_point.h"
 #include "checkpoint/metadata.h"
+#include "checkpoint/metadata_codec.h"
 #include "checkpoint/state_dict.h"
 #include "checkpoint/status.h"
 #include "checkpoint/torch_status.h"
@@ -599,13 +600,14 @@ absl::Status NotACheckpoint(absl::string_view dir) {
       absl::StrCat("not a checkpoint: no .metadata in ", dir));
 }
 
-// The metadata in `dir`'s sidecar if it describes `pickle` (the bytes of
-// its `.metadata`); nullopt if there is none or it cannot be used, which is
-// logged unless the sidecar is simply absent or stale.
-std::optional<Metadata> ReadMetadataSidecar(FileSystem& fs,
-                                            const std::string& dir,
-                                            absl::string_view pickle,
-                                            uint64_t max_bytes) {
+// The payload of `dir`'s sidecar (the metadata's binary encoding) if it
+// describes `pickle` (the bytes of its `.metadata`); nullopt if there is
+// none or it cannot be used, which is logged unless the sidecar is simply
+// absent or stale.
+std::optional<std::string> ReadMetadataSidecarPayload(FileSystem& fs,
+                                                      const std::string& dir,
+                                                      absl::string_view pickle,
+                                                      uint64_t max_bytes) {
   const std::string path = JoinPath(dir, kMetadataSidecarName);
   absl::StatusOr<std::unique_ptr<RandomAccessFile>> file =
       fs.NewRandomAccessFile(path);
@@ -619,10 +621,10 @@ std::optional<Metadata> ReadMetadataSidecar(FileSystem& fs,
       std::string bytes(static_cast<size_t>(size), '\0');
       status = (*file)->ReadInto(0, absl::MakeSpan(bytes));
       if (status.ok()) {
-        absl::StatusOr<Metadata> metadata =
-            DecodeMetadataSidecar(bytes, pickle);
-        if (metadata.ok()) return *std::move(metadata);
-        status = metadata.status();
+        absl::StatusOr<absl::string_view> payload =
+            MetadataSidecarPayload(bytes, pickle);
+        if (payload.ok()) return std::string(*payload);
+        status = payload.status();
       }
     }
   }
@@ -636,11 +638,15 @@ std::optional<Metadata> ReadMetadataSidecar(FileSystem& fs,
   return std::nullopt;
 }
 
+// `dir`'s metadata, read from `.metadata` (or its sidecar): decoded, or,
+// with `encoded`, as EncodeMetadata makes it (then `*encoded` is set and
+// the returned Metadata is empty).
 absl::StatusOr<Metadata> ReadMetadataFile(FileSystem& fs,
                                           const std::string& dir,
                                           uint64_t max_bytes,
                                           const DecodeLimits& limits,
-                                          bool use_sidecar) {
+                                          bool use_sidecar,
+                                          std::string* encoded = nullptr) {
   const std::string path = JoinPath(dir, kMetadataName);
   absl::StatusOr<std::unique_ptr<RandomAccessFile>> file =
       fs.NewRandomAccessFile(path);
@@ -659,13 +665,27 @@ absl::StatusOr<Metadata> ReadMetadataFile(FileSystem& fs,
   absl::Status read = (*file)->ReadInto(0, absl::MakeSpan(bytes));
   if (!read.ok()) return Annotate(read, absl::StrCat("reading ", path));
   if (use_sidecar) {
-    std::optional<Metadata> metadata =
-        ReadMetadataSidecar(fs, dir, bytes, max_bytes);
-    if (metadata.has_value()) return *std::move(metadata);
+    std::optional<std::string> payload =
+        ReadMetadataSidecarPayload(fs, dir, bytes, max_bytes);
+    if (payload.has_value() && encoded != nullptr) {
+      *encoded = *std::move(payload);
+      return Metadata();
+    }
+    if (payload.has_value()) {
+      absl::StatusOr<Metadata> metadata = DecodeMetadata(*payload);
+      if (metadata.ok()) return metadata;
+      LOG(WARNING) << "fs_storage: not using "
+                   << JoinPath(dir, kMetadataSidecarName)
+                   << ", decoding .metadata instead: " << metadata.status();
+    }
   }
   absl::StatusOr<Metadata> metadata = DecodeMetadataPickle(bytes, limits);
   if (!metadata.ok()) {
     return Annotate(metadata.status(), absl::StrCat("decoding ", path));
+  }
+  if (encoded != nullptr) {
+    *encoded = EncodeMetadata(*metadata);
+    return Metadata();
   }
   return metadata;
 }
@@ -1691,6 +1711,19 @@ absl::StatusOr<Metadata> FileSystemReader::ReadMetadata() {
   if (!metadata.storage_meta.has_value()) metadata.storage_meta.emplace();
   metadata.storage_meta->load_id = state_->load_id;
   return metadata;
+}
+
+absl::StatusOr<StorageReader::EncodedMetadata>
+FileSystemReader::ReadEncodedMetadata() {
+  EncodedMetadata out;
+  DCP_RETURN_IF_ERROR(fs_storage_internal::ReadMetadataFile(
+                          *state_->fs, state_->path,
+                          state_->options.max_metadata_bytes,
+                          state_->options.decode_limits,
+                          state_->options.use_metadata_sidecar, &out.encoded)
+                          .status());
+  out.load_id = state_->load_id;
+  return out;
 }
 
 absl::Status FileSystemReader::SetUp(const Metadata& metadata,

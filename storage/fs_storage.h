@@ -289,6 +289,9 @@ class FileSystemReader : public StorageReader {
 
   absl::Status Reset(std::optional<std::string> checkpoint_id) override;
   absl::StatusOr<Metadata> ReadMetadata() override;
+  // The payload of `.dcp.metadata` as it is when it matches `.metadata`
+  // (no decoding), else the decoded pickle, encoded.
+  absl::StatusOr<EncodedMetadata> ReadEncodedMetadata() override;
   absl::Status SetUp(const Metadata& metadata, bool is_coordinator) override;
   absl::Status SetUpShared(std::shared_ptr<const Metadata> metadata,
                            bool is_coordinator) override;

@@ -30,6 +30,7 @@
 #include "absl/strings/string_view.h"
 #include "absl/strings/strip.h"
 #include "checkpoint/metadata.h"
+#include "checkpoint/metadata_codec.h"
 #include "checkpoint/save_load.h"
 #include "checkpoint/sharding.h"
 #include "checkpoint/state_dict.h"
@@ -37,6 +38,7 @@
 #include "glog/logging.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "planner/default_load_planner.h"
 #include "storage/block_checksums.h"
 #include "storage/crc32.h"
 #include "storage/file_system.h"
@@ -1236,6 +1238,69 @@ TEST(FsStorageTest, SetUpSharedReadsThroughAShareOfTheMetadata) {
               StatusIs(absl::StatusCode::kInvalidArgument));
   // Load goes through SetUpShared; the values are exact.
   ASSERT_OK(LoadModelVersion(fs, kDir, 3));
+}
+
+// ReadEncodedMetadata is the encoding of what ReadMetadata returns, its
+// load_id apart: the sidecar's payload as it is while it matches, else the
+// pickle decoded and encoded.
+TEST(FsStorageTest, ReadEncodedMetadataIsTheEncodingOfReadMetadata) {
+  auto fs = std::make_shared<MemFileSystem>();
+  ASSERT_OK(SaveTo(fs, kDir, ModelVersion(4)).status());
+  FileSystemReaderOptions options;
+  options.file_system = fs;
+  ASSERT_OK_AND_ASSIGN(std::unique_ptr<FileSystemReader> reader,
+                       FileSystemReader::Create(std::string(kDir), options));
+  const std::string sidecar_path = JoinPath(kDir, kMetadataSidecarName);
+  for (bool with_sidecar : {true, false}) {
+    SCOPED_TRACE(with_sidecar);
+    if (!with_sidecar) ASSERT_OK(fs->RemoveFile(sidecar_path));
+    ASSERT_OK_AND_ASSIGN(Metadata expected, reader->ReadMetadata());
+    ASSERT_OK_AND_ASSIGN(StorageReader::EncodedMetadata encoded,
+                         reader->ReadEncodedMetadata());
+    ASSERT_TRUE(encoded.load_id.has_value());
+    EXPECT_EQ(encoded.load_id, expected.storage_meta->load_id);
+    ASSERT_OK_AND_ASSIGN(Metadata decoded, DecodeMetadata(encoded.encoded));
+    if (!decoded.storage_meta.has_value()) decoded.storage_meta.emplace();
+    decoded.storage_meta->load_id = encoded.load_id;
+    EXPECT_EQ(decoded, expected);
+  }
+}
+
+// Load hands the planner the metadata with the reader's load_id, as
+// ReadMetadata has it.
+TEST(FsStorageTest, LoadGivesThePlannerTheReadersLoadId) {
+  auto fs = std::make_shared<MemFileSystem>();
+  ASSERT_OK(SaveTo(fs, kDir, ModelVersion(5)).status());
+  class Recording : public DefaultLoadPlanner {
+   public:
+    using DefaultLoadPlanner::SetUpShared;
+    absl::Status SetUpShared(StateDict* state_dict,
+                             std::shared_ptr<const Metadata> metadata,
+                             bool is_coordinator) override {
+      if (metadata->storage_meta.has_value()) {
+        load_id = metadata->storage_meta->load_id;
+      }
+      return DefaultLoadPlanner::SetUpShared(state_dict, std::move(metadata),
+                                             is_coordinator);
+    }
+    std::optional<std::string> load_id;
+  };
+  FileSystemReaderOptions options;
+  options.file_system = fs;
+  ASSERT_OK_AND_ASSIGN(std::unique_ptr<FileSystemReader> reader,
+                       FileSystemReader::Create(std::string(kDir), options));
+  ASSERT_OK_AND_ASSIGN(
+      StateDict dest,
+      MakeModelStateDict(0, 1, ModelLayout::kLoad, ModelValues::kPlaceholder));
+  Recording planner;
+  LoadOptions load;
+  load.no_dist = true;
+  load.planner = &planner;
+  ASSERT_OK(Load(dest, *reader, load));
+  ASSERT_OK(CheckModelStateDict(dest, 0, 1, ModelLayout::kLoad, 5));
+  ASSERT_OK_AND_ASSIGN(Metadata read, reader->ReadMetadata());
+  ASSERT_TRUE(planner.load_id.has_value());
+  EXPECT_EQ(planner.load_id, read.storage_meta->load_id);
 }
 
 TEST(FsStorageTest, CreateRejectsBadOptions) {

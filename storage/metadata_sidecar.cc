@@ -5,6 +5,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "checkpoint/byte_codec.h"
 #include "checkpoint/metadata_codec.h"
 #include "checkpoint/status.h"
 #include "storage/crc32.h"
@@ -45,7 +46,7 @@ std::string EncodeMetadataSidecar(const Metadata& metadata,
   return out;
 }
 
-absl::StatusOr<Metadata> DecodeMetadataSidecar(
+absl::StatusOr<absl::string_view> MetadataSidecarPayload(
     absl::string_view sidecar, absl::string_view metadata_pickle) {
   if (sidecar.size() < kHeaderSize || sidecar.substr(0, 8) != kMagic) {
     return absl::DataLossError(
@@ -72,6 +73,16 @@ absl::StatusOr<Metadata> DecodeMetadataSidecar(
                      " bytes with another CRC-32, not this one of ",
                      metadata_pickle.size(), " bytes"));
   }
+  ByteReader header(payload);
+  absl::Status kind = ReadHeader(PayloadKind::kMetadata, header);
+  if (!kind.ok()) return Annotate(kind, "the metadata sidecar's payload");
+  return payload;
+}
+
+absl::StatusOr<Metadata> DecodeMetadataSidecar(
+    absl::string_view sidecar, absl::string_view metadata_pickle) {
+  DCP_ASSIGN_OR_RETURN(absl::string_view payload,
+                       MetadataSidecarPayload(sidecar, metadata_pickle));
   absl::StatusOr<Metadata> metadata = DecodeMetadata(payload);
   if (!metadata.ok()) {
     return Annotate(metadata.status(), "decoding the metadata sidecar");

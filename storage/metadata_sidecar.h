@@ -51,6 +51,13 @@ std::string EncodeMetadataSidecar(const Metadata& metadata,
 absl::StatusOr<Metadata> DecodeMetadataSidecar(
     absl::string_view sidecar, absl::string_view metadata_pickle);
 
+// The same checks, without decoding: the payload of `sidecar` (a view into
+// it), which DecodeMetadata turns into the metadata. Its codec header (kind
+// and version, checkpoint/byte_codec.h) is checked too, so that a sidecar of
+// another codec version is DataLoss here rather than when decoded.
+absl::StatusOr<absl::string_view> MetadataSidecarPayload(
+    absl::string_view sidecar, absl::string_view metadata_pickle);
+
 }  // namespace dcp
 
 #endif  // DCP_STORAGE_METADATA_SIDECAR_H_

@@ -9,7 +9,9 @@
 #include "absl/random/random.h"
 #include "absl/strings/str_cat.h"
 #include "checkpoint/metadata.h"
+#include "checkpoint/metadata_codec.h"
 #include "gtest/gtest.h"
+#include "storage/crc32.h"
 #include "storage/metadata_pickle.h"
 #include "testing/status_matchers.h"
 #include "testing/test_seed.h"
@@ -108,6 +110,48 @@ TEST(MetadataSidecarTest, AStaleSidecarIsNotUsed) {
     EXPECT_THAT(DecodeMetadataSidecar(sidecar, changed),
                 testing::StatusIs(absl::StatusCode::kFailedPrecondition))
         << "byte " << i;
+  }
+}
+
+// MetadataSidecarPayload makes the same checks without decoding, and its
+// payload decodes to the metadata.
+TEST(MetadataSidecarTest, PayloadIsTheEncodingOfTheMetadata) {
+  const uint32_t seed = testing::TestSeed();
+  SCOPED_TRACE(absl::StrCat("DCP_TEST_SEED=", seed));
+  std::mt19937 rng(seed);
+  const Metadata md = RandomMetadata(rng);
+  ASSERT_OK_AND_ASSIGN(std::string pickle, EncodeMetadataPickle(md));
+  const std::string sidecar = EncodeMetadataSidecar(md, pickle);
+  ASSERT_OK_AND_ASSIGN(absl::string_view payload,
+                       MetadataSidecarPayload(sidecar, pickle));
+  EXPECT_EQ(payload, EncodeMetadata(md));
+  ASSERT_OK_AND_ASSIGN(Metadata decoded, DecodeMetadata(payload));
+  EXPECT_EQ(decoded, md);
+  EXPECT_THAT(MetadataSidecarPayload(sidecar, pickle + " "),
+              testing::StatusIs(absl::StatusCode::kFailedPrecondition));
+  EXPECT_THAT(
+      MetadataSidecarPayload(sidecar.substr(0, sidecar.size() - 1), pickle),
+      testing::StatusIs(absl::StatusCode::kDataLoss));
+}
+
+// A payload of another codec version (or kind), CRC-32s intact, is refused
+// before decoding: a reader never hands it on as its metadata.
+TEST(MetadataSidecarTest, AnotherCodecVersionIsDataLoss) {
+  Metadata md;
+  md.version = "1.0.0";
+  ASSERT_OK_AND_ASSIGN(std::string pickle, EncodeMetadataPickle(md));
+  for (size_t header_byte : {0, 1}) {
+    std::string sidecar = EncodeMetadataSidecar(md, pickle);
+    constexpr size_t kPayload = 32;  // After the fixed header.
+    sidecar[kPayload + header_byte] ^= 0x40;
+    const uint32_t crc = Crc32(absl::string_view(sidecar).substr(kPayload));
+    for (int i = 0; i < 4; ++i)
+      sidecar[20 + i] = static_cast<char>(crc >> (8 * i));
+    EXPECT_THAT(MetadataSidecarPayload(sidecar, pickle),
+                testing::StatusIs(absl::StatusCode::kDataLoss))
+        << "header byte " << header_byte;
+    EXPECT_THAT(DecodeMetadataSidecar(sidecar, pickle),
+                testing::StatusIs(absl::StatusCode::kDataLoss));
   }
 }
 

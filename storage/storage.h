@@ -20,9 +20,10 @@
 //
 // Reader call sequence, per rank (starred steps on the coordinator only):
 //   Reset(checkpoint_id)            optional
-//   * ReadMetadata()                the coordinator reads the metadata and
-//                                   every rank gets its copy, so all ranks
-//                                   load the same checkpoint
+//   * ReadEncodedMetadata()         the coordinator reads the metadata
+//                                   (ReadMetadata, encoded) and every rank
+//                                   gets its copy, so all ranks load the
+//                                   same checkpoint
 //   SetUp(metadata, is_coordinator) on every rank, with that copy
 //                                   (SetUpShared: a share of it)
 //   PrepareLocalPlan(plan)
@@ -46,6 +47,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "checkpoint/metadata.h"
+#include "checkpoint/metadata_codec.h"
 #include "planner/load_plan.h"
 #include "planner/planner.h"
 #include "planner/save_plan.h"
@@ -102,6 +104,26 @@ class StorageReader {
 
   // NotFound if there is no (complete) checkpoint.
   virtual absl::StatusOr<Metadata> ReadMetadata() = 0;
+
+  // What ReadEncodedMetadata returns.
+  struct EncodedMetadata {
+    // EncodeMetadata (checkpoint/metadata_codec.h) of the metadata.
+    std::string encoded;
+    // If set, what ReadMetadata puts in `storage_meta.load_id`, which
+    // `encoded` need not hold.
+    std::optional<std::string> load_id;
+  };
+
+  // Coordinator only, instead of ReadMetadata when the metadata goes to the
+  // other ranks (Load calls this one): its binary encoding, which every rank
+  // decodes. The default encodes ReadMetadata(); a reader that has the
+  // metadata encoded already (FileSystemReader's .dcp.metadata) returns it
+  // without decoding it. Errors: as ReadMetadata.
+  virtual absl::StatusOr<EncodedMetadata> ReadEncodedMetadata() {
+    absl::StatusOr<Metadata> metadata = ReadMetadata();
+    if (!metadata.ok()) return metadata.status();
+    return EncodedMetadata{EncodeMetadata(*metadata), std::nullopt};
+  }
 
   virtual absl::Status SetUp(const Metadata& metadata,
                              bool is_coordinator) = 0;

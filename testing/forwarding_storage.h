@@ -86,6 +86,9 @@ class ForwardingStorageReader : public StorageReader {
   absl::StatusOr<Metadata> ReadMetadata() override {
     return target_.ReadMetadata();
   }
+  absl::StatusOr<EncodedMetadata> ReadEncodedMetadata() override {
+    return target_.ReadEncodedMetadata();
+  }
   absl::Status SetUp(const Metadata& metadata, bool is_coordinator) override {
     return target_.SetUp(metadata, is_coordinator);
   }
