@@ -1253,7 +1253,9 @@ TEST(FsStorageTest, ReadEncodedMetadataIsTheEncodingOfReadMetadata) {
   const std::string sidecar_path = JoinPath(kDir, kMetadataSidecarName);
   for (bool with_sidecar : {true, false}) {
     SCOPED_TRACE(with_sidecar);
-    if (!with_sidecar) ASSERT_OK(fs->RemoveFile(sidecar_path));
+    if (!with_sidecar) {
+      ASSERT_OK(fs->RemoveFile(sidecar_path));
+    }
     ASSERT_OK_AND_ASSIGN(Metadata expected, reader->ReadMetadata());
     ASSERT_OK_AND_ASSIGN(StorageReader::EncodedMetadata encoded,
                          reader->ReadEncodedMetadata());
