@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -179,6 +180,30 @@ absl::StatusOr<BlockChecksums> DecodeBlockChecksums(absl::string_view bytes) {
   }
   DCP_RETURN_IF_ERROR(reader.ExpectEnd());
   return out;
+}
+
+absl::StatusOr<BlockChecksums> ReadBlockChecksumsFile(
+    FileSystem& fs, const std::string& data_path, uint64_t data_file_size,
+    const RandomAccessFileOptions& options) {
+  const std::string path = absl::StrCat(data_path, kBlockChecksumsSuffix);
+  DCP_ASSIGN_OR_RETURN(std::unique_ptr<RandomAccessFile> file,
+                       fs.NewRandomAccessFile(path, options));
+  // About 5 bytes per MiB of data and a few dozen per record: anything
+  // much larger is not one.
+  const uint64_t size = file->size();
+  if (size > (uint64_t{1} << 20) + data_file_size / 1024) {
+    return Malformed(absl::StrCat(size, " bytes, too large for a data file of ",
+                                  data_file_size, " bytes"));
+  }
+  std::string bytes(static_cast<size_t>(size), '\0');
+  DCP_RETURN_IF_ERROR(file->ReadInto(0, absl::MakeSpan(bytes)));
+  DCP_ASSIGN_OR_RETURN(BlockChecksums checksums, DecodeBlockChecksums(bytes));
+  if (checksums.data_file_size != data_file_size) {
+    return Malformed(absl::StrCat("it is for a data file of ",
+                                  checksums.data_file_size, " bytes, not ",
+                                  data_file_size));
+  }
+  return checksums;
 }
 
 }  // namespace dcp

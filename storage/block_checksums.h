@@ -41,6 +41,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "storage/file_system.h"
 
 namespace dcp {
 
@@ -97,6 +98,17 @@ std::string EncodeBlockChecksums(const BlockChecksums& checksums);
 // sorted, disjoint and inside the data file, block counts, and block
 // checksums that combine to each record's data_crc32.
 absl::StatusOr<BlockChecksums> DecodeBlockChecksums(absl::string_view bytes);
+
+// Reads and decodes the block checksum file of the data file `data_path`
+// (`data_path` + kBlockChecksumsSuffix) through `fs`, for a data file of
+// `data_file_size` bytes. Errors: NotFound if there is none; DataLoss if it
+// is larger than any for such a data file could be (1 MiB + 1/1024 of the
+// data file, judged before it is read), does not decode, or is for a data
+// file of another size; the file system's own (not a regular file, a
+// symbolic link with `options.follow_symlinks` false) otherwise.
+absl::StatusOr<BlockChecksums> ReadBlockChecksumsFile(
+    FileSystem& fs, const std::string& data_path, uint64_t data_file_size,
+    const RandomAccessFileOptions& options = {});
 
 }  // namespace dcp
 

@@ -381,13 +381,9 @@ void WriteBlockChecksumsFile(FileSystem& fs, const std::string& data_path,
   const std::string path = absl::StrCat(data_path, kBlockChecksumsSuffix);
   WritableFileOptions create;
   create.exclusive = true;
-  absl::StatusOr<std::unique_ptr<WritableFile>> file =
-      fs.NewWritableFile(path, create);
-  absl::Status status = file.status();
-  if (status.ok()) {
-    status = (*file)->Append(EncodeBlockChecksums(checksums));
-    if (status.ok()) status = (*file)->Close();
-  }
+  const absl::Status status =
+      WriteStringToFile(fs, path, EncodeBlockChecksums(checksums),
+                        /*sync=*/false, create);
   if (!status.ok()) {
     LOG(WARNING) << "fs_storage: could not write " << path
                  << " (verified loads will read whole records instead): "
@@ -981,37 +977,13 @@ absl::Status CheckTensorRecord(const FileWork& file, RecordWork& record,
 // nullopt if it has none (NotFound) or it cannot be used (logged).
 std::optional<BlockChecksums> ReadBlockChecksums(FileSystem& fs,
                                                  const FileWork& file) {
-  const std::string path = absl::StrCat(file.path, kBlockChecksumsSuffix);
-  absl::StatusOr<std::unique_ptr<RandomAccessFile>> opened =
-      fs.NewRandomAccessFile(path);
-  absl::Status status = opened.status();
-  if (opened.ok()) {
-    const uint64_t size = (*opened)->size();
-    // About 5 bytes per MiB of data, plus a few dozen per record: anything
-    // much larger is not one.
-    const uint64_t max_size = (uint64_t{1} << 20) + file.checked_size / 1024;
-    if (size > max_size) {
-      status = absl::DataLossError(
-          absl::StrCat(size, " bytes, too large for a data file of ",
-                       file.checked_size, " bytes"));
-    } else {
-      std::string bytes(static_cast<size_t>(size), '\0');
-      status = (*opened)->ReadInto(0, absl::MakeSpan(bytes));
-      if (status.ok()) {
-        absl::StatusOr<BlockChecksums> decoded = DecodeBlockChecksums(bytes);
-        if (decoded.ok() && decoded->data_file_size != file.checked_size) {
-          decoded = absl::DataLossError(
-              absl::StrCat("it is for a data file of ", decoded->data_file_size,
-                           " bytes, not ", file.checked_size));
-        }
-        if (decoded.ok()) return *std::move(decoded);
-        status = decoded.status();
-      }
-    }
-  }
-  if (!absl::IsNotFound(status)) {
-    LOG(WARNING) << "fs_storage: not using " << path
-                 << ", verifying whole records instead: " << status;
+  absl::StatusOr<BlockChecksums> checksums =
+      ReadBlockChecksumsFile(fs, file.path, file.checked_size);
+  if (checksums.ok()) return *std::move(checksums);
+  if (!absl::IsNotFound(checksums.status())) {
+    LOG(WARNING) << "fs_storage: not using " << file.path
+                 << kBlockChecksumsSuffix
+                 << ", verifying whole records instead: " << checksums.status();
   }
   return std::nullopt;
 }

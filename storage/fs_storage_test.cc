@@ -2217,6 +2217,73 @@ std::shared_ptr<MemFileSystem> CopyOf(MemFileSystem& from) {
   return to;
 }
 
+// The damage the mutation tests do to one file of a checkpoint.
+enum class Mutation { kFlip, kTruncate, kDelete, kAppend, kSwap };
+
+// Applies `mutation` to `target` in `fs` (a swap exchanges it with one of
+// `files`), drawing positions and bytes from `uniform` (a value in [0, n));
+// returns the mutation's name.
+std::string Mutate(MemFileSystem& fs, const std::string& target,
+                   const std::vector<std::string>& files, Mutation mutation,
+                   const std::function<uint64_t(uint64_t)>& uniform) {
+  std::string data = ReadFile(fs, target);
+  switch (mutation) {
+    case Mutation::kFlip: {  // 1-4 random bytes.
+      const int n = 1 + static_cast<int>(uniform(4));
+      for (int k = 0; k < n && !data.empty(); ++k) {
+        data[uniform(data.size())] ^= static_cast<char>(1 + uniform(255));
+      }
+      WriteFile(fs, target, data);
+      return "flip";
+    }
+    case Mutation::kTruncate:
+      WriteFile(fs, target, data.substr(0, uniform(data.size() + 1)));
+      return "truncate";
+    case Mutation::kDelete:
+      EXPECT_OK(fs.RemoveFile(target));
+      return "delete";
+    case Mutation::kAppend: {  // Garbage.
+      std::string garbage(1 + uniform(100), '\0');
+      for (char& c : garbage) c = static_cast<char>(uniform(256));
+      WriteFile(fs, target, data + garbage);
+      return "append";
+    }
+    case Mutation::kSwap: {
+      const std::string& other = files[uniform(files.size())];
+      const std::string other_data = ReadFile(fs, other);
+      WriteFile(fs, other, data);
+      WriteFile(fs, target, other_data);
+      return "swap";
+    }
+  }
+  return "none";
+}
+
+// Logs `outcomes` ("<mutation>: exact" or "<mutation>: <status code>" ->
+// count) and checks that every failed load reported damage as such, never
+// as a bug (Internal, Unknown): DataLoss for corrupt data, NotFound for a
+// missing file, and InvalidArgument when a changed .metadata still decodes
+// but describes tensors that no longer fit the destination. Returns the
+// number of exact loads; `kinds`, if set, gets the iterations per mutation.
+int CheckMutationOutcomes(const std::map<std::string, int>& outcomes,
+                          std::map<std::string, int>* kinds = nullptr) {
+  int exact = 0;
+  for (const auto& [outcome, count] : outcomes) {
+    LOG(INFO) << "mutation outcome " << outcome << ": " << count;
+    const size_t colon = outcome.find(": ");
+    if (kinds != nullptr) (*kinds)[outcome.substr(0, colon)] += count;
+    const std::string result = outcome.substr(colon + 2);
+    if (result == "exact") {
+      exact += count;
+    } else {
+      EXPECT_THAT(result, ::testing::AnyOf("DATA_LOSS", "NOT_FOUND",
+                                           "INVALID_ARGUMENT"))
+          << count << " loads after " << outcome;
+    }
+  }
+  return exact;
+}
+
 TEST(FsStorageMutationTest, EveryLoadIsExactOrFails) {
   const uint32_t seed = dcp::testing::TestSeed();
   SCOPED_TRACE(absl::StrCat("DCP_TEST_SEED=", seed));
@@ -2270,42 +2337,8 @@ TEST(FsStorageMutationTest, EveryLoadIsExactOrFails) {
     std::shared_ptr<MemFileSystem> fs = CopyOf(*base);
     const std::string& target =
         uniform(3) == 0 ? metadata_path : files[uniform(files.size())];
-    std::string data = ReadFile(*fs, target);
-    std::string what;
-    switch (uniform(5)) {
-      case 0: {  // Flip 1-4 random bytes.
-        const int n = 1 + static_cast<int>(uniform(4));
-        for (int k = 0; k < n && !data.empty(); ++k) {
-          data[uniform(data.size())] ^= static_cast<char>(1 + uniform(255));
-        }
-        WriteFile(*fs, target, data);
-        what = "flip";
-        break;
-      }
-      case 1:  // Truncate.
-        WriteFile(*fs, target, data.substr(0, uniform(data.size() + 1)));
-        what = "truncate";
-        break;
-      case 2:  // Delete.
-        ASSERT_OK(fs->RemoveFile(target));
-        what = "delete";
-        break;
-      case 3: {  // Append garbage.
-        std::string garbage(1 + uniform(100), '\0');
-        for (char& c : garbage) c = static_cast<char>(uniform(256));
-        WriteFile(*fs, target, data + garbage);
-        what = "append";
-        break;
-      }
-      case 4: {  // Swap with another file.
-        const std::string& other = files[uniform(files.size())];
-        const std::string other_data = ReadFile(*fs, other);
-        WriteFile(*fs, other, data);
-        WriteFile(*fs, target, other_data);
-        what = "swap";
-        break;
-      }
-    }
+    const std::string what =
+        Mutate(*fs, target, files, static_cast<Mutation>(uniform(5)), uniform);
     SCOPED_TRACE(absl::StrCat("iteration ", i, ": ", what, " ", target));
     ASSERT_OK_AND_ASSIGN(StateDict dest,
                          MakeModelStateDict(0, 1, ModelLayout::kLoad,
@@ -2324,24 +2357,7 @@ TEST(FsStorageMutationTest, EveryLoadIsExactOrFails) {
     }
   }
   std::map<std::string, int> kinds;  // Iterations per mutation kind.
-  int exact = 0;
-  for (const auto& [outcome, count] : outcomes) {
-    LOG(INFO) << "mutation outcome " << outcome << ": " << count;
-    const size_t colon = outcome.find(": ");
-    kinds[outcome.substr(0, colon)] += count;
-    const std::string result = outcome.substr(colon + 2);
-    if (result == "exact") {
-      exact += count;
-    } else {
-      // Damage is reported as such, never as a bug (Internal, Unknown):
-      // DataLoss for corrupt data, NotFound for a missing file, and
-      // InvalidArgument when a changed .metadata still decodes but
-      // describes tensors that no longer fit the destination.
-      EXPECT_THAT(result, ::testing::AnyOf("DATA_LOSS", "NOT_FOUND",
-                                           "INVALID_ARGUMENT"))
-          << count << " loads after " << outcome;
-    }
-  }
+  const int exact = CheckMutationOutcomes(outcomes, &kinds);
   // No load returned wrong values (checked above, per iteration); every
   // kind of mutation ran, and both outcomes occurred.
   if (iterations >= 100) {
@@ -2385,35 +2401,11 @@ TEST(FsStorageMutationTest, BlockChecksummedLoadsAreExactOrFail) {
   for (int i = 0; i < iterations; ++i) {
     std::shared_ptr<MemFileSystem> fs = CopyOf(*base);
     const std::string& target = files[uniform(files.size())];
-    std::string data = ReadFile(*fs, target);
-    std::string what;
-    switch (uniform(4)) {
-      case 0: {
-        const int n = 1 + static_cast<int>(uniform(4));
-        for (int k = 0; k < n && !data.empty(); ++k) {
-          data[uniform(data.size())] ^= static_cast<char>(1 + uniform(255));
-        }
-        WriteFile(*fs, target, data);
-        what = "flip";
-        break;
-      }
-      case 1:
-        WriteFile(*fs, target, data.substr(0, uniform(data.size() + 1)));
-        what = "truncate";
-        break;
-      case 2:
-        ASSERT_OK(fs->RemoveFile(target));
-        what = "delete";
-        break;
-      default: {
-        const std::string& other = files[uniform(files.size())];
-        const std::string other_data = ReadFile(*fs, other);
-        WriteFile(*fs, other, data);
-        WriteFile(*fs, target, other_data);
-        what = "swap";
-        break;
-      }
-    }
+    // Every mutation but appending garbage.
+    const Mutation mutations[] = {Mutation::kFlip, Mutation::kTruncate,
+                                  Mutation::kDelete, Mutation::kSwap};
+    const std::string what =
+        Mutate(*fs, target, files, mutations[uniform(4)], uniform);
     SCOPED_TRACE(absl::StrCat("iteration ", i, ": ", what, " ", target));
     const int rank = static_cast<int>(uniform(3));
     ASSERT_OK_AND_ASSIGN(
@@ -2439,18 +2431,7 @@ TEST(FsStorageMutationTest, BlockChecksummedLoadsAreExactOrFail) {
                               absl::StatusCodeToString(status.code()))];
     }
   }
-  int exact = 0;
-  for (const auto& [outcome, count] : outcomes) {
-    LOG(INFO) << "mutation outcome " << outcome << ": " << count;
-    const std::string result = outcome.substr(outcome.find(": ") + 2);
-    if (result == "exact") {
-      exact += count;
-    } else {
-      EXPECT_THAT(result, ::testing::AnyOf("DATA_LOSS", "NOT_FOUND",
-                                           "INVALID_ARGUMENT"))
-          << count << " loads after " << outcome;
-    }
-  }
+  const int exact = CheckMutationOutcomes(outcomes);
   if (iterations >= 100) {
     EXPECT_GT(exact, 0);
     EXPECT_LT(exact, iterations);

@@ -155,39 +155,16 @@ class FileChecker {
   // Reads the data file's block checksum file into `blocks_`, if it has
   // one; reports one that cannot be used.
   void LoadBlockChecksums(const std::string& data_path) {
-    const std::string path = absl::StrCat(data_path, kBlockChecksumsSuffix);
-    absl::StatusOr<std::unique_ptr<RandomAccessFile>> opened =
-        fs_.NewRandomAccessFile(
-            path, RandomAccessFileOptions{options_.allow_symlinks});
-    if (absl::IsNotFound(opened.status())) return;
-    absl::Status status = opened.status();
-    if (status.ok()) {
-      // Far more than the ~5 bytes per MiB of data and a few dozen per
-      // record a real one holds.
-      const uint64_t size = (*opened)->size();
-      if (size > (uint64_t{1} << 20) + job_.report.size / 1024) {
-        status = absl::DataLossError(
-            absl::StrCat(size, " bytes, too large for a data file of ",
-                         job_.report.size, " bytes"));
-      } else {
-        std::string bytes(static_cast<size_t>(size), '\0');
-        status = (*opened)->ReadInto(0, absl::MakeSpan(bytes));
-        if (status.ok()) {
-          absl::StatusOr<BlockChecksums> decoded = DecodeBlockChecksums(bytes);
-          if (decoded.ok() && decoded->data_file_size != job_.report.size) {
-            decoded = absl::DataLossError(absl::StrCat(
-                "it is for a data file of ", decoded->data_file_size,
-                " bytes, not ", job_.report.size));
-          }
-          if (decoded.ok()) {
-            blocks_ = *std::move(decoded);
-            blocks_matched_.assign(blocks_->records.size(), false);
-            return;
-          }
-          status = decoded.status();
-        }
-      }
+    absl::StatusOr<BlockChecksums> checksums = ReadBlockChecksumsFile(
+        fs_, data_path, job_.report.size,
+        RandomAccessFileOptions{options_.allow_symlinks});
+    if (checksums.ok()) {
+      blocks_ = *std::move(checksums);
+      blocks_matched_.assign(blocks_->records.size(), false);
+      return;
     }
+    if (absl::IsNotFound(checksums.status())) return;
+    const absl::Status& status = checksums.status();
     VerifyProblem p = FileProblem(VerifyProblemKind::kBlockChecksums);
     p.message = absl::StrCat("unusable block checksum file ", job_.name,
                              kBlockChecksumsSuffix,
