@@ -1768,6 +1768,44 @@ TEST_F(BlockChecksumsTest, DamageInANeededBlockIsDataLossNamingTheBlock) {
                                        " to ", 4 * kChecksumBlockBytes)))));
 }
 
+// A damaged block that only one rank of three reads fails that rank's
+// check; every rank ends the load with the same error, and the rank that
+// found it wrote nothing.
+TEST_F(BlockChecksumsTest, DamageOnlyOneRankReadsIsTheSameErrorOnEveryRank) {
+  // Block 7 holds rows [3584, 4096): only rank 2 of 3 (rows [2731, 4096)).
+  CorruptData(7 * kChecksumBlockBytes + 99);
+  SimulatorOptions options;
+  options.world_size = 3;
+  options.seed = 7;
+  ASSERT_OK_AND_ASSIGN(std::unique_ptr<Simulator> sim,
+                       Simulator::Create(options));
+  std::vector<StateDict> dests(3);
+  for (int rank = 0; rank < 3; ++rank) {
+    ASSERT_OK_AND_ASSIGN(
+        ShardedTensor shard,
+        ZerosShardAlongDim({kRows, kCols}, c10::kFloat, 0, rank, 3));
+    dests[rank] = StateDict{{"w", shard}};
+  }
+  std::vector<absl::Status> statuses =
+      sim->Run([&](RankContext& ctx) -> absl::Status {
+        FileSystemReaderOptions r;
+        r.file_system = mem_;
+        DCP_ASSIGN_OR_RETURN(auto reader,
+                             FileSystemReader::Create(std::string(kDir), r));
+        LoadOptions load;
+        load.process_group = &ctx.pg();
+        return Load(dests[ctx.rank()], *reader, load);
+      });
+  ASSERT_THAT(statuses, SizeIs(3));
+  EXPECT_THAT(statuses[0], StatusIs(absl::StatusCode::kDataLoss,
+                                    AllOf(HasSubstr("checksum mismatch"),
+                                          HasSubstr("block 7"))));
+  EXPECT_EQ(statuses[1], statuses[0]);
+  EXPECT_EQ(statuses[2], statuses[0]);
+  const Shard& found = dests[2].Find("w")->get<ShardedTensor>().local_shards[0];
+  EXPECT_THAT(found.tensor, TensorEq(at::zeros_like(found.tensor)));
+}
+
 TEST_F(BlockChecksumsTest, LoadsVerifyWhatTheyReadNotWhatTheySkip) {
   // Block 7 holds rows [3584, 4096): rank 0 of 4 (rows [0, 1024)) does not
   // read it, rank 3 does.
