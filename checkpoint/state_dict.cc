@@ -299,11 +299,32 @@ absl::string_view Value::TypeName() const {
           },
           [](const List&) -> absl::string_view { return "list"; },
           [](const StateDict&) -> absl::string_view { return "dict"; },
+          [](const Tuple&) -> absl::string_view { return "tuple"; },
       },
       v_);
 }
 
 // ---- Equality ---------------------------------------------------------------
+
+namespace {
+
+bool ListsEqual(const List& a, const List& b) {
+  if (a.size() != b.size()) return false;
+  for (size_t i = 0; i < a.size(); ++i) {
+    if (!ValuesEqual(a[i], b[i])) return false;
+  }
+  return true;
+}
+
+// Python's repr of the elements, without the brackets.
+void PrintItems(std::ostream& os, const List& items) {
+  for (size_t i = 0; i < items.size(); ++i) {
+    if (i > 0) os << ", ";
+    os << items[i];
+  }
+}
+
+}  // namespace
 
 bool ValuesEqual(const Value& a, const Value& b) {
   if (a.variant().index() != b.variant().index()) return false;
@@ -325,16 +346,12 @@ bool ValuesEqual(const Value& a, const Value& b) {
           [&](const ShardedTensor& v) {
             return ShardedTensorsEqual(v, b.get<ShardedTensor>());
           },
-          [&](const List& v) {
-            const List& w = b.get<List>();
-            if (v.size() != w.size()) return false;
-            for (size_t i = 0; i < v.size(); ++i) {
-              if (!ValuesEqual(v[i], w[i])) return false;
-            }
-            return true;
-          },
+          [&](const List& v) { return ListsEqual(v, b.get<List>()); },
           [&](const StateDict& v) {
             return StateDictsEqual(v, b.get<StateDict>());
+          },
+          [&](const Tuple& v) {
+            return ListsEqual(v.items, b.get<Tuple>().items);
           },
       },
       a.variant());
@@ -353,47 +370,49 @@ bool StateDictsEqual(const StateDict& a, const StateDict& b) {
 // ---- Printing ---------------------------------------------------------------
 
 std::ostream& operator<<(std::ostream& os, const Value& value) {
-  std::visit(
-      Overloaded{
-          [&](const None&) { os << "None"; },
-          [&](bool v) { os << (v ? "True" : "False"); },
-          [&](int64_t v) { os << v; },
-          [&](double v) { os << v; },
-          [&](const std::string& v) {
-            os << "\"" << absl::CHexEscape(v) << "\"";
-          },
-          [&](const Bytes& v) {
-            os << "b\"" << absl::CHexEscape(v.data) << "\"";
-          },
-          [&](const at::Tensor& v) {
-            os << "tensor(";
-            PrintTensorSummary(os, v);
-            os << ")";
-          },
-          [&](const ShardedTensor& v) {
-            os << "sharded(global ";
-            PrintShape(os, v.global_size);
-            os << ", shards [";
-            for (size_t i = 0; i < v.local_shards.size(); ++i) {
-              if (i > 0) os << ", ";
-              os << "at ";
-              PrintShape(os, v.local_shards[i].offsets);
-              os << ": ";
-              PrintTensorSummary(os, v.local_shards[i].tensor);
-            }
-            os << "])";
-          },
-          [&](const List& v) {
-            os << "[";
-            for (size_t i = 0; i < v.size(); ++i) {
-              if (i > 0) os << ", ";
-              os << v[i];
-            }
-            os << "]";
-          },
-          [&](const StateDict& v) { os << v; },
-      },
-      value.variant());
+  std::visit(Overloaded{
+                 [&](const None&) { os << "None"; },
+                 [&](bool v) { os << (v ? "True" : "False"); },
+                 [&](int64_t v) { os << v; },
+                 [&](double v) { os << v; },
+                 [&](const std::string& v) {
+                   os << "\"" << absl::CHexEscape(v) << "\"";
+                 },
+                 [&](const Bytes& v) {
+                   os << "b\"" << absl::CHexEscape(v.data) << "\"";
+                 },
+                 [&](const at::Tensor& v) {
+                   os << "tensor(";
+                   PrintTensorSummary(os, v);
+                   os << ")";
+                 },
+                 [&](const ShardedTensor& v) {
+                   os << "sharded(global ";
+                   PrintShape(os, v.global_size);
+                   os << ", shards [";
+                   for (size_t i = 0; i < v.local_shards.size(); ++i) {
+                     if (i > 0) os << ", ";
+                     os << "at ";
+                     PrintShape(os, v.local_shards[i].offsets);
+                     os << ": ";
+                     PrintTensorSummary(os, v.local_shards[i].tensor);
+                   }
+                   os << "])";
+                 },
+                 [&](const List& v) {
+                   os << "[";
+                   PrintItems(os, v);
+                   os << "]";
+                 },
+                 [&](const StateDict& v) { os << v; },
+                 [&](const Tuple& v) {
+                   // As Python: (x,) for one element.
+                   os << "(";
+                   PrintItems(os, v.items);
+                   os << (v.items.size() == 1 ? ",)" : ")");
+                 },
+             },
+             value.variant());
   return os;
 }
 

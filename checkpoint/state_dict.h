@@ -10,13 +10,14 @@
 //   * a `ShardedTensor`: this rank's shard(s) of a global tensor, each with
 //     its global offsets, plus the global shape (what a DTensor or a
 //     ShardedTensor is on one rank);
-//   * a non-tensor leaf: None, bool, int64, double, string, `Bytes`;
+//   * a non-tensor leaf: None, bool, int64, double, string, `Bytes`, or a
+//     `Tuple` (Python's tuple, e.g. Adam's `betas`);
 //   * a nested `StateDict`, or a `List` of values.
 //
 // Flattening to fully qualified names (planner/flatten.h) follows PyTorch
 // 2.6 exactly, so `{"optim": {"state": {"0": {"exp_avg": t}}}}` saves as
-// "optim.state.0.exp_avg", and a list holding no tensor and no dict is one
-// leaf.
+// "optim.state.0.exp_avg", a list holding no tensor and no dict is one leaf,
+// and a tuple is always one leaf (PyTorch never descends into tuples).
 //
 // Tensors are reference-counted handles: copying a `StateDict` copies
 // handles, not data. Loading writes into the destination tensors in place.
@@ -79,6 +80,14 @@ struct ShardedTensor {
 
 using List = std::vector<Value>;
 
+// Python's tuple. Distinct from `List` so that tuples round-trip with
+// PyTorch as tuples (a saved tuple loads as a `Tuple`, a saved list as a
+// `List`), and because flattening treats them differently: a tuple is always
+// a leaf, even one holding a dict. Build one as `Tuple{{0.9, 0.999}}`.
+struct Tuple {
+  List items;
+};
+
 // An insertion-ordered string-keyed map of values, with hashed lookup.
 //
 // Set, Find, FindMutable and Contains take O(1) expected time; Erase takes
@@ -136,8 +145,9 @@ class StateDict {
 // A state-dict value. See the file comment for the alternatives.
 class Value {
  public:
-  using Variant = std::variant<None, bool, int64_t, double, std::string, Bytes,
-                               at::Tensor, ShardedTensor, List, StateDict>;
+  using Variant =
+      std::variant<None, bool, int64_t, double, std::string, Bytes, at::Tensor,
+                   ShardedTensor, List, StateDict, Tuple>;
 
   Value() : v_(None{}) {}
   Value(None v) : v_(v) {}                      // NOLINT: implicit by design
@@ -152,6 +162,7 @@ class Value {
   Value(ShardedTensor v) : v_(std::move(v)) {}  // NOLINT
   Value(List v) : v_(std::move(v)) {}           // NOLINT
   Value(StateDict v) : v_(std::move(v)) {}      // NOLINT
+  Value(Tuple v) : v_(std::move(v)) {}          // NOLINT
 
   const Variant& variant() const { return v_; }
   Variant& mutable_variant() { return v_; }
@@ -181,7 +192,7 @@ class Value {
 
   bool is_tensor_like() const { return is<at::Tensor>() || is<ShardedTensor>(); }
   // "tensor", "sharded tensor", "int", "float", "str", "bytes", "bool",
-  // "None", "list", "dict": for error messages.
+  // "None", "list", "dict", "tuple": for error messages.
   absl::string_view TypeName() const;
 
  private:

@@ -257,6 +257,7 @@ TEST(ValueTest, TypeNames) {
   EXPECT_EQ(Value(ShardedTensor{}).TypeName(), "sharded tensor");
   EXPECT_EQ(Value(List{}).TypeName(), "list");
   EXPECT_EQ(Value(StateDict{}).TypeName(), "dict");
+  EXPECT_EQ(Value(Tuple{}).TypeName(), "tuple");
 }
 
 TEST(ValueTest, IsTensorLike) {
@@ -384,25 +385,45 @@ TEST(StateDictsEqualTest, NestedContainersCompareOrderAndContents) {
   EXPECT_FALSE(ValuesEqual(Value(List{1, 2}), Value(List{1})));
 }
 
+TEST(ValuesEqualTest, TuplesAreNotLists) {
+  EXPECT_TRUE(
+      ValuesEqual(Value(Tuple{{0.9, 0.999}}), Value(Tuple{{0.9, 0.999}})));
+  EXPECT_FALSE(
+      ValuesEqual(Value(Tuple{{0.9, 0.999}}), Value(Tuple{{0.9, 0.99}})));
+  EXPECT_FALSE(ValuesEqual(Value(Tuple{{0.9}}), Value(Tuple{{0.9, 0.999}})));
+  // (1, 2) != [1, 2], as in Python.
+  EXPECT_FALSE(ValuesEqual(Value(Tuple{{1, 2}}), Value(List{1, 2})));
+  EXPECT_TRUE(ValuesEqual(Value(Tuple{}), Value(Tuple{})));
+  EXPECT_TRUE(ValuesEqual(Value(Tuple{{"a", StateDict{{"k", 1}}}}),
+                          Value(Tuple{{"a", StateDict{{"k", 1}}}})));
+  EXPECT_FALSE(ValuesEqual(Value(Tuple{{"a", StateDict{{"k", 1}}}}),
+                           Value(Tuple{{"a", StateDict{{"k", 2}}}})));
+}
+
 TEST(PrintTest, ShowsStructureShapesAndDtypesButNoData) {
-  StateDict d{{"w", at::zeros({2, 3})},
-              {"n", 3},
-              {"f", 0.5},
-              {"b", true},
-              {"none", None{}},
-              {"s", "a\"b"},
-              {"raw", Bytes{"\x01"}},
-              {"lst", List{1, 2}},
-              {"sub", StateDict{{"t", at::ones({4}, at::kBFloat16)}}},
-              {"sh", ShardedTensor{{4, 3}, {Shard{at::zeros({2, 3}), {2, 0}}}}}};
+  StateDict d{
+      {"w", at::zeros({2, 3})},
+      {"n", 3},
+      {"f", 0.5},
+      {"b", true},
+      {"none", None{}},
+      {"s", "a\"b"},
+      {"raw", Bytes{"\x01"}},
+      {"lst", List{1, 2}},
+      {"tup", Tuple{{1, "x"}}},
+      {"one", Tuple{{1}}},
+      {"sub", StateDict{{"t", at::ones({4}, at::kBFloat16)}}},
+      {"sh", ShardedTensor{{4, 3}, {Shard{at::zeros({2, 3}), {2, 0}}}}}};
   std::ostringstream os;
   os << d;
-  EXPECT_EQ(os.str(),
-            "{\"w\": tensor(float32[2, 3]), \"n\": 3, \"f\": 0.5, "
-            "\"b\": True, \"none\": None, \"s\": \"a\\\"b\", "
-            "\"raw\": b\"\\x01\", \"lst\": [1, 2], "
-            "\"sub\": {\"t\": tensor(bfloat16[4])}, "
-            "\"sh\": sharded(global [4, 3], shards [at [2, 0]: float32[2, 3]])}");
+  EXPECT_EQ(
+      os.str(),
+      "{\"w\": tensor(float32[2, 3]), \"n\": 3, \"f\": 0.5, "
+      "\"b\": True, \"none\": None, \"s\": \"a\\\"b\", "
+      "\"raw\": b\"\\x01\", \"lst\": [1, 2], "
+      "\"tup\": (1, \"x\"), \"one\": (1,), "
+      "\"sub\": {\"t\": tensor(bfloat16[4])}, "
+      "\"sh\": sharded(global [4, 3], shards [at [2, 0]: float32[2, 3]])}");
   EXPECT_EQ(Print(Value(at::Tensor())), "tensor(undefined)");
   EXPECT_THAT(Print(Value(at::scalar_tensor(1.0, at::kDouble))),
               HasSubstr("float64[]"));

@@ -43,8 +43,10 @@ std::string Quoted(absl::string_view fqn) {
 
 bool ContainsTensor(const Value& value) {
   if (value.is_tensor_like()) return true;
-  if (const List* list = value.get_if<List>()) {
-    for (const Value& entry : *list) {
+  const List* items = value.get_if<List>();
+  if (const Tuple* tuple = value.get_if<Tuple>()) items = &tuple->items;
+  if (items != nullptr) {
+    for (const Value& entry : *items) {
       if (ContainsTensor(entry)) return true;
     }
   }

@@ -276,6 +276,17 @@ TEST(DefaultSavePlannerTest, WithoutFlatteningNestedTensorsAreRejected) {
                        HasSubstr("\"model\": a dict holding tensors")));
 }
 
+TEST(DefaultSavePlannerTest, TupleHoldingATensorIsRejected) {
+  // A tuple is one leaf (as in PyTorch), saved as one pickled value, which
+  // cannot hold a tensor.
+  StateDict sd{{"pair", Tuple{{at::ones({2}), 1}}}};
+  DefaultSavePlanner planner;
+  ASSERT_OK(planner.SetUp(sd, nullptr, true));
+  EXPECT_THAT(planner.CreateLocalPlan(),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("\"pair\": a tuple holding tensors")));
+}
+
 // ---------------------------------------------------------------------------
 // Dedup.
 

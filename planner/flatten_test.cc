@@ -121,6 +121,20 @@ TEST(FlattenStateDictTest, ListOfPlainValuesIsOneLeaf) {
   EXPECT_TRUE(ValuesEqual(Item(flat, "lst"), Value(List{1, 2})));
 }
 
+TEST(FlattenStateDictTest, TuplesAreAlwaysLeaves) {
+  // PyTorch's _is_terminal never descends into a tuple, even one holding a
+  // dict or a tensor; a list holding a tuple is a leaf too.
+  at::Tensor t = at::ones({1});
+  StateDict sd{{"betas", Tuple{{0.9, 0.999}}},
+               {"pair", Tuple{{"warmup", StateDict{{"steps", 10}}}}},
+               {"with_tensor", Tuple{{t}}},
+               {"lst", List{Tuple{{1, 2}}}}};
+  ASSERT_OK_AND_ASSIGN(FlatStateDict flat, FlattenStateDict(sd));
+  EXPECT_THAT(Fqns(flat), ElementsAre("betas", "pair", "with_tensor", "lst"));
+  EXPECT_TRUE(Item(flat, "pair").is<Tuple>());
+  EXPECT_TRUE(ValuesEqual(Item(flat, "lst"), Value(List{Tuple{{1, 2}}})));
+}
+
 TEST(FlattenStateDictTest, EmptyListAndListOfTerminalListsAreLeaves) {
   ASSERT_OK_AND_ASSIGN(
       FlatStateDict flat,

@@ -521,10 +521,12 @@ absl::Status CheckPicklable(const Value& value, const std::string& path) {
         "cannot save ", path, " (a ", value.TypeName(),
         ") as a value record; tensors are saved as tensor records"));
   }
-  if (const List* list = value.get_if<List>()) {
-    for (size_t i = 0; i < list->size(); ++i) {
+  const List* items = value.get_if<List>();
+  if (const Tuple* tuple = value.get_if<Tuple>()) items = &tuple->items;
+  if (items != nullptr) {
+    for (size_t i = 0; i < items->size(); ++i) {
       DCP_RETURN_IF_ERROR(
-          CheckPicklable((*list)[i], absl::StrCat(path, "[", i, "]")));
+          CheckPicklable((*items)[i], absl::StrCat(path, "[", i, "]")));
     }
   } else if (const StateDict* dict = value.get_if<StateDict>()) {
     for (const auto& [key, item] : dict->entries()) {
@@ -557,6 +559,10 @@ void PickleValueOf(PickleWriter& w, const Value& value) {
     }
     void operator()(const List& list) const {
       w.WriteList(list.size(), [&](size_t i) { PickleValueOf(w, list[i]); });
+    }
+    void operator()(const Tuple& tuple) const {
+      w.WriteTuple(tuple.items.size(),
+                   [&](size_t i) { PickleValueOf(w, tuple.items[i]); });
     }
     void operator()(const StateDict& dict) const {
       const auto& entries = dict.entries();
@@ -665,6 +671,7 @@ absl::StatusOr<Value> ValueDecoder::Convert(const PickleValue& v,
                                      path, absl::StrCat("[", i, "]"))));
         list.push_back(std::move(item));
       }
+      if (v.kind() == Kind::kTuple) return Value(Tuple{std::move(list)});
       return Value(std::move(list));
     }
     case Kind::kDict:

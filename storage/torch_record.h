@@ -47,10 +47,10 @@
 // per row unless `BoxReadOptions` allows reading the gaps.
 //
 // Value records. `SerializeValueRecord` pickles None, bool, int, float, str,
-// bytes, lists and (nested) string-keyed dicts into a record that
+// bytes, lists, tuples and (nested) string-keyed dicts into a record that
 // `torch.load` returns as the equivalent Python value; `ParseValueRecord`
 // reads such records written by Python. Conversions on reading:
-//   * tuples become `List`s;
+//   * tuples become `Tuple`s and lists `List`s;
 //   * dicts and collections.OrderedDicts become `StateDict`s; int keys
 //     become their decimal strings ({1: x} reads as {"1": x}); other key
 //     types are rejected, and so is an int key whose decimal string equals a

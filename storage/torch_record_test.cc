@@ -1167,7 +1167,7 @@ TEST(TorchWrittenRecordsTest, Values) {
   EXPECT_TRUE(ValuesEqual(n, Value(5))) << n;
   ASSERT_OK_AND_ASSIGN(Value nested, ParseValueRecord(TorchRecord("v_nested")));
   const Value expected(
-      StateDict{{"a", Value(List{Value(1), Value("x")})},
+      StateDict{{"a", Value(Tuple{{Value(1), Value("x")}})},
                 {"3", Value(Bytes{std::string("\0\xff", 2)})},
                 {"b", Value(List{Value(1.5), Value(None{}), Value(true)})},
                 {"od", Value(StateDict{{"z", Value(1)}})},
@@ -1196,6 +1196,14 @@ TEST(ValueRecordTest, RoundTripsSupportedTypes) {
                        Value(Bytes{std::string("\0\xff\x80", 3)}),
                        Value(Bytes{""}), Value(List{})})},
       {"c", Value(std::move(inner))},
+      // Tuples of every size (pickled with EMPTY_TUPLE, TUPLE1-3 and
+      // MARK..TUPLE), nested, and holding a dict and a list.
+      {"t",
+       Value(List{Value(Tuple{}), Value(Tuple{{1}}), Value(Tuple{{0.9, 0.999}}),
+                  Value(Tuple{{1, "x", None{}}}),
+                  Value(Tuple{{1, 2, 3, Tuple{{4}}}}),
+                  Value(Tuple{{"warmup", StateDict{{"steps", 10}}}}),
+                  Value(Tuple{{List{1}}})})},
       {"utf8", Value("h\xc3\xa9llo")}});
   ASSERT_OK_AND_ASSIGN(std::string record, SerializeValueRecord(value));
   ASSERT_OK_AND_ASSIGN(ZipDirectory dir, ReadZipDirectory(record));
@@ -1240,7 +1248,7 @@ std::string RecordOf(const std::string& pkl) {
 }
 
 TEST(ValueRecordTest, ReadsPythonShapes) {
-  // (1, 'a') -> [1, "a"]
+  // (1, 'a') -> (1, "a"), a Tuple
   {
     PickleWriter w;
     w.WriteTuple(2, [&](size_t i) {
@@ -1251,7 +1259,7 @@ TEST(ValueRecordTest, ReadsPythonShapes) {
     });
     ASSERT_OK_AND_ASSIGN(
         Value v, ParseValueRecord(RecordOf(std::move(w).Finish().value())));
-    EXPECT_TRUE(ValuesEqual(v, Value(List{Value(1), Value("a")}))) << v;
+    EXPECT_TRUE(ValuesEqual(v, Value(Tuple{{Value(1), Value("a")}}))) << v;
   }
   // {1: 'x', 'y': {2: None}} -> {"1": "x", "y": {"2": None}}
   {

@@ -114,9 +114,11 @@ absl::Status SaveBuilder::Prepare(const Value& value,
         "cannot torch.save ", path,
         ": it is a sharded tensor (unshard it into one tensor first)"));
   }
-  if (const auto* list = value.get_if<List>()) {
-    for (size_t i = 0; i < list->size(); ++i) {
-      DCP_RETURN_IF_ERROR(Prepare((*list)[i], IndexPath(path, i)));
+  const List* items = value.get_if<List>();
+  if (const auto* tuple = value.get_if<Tuple>()) items = &tuple->items;
+  if (items != nullptr) {
+    for (size_t i = 0; i < items->size(); ++i) {
+      DCP_RETURN_IF_ERROR(Prepare((*items)[i], IndexPath(path, i)));
     }
   } else if (const auto* dict = value.get_if<StateDict>()) {
     for (const auto& [key, item] : dict->entries()) {
@@ -217,6 +219,10 @@ void SaveBuilder::Emit(PickleWriter& w, const Value& value) {
     void operator()(const ShardedTensor&) const { w.WriteNone(); }
     void operator()(const List& list) const {
       w.WriteList(list.size(), [&](size_t i) { self.Emit(w, list[i]); });
+    }
+    void operator()(const Tuple& tuple) const {
+      w.WriteTuple(tuple.items.size(),
+                   [&](size_t i) { self.Emit(w, tuple.items[i]); });
     }
     void operator()(const StateDict& dict) const {
       const auto& entries = dict.entries();
@@ -656,6 +662,7 @@ absl::StatusOr<Value> LoadBuilder::Convert(const PickleValue& v,
                              Convert(v.item(i), IndexPath(path, i)));
         list.push_back(std::move(item));
       }
+      if (v.kind() == Kind::kTuple) return Value(Tuple{std::move(list)});
       return Value(std::move(list));
     }
     case Kind::kDict:

@@ -34,8 +34,9 @@
 //
 // Reading. Accepts files written here and by Python's torch.save (zip
 // format, any top-level directory name, data descriptors, memoized
-// pickles): dicts and collections.OrderedDicts, lists and tuples (read as
-// `List`s), None/bool/int/float/str/bytes, tensors (`_rebuild_tensor_v2` /
+// pickles): dicts and collections.OrderedDicts, lists (read as `List`s)
+// and tuples (as `Tuple`s), None/bool/int/float/str/bytes, tensors
+// (`_rebuild_tensor_v2` /
 // `_v3`, any sizes, strides and storage offsets, storages shared between
 // tensors) and `nn.Parameter`s (read as plain tensors). Every tensor is
 // returned as a new contiguous CPU tensor (storage sharing is not kept).

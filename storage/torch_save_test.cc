@@ -70,13 +70,14 @@ StateDict RichStateDict() {
       {"i16", at::tensor({-300, 300}).to(at::kShort)},
       {"i64", at::tensor({int64_t{1} << 40, int64_t{-7}})},
       {"c64", at::complex(at::tensor({1.0f, 2.0f}), at::tensor({-1.0f, 0.5f}))},
-      {"optim", StateDict{{"state", optim_state},
-                          {"param_groups", List{Value(group)}}}},
+      {"optim",
+       StateDict{{"state", optim_state}, {"param_groups", List{Value(group)}}}},
       {"mixed", List{at::ones({2}), int64_t{5}, "x", List{}}},
-      {"values", List{int64_t{1}, int64_t{-(int64_t{1} << 40)}, 1.25, None{},
-                      true, "text", Bytes{std::string("\0\xff", 2)},
-                      Bytes{""}}},
+      {"values",
+       List{int64_t{1}, int64_t{-(int64_t{1} << 40)}, 1.25, None{}, true,
+            "text", Bytes{std::string("\0\xff", 2)}, Bytes{""}}},
       {"nested_empty", StateDict{}},
+      {"tuple", Tuple{{at::ones({2}), int64_t{3}, Tuple{{0.9, 0.999}}}}},
   };
 }
 
@@ -213,13 +214,13 @@ TEST(TorchSaveTest, ReadsAFileWrittenByPython) {
 
   StateDict expected_optim{
       {"state",
-       StateDict{{"0", StateDict{{"step", at::scalar_tensor(3.0, at::kFloat)},
-                                 {"exp_avg", at::full({2}, 0.5, at::kFloat)}}}}},
-      {"param_groups",
-       List{Value(StateDict{{"lr", 0.01},
-                            {"betas", List{0.9, 0.999}},
-                            {"params", List{int64_t{0}}},
-                            {"name", "\xce\xb1\xce\xb2"}})}}};
+       StateDict{
+           {"0", StateDict{{"step", at::scalar_tensor(3.0, at::kFloat)},
+                           {"exp_avg", at::full({2}, 0.5, at::kFloat)}}}}},
+      {"param_groups", List{Value(StateDict{{"lr", 0.01},
+                                            {"betas", Tuple{{0.9, 0.999}}},
+                                            {"params", List{int64_t{0}}},
+                                            {"name", "\xce\xb1\xce\xb2"}})}}};
   EXPECT_TRUE(ValuesEqual(*sd.Find("optim"), Value(expected_optim)))
       << *sd.Find("optim");
   List expected_values{int64_t{1}, -(int64_t{1} << 40), 1.25, None{}, true,

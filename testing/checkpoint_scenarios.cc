@@ -117,7 +117,7 @@ absl::StatusOr<StateDict> MakeModelStateDict(int rank, int world_size,
   const bool real = values == ModelValues::kTrue;
   StateDict group;
   group.Set("lr", real ? 0.01 + value_seed : -1.0);
-  group.Set("betas", real ? Value(List{0.9, 0.999}) : Value(List{}));
+  group.Set("betas", real ? Value(Tuple{{0.9, 0.999}}) : Value(Tuple{}));
   group.Set("params", real ? Value(List{int64_t{0}, int64_t{1}}) : Value(None{}));
   Section(root, "optim").Set("param_groups", List{Value(std::move(group))});
   root.Set("step", real ? int64_t{42 + value_seed} : int64_t{0});

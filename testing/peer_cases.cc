@@ -44,12 +44,11 @@ PeerLeaf TensorLeaf(ObjectPath path, ScalarType dtype, Shape shape,
   return leaf;
 }
 
-PeerLeaf ValueLeaf(ObjectPath path, Value value, bool is_tuple = false) {
+PeerLeaf ValueLeaf(ObjectPath path, Value value) {
   PeerLeaf leaf;
   leaf.fqn = FqnOf(path);
   leaf.path = std::move(path);
   leaf.value = std::move(value);
-  leaf.is_tuple = is_tuple;
   return leaf;
 }
 
@@ -144,8 +143,8 @@ std::vector<PeerLeaf> CaseMixed() {
                  ScalarType::Float, {10, 4}, row),
       TensorLeaf({K("optim"), K("state"), K("0"), K("exp_avg_sq")},
                  ScalarType::Float, {10, 4}, row),
-      TensorLeaf({K("optim"), K("state"), K("0"), K("step")},
-                 ScalarType::Float, {}),
+      TensorLeaf({K("optim"), K("state"), K("0"), K("step")}, ScalarType::Float,
+                 {}),
       TensorLeaf({K("optim"), K("state"), K("1"), K("exp_avg")},
                  ScalarType::BFloat16, {3, 6}, col),
       TensorLeaf({K("optim"), K("state"), K("1"), K("exp_avg_sq")},
@@ -153,12 +152,11 @@ std::vector<PeerLeaf> CaseMixed() {
       ValueLeaf({K("optim"), K("state"), K("1"), K("step")}, 12),
       ValueLeaf({K("optim"), K("param_groups"), I(0), K("lr")}, 0.1),
       ValueLeaf({K("optim"), K("param_groups"), I(0), K("betas")},
-                List{0.9, 0.999}, /*is_tuple=*/true),
+                Tuple{{0.9, 0.999}}),
       ValueLeaf({K("optim"), K("param_groups"), I(0), K("eps")}, 1e-08),
       ValueLeaf({K("optim"), K("param_groups"), I(0), K("weight_decay")}, 0.0),
       ValueLeaf({K("optim"), K("param_groups"), I(0), K("amsgrad")}, false),
-      ValueLeaf({K("optim"), K("param_groups"), I(0), K("params")},
-                List{0, 1}),
+      ValueLeaf({K("optim"), K("param_groups"), I(0), K("params")}, List{0, 1}),
       ValueLeaf({K("extra"), K("epoch")}, 3),
       ValueLeaf({K("extra"), K("neg")}, -5),
       ValueLeaf({K("extra"), K("big")}, big),
@@ -166,14 +164,14 @@ std::vector<PeerLeaf> CaseMixed() {
       ValueLeaf({K("extra"), K("done")}, true),
       ValueLeaf({K("extra"), K("name")}, "run-\xce\xb1"),  // "run-α"
       ValueLeaf({K("extra"), K("nothing")}, None{}),
-      ValueLeaf({K("extra"), K("blob")},
-                Bytes{std::string("\x00\x01" "dcp\xff", 6)}),
+      ValueLeaf({K("extra"), K("blob")}, Bytes{std::string("\x00\x01"
+                                                           "dcp\xff",
+                                                           6)}),
       ValueLeaf({K("extra"), K("sizes")}, List{1, 2, 3}),
       ValueLeaf({K("extra"), K("cfg"), K("depth")}, 4),
       ValueLeaf({K("extra"), K("cfg"), K("act")}, "gelu"),
       ValueLeaf({K("extra"), K("cfg"), K("tags")}, List{"a", "b"}),
-      ValueLeaf({K("extra"), K("pair")}, List{"warmup", pair_dict},
-                /*is_tuple=*/true),
+      ValueLeaf({K("extra"), K("pair")}, Tuple{{"warmup", pair_dict}}),
       TensorLeaf({K("extra"), K("mixed_list"), I(0)}, ScalarType::Float, {3}),
       ValueLeaf({K("extra"), K("mixed_list"), I(1)}, 5),
   };
@@ -208,9 +206,11 @@ std::vector<PeerLeaf> CaseGoldenSimple() {
       ValueLeaf({K("name")}, "simple"),
       ValueLeaf({K("none")}, None{}),
       ValueLeaf({K("flag")}, true),
-      ValueLeaf({K("raw")}, Bytes{std::string("\x00" "dcp\xff", 5)}),
+      ValueLeaf({K("raw")}, Bytes{std::string("\x00"
+                                              "dcp\xff",
+                                              5)}),
       ValueLeaf({K("sizes")}, List{1, 2, 3}),
-      ValueLeaf({K("pair")}, List{1, "two"}, /*is_tuple=*/true),
+      ValueLeaf({K("pair")}, Tuple{{1, "two"}}),
       TensorLeaf({K("nested"), K("inner"), K("w")}, ScalarType::Float, {3}),
       ValueLeaf({K("nested"), K("inner"), K("count")}, 2),
       TensorLeaf({K("nested"), K("list"), I(0)}, ScalarType::Int, {2}),
@@ -379,24 +379,6 @@ absl::Status CheckRank(int rank, int world_size) {
         "peer cases: rank ", rank, " is outside [0, ", world_size, ")"));
   }
   return absl::OkStatus();
-}
-
-// `value` with every scalar inside lists and dicts replaced by the
-// placeholder string (containers keep their shape).
-Value PlaceholderLike(const Value& value) {
-  if (const List* list = value.get_if<List>()) {
-    List out;
-    for (const Value& v : *list) out.push_back(PlaceholderLike(v));
-    return out;
-  }
-  if (const StateDict* dict = value.get_if<StateDict>()) {
-    StateDict out;
-    for (const auto& [key, v] : dict->entries()) {
-      out.Set(key, PlaceholderLike(v));
-    }
-    return out;
-  }
-  return std::string(kPlaceholderString);
 }
 
 absl::StatusOr<Value> TensorValue(const PeerLeaf& leaf, int rank,
@@ -632,9 +614,6 @@ absl::StatusOr<StateDict> MakePeerCase(absl::string_view case_name, int rank,
       DCP_ASSIGN_OR_RETURN(v, TensorValue(leaf, rank, world_size, placeholder));
     } else if (!placeholder) {
       v = leaf.value;
-    } else if (leaf.is_tuple &&
-               values == PeerValues::kPlaceholderTuplesAsLists) {
-      v = PlaceholderLike(leaf.value);
     } else {
       v = std::string(kPlaceholderString);
     }

@@ -20,17 +20,10 @@
 // / 1 (checkpoint/sharding.h, DTensor's chunking); `kMesh2D` is the 2 x 2 grid
 // of ShardGrid2D (rank r at (r / 2, r % 2)) when W == 4 and `kRow` otherwise.
 //
-// Python tuples. dcp's `Value` has no tuple type, so the two tuple leaves of
-// `mixed` (`optim.param_groups.0.betas` = (0.9, 0.999) and `extra.pair` =
-// ("warmup", {"steps": 10, "on": True})) and `pair` of `golden_simple`
-// ((1, "two")) are `List`s here; `PeerLeaf::is_tuple` marks them. dcp reads
-// a pickled tuple as a `List` too, so loaded values compare equal; a
-// comparison cannot tell a tuple from a list. Consequence for saving: a
-// Python tuple is always one leaf, but a `List` holding a dict is descended,
-// so dcp saves `extra.pair` as `extra.pair.0`, `extra.pair.1.steps` and
-// `extra.pair.1.on`. PyTorch checks such a checkpoint with
-// `dcp_peer.py load --tuple-as-list` (which reads the case with every tuple
-// as a list), and a dcp load of it needs `kPlaceholderTuplesAsLists`.
+// Python tuples are `Tuple`s here: `mixed`'s `optim.param_groups.0.betas` =
+// (0.9, 0.999) and `extra.pair` = ("warmup", {"steps": 10, "on": True}), and
+// `golden_simple`'s `pair` = (1, "two"). Each is one leaf on both sides,
+// even `extra.pair`, which holds a dict, and loads back as a tuple.
 //
 // Errors: InvalidArgument for unknown case names, ranks outside [0, W) and
 // world sizes below 1.
@@ -66,9 +59,8 @@ struct PeerLeaf {
   c10::ScalarType dtype = c10::ScalarType::Undefined;
   Shape shape;
   PeerLayout layout = PeerLayout::kPlain;
-  // Non-tensor leaves: the value (a Python tuple as a `List`).
+  // Non-tensor leaves: the value.
   Value value;
-  bool is_tuple = false;
 };
 
 // The public cases of dcp_peer.py: "dtensor_row", "dtensor_col", "mesh2d",
@@ -106,10 +98,6 @@ enum class PeerValues {
   // so an element that is not loaded shows up; every non-tensor leaf,
   // tuples included, is the string "<placeholder>".
   kPlaceholder,
-  // As kPlaceholder, except that a tuple leaf is its `List` with every
-  // scalar in it replaced by "<placeholder>": the destination for a
-  // checkpoint that dcp saved (see "Python tuples" above).
-  kPlaceholderTuplesAsLists,
 };
 
 // Rank `rank` of `world_size`'s state dict of `case_name`, built leaf by leaf
@@ -122,7 +110,7 @@ absl::StatusOr<StateDict> MakePeerCase(absl::string_view case_name, int rank,
 // values: every leaf of the case must be present; tensors must have the
 // layout, dtype, local shape, offsets and every element of the formula;
 // non-tensor values must be equal with equal types (int, float, bool, str,
-// bytes, None, list, dict are all distinct; tuples are Lists, see above).
+// bytes, None, list, tuple, dict are all distinct).
 // Returns one line per problem, empty if everything is equal, e.g.
 //   "model.embed.weight: 1 of 20 elements differ on rank 0"
 //   "  model.embed.weight index [3, 2]: expected -86, got -85"

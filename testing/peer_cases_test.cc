@@ -134,7 +134,6 @@ std::string Describe(const PeerLeaf& leaf) {
                         PeerKeySeed(leaf.fqn));
   }
   std::string type(leaf.value.TypeName());
-  if (leaf.is_tuple) type = "tuple";
   if (type == "None") type = "NoneType";
   return absl::StrCat(leaf.fqn, " ", type);
 }
@@ -392,25 +391,20 @@ TEST(PeerCasesTest, MixedFlattensLikePyTorch) {
   for (const auto& item : flat.items) got.push_back(item.first);
   EXPECT_EQ(got, fqns);
 
-  // With tuples as lists, extra.pair is descended (a list holding a dict),
-  // in the true values and in the matching destination alike.
-  std::vector<std::string> as_lists;
-  for (const std::string& fqn : fqns) {
-    if (fqn == "extra.pair") {
-      as_lists.insert(as_lists.end(), {"extra.pair.0", "extra.pair.1.steps",
-                                       "extra.pair.1.on"});
-    } else {
-      as_lists.push_back(fqn);
-    }
+  // The true values flatten the same way: a tuple is one leaf, even
+  // extra.pair, which holds a dict.
+  ASSERT_OK_AND_ASSIGN(StateDict truth,
+                       MakePeerCase("mixed", 0, 2, PeerValues::kTrue));
+  ASSERT_OK_AND_ASSIGN(FlatStateDict f, FlattenStateDict(truth));
+  got.clear();
+  for (const auto& item : f.items) got.push_back(item.first);
+  EXPECT_EQ(got, fqns);
+  const Value* pair = nullptr;
+  for (const auto& item : f.items) {
+    if (item.first == "extra.pair") pair = &item.second;
   }
-  for (PeerValues values :
-       {PeerValues::kTrue, PeerValues::kPlaceholderTuplesAsLists}) {
-    ASSERT_OK_AND_ASSIGN(StateDict sd, MakePeerCase("mixed", 0, 2, values));
-    ASSERT_OK_AND_ASSIGN(FlatStateDict f, FlattenStateDict(sd));
-    got.clear();
-    for (const auto& item : f.items) got.push_back(item.first);
-    EXPECT_EQ(got, as_lists);
-  }
+  ASSERT_NE(pair, nullptr);
+  EXPECT_TRUE(pair->is<Tuple>()) << *pair;
 }
 
 TEST(PeerCasesTest, GoldenCasesBuild) {

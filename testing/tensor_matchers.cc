@@ -129,11 +129,17 @@ std::string DescribeValueMismatch(const std::string& path, const Value& actual,
   if (const auto* dict = actual.get_if<StateDict>()) {
     return DescribeDictMismatch(path, *dict, expected.get<StateDict>());
   }
-  if (const auto* list = actual.get_if<List>()) {
-    const List& other = expected.get<List>();
+  const List* list = actual.get_if<List>();
+  const List* other_items = expected.get_if<List>();
+  if (const auto* tuple = actual.get_if<Tuple>()) {
+    list = &tuple->items;
+    other_items = &expected.get<Tuple>().items;
+  }
+  if (list != nullptr) {
+    const List& other = *other_items;
     if (list->size() != other.size()) {
-      return absl::StrCat(PathString(path), ": a list of ", list->size(),
-                          " elements, expected ", other.size());
+      return absl::StrCat(PathString(path), ": a ", actual.TypeName(), " of ",
+                          list->size(), " elements, expected ", other.size());
     }
     for (size_t i = 0; i < list->size(); ++i) {
       std::string mismatch = DescribeValueMismatch(

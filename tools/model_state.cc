@@ -327,12 +327,9 @@ absl::StatusOr<StateDict> MakeModelStateDict(const ModelShape& shape) {
                                          {"exp_avg_sq", std::move(avg_sq)}});
     param_ids.push_back(static_cast<int64_t>(i));
   }
-  StateDict group{{"lr", 3e-4},
-                  {"betas", List{0.9, 0.95}},
-                  {"eps", 1e-8},
-                  {"weight_decay", 0.1},
-                  {"amsgrad", false},
-                  {"params", std::move(param_ids)}};
+  StateDict group{{"lr", 3e-4},       {"betas", Tuple{{0.9, 0.95}}},
+                  {"eps", 1e-8},      {"weight_decay", 0.1},
+                  {"amsgrad", false}, {"params", std::move(param_ids)}};
   StateDict optim{{"state", std::move(state)},
                   {"param_groups", List{Value(std::move(group))}}};
   return StateDict{{"model", std::move(model)},

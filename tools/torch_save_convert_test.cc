@@ -93,8 +93,10 @@ StateDict TrainingState() {
                       {"exp_avg", at::full({7, 5}, 0.125, at::kFloat)}}},
       {"1", StateDict{{"step", int64_t{12}},
                       {"exp_avg", at::full({4, 3}, -1.0, at::kDouble)}}}};
-  StateDict group{{"lr", 0.001},      {"betas", List{0.9, 0.999}},
-                  {"eps", 1e-8},      {"amsgrad", false},
+  StateDict group{{"lr", 0.001},
+                  {"betas", Tuple{{0.9, 0.999}}},
+                  {"eps", 1e-8},
+                  {"amsgrad", false},
                   {"params", List{int64_t{0}, int64_t{1}}}};
   return StateDict{
       {"model", model},
@@ -233,7 +235,7 @@ TEST(TorchSaveConvertTest, ConvertsAPyTorchNestedCheckpointWithItsNesting) {
               TensorEq(at::tensor({0, 0, 1, 0, 0}).to(at::kBool)));
   EXPECT_THAT(sd.Find("u8")->get<at::Tensor>(),
               TensorEq(at::tensor({175, 178, 181}).to(at::kByte)));
-  EXPECT_TRUE(ValuesEqual(*sd.Find("pair"), Value(List{int64_t{1}, "two"})));
+  EXPECT_TRUE(ValuesEqual(*sd.Find("pair"), Value(Tuple{{int64_t{1}, "two"}})));
   EXPECT_TRUE(ValuesEqual(*sd.Find("raw"),
                           Value(Bytes{std::string("\0dcp\xff", 5)})));
   EXPECT_TRUE(ValuesEqual(*sd.Find("lr"), Value(0.001)));

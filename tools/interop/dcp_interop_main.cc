@@ -2,7 +2,7 @@
 //
 //   dcp_interop save --dir=D --world_size=N --case=CASE [--thread_count=T]
 //                    [--nosingle_file_per_rank]
-//   dcp_interop load --dir=D --world_size=M --case=CASE [--tuple_as_list]
+//   dcp_interop load --dir=D --world_size=M --case=CASE
 //
 // `save` writes CASE (tools/peer/README.md) from N simulated ranks; `load`
 // reads D with M simulated ranks into CASE's layout for M ranks and compares
@@ -27,9 +27,6 @@ DEFINE_int32(thread_count, 1,
              "save: writer threads (and data files) per rank.");
 DEFINE_bool(single_file_per_rank, true,
             "save: false writes one data file per item.");
-DEFINE_bool(tuple_as_list, false,
-            "load: the checkpoint was saved by dcp, which saves Python "
-            "tuples as lists (see testing/peer_cases.h).");
 DEFINE_bool(check_metadata, true,
             "load: also check .metadata keys, dtypes, sizes, chunks and "
             "planner_data.");
@@ -53,7 +50,6 @@ int main(int argc, char** argv) {
   options.case_name = FLAGS_case;
   options.thread_count = FLAGS_thread_count;
   options.single_file_per_rank = FLAGS_single_file_per_rank;
-  options.tuple_as_list = FLAGS_tuple_as_list;
   options.check_metadata = FLAGS_check_metadata;
   options.collective_timeout = absl::Seconds(FLAGS_timeout_s);
   const std::string what = action + " " + FLAGS_case + " with " +

@@ -204,9 +204,7 @@ absl::StatusOr<LoadReport> LoadCase(const InteropOptions& options) {
   DCP_RETURN_IF_ERROR(CheckOptions(options));
   DCP_ASSIGN_OR_RETURN(std::vector<PeerLeaf> leaves,
                        PeerCaseLeaves(options.case_name));
-  const PeerValues placeholder = options.tuple_as_list
-                                     ? PeerValues::kPlaceholderTuplesAsLists
-                                     : PeerValues::kPlaceholder;
+  const PeerValues placeholder = PeerValues::kPlaceholder;
   DCP_ASSIGN_OR_RETURN(std::unique_ptr<Simulator> sim, MakeSimulator(options));
   std::vector<std::vector<std::string>> diffs(options.world_size);
   std::vector<absl::Status> statuses =

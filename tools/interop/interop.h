@@ -48,11 +48,6 @@ struct InteropOptions {
   // Save only: FileSystemWriterOptions of every rank's writer.
   int thread_count = 1;
   bool single_file_per_rank = true;
-  // Load only: the checkpoint was saved by dcp, whose Value model has no
-  // tuple, so a tuple leaf holding a dict (mixed's `extra.pair`) was saved
-  // as a descended list; load into that shape (PeerValues::
-  // kPlaceholderTuplesAsLists) and expect those keys in `.metadata`.
-  bool tuple_as_list = false;
   // Load only: also check `.metadata` (keys, dtypes, sizes, chunks,
   // planner_data), as dcp_peer.py's check_metadata does.
   bool check_metadata = true;

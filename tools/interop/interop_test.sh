@@ -90,9 +90,8 @@ dcp_to_pytorch() {
     # So that the load below proves PyTorch ignores them.
     step "dcp wrote block checksum files for $case" compgen -G "$dir/*.dcpcrc" || true
   fi
-  # dcp has no tuple type: its lists-for-tuples are checked as such (README).
   step "PyTorch loads $case (dcp, $n ranks) with $m ranks" \
-      pytorch load --dir "$dir" --world-size "$m" --case "$case" --tuple-as-list || true
+      pytorch load --dir "$dir" --world-size "$m" --case "$case" || true
 }
 
 case "$MODE" in

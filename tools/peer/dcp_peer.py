@@ -243,48 +243,6 @@ def fqn_of(path: Sequence[Any]) -> str:
     return ".".join(str(p) for p in path)
 
 
-def tuples_as_lists(case: Case) -> Case:
-    """The case as a library without a tuple type saves it (`load
-    --tuple-as-list`, for checkpoints written by dcp, whose C++ Value has no
-    tuple): every tuple in a value leaf becomes a list, and DCP's flattening
-    rules then apply to it: a list holding a dict (or a list that is itself
-    descended) is descended, so ("warmup", {"steps": 10}) at path P becomes
-    the leaves P + (0,) = "warmup" and P + (1, "steps") = 10. A tuple of
-    scalars stays one leaf, now a list. Tensor leaves are unchanged."""
-
-    def as_list(v):
-        if isinstance(v, (tuple, list)):
-            return [as_list(x) for x in v]
-        if isinstance(v, dict):
-            return {k: as_list(x) for k, x in v.items()}
-        return v
-
-    def terminal(v):  # DCP's _traverse._is_terminal, without tensors
-        if isinstance(v, dict):
-            return False
-        if isinstance(v, list):
-            return not any(isinstance(x, (dict, list)) and not terminal(x) for x in v)
-        return True
-
-    def expand(path, v, out):
-        if isinstance(v, dict):
-            for k, x in v.items():
-                expand(path + (k,), x, out)
-        elif not terminal(v):
-            for i, x in enumerate(v):
-                expand(path + (i,), x, out)
-        else:
-            out.append((path, ValueLeaf(v)))
-
-    out: Case = []
-    for path, leaf in case:
-        if isinstance(leaf, ValueLeaf) and isinstance(leaf.value, tuple):
-            expand(tuple(path), as_list(leaf.value), out)
-        else:
-            out.append((path, leaf))
-    return out
-
-
 # --------------------------------------------------------------------------
 # Values: the documented generator (README "Value formulas")
 # --------------------------------------------------------------------------
@@ -665,8 +623,6 @@ def worker_main(job: Dict[str, Any]) -> int:
                             world_size=world,
                             timeout=timedelta(seconds=job["timeout"]))
     case = CASES[job["case"]]()
-    if job.get("tuple_as_list"):
-        case = tuples_as_lists(case)
     meshes = Meshes(world)
     ckpt = job["dir"]
     status = 0
@@ -1062,10 +1018,6 @@ def main(argv: Sequence[str]) -> int:
         if action == "load":
             p.add_argument("--skip-planner-data-check", action="store_true",
                            help="do not require planner_data[fqn] == path tuple")
-            p.add_argument("--tuple-as-list", action="store_true",
-                           help="expect every tuple value saved as a list, "
-                                "flattened as DCP flattens lists (checkpoints "
-                                "saved by dcp, which has no tuple type)")
     p = sub.add_parser("golden")
     p.add_argument("--out", required=True)
     p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S)
@@ -1079,7 +1031,6 @@ def main(argv: Sequence[str]) -> int:
         extra = {}
         if args.command == "load":
             extra["check_planner_data"] = not args.skip_planner_data_check
-            extra["tuple_as_list"] = args.tuple_as_list
         return launch(args.command, os.path.abspath(args.dir), args.world_size,
                       args.case, args.timeout, extra)
     if args.command == "golden":
