@@ -16,8 +16,7 @@
 #include "testing/simulator.h"
 #include "testing/status_matchers.h"
 #include "testing/tensor_matchers.h"
-#include "torch/nn/functional/activation.h"
-#include "torch/nn/functional/loss.h"
+#include "testing/tiny_mlp.h"
 #include "torch/nn/module.h"
 #include "torch/nn/modules/linear.h"
 #include "torch/optim/adam.h"
@@ -44,68 +43,14 @@ std::string MakeTempDir() {
   return pattern;
 }
 
-// fc2(relu(fc1(x * input_scale))), with a buffer registered first, as in
-// tools/peer/train_peer.py.
-struct TinyMlpImpl : torch::nn::Module {
-  explicit TinyMlpImpl(int64_t hidden = 8)
-      : input_scale(register_buffer("input_scale",
-                                    torch::tensor({1.0f, 0.5f, 2.0f, 1.0f}))),
-        fc1(register_module("fc1", torch::nn::Linear(4, hidden))),
-        fc2(register_module("fc2", torch::nn::Linear(hidden, 3))) {
-    // Exact binary fractions, so every build of the model is identical.
-    torch::NoGradGuard no_grad;
-    int s = 0;
-    for (torch::Tensor p : {fc1->weight, fc1->bias, fc2->weight, fc2->bias}) {
-      torch::Tensor flat = p.view({-1});
-      for (int64_t i = 0; i < flat.numel(); ++i) {
-        flat[i] = static_cast<float>(((i * 7 + s) % 17) - 8) / 64.0f;
-      }
-      ++s;
-    }
-  }
-  torch::Tensor forward(const torch::Tensor& x) {
-    return fc2(torch::relu(fc1(x * input_scale)));
-  }
-  torch::Tensor input_scale;
-  torch::nn::Linear fc1;
-  torch::nn::Linear fc2;
-};
-TORCH_MODULE(TinyMlp);
-
-torch::Tensor Input(int step) {
-  torch::Tensor x = torch::empty({6, 4});
-  for (int b = 0; b < 6; ++b) {
-    for (int j = 0; j < 4; ++j) {
-      x[b][j] = static_cast<float>(((b * 5 + j * 3 + step) % 11) - 5) / 8.0f;
-    }
-  }
-  return x;
-}
-
-torch::Tensor Target(int step) {
-  torch::Tensor y = torch::empty({6, 3});
-  for (int b = 0; b < 6; ++b) {
-    for (int k = 0; k < 3; ++k) {
-      y[b][k] = static_cast<float>(((b + 2 * k + step) % 7) - 3) / 4.0f;
-    }
-  }
-  return y;
-}
+using TinyMlp = ::dcp::testing::TinyMlp;
 
 float TrainStep(TinyMlp& model, torch::optim::Optimizer& optimizer, int step) {
-  optimizer.zero_grad();
-  torch::Tensor loss =
-      torch::mse_loss(model->forward(Input(step)), Target(step));
-  loss.backward();
-  optimizer.step();
-  return loss.item<float>();
+  return ::dcp::testing::TinyMlpTrainStep(model, optimizer, step);
 }
 
 torch::optim::AdamWOptions AdamWOpts() {
-  return torch::optim::AdamWOptions(0.01)
-      .betas({0.9, 0.999})
-      .eps(1e-8)
-      .weight_decay(0.01);
+  return ::dcp::testing::TinyMlpAdamWOptions();
 }
 
 absl::Status SaveTo(const std::string& dir, const StateDict& state) {

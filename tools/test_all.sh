@@ -70,6 +70,7 @@ if [ "$peer_ready" -eq 1 ]; then
   # Tagged manual (they need root and the peer), so named explicitly.
   run_bazel_tests "$root" "$events_dir/interop.json" --config=tsan "$@" -- \
     //tools/interop:pytorch_to_dcp_test //tools/interop:dcp_to_pytorch_test \
+    //tools/interop:train_resume_test \
     //tools/peer:bench_side_by_side_peer_test
 else
   overall=1

@@ -5,6 +5,12 @@
 #                                    (dcp_peer.py save); dcp_interop loads it
 #                                    with M != N simulated ranks (another
 #                                    layout) and compares every element.
+#   interop_test.sh train_resume     a tiny model and AdamW trained 3 steps
+#                                    and saved by one side (2 ranks) are
+#                                    resumed by the other (1 and 3 ranks)
+#                                    for step 4, which must match both
+#                                    sides' uninterrupted step 4
+#                                    (train_peer.py, train_interop).
 #   interop_test.sh dcp_to_pytorch   dcp_interop saves each case with N
 #                                    simulated ranks; dcp_peer.py load with
 #                                    M != N ranks compares every element, and
@@ -20,7 +26,7 @@ set -uo pipefail
 
 die() { echo "interop_test: error: $*" >&2; exit 1; }
 
-[ "$#" -eq 1 ] || die "usage: interop_test.sh pytorch_to_dcp|dcp_to_pytorch"
+[ "$#" -eq 1 ] || die "usage: interop_test.sh pytorch_to_dcp|dcp_to_pytorch|train_resume"
 readonly MODE="$1"
 
 # Bazel's test PATH has no sbin, where chroot, mount and unshare live.
@@ -33,6 +39,8 @@ peer="${DCP_TORCH_PEER:-/var/cache/dcp/pytorch-peer}"
 runfiles="${TEST_SRCDIR:?not run by bazel test}/${TEST_WORKSPACE:-dcp}"
 interop="$runfiles/tools/interop/dcp_interop"
 [ -x "$interop" ] || die "missing $interop"
+train="$runfiles/tools/interop/train_interop"
+[ -x "$train" ] || die "missing $train"
 # run_in_peer.sh binds its own directory into the peer, so call it (and
 # dcp_peer.py) from the real tools/peer, not through runfile symlinks.
 peer_tools="$(dirname "$(readlink -f "$runfiles/tools/peer/run_in_peer.sh")")"
@@ -48,6 +56,10 @@ export DCP_PEER_TIMEOUT="${DCP_PEER_TIMEOUT:-120}"
 
 pytorch() {  # pytorch save|load ARGS...
   "$peer_tools/run_in_peer.sh" python3 "$peer_tools/dcp_peer.py" "$@"
+}
+
+pytorch_train() {  # pytorch_train train|resume|reference|compare ARGS...
+  "$peer_tools/run_in_peer.sh" python3 "$peer_tools/train_peer.py" "$@"
 }
 
 results=()
@@ -94,6 +106,43 @@ dcp_to_pytorch() {
       pytorch load --dir "$dir" --world-size "$m" --case "$case" || true
 }
 
+# Each side resumes the other's checkpoint of a real training run
+# (checkpoint/module_state.h against get_state_dict/set_state_dict).
+train_resume() {
+  local x="$exchange"
+  step "PyTorch: 4 uninterrupted steps" \
+      pytorch_train reference --steps 4 --out "$x/pt_ref.json" || return 0
+  step "dcp: 4 uninterrupted steps" \
+      "$train" reference --steps=4 --out="$x/dcp_ref.json" || return 0
+  step "dcp's uninterrupted step 4 matches PyTorch's" \
+      pytorch_train compare "$x/dcp_ref.json" "$x/pt_ref.json" || true
+
+  step "PyTorch trains 3 steps and saves with 2 ranks" \
+      pytorch_train train --dir "$x/pt_ckpt" --world-size 2 --steps 3 \
+      --out "$x/pt_train.json" || return 0
+  local m
+  for m in 1 3; do
+    step "dcp resumes PyTorch's checkpoint with $m ranks for step 4" \
+        "$train" resume --dir="$x/pt_ckpt" --world_size="$m" --steps=1 \
+        --out="$x/dcp_resume_$m.json" || continue
+    step "  its step 4 matches PyTorch's uninterrupted step 4" \
+        pytorch_train compare "$x/dcp_resume_$m.json" "$x/pt_ref.json" || true
+  done
+
+  step "dcp trains 3 steps and saves with 2 ranks" \
+      "$train" train --dir="$x/dcp_ckpt" --world_size=2 --steps=3 \
+      --out="$x/dcp_train.json" || return 0
+  for m in 1 3; do
+    step "PyTorch resumes dcp's checkpoint with $m ranks for step 4" \
+        pytorch_train resume --dir "$x/dcp_ckpt" --world-size "$m" --steps 1 \
+        --out "$x/pt_resume_$m.json" || continue
+    step "  its step 4 matches dcp's uninterrupted step 4" \
+        pytorch_train compare "$x/pt_resume_$m.json" "$x/dcp_ref.json" || true
+    step "  and PyTorch's uninterrupted step 4" \
+        pytorch_train compare "$x/pt_resume_$m.json" "$x/pt_ref.json" || true
+  done
+}
+
 case "$MODE" in
   pytorch_to_dcp)
     pytorch_to_dcp dtensor_row 4 3
@@ -121,6 +170,9 @@ case "$MODE" in
     # Records over 1 MiB: the checkpoint has block checksum files, which
     # PyTorch ignores.
     dcp_to_pytorch large 2 3
+    ;;
+  train_resume)
+    train_resume
     ;;
   *) die "unknown mode '$MODE'" ;;
 esac
