@@ -460,6 +460,9 @@ TEST(ModuleStateShardingTest, RowShardedModulesSaveOneGlobalTensor) {
   // Two ranks each hold rows [4r, 4r + 4) of fc1 (a 4 -> 8 Linear) as their
   // own 4 -> 4 Linear; a single rank loads the whole 4 -> 8 layer.
   const std::string dir = MakeTempDir();
+  // Creates libtorch's default generator before the rank threads do (see
+  // tools/interop/train_interop_main.cc).
+  torch::nn::Linear warm_up(1, 1);
   SimulatorOptions sim_options;
   sim_options.world_size = 2;
   ASSERT_OK_AND_ASSIGN(std::unique_ptr<Simulator> sim,

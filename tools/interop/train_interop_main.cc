@@ -203,6 +203,11 @@ absl::Status Main(const std::string& action) {
     return WriteFile(FLAGS_out, json);
   }
   if (FLAGS_dir.empty()) return absl::InvalidArgumentError("--dir is required");
+  // libtorch creates its default random generator (used by Linear's
+  // initialisation) lazily; creating it here, before the rank threads,
+  // keeps them from racing on its creation in a way ThreadSanitizer cannot
+  // see through uninstrumented libtorch.
+  FreshRun();
   SimulatorOptions sim_options;
   sim_options.world_size = FLAGS_world_size;
   sim_options.collective_timeout = absl::Seconds(120);
