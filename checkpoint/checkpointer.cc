@@ -91,7 +91,8 @@ absl::Status Checkpointer::WaitUntilPending(size_t keep) {
 
 absl::Status Checkpointer::WaitForPendingSaves() { return WaitUntilPending(0); }
 
-absl::StatusOr<Metadata> Checkpointer::Save(const StateDict& state_dict) {
+absl::StatusOr<Metadata> Checkpointer::Save(
+    const StateDict& state_dict, std::optional<std::string> checkpoint_id) {
   if (writer_ == nullptr) {
     return absl::FailedPreconditionError(
         "this Checkpointer has no storage writer");
@@ -106,6 +107,7 @@ absl::StatusOr<Metadata> Checkpointer::Save(const StateDict& state_dict) {
   options.planner = options_.save_planner.get();
   options.collective_timeout = options_.collective_timeout;
   options.round = NextRound("save");
+  options.checkpoint_id = std::move(checkpoint_id);
   return dcp::Save(state_dict, *writer_, options);
 }
 
@@ -153,7 +155,8 @@ absl::StatusOr<std::shared_ptr<const StateDict>> Checkpointer::Stage(
   return std::make_shared<const StateDict>(std::move(staged));
 }
 
-Future<Metadata> Checkpointer::AsyncSave(const StateDict& state_dict) {
+Future<Metadata> Checkpointer::AsyncSave(
+    const StateDict& state_dict, std::optional<std::string> checkpoint_id) {
   if (writer_ == nullptr) {
     return absl::FailedPreconditionError(
         "this Checkpointer has no storage writer");
@@ -192,6 +195,7 @@ Future<Metadata> Checkpointer::AsyncSave(const StateDict& state_dict) {
   options.coordinator_rank = options_.coordinator_rank;
   options.collective_timeout = options_.collective_timeout;
   options.round = round;
+  options.checkpoint_id = std::move(checkpoint_id);
   PromiseFuturePair<Metadata> pair = PromiseFuturePair<Metadata>::Make();
   // The task owns everything it uses (never `this`), so it may outlive
   // this Checkpointer. Fault points fire for the rank that scheduled it.
@@ -215,7 +219,8 @@ Future<Metadata> Checkpointer::AsyncSave(const StateDict& state_dict) {
   return std::move(pair.future);
 }
 
-absl::Status Checkpointer::Load(StateDict& state_dict) {
+absl::Status Checkpointer::Load(StateDict& state_dict,
+                                std::optional<std::string> checkpoint_id) {
   if (reader_ == nullptr) {
     return absl::FailedPreconditionError(
         "this Checkpointer has no storage reader");
@@ -228,6 +233,7 @@ absl::Status Checkpointer::Load(StateDict& state_dict) {
   options.planner = options_.load_planner.get();
   options.collective_timeout = options_.collective_timeout;
   options.round = NextRound("load");
+  options.checkpoint_id = std::move(checkpoint_id);
   return dcp::Load(state_dict, *reader_, options);
 }
 

@@ -11,6 +11,9 @@
 //   Load(state_dict)       -> Status            blocking, collective; fills
 //                                               tensors in place
 //
+// Each takes an optional checkpoint id (e.g. a step's directory), so one
+// long-lived checkpointer serves many checkpoints (checkpoint_manager.h).
+//
 //   auto writer = std::make_shared<MemoryStorageWriter>(store, "ckpt");
 //   auto reader = std::make_shared<MemoryStorageReader>(store, "ckpt");
 //   CheckpointerOptions options;
@@ -73,6 +76,7 @@
 #include <cstdint>
 #include <deque>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "absl/status/status.h"
@@ -133,9 +137,20 @@ class Checkpointer {
   Checkpointer(const Checkpointer&) = delete;
   Checkpointer& operator=(const Checkpointer&) = delete;
 
-  absl::StatusOr<Metadata> Save(const StateDict& state_dict);
-  Future<Metadata> AsyncSave(const StateDict& state_dict);
-  absl::Status Load(StateDict& state_dict);
+  // With a `checkpoint_id`, the call saves to (or loads from) that
+  // checkpoint: the storage is Reset to it first (for the file system, the
+  // checkpoint's directory), and later calls without an id use it too.
+  // Every rank must pass the same id. An async save resets the writer when
+  // its turn comes on the background thread, so saves to different ids can
+  // be pending at once.
+  absl::StatusOr<Metadata> Save(
+      const StateDict& state_dict,
+      std::optional<std::string> checkpoint_id = std::nullopt);
+  Future<Metadata> AsyncSave(
+      const StateDict& state_dict,
+      std::optional<std::string> checkpoint_id = std::nullopt);
+  absl::Status Load(StateDict& state_dict,
+                    std::optional<std::string> checkpoint_id = std::nullopt);
 
   // Blocks until every async save issued so far has completed; returns the
   // first error among them (or OK).

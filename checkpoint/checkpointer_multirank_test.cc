@@ -594,6 +594,49 @@ TEST(AsyncSaveTest, ReusedStagingBuffersHoldEachSavesOwnValues) {
   EXPECT_THAT(statuses, Each(IsOk()));
 }
 
+TEST(CheckpointerTest, PerCallCheckpointIdsSaveAndLoadEachCheckpoint) {
+  // One checkpointer, three checkpoints: two async saves pending at once
+  // into different ids, then a blocking save without an id (the last id).
+  constexpr int kWorld = 2;
+  auto store = std::make_shared<MemoryStore>();
+  auto sim = MakeSimulator(kWorld, /*seed=*/31);
+  std::vector<absl::Status> statuses =
+      sim->Run([&](RankContext& ctx) -> absl::Status {
+        DCP_ASSIGN_OR_RETURN(
+            auto checkpointer,
+            MakeCheckpointer(ctx, store, "default", /*coordinator=*/0,
+                             /*max_pending_saves=*/2));
+        auto values = [&](int seed) {
+          return MakeModelStateDict(ctx.rank(), kWorld, ModelLayout::kSave,
+                                    ModelValues::kTrue, /*value_seed=*/seed);
+        };
+        DCP_ASSIGN_OR_RETURN(StateDict one, values(1));
+        DCP_ASSIGN_OR_RETURN(StateDict two, values(2));
+        DCP_ASSIGN_OR_RETURN(StateDict three, values(3));
+        Future<Metadata> first = checkpointer->AsyncSave(one, "step_1");
+        Future<Metadata> second = checkpointer->AsyncSave(two, "step_2");
+        DCP_RETURN_IF_ERROR(checkpointer->Save(three).status());  // into step_2
+        DCP_RETURN_IF_ERROR(first.result().status());
+        DCP_RETURN_IF_ERROR(second.result().status());
+        for (const auto& [id, seed] :
+             {std::pair<std::string, int>{"step_1", 1},
+              std::pair<std::string, int>{"step_2", 3}}) {
+          DCP_ASSIGN_OR_RETURN(
+              StateDict loaded,
+              MakeModelStateDict(ctx.rank(), kWorld, ModelLayout::kLoad,
+                                 ModelValues::kPlaceholder));
+          DCP_RETURN_IF_ERROR(checkpointer->Load(loaded, id));
+          DCP_RETURN_IF_ERROR(
+              Annotate(CheckModelStateDict(loaded, ctx.rank(), kWorld,
+                                           ModelLayout::kLoad, seed),
+                       id));
+        }
+        return absl::OkStatus();
+      });
+  EXPECT_THAT(statuses, Each(IsOk()));
+  EXPECT_THAT(store->ListCheckpoints(), ElementsAre("step_1", "step_2"));
+}
+
 TEST(AsyncSaveTest, BackgroundFailureReachesEveryRanksFuture) {
   auto store = std::make_shared<MemoryStore>();
   auto sim = MakeSimulator(3, /*seed=*/23);
