@@ -38,6 +38,24 @@ absl::StatusOr<bool> FileSystem::Exists(absl::string_view path) {
   return status;
 }
 
+absl::Status CreateDirDurably(FileSystem& fs, absl::string_view dir) {
+  std::vector<std::string> missing;
+  std::string current = CleanPath(dir);
+  while (true) {
+    DCP_ASSIGN_OR_RETURN(bool exists, fs.Exists(current));
+    if (exists) break;
+    missing.push_back(current);
+    std::string parent = Dirname(current);
+    if (parent == current) break;
+    current = std::move(parent);
+  }
+  DCP_RETURN_IF_ERROR(fs.CreateDir(dir));
+  for (auto it = missing.rbegin(); it != missing.rend(); ++it) {
+    DCP_RETURN_IF_ERROR(fs.SyncDir(Dirname(*it)));
+  }
+  return absl::OkStatus();
+}
+
 // -----------------------------------------------------------------------------
 // FileSystemWrapper
 // -----------------------------------------------------------------------------

@@ -396,6 +396,11 @@ std::string Basename(absl::string_view path);
 // Whole-file helpers.
 // -----------------------------------------------------------------------------
 
+// Creates `dir` and its missing parents, as `CreateDir`, and makes the
+// entry of each directory it created durable (`SyncDir` of its parent,
+// outermost first). Directories that already existed are left as they are.
+absl::Status CreateDirDurably(FileSystem& fs, absl::string_view dir);
+
 // Creates or truncates `path` (as `NewWritableFile` with `options`), writes
 // `data`, `Sync()`s if `sync`, and closes it.
 absl::Status WriteStringToFile(FileSystem& fs, absl::string_view path,

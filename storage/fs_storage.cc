@@ -56,7 +56,7 @@ namespace dcp {
 namespace fs_storage_internal {
 namespace {
 
-constexpr absl::string_view kMetadataName = ".metadata";
+constexpr absl::string_view kMetadataName = kCheckpointMetadataFileName;
 constexpr absl::string_view kLockName = kCheckpointLockFileName;
 constexpr absl::string_view kMetadataTmpPrefix = ".metadata.tmp";
 // The sidecar's temporary file is ".dcp.metadata.<token>.tmp".
@@ -453,29 +453,6 @@ absl::Status WriteDataFile(FileSystem& fs, const std::string& dir,
         Annotate(file.Sync(), absl::StrCat("syncing data file ", path)));
   }
   return Annotate(file.Close(), absl::StrCat("closing data file ", path));
-}
-
-// Creates `dir` and its missing parents; with `sync`, makes each new
-// directory's entry durable.
-absl::Status CreateDirDurably(FileSystem& fs, const std::string& dir,
-                              bool sync) {
-  std::vector<std::string> missing;
-  std::string current = CleanPath(dir);
-  while (true) {
-    DCP_ASSIGN_OR_RETURN(bool exists, fs.Exists(current));
-    if (exists) break;
-    missing.push_back(current);
-    std::string parent = Dirname(current);
-    if (parent == current) break;
-    current = std::move(parent);
-  }
-  DCP_RETURN_IF_ERROR(fs.CreateDir(dir));
-  if (sync) {
-    for (auto it = missing.rbegin(); it != missing.rend(); ++it) {
-      DCP_RETURN_IF_ERROR(fs.SyncDir(Dirname(*it)));
-    }
-  }
-  return absl::OkStatus();
 }
 
 // Best effort: removes `paths`, logging (not returning) failures other than
@@ -1389,8 +1366,8 @@ absl::Status FileSystemWriter::SetUp(bool is_coordinator) {
 absl::StatusOr<SavePlan> FileSystemWriter::PrepareLocalPlan(SavePlan plan) {
   State& s = *state_;
   DCP_RETURN_IF_ERROR(
-      Annotate(fs_storage_internal::CreateDirDurably(*s.fs, s.path,
-                                                     s.options.sync_files),
+      Annotate(s.options.sync_files ? CreateDirDurably(*s.fs, s.path)
+                                    : s.fs->CreateDir(s.path),
                absl::StrCat("creating checkpoint directory ", s.path)));
   if (!s.options.overwrite) {
     const std::string metadata_path =

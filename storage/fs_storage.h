@@ -162,6 +162,10 @@
 
 namespace dcp {
 
+// The file that makes a directory a checkpoint: PyTorch's `.metadata`,
+// written last (see "Commit and crash safety").
+inline constexpr absl::string_view kCheckpointMetadataFileName = ".metadata";
+
 // The lock file of a checkpoint directory (see "One saver per directory").
 inline constexpr absl::string_view kCheckpointLockFileName = ".dcp.lock";
 
