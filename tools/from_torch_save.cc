@@ -10,10 +10,13 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "checkpoint/format_utils.h"
 #include "checkpoint/state_dict.h"
 #include "checkpoint/status.h"
 #include "planner/flatten.h"
+#include "storage/fs_storage.h"
 #include "storage/posix_file_system.h"
 #include "storage/torch_save.h"
 #include "tools/local_checkpoint.h"
@@ -43,17 +46,29 @@ absl::Status TorchSaveToDcp(const FromTorchSaveOptions& options,
     }
   }
 
-  std::vector<StateDict> per_rank(options.world_size);
-  for (int r = 0; r < options.world_size; ++r) {
-    DCP_ASSIGN_OR_RETURN(per_rank[r], ShardStateDict(full, Layout::kRows, r,
-                                                     options.world_size));
+  absl::Duration elapsed;
+  if (options.world_size == 1) {
+    // One rank: the library's conversion (PyTorch's torch_save_to_dcp).
+    FileSystemWriterOptions writer_options;
+    writer_options.thread_count = options.thread_count;
+    writer_options.sync_files = options.sync_files;
+    const absl::Time start = absl::Now();
+    DCP_RETURN_IF_ERROR(
+        ::dcp::TorchSaveToDcp(options.file, options.dir, writer_options));
+    elapsed = absl::Now() - start;
+  } else {
+    std::vector<StateDict> per_rank(options.world_size);
+    for (int r = 0; r < options.world_size; ++r) {
+      DCP_ASSIGN_OR_RETURN(per_rank[r], ShardStateDict(full, Layout::kRows, r,
+                                                       options.world_size));
+    }
+    LocalSaveOptions save_options;
+    save_options.thread_count = options.thread_count;
+    save_options.sync_files = options.sync_files;
+    save_options.progress = options.progress;
+    DCP_ASSIGN_OR_RETURN(elapsed,
+                         SaveOnLocalRanks(per_rank, options.dir, save_options));
   }
-  LocalSaveOptions save_options;
-  save_options.thread_count = options.thread_count;
-  save_options.sync_files = options.sync_files;
-  save_options.progress = options.progress;
-  DCP_ASSIGN_OR_RETURN(absl::Duration elapsed,
-                       SaveOnLocalRanks(per_rank, options.dir, save_options));
 
   PosixFileSystem fs;
   DCP_ASSIGN_OR_RETURN(std::vector<FileInfo> files,

@@ -2,32 +2,9 @@
 // File: tools/to_torch_save.h
 // -----------------------------------------------------------------------------
 //
-// `dcp to-torch-save DIR FILE`: PyTorch's `dcp_to_torch_save`. Loads a whole
-// checkpoint on one rank into full tensors and writes it as ONE torch.save
-// file (storage/torch_save.h) that Python's `torch.load` opens.
-//
-// The destination is built from the metadata alone, as PyTorch's
-// `_EmptyStateDictLoadPlanner` does: every tensor key becomes a full tensor
-// of its saved dtype and global shape, every bytes key a placeholder; after
-// the load, each leaf goes to `Metadata::planner_data[key]` in a nested
-// state dict (to the top level if the key has no path), so the file holds
-// the original nesting: {"model": {...}, "optim": {"state": {...},
-// "param_groups": [...]}}. Dicts come out with their keys in sorted
-// flattened-key order (the metadata does not keep the original order).
-//
-// Before allocating, each tensor's declared bytes are checked against the
-// bytes its chunks' records occupy in the data files actually present, so
-// a `.metadata` that claims more than the files hold (hostile, or from
-// another checkpoint) costs no memory.
-//
-// Likewise a list index in `planner_data` may exceed the number of keys by
-// at most 65536 (empty dicts in a list leave no key), since every index
-// below it becomes a placeholder.
-//
-// Errors: NotFound if DIR is not a checkpoint; DataLoss if `.metadata`
-// declares tensors larger than their records in the data files, or list
-// indices beyond that bound; errors of the load (DataLoss for corrupt data
-// files, ...) and of writing FILE.
+// `dcp to-torch-save DIR FILE`: PyTorch's `dcp_to_torch_save`, through
+// the library's DcpToTorchSave (checkpoint/format_utils.h, which documents
+// the conversion and its errors), plus progress lines and a summary.
 #ifndef DCP_TOOLS_TO_TORCH_SAVE_H_
 #define DCP_TOOLS_TO_TORCH_SAVE_H_
 
@@ -36,7 +13,6 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
-#include "checkpoint/state_dict.h"
 
 namespace dcp::tools {
 
@@ -46,11 +22,6 @@ struct LoadFullOptions {
   bool verify_checksums = true;
   bool allow_symlinks = false;
 };
-
-// The checkpoint in `dir` as one nested state dict of full (unsharded)
-// tensors and values, loaded by this process alone.
-absl::StatusOr<StateDict> LoadFullStateDict(const std::string& dir,
-                                            const LoadFullOptions& options = {});
 
 struct ToTorchSaveOptions {
   std::string dir;   // The checkpoint to read.
