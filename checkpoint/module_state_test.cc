@@ -152,8 +152,7 @@ TEST(SetModelStateDictTest, ShapeAndDtypeMismatchesNameTheKeyAndBoth) {
                        HasSubstr("\"fc2.bias\" has type int, not a tensor")));
 }
 
-// ---- Optimizer
-// ----------------------------------------------------------------
+// ---- Optimizer --------------------------------------------------------------
 
 TEST(GetOptimizerStateDictTest, AdamWHasPyTorchsLayout) {
   TinyMlp model;
@@ -453,8 +452,34 @@ TEST(SetOptimizerStateDictTest, BadStateIsRefusedBeforeAnyChange) {
               TensorEq(exp_avg_before + 1.0f));
 }
 
-// ---- Sharding
-// -----------------------------------------------------------------
+TEST(OptimizerStateDictTest, LoadingIntoAModelOfAnotherShapeNamesKeyAndShapes) {
+  const std::string dir = MakeTempDir();
+  {
+    TinyMlp model;  // hidden 8
+    torch::optim::AdamW optimizer(model->parameters(), AdamWOpts());
+    TrainStep(model, optimizer, 1);
+    ASSERT_OK_AND_ASSIGN(StateDict model_sd, GetModelStateDict(*model));
+    ASSERT_OK_AND_ASSIGN(StateDict optim_sd,
+                         GetOptimizerStateDict(*model, optimizer));
+    ASSERT_OK(SaveTo(dir, StateDict{{"model", model_sd}, {"optim", optim_sd}}));
+  }
+  TinyMlp wider(/*hidden=*/16);
+  torch::optim::AdamW optimizer(wider->parameters(), AdamWOpts());
+  ASSERT_OK_AND_ASSIGN(StateDict model_sd, GetModelStateDict(*wider));
+  ASSERT_OK_AND_ASSIGN(StateDict optim_sd,
+                       GetOptimizerStateDict(*wider, optimizer));
+  StateDict state{{"model", model_sd}, {"optim", optim_sd}};
+  const absl::Status status = LoadFrom(dir, state);
+  EXPECT_THAT(status, StatusIs(absl::StatusCode::kInvalidArgument,
+                               HasSubstr("model.fc1.weight")));
+  EXPECT_THAT(std::string(status.message()), HasSubstr("[8, 4]"));
+  EXPECT_THAT(std::string(status.message()), HasSubstr("[16, 4]"));
+  // Nothing was loaded into the model.
+  EXPECT_THAT(wider->fc1->weight.detach(),
+              TensorEq(TinyMlp(16)->fc1->weight.detach()));
+}
+
+// ---- Sharding ---------------------------------------------------------------
 
 TEST(ModuleStateShardingTest, RowShardedModulesSaveOneGlobalTensor) {
   // Two ranks each hold rows [4r, 4r + 4) of fc1 (a 4 -> 8 Linear) as their
