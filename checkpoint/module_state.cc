@@ -291,56 +291,55 @@ absl::Status InitMissingState(OptimizerKind kind, Optimizer& optimizer) {
   });
 }
 
+// PyTorch 2.6's param_group keys and values of Adam and AdamW, whose
+// libtorch options have the same fields; PyTorch orders "maximize" and
+// "foreach" differently for the two.
+template <typename AdamOptionsT>
+StateDict AdamGroup(const AdamOptionsT& a, bool maximize_first) {
+  StateDict group;
+  group.Set("lr", a.lr());
+  group.Set("betas", Tuple{{std::get<0>(a.betas()), std::get<1>(a.betas())}});
+  group.Set("eps", a.eps());
+  group.Set("weight_decay", a.weight_decay());
+  group.Set("amsgrad", a.amsgrad());
+  if (maximize_first) {
+    group.Set("maximize", false);
+    group.Set("foreach", None{});
+  } else {
+    group.Set("foreach", None{});
+    group.Set("maximize", false);
+  }
+  group.Set("capturable", false);
+  group.Set("differentiable", false);
+  group.Set("fused", None{});
+  return group;
+}
+
 // PyTorch 2.6's param_group keys and values for the group's options, in
 // its order; "params" is added by the caller.
 StateDict GroupHyperparameters(OptimizerKind kind,
                                const torch::optim::OptimizerOptions& o) {
-  StateDict group;
   switch (kind) {
-    case OptimizerKind::kAdamW: {
-      const auto& a = static_cast<const AdamWOptions&>(o);
-      group.Set("lr", a.lr());
-      group.Set("betas",
-                Tuple{{std::get<0>(a.betas()), std::get<1>(a.betas())}});
-      group.Set("eps", a.eps());
-      group.Set("weight_decay", a.weight_decay());
-      group.Set("amsgrad", a.amsgrad());
-      group.Set("foreach", None{});
-      group.Set("maximize", false);
-      group.Set("capturable", false);
-      group.Set("differentiable", false);
-      group.Set("fused", None{});
+    case OptimizerKind::kAdamW:
+      return AdamGroup(static_cast<const AdamWOptions&>(o),
+                       /*maximize_first=*/false);
+    case OptimizerKind::kAdam:
+      return AdamGroup(static_cast<const AdamOptions&>(o),
+                       /*maximize_first=*/true);
+    case OptimizerKind::kSgd:
       break;
-    }
-    case OptimizerKind::kAdam: {
-      const auto& a = static_cast<const AdamOptions&>(o);
-      group.Set("lr", a.lr());
-      group.Set("betas",
-                Tuple{{std::get<0>(a.betas()), std::get<1>(a.betas())}});
-      group.Set("eps", a.eps());
-      group.Set("weight_decay", a.weight_decay());
-      group.Set("amsgrad", a.amsgrad());
-      group.Set("maximize", false);
-      group.Set("foreach", None{});
-      group.Set("capturable", false);
-      group.Set("differentiable", false);
-      group.Set("fused", None{});
-      break;
-    }
-    case OptimizerKind::kSgd: {
-      const auto& s = static_cast<const SGDOptions&>(o);
-      group.Set("lr", s.lr());
-      group.Set("momentum", s.momentum());
-      group.Set("dampening", s.dampening());
-      group.Set("weight_decay", s.weight_decay());
-      group.Set("nesterov", s.nesterov());
-      group.Set("maximize", false);
-      group.Set("foreach", None{});
-      group.Set("differentiable", false);
-      group.Set("fused", None{});
-      break;
-    }
   }
+  const auto& s = static_cast<const SGDOptions&>(o);
+  StateDict group;
+  group.Set("lr", s.lr());
+  group.Set("momentum", s.momentum());
+  group.Set("dampening", s.dampening());
+  group.Set("weight_decay", s.weight_decay());
+  group.Set("nesterov", s.nesterov());
+  group.Set("maximize", false);
+  group.Set("foreach", None{});
+  group.Set("differentiable", false);
+  group.Set("fused", None{});
   return group;
 }
 
@@ -456,6 +455,16 @@ struct NewOptions {
   bool amsgrad = false;
 };
 
+// A copy of Adam's or AdamW's `old` options with these hyperparameters.
+template <typename AdamOptionsT>
+std::unique_ptr<torch::optim::OptimizerOptions> AdamOptionsWith(
+    const AdamOptionsT& old, double lr, std::tuple<double, double> betas,
+    double eps, double weight_decay, bool amsgrad) {
+  auto o = std::make_unique<AdamOptionsT>(old);
+  o->lr(lr).betas(betas).eps(eps).weight_decay(weight_decay).amsgrad(amsgrad);
+  return o;
+}
+
 absl::StatusOr<NewOptions> ReadOptions(
     OptimizerKind kind, const torch::optim::OptimizerOptions& old,
     const StateDict& group, const std::string& where) {
@@ -495,17 +504,11 @@ absl::StatusOr<NewOptions> ReadOptions(
   }
   DCP_RETURN_IF_ERROR(r.Check(eps >= 0, absl::StrCat("invalid eps ", eps)));
   if (kind == OptimizerKind::kAdamW) {
-    auto o =
-        std::make_unique<AdamWOptions>(static_cast<const AdamWOptions&>(old));
-    o->lr(lr).betas(betas).eps(eps).weight_decay(weight_decay);
-    o->amsgrad(out.amsgrad);
-    out.options = std::move(o);
+    out.options = AdamOptionsWith(static_cast<const AdamWOptions&>(old), lr,
+                                  betas, eps, weight_decay, out.amsgrad);
   } else {
-    auto o =
-        std::make_unique<AdamOptions>(static_cast<const AdamOptions&>(old));
-    o->lr(lr).betas(betas).eps(eps).weight_decay(weight_decay);
-    o->amsgrad(out.amsgrad);
-    out.options = std::move(o);
+    out.options = AdamOptionsWith(static_cast<const AdamOptions&>(old), lr,
+                                  betas, eps, weight_decay, out.amsgrad);
   }
   return out;
 }

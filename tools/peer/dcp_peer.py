@@ -685,29 +685,28 @@ def worker_entry(job_json: str) -> None:
 _NOISE = ("UCX  ERROR failed to get boot id", "UCX ERROR failed to get boot id")
 
 
-def launch(action: str, ckpt_dir: str, world_size: int, case: str,
-           timeout: float, extra: Optional[Dict[str, Any]] = None) -> int:
-    """Runs `world_size` worker processes; returns 0 iff all ranks exit 0."""
-    if world_size < 1:
-        raise SystemExit("--world-size must be at least 1")
-    if case not in CASES:
-        raise SystemExit(f"unknown case {case!r}; known: {', '.join(CASES)}")
-    rendezvous = tempfile.mkdtemp(prefix="dcp_peer_")
+def run_ranks(script: str, world_size: int, make_job, timeout: float,
+              prefix: str = "dcp_peer_", collect=None) -> List[Optional[int]]:
+    """The launcher of dcp_peer.py, train_peer.py and dcp_peer_bench.py.
+
+    Starts `python3 SCRIPT _worker JOB` for each rank, JOB being
+    make_job(rank, rendezvous) as JSON (`rendezvous` is a fresh directory
+    for the init file and anything the ranks leave there), each rank in its
+    own session with its output in a log. Waits with `timeout` (_wait_all),
+    kills what is left, prints every rank's log prefixed "[rank r]", calls
+    collect(rendezvous) before removing that directory, and returns the
+    ranks' exit codes (fewer than world_size if starting one failed)."""
+    rendezvous = tempfile.mkdtemp(prefix=prefix)
     procs: List[subprocess.Popen] = []
     logs = []
     codes: List[Optional[int]] = []
     try:
         for rank in range(world_size):
-            job = {
-                "action": action, "dir": ckpt_dir, "case": case, "rank": rank,
-                "world_size": world_size, "timeout": timeout,
-                "init_method": "file://" + os.path.join(rendezvous, "init"),
-            }
-            job.update(extra or {})
+            job = make_job(rank, rendezvous)
             log = open(os.path.join(rendezvous, f"rank{rank}.log"), "w+b")
             logs.append(log)
             procs.append(subprocess.Popen(
-                [sys.executable, os.path.abspath(__file__), "_worker", json.dumps(job)],
+                [sys.executable, os.path.abspath(script), "_worker", json.dumps(job)],
                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
         codes = _wait_all(procs, timeout)
     finally:
@@ -721,7 +720,31 @@ def launch(action: str, ckpt_dir: str, world_size: int, case: str,
                 if line.strip() and not any(n in line for n in _NOISE):
                     print(f"[rank {rank}] {line}")
             log.close()
+        sys.stdout.flush()
+        if collect is not None:
+            collect(rendezvous)
         shutil.rmtree(rendezvous, ignore_errors=True)
+    return codes
+
+
+def launch(action: str, ckpt_dir: str, world_size: int, case: str,
+           timeout: float, extra: Optional[Dict[str, Any]] = None) -> int:
+    """Runs `world_size` worker processes; returns 0 iff all ranks exit 0."""
+    if world_size < 1:
+        raise SystemExit("--world-size must be at least 1")
+    if case not in CASES:
+        raise SystemExit(f"unknown case {case!r}; known: {', '.join(CASES)}")
+
+    def make_job(rank, rendezvous):
+        job = {
+            "action": action, "dir": ckpt_dir, "case": case, "rank": rank,
+            "world_size": world_size, "timeout": timeout,
+            "init_method": "file://" + os.path.join(rendezvous, "init"),
+        }
+        job.update(extra or {})
+        return job
+
+    codes = run_ranks(__file__, world_size, make_job, timeout)
     failed = {r: c for r, c in enumerate(codes) if c != 0}
     if failed or len(codes) != world_size:
         print(f"dcp_peer: {action} {case} with {world_size} ranks FAILED: "

@@ -44,15 +44,12 @@ import argparse
 import json
 import os
 import resource
-import shutil
-import subprocess
 import sys
-import tempfile
 import time
 import traceback
 import warnings
 from datetime import timedelta
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import dcp_peer  # noqa: E402  (the launcher's helpers; imports no torch)
@@ -228,38 +225,19 @@ def worker_entry(job_json: str) -> None:
 def launch(action: str, args) -> int:
     """`world_size` worker processes, as dcp_peer.launch; 0 iff all exit 0."""
     world = args.world_size
-    rendezvous = tempfile.mkdtemp(prefix="dcp_peer_bench_")
-    procs: List[subprocess.Popen] = []
-    logs = []
-    codes: List[Optional[int]] = []
-    try:
-        for rank in range(world):
-            job = {
-                "action": action, "dir": args.dir, "rank": rank,
-                "world_size": world, "timeout": args.timeout,
-                "init_method": "file://" + os.path.join(rendezvous, "init"),
-                "tensors": args.tensors, "rows": args.rows, "cols": args.cols,
-                "layout": args.layout, "sync_files": not args.no_sync,
-                "thread_count": args.threads,
-            }
-            log = open(os.path.join(rendezvous, f"rank{rank}.log"), "w+b")
-            logs.append(log)
-            procs.append(subprocess.Popen(
-                [sys.executable, os.path.abspath(__file__), "_worker", json.dumps(job)],
-                stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
-        codes = dcp_peer._wait_all(procs, args.timeout)
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                dcp_peer._kill(p)
-        for rank, log in enumerate(logs):
-            log.flush()
-            log.seek(0)
-            for line in log.read().decode("utf-8", "replace").splitlines():
-                if line.strip() and not any(n in line for n in dcp_peer._NOISE):
-                    print(f"[rank {rank}] {line}")
-            log.close()
-        shutil.rmtree(rendezvous, ignore_errors=True)
+
+    def make_job(rank, rendezvous):
+        return {
+            "action": action, "dir": args.dir, "rank": rank,
+            "world_size": world, "timeout": args.timeout,
+            "init_method": "file://" + os.path.join(rendezvous, "init"),
+            "tensors": args.tensors, "rows": args.rows, "cols": args.cols,
+            "layout": args.layout, "sync_files": not args.no_sync,
+            "thread_count": args.threads,
+        }
+
+    codes = dcp_peer.run_ranks(__file__, world, make_job, args.timeout,
+                               prefix="dcp_peer_bench_")
     failed = {r: c for r, c in enumerate(codes) if c != 0}
     if failed or len(codes) != world:
         print(f"dcp_peer_bench: {action} with {world} ranks FAILED: "

@@ -72,11 +72,8 @@ import argparse
 import json
 import math
 import os
-import shutil
 import signal
-import subprocess
 import sys
-import tempfile
 import traceback
 import warnings
 from datetime import timedelta
@@ -259,39 +256,24 @@ def _one_line(e: BaseException) -> str:
 
 def launch(action: str, args) -> str:
     """Runs the ranks; returns "" if all succeeded, else a one-line reason."""
-    rendezvous = tempfile.mkdtemp(prefix="train_peer_")
-    procs, logs, codes = [], [], []
-    try:
-        for rank in range(args.world_size):
-            job = {"action": action, "dir": os.path.abspath(args.dir),
-                   "out": os.path.abspath(args.out), "steps": args.steps,
-                   "rank": rank, "world_size": args.world_size,
-                   "timeout": args.timeout, "rendezvous": rendezvous,
-                   "init_method": "file://" + os.path.join(rendezvous, "init")}
-            log = open(os.path.join(rendezvous, f"rank{rank}.log"), "w+b")
-            logs.append(log)
-            procs.append(subprocess.Popen(
-                [sys.executable, os.path.abspath(__file__), "_worker", json.dumps(job)],
-                stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
-        codes = dcp_peer._wait_all(procs, args.timeout)
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                dcp_peer._kill(p)
-        for rank, log in enumerate(logs):
-            log.seek(0)
-            for line in log.read().decode("utf-8", "replace").splitlines():
-                if line.strip() and not any(n in line for n in dcp_peer._NOISE):
-                    print(f"[rank {rank}] {line}")
-            log.close()
-        sys.stdout.flush()
-        errors = {}
+    def make_job(rank, rendezvous):
+        return {"action": action, "dir": os.path.abspath(args.dir),
+                "out": os.path.abspath(args.out), "steps": args.steps,
+                "rank": rank, "world_size": args.world_size,
+                "timeout": args.timeout, "rendezvous": rendezvous,
+                "init_method": "file://" + os.path.join(rendezvous, "init")}
+
+    errors = {}
+
+    def collect(rendezvous):  # each failed rank's one-line error, with its time
         for rank in range(args.world_size):
             path = os.path.join(rendezvous, f"rank{rank}.error")
             if os.path.exists(path):
                 with open(path, encoding="utf-8", errors="replace") as f:
                     errors[rank] = (os.stat(path).st_mtime_ns, f.read().strip())
-        shutil.rmtree(rendezvous, ignore_errors=True)
+
+    codes = dcp_peer.run_ranks(__file__, args.world_size, make_job, args.timeout,
+                               prefix="train_peer_", collect=collect)
     failed = {r: c for r, c in enumerate(codes) if c != 0}
     if not failed and len(codes) == args.world_size:
         return ""
