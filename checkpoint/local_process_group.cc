@@ -380,13 +380,4 @@ std::vector<absl::Status> RunLocalRanks(
   return statuses;
 }
 
-absl::Status FirstError(const std::vector<absl::Status>& statuses) {
-  for (size_t r = 0; r < statuses.size(); ++r) {
-    if (!statuses[r].ok()) {
-      return Annotate(statuses[r], absl::StrCat("rank ", r));
-    }
-  }
-  return absl::OkStatus();
-}
-
 }  // namespace dcp

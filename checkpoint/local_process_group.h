@@ -100,11 +100,6 @@ std::vector<absl::Status> RunLocalRanks(
                                      const std::shared_ptr<ProcessGroup>& pg)>&
         fn);
 
-// The first error of `statuses` in rank order, prefixed with "rank <r>: ",
-// or OK. Useful after RunLocalRanks, where every rank usually reports the
-// same collective error.
-absl::Status FirstError(const std::vector<absl::Status>& statuses);
-
 }  // namespace dcp
 
 #endif  // DCP_CHECKPOINT_LOCAL_PROCESS_GROUP_H_

@@ -211,12 +211,5 @@ TEST(LocalWorldTest, RejectsBadWorldSizes) {
               IsEmpty());
 }
 
-TEST(FirstErrorTest, NamesTheFirstFailingRank) {
-  EXPECT_THAT(FirstError({absl::OkStatus(), absl::OkStatus()}), IsOk());
-  EXPECT_THAT(FirstError({absl::OkStatus(), absl::DataLossError("bad"),
-                          absl::InternalError("worse")}),
-              StatusIs(absl::StatusCode::kDataLoss, "rank 1: bad"));
-}
-
 }  // namespace
 }  // namespace dcp

@@ -11,20 +11,11 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/string_view.h"
 
 namespace dcp {
 namespace {
-
-// Prints `[0, 4]`.
-void PrintShape(std::ostream& os, const Shape& shape) {
-  os << '[';
-  for (size_t i = 0; i < shape.size(); ++i) {
-    if (i > 0) os << ", ";
-    os << shape[i];
-  }
-  os << ']';
-}
 
 // Prints a C-escaped, double-quoted string.
 void PrintQuoted(std::ostream& os, absl::string_view s) {
@@ -143,6 +134,10 @@ const DtypeInfo* FindDtype(c10::ScalarType dtype) {
 
 }  // namespace
 
+std::string FormatShape(absl::Span<const int64_t> shape) {
+  return absl::StrCat("[", absl::StrJoin(shape, ", "), "]");
+}
+
 int64_t NumElements(const Shape& sizes) {
   // A zero extent anywhere makes the box empty, even if the product of the
   // other extents would overflow. Otherwise the product saturates at the
@@ -164,9 +159,9 @@ int64_t NumElements(const Shape& sizes) {
 
 std::ostream& operator<<(std::ostream& os, const ChunkStorageMetadata& chunk) {
   os << "ChunkStorageMetadata(offsets=";
-  PrintShape(os, chunk.offsets);
+  os << FormatShape(chunk.offsets);
   os << ", sizes=";
-  PrintShape(os, chunk.sizes);
+  os << FormatShape(chunk.sizes);
   return os << ")";
 }
 
@@ -195,7 +190,7 @@ std::ostream& operator<<(std::ostream& os, const TensorProperties& p) {
 
 std::ostream& operator<<(std::ostream& os, const TensorStorageMetadata& md) {
   os << "TensorStorageMetadata(properties=" << md.properties << ", size=";
-  PrintShape(os, md.size);
+  os << FormatShape(md.size);
   os << ", chunks=[";
   for (size_t i = 0; i < md.chunks.size(); ++i) {
     if (i > 0) os << ", ";
@@ -214,7 +209,7 @@ std::ostream& operator<<(std::ostream& os, const MetadataIndex& i) {
   PrintQuoted(os, i.fqn);
   os << ", offset=";
   if (i.offset.has_value()) {
-    PrintShape(os, *i.offset);
+    os << FormatShape(*i.offset);
   } else {
     os << "None";
   }

@@ -35,6 +35,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "absl/types/span.h"
 #include "c10/core/Layout.h"
 #include "c10/core/ScalarType.h"
 
@@ -45,6 +46,10 @@ using Shape = std::vector<int64_t>;
 
 // Number of elements of a box of extent `sizes` (1 for a 0-d shape).
 int64_t NumElements(const Shape& sizes);
+
+// "[2, 3]": how error messages and `<<` print a shape, offsets or extent
+// (a `Shape`, or a tensor's `sizes()`).
+std::string FormatShape(absl::Span<const int64_t> shape);
 
 // One saved box of a tensor: global `offsets` and extent `sizes`, one entry
 // per dimension.

@@ -4,11 +4,13 @@
 #include <limits>
 #include <sstream>
 #include <string>
+#include <vector>
 
 #include "absl/container/flat_hash_set.h"
 #include "absl/hash/hash.h"
 #include "absl/strings/string_view.h"
 #include "c10/core/ScalarType.h"
+#include "c10/util/ArrayRef.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "testing/status_matchers.h"
@@ -41,6 +43,14 @@ TEST(NumElementsTest, SaturatesInsteadOfOverflowing) {
   EXPECT_EQ(NumElements({big, -big}), std::numeric_limits<int64_t>::min());
   // A zero extent wins even after an overflowing prefix.
   EXPECT_EQ(NumElements({big, big, 0}), 0);
+}
+
+TEST(FormatShapeTest, ShapesAndTensorSizesPrintAlike) {
+  EXPECT_EQ(FormatShape(Shape{}), "[]");
+  EXPECT_EQ(FormatShape(Shape{2, 3}), "[2, 3]");
+  EXPECT_EQ(FormatShape(Shape{-1}), "[-1]");
+  const std::vector<int64_t> sizes = {4, 0, 1};
+  EXPECT_EQ(FormatShape(c10::IntArrayRef(sizes)), "[4, 0, 1]");
 }
 
 TEST(MetadataIndexTest, EqualityAndOrderingIgnoreIndexHint) {

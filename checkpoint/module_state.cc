@@ -16,6 +16,7 @@
 #include "absl/strings/str_join.h"
 #include "c10/util/C++17.h"
 #include "c10/util/Type.h"
+#include "checkpoint/metadata.h"
 #include "checkpoint/status.h"
 #include "checkpoint/torch_status.h"
 #include "torch/nn/module.h"
@@ -38,10 +39,6 @@ using ::torch::optim::OptimizerParamGroup;
 using ::torch::optim::SGD;
 using ::torch::optim::SGDOptions;
 using ::torch::optim::SGDParamState;
-
-std::string ShapeString(at::IntArrayRef shape) {
-  return absl::StrCat("[", absl::StrJoin(shape, ", "), "]");
-}
 
 std::string QuotedKeys(const std::vector<std::string>& keys) {
   return absl::StrJoin(keys, ", ", [](std::string* out, const std::string& k) {
@@ -101,19 +98,19 @@ absl::StatusOr<Value> TensorEntry(
       static_cast<int64_t>(placement->offsets.size()) != dims) {
     return absl::InvalidArgumentError(absl::StrCat(
         "\"", fqn, "\": sharding placement (global size ",
-        ShapeString(placement->global_size), ", offsets ",
-        ShapeString(placement->offsets), ") does not match the ", dims,
-        "-dimensional local tensor ", ShapeString(alias.sizes())));
+        FormatShape(placement->global_size), ", offsets ",
+        FormatShape(placement->offsets), ") does not match the ", dims,
+        "-dimensional local tensor ", FormatShape(alias.sizes())));
   }
   for (int64_t d = 0; d < dims; ++d) {
     const int64_t offset = placement->offsets[d];
     if (offset < 0 || alias.size(d) > placement->global_size[d] ||
         offset > placement->global_size[d] - alias.size(d)) {
       return absl::InvalidArgumentError(absl::StrCat(
-          "\"", fqn, "\": local tensor ", ShapeString(alias.sizes()),
-          " at offsets ", ShapeString(placement->offsets),
+          "\"", fqn, "\": local tensor ", FormatShape(alias.sizes()),
+          " at offsets ", FormatShape(placement->offsets),
           " does not fit the global size ",
-          ShapeString(placement->global_size)));
+          FormatShape(placement->global_size)));
     }
   }
   ShardedTensor sharded;
@@ -158,8 +155,8 @@ absl::Status CheckCopyable(const std::string& key, const at::Tensor& dst,
                            const at::Tensor& src) {
   if (dst.sizes() != src.sizes()) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "\"", key, "\": shape ", ShapeString(src.sizes()),
-        " in the state dict, ", ShapeString(dst.sizes()), " in the module"));
+        "\"", key, "\": shape ", FormatShape(src.sizes()),
+        " in the state dict, ", FormatShape(dst.sizes()), " in the module"));
   }
   if (dst.scalar_type() != src.scalar_type()) {
     return absl::InvalidArgumentError(
@@ -237,7 +234,7 @@ absl::StatusOr<std::vector<GroupParams>> GroupsByFqn(
       if (it == fqn_of.end()) {
         return absl::InvalidArgumentError(absl::StrCat(
             "optimizer parameter group ", g, ", parameter ", i, " (shape ",
-            ShapeString(param.sizes()), ") is not a parameter of the model"));
+            FormatShape(param.sizes()), ") is not a parameter of the model"));
       }
       group.params.push_back(param);
       group.fqns.push_back(it->second);
@@ -560,8 +557,8 @@ absl::StatusOr<at::Tensor> StateTensor(const StateDict& state,
   DCP_ASSIGN_OR_RETURN(at::Tensor t, LocalTensorOf(*v, key));
   if (t.sizes() != param.sizes()) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "\"", key, "\": shape ", ShapeString(t.sizes()), " in the state dict, ",
-        ShapeString(param.sizes()), " for the parameter"));
+        "\"", key, "\": shape ", FormatShape(t.sizes()), " in the state dict, ",
+        FormatShape(param.sizes()), " for the parameter"));
   }
   if (!at::isFloatingType(t.scalar_type())) {
     return absl::InvalidArgumentError(

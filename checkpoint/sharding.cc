@@ -21,13 +21,9 @@
 namespace dcp {
 namespace {
 
-std::string ShapeString(const Shape& shape) {
-  return absl::StrCat("[", absl::StrJoin(shape, ", "), "]");
-}
-
 std::string BoxString(const ChunkStorageMetadata& box) {
-  return absl::StrCat("offsets ", ShapeString(box.offsets), " sizes ",
-                      ShapeString(box.sizes));
+  return absl::StrCat("offsets ", FormatShape(box.offsets), " sizes ",
+                      FormatShape(box.sizes));
 }
 
 absl::Status ValidateWorld(int rank, int64_t world_size,
@@ -48,7 +44,7 @@ absl::Status ValidateShape(const Shape& global) {
   for (int64_t size : global) {
     if (size < 0) {
       return absl::InvalidArgumentError(absl::StrCat(
-          "global size ", ShapeString(global), " has a negative dimension"));
+          "global size ", FormatShape(global), " has a negative dimension"));
     }
   }
   return absl::OkStatus();
@@ -63,7 +59,7 @@ absl::StatusOr<int64_t> NormalizeDim(const Shape& global, int64_t dim) {
   if (dim < -ndim || dim >= ndim) {
     return absl::InvalidArgumentError(
         absl::StrCat("dim ", dim, " is out of range for a ", ndim,
-                     "-d tensor of shape ", ShapeString(global)));
+                     "-d tensor of shape ", FormatShape(global)));
   }
   return dim < 0 ? dim + ndim : dim;
 }
@@ -160,7 +156,7 @@ absl::StatusOr<ChunkStorageMetadata> ShardBoxGrid2D(const Shape& global,
     return absl::InvalidArgumentError(
         absl::StrCat("a 2-D mesh needs a tensor of at least 2 dimensions, got "
                      "shape ",
-                     ShapeString(global)));
+                     FormatShape(global)));
   }
   ChunkStorageMetadata box{Shape(global.size(), 0), global};
   std::tie(box.offsets[0], box.sizes[0]) =
@@ -231,9 +227,10 @@ absl::StatusOr<at::Tensor> Unshard(const std::vector<ShardedTensor>& per_rank) {
   for (size_t r = 0; r < per_rank.size(); ++r) {
     const ShardedTensor& st = per_rank[r];
     if (st.global_size != global) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "cannot unshard: rank ", r, " has global size ",
-          ShapeString(st.global_size), " but rank 0 has ", ShapeString(global)));
+      return absl::InvalidArgumentError(
+          absl::StrCat("cannot unshard: rank ", r, " has global size ",
+                       FormatShape(st.global_size), " but rank 0 has ",
+                       FormatShape(global)));
     }
     for (size_t s = 0; s < st.local_shards.size(); ++s) {
       const Shard& shard = st.local_shards[s];
@@ -247,16 +244,16 @@ absl::StatusOr<at::Tensor> Unshard(const std::vector<ShardedTensor>& per_rank) {
           sizes.size() != global.size()) {
         return absl::InvalidArgumentError(absl::StrCat(
             "cannot unshard: ", where, " has offsets ",
-            ShapeString(shard.offsets), " and shape ", ShapeString(sizes),
-            " but the global size is ", ShapeString(global)));
+            FormatShape(shard.offsets), " and shape ", FormatShape(sizes),
+            " but the global size is ", FormatShape(global)));
       }
       for (size_t d = 0; d < global.size(); ++d) {
         if (shard.offsets[d] < 0 || shard.offsets[d] > global[d] ||
             sizes[d] > global[d] - shard.offsets[d]) {
           return absl::InvalidArgumentError(absl::StrCat(
               "cannot unshard: ", where, " at offsets ",
-              ShapeString(shard.offsets), " with shape ", ShapeString(sizes),
-              " lies outside the global size ", ShapeString(global)));
+              FormatShape(shard.offsets), " with shape ", FormatShape(sizes),
+              " lies outside the global size ", FormatShape(global)));
         }
       }
       if (dtype.has_value() && shard.tensor.scalar_type() != *dtype) {
@@ -304,9 +301,9 @@ absl::StatusOr<at::Tensor> Unshard(const std::vector<ShardedTensor>& per_rank) {
   for (const Piece& piece : pieces) covered += NumElements(piece.box.sizes);
   const int64_t total = NumElements(global);
   if (covered != total) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "cannot unshard: shards cover ", covered, " of the ", total,
-        " elements of global size ", ShapeString(global)));
+    return absl::InvalidArgumentError(
+        absl::StrCat("cannot unshard: shards cover ", covered, " of the ",
+                     total, " elements of global size ", FormatShape(global)));
   }
 
   return TorchCall("unsharding", [&] {

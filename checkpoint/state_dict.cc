@@ -77,17 +77,13 @@ bool ShardedTensorsEqual(const ShardedTensor& a, const ShardedTensor& b) {
   return true;
 }
 
-void PrintShape(std::ostream& os, c10::IntArrayRef shape) {
-  os << "[" << absl::StrJoin(shape, ", ") << "]";
-}
-
 void PrintTensorSummary(std::ostream& os, const at::Tensor& t) {
   if (!t.defined()) {
     os << "undefined";
     return;
   }
   os << DtypeName(t.scalar_type());
-  PrintShape(os, t.sizes());
+  os << FormatShape(t.sizes());
 }
 
 }  // namespace
@@ -388,12 +384,12 @@ std::ostream& operator<<(std::ostream& os, const Value& value) {
                  },
                  [&](const ShardedTensor& v) {
                    os << "sharded(global ";
-                   PrintShape(os, v.global_size);
+                   os << FormatShape(v.global_size);
                    os << ", shards [";
                    for (size_t i = 0; i < v.local_shards.size(); ++i) {
                      if (i > 0) os << ", ";
                      os << "at ";
-                     PrintShape(os, v.local_shards[i].offsets);
+                     os << FormatShape(v.local_shards[i].offsets);
                      os << ": ";
                      PrintTensorSummary(os, v.local_shards[i].tensor);
                    }

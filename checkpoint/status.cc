@@ -18,6 +18,16 @@ absl::Status Annotate(const absl::Status& status, absl::string_view context) {
   return annotated;
 }
 
+absl::Status FirstError(const std::vector<absl::Status>& statuses,
+                        absl::string_view label) {
+  for (size_t i = 0; i < statuses.size(); ++i) {
+    if (statuses[i].ok()) continue;
+    if (label.empty()) return statuses[i];
+    return Annotate(statuses[i], absl::StrCat(label, " ", i));
+  }
+  return absl::OkStatus();
+}
+
 absl::string_view CommitOutcomeName(CommitOutcome outcome) {
   switch (outcome) {
     case CommitOutcome::kNotCommitted:

@@ -19,6 +19,7 @@
 #define DCP_CHECKPOINT_STATUS_H_
 
 #include <utility>
+#include <vector>
 
 #include "absl/base/optimization.h"
 #include "absl/status/status.h"
@@ -54,6 +55,12 @@ namespace dcp {
 // Returns `status` with "`context`: " prefixed to its message. The code and
 // payloads are kept; an OK status stays OK.
 absl::Status Annotate(const absl::Status& status, absl::string_view context);
+
+// The first error of `statuses`, in order, or OK (e.g. of threads or ranks
+// that all ran). With a `label`, it is annotated "<label> <index>":
+// FirstError(per_rank, "rank") gives "rank 2: DATA_LOSS: ...".
+absl::Status FirstError(const std::vector<absl::Status>& statuses,
+                        absl::string_view label = "");
 
 // What a save's error says about the checkpoint it was writing.
 //   kNotCommitted  the save did not replace the previous checkpoint

@@ -2,6 +2,7 @@
 
 #include <string>
 #include <utility>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -41,6 +42,18 @@ TEST(StatusMacrosTest, AssignOrReturnMovesValueOrReturnsStatus) {
   EXPECT_EQ(*Twice(std::string("ab")), "abab");
   EXPECT_THAT(Twice(absl::DataLossError("torn")),
               StatusIs(absl::StatusCode::kDataLoss, Eq("torn")));
+}
+
+TEST(FirstErrorTest, TheFirstErrorInOrderOptionallyLabelled) {
+  EXPECT_THAT(FirstError({}), IsOk());
+  EXPECT_THAT(FirstError({absl::OkStatus(), absl::OkStatus()}), IsOk());
+  const std::vector<absl::Status> statuses = {absl::OkStatus(),
+                                              absl::DataLossError("bad"),
+                                              absl::InternalError("worse")};
+  EXPECT_THAT(FirstError(statuses),
+              StatusIs(absl::StatusCode::kDataLoss, "bad"));
+  EXPECT_THAT(FirstError(statuses, "rank"),
+              StatusIs(absl::StatusCode::kDataLoss, "rank 1: bad"));
 }
 
 TEST(AnnotateTest, PrefixesMessageAndKeepsCodeAndPayload) {

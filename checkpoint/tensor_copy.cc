@@ -11,6 +11,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "c10/core/GradMode.h"
+#include "checkpoint/metadata.h"
 #include "checkpoint/status.h"
 #include "checkpoint/torch_status.h"
 
@@ -94,10 +95,6 @@ void ForEachRun(const at::Tensor& tensor, Fn fn) {
   }
 }
 
-std::string ShapeString(const at::Tensor& t) {
-  return absl::StrCat("[", absl::StrJoin(t.sizes(), ", "), "]");
-}
-
 }  // namespace
 
 namespace tensor_copy_internal {
@@ -143,8 +140,8 @@ absl::Status CopyTensorInto(const at::Tensor& src, const at::Tensor& dest) {
   }
   if (src.sizes() != dest.sizes()) {
     return absl::InvalidArgumentError(
-        absl::StrCat("copying a tensor of shape ", ShapeString(src),
-                     " into one of shape ", ShapeString(dest)));
+        absl::StrCat("copying a tensor of shape ", FormatShape(src.sizes()),
+                     " into one of shape ", FormatShape(dest.sizes())));
   }
   if (dest.numel() == 0) return absl::OkStatus();
   if (CanMemcpy(src, dest)) {

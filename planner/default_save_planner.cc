@@ -33,10 +33,6 @@
 namespace dcp {
 namespace {
 
-std::string FormatShape(const Shape& shape) {
-  return absl::StrCat("[", absl::StrJoin(shape, ", "), "]");
-}
-
 std::string Quoted(absl::string_view fqn) {
   return absl::StrCat("\"", fqn, "\"");
 }

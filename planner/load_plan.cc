@@ -8,15 +8,6 @@
 namespace dcp {
 namespace {
 
-void PrintShape(std::ostream& os, const Shape& shape) {
-  os << '[';
-  for (size_t i = 0; i < shape.size(); ++i) {
-    if (i > 0) os << ", ";
-    os << shape[i];
-  }
-  os << ']';
-}
-
 }  // namespace
 
 std::ostream& operator<<(std::ostream& os, LoadItemType type) {
@@ -32,11 +23,11 @@ std::ostream& operator<<(std::ostream& os, LoadItemType type) {
 std::ostream& operator<<(std::ostream& os, const ReadItem& item) {
   os << "ReadItem(type=" << item.type << ", dest_index=" << item.dest_index
      << ", dest_offsets=";
-  PrintShape(os, item.dest_offsets);
+  os << FormatShape(item.dest_offsets);
   os << ", storage_index=" << item.storage_index << ", storage_offsets=";
-  PrintShape(os, item.storage_offsets);
+  os << FormatShape(item.storage_offsets);
   os << ", lengths=";
-  PrintShape(os, item.lengths);
+  os << FormatShape(item.lengths);
   return os << ")";
 }
 

@@ -24,10 +24,6 @@ constexpr size_t kMaxOverlapsPerTensor = 3;
 // Problems listed in one status.
 constexpr size_t kMaxProblems = 20;
 
-std::string FormatShape(const Shape& shape) {
-  return absl::StrCat("[", absl::StrJoin(shape, ", "), "]");
-}
-
 std::string FormatChunk(const ChunkStorageMetadata& chunk) {
   return absl::StrCat(FormatShape(chunk.offsets), "+",
                       FormatShape(chunk.sizes));

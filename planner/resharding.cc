@@ -43,10 +43,6 @@ int64_t SaturatingAdd(int64_t a, int64_t b) {
   return sum;
 }
 
-std::string FormatShape(const Shape& shape) {
-  return absl::StrCat("[", absl::StrJoin(shape, ", "), "]");
-}
-
 std::string FormatChunk(const Shape& offsets, const Shape& sizes) {
   return absl::StrCat(FormatShape(offsets), "+", FormatShape(sizes));
 }

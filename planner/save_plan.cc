@@ -12,15 +12,6 @@
 namespace dcp {
 namespace {
 
-void PrintShape(std::ostream& os, const Shape& shape) {
-  os << '[';
-  for (size_t i = 0; i < shape.size(); ++i) {
-    if (i > 0) os << ", ";
-    os << shape[i];
-  }
-  os << ']';
-}
-
 }  // namespace
 
 std::ostream& operator<<(std::ostream& os, WriteItemType type) {
@@ -38,7 +29,7 @@ std::ostream& operator<<(std::ostream& os, WriteItemType type) {
 std::ostream& operator<<(std::ostream& os, const TensorWriteData& d) {
   os << "TensorWriteData(chunk=" << d.chunk << ", properties=" << d.properties
      << ", size=";
-  PrintShape(os, d.size);
+  os << FormatShape(d.size);
   return os << ")";
 }
 

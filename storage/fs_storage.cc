@@ -101,10 +101,6 @@ std::string RandomUuid() {
                          lo & uint64_t{0xFFFFFFFFFFFF});
 }
 
-std::string FormatShape(c10::IntArrayRef shape) {
-  return absl::StrCat("[", absl::StrJoin(shape, ", "), "]");
-}
-
 // `"fqn"` or `"fqn" offset [0, 4]`, for error messages.
 std::string DescribeIndex(const MetadataIndex& index) {
   std::string out = absl::StrFormat("\"%s\"", absl::CHexEscape(index.fqn));
@@ -157,14 +153,6 @@ std::vector<absl::Status> RunParallel(
   work();
   for (std::thread& thread : pool) thread.join();
   return statuses;
-}
-
-// The first error of `statuses`, in order, or OK.
-absl::Status FirstError(const std::vector<absl::Status>& statuses) {
-  for (const absl::Status& status : statuses) {
-    if (!status.ok()) return status;
-  }
-  return absl::OkStatus();
 }
 
 // ---- Save plan storage data -------------------------------------------------
@@ -1441,7 +1429,7 @@ absl::StatusOr<std::vector<WriteResult>> FileSystemWriter::WriteData(
   // Not vector<bool>: threads set their own elements.
   std::vector<char> created(jobs.size(), 0);
   absl::Status status =
-      fs_storage_internal::FirstError(fs_storage_internal::RunParallel(
+      FirstError(fs_storage_internal::RunParallel(
           jobs.size(), s.options.thread_count, [&](size_t j) {
             bool made = false;
             absl::Status written = fs_storage_internal::WriteDataFile(
@@ -1828,7 +1816,7 @@ absl::Status FileSystemReader::ReadData(const LoadPlan& plan,
 
   // Checking phase.
   DCP_RETURN_IF_ERROR(
-      fs_storage_internal::FirstError(fs_storage_internal::RunParallel(
+      FirstError(fs_storage_internal::RunParallel(
           file_list.size(), threads, [&](size_t f) {
             FileWork& file = *file_list[f];
             absl::Status status = fs_storage_internal::CheckFile(
@@ -1865,7 +1853,7 @@ absl::Status FileSystemReader::ReadData(const LoadPlan& plan,
         Annotate(planner.LoadBytes(item, std::move(value)),
                  absl::StrCat("loading ", DescribeIndex(item.dest_index))));
   }
-  return fs_storage_internal::FirstError(fs_storage_internal::RunParallel(
+  return FirstError(fs_storage_internal::RunParallel(
       file_list.size(), threads, [&](size_t f) -> absl::Status {
         FileWork& file = *file_list[f];
         if (file.items.empty()) return absl::OkStatus();

@@ -47,10 +47,6 @@ std::string RandomUuid() {
                          lo & uint64_t{0xFFFFFFFFFFFF});
 }
 
-std::string FormatShape(c10::IntArrayRef shape) {
-  return absl::StrCat("[", absl::StrJoin(shape, ", "), "]");
-}
-
 // `"fqn"` or `"fqn" offset [0, 4]`, for error messages.
 std::string DescribeIndex(const MetadataIndex& index) {
   std::string out = absl::StrFormat("\"%s\"", index.fqn);
@@ -174,7 +170,6 @@ absl::StatusOr<Value> CopyItem(const WriteItem& item, SavePlanner& planner,
 
 using memory_storage_internal::Checkpoint;
 using memory_storage_internal::DescribeIndex;
-using memory_storage_internal::FormatShape;
 using memory_storage_internal::PendingSave;
 using memory_storage_internal::StoredItem;
 using memory_storage_internal::StoredObject;

@@ -46,10 +46,6 @@ constexpr uint64_t kCrcChunkBytes = uint64_t{4} << 20;
 constexpr uint64_t kSmallEntryBytes = uint64_t{1} << 20;
 
 // ZIP constants (see storage/zip.h and the ZIP specification, APPNOTE 4.3).
-std::string FormatShape(const Shape& shape) {
-  return absl::StrCat("[", absl::StrJoin(shape, ", "), "]");
-}
-
 std::string Quoted(absl::string_view s) {
   return absl::StrCat("\"", absl::CHexEscape(s), "\"");
 }

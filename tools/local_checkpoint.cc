@@ -45,7 +45,7 @@ absl::StatusOr<absl::Duration> SaveOnLocalRanks(
       });
   const absl::Duration elapsed = absl::Now() - start;
   DCP_RETURN_IF_ERROR(
-      Annotate(FirstError(statuses), absl::StrCat("saving to ", dir)));
+      Annotate(FirstError(statuses, "rank"), absl::StrCat("saving to ", dir)));
   return elapsed;
 }
 
@@ -73,8 +73,8 @@ absl::StatusOr<absl::Duration> LoadOnLocalRanks(
         return status;
       });
   const absl::Duration elapsed = absl::Now() - start;
-  DCP_RETURN_IF_ERROR(
-      Annotate(FirstError(statuses), absl::StrCat("loading from ", dir)));
+  DCP_RETURN_IF_ERROR(Annotate(FirstError(statuses, "rank"),
+                               absl::StrCat("loading from ", dir)));
   return elapsed;
 }
 

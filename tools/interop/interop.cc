@@ -54,18 +54,6 @@ absl::StatusOr<std::unique_ptr<Simulator>> MakeSimulator(
   return Simulator::Create(sim);
 }
 
-// The first failing rank's status, or OK.
-absl::Status FirstError(const std::vector<absl::Status>& statuses) {
-  for (const absl::Status& s : statuses) {
-    if (!s.ok()) return s;
-  }
-  return absl::OkStatus();
-}
-
-std::string ShapeString(const Shape& shape) {
-  return absl::StrCat("[", absl::StrJoin(shape, ", "), "]");
-}
-
 std::string PathString(const ObjectPath& path) {
   std::ostringstream os;
   os << path;
@@ -113,8 +101,8 @@ std::vector<std::string> CheckMetadata(const Metadata& md,
       }
       if (tensor->size != shape) {
         problems.push_back(absl::StrCat("metadata: ", fqn, " size ",
-                                        ShapeString(tensor->size),
-                                        ", expected ", ShapeString(shape)));
+                                        FormatShape(tensor->size),
+                                        ", expected ", FormatShape(shape)));
         continue;
       }
       int64_t volume = 0;
@@ -128,12 +116,12 @@ std::vector<std::string> CheckMetadata(const Metadata& md,
         }
         if (!in_bounds) {
           problems.push_back(absl::StrCat(
-              "metadata: ", fqn, " chunk offsets ", ShapeString(c.offsets),
-              " sizes ", ShapeString(c.sizes), " out of bounds"));
+              "metadata: ", fqn, " chunk offsets ", FormatShape(c.offsets),
+              " sizes ", FormatShape(c.sizes), " out of bounds"));
         }
         if (md.storage_data.count(MetadataIndex(fqn, c.offsets)) == 0) {
           problems.push_back(absl::StrCat("metadata: ", fqn, " chunk at ",
-                                          ShapeString(c.offsets),
+                                          FormatShape(c.offsets),
                                           " has no storage_data entry"));
         }
       }
