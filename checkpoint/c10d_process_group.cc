@@ -72,25 +72,7 @@ constexpr char kAbortKey[] = "abort";
 // Scatter chunks end with the payload length, little-endian.
 constexpr int64_t kScatterLengthBytes = 8;
 
-enum class Kind { kBarrier, kBroadcast, kGather, kScatter, kAllGather, kFork };
-
-absl::string_view KindName(Kind kind) {
-  switch (kind) {
-    case Kind::kBarrier:
-      return "Barrier";
-    case Kind::kBroadcast:
-      return "Broadcast";
-    case Kind::kGather:
-      return "Gather";
-    case Kind::kScatter:
-      return "Scatter";
-    case Kind::kAllGather:
-      return "AllGather";
-    case Kind::kFork:
-      return "Fork";
-  }
-  return "?";
-}
+using Kind = CollectiveKind;
 
 // FNV-1a: stable across processes (absl::Hash is seeded per process).
 uint64_t Fnv1a(absl::string_view bytes) {
@@ -417,10 +399,9 @@ absl::StatusOr<Communicator::Call> Communicator::Start(Kind kind,
   call.kind = kind;
   call.root = root;
   call.number = next_call_++;
-  call.desc =
-      absl::StrFormat("%s(tag=\"%s\"", KindName(kind), absl::CEscape(tag));
-  if (kind == Kind::kBroadcast || kind == Kind::kGather ||
-      kind == Kind::kScatter) {
+  call.desc = absl::StrFormat("%s(tag=\"%s\"", CollectiveKindName(kind),
+                              absl::CEscape(tag));
+  if (CollectiveHasRoot(kind)) {
     absl::StrAppend(&call.desc, ", root=", root);
   }
   absl::StrAppend(&call.desc, ")");

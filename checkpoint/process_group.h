@@ -83,6 +83,23 @@ class ProcessGroup {
       absl::string_view tag, absl::Time deadline) = 0;
 };
 
+// The collectives of `ProcessGroup`, for implementations that match calls
+// across ranks and name them in errors.
+enum class CollectiveKind {
+  kBarrier,
+  kBroadcast,
+  kGather,
+  kScatter,
+  kAllGather,
+  kFork,
+};
+
+// "Barrier", "Broadcast", "Gather", "Scatter", "AllGather", "Fork".
+absl::string_view CollectiveKindName(CollectiveKind kind);
+
+// Whether the collective has a root rank (Broadcast, Gather, Scatter).
+bool CollectiveHasRoot(CollectiveKind kind);
+
 }  // namespace dcp
 
 #endif  // DCP_CHECKPOINT_PROCESS_GROUP_H_

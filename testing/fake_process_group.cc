@@ -42,30 +42,7 @@ namespace dcp::testing {
 namespace fake_process_group_internal {
 namespace {
 
-enum class Kind { kBarrier, kBroadcast, kGather, kScatter, kAllGather, kFork };
-
-absl::string_view KindName(Kind kind) {
-  switch (kind) {
-    case Kind::kBarrier:
-      return "Barrier";
-    case Kind::kBroadcast:
-      return "Broadcast";
-    case Kind::kGather:
-      return "Gather";
-    case Kind::kScatter:
-      return "Scatter";
-    case Kind::kAllGather:
-      return "AllGather";
-    case Kind::kFork:
-      return "Fork";
-  }
-  return "?";
-}
-
-bool HasRoot(Kind kind) {
-  return kind == Kind::kBroadcast || kind == Kind::kGather ||
-         kind == Kind::kScatter;
-}
+using Kind = CollectiveKind;
 
 // What a rank asked for; two ranks' calls match iff these are equal.
 struct CallInfo {
@@ -80,11 +57,12 @@ struct CallInfo {
 
   // `Gather(tag="plan", root=0)`, `AllGather(tag="plan")`.
   std::string Describe() const {
-    if (HasRoot(kind)) {
-      return absl::StrFormat("%s(tag=\"%s\", root=%d)", KindName(kind),
-                             absl::CEscape(tag), root);
+    if (CollectiveHasRoot(kind)) {
+      return absl::StrFormat("%s(tag=\"%s\", root=%d)",
+                             CollectiveKindName(kind), absl::CEscape(tag),
+                             root);
     }
-    return absl::StrFormat("%s(tag=\"%s\")", KindName(kind),
+    return absl::StrFormat("%s(tag=\"%s\")", CollectiveKindName(kind),
                            absl::CEscape(tag));
   }
 };
@@ -363,7 +341,8 @@ class WorldState : public ThreadScheduler {
     for (const InjectedFault& fault : faults_) {
       if (fault.rank == rank && fault.nth == call_number) return fault.error;
     }
-    if (HasRoot(info.kind) && (info.root < 0 || info.root >= world_size_)) {
+    if (CollectiveHasRoot(info.kind) &&
+        (info.root < 0 || info.root >= world_size_)) {
       return Error{absl::StatusCode::kInvalidArgument,
                    absl::StrFormat("%s: root %d is out of range for a world "
                                    "of size %d",
@@ -463,7 +442,8 @@ class WorldState : public ThreadScheduler {
     c.payloads.clear();
     c.scatter_payloads.clear();
     c.finished = true;
-    comm.transcript.push_back(absl::StrCat(KindName(info.kind), ":", info.tag));
+    comm.transcript.push_back(
+        absl::StrCat(CollectiveKindName(info.kind), ":", info.tag));
   }
 
   // `rank` leaves `c` with its result or error.
@@ -696,11 +676,12 @@ absl::StatusOr<Result> WorldState::Call(
   }
   const int64_t seq = comm.next_seq[rank]++;
   const int64_t call_number = ++me.calls;
-  TraceLocked(absl::StrCat(
-      self != nullptr ? self->name : absl::StrCat("r", rank), " ",
-      KindName(info.kind), "(", info.tag, ")#", seq,
-      comm.name == FakeWorld::kWorldCommunicator ? ""
-                                                 : absl::StrCat(" on ", comm.name)));
+  TraceLocked(
+      absl::StrCat(self != nullptr ? self->name : absl::StrCat("r", rank), " ",
+                   CollectiveKindName(info.kind), "(", info.tag, ")#", seq,
+                   comm.name == FakeWorld::kWorldCommunicator
+                       ? ""
+                       : absl::StrCat(" on ", comm.name)));
   if (comm.broken.has_value() && comm.pending.count(seq) == 0) {
     // A later call on a communicator that failed: unusable, as a real
     // process group is after an error. (Ranks still arriving at the failed
