@@ -38,6 +38,16 @@ absl::StatusOr<bool> FileSystem::Exists(absl::string_view path) {
   return status;
 }
 
+std::function<absl::StatusOr<std::string>(uint64_t offset, uint64_t length)>
+FileRangeReader(const RandomAccessFile& file, uint64_t base) {
+  return [&file, base](uint64_t offset,
+                       uint64_t length) -> absl::StatusOr<std::string> {
+    std::string bytes(static_cast<size_t>(length), '\0');
+    DCP_RETURN_IF_ERROR(file.ReadInto(base + offset, absl::MakeSpan(bytes)));
+    return bytes;
+  };
+}
+
 absl::Status CreateDirDurably(FileSystem& fs, absl::string_view dir) {
   std::vector<std::string> missing;
   std::string current = CleanPath(dir);

@@ -83,6 +83,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -410,6 +411,13 @@ absl::Status WriteStringToFile(FileSystem& fs, absl::string_view path,
 // Reads the whole file `path`.
 absl::StatusOr<std::string> ReadFileToString(FileSystem& fs,
                                              absl::string_view path);
+
+// A reader of the part of `file` that starts at `base`: it returns the
+// `length` bytes at `offset` of that part as a new string, or the read's
+// error (DataLoss past the end). For archives inside a file, e.g. a
+// record's ZipByteSource. `file` must outlive the reader.
+std::function<absl::StatusOr<std::string>(uint64_t offset, uint64_t length)>
+FileRangeReader(const RandomAccessFile& file, uint64_t base);
 
 // The DataLoss status every `RandomAccessFile::Read` returns for a read of
 // `wanted` bytes at `offset` from file `path`, of which only `available`

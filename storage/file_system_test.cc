@@ -97,6 +97,25 @@ class OwnedMemoryFile : public RandomAccessFile {
   const std::string data_ = "0123456789";
 };
 
+TEST(FileRangeReaderTest, ReadsRelativeToItsBase) {
+  MemFileSystem fs;
+  ASSERT_OK(WriteStringToFile(fs, "/f", "abcdefgh", /*sync=*/false));
+  ASSERT_OK_AND_ASSIGN(auto file, fs.NewRandomAccessFile("/f"));
+  auto read = FileRangeReader(*file, /*base=*/2);
+  EXPECT_THAT(read(1, 3), IsOkAndHolds("def"));
+  EXPECT_THAT(read(0, 0), IsOkAndHolds(""));
+  EXPECT_THAT(read(4, 3), StatusIs(absl::StatusCode::kDataLoss));
+}
+
+TEST(CreateDirDurablyTest, CreatesMissingParents) {
+  MemFileSystem fs;
+  ASSERT_OK(CreateDirDurably(fs, "/a/b/c"));
+  EXPECT_THAT(fs.IsDirectory("/a/b/c"), IsOkAndHolds(true));
+  ASSERT_OK(CreateDirDurably(fs, "/a/b/c"));  // Already there: fine.
+  ASSERT_OK(WriteStringToFile(fs, "/a/file", "x", /*sync=*/false));
+  EXPECT_FALSE(CreateDirDurably(fs, "/a/file").ok());
+}
+
 TEST(RandomAccessFileTest, ReadIntoCopiesWhenReadDoesNotUseScratch) {
   OwnedMemoryFile file;
   std::string dest(4, '?');

@@ -881,15 +881,8 @@ absl::Status CheckTensorRecord(const FileWork& file, RecordWork& record,
   if (in_memory.has_value()) {
     from_memory.emplace(*in_memory);
   } else {
-    from_file.emplace(
-        static_cast<uint64_t>(record.info->length),
-        [&data, base](uint64_t offset,
-                      uint64_t length) -> absl::StatusOr<std::string> {
-          std::string bytes(static_cast<size_t>(length), '\0');
-          DCP_RETURN_IF_ERROR(
-              data.ReadInto(base + offset, absl::MakeSpan(bytes)));
-          return bytes;
-        });
+    from_file.emplace(static_cast<uint64_t>(record.info->length),
+                      FileRangeReader(data, base));
   }
   ZipByteSource& source = in_memory.has_value() ? *from_memory : *from_file;
   DCP_ASSIGN_OR_RETURN(const ZipDirectory dir, ReadZipDirectory(source));

@@ -302,15 +302,8 @@ class FileChecker {
   void CheckRecord(const RecordRef& record) {
     const uint64_t base = static_cast<uint64_t>(record.info->offset);
     const RandomAccessFile& file = *file_;
-    ZipByteSource source(
-        static_cast<uint64_t>(record.info->length),
-        [&file, base](uint64_t offset,
-                      uint64_t length) -> absl::StatusOr<std::string> {
-          std::string bytes(static_cast<size_t>(length), '\0');
-          DCP_RETURN_IF_ERROR(
-              file.ReadInto(base + offset, absl::MakeSpan(bytes)));
-          return bytes;
-        });
+    ZipByteSource source(static_cast<uint64_t>(record.info->length),
+                         FileRangeReader(file, base));
     auto io_problem = [&](const absl::Status& status) {
       VerifyProblem p = RecordProblem(
           absl::IsDataLoss(status) ? VerifyProblemKind::kZipStructure
