@@ -320,5 +320,44 @@ TEST(CheckpointManagerMultiRankTest, AsyncSavesOnTwoRanksRestoreOnThree) {
       Each(IsOk()));
 }
 
+TEST(CheckpointManagerMultiRankTest, CoordinatorListingFailureFailsEveryRankAlike) {
+  auto base = std::make_shared<MemFileSystem>();
+  {
+    CheckpointManagerOptions options;
+    options.file_system = base;
+    ASSERT_OK_AND_ASSIGN(auto manager, CheckpointManager::Create(kRoot, options));
+    ASSERT_OK(manager->Save(4, StepState(4)).status());
+  }
+  // Only rank 0, the coordinator, cannot list the root.
+  auto faulty = std::make_shared<FaultInjectingFileSystem>(base);
+  faulty->AddRule({testing::FileOp::kList, "/run", /*nth=*/1, /*times=*/1000,
+                   absl::UnavailableError("injected listing fault")});
+  SimulatorOptions sim_options;
+  sim_options.world_size = 2;
+  sim_options.collective_timeout = absl::Seconds(60);
+  sim_options.seed = 7;
+  ASSERT_OK_AND_ASSIGN(auto sim, Simulator::Create(sim_options));
+  std::vector<absl::Status> statuses =
+      sim->Run([&](RankContext& ctx) -> absl::Status {
+        CheckpointManagerOptions options;
+        options.checkpointer.process_group = ctx.shared_pg();
+        options.checkpointer.collective_timeout = absl::Seconds(60);
+        options.file_system =
+            ctx.rank() == 0 ? std::shared_ptr<FileSystem>(faulty) : base;
+        DCP_ASSIGN_OR_RETURN(auto manager,
+                             CheckpointManager::Create(kRoot, options));
+        StateDict state = Destination();
+        absl::Status status = manager->RestoreLatest(state).status();
+        if (state.Find("step")->get<int64_t>() != -1) {
+          return absl::InternalError("a rank loaded despite the failure");
+        }
+        return status;
+      });
+  ASSERT_EQ(statuses.size(), 2u);
+  EXPECT_THAT(statuses[0], StatusIs(absl::StatusCode::kUnavailable,
+                                    HasSubstr("injected listing fault")));
+  EXPECT_EQ(statuses[0], statuses[1]);
+}
+
 }  // namespace
 }  // namespace dcp
