@@ -64,8 +64,10 @@ if [ -n "$untagged" ]; then
 fi
 
 run_bazel_tests "$root" "$events_dir/asan_ubsan.json" --config=asan_ubsan "$@" -- //...
+# --build_tests_only: build the threaded tests and what they depend on, not
+# every target of //... a second time.
 run_bazel_tests "$root" "$events_dir/tsan.json" --config=tsan \
-  --test_tag_filters=threaded "$@" -- //...
+  --test_tag_filters=threaded --build_tests_only "$@" -- //...
 if [ "$peer_ready" -eq 1 ]; then
   # Tagged manual (they need root and the peer), so named explicitly.
   run_bazel_tests "$root" "$events_dir/interop.json" --config=tsan "$@" -- \
