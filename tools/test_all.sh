@@ -11,7 +11,8 @@
 #      the dcp side under ThreadSanitizer (it runs simulated ranks), and the
 #      side-by-side benchmark's smoke run at tiny sizes (both sides);
 #   4. the example consumer workspace (examples/consumer), which depends on
-#      dcp the way another Bazel project would (plain build).
+#      dcp the way another Bazel project would, with its own upstream-layout
+#      @com_google_absl (plain build).
 # Before the tests, a query checks that every test depending on a library
 # tagged "threaded" carries the tag itself.
 #
