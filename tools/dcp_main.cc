@@ -132,9 +132,11 @@ examples:
   dcp bench --size_mb=256 --world_size=4 --threads=1,4 --fsync=both
   dcp launch --nproc=4 -- dcp bench --distributed --workload=save --dir=/tmp/b
 
-This tool's flags: dcp --helpshort (--help also lists libtorch's and glog's).
+This tool's flags: dcp --help (--helpfull also lists libtorch's and glog's).
 Progress lines go to stderr when it is a terminal (verify: at most one a second).
 Exit status: 0 on success, 1 on errors, 2 on usage errors (verify: see above).)";
+
+char kHelpShort[] = "--helpshort";
 
 int UsageError(absl::string_view message) {
   std::cerr << "dcp: " << message << "\n\n" << kUsage << "\n";
@@ -184,6 +186,13 @@ int main(int argc, char** argv) {
       argc = i;
       break;
     }
+  }
+  // gflags' --help lists every flag linked in, most of them libtorch's and
+  // glog's; show dcp's own (those of this file, gflags' --helpshort) and
+  // leave the full list to --helpfull.
+  for (int i = 1; i < argc; ++i) {
+    const absl::string_view arg = argv[i];
+    if (arg == "--help" || arg == "-help") argv[i] = kHelpShort;
   }
   gflags::ParseCommandLineFlags(&argc, &argv, /*remove_flags=*/true);
   // Log to the terminal, not to files under /tmp, and only warnings and
