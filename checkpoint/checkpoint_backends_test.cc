@@ -20,10 +20,10 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
-#include "checkpoint/c10d_process_group.h"
 #include "checkpoint/dist_wrapper.h"
-#include "checkpoint/process_group.h"
-#include "checkpoint/status.h"
+#include "core/status.h"
+#include "distributed/c10d_process_group.h"
+#include "distributed/process_group.h"
 #include "glog/logging.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -35,23 +35,23 @@
 namespace dcp {
 namespace {
 
-using ::dcp::testing::AsyncSaveFailingStagingThenRecover;
-using ::dcp::testing::AsyncSaveModelToDir;
-using ::dcp::testing::DecodeStatus;
-using ::dcp::testing::EncodeStatus;
-using ::dcp::testing::ExitedWithCode;
-using ::dcp::testing::IsOk;
-using ::dcp::testing::KilledBySignal;
-using ::dcp::testing::LoadModelFromDirAndCheck;
-using ::dcp::testing::MultiprocessOptions;
-using ::dcp::testing::RankContext;
-using ::dcp::testing::RunWithFaultAt;
-using ::dcp::testing::RunWorkers;
-using ::dcp::testing::SaveModelToDir;
-using ::dcp::testing::Simulator;
-using ::dcp::testing::SimulatorOptions;
-using ::dcp::testing::WorkerContext;
-using ::dcp::testing::WorkerResult;
+using ::dcp::test::AsyncSaveFailingStagingThenRecover;
+using ::dcp::test::AsyncSaveModelToDir;
+using ::dcp::test::DecodeStatus;
+using ::dcp::test::EncodeStatus;
+using ::dcp::test::ExitedWithCode;
+using ::dcp::test::IsOk;
+using ::dcp::test::KilledBySignal;
+using ::dcp::test::LoadModelFromDirAndCheck;
+using ::dcp::test::MultiprocessOptions;
+using ::dcp::test::RankContext;
+using ::dcp::test::RunWithFaultAt;
+using ::dcp::test::RunWorkers;
+using ::dcp::test::SaveModelToDir;
+using ::dcp::test::Simulator;
+using ::dcp::test::SimulatorOptions;
+using ::dcp::test::WorkerContext;
+using ::dcp::test::WorkerResult;
 using ::testing::Each;
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
@@ -292,11 +292,11 @@ TEST_P(PhaseFailureBackendsTest, EveryRankGetsTheSameErrorAndThePreviousCheckpoi
   for (int rank = 0; rank < kMatrixWorld; ++rank) {
     SCOPED_TRACE(absl::StrCat("rank ", rank));
     EXPECT_THAT(faulty[rank],
-                testing::StatusIs(absl::StatusCode::kUnavailable,
-                                  HasSubstr(absl::StrCat(
-                                      "rank ", fault.failing_rank,
-                                      ": UNAVAILABLE: injected failure at ",
-                                      fault.point))));
+                test::StatusIs(
+                    absl::StatusCode::kUnavailable,
+                    HasSubstr(absl::StrCat(
+                        "rank ", fault.failing_rank,
+                        ": UNAVAILABLE: injected failure at ", fault.point))));
     EXPECT_THAT(FailedRanks(faulty[rank]), ElementsAre(fault.failing_rank));
     EXPECT_EQ(faulty[rank], faulty[0]);
     EXPECT_EQ(GetCommitOutcome(faulty[rank]), CommitOutcome::kNotCommitted);
@@ -337,7 +337,7 @@ TEST_P(SigkillDuringSaveTest, OthersFailPromptlyAndThePreviousCheckpointStays) {
   options.timeout = kTimeout;
   // The first save passes the point once; the second one dies there.
   options.sigkill_at = {{kill.killed_rank, kill.fault_point, /*nth=*/2}};
-  ASSERT_OK_AND_ASSIGN(
+  DCP_ASSERT_OK_AND_ASSIGN(
       std::vector<WorkerResult> workers,
       RunWorkers(options, [&](const WorkerContext& worker) {
         C10dOptions c10d;
@@ -345,12 +345,12 @@ TEST_P(SigkillDuringSaveTest, OthersFailPromptlyAndThePreviousCheckpointStays) {
         c10d.world_size = kWorld;
         c10d.file_store_path = worker.file_store_path;
         c10d.timeout = kTimeout;
-        ASSERT_OK_AND_ASSIGN(std::unique_ptr<C10dProcessGroup> pg,
-                             C10dProcessGroup::Create(c10d));
+        DCP_ASSERT_OK_AND_ASSIGN(std::unique_ptr<C10dProcessGroup> pg,
+                                 C10dProcessGroup::Create(c10d));
         std::shared_ptr<ProcessGroup> shared = std::move(pg);
-        testing::E2eOptions e2e;
+        test::E2eOptions e2e;
         e2e.collective_timeout = kTimeout;
-        ASSERT_OK(SaveModelToDir(shared, dir, /*value_seed=*/0, e2e));
+        DCP_ASSERT_OK(SaveModelToDir(shared, dir, /*value_seed=*/0, e2e));
         const absl::Time start = absl::Now();
         const absl::Status status =
             SaveModelToDir(shared, dir, /*value_seed=*/1, e2e);

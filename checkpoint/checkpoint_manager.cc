@@ -16,7 +16,7 @@
 #include "absl/strings/string_view.h"
 #include "absl/strings/strip.h"
 #include "checkpoint/dist_wrapper.h"
-#include "checkpoint/status.h"
+#include "core/status.h"
 #include "glog/logging.h"
 #include "storage/posix_file_system.h"
 

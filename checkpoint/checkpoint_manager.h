@@ -67,9 +67,9 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "checkpoint/checkpointer.h"
-#include "checkpoint/future.h"
-#include "checkpoint/metadata.h"
-#include "checkpoint/state_dict.h"
+#include "core/future.h"
+#include "core/metadata.h"
+#include "core/state_dict.h"
 #include "storage/file_system.h"
 #include "storage/fs_storage.h"
 

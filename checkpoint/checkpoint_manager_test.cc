@@ -8,9 +8,9 @@
 
 #include "ATen/ATen.h"
 #include "absl/strings/str_cat.h"
-#include "checkpoint/sharding.h"
-#include "checkpoint/state_dict.h"
-#include "checkpoint/status.h"
+#include "core/sharding.h"
+#include "core/state_dict.h"
+#include "core/status.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "storage/file_system.h"
@@ -23,15 +23,15 @@
 namespace dcp {
 namespace {
 
-using ::dcp::testing::FaultInjectingFileSystem;
-using ::dcp::testing::IsOk;
-using ::dcp::testing::IsOkAndHolds;
-using ::dcp::testing::MemFileSystem;
-using ::dcp::testing::RankContext;
-using ::dcp::testing::Simulator;
-using ::dcp::testing::SimulatorOptions;
-using ::dcp::testing::StatusIs;
-using ::dcp::testing::TensorEq;
+using ::dcp::test::FaultInjectingFileSystem;
+using ::dcp::test::IsOk;
+using ::dcp::test::IsOkAndHolds;
+using ::dcp::test::MemFileSystem;
+using ::dcp::test::RankContext;
+using ::dcp::test::Simulator;
+using ::dcp::test::SimulatorOptions;
+using ::dcp::test::StatusIs;
+using ::dcp::test::TensorEq;
 using ::testing::Each;
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
@@ -80,18 +80,18 @@ class CheckpointManagerTest : public ::testing::Test {
 TEST_F(CheckpointManagerTest, SavesIntoStepDirectoriesAndRestoresEach) {
   auto manager = Manager();
   EXPECT_EQ(manager->StepDirectory(7), "/run/step_7");
-  ASSERT_OK(manager->Save(1, StepState(1)).status());
-  ASSERT_OK(manager->AsyncSave(20, StepState(20)).result().status());
+  DCP_ASSERT_OK(manager->Save(1, StepState(1)).status());
+  DCP_ASSERT_OK(manager->AsyncSave(20, StepState(20)).result().status());
   EXPECT_THAT(manager->AllSteps(), IsOkAndHolds(ElementsAre(1, 20)));
   EXPECT_THAT(manager->LatestStep(), IsOkAndHolds(Optional(20)));
   for (int64_t step : {1, 20}) {
     StateDict state = Destination();
-    ASSERT_OK(manager->Restore(step, state));
-    EXPECT_OK(ExpectStep(state, step));
+    DCP_ASSERT_OK(manager->Restore(step, state));
+    DCP_EXPECT_OK(ExpectStep(state, step));
   }
   StateDict state = Destination();
   EXPECT_THAT(manager->RestoreLatest(state), IsOkAndHolds(Optional(20)));
-  EXPECT_OK(ExpectStep(state, 20));
+  DCP_EXPECT_OK(ExpectStep(state, 20));
 }
 
 TEST_F(CheckpointManagerTest, EmptyRootHasNoStepsAndRestoresNothing) {
@@ -107,31 +107,32 @@ TEST_F(CheckpointManagerTest, EmptyRootHasNoStepsAndRestoresNothing) {
 
 TEST_F(CheckpointManagerTest, OnlyCompleteCanonicalStepDirectoriesAreSteps) {
   auto manager = Manager();
-  ASSERT_OK(manager->Save(4, StepState(4)).status());
+  DCP_ASSERT_OK(manager->Save(4, StepState(4)).status());
   // A crashed save (data, no .metadata), names that are not steps, and a
   // file named like a step.
-  ASSERT_OK(fs_->CreateDir("/run/step_9"));
-  ASSERT_OK(fs_->NewWritableFile("/run/step_9/__0_0.distcp").status());
+  DCP_ASSERT_OK(fs_->CreateDir("/run/step_9"));
+  DCP_ASSERT_OK(fs_->NewWritableFile("/run/step_9/__0_0.distcp").status());
   for (const char* dir : {"/run/step_07", "/run/step_x", "/run/step_",
                           "/run/step_-1", "/run/step_99999999999999999999"}) {
-    ASSERT_OK(fs_->CreateDir(dir));
-    ASSERT_OK(fs_->NewWritableFile(absl::StrCat(dir, "/.metadata")).status());
+    DCP_ASSERT_OK(fs_->CreateDir(dir));
+    DCP_ASSERT_OK(
+        fs_->NewWritableFile(absl::StrCat(dir, "/.metadata")).status());
   }
-  ASSERT_OK(fs_->NewWritableFile("/run/step_5").status());
+  DCP_ASSERT_OK(fs_->NewWritableFile("/run/step_5").status());
   EXPECT_THAT(manager->AllSteps(), IsOkAndHolds(ElementsAre(4)));
   EXPECT_THAT(manager->LatestStep(), IsOkAndHolds(Optional(4)));
 }
 
 TEST_F(CheckpointManagerTest, AnExistingStepIsNeverOverwritten) {
   auto manager = Manager();
-  ASSERT_OK(manager->Save(3, StepState(3)).status());
+  DCP_ASSERT_OK(manager->Save(3, StepState(3)).status());
   EXPECT_THAT(manager->Save(3, StepState(30)).status(),
               StatusIs(absl::StatusCode::kAlreadyExists));
   EXPECT_THAT(manager->AsyncSave(3, StepState(30)).result().status(),
               StatusIs(absl::StatusCode::kAlreadyExists));
   StateDict state = Destination();
-  ASSERT_OK(manager->Restore(3, state));
-  EXPECT_OK(ExpectStep(state, 3));
+  DCP_ASSERT_OK(manager->Restore(3, state));
+  DCP_EXPECT_OK(ExpectStep(state, 3));
   EXPECT_THAT(
       manager->Save(-1, StepState(1)).status(),
       StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("negative")));
@@ -141,8 +142,8 @@ TEST_F(CheckpointManagerTest, KeepsTheNewestStepsAndEveryPeriodicOne) {
   auto manager = Manager(/*max_to_keep=*/2, /*keep_period=*/2);
   std::vector<std::vector<int64_t>> seen;
   for (int64_t step = 1; step <= 5; ++step) {
-    ASSERT_OK(manager->Save(step, StepState(step)).status());
-    ASSERT_OK_AND_ASSIGN(std::vector<int64_t> steps, manager->AllSteps());
+    DCP_ASSERT_OK(manager->Save(step, StepState(step)).status());
+    DCP_ASSERT_OK_AND_ASSIGN(std::vector<int64_t> steps, manager->AllSteps());
     seen.push_back(steps);
   }
   EXPECT_THAT(seen,
@@ -159,38 +160,38 @@ TEST_F(CheckpointManagerTest, AsyncSavesPruneAfterTheirCommit) {
   for (int64_t step = 10; step <= 40; step += 10) {
     saves.push_back(manager->AsyncSave(step, StepState(step)));
   }
-  for (Future<Metadata>& save : saves) EXPECT_OK(save.result().status());
+  for (Future<Metadata>& save : saves) DCP_EXPECT_OK(save.result().status());
   // Each future resolved after its own retention ran.
-  ASSERT_OK(manager->WaitForPendingSaves());
+  DCP_ASSERT_OK(manager->WaitForPendingSaves());
   EXPECT_THAT(manager->AllSteps(), IsOkAndHolds(ElementsAre(40)));
   EXPECT_THAT(fs_->GetChildren(kRoot), IsOkAndHolds(ElementsAre("step_40")));
 }
 
 TEST_F(CheckpointManagerTest, JustSavedStepIsKeptEvenIfOlderThanTheNewest) {
   auto manager = Manager(/*max_to_keep=*/1);
-  ASSERT_OK(manager->Save(10, StepState(10)).status());
-  ASSERT_OK(manager->Save(5, StepState(5)).status());
+  DCP_ASSERT_OK(manager->Save(10, StepState(10)).status());
+  DCP_ASSERT_OK(manager->Save(5, StepState(5)).status());
   EXPECT_THAT(manager->AllSteps(), IsOkAndHolds(ElementsAre(5, 10)));
-  ASSERT_OK(manager->Save(11, StepState(11)).status());
+  DCP_ASSERT_OK(manager->Save(11, StepState(11)).status());
   EXPECT_THAT(manager->AllSteps(), IsOkAndHolds(ElementsAre(11)));
 }
 
 TEST_F(CheckpointManagerTest, LeftoversOfCrashedSavesBelowACommitAreRemoved) {
   auto manager = Manager(/*max_to_keep=*/3);
   for (const char* dir : {"/run/step_2", "/run/step_8"}) {
-    ASSERT_OK(fs_->CreateDir(dir));
-    ASSERT_OK(
+    DCP_ASSERT_OK(fs_->CreateDir(dir));
+    DCP_ASSERT_OK(
         fs_->NewWritableFile(absl::StrCat(dir, "/__0_0.distcp")).status());
   }
-  ASSERT_OK(manager->Save(5, StepState(5)).status());
+  DCP_ASSERT_OK(manager->Save(5, StepState(5)).status());
   // step_2 is garbage; step_8 could still be written by a save to come.
   EXPECT_THAT(fs_->GetChildren(kRoot),
               IsOkAndHolds(ElementsAre("step_5", "step_8")));
   // A save into the leftover directory of a crashed save succeeds.
-  ASSERT_OK(manager->Save(8, StepState(8)).status());
+  DCP_ASSERT_OK(manager->Save(8, StepState(8)).status());
   StateDict state = Destination();
   EXPECT_THAT(manager->RestoreLatest(state), IsOkAndHolds(Optional(8)));
-  EXPECT_OK(ExpectStep(state, 8));
+  DCP_EXPECT_OK(ExpectStep(state, 8));
 }
 
 TEST_F(CheckpointManagerTest, BadOptionsAreRefused) {
@@ -222,7 +223,7 @@ TEST(CheckpointManagerCrashTest, EveryCrashPointLeavesOnlyCompleteSteps) {
     }
     return absl::OkStatus();
   };
-  ASSERT_OK(run(count_fs));
+  DCP_ASSERT_OK(run(count_fs));
   const int total = count_fs->op_count();
   ASSERT_GT(total, 20);
 
@@ -235,21 +236,21 @@ TEST(CheckpointManagerCrashTest, EveryCrashPointLeavesOnlyCompleteSteps) {
     fs->CrashAfterOps(n);
     run(fs).IgnoreError();  // Aborted if it crashed.
     crashes += fs->crashed() ? 1 : 0;
-    ASSERT_OK(fs->Restart());
+    DCP_ASSERT_OK(fs->Restart());
 
     CheckpointManagerOptions options;
     options.file_system = fs;
-    ASSERT_OK_AND_ASSIGN(auto manager,
-                         CheckpointManager::Create(kRoot, options));
-    ASSERT_OK_AND_ASSIGN(std::vector<int64_t> steps, manager->AllSteps());
+    DCP_ASSERT_OK_AND_ASSIGN(auto manager,
+                             CheckpointManager::Create(kRoot, options));
+    DCP_ASSERT_OK_AND_ASSIGN(std::vector<int64_t> steps, manager->AllSteps());
     max_steps_seen = std::max(max_steps_seen, steps.size());
     if (n == total) {  // No crash: everything the run did is durable.
       EXPECT_THAT(steps, ElementsAre(3));
     }
     for (int64_t step : steps) {
       StateDict state = Destination();
-      ASSERT_OK(manager->Restore(step, state)) << "step " << step;
-      EXPECT_OK(ExpectStep(state, step));
+      DCP_ASSERT_OK(manager->Restore(step, state)) << "step " << step;
+      DCP_EXPECT_OK(ExpectStep(state, step));
     }
   }
   EXPECT_EQ(crashes, total);
@@ -325,18 +326,19 @@ TEST(CheckpointManagerMultiRankTest, CoordinatorListingFailureFailsEveryRankAlik
   {
     CheckpointManagerOptions options;
     options.file_system = base;
-    ASSERT_OK_AND_ASSIGN(auto manager, CheckpointManager::Create(kRoot, options));
-    ASSERT_OK(manager->Save(4, StepState(4)).status());
+    DCP_ASSERT_OK_AND_ASSIGN(auto manager,
+                             CheckpointManager::Create(kRoot, options));
+    DCP_ASSERT_OK(manager->Save(4, StepState(4)).status());
   }
   // Only rank 0, the coordinator, cannot list the root.
   auto faulty = std::make_shared<FaultInjectingFileSystem>(base);
-  faulty->AddRule({testing::FileOp::kList, "/run", /*nth=*/1, /*times=*/1000,
+  faulty->AddRule({test::FileOp::kList, "/run", /*nth=*/1, /*times=*/1000,
                    absl::UnavailableError("injected listing fault")});
   SimulatorOptions sim_options;
   sim_options.world_size = 2;
   sim_options.collective_timeout = absl::Seconds(60);
   sim_options.seed = 7;
-  ASSERT_OK_AND_ASSIGN(auto sim, Simulator::Create(sim_options));
+  DCP_ASSERT_OK_AND_ASSIGN(auto sim, Simulator::Create(sim_options));
   std::vector<absl::Status> statuses =
       sim->Run([&](RankContext& ctx) -> absl::Status {
         CheckpointManagerOptions options;

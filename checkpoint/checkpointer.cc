@@ -7,9 +7,9 @@
 
 #include "absl/strings/str_cat.h"
 #include "checkpoint/dist_wrapper.h"
-#include "checkpoint/fault_point.h"
 #include "checkpoint/save_load.h"
-#include "checkpoint/status.h"
+#include "core/fault_point.h"
+#include "core/status.h"
 
 namespace dcp {
 namespace {

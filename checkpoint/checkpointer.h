@@ -55,7 +55,7 @@
 // checkpoint.
 //
 // Commit: a failed save's status says whether the new checkpoint is in
-// place anyway (`GetCommitOutcome`, checkpoint/status.h; see
+// place anyway (`GetCommitOutcome`, core/status.h; see
 // checkpoint/save_load.h).
 //
 // Call sequence: every rank creates its Checkpointer with the same options
@@ -83,12 +83,12 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
-#include "checkpoint/executor.h"
-#include "checkpoint/future.h"
-#include "checkpoint/metadata.h"
-#include "checkpoint/process_group.h"
 #include "checkpoint/staging.h"
-#include "checkpoint/state_dict.h"
+#include "core/executor.h"
+#include "core/future.h"
+#include "core/metadata.h"
+#include "core/state_dict.h"
+#include "distributed/process_group.h"
 #include "planner/planner.h"
 #include "storage/storage.h"
 

@@ -3,9 +3,9 @@
 // step, recovery after a failed collective, one checkpoint per load, the
 // commit outcome of failed saves, bounded async memory, and lifetimes.
 #include <algorithm>
-#include <cstdio>
 #include <atomic>
 #include <cstdint>
+#include <cstdio>
 #include <memory>
 #include <optional>
 #include <set>
@@ -19,10 +19,10 @@
 #include "c10/core/CPUAllocator.h"
 #include "checkpoint/checkpointer.h"
 #include "checkpoint/dist_wrapper.h"
-#include "checkpoint/executor.h"
-#include "checkpoint/future.h"
 #include "checkpoint/save_load.h"
-#include "checkpoint/status.h"
+#include "core/executor.h"
+#include "core/future.h"
+#include "core/status.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "storage/fs_storage.h"
@@ -36,18 +36,18 @@
 namespace dcp {
 namespace {
 
-using ::dcp::testing::CheckModelStateDict;
-using ::dcp::testing::ForwardingStorageReader;
-using ::dcp::testing::ForwardingStorageWriter;
-using ::dcp::testing::IsOk;
-using ::dcp::testing::MakeModelStateDict;
-using ::dcp::testing::MemFileSystem;
-using ::dcp::testing::ModelLayout;
-using ::dcp::testing::ModelValues;
-using ::dcp::testing::RankContext;
-using ::dcp::testing::Simulator;
-using ::dcp::testing::SimulatorOptions;
-using ::dcp::testing::StatusIs;
+using ::dcp::test::CheckModelStateDict;
+using ::dcp::test::ForwardingStorageReader;
+using ::dcp::test::ForwardingStorageWriter;
+using ::dcp::test::IsOk;
+using ::dcp::test::MakeModelStateDict;
+using ::dcp::test::MemFileSystem;
+using ::dcp::test::ModelLayout;
+using ::dcp::test::ModelValues;
+using ::dcp::test::RankContext;
+using ::dcp::test::Simulator;
+using ::dcp::test::SimulatorOptions;
+using ::dcp::test::StatusIs;
 using ::testing::AllOf;
 using ::testing::Contains;
 using ::testing::Each;

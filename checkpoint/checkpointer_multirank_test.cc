@@ -14,8 +14,8 @@
 #include "absl/strings/str_cat.h"
 #include "checkpoint/checkpointer.h"
 #include "checkpoint/dist_wrapper.h"
-#include "checkpoint/sharding.h"
-#include "checkpoint/status.h"
+#include "core/sharding.h"
+#include "core/status.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "storage/memory_storage.h"
@@ -27,16 +27,16 @@
 namespace dcp {
 namespace {
 
-using ::dcp::testing::CheckModelStateDict;
-using ::dcp::testing::IsOk;
-using ::dcp::testing::MakeModelStateDict;
-using ::dcp::testing::MakeTestTensor;
-using ::dcp::testing::ModelLayout;
-using ::dcp::testing::ModelValues;
-using ::dcp::testing::RankContext;
-using ::dcp::testing::Simulator;
-using ::dcp::testing::SimulatorOptions;
-using ::dcp::testing::StatusIs;
+using ::dcp::test::CheckModelStateDict;
+using ::dcp::test::IsOk;
+using ::dcp::test::MakeModelStateDict;
+using ::dcp::test::MakeTestTensor;
+using ::dcp::test::ModelLayout;
+using ::dcp::test::ModelValues;
+using ::dcp::test::RankContext;
+using ::dcp::test::Simulator;
+using ::dcp::test::SimulatorOptions;
+using ::dcp::test::StatusIs;
 using ::testing::Each;
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
@@ -166,18 +166,20 @@ TEST(CheckpointerMultiRankTest, NoDistSavesAndLoadsInOneProcess) {
   auto store = std::make_shared<MemoryStore>();
   CheckpointerOptions options;
   options.no_dist = true;
-  ASSERT_OK_AND_ASSIGN(
+  DCP_ASSERT_OK_AND_ASSIGN(
       auto checkpointer,
       Checkpointer::Create(std::make_shared<MemoryStorageWriter>(store, "solo"),
                            std::make_shared<MemoryStorageReader>(store, "solo"),
                            options));
-  ASSERT_OK_AND_ASSIGN(StateDict sd, MakeModelStateDict(0, 1, ModelLayout::kSave,
-                                                        ModelValues::kTrue));
-  ASSERT_OK(checkpointer->Save(sd).status());
-  ASSERT_OK_AND_ASSIGN(StateDict dest, MakeModelStateDict(0, 1, ModelLayout::kLoad,
-                                                          ModelValues::kPlaceholder));
-  ASSERT_OK(checkpointer->Load(dest));
-  EXPECT_OK(CheckModelStateDict(dest, 0, 1, ModelLayout::kLoad));
+  DCP_ASSERT_OK_AND_ASSIGN(
+      StateDict sd,
+      MakeModelStateDict(0, 1, ModelLayout::kSave, ModelValues::kTrue));
+  DCP_ASSERT_OK(checkpointer->Save(sd).status());
+  DCP_ASSERT_OK_AND_ASSIGN(
+      StateDict dest,
+      MakeModelStateDict(0, 1, ModelLayout::kLoad, ModelValues::kPlaceholder));
+  DCP_ASSERT_OK(checkpointer->Load(dest));
+  DCP_EXPECT_OK(CheckModelStateDict(dest, 0, 1, ModelLayout::kLoad));
 }
 
 TEST(CheckpointerMultiRankTest, BadCoordinatorIsRejected) {
@@ -382,7 +384,7 @@ absl::StatusOr<StateDict> RandomStateDict(const std::vector<RandomTensor>& model
       value = Value(full);
     } else if (dim == -2) {
       int rows, cols;
-      ::dcp::testing::GridShape(world, &rows, &cols);
+      ::dcp::test::GridShape(world, &rows, &cols);
       DCP_ASSIGN_OR_RETURN(ShardedTensor s, ShardGrid2D(full, rank, rows, cols));
       value = Value(std::move(s));
     } else {
@@ -426,7 +428,7 @@ TEST(CheckpointerPropertyTest, RandomLayoutsAndDtypesRoundTripExactly) {
                                                     /*for_save=*/true, seed);
                            }());
       std::string mismatch =
-          ::dcp::testing::tensor_matchers_internal::DescribeStateDictMismatch(
+          ::dcp::test::tensor_matchers_internal::DescribeStateDictMismatch(
               sd, expected_load_layout);
       if (!mismatch.empty()) {
         return absl::InternalError(absl::StrCat("rank ", ctx.rank(), ": ", mismatch));

@@ -13,9 +13,9 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
-#include "checkpoint/byte_codec.h"
-#include "checkpoint/status.h"
-#include "checkpoint/torch_status.h"
+#include "core/byte_codec.h"
+#include "core/status.h"
+#include "core/torch_status.h"
 
 namespace dcp {
 namespace {

@@ -50,7 +50,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
-#include "checkpoint/process_group.h"
+#include "distributed/process_group.h"
 
 namespace dcp {
 
@@ -67,7 +67,7 @@ inline constexpr absl::string_view kCollectiveFailurePayload =
 
 // Builds the combined error for `step` from `failures` (rank, status),
 // sorted by rank; OK if `failures` is empty. It carries the failing ranks
-// and, if any failure has one, the commit outcome (checkpoint/status.h):
+// and, if any failure has one, the commit outcome (core/status.h):
 // committed if any rank says so, else unknown if any rank says so.
 absl::Status CheckpointError(
     absl::string_view step,

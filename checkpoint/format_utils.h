@@ -48,7 +48,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
-#include "checkpoint/state_dict.h"
+#include "core/state_dict.h"
 #include "storage/fs_storage.h"
 
 namespace dcp {

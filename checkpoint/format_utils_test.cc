@@ -5,8 +5,8 @@
 
 #include "ATen/ATen.h"
 #include "checkpoint/save_load.h"
-#include "checkpoint/state_dict.h"
-#include "checkpoint/status.h"
+#include "core/state_dict.h"
+#include "core/status.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "storage/fs_storage.h"
@@ -18,9 +18,9 @@
 namespace dcp {
 namespace {
 
-using ::dcp::testing::MemFileSystem;
-using ::dcp::testing::StateDictEq;
-using ::dcp::testing::StatusIs;
+using ::dcp::test::MemFileSystem;
+using ::dcp::test::StateDictEq;
+using ::dcp::test::StatusIs;
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
 
@@ -59,11 +59,11 @@ class FormatUtilsTest : public ::testing::Test {
   void SetUp() override {
     FileSystemWriterOptions options;
     options.file_system = fs_;
-    ASSERT_OK_AND_ASSIGN(std::unique_ptr<FileSystemWriter> writer,
-                         FileSystemWriter::Create("/ckpt", options));
+    DCP_ASSERT_OK_AND_ASSIGN(std::unique_ptr<FileSystemWriter> writer,
+                             FileSystemWriter::Create("/ckpt", options));
     SaveOptions save;
     save.no_dist = true;
-    ASSERT_OK(Save(Original(), *writer, save).status());
+    DCP_ASSERT_OK(Save(Original(), *writer, save).status());
   }
 
   WholeCheckpointOptions Options() {
@@ -76,21 +76,23 @@ class FormatUtilsTest : public ::testing::Test {
 };
 
 TEST_F(FormatUtilsTest, LoadsTheWholeCheckpointWithItsNesting) {
-  ASSERT_OK_AND_ASSIGN(StateDict loaded,
-                       LoadWholeCheckpoint("/ckpt", Options()));
+  DCP_ASSERT_OK_AND_ASSIGN(StateDict loaded,
+                           LoadWholeCheckpoint("/ckpt", Options()));
   EXPECT_THAT(loaded, StateDictEq(Whole()));
 }
 
 TEST_F(FormatUtilsTest, KeysSelectLeavesByNameOrPathPrefix) {
   WholeCheckpointOptions options = Options();
   options.keys = {"model"};
-  ASSERT_OK_AND_ASSIGN(StateDict model, LoadWholeCheckpoint("/ckpt", options));
+  DCP_ASSERT_OK_AND_ASSIGN(StateDict model,
+                           LoadWholeCheckpoint("/ckpt", options));
   EXPECT_THAT(model.Keys(), ElementsAre("model"));
   EXPECT_THAT(model.Find("model")->get<StateDict>().Keys(),
               ElementsAre("bias", "weight"));
 
   options.keys = {"step", "optim.param_groups.0.betas"};
-  ASSERT_OK_AND_ASSIGN(StateDict some, LoadWholeCheckpoint("/ckpt", options));
+  DCP_ASSERT_OK_AND_ASSIGN(StateDict some,
+                           LoadWholeCheckpoint("/ckpt", options));
   EXPECT_THAT(some.Keys(), ElementsAre("optim", "step"));
   EXPECT_TRUE(ValuesEqual(*some.Find("optim")
                                ->get<StateDict>()
@@ -109,15 +111,15 @@ TEST_F(FormatUtilsTest, KeysSelectLeavesByNameOrPathPrefix) {
 TEST_F(FormatUtilsTest, RoundTripsThroughOneTorchSaveFile) {
   DcpToTorchSaveOptions to;
   to.load = Options();
-  ASSERT_OK(DcpToTorchSave("/ckpt", "/model.pt", to));
-  ASSERT_OK_AND_ASSIGN(StateDict file, ReadTorchSave(*fs_, "/model.pt"));
+  DCP_ASSERT_OK(DcpToTorchSave("/ckpt", "/model.pt", to));
+  DCP_ASSERT_OK_AND_ASSIGN(StateDict file, ReadTorchSave(*fs_, "/model.pt"));
   EXPECT_THAT(file, StateDictEq(Whole()));
 
   FileSystemWriterOptions writer;
   writer.file_system = fs_;
-  ASSERT_OK(TorchSaveToDcp("/model.pt", "/imported", writer));
-  ASSERT_OK_AND_ASSIGN(StateDict back,
-                       LoadWholeCheckpoint("/imported", Options()));
+  DCP_ASSERT_OK(TorchSaveToDcp("/model.pt", "/imported", writer));
+  DCP_ASSERT_OK_AND_ASSIGN(StateDict back,
+                           LoadWholeCheckpoint("/imported", Options()));
   EXPECT_THAT(back, StateDictEq(Whole()));
 }
 

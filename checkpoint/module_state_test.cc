@@ -8,8 +8,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "checkpoint/save_load.h"
-#include "checkpoint/state_dict.h"
-#include "checkpoint/status.h"
+#include "core/state_dict.h"
+#include "core/status.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "storage/fs_storage.h"
@@ -27,11 +27,11 @@
 namespace dcp {
 namespace {
 
-using ::dcp::testing::RankContext;
-using ::dcp::testing::Simulator;
-using ::dcp::testing::SimulatorOptions;
-using ::dcp::testing::StatusIs;
-using ::dcp::testing::TensorEq;
+using ::dcp::test::RankContext;
+using ::dcp::test::Simulator;
+using ::dcp::test::SimulatorOptions;
+using ::dcp::test::StatusIs;
+using ::dcp::test::TensorEq;
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
 
@@ -43,14 +43,14 @@ std::string MakeTempDir() {
   return pattern;
 }
 
-using TinyMlp = ::dcp::testing::TinyMlp;
+using TinyMlp = ::dcp::test::TinyMlp;
 
 float TrainStep(TinyMlp& model, torch::optim::Optimizer& optimizer, int step) {
-  return ::dcp::testing::TinyMlpTrainStep(model, optimizer, step);
+  return ::dcp::test::TinyMlpTrainStep(model, optimizer, step);
 }
 
 torch::optim::AdamWOptions AdamWOpts() {
-  return ::dcp::testing::TinyMlpAdamWOptions();
+  return ::dcp::test::TinyMlpAdamWOptions();
 }
 
 absl::Status SaveTo(const std::string& dir, const StateDict& state) {
@@ -77,7 +77,7 @@ const StateDict& Dict(const StateDict& sd, const std::string& key) {
 
 TEST(GetModelStateDictTest, PyTorchOrderAndAliasesTheModule) {
   TinyMlp model;
-  ASSERT_OK_AND_ASSIGN(StateDict sd, GetModelStateDict(*model));
+  DCP_ASSERT_OK_AND_ASSIGN(StateDict sd, GetModelStateDict(*model));
   EXPECT_THAT(sd.Keys(), ElementsAre("input_scale", "fc1.weight", "fc1.bias",
                                      "fc2.weight", "fc2.bias"));
   at::Tensor w = sd.Find("fc1.weight")->get<at::Tensor>();
@@ -90,7 +90,7 @@ TEST(GetModelStateDictTest, PyTorchOrderAndAliasesTheModule) {
 
 TEST(GetModelStateDictTest, UndefinedBiasIsLeftOut) {
   torch::nn::Linear linear(torch::nn::LinearOptions(3, 2).bias(false));
-  ASSERT_OK_AND_ASSIGN(StateDict sd, GetModelStateDict(*linear));
+  DCP_ASSERT_OK_AND_ASSIGN(StateDict sd, GetModelStateDict(*linear));
   EXPECT_THAT(sd.Keys(), ElementsAre("weight"));
 }
 
@@ -101,9 +101,9 @@ TEST(SetModelStateDictTest, CopiesIntoAFreshModel) {
     trained->fc2->bias.add_(1.5f);
     trained->input_scale.mul_(3.0f);
   }
-  ASSERT_OK_AND_ASSIGN(StateDict sd, GetModelStateDict(*trained));
+  DCP_ASSERT_OK_AND_ASSIGN(StateDict sd, GetModelStateDict(*trained));
   TinyMlp fresh;
-  ASSERT_OK(SetModelStateDict(*fresh, sd));
+  DCP_ASSERT_OK(SetModelStateDict(*fresh, sd));
   EXPECT_THAT(fresh->fc2->bias, TensorEq(trained->fc2->bias.detach()));
   EXPECT_THAT(fresh->input_scale, TensorEq(trained->input_scale));
   EXPECT_TRUE(fresh->fc2->bias.requires_grad());
@@ -112,7 +112,7 @@ TEST(SetModelStateDictTest, CopiesIntoAFreshModel) {
 TEST(SetModelStateDictTest,
      StrictNamesMissingAndUnexpectedKeysAndChangesNothing) {
   TinyMlp model;
-  ASSERT_OK_AND_ASSIGN(StateDict sd, GetModelStateDict(*model));
+  DCP_ASSERT_OK_AND_ASSIGN(StateDict sd, GetModelStateDict(*model));
   StateDict other;
   for (const auto& [key, value] : sd.entries()) {
     other.Set(key, Value(value.get<at::Tensor>().clone().add_(1.0f)));
@@ -126,13 +126,13 @@ TEST(SetModelStateDictTest,
                                  "\"fc3.weight\"")));
   EXPECT_THAT(model->fc1->weight.detach(), TensorEq(before));
   // Non-strict copies the keys both have.
-  ASSERT_OK(SetModelStateDict(*model, other, /*strict=*/false));
+  DCP_ASSERT_OK(SetModelStateDict(*model, other, /*strict=*/false));
   EXPECT_THAT(model->fc1->weight.detach(), TensorEq(before + 1.0f));
 }
 
 TEST(SetModelStateDictTest, ShapeAndDtypeMismatchesNameTheKeyAndBoth) {
   TinyMlp model;
-  ASSERT_OK_AND_ASSIGN(StateDict sd, GetModelStateDict(*model));
+  DCP_ASSERT_OK_AND_ASSIGN(StateDict sd, GetModelStateDict(*model));
   StateDict wrong_shape = sd;
   wrong_shape.Set("fc1.weight", at::zeros({4, 8}));
   EXPECT_THAT(SetModelStateDict(*model, wrong_shape),
@@ -158,7 +158,8 @@ TEST(GetOptimizerStateDictTest, AdamWHasPyTorchsLayout) {
   TinyMlp model;
   torch::optim::AdamW optimizer(model->parameters(), AdamWOpts());
   for (int step = 1; step <= 3; ++step) TrainStep(model, optimizer, step);
-  ASSERT_OK_AND_ASSIGN(StateDict sd, GetOptimizerStateDict(*model, optimizer));
+  DCP_ASSERT_OK_AND_ASSIGN(StateDict sd,
+                           GetOptimizerStateDict(*model, optimizer));
   EXPECT_THAT(sd.Keys(), ElementsAre("state", "param_groups"));
   const StateDict& state = Dict(sd, "state");
   EXPECT_THAT(state.Keys(),
@@ -188,7 +189,8 @@ TEST(GetOptimizerStateDictTest, FreshOptimizerGetsStateAsPyTorchInitsIt) {
   TinyMlp model;
   torch::optim::AdamW optimizer(model->parameters(), AdamWOpts());
   const at::Tensor before = model->fc1->weight.detach().clone();
-  ASSERT_OK_AND_ASSIGN(StateDict sd, GetOptimizerStateDict(*model, optimizer));
+  DCP_ASSERT_OK_AND_ASSIGN(StateDict sd,
+                           GetOptimizerStateDict(*model, optimizer));
   const StateDict& w = Dict(Dict(sd, "state"), "fc1.weight");
   // _init_optim_state: one step with zero gradients and lr 0.
   EXPECT_THAT(w.Find("step")->get<at::Tensor>(),
@@ -212,7 +214,8 @@ TEST(GetOptimizerStateDictTest, InitOnlyTouchesParametersWithoutState) {
   model->register_parameter("extra", extra);
   optimizer.param_groups()[0].params().push_back(extra);
   const at::Tensor grad = model->fc1->weight.grad().clone();
-  ASSERT_OK_AND_ASSIGN(StateDict sd, GetOptimizerStateDict(*model, optimizer));
+  DCP_ASSERT_OK_AND_ASSIGN(StateDict sd,
+                           GetOptimizerStateDict(*model, optimizer));
   const StateDict& state = Dict(sd, "state");
   EXPECT_THAT(Dict(state, "fc1.weight").Find("step")->get<at::Tensor>(),
               TensorEq(at::scalar_tensor(1.0, at::kFloat)));
@@ -237,10 +240,10 @@ TEST(OptimizerStateDictTest, SaveLoadAndContinueMatchesUninterruptedAdamW) {
     TinyMlp model;
     torch::optim::AdamW optimizer(model->parameters(), AdamWOpts());
     for (int step = 1; step <= 3; ++step) TrainStep(model, optimizer, step);
-    ASSERT_OK_AND_ASSIGN(StateDict model_sd, GetModelStateDict(*model));
-    ASSERT_OK_AND_ASSIGN(StateDict optim_sd,
-                         GetOptimizerStateDict(*model, optimizer));
-    ASSERT_OK(SaveTo(
+    DCP_ASSERT_OK_AND_ASSIGN(StateDict model_sd, GetModelStateDict(*model));
+    DCP_ASSERT_OK_AND_ASSIGN(StateDict optim_sd,
+                             GetOptimizerStateDict(*model, optimizer));
+    DCP_ASSERT_OK(SaveTo(
         dir, StateDict{{"model", model_sd}, {"optim", optim_sd}, {"step", 3}}));
   }
   TinyMlp model;
@@ -248,14 +251,14 @@ TEST(OptimizerStateDictTest, SaveLoadAndContinueMatchesUninterruptedAdamW) {
   torch::optim::AdamW optimizer(
       model->parameters(),
       torch::optim::AdamWOptions(0.5).betas({0.5, 0.5}).weight_decay(0.0));
-  ASSERT_OK_AND_ASSIGN(StateDict model_sd, GetModelStateDict(*model));
-  ASSERT_OK_AND_ASSIGN(StateDict optim_sd,
-                       GetOptimizerStateDict(*model, optimizer));
+  DCP_ASSERT_OK_AND_ASSIGN(StateDict model_sd, GetModelStateDict(*model));
+  DCP_ASSERT_OK_AND_ASSIGN(StateDict optim_sd,
+                           GetOptimizerStateDict(*model, optimizer));
   StateDict state{{"model", model_sd}, {"optim", optim_sd}, {"step", 0}};
-  ASSERT_OK(LoadFrom(dir, state));
+  DCP_ASSERT_OK(LoadFrom(dir, state));
   EXPECT_EQ(state.Find("step")->get<int64_t>(), 3);
-  ASSERT_OK(SetModelStateDict(*model, Dict(state, "model")));
-  ASSERT_OK(SetOptimizerStateDict(*model, optimizer, Dict(state, "optim")));
+  DCP_ASSERT_OK(SetModelStateDict(*model, Dict(state, "model")));
+  DCP_ASSERT_OK(SetOptimizerStateDict(*model, optimizer, Dict(state, "optim")));
   const auto& options = static_cast<const torch::optim::AdamWOptions&>(
       optimizer.param_groups()[0].options());
   EXPECT_EQ(options.lr(), 0.01);
@@ -292,8 +295,8 @@ TEST(OptimizerStateDictTest, AdamWithAmsgradAndSgdWithMomentumRoundTrip) {
     TinyMlp trained;
     auto trained_optim = make(trained);
     TrainStep(trained, *trained_optim, 1);
-    ASSERT_OK_AND_ASSIGN(StateDict saved,
-                         GetOptimizerStateDict(*trained, *trained_optim));
+    DCP_ASSERT_OK_AND_ASSIGN(StateDict saved,
+                             GetOptimizerStateDict(*trained, *trained_optim));
     const StateDict& w = Dict(Dict(saved, "state"), "fc1.weight");
     if (kind == 0) {
       EXPECT_THAT(w.Keys(), ElementsAre("step", "exp_avg", "exp_avg_sq",
@@ -301,19 +304,22 @@ TEST(OptimizerStateDictTest, AdamWithAmsgradAndSgdWithMomentumRoundTrip) {
     } else {
       EXPECT_THAT(w.Keys(), ElementsAre("momentum_buffer"));
     }
-    ASSERT_OK_AND_ASSIGN(StateDict model_saved, GetModelStateDict(*trained));
+    DCP_ASSERT_OK_AND_ASSIGN(StateDict model_saved,
+                             GetModelStateDict(*trained));
     const std::string dir = MakeTempDir();
-    ASSERT_OK(SaveTo(dir, StateDict{{"model", model_saved}, {"optim", saved}}));
+    DCP_ASSERT_OK(
+        SaveTo(dir, StateDict{{"model", model_saved}, {"optim", saved}}));
 
     TinyMlp model;
     auto optimizer = make(model);
-    ASSERT_OK_AND_ASSIGN(StateDict model_sd, GetModelStateDict(*model));
-    ASSERT_OK_AND_ASSIGN(StateDict optim_sd,
-                         GetOptimizerStateDict(*model, *optimizer));
+    DCP_ASSERT_OK_AND_ASSIGN(StateDict model_sd, GetModelStateDict(*model));
+    DCP_ASSERT_OK_AND_ASSIGN(StateDict optim_sd,
+                             GetOptimizerStateDict(*model, *optimizer));
     StateDict state{{"model", model_sd}, {"optim", optim_sd}};
-    ASSERT_OK(LoadFrom(dir, state));
-    ASSERT_OK(SetModelStateDict(*model, Dict(state, "model")));
-    ASSERT_OK(SetOptimizerStateDict(*model, *optimizer, Dict(state, "optim")));
+    DCP_ASSERT_OK(LoadFrom(dir, state));
+    DCP_ASSERT_OK(SetModelStateDict(*model, Dict(state, "model")));
+    DCP_ASSERT_OK(
+        SetOptimizerStateDict(*model, *optimizer, Dict(state, "optim")));
     TrainStep(model, *optimizer, 2);
     TrainStep(model, *optimizer, 3);
     for (const auto& item : reference->named_parameters()) {
@@ -328,7 +334,8 @@ TEST(OptimizerStateDictTest, SgdWithoutMomentumHasNoState) {
   TinyMlp model;
   torch::optim::SGD optimizer(model->parameters(),
                               torch::optim::SGDOptions(0.1));
-  ASSERT_OK_AND_ASSIGN(StateDict sd, GetOptimizerStateDict(*model, optimizer));
+  DCP_ASSERT_OK_AND_ASSIGN(StateDict sd,
+                           GetOptimizerStateDict(*model, optimizer));
   EXPECT_TRUE(Dict(sd, "state").empty());
   const StateDict& group =
       sd.Find("param_groups")->get<List>()[0].get<StateDict>();
@@ -336,7 +343,7 @@ TEST(OptimizerStateDictTest, SgdWithoutMomentumHasNoState) {
       group.Keys(),
       ElementsAre("lr", "momentum", "dampening", "weight_decay", "nesterov",
                   "maximize", "foreach", "differentiable", "fused", "params"));
-  ASSERT_OK(SetOptimizerStateDict(*model, optimizer, sd));
+  DCP_ASSERT_OK(SetOptimizerStateDict(*model, optimizer, sd));
 }
 
 TEST(OptimizerStateDictTest, OtherOptimizersAreUnimplemented) {
@@ -364,8 +371,8 @@ TEST(SetOptimizerStateDictTest, BadStateIsRefusedBeforeAnyChange) {
   TinyMlp model;
   torch::optim::AdamW optimizer(model->parameters(), AdamWOpts());
   TrainStep(model, optimizer, 1);
-  ASSERT_OK_AND_ASSIGN(StateDict good,
-                       GetOptimizerStateDict(*model, optimizer));
+  DCP_ASSERT_OK_AND_ASSIGN(StateDict good,
+                           GetOptimizerStateDict(*model, optimizer));
   // Detach the checked copy from the optimizer's own tensors.
   auto clone_state = [&]() {
     StateDict sd = good;
@@ -429,8 +436,8 @@ TEST(SetOptimizerStateDictTest, BadStateIsRefusedBeforeAnyChange) {
   // None of these changed the optimizer.
   const auto& state = optimizer.state();
   ASSERT_EQ(state.size(), 4);
-  ASSERT_OK_AND_ASSIGN(StateDict after,
-                       GetOptimizerStateDict(*model, optimizer));
+  DCP_ASSERT_OK_AND_ASSIGN(StateDict after,
+                           GetOptimizerStateDict(*model, optimizer));
   EXPECT_THAT(Dict(Dict(after, "state"), "fc1.weight")
                   .Find("exp_avg")
                   ->get<at::Tensor>(),
@@ -441,7 +448,7 @@ TEST(SetOptimizerStateDictTest, BadStateIsRefusedBeforeAnyChange) {
   StateDict pythonic = clone_state();
   group_of(pythonic).Set("weight_decay", 0);
   group_of(pythonic).Set("betas", List{0.8, 0.9});
-  ASSERT_OK(SetOptimizerStateDict(*model, optimizer, pythonic));
+  DCP_ASSERT_OK(SetOptimizerStateDict(*model, optimizer, pythonic));
   const auto& options = static_cast<const torch::optim::AdamWOptions&>(
       optimizer.param_groups()[0].options());
   EXPECT_EQ(options.weight_decay(), 0.0);
@@ -458,16 +465,17 @@ TEST(OptimizerStateDictTest, LoadingIntoAModelOfAnotherShapeNamesKeyAndShapes) {
     TinyMlp model;  // hidden 8
     torch::optim::AdamW optimizer(model->parameters(), AdamWOpts());
     TrainStep(model, optimizer, 1);
-    ASSERT_OK_AND_ASSIGN(StateDict model_sd, GetModelStateDict(*model));
-    ASSERT_OK_AND_ASSIGN(StateDict optim_sd,
-                         GetOptimizerStateDict(*model, optimizer));
-    ASSERT_OK(SaveTo(dir, StateDict{{"model", model_sd}, {"optim", optim_sd}}));
+    DCP_ASSERT_OK_AND_ASSIGN(StateDict model_sd, GetModelStateDict(*model));
+    DCP_ASSERT_OK_AND_ASSIGN(StateDict optim_sd,
+                             GetOptimizerStateDict(*model, optimizer));
+    DCP_ASSERT_OK(
+        SaveTo(dir, StateDict{{"model", model_sd}, {"optim", optim_sd}}));
   }
   TinyMlp wider(/*hidden=*/16);
   torch::optim::AdamW optimizer(wider->parameters(), AdamWOpts());
-  ASSERT_OK_AND_ASSIGN(StateDict model_sd, GetModelStateDict(*wider));
-  ASSERT_OK_AND_ASSIGN(StateDict optim_sd,
-                       GetOptimizerStateDict(*wider, optimizer));
+  DCP_ASSERT_OK_AND_ASSIGN(StateDict model_sd, GetModelStateDict(*wider));
+  DCP_ASSERT_OK_AND_ASSIGN(StateDict optim_sd,
+                           GetOptimizerStateDict(*wider, optimizer));
   StateDict state{{"model", model_sd}, {"optim", optim_sd}};
   const absl::Status status = LoadFrom(dir, state);
   EXPECT_THAT(status, StatusIs(absl::StatusCode::kInvalidArgument,
@@ -490,8 +498,8 @@ TEST(ModuleStateShardingTest, RowShardedModulesSaveOneGlobalTensor) {
   torch::nn::Linear warm_up(1, 1);
   SimulatorOptions sim_options;
   sim_options.world_size = 2;
-  ASSERT_OK_AND_ASSIGN(std::unique_ptr<Simulator> sim,
-                       Simulator::Create(sim_options));
+  DCP_ASSERT_OK_AND_ASSIGN(std::unique_ptr<Simulator> sim,
+                           Simulator::Create(sim_options));
   std::vector<at::Tensor> local_weights(2);
   std::vector<absl::Status> statuses =
       sim->Run([&](RankContext& ctx) -> absl::Status {
@@ -528,18 +536,18 @@ TEST(ModuleStateShardingTest, RowShardedModulesSaveOneGlobalTensor) {
                     *writer, save)
             .status();
       });
-  for (const absl::Status& status : statuses) ASSERT_OK(status);
+  for (const absl::Status& status : statuses) DCP_ASSERT_OK(status);
 
   torch::nn::Linear whole(4, 8);
   torch::optim::SGD optimizer(whole->parameters(),
                               torch::optim::SGDOptions(0.1).momentum(0.5));
-  ASSERT_OK_AND_ASSIGN(StateDict model_sd, GetModelStateDict(*whole));
-  ASSERT_OK_AND_ASSIGN(StateDict optim_sd,
-                       GetOptimizerStateDict(*whole, optimizer));
+  DCP_ASSERT_OK_AND_ASSIGN(StateDict model_sd, GetModelStateDict(*whole));
+  DCP_ASSERT_OK_AND_ASSIGN(StateDict optim_sd,
+                           GetOptimizerStateDict(*whole, optimizer));
   StateDict state{{"model", model_sd}, {"optim", optim_sd}};
-  ASSERT_OK(LoadFrom(dir, state));
-  ASSERT_OK(SetModelStateDict(*whole, Dict(state, "model")));
-  ASSERT_OK(SetOptimizerStateDict(*whole, optimizer, Dict(state, "optim")));
+  DCP_ASSERT_OK(LoadFrom(dir, state));
+  DCP_ASSERT_OK(SetModelStateDict(*whole, Dict(state, "model")));
+  DCP_ASSERT_OK(SetOptimizerStateDict(*whole, optimizer, Dict(state, "optim")));
   EXPECT_THAT(whole->weight.detach(),
               TensorEq(at::cat({local_weights[0], local_weights[1]})));
   EXPECT_THAT(whole->bias.detach(),

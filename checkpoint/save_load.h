@@ -39,7 +39,7 @@
 // group's Aborted or DeadlineExceeded. Bad options are InvalidArgument.
 //
 // Commit: a failed Save says what became of the checkpoint through
-// `GetCommitOutcome` (checkpoint/status.h), and its message says it too:
+// `GetCommitOutcome` (core/status.h), and its message says it too:
 //   kNotCommitted  the previous checkpoint is untouched
 //   kCommitted     the new checkpoint is in place, e.g. the directory sync
 //                  after the commit failed, or the coordinator committed
@@ -60,12 +60,12 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
-#include "checkpoint/executor.h"
-#include "checkpoint/future.h"
-#include "checkpoint/metadata.h"
-#include "checkpoint/process_group.h"
 #include "checkpoint/staging.h"  // StageStateDict, for AsyncSave callers.
-#include "checkpoint/state_dict.h"
+#include "core/executor.h"
+#include "core/future.h"
+#include "core/metadata.h"
+#include "core/state_dict.h"
+#include "distributed/process_group.h"
 #include "planner/planner.h"
 #include "storage/storage.h"
 

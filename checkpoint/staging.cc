@@ -15,9 +15,9 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
-#include "checkpoint/status.h"
-#include "checkpoint/tensor_copy.h"
-#include "checkpoint/torch_status.h"
+#include "core/status.h"
+#include "core/tensor_copy.h"
+#include "core/torch_status.h"
 
 namespace dcp {
 namespace {

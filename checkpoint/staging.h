@@ -32,7 +32,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
-#include "checkpoint/state_dict.h"
+#include "core/state_dict.h"
 
 namespace dcp {
 

@@ -6,7 +6,7 @@
 #include <utility>
 
 #include "ATen/ATen.h"
-#include "checkpoint/state_dict.h"
+#include "core/state_dict.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "testing/status_matchers.h"
@@ -15,9 +15,9 @@
 namespace dcp {
 namespace {
 
-using ::dcp::testing::MakeTestTensor;
-using ::dcp::testing::StateDictEq;
-using ::dcp::testing::TensorEq;
+using ::dcp::test::MakeTestTensor;
+using ::dcp::test::StateDictEq;
+using ::dcp::test::TensorEq;
 
 const at::Tensor& TensorAt(const StateDict& state, const std::string& key) {
   return state.Find(key)->get<at::Tensor>();
@@ -50,7 +50,7 @@ TEST(StageStateDictTest, CopiesEveryValueIntoContiguousCpuTensors) {
   // A non-contiguous view must come out contiguous with the same values.
   const at::Tensor wide = MakeTestTensor({6, 4}, at::kFloat, 20);
   source.Set("transposed", Value(wide.t()));
-  ASSERT_OK_AND_ASSIGN(StateDict staged, StageStateDict(source));
+  DCP_ASSERT_OK_AND_ASSIGN(StateDict staged, StageStateDict(source));
   EXPECT_THAT(staged, StateDictEq(source));
   EXPECT_TRUE(TensorAt(staged, "transposed").is_contiguous());
   EXPECT_NE(TensorAt(staged, "weight").data_ptr(),
@@ -69,8 +69,9 @@ TEST(StageStateDictTest, CopiesEveryValueIntoContiguousCpuTensors) {
 TEST(StageStateDictTest, ReusesMatchingTensorsAndAllocatesTheRest) {
   StateDict first = MixedState(1);
   StagingStats stats;
-  ASSERT_OK_AND_ASSIGN(StateDict cached,
-                       StageStateDict(first, StagingOptions{}, nullptr, &stats));
+  DCP_ASSERT_OK_AND_ASSIGN(
+      StateDict cached,
+      StageStateDict(first, StagingOptions{}, nullptr, &stats));
   EXPECT_EQ(stats.reused_bytes, 0);
   EXPECT_GT(stats.bytes, 0);
 
@@ -79,9 +80,9 @@ TEST(StageStateDictTest, ReusesMatchingTensorsAndAllocatesTheRest) {
   second.Set("weight", Value(MakeTestTensor({4, 7}, at::kFloat, 5)));
   second.FindMutable("layer")->get<StateDict>().Set(
       "bias", Value(MakeTestTensor({5}, at::kFloat, 6)));
-  ASSERT_OK_AND_ASSIGN(StateDict staged,
-                       StageStateDict(second, StagingOptions{}, &cached,
-                                      &stats));
+  DCP_ASSERT_OK_AND_ASSIGN(
+      StateDict staged,
+      StageStateDict(second, StagingOptions{}, &cached, &stats));
   EXPECT_THAT(staged, StateDictEq(second));
   const auto& cached_shards = cached.Find("sharded")->get<ShardedTensor>();
   const auto& staged_shards = staged.Find("sharded")->get<ShardedTensor>();
@@ -108,16 +109,16 @@ TEST(StageStateDictTest, ParallelCopiesSplitLargeTensorsAndKeepValues) {
   options.copy_threads = 3;
   options.parallel_copy_min_bytes = 0;
   StagingStats stats;
-  ASSERT_OK_AND_ASSIGN(StateDict staged,
-                       StageStateDict(source, options, nullptr, &stats));
+  DCP_ASSERT_OK_AND_ASSIGN(StateDict staged,
+                           StageStateDict(source, options, nullptr, &stats));
   EXPECT_EQ(stats.threads, 3);
   EXPECT_THAT(staged, StateDictEq(source));
 
   // Into reused buffers, with new values.
   StateDict changed = source;
   changed.Set("big", Value(MakeTestTensor({3 * 1024, 4096}, at::kFloat, 9)));
-  ASSERT_OK_AND_ASSIGN(StateDict again,
-                       StageStateDict(changed, options, &staged, &stats));
+  DCP_ASSERT_OK_AND_ASSIGN(StateDict again,
+                           StageStateDict(changed, options, &staged, &stats));
   EXPECT_EQ(TensorAt(again, "big").data_ptr(), TensorAt(staged, "big").data_ptr());
   EXPECT_THAT(TensorAt(again, "big"), TensorEq(TensorAt(changed, "big")));
 }
@@ -126,15 +127,16 @@ TEST(StageStateDictTest, SmallStatesAreCopiedByTheCallingThread) {
   StagingOptions options;
   options.copy_threads = 4;  // Below parallel_copy_min_bytes: unused.
   StagingStats stats;
-  ASSERT_OK(StageStateDict(MixedState(3), options, nullptr, &stats).status());
+  DCP_ASSERT_OK(
+      StageStateDict(MixedState(3), options, nullptr, &stats).status());
   EXPECT_EQ(stats.threads, 1);
 }
 
 TEST(StagingPoolTest, ReusesTheBuffersOfAReleasedCopy) {
   StagingPool pool(StagingOptions{}, /*max_cached=*/1);
   const StateDict first = MixedState(1);
-  ASSERT_OK_AND_ASSIGN(std::shared_ptr<const StateDict> staged,
-                       pool.Stage(first));
+  DCP_ASSERT_OK_AND_ASSIGN(std::shared_ptr<const StateDict> staged,
+                           pool.Stage(first));
   const void* weight = TensorAt(*staged, "weight").data_ptr();
   EXPECT_EQ(pool.cached(), 0u);
   staged.reset();
@@ -142,7 +144,7 @@ TEST(StagingPoolTest, ReusesTheBuffersOfAReleasedCopy) {
 
   const StateDict second = MixedState(2);
   StagingStats stats;
-  ASSERT_OK_AND_ASSIGN(staged, pool.Stage(second, &stats));
+  DCP_ASSERT_OK_AND_ASSIGN(staged, pool.Stage(second, &stats));
   EXPECT_EQ(TensorAt(*staged, "weight").data_ptr(), weight);
   EXPECT_EQ(stats.reused_bytes, stats.bytes);
   EXPECT_THAT(*staged, StateDictEq(second));
@@ -151,12 +153,14 @@ TEST(StagingPoolTest, ReusesTheBuffersOfAReleasedCopy) {
 TEST(StagingPoolTest, NeverReusesACopyThatIsStillHeld) {
   StagingPool pool(StagingOptions{}, /*max_cached=*/2);
   const StateDict state = MixedState(1);
-  ASSERT_OK_AND_ASSIGN(std::shared_ptr<const StateDict> a, pool.Stage(state));
-  ASSERT_OK_AND_ASSIGN(std::shared_ptr<const StateDict> b, pool.Stage(state));
+  DCP_ASSERT_OK_AND_ASSIGN(std::shared_ptr<const StateDict> a,
+                           pool.Stage(state));
+  DCP_ASSERT_OK_AND_ASSIGN(std::shared_ptr<const StateDict> b,
+                           pool.Stage(state));
   EXPECT_NE(TensorAt(*a, "weight").data_ptr(), TensorAt(*b, "weight").data_ptr());
   const at::Tensor a_weight = TensorAt(*a, "weight").clone();
-  ASSERT_OK_AND_ASSIGN(std::shared_ptr<const StateDict> c,
-                       pool.Stage(MixedState(5)));
+  DCP_ASSERT_OK_AND_ASSIGN(std::shared_ptr<const StateDict> c,
+                           pool.Stage(MixedState(5)));
   EXPECT_THAT(TensorAt(*a, "weight"), TensorEq(a_weight));
   a.reset();
   b.reset();
@@ -170,7 +174,7 @@ TEST(StagingPoolTest, ACopyMayOutliveThePool) {
   std::shared_ptr<const StateDict> staged;
   {
     StagingPool pool(StagingOptions{}, 1);
-    ASSERT_OK_AND_ASSIGN(staged, pool.Stage(MixedState(1)));
+    DCP_ASSERT_OK_AND_ASSIGN(staged, pool.Stage(MixedState(1)));
   }
   EXPECT_THAT(*staged, StateDictEq(MixedState(1)));
   staged.reset();  // Freed, not returned: the pool is gone.

@@ -13,9 +13,9 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
-#include "checkpoint/metadata.h"
-#include "checkpoint/sharding.h"
-#include "checkpoint/state_dict.h"
+#include "core/metadata.h"
+#include "core/sharding.h"
+#include "core/state_dict.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "planner/default_save_planner.h"
@@ -29,11 +29,11 @@
 namespace dcp {
 namespace {
 
-using ::dcp::testing::IsOk;
-using ::dcp::testing::MakeTestTensor;
-using ::dcp::testing::StateDictEq;
-using ::dcp::testing::StatusIs;
-using ::dcp::testing::TensorEq;
+using ::dcp::test::IsOk;
+using ::dcp::test::MakeTestTensor;
+using ::dcp::test::StateDictEq;
+using ::dcp::test::StatusIs;
+using ::dcp::test::TensorEq;
 using ::testing::AllOf;
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
@@ -173,7 +173,7 @@ std::vector<StateDict> RowShardedModel(const at::Tensor& full, int world) {
   std::vector<StateDict> per_rank;
   for (int rank = 0; rank < world; ++rank) {
     absl::StatusOr<ShardedTensor> sharded = ShardAlongDim(full, 0, rank, world);
-    EXPECT_OK(sharded.status());
+    DCP_EXPECT_OK(sharded.status());
     per_rank.push_back(
         StateDict{{"model", StateDict{{"w", *sharded}}}, {"step", 5}});
   }
@@ -187,7 +187,7 @@ at::Tensor Unshard(const std::vector<StateDict>& per_rank) {
         sd.Find("model")->get<StateDict>().Find("w")->get<ShardedTensor>());
   }
   absl::StatusOr<at::Tensor> full = dcp::Unshard(shards);
-  EXPECT_OK(full.status());
+  DCP_EXPECT_OK(full.status());
   return full.ok() ? *full : at::Tensor();
 }
 
@@ -208,17 +208,19 @@ ReadItem TensorItem(const std::string& fqn, Shape dest_chunk, int64_t li,
 
 TEST(DefaultLoadPlannerTest, ReshardsFourRowShardsIntoThreeRowShards) {
   const at::Tensor full = MakeTestTensor({10, 4}, at::kFloat, 7);
-  ASSERT_OK_AND_ASSIGN(MemoryCheckpoint checkpoint,
-                       Save(RowShardedModel(full, 4)));
+  DCP_ASSERT_OK_AND_ASSIGN(MemoryCheckpoint checkpoint,
+                           Save(RowShardedModel(full, 4)));
   // Saved rows: [0, 3), [3, 6), [6, 9), [9, 10).
   std::vector<StateDict> dests;
   for (int rank = 0; rank < 3; ++rank) {
-    ASSERT_OK_AND_ASSIGN(ShardedTensor zeros,
-                         ZerosShardAlongDim({10, 4}, at::kFloat, 0, rank, 3));
+    DCP_ASSERT_OK_AND_ASSIGN(
+        ShardedTensor zeros,
+        ZerosShardAlongDim({10, 4}, at::kFloat, 0, rank, 3));
     dests.push_back(StateDict{{"model", StateDict{{"w", zeros}}}, {"step", 0}});
   }
-  ASSERT_OK_AND_ASSIGN(std::vector<LoadPlan> plans,
-                       PlanLoadForRanks(checkpoint.metadata, Pointers(dests)));
+  DCP_ASSERT_OK_AND_ASSIGN(
+      std::vector<LoadPlan> plans,
+      PlanLoadForRanks(checkpoint.metadata, Pointers(dests)));
   ASSERT_THAT(plans, SizeIs(3));
   // Rank 1 holds rows [4, 8).
   EXPECT_THAT(
@@ -234,7 +236,7 @@ TEST(DefaultLoadPlannerTest, ReshardsFourRowShardsIntoThreeRowShards) {
                      plans[rank]);
   }
 
-  ASSERT_OK(Load(checkpoint, Pointers(dests)));
+  DCP_ASSERT_OK(Load(checkpoint, Pointers(dests)));
   EXPECT_THAT(Unshard(dests), TensorEq(full));
   for (const StateDict& sd : dests) {
     EXPECT_TRUE(ValuesEqual(*sd.Find("step"), Value(5)));
@@ -243,16 +245,17 @@ TEST(DefaultLoadPlannerTest, ReshardsFourRowShardsIntoThreeRowShards) {
 
 TEST(DefaultLoadPlannerTest, ReshardsRowShardsIntoTwoByTwoGrid) {
   const at::Tensor full = MakeTestTensor({10, 4}, at::kFloat, 8);
-  ASSERT_OK_AND_ASSIGN(MemoryCheckpoint checkpoint,
-                       Save(RowShardedModel(full, 4)));
+  DCP_ASSERT_OK_AND_ASSIGN(MemoryCheckpoint checkpoint,
+                           Save(RowShardedModel(full, 4)));
   std::vector<StateDict> dests;
   for (int rank = 0; rank < 4; ++rank) {
-    ASSERT_OK_AND_ASSIGN(ShardedTensor zeros,
-                         ZerosShardGrid2D({10, 4}, at::kFloat, rank, 2, 2));
+    DCP_ASSERT_OK_AND_ASSIGN(ShardedTensor zeros,
+                             ZerosShardGrid2D({10, 4}, at::kFloat, rank, 2, 2));
     dests.push_back(StateDict{{"model", StateDict{{"w", zeros}}}});
   }
-  ASSERT_OK_AND_ASSIGN(std::vector<LoadPlan> plans,
-                       PlanLoadForRanks(checkpoint.metadata, Pointers(dests)));
+  DCP_ASSERT_OK_AND_ASSIGN(
+      std::vector<LoadPlan> plans,
+      PlanLoadForRanks(checkpoint.metadata, Pointers(dests)));
   for (int rank = 0; rank < 4; ++rank) {
     SCOPED_TRACE(rank);
     ExpectExactCover(checkpoint.metadata, "model.w",
@@ -262,19 +265,19 @@ TEST(DefaultLoadPlannerTest, ReshardsRowShardsIntoTwoByTwoGrid) {
   // Rank 3 holds rows [5, 10), columns [2, 4): three saved chunks.
   EXPECT_THAT(plans[3].items, SizeIs(3));
 
-  ASSERT_OK(Load(checkpoint, Pointers(dests)));
+  DCP_ASSERT_OK(Load(checkpoint, Pointers(dests)));
   EXPECT_THAT(Unshard(dests), TensorEq(full));
 }
 
 TEST(DefaultLoadPlannerTest, ShardedCheckpointLoadsIntoPlainTensors) {
   const at::Tensor full = MakeTestTensor({10, 4}, at::kFloat, 9);
-  ASSERT_OK_AND_ASSIGN(MemoryCheckpoint checkpoint,
-                       Save(RowShardedModel(full, 4)));
+  DCP_ASSERT_OK_AND_ASSIGN(MemoryCheckpoint checkpoint,
+                           Save(RowShardedModel(full, 4)));
   std::vector<StateDict> dests(2, StateDict{});
   for (StateDict& sd : dests) {
     sd.Set("model", StateDict{{"w", at::zeros({10, 4})}});
   }
-  ASSERT_OK(Load(checkpoint, Pointers(dests)));
+  DCP_ASSERT_OK(Load(checkpoint, Pointers(dests)));
   for (const StateDict& sd : dests) {
     EXPECT_THAT(sd.Find("model")->get<StateDict>().Find("w")->get<at::Tensor>(),
                 TensorEq(full));
@@ -282,15 +285,15 @@ TEST(DefaultLoadPlannerTest, ShardedCheckpointLoadsIntoPlainTensors) {
 }
 
 TEST(DefaultLoadPlannerTest, ZeroDimensionalTensorsLoad) {
-  ASSERT_OK_AND_ASSIGN(
+  DCP_ASSERT_OK_AND_ASSIGN(
       MemoryCheckpoint checkpoint,
       Save({StateDict{{"s", at::scalar_tensor(4.5, at::kDouble)}}}));
   StateDict dest{{"s", at::scalar_tensor(0.0, at::kDouble)}};
-  ASSERT_OK_AND_ASSIGN(std::vector<LoadPlan> plans,
-                       PlanLoadForRanks(checkpoint.metadata, {&dest}));
+  DCP_ASSERT_OK_AND_ASSIGN(std::vector<LoadPlan> plans,
+                           PlanLoadForRanks(checkpoint.metadata, {&dest}));
   EXPECT_THAT(plans[0].items,
               ElementsAre(TensorItem("s", {}, 0, {}, {}, 0, {}, {})));
-  ASSERT_OK(Load(checkpoint, {&dest}));
+  DCP_ASSERT_OK(Load(checkpoint, {&dest}));
   EXPECT_THAT(dest.Find("s")->get<at::Tensor>(),
               TensorEq(at::scalar_tensor(4.5, at::kDouble)));
 }
@@ -319,13 +322,13 @@ TEST(DefaultLoadPlannerTest, MissingKeysAreAllListed) {
 }
 
 TEST(DefaultLoadPlannerTest, AllowPartialLoadSkipsMissingKeys) {
-  ASSERT_OK_AND_ASSIGN(MemoryCheckpoint checkpoint,
-                       Save({StateDict{{"w", at::ones({4})}}}));
+  DCP_ASSERT_OK_AND_ASSIGN(MemoryCheckpoint checkpoint,
+                           Save({StateDict{{"w", at::ones({4})}}}));
   StateDict dest{
       {"a", StateDict{{"b", at::zeros({4})}}}, {"w", at::zeros({4})}, {"c", 3}};
   DefaultLoadPlannerOptions options;
   options.allow_partial_load = true;
-  ASSERT_OK(Load(checkpoint, {&dest}, options));
+  DCP_ASSERT_OK(Load(checkpoint, {&dest}, options));
   EXPECT_THAT(dest,
               StateDictEq(StateDict{{"a", StateDict{{"b", at::zeros({4})}}},
                                     {"w", at::ones({4})},
@@ -335,7 +338,7 @@ TEST(DefaultLoadPlannerTest, AllowPartialLoadSkipsMissingKeys) {
 TEST(DefaultLoadPlannerTest, UnrequestedCheckpointKeysAreIgnoredUnlessStrict) {
   const Metadata md = TensorMetadata({"w", "extra2", "extra1"});
   StateDict dest{{"w", at::zeros({4})}};
-  EXPECT_OK(PlanLoadForRanks(md, {&dest}).status());
+  DCP_EXPECT_OK(PlanLoadForRanks(md, {&dest}).status());
 
   DefaultLoadPlannerOptions strict;
   strict.strict = true;
@@ -404,11 +407,11 @@ TEST(DefaultLoadPlannerTest, TensorSavedForNonTensorDestinationIsAnError) {
 
 TEST(DefaultLoadPlannerTest, BytesSavedForTensorDestinationReplacesTheTensor) {
   // Python loads the saved object in place of the tensor; so does dcp.
-  ASSERT_OK_AND_ASSIGN(MemoryCheckpoint checkpoint,
-                       Save({StateDict{{"m", StateDict{{"k", 42}}}}}));
+  DCP_ASSERT_OK_AND_ASSIGN(MemoryCheckpoint checkpoint,
+                           Save({StateDict{{"m", StateDict{{"k", 42}}}}}));
   StateDict dest{{"m", StateDict{{"k", at::zeros({4})}}}};
-  ASSERT_OK_AND_ASSIGN(std::vector<LoadPlan> plans,
-                       PlanLoadForRanks(checkpoint.metadata, {&dest}));
+  DCP_ASSERT_OK_AND_ASSIGN(std::vector<LoadPlan> plans,
+                           PlanLoadForRanks(checkpoint.metadata, {&dest}));
   ASSERT_THAT(plans[0].items, SizeIs(1));
   const ReadItem& item = plans[0].items[0];
   EXPECT_EQ(item.type, LoadItemType::kByteIo);
@@ -417,16 +420,16 @@ TEST(DefaultLoadPlannerTest, BytesSavedForTensorDestinationReplacesTheTensor) {
   EXPECT_EQ(item.dest_offsets, Shape{0});
   EXPECT_EQ(item.storage_offsets, Shape{0});
   EXPECT_EQ(item.lengths, Shape{0});
-  ASSERT_OK(Load(checkpoint, {&dest}));
+  DCP_ASSERT_OK(Load(checkpoint, {&dest}));
   EXPECT_THAT(dest, StateDictEq(StateDict{{"m", StateDict{{"k", 42}}}}));
 }
 
 TEST(DefaultLoadPlannerTest, DtypeMismatchCastsUnlessCheckDtype) {
   const at::Tensor saved = MakeTestTensor({6}, at::kFloat, 3);
-  ASSERT_OK_AND_ASSIGN(MemoryCheckpoint checkpoint,
-                       Save({StateDict{{"k", saved}}}));
+  DCP_ASSERT_OK_AND_ASSIGN(MemoryCheckpoint checkpoint,
+                           Save({StateDict{{"k", saved}}}));
   StateDict dest{{"k", at::zeros({6}, at::kDouble)}};
-  ASSERT_OK(Load(checkpoint, {&dest}));
+  DCP_ASSERT_OK(Load(checkpoint, {&dest}));
   EXPECT_THAT(dest.Find("k")->get<at::Tensor>(),
               TensorEq(saved.to(at::kDouble)));
 
@@ -437,7 +440,8 @@ TEST(DefaultLoadPlannerTest, DtypeMismatchCastsUnlessCheckDtype) {
                        HasSubstr("dtype mismatch for \"k\": saved float32, "
                                  "destination float64")));
   StateDict same{{"k", at::zeros({6})}};
-  EXPECT_OK(PlanLoadForRanks(checkpoint.metadata, {&same}, options).status());
+  DCP_EXPECT_OK(
+      PlanLoadForRanks(checkpoint.metadata, {&same}, options).status());
 }
 
 TEST(DefaultLoadPlannerTest, IncompleteCheckpointIsDataLoss) {
@@ -457,7 +461,7 @@ TEST(DefaultLoadPlannerTest, IncompleteCheckpointIsDataLoss) {
   // A destination shard inside the saved part is fine.
   StateDict part{
       {"w", ShardedTensor{{4, 2}, {Shard{at::zeros({2, 2}), {0, 0}}}}}};
-  EXPECT_OK(PlanLoadForRanks(md, {&part}).status());
+  DCP_EXPECT_OK(PlanLoadForRanks(md, {&part}).status());
 }
 
 // ---------------------------------------------------------------------------
@@ -476,14 +480,14 @@ TEST(DefaultLoadPlannerTest, ResolveTensorReturnsAViewIntoTheCallersTensor) {
   sh.chunks = {ChunkStorageMetadata{{0, 0}, {8, 4}}};
   md.state_dict_metadata["sh"] = sh;
   DefaultLoadPlanner planner;
-  ASSERT_OK(planner.SetUp(&dest, md, true));
-  ASSERT_OK_AND_ASSIGN(LoadPlan plan, planner.CreateLocalPlan());
+  DCP_ASSERT_OK(planner.SetUp(&dest, md, true));
+  DCP_ASSERT_OK_AND_ASSIGN(LoadPlan plan, planner.CreateLocalPlan());
   ASSERT_THAT(plan.items, SizeIs(3));
 
   ReadItem box = plan.items[0];
   box.dest_offsets = {1, 2};
   box.lengths = {2, 1};
-  ASSERT_OK_AND_ASSIGN(at::Tensor view, planner.ResolveTensor(box));
+  DCP_ASSERT_OK_AND_ASSIGN(at::Tensor view, planner.ResolveTensor(box));
   EXPECT_THAT(view.sizes().vec(), ElementsAre(2, 1));
   view.fill_(3);
   at::Tensor expected = at::zeros({4, 4});
@@ -493,17 +497,17 @@ TEST(DefaultLoadPlannerTest, ResolveTensorReturnsAViewIntoTheCallersTensor) {
   // The second local shard, found by its hint and, with a wrong hint, by
   // its offset.
   EXPECT_EQ(plan.items[2].dest_index, MetadataIndex("sh", Shape{4, 0}));
-  ASSERT_OK_AND_ASSIGN(at::Tensor shard_view,
-                       planner.ResolveTensor(plan.items[2]));
+  DCP_ASSERT_OK_AND_ASSIGN(at::Tensor shard_view,
+                           planner.ResolveTensor(plan.items[2]));
   shard_view.fill_(1);
   EXPECT_THAT(s1, TensorEq(at::ones({2, 4})));
   EXPECT_THAT(s0, TensorEq(at::zeros({2, 4})));
   ReadItem misleading = plan.items[2];
   misleading.dest_index.index = 0;
-  ASSERT_OK_AND_ASSIGN(shard_view, planner.ResolveTensor(misleading));
+  DCP_ASSERT_OK_AND_ASSIGN(shard_view, planner.ResolveTensor(misleading));
   shard_view.fill_(2);
   EXPECT_THAT(s1, TensorEq(at::full({2, 4}, 2.0)));
-  EXPECT_OK(planner.CommitTensor(misleading, shard_view));
+  DCP_EXPECT_OK(planner.CommitTensor(misleading, shard_view));
 }
 
 TEST(DefaultLoadPlannerTest, ResolveTensorErrors) {
@@ -513,7 +517,7 @@ TEST(DefaultLoadPlannerTest, ResolveTensorErrors) {
   DefaultLoadPlanner planner;
   EXPECT_THAT(planner.ResolveTensor(ReadItem{}),
               StatusIs(absl::StatusCode::kFailedPrecondition));
-  ASSERT_OK(planner.SetUp(&dest, Metadata{}, true));
+  DCP_ASSERT_OK(planner.SetUp(&dest, Metadata{}, true));
   EXPECT_THAT(
       planner.ResolveTensor(TensorItem("nope", {0}, 0, {0}, {0}, 0, {0}, {1})),
       StatusIs(absl::StatusCode::kNotFound, HasSubstr("\"nope\"")));
@@ -546,7 +550,7 @@ TEST(DefaultLoadPlannerTest, LoadBytesRestoresNestedValues) {
       {"optim",
        StateDict{{"param_groups",
                   List{StateDict{{"lr", 0.1}, {"params", List{0, 1}}}}}}}};
-  ASSERT_OK_AND_ASSIGN(MemoryCheckpoint checkpoint, Save({saved}));
+  DCP_ASSERT_OK_AND_ASSIGN(MemoryCheckpoint checkpoint, Save({saved}));
   EXPECT_TRUE(
       checkpoint.metadata.state_dict_metadata.count("optim.param_groups.0.lr"));
   StateDict dest{
@@ -554,7 +558,7 @@ TEST(DefaultLoadPlannerTest, LoadBytesRestoresNestedValues) {
       {"optim",
        StateDict{{"param_groups",
                   List{StateDict{{"lr", 0.0}, {"params", List{7}}}}}}}};
-  ASSERT_OK(Load(checkpoint, {&dest}));
+  DCP_ASSERT_OK(Load(checkpoint, {&dest}));
   EXPECT_THAT(dest, StateDictEq(saved));
 }
 
@@ -562,13 +566,13 @@ TEST(DefaultLoadPlannerTest, LoadBytesWithoutFlatteningSetsTopLevelKeys) {
   DefaultSavePlannerOptions save_options;
   save_options.flatten_state_dict = false;
   StateDict saved{{"cfg", StateDict{{"lr", 0.5}}}, {"t", at::ones({3})}};
-  ASSERT_OK_AND_ASSIGN(MemoryCheckpoint checkpoint,
-                       Save({saved}, save_options));
+  DCP_ASSERT_OK_AND_ASSIGN(MemoryCheckpoint checkpoint,
+                           Save({saved}, save_options));
   DefaultLoadPlannerOptions load_options;
   load_options.flatten_state_dict = false;
   StateDict dest{{"cfg", StateDict{{"lr", 0.0}, {"extra", 1}}},
                  {"t", at::zeros({3})}};
-  ASSERT_OK(Load(checkpoint, {&dest}, load_options));
+  DCP_ASSERT_OK(Load(checkpoint, {&dest}, load_options));
   EXPECT_THAT(dest, StateDictEq(saved));
 }
 
@@ -580,7 +584,7 @@ TEST(DefaultLoadPlannerTest, LoadBytesErrors) {
   item.dest_index = MetadataIndex("zzz");
   EXPECT_THAT(planner.LoadBytes(item, Value(1)),
               StatusIs(absl::StatusCode::kFailedPrecondition));
-  ASSERT_OK(planner.SetUp(&dest, Metadata{}, true));
+  DCP_ASSERT_OK(planner.SetUp(&dest, Metadata{}, true));
   EXPECT_THAT(planner.LoadBytes(item, Value(1)),
               StatusIs(absl::StatusCode::kNotFound, HasSubstr("\"zzz\"")));
   EXPECT_THAT(planner.SetUp(nullptr, Metadata{}, true),
@@ -614,14 +618,14 @@ TEST(DefaultLoadPlannerTest, LegacyCheckpointLoadsWholeContainers) {
            {"param_groups",
             List{StateDict{{"lr", 0.0}, {"params", List{5, 6}}}}}}}};
   DefaultLoadPlanner planner;
-  ASSERT_OK(planner.SetUp(&dest, checkpoint.metadata, true));
-  ASSERT_OK_AND_ASSIGN(LoadPlan plan, planner.CreateLocalPlan());
+  DCP_ASSERT_OK(planner.SetUp(&dest, checkpoint.metadata, true));
+  DCP_ASSERT_OK_AND_ASSIGN(LoadPlan plan, planner.CreateLocalPlan());
   std::vector<std::string> fqns;
   for (const ReadItem& item : plan.items) fqns.push_back(item.dest_index.fqn);
   EXPECT_THAT(fqns, ElementsAre("model.w", "optim.state.0.exp_avg",
                                 "optim.state.0.step", "optim.param_groups"));
 
-  ASSERT_OK(Load(checkpoint, {&dest}));
+  DCP_ASSERT_OK(Load(checkpoint, {&dest}));
   EXPECT_THAT(
       dest,
       StateDictEq(StateDict{
@@ -640,13 +644,13 @@ TEST(DefaultLoadPlannerTest, SetUpSharedPlansAsSetUpWithoutACopy) {
       std::make_shared<const Metadata>(TensorMetadata({"a", "b", "c"}, {6}));
   StateDict dest{{"a", at::zeros({6})}, {"c", at::zeros({6})}};
   DefaultLoadPlanner copying;
-  ASSERT_OK(copying.SetUp(&dest, *md, true));
-  ASSERT_OK_AND_ASSIGN(LoadPlan expected, copying.CreateLocalPlan());
+  DCP_ASSERT_OK(copying.SetUp(&dest, *md, true));
+  DCP_ASSERT_OK_AND_ASSIGN(LoadPlan expected, copying.CreateLocalPlan());
   EXPECT_EQ(md.use_count(), 1);
   DefaultLoadPlanner sharing;
-  ASSERT_OK(sharing.SetUpShared(&dest, md, true));
+  DCP_ASSERT_OK(sharing.SetUpShared(&dest, md, true));
   EXPECT_GT(md.use_count(), 1);
-  ASSERT_OK_AND_ASSIGN(LoadPlan plan, sharing.CreateLocalPlan());
+  DCP_ASSERT_OK_AND_ASSIGN(LoadPlan plan, sharing.CreateLocalPlan());
   EXPECT_EQ(plan, expected);
   EXPECT_THAT(
       sharing.SetUpShared(&dest, std::shared_ptr<const Metadata>(), true),
@@ -669,7 +673,7 @@ TEST(LoadPlannerTest, DefaultSetUpSharedCallsSetUp) {
   StateDict dest{{"a", at::zeros({4})}};
   auto md = std::make_shared<const Metadata>(TensorMetadata({"a", "b"}));
   // DefaultLoadPlanner overrides SetUpShared; call the interface's default.
-  ASSERT_OK(base.LoadPlanner::SetUpShared(&dest, md, true));
+  DCP_ASSERT_OK(base.LoadPlanner::SetUpShared(&dest, md, true));
   EXPECT_EQ(planner.keys, 2u);
   EXPECT_THAT(base.LoadPlanner::SetUpShared(&dest, nullptr, true),
               StatusIs(absl::StatusCode::kInvalidArgument));
@@ -682,8 +686,8 @@ TEST(DefaultLoadPlannerTest, ModernCheckpointDoesNotUseLegacyFlattening) {
   StateDict dest{{"w", at::zeros({2})}, {"cfg", StateDict{{"lr", 0.0}}}};
   DefaultLoadPlannerOptions options;
   options.allow_partial_load = true;
-  ASSERT_OK_AND_ASSIGN(std::vector<LoadPlan> plans,
-                       PlanLoadForRanks(md, {&dest}, options));
+  DCP_ASSERT_OK_AND_ASSIGN(std::vector<LoadPlan> plans,
+                           PlanLoadForRanks(md, {&dest}, options));
   ASSERT_THAT(plans[0].items, SizeIs(1));
   EXPECT_EQ(plans[0].items[0].dest_index.fqn, "w");
 }
@@ -702,8 +706,8 @@ TEST(DefaultLoadPlannerTest, ConcurrentLoadBytesAndResolveTensor) {
     md.state_dict_metadata[absl::StrCat("t", i)] = t;
   }
   DefaultLoadPlanner planner;
-  ASSERT_OK(planner.SetUp(&dest, md, true));
-  ASSERT_OK_AND_ASSIGN(LoadPlan plan, planner.CreateLocalPlan());
+  DCP_ASSERT_OK(planner.SetUp(&dest, md, true));
+  DCP_ASSERT_OK_AND_ASSIGN(LoadPlan plan, planner.CreateLocalPlan());
   ASSERT_THAT(plan.items, SizeIs(2 * kKeys));
   std::vector<absl::Status> statuses(plan.items.size());
   std::vector<std::thread> threads;
@@ -744,10 +748,10 @@ TEST(DefaultLoadPlannerTest, GlobalAndFinishPlanAreIdentity) {
   LoadPlan plan;
   plan.items.push_back(TensorItem("w", {0}, 0, {0}, {0}, 0, {0}, {4}));
   plan.storage_data = "s";
-  ASSERT_OK_AND_ASSIGN(std::vector<LoadPlan> global,
-                       planner.CreateGlobalPlan({plan, LoadPlan{}}));
+  DCP_ASSERT_OK_AND_ASSIGN(std::vector<LoadPlan> global,
+                           planner.CreateGlobalPlan({plan, LoadPlan{}}));
   EXPECT_THAT(global, ElementsAre(plan, LoadPlan{}));
-  ASSERT_OK_AND_ASSIGN(LoadPlan finished, planner.FinishPlan(plan));
+  DCP_ASSERT_OK_AND_ASSIGN(LoadPlan finished, planner.FinishPlan(plan));
   EXPECT_EQ(finished, plan);
 }
 

@@ -74,8 +74,8 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
-#include "checkpoint/metadata.h"
-#include "checkpoint/state_dict.h"
+#include "core/metadata.h"
+#include "core/state_dict.h"
 #include "planner/planner.h"
 #include "planner/save_plan.h"
 
@@ -185,7 +185,7 @@ absl::StatusOr<GlobalSavePlan> CreateDefaultGlobalSavePlan(
 
 // The default planner's SavePlan::planner_data: the flatten mappings
 // {fqn -> object path}, in the encoding of Metadata::planner_data in
-// checkpoint/metadata_codec.h (without a header):
+// core/metadata_codec.h (without a header):
 //   count{fqn:string count{u8 0 key:string | u8 1 index:svarint}}
 // with keys strictly increasing.
 std::string EncodePlannerData(

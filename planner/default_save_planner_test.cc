@@ -12,9 +12,9 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
-#include "checkpoint/metadata.h"
-#include "checkpoint/sharding.h"
-#include "checkpoint/state_dict.h"
+#include "core/metadata.h"
+#include "core/sharding.h"
+#include "core/state_dict.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "planner/planner.h"
@@ -25,10 +25,10 @@
 namespace dcp {
 namespace {
 
-using ::dcp::testing::IsOk;
-using ::dcp::testing::MakeTestTensor;
-using ::dcp::testing::StatusIs;
-using ::dcp::testing::TensorEq;
+using ::dcp::test::IsOk;
+using ::dcp::test::MakeTestTensor;
+using ::dcp::test::StatusIs;
+using ::dcp::test::TensorEq;
 using ::testing::AllOf;
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
@@ -75,7 +75,7 @@ int64_t PlanBytes(const SavePlan& plan) {
 
 ShardedTensor RowShard(const at::Tensor& full, int rank, int world) {
   absl::StatusOr<ShardedTensor> sharded = ShardAlongDim(full, 0, rank, world);
-  EXPECT_OK(sharded.status());
+  DCP_EXPECT_OK(sharded.status());
   return *std::move(sharded);
 }
 
@@ -103,8 +103,8 @@ TEST(DefaultSavePlannerTest, LocalPlanHasOneItemPerValueWithPythonIndices) {
       {"optim", StateDict{{"param_groups", List{StateDict{{"lr", 0.1}}}}}},
   };
   DefaultSavePlanner planner;
-  ASSERT_OK(planner.SetUp(sd, nullptr, true));
-  ASSERT_OK_AND_ASSIGN(SavePlan plan, planner.CreateLocalPlan());
+  DCP_ASSERT_OK(planner.SetUp(sd, nullptr, true));
+  DCP_ASSERT_OK_AND_ASSIGN(SavePlan plan, planner.CreateLocalPlan());
   ASSERT_THAT(plan.items, SizeIs(7));
 
   const WriteItem& wi = plan.items[0];
@@ -146,7 +146,7 @@ TEST(DefaultSavePlannerTest, LocalPlanHasOneItemPerValueWithPythonIndices) {
   EXPECT_EQ(plan.items[6].index, MetadataIndex("optim.param_groups.0.lr"));
   EXPECT_EQ(plan.items[6].type, WriteItemType::kByteIo);
 
-  ASSERT_OK_AND_ASSIGN(auto mappings, DecodePlannerData(plan.planner_data));
+  DCP_ASSERT_OK_AND_ASSIGN(auto mappings, DecodePlannerData(plan.planner_data));
   EXPECT_THAT(
       mappings,
       ElementsAre(Pair("model.b", ObjectPath{"model", "b"}),
@@ -219,7 +219,7 @@ TEST(DefaultSavePlannerTest, BadShardsAreInvalidArgumentNamingTheKey) {
     SCOPED_TRACE(c.message);
     StateDict sd{{"m", StateDict{{"w", c.sharded}}}};
     DefaultSavePlanner planner;
-    ASSERT_OK(planner.SetUp(sd, nullptr, true));
+    DCP_ASSERT_OK(planner.SetUp(sd, nullptr, true));
     EXPECT_THAT(planner.CreateLocalPlan(),
                 StatusIs(absl::StatusCode::kInvalidArgument,
                          AllOf(HasSubstr("\"m.w\""), HasSubstr(c.message))));
@@ -229,7 +229,7 @@ TEST(DefaultSavePlannerTest, BadShardsAreInvalidArgumentNamingTheKey) {
 TEST(DefaultSavePlannerTest, UndefinedTensorIsInvalidArgument) {
   StateDict sd{{"t", at::Tensor()}};
   DefaultSavePlanner planner;
-  ASSERT_OK(planner.SetUp(sd, nullptr, true));
+  DCP_ASSERT_OK(planner.SetUp(sd, nullptr, true));
   EXPECT_THAT(planner.CreateLocalPlan(),
               StatusIs(absl::StatusCode::kInvalidArgument,
                        HasSubstr("\"t\": value is an undefined tensor")));
@@ -238,8 +238,8 @@ TEST(DefaultSavePlannerTest, UndefinedTensorIsInvalidArgument) {
 TEST(DefaultSavePlannerTest, ShardedTensorWithoutLocalShardsHasNoItems) {
   StateDict sd{{"w", ShardedTensor{{8}, {}}}};
   DefaultSavePlanner planner;
-  ASSERT_OK(planner.SetUp(sd, nullptr, true));
-  ASSERT_OK_AND_ASSIGN(SavePlan plan, planner.CreateLocalPlan());
+  DCP_ASSERT_OK(planner.SetUp(sd, nullptr, true));
+  DCP_ASSERT_OK_AND_ASSIGN(SavePlan plan, planner.CreateLocalPlan());
   EXPECT_THAT(plan.items, IsEmpty());
 }
 
@@ -250,16 +250,17 @@ TEST(DefaultSavePlannerTest, WithoutFlatteningNestedValuesAreBytesItems) {
   DefaultSavePlannerOptions options;
   options.flatten_state_dict = false;
   DefaultSavePlanner planner(options);
-  ASSERT_OK(planner.SetUp(sd, nullptr, true));
-  ASSERT_OK_AND_ASSIGN(SavePlan plan, planner.CreateLocalPlan());
+  DCP_ASSERT_OK(planner.SetUp(sd, nullptr, true));
+  DCP_ASSERT_OK_AND_ASSIGN(SavePlan plan, planner.CreateLocalPlan());
   EXPECT_THAT(Fqns(plan), ElementsAre("t", "cfg", "lst"));
   EXPECT_EQ(plan.items[1].type, WriteItemType::kByteIo);
   EXPECT_EQ(plan.items[2].type, WriteItemType::kByteIo);
   EXPECT_THAT(plan.planner_data, IsEmpty());
-  ASSERT_OK_AND_ASSIGN(Value cfg, planner.ResolveData(plan.items[1]));
+  DCP_ASSERT_OK_AND_ASSIGN(Value cfg, planner.ResolveData(plan.items[1]));
   EXPECT_TRUE(ValuesEqual(cfg, *sd.Find("cfg")));
 
-  ASSERT_OK_AND_ASSIGN(GlobalSavePlan global, planner.CreateGlobalPlan({plan}));
+  DCP_ASSERT_OK_AND_ASSIGN(GlobalSavePlan global,
+                           planner.CreateGlobalPlan({plan}));
   EXPECT_THAT(global.metadata.planner_data, IsEmpty());
   EXPECT_TRUE(std::holds_alternative<BytesStorageMetadata>(
       global.metadata.state_dict_metadata.at("cfg")));
@@ -270,7 +271,7 @@ TEST(DefaultSavePlannerTest, WithoutFlatteningNestedTensorsAreRejected) {
   DefaultSavePlannerOptions options;
   options.flatten_state_dict = false;
   DefaultSavePlanner planner(options);
-  ASSERT_OK(planner.SetUp(sd, nullptr, true));
+  DCP_ASSERT_OK(planner.SetUp(sd, nullptr, true));
   EXPECT_THAT(planner.CreateLocalPlan(),
               StatusIs(absl::StatusCode::kInvalidArgument,
                        HasSubstr("\"model\": a dict holding tensors")));
@@ -281,7 +282,7 @@ TEST(DefaultSavePlannerTest, TupleHoldingATensorIsRejected) {
   // cannot hold a tensor.
   StateDict sd{{"pair", Tuple{{at::ones({2}), 1}}}};
   DefaultSavePlanner planner;
-  ASSERT_OK(planner.SetUp(sd, nullptr, true));
+  DCP_ASSERT_OK(planner.SetUp(sd, nullptr, true));
   EXPECT_THAT(planner.CreateLocalPlan(),
               StatusIs(absl::StatusCode::kInvalidArgument,
                        HasSubstr("\"pair\": a tuple holding tensors")));
@@ -306,8 +307,8 @@ TEST(DefaultSavePlannerTest, DedupBalancesReplicatedItemsAcrossFourRanks) {
         {"e", at::ones({60})},            // 240 bytes
     });
   }
-  ASSERT_OK_AND_ASSIGN(GlobalSavePlan global,
-                       PlanSave(per_rank, DefaultSavePlannerOptions{}));
+  DCP_ASSERT_OK_AND_ASSIGN(GlobalSavePlan global,
+                           PlanSave(per_rank, DefaultSavePlannerOptions{}));
   ASSERT_THAT(global.plans, SizeIs(4));
   // a -> r0 (all empty, lowest); b -> r1; c -> r2; d -> r3 (40);
   // step -> r3 (41); sh shards stay with their ranks (r0 432, r1 232,
@@ -338,8 +339,8 @@ TEST(DefaultSavePlannerTest, DedupSpreadsEqualItemsEvenly) {
   for (StateDict& sd : per_rank) {
     for (int i = 0; i < 12; ++i) sd.Set(absl::StrCat("t", i), at::ones({16}));
   }
-  ASSERT_OK_AND_ASSIGN(GlobalSavePlan global,
-                       PlanSave(per_rank, DefaultSavePlannerOptions{}));
+  DCP_ASSERT_OK_AND_ASSIGN(GlobalSavePlan global,
+                           PlanSave(per_rank, DefaultSavePlannerOptions{}));
   for (int rank = 0; rank < 4; ++rank) {
     SCOPED_TRACE(rank);
     EXPECT_THAT(global.plans[rank].items, SizeIs(3));
@@ -360,7 +361,7 @@ TEST(DefaultSavePlannerTest, DedupToLowestRankKeepsEverythingOnRankZero) {
   }
   DefaultSavePlannerOptions options;
   options.dedup_save_to_lowest_rank = true;
-  ASSERT_OK_AND_ASSIGN(GlobalSavePlan global, PlanSave(per_rank, options));
+  DCP_ASSERT_OK_AND_ASSIGN(GlobalSavePlan global, PlanSave(per_rank, options));
   EXPECT_THAT(Fqns(global.plans[0]), ElementsAre("a", "b", "step", "sh"));
   for (int rank = 1; rank < 4; ++rank) {
     EXPECT_THAT(Fqns(global.plans[rank]), ElementsAre("sh"));
@@ -374,8 +375,8 @@ TEST(DefaultSavePlannerTest, ReplicatedShardsAreDeduplicated) {
   for (int rank = 0; rank < 4; ++rank) {
     per_rank.push_back(StateDict{{"sh", RowShard(full, rank, 4)}});
   }
-  ASSERT_OK_AND_ASSIGN(GlobalSavePlan global,
-                       PlanSave(per_rank, DefaultSavePlannerOptions{}));
+  DCP_ASSERT_OK_AND_ASSIGN(GlobalSavePlan global,
+                           PlanSave(per_rank, DefaultSavePlannerOptions{}));
   EXPECT_THAT(global.plans[2].items, SizeIs(1));
   EXPECT_THAT(global.plans[3].items, IsEmpty());
   EXPECT_THAT(TensorMd(global.metadata, "sh").chunks,
@@ -397,8 +398,9 @@ TEST(DedupSavePlansTest, IterationOrderIsFirstSeenAcrossPlans) {
   std::vector<SavePlan> plans(2);
   plans[0].items = {item("x"), item("z")};
   plans[1].items = {item("y"), item("x"), item("z")};
-  ASSERT_OK_AND_ASSIGN(std::vector<SavePlan> deduped,
-                       DedupSavePlans(plans, /*save_to_lowest_rank=*/false));
+  DCP_ASSERT_OK_AND_ASSIGN(
+      std::vector<SavePlan> deduped,
+      DedupSavePlans(plans, /*save_to_lowest_rank=*/false));
   EXPECT_THAT(Fqns(deduped[0]), ElementsAre("x"));
   EXPECT_THAT(Fqns(deduped[1]), ElementsAre("y", "z"));
 }
@@ -421,8 +423,8 @@ TEST(DefaultSavePlannerTest, GlobalMetadataIsRankMajorWithRewrittenHints) {
       StateDict{{"w", ShardedTensor{{8, 4}, {Shard{at::ones({2, 4}), {6, 0}}}}},
                 {"m", StateDict{{"b", at::ones({3})}}}},
   };
-  ASSERT_OK_AND_ASSIGN(GlobalSavePlan global,
-                       PlanSave(per_rank, DefaultSavePlannerOptions{}));
+  DCP_ASSERT_OK_AND_ASSIGN(GlobalSavePlan global,
+                           PlanSave(per_rank, DefaultSavePlannerOptions{}));
   const Metadata& md = global.metadata;
   const TensorStorageMetadata& w = TensorMd(md, "w");
   EXPECT_EQ(w.size, (Shape{8, 4}));
@@ -466,7 +468,8 @@ TEST(DefaultSavePlannerTest, PlannerDataTakesTheLowestRanksPath) {
   plans[1].planner_data =
       EncodePlannerData({{"a", {"x", "y"}}, {"b", {"b", int64_t{3}}}});
   DefaultSavePlanner planner;
-  ASSERT_OK_AND_ASSIGN(GlobalSavePlan global, planner.CreateGlobalPlan(plans));
+  DCP_ASSERT_OK_AND_ASSIGN(GlobalSavePlan global,
+                           planner.CreateGlobalPlan(plans));
   EXPECT_THAT(global.metadata.planner_data,
               ElementsAre(Pair("a", ObjectPath{"a"}),
                           Pair("b", ObjectPath{"b", int64_t{3}})));
@@ -612,7 +615,7 @@ TEST(DefaultSavePlannerTest, FinishPlanReturnsThePlan) {
   plan.storage_data = "prefix";
   plan.items.push_back(
       WriteItem{MetadataIndex("x"), WriteItemType::kByteIo, {}});
-  ASSERT_OK_AND_ASSIGN(SavePlan finished, planner.FinishPlan(plan));
+  DCP_ASSERT_OK_AND_ASSIGN(SavePlan finished, planner.FinishPlan(plan));
   EXPECT_EQ(finished, plan);
 }
 
@@ -630,14 +633,14 @@ TEST(DefaultSavePlannerTest, ResolveDataReturnsTheCallersTensorsAndValues) {
   // The state dicts outlive the planners' use (SavePlanner's contract).
   const std::vector<StateDict> per_rank = {other, sd};
   std::vector<std::unique_ptr<DefaultSavePlanner>> planners;
-  ASSERT_OK_AND_ASSIGN(
+  DCP_ASSERT_OK_AND_ASSIGN(
       GlobalSavePlan global,
       PlanSave(per_rank, DefaultSavePlannerOptions{}, &planners));
   DefaultSavePlanner& planner = *planners[1];
-  ASSERT_OK_AND_ASSIGN(SavePlan plan, planner.FinishPlan(global.plans[1]));
+  DCP_ASSERT_OK_AND_ASSIGN(SavePlan plan, planner.FinishPlan(global.plans[1]));
   ASSERT_THAT(plan.items, SizeIs(4));
 
-  ASSERT_OK_AND_ASSIGN(Value wv, planner.ResolveData(plan.items[0]));
+  DCP_ASSERT_OK_AND_ASSIGN(Value wv, planner.ResolveData(plan.items[0]));
   ASSERT_TRUE(wv.is<at::Tensor>());
   EXPECT_TRUE(wv.get<at::Tensor>().is_same(w));
 
@@ -645,22 +648,22 @@ TEST(DefaultSavePlannerTest, ResolveDataReturnsTheCallersTensorsAndValues) {
   // the offset decides.
   EXPECT_EQ(plan.items[1].index.index, 2);
   EXPECT_EQ(plan.items[2].index.index, 3);
-  ASSERT_OK_AND_ASSIGN(Value first, planner.ResolveData(plan.items[1]));
+  DCP_ASSERT_OK_AND_ASSIGN(Value first, planner.ResolveData(plan.items[1]));
   EXPECT_TRUE(first.get<at::Tensor>().is_same(s0));
-  ASSERT_OK_AND_ASSIGN(Value second, planner.ResolveData(plan.items[2]));
+  DCP_ASSERT_OK_AND_ASSIGN(Value second, planner.ResolveData(plan.items[2]));
   EXPECT_TRUE(second.get<at::Tensor>().is_same(s1));
   EXPECT_THAT(second.get<at::Tensor>(), TensorEq(s1));
   // A hint that names the wrong local shard falls back to the offset.
   WriteItem misleading = plan.items[2];
   misleading.index.index = 0;
-  ASSERT_OK_AND_ASSIGN(Value found, planner.ResolveData(misleading));
+  DCP_ASSERT_OK_AND_ASSIGN(Value found, planner.ResolveData(misleading));
   EXPECT_TRUE(found.get<at::Tensor>().is_same(s1));
   // A correct local hint is used directly.
   misleading.index.index = 1;
-  ASSERT_OK_AND_ASSIGN(found, planner.ResolveData(misleading));
+  DCP_ASSERT_OK_AND_ASSIGN(found, planner.ResolveData(misleading));
   EXPECT_TRUE(found.get<at::Tensor>().is_same(s1));
 
-  ASSERT_OK_AND_ASSIGN(Value lr, planner.ResolveData(plan.items[3]));
+  DCP_ASSERT_OK_AND_ASSIGN(Value lr, planner.ResolveData(plan.items[3]));
   EXPECT_TRUE(ValuesEqual(lr, Value(0.5)));
 }
 
@@ -669,7 +672,7 @@ TEST(DefaultSavePlannerTest, ResolveDataErrors) {
                {"sh", ShardedTensor{{4}, {Shard{at::ones({2}), {2}}}}},
                {"step", 1}};
   DefaultSavePlanner planner;
-  ASSERT_OK(planner.SetUp(sd, nullptr, true));
+  DCP_ASSERT_OK(planner.SetUp(sd, nullptr, true));
 
   EXPECT_THAT(planner.ResolveData(WriteItem{
                   MetadataIndex("nope", Shape{0}), WriteItemType::kTensor, {}}),
@@ -680,9 +683,9 @@ TEST(DefaultSavePlannerTest, ResolveDataErrors) {
                        HasSubstr("\"w\" is not a sharded tensor; cannot find "
                                  "it by offset [1, 0]")));
   // A plain tensor may be found by zeros or no offset.
-  EXPECT_OK(planner.ResolveData(
+  DCP_EXPECT_OK(planner.ResolveData(
       WriteItem{MetadataIndex("w", Shape{0, 0}), WriteItemType::kTensor, {}}));
-  EXPECT_OK(planner.ResolveData(
+  DCP_EXPECT_OK(planner.ResolveData(
       WriteItem{MetadataIndex("w"), WriteItemType::kTensor, {}}));
   EXPECT_THAT(planner.ResolveData(WriteItem{
                   MetadataIndex("sh", Shape{0}, 0), WriteItemType::kShard, {}}),
@@ -707,10 +710,11 @@ TEST(PlannerDataTest, RoundTrips) {
       {"a.0.b", {"a", int64_t{0}, "b"}},
       {"neg", {"neg", int64_t{-5}}},
       {"z", {"z"}}};
-  ASSERT_OK_AND_ASSIGN(auto decoded,
-                       DecodePlannerData(EncodePlannerData(mappings)));
+  DCP_ASSERT_OK_AND_ASSIGN(auto decoded,
+                           DecodePlannerData(EncodePlannerData(mappings)));
   EXPECT_EQ(decoded, mappings);
-  ASSERT_OK_AND_ASSIGN(auto empty, DecodePlannerData(EncodePlannerData({})));
+  DCP_ASSERT_OK_AND_ASSIGN(auto empty,
+                           DecodePlannerData(EncodePlannerData({})));
   EXPECT_THAT(empty, IsEmpty());
 }
 

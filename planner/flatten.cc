@@ -12,9 +12,9 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
-#include "checkpoint/metadata.h"
-#include "checkpoint/state_dict.h"
-#include "checkpoint/status.h"
+#include "core/metadata.h"
+#include "core/state_dict.h"
+#include "core/status.h"
 
 namespace dcp {
 namespace {

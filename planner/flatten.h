@@ -43,8 +43,8 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
-#include "checkpoint/metadata.h"
-#include "checkpoint/state_dict.h"
+#include "core/metadata.h"
+#include "core/state_dict.h"
 
 namespace dcp {
 

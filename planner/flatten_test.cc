@@ -6,8 +6,8 @@
 #include <vector>
 
 #include "ATen/ATen.h"
-#include "checkpoint/metadata.h"
-#include "checkpoint/state_dict.h"
+#include "core/metadata.h"
+#include "core/state_dict.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "testing/status_matchers.h"
@@ -16,10 +16,10 @@
 namespace dcp {
 namespace {
 
-using ::dcp::testing::IsOk;
-using ::dcp::testing::StateDictEq;
-using ::dcp::testing::StatusIs;
-using ::dcp::testing::TensorEq;
+using ::dcp::test::IsOk;
+using ::dcp::test::StateDictEq;
+using ::dcp::test::StatusIs;
+using ::dcp::test::TensorEq;
 using ::testing::AllOf;
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
@@ -60,8 +60,8 @@ StateDict ModelAndOptim(const at::Tensor& weight, const at::Tensor& exp_avg) {
 TEST(FlattenStateDictTest, ModelAndOptimizerMatchesPyTorch) {
   at::Tensor weight = at::ones({2, 2});
   at::Tensor exp_avg = at::zeros({2, 2});
-  ASSERT_OK_AND_ASSIGN(FlatStateDict flat,
-                       FlattenStateDict(ModelAndOptim(weight, exp_avg)));
+  DCP_ASSERT_OK_AND_ASSIGN(FlatStateDict flat,
+                           FlattenStateDict(ModelAndOptim(weight, exp_avg)));
   EXPECT_THAT(Fqns(flat),
               ElementsAre("model.layer1.weight", "optim.state.0.exp_avg",
                           "optim.state.0.step", "optim.param_groups.0.lr",
@@ -88,7 +88,7 @@ TEST(FlattenStateDictTest, ModelAndOptimizerMatchesPyTorch) {
 TEST(FlattenStateDictTest, FlattenedTensorsShareStorageWithTheUsersTensors) {
   at::Tensor weight = at::zeros({3});
   StateDict sd{{"w", weight}, {"lst", List{weight}}};
-  ASSERT_OK_AND_ASSIGN(FlatStateDict flat, FlattenStateDict(sd));
+  DCP_ASSERT_OK_AND_ASSIGN(FlatStateDict flat, FlattenStateDict(sd));
   flat.items[0].second.get<at::Tensor>().fill_(7);
   EXPECT_THAT(weight, TensorEq(at::full({3}, 7.0f)));
   EXPECT_TRUE(flat.items[1].second.get<at::Tensor>().is_same(weight));
@@ -96,8 +96,8 @@ TEST(FlattenStateDictTest, FlattenedTensorsShareStorageWithTheUsersTensors) {
 
 TEST(FlattenStateDictTest, ListWithTensorIsDescended) {
   at::Tensor t = at::ones({1});
-  ASSERT_OK_AND_ASSIGN(FlatStateDict flat,
-                       FlattenStateDict(StateDict{{"lst", List{t, 3}}}));
+  DCP_ASSERT_OK_AND_ASSIGN(FlatStateDict flat,
+                           FlattenStateDict(StateDict{{"lst", List{t, 3}}}));
   EXPECT_THAT(Fqns(flat), ElementsAre("lst.0", "lst.1"));
   EXPECT_THAT(flat.mappings,
               ElementsAre(Pair("lst.0", P({"lst", int64_t{0}})),
@@ -107,15 +107,15 @@ TEST(FlattenStateDictTest, ListWithTensorIsDescended) {
 
 TEST(FlattenStateDictTest, ListWithShardedTensorIsDescended) {
   ShardedTensor st{{4}, {Shard{at::ones({2}), {0}}}};
-  ASSERT_OK_AND_ASSIGN(FlatStateDict flat,
-                       FlattenStateDict(StateDict{{"lst", List{"a", st}}}));
+  DCP_ASSERT_OK_AND_ASSIGN(FlatStateDict flat,
+                           FlattenStateDict(StateDict{{"lst", List{"a", st}}}));
   EXPECT_THAT(Fqns(flat), ElementsAre("lst.0", "lst.1"));
   EXPECT_TRUE(Item(flat, "lst.1").is<ShardedTensor>());
 }
 
 TEST(FlattenStateDictTest, ListOfPlainValuesIsOneLeaf) {
-  ASSERT_OK_AND_ASSIGN(FlatStateDict flat,
-                       FlattenStateDict(StateDict{{"lst", List{1, 2}}}));
+  DCP_ASSERT_OK_AND_ASSIGN(FlatStateDict flat,
+                           FlattenStateDict(StateDict{{"lst", List{1, 2}}}));
   EXPECT_THAT(Fqns(flat), ElementsAre("lst"));
   EXPECT_THAT(flat.mappings, ElementsAre(Pair("lst", P({"lst"}))));
   EXPECT_TRUE(ValuesEqual(Item(flat, "lst"), Value(List{1, 2})));
@@ -129,14 +129,14 @@ TEST(FlattenStateDictTest, TuplesAreAlwaysLeaves) {
                {"pair", Tuple{{"warmup", StateDict{{"steps", 10}}}}},
                {"with_tensor", Tuple{{t}}},
                {"lst", List{Tuple{{1, 2}}}}};
-  ASSERT_OK_AND_ASSIGN(FlatStateDict flat, FlattenStateDict(sd));
+  DCP_ASSERT_OK_AND_ASSIGN(FlatStateDict flat, FlattenStateDict(sd));
   EXPECT_THAT(Fqns(flat), ElementsAre("betas", "pair", "with_tensor", "lst"));
   EXPECT_TRUE(Item(flat, "pair").is<Tuple>());
   EXPECT_TRUE(ValuesEqual(Item(flat, "lst"), Value(List{Tuple{{1, 2}}})));
 }
 
 TEST(FlattenStateDictTest, EmptyListAndListOfTerminalListsAreLeaves) {
-  ASSERT_OK_AND_ASSIGN(
+  DCP_ASSERT_OK_AND_ASSIGN(
       FlatStateDict flat,
       FlattenStateDict(StateDict{{"empty", List{}},
                                  {"nested", List{List{1}, List{}, "s"}}}));
@@ -145,7 +145,7 @@ TEST(FlattenStateDictTest, EmptyListAndListOfTerminalListsAreLeaves) {
 
 TEST(FlattenStateDictTest, NestedNonTerminalListsAreDescended) {
   at::Tensor t = at::ones({1});
-  ASSERT_OK_AND_ASSIGN(
+  DCP_ASSERT_OK_AND_ASSIGN(
       FlatStateDict flat,
       FlattenStateDict(StateDict{{"l", List{List{t, 5}, List{1, 2}, 9}}}));
   EXPECT_THAT(Fqns(flat), ElementsAre("l.0.0", "l.0.1", "l.1", "l.2"));
@@ -156,34 +156,32 @@ TEST(FlattenStateDictTest, NestedNonTerminalListsAreDescended) {
 
 TEST(FlattenStateDictTest, ListHoldingAnEmptyDictIsDescendedAndVanishes) {
   // Python: `_is_terminal` is False for any Mapping, even an empty one.
-  ASSERT_OK_AND_ASSIGN(
+  DCP_ASSERT_OK_AND_ASSIGN(
       FlatStateDict flat,
       FlattenStateDict(StateDict{{"l", List{StateDict{}, 4}}}));
   EXPECT_THAT(Fqns(flat), ElementsAre("l.1"));
 }
 
 TEST(FlattenStateDictTest, EmptyDictVanishes) {
-  ASSERT_OK_AND_ASSIGN(
+  DCP_ASSERT_OK_AND_ASSIGN(
       FlatStateDict flat,
-      FlattenStateDict(StateDict{{"a", StateDict{}},
-                                 {"b", StateDict{{"c", StateDict{}}}},
-                                 {"d", 1}}));
+      FlattenStateDict(StateDict{
+          {"a", StateDict{}}, {"b", StateDict{{"c", StateDict{}}}}, {"d", 1}}));
   EXPECT_THAT(Fqns(flat), ElementsAre("d"));
-  ASSERT_OK_AND_ASSIGN(FlatStateDict empty, FlattenStateDict(StateDict{}));
+  DCP_ASSERT_OK_AND_ASSIGN(FlatStateDict empty, FlattenStateDict(StateDict{}));
   EXPECT_THAT(empty.items, IsEmpty());
   EXPECT_THAT(empty.mappings, IsEmpty());
 }
 
 TEST(FlattenStateDictTest, AllLeafKindsAreLeaves) {
-  ASSERT_OK_AND_ASSIGN(
-      FlatStateDict flat,
-      FlattenStateDict(StateDict{{"n", None{}},
-                                 {"b", false},
-                                 {"i", 1},
-                                 {"f", 2.5},
-                                 {"s", "str"},
-                                 {"y", Bytes{"raw"}},
-                                 {"t", at::ones({})}}));
+  DCP_ASSERT_OK_AND_ASSIGN(FlatStateDict flat,
+                           FlattenStateDict(StateDict{{"n", None{}},
+                                                      {"b", false},
+                                                      {"i", 1},
+                                                      {"f", 2.5},
+                                                      {"s", "str"},
+                                                      {"y", Bytes{"raw"}},
+                                                      {"t", at::ones({})}}));
   EXPECT_THAT(Fqns(flat), ElementsAre("n", "b", "i", "f", "s", "y", "t"));
 }
 
@@ -211,24 +209,24 @@ TEST(SetElementTest, RoundTripRebuildsDictAndListStructure) {
   at::Tensor exp_avg = at::zeros({2, 2});
   StateDict original = ModelAndOptim(weight, exp_avg);
   original.Set("lst", List{at::ones({1}), 3, List{at::zeros({2}), "x"}});
-  ASSERT_OK_AND_ASSIGN(FlatStateDict flat, FlattenStateDict(original));
+  DCP_ASSERT_OK_AND_ASSIGN(FlatStateDict flat, FlattenStateDict(original));
 
   StateDict rebuilt;
   for (const auto& [fqn, value] : flat.items) {
-    ASSERT_OK(SetElement(rebuilt, flat.mappings.at(fqn), value));
+    DCP_ASSERT_OK(SetElement(rebuilt, flat.mappings.at(fqn), value));
   }
   EXPECT_THAT(rebuilt, StateDictEq(original));
-  ASSERT_OK_AND_ASSIGN(StateDict unflattened, UnflattenStateDict(flat));
+  DCP_ASSERT_OK_AND_ASSIGN(StateDict unflattened, UnflattenStateDict(flat));
   EXPECT_THAT(unflattened, StateDictEq(original));
 }
 
 TEST(SetElementTest, PadsListsWithNone) {
   StateDict root;
-  ASSERT_OK(SetElement(root, P({"l", int64_t{2}}), 5));
+  DCP_ASSERT_OK(SetElement(root, P({"l", int64_t{2}}), 5));
   EXPECT_THAT(root, StateDictEq(StateDict{{"l", List{None{}, None{}, 5}}}));
   // A None element on the way is replaced by the container the path needs.
-  ASSERT_OK(SetElement(root, P({"l", int64_t{0}, "k"}), "v"));
-  ASSERT_OK(SetElement(root, P({"l", int64_t{4}, int64_t{1}}), 7));
+  DCP_ASSERT_OK(SetElement(root, P({"l", int64_t{0}, "k"}), "v"));
+  DCP_ASSERT_OK(SetElement(root, P({"l", int64_t{4}, int64_t{1}}), 7));
   EXPECT_THAT(root, StateDictEq(StateDict{
                         {"l", List{StateDict{{"k", "v"}}, None{}, 5, None{},
                                    List{None{}, 7}}}}));
@@ -236,15 +234,15 @@ TEST(SetElementTest, PadsListsWithNone) {
 
 TEST(SetElementTest, CreatesDictsAndListsFromTheNextElementKind) {
   StateDict root;
-  ASSERT_OK(SetElement(root, P({"a", "b", int64_t{0}, "c"}), 1));
+  DCP_ASSERT_OK(SetElement(root, P({"a", "b", int64_t{0}, "c"}), 1));
   EXPECT_THAT(root, StateDictEq(StateDict{
                         {"a", StateDict{{"b", List{StateDict{{"c", 1}}}}}}}));
 }
 
 TEST(SetElementTest, ReplacesExistingValuesKeepingPosition) {
   StateDict root{{"x", 1}, {"d", StateDict{{"p", 1}, {"q", 2}}}, {"y", 3}};
-  ASSERT_OK(SetElement(root, P({"d", "p"}), "new"));
-  ASSERT_OK(SetElement(root, P({"x"}), 10));
+  DCP_ASSERT_OK(SetElement(root, P({"d", "p"}), "new"));
+  DCP_ASSERT_OK(SetElement(root, P({"x"}), 10));
   EXPECT_THAT(root, StateDictEq(StateDict{
                         {"x", 10},
                         {"d", StateDict{{"p", "new"}, {"q", 2}}},
@@ -285,11 +283,11 @@ TEST(SetElementTest, WrongContainerKindIsAnError) {
 TEST(GetElementTest, FindsValuesAndReportsMissingOnes) {
   at::Tensor t = at::ones({2});
   StateDict root{{"a", StateDict{{"l", List{1, t}}}}};
-  ASSERT_OK_AND_ASSIGN(const Value* v,
-                       GetElement(root, P({"a", "l", int64_t{1}})));
+  DCP_ASSERT_OK_AND_ASSIGN(const Value* v,
+                           GetElement(root, P({"a", "l", int64_t{1}})));
   EXPECT_TRUE(v->get<at::Tensor>().is_same(t));
-  ASSERT_OK_AND_ASSIGN(Value * m,
-                       GetMutableElement(root, P({"a", "l", int64_t{0}})));
+  DCP_ASSERT_OK_AND_ASSIGN(Value * m,
+                           GetMutableElement(root, P({"a", "l", int64_t{0}})));
   *m = Value(42);
   EXPECT_THAT(root, StateDictEq(StateDict{{"a", StateDict{{"l", List{42, t}}}}}));
 

@@ -3,7 +3,7 @@
 #include <ostream>
 
 #include "absl/strings/escaping.h"
-#include "checkpoint/metadata.h"
+#include "core/metadata.h"
 
 namespace dcp {
 namespace {

@@ -7,9 +7,9 @@
 
 #include "ATen/ATen.h"
 #include "absl/status/status.h"
-#include "checkpoint/metadata.h"
-#include "checkpoint/sharding.h"
-#include "checkpoint/state_dict.h"
+#include "core/metadata.h"
+#include "core/sharding.h"
+#include "core/state_dict.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "planner/default_save_planner.h"
@@ -22,7 +22,7 @@
 namespace dcp {
 namespace {
 
-using ::dcp::testing::StatusIs;
+using ::dcp::test::StatusIs;
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
 using ::testing::SizeIs;
@@ -61,11 +61,12 @@ TEST(LockstepTest, ComputesReadItemsForADestinationLayoutFromMetadataAlone) {
   // Destination: 4 ranks, rows [32r, 32r + 32); only shapes matter.
   std::vector<StateDict> dests;
   for (int rank = 0; rank < 4; ++rank) {
-    ASSERT_OK_AND_ASSIGN(ShardedTensor shard,
-                         ZerosShardAlongDim({128, 2}, at::kFloat, 0, rank, 4));
+    DCP_ASSERT_OK_AND_ASSIGN(
+        ShardedTensor shard,
+        ZerosShardAlongDim({128, 2}, at::kFloat, 0, rank, 4));
     dests.push_back(StateDict{{"layer", StateDict{{"w", shard}}}, {"step", 0}});
   }
-  ASSERT_OK_AND_ASSIGN(
+  DCP_ASSERT_OK_AND_ASSIGN(
       std::vector<LoadPlan> plans,
       PlanLoadForRanks(md, {&dests[0], &dests[1], &dests[2], &dests[3]}));
   ASSERT_THAT(plans, SizeIs(4));
@@ -94,12 +95,13 @@ TEST(LockstepTest, PlansASaveForEveryRank) {
   const at::Tensor full = at::arange(8, at::kFloat);
   std::vector<StateDict> per_rank;
   for (int rank = 0; rank < 2; ++rank) {
-    ASSERT_OK_AND_ASSIGN(ShardedTensor shard, ShardAlongDim(full, 0, rank, 2));
+    DCP_ASSERT_OK_AND_ASSIGN(ShardedTensor shard,
+                             ShardAlongDim(full, 0, rank, 2));
     per_rank.push_back(
         StateDict{{"w", shard}, {"b", at::ones({3})}, {"step", 1}});
   }
-  ASSERT_OK_AND_ASSIGN(GlobalSavePlan global,
-                       PlanSaveForRanks({&per_rank[0], &per_rank[1]}));
+  DCP_ASSERT_OK_AND_ASSIGN(GlobalSavePlan global,
+                           PlanSaveForRanks({&per_rank[0], &per_rank[1]}));
   ASSERT_THAT(global.plans, SizeIs(2));
   const auto& w = std::get<TensorStorageMetadata>(
       global.metadata.state_dict_metadata.at("w"));
@@ -117,11 +119,11 @@ TEST(LockstepTest, PlansASaveForEveryRank) {
   // Save then load plans round trip through the Metadata alone.
   std::vector<StateDict> dests(3);
   for (int rank = 0; rank < 3; ++rank) {
-    ASSERT_OK_AND_ASSIGN(ShardedTensor zeros,
-                         ZerosShardAlongDim({8}, at::kFloat, 0, rank, 3));
+    DCP_ASSERT_OK_AND_ASSIGN(ShardedTensor zeros,
+                             ZerosShardAlongDim({8}, at::kFloat, 0, rank, 3));
     dests[rank] = StateDict{{"w", zeros}, {"b", at::zeros({3})}, {"step", 0}};
   }
-  ASSERT_OK_AND_ASSIGN(
+  DCP_ASSERT_OK_AND_ASSIGN(
       std::vector<LoadPlan> plans,
       PlanLoadForRanks(global.metadata, {&dests[0], &dests[1], &dests[2]}));
   ASSERT_THAT(plans, SizeIs(3));
@@ -135,7 +137,7 @@ TEST(LockstepTest, PlansASaveForEveryRank) {
     for (const ReadItem& item : plans[rank].items) {
       if (item.dest_index.fqn == "w") w_items.push_back(item);
     }
-    EXPECT_OK(CheckReadItemsCoverChunks("w", local, w_items));
+    DCP_EXPECT_OK(CheckReadItemsCoverChunks("w", local, w_items));
   }
 }
 

@@ -10,10 +10,10 @@
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
-#include "checkpoint/byte_codec.h"
-#include "checkpoint/metadata.h"
-#include "checkpoint/metadata_codec.h"
-#include "checkpoint/status.h"
+#include "core/byte_codec.h"
+#include "core/metadata.h"
+#include "core/metadata_codec.h"
+#include "core/status.h"
 
 namespace dcp {
 namespace {

@@ -7,9 +7,9 @@
 // scattered back) and each rank's `WriteResult`s (gathered to the
 // coordinator). Plans never reach disk.
 //
-// Layout (primitives as in checkpoint/byte_codec.h; MetadataIndex, Shape,
+// Layout (primitives as in core/byte_codec.h; MetadataIndex, Shape,
 // ChunkStorageMetadata, TensorProperties and StorageInfo as in
-// checkpoint/metadata_codec.h; `opt<X>` is a presence byte 0/1, then X):
+// core/metadata_codec.h; `opt<X>` is a presence byte 0/1, then X):
 //
 //   SavePlan     := header(kSavePlan) count{WriteItem}
 //                   storage_data:string planner_data:string usable:bool

@@ -9,10 +9,10 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
 #include "c10/core/ScalarType.h"
-#include "checkpoint/byte_codec.h"
-#include "checkpoint/codec_test_util.h"
-#include "checkpoint/metadata.h"
-#include "checkpoint/metadata_codec.h"
+#include "core/byte_codec.h"
+#include "core/codec_test_util.h"
+#include "core/metadata.h"
+#include "core/metadata_codec.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "planner/load_plan.h"
@@ -23,9 +23,9 @@
 namespace dcp {
 namespace {
 
-using ::dcp::testing::IsOk;
-using ::dcp::testing::IsOkAndHolds;
-using ::dcp::testing::StatusIs;
+using ::dcp::test::IsOk;
+using ::dcp::test::IsOkAndHolds;
+using ::dcp::test::StatusIs;
 using ::testing::AllOf;
 using ::testing::Eq;
 using ::testing::HasSubstr;
@@ -141,7 +141,8 @@ std::string EncodeSave(const SavePlan& p) { return EncodeSavePlan(p); }
 
 TEST(SavePlanCodecTest, RoundTrips) {
   const SavePlan plan = RichSavePlan();
-  ASSERT_OK_AND_ASSIGN(SavePlan decoded, DecodeSavePlan(EncodeSavePlan(plan)));
+  DCP_ASSERT_OK_AND_ASSIGN(SavePlan decoded,
+                           DecodeSavePlan(EncodeSavePlan(plan)));
   EXPECT_EQ(decoded, plan);
   ExpectSameHints(decoded.items, plan.items, &WriteItem::index);
   EXPECT_THAT(DecodeSavePlan(EncodeSavePlan(SavePlan{})),
@@ -157,14 +158,14 @@ TEST(SavePlanCodecTest, IsDeterministicAndCompact) {
 }
 
 TEST(SavePlanCodecTest, EveryTruncationFails) {
-  dcp::testing::ExpectEveryTruncationFails(EncodeSavePlan(RichSavePlan()),
-                                           DecodeSave);
+  dcp::test::ExpectEveryTruncationFails(EncodeSavePlan(RichSavePlan()),
+                                        DecodeSave);
 }
 
 TEST(SavePlanCodecTest, RandomAndMutatedInputsNeverCrash) {
-  dcp::testing::FuzzDecoder(EncodeSavePlan(RichSavePlan()),
-                            Header(PayloadKind::kSavePlan), DecodeSave,
-                            EncodeSave, dcp::testing::CodecTestSeed());
+  dcp::test::FuzzDecoder(EncodeSavePlan(RichSavePlan()),
+                         Header(PayloadKind::kSavePlan), DecodeSave, EncodeSave,
+                         dcp::test::CodecTestSeed());
 }
 
 TEST(SavePlanCodecTest, HugeItemCountFailsFast) {
@@ -245,7 +246,8 @@ std::string EncodeLoad(const LoadPlan& p) { return EncodeLoadPlan(p); }
 
 TEST(LoadPlanCodecTest, RoundTrips) {
   const LoadPlan plan = RichLoadPlan();
-  ASSERT_OK_AND_ASSIGN(LoadPlan decoded, DecodeLoadPlan(EncodeLoadPlan(plan)));
+  DCP_ASSERT_OK_AND_ASSIGN(LoadPlan decoded,
+                           DecodeLoadPlan(EncodeLoadPlan(plan)));
   EXPECT_EQ(decoded, plan);
   ExpectSameHints(decoded.items, plan.items, &ReadItem::dest_index);
   ExpectSameHints(decoded.items, plan.items, &ReadItem::storage_index);
@@ -258,14 +260,14 @@ TEST(LoadPlanCodecTest, IsDeterministic) {
 }
 
 TEST(LoadPlanCodecTest, EveryTruncationFails) {
-  dcp::testing::ExpectEveryTruncationFails(EncodeLoadPlan(RichLoadPlan()),
-                                           DecodeLoad);
+  dcp::test::ExpectEveryTruncationFails(EncodeLoadPlan(RichLoadPlan()),
+                                        DecodeLoad);
 }
 
 TEST(LoadPlanCodecTest, RandomAndMutatedInputsNeverCrash) {
-  dcp::testing::FuzzDecoder(EncodeLoadPlan(RichLoadPlan()),
-                            Header(PayloadKind::kLoadPlan), DecodeLoad,
-                            EncodeLoad, dcp::testing::CodecTestSeed() + 1);
+  dcp::test::FuzzDecoder(EncodeLoadPlan(RichLoadPlan()),
+                         Header(PayloadKind::kLoadPlan), DecodeLoad, EncodeLoad,
+                         dcp::test::CodecTestSeed() + 1);
 }
 
 TEST(LoadPlanCodecTest, HugeCountsFailFast) {
@@ -309,8 +311,8 @@ std::string EncodeResults(const std::vector<WriteResult>& r) {
 
 TEST(WriteResultsCodecTest, RoundTrips) {
   const std::vector<WriteResult> results = RichWriteResults();
-  ASSERT_OK_AND_ASSIGN(std::vector<WriteResult> decoded,
-                       DecodeWriteResults(EncodeWriteResults(results)));
+  DCP_ASSERT_OK_AND_ASSIGN(std::vector<WriteResult> decoded,
+                           DecodeWriteResults(EncodeWriteResults(results)));
   EXPECT_EQ(decoded, results);
   ExpectSameHints(decoded, results, &WriteResult::index);
   EXPECT_THAT(DecodeWriteResults(EncodeWriteResults({})),
@@ -323,14 +325,14 @@ TEST(WriteResultsCodecTest, IsDeterministic) {
 }
 
 TEST(WriteResultsCodecTest, EveryTruncationFails) {
-  dcp::testing::ExpectEveryTruncationFails(
-      EncodeWriteResults(RichWriteResults()), DecodeResults);
+  dcp::test::ExpectEveryTruncationFails(EncodeWriteResults(RichWriteResults()),
+                                        DecodeResults);
 }
 
 TEST(WriteResultsCodecTest, RandomAndMutatedInputsNeverCrash) {
-  dcp::testing::FuzzDecoder(EncodeWriteResults(RichWriteResults()),
-                            Header(PayloadKind::kWriteResults), DecodeResults,
-                            EncodeResults, dcp::testing::CodecTestSeed() + 2);
+  dcp::test::FuzzDecoder(EncodeWriteResults(RichWriteResults()),
+                         Header(PayloadKind::kWriteResults), DecodeResults,
+                         EncodeResults, dcp::test::CodecTestSeed() + 2);
 }
 
 TEST(WriteResultsCodecTest, HugeCountFailsFast) {

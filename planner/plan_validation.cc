@@ -12,7 +12,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/string_view.h"
-#include "checkpoint/metadata.h"
+#include "core/metadata.h"
 #include "planner/resharding.h"
 
 namespace dcp {

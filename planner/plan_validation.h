@@ -33,7 +33,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/string_view.h"
-#include "checkpoint/metadata.h"
+#include "core/metadata.h"
 
 namespace dcp {
 

@@ -9,7 +9,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
-#include "checkpoint/metadata.h"
+#include "core/metadata.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "testing/status_matchers.h"
@@ -17,7 +17,7 @@
 namespace dcp {
 namespace {
 
-using ::dcp::testing::StatusIs;
+using ::dcp::test::StatusIs;
 using ::testing::AllOf;
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
@@ -122,8 +122,8 @@ TEST(ValidateGlobalMetadataTest, ValidMetadataIsOk) {
       Tensor({8, 4}, {Chunk({0, 0}, {4, 4}), Chunk({4, 0}, {4, 4})});
   md.state_dict_metadata["step"] = BytesStorageMetadata{};
   md.state_dict_metadata["scalar"] = Tensor({}, {Chunk({}, {})});
-  EXPECT_OK(ValidateGlobalMetadata(md));
-  EXPECT_OK(ValidateGlobalMetadata(Metadata{}));
+  DCP_EXPECT_OK(ValidateGlobalMetadata(md));
+  DCP_EXPECT_OK(ValidateGlobalMetadata(Metadata{}));
 }
 
 TEST(ValidateGlobalMetadataTest, ListsEveryProblemWithItsKey) {
@@ -179,8 +179,8 @@ Metadata Loaded(
 }
 
 TEST(ValidateCheckpointMetadataTest, TilingsScalarsEmptyTensorsAndBytesAreOk) {
-  EXPECT_OK(ValidateCheckpointMetadata(Metadata{}));
-  EXPECT_OK(ValidateCheckpointMetadata(Loaded(
+  DCP_EXPECT_OK(ValidateCheckpointMetadata(Metadata{}));
+  DCP_EXPECT_OK(ValidateCheckpointMetadata(Loaded(
       {{"rows", Tensor({8, 4}, {Chunk({0, 0}, {4, 4}), Chunk({4, 0}, {4, 4})})},
        {"grid", Tensor({4, 4}, {Chunk({0, 0}, {2, 2}), Chunk({0, 2}, {2, 2}),
                                 Chunk({2, 0}, {2, 2}), Chunk({2, 2}, {2, 2})})},
@@ -239,20 +239,20 @@ TEST(ValidateCheckpointMetadataTest, OverlapIsDataLossNamingChunksAndFiles) {
                        HasSubstr("\"g\": chunks [1, 1]+[2, 2] (in g.0) and "
                                  "[2, 2]+[2, 2] (in g.1) overlap")));
   // Touching at a corner or an edge is not overlapping.
-  EXPECT_OK(ValidateCheckpointMetadata(Loaded(
+  DCP_EXPECT_OK(ValidateCheckpointMetadata(Loaded(
       {{"g", Tensor({4, 4}, {Chunk({0, 0}, {2, 2}), Chunk({2, 2}, {2, 2}),
                              Chunk({0, 2}, {2, 2})})}})));
 }
 
 TEST(ValidateCheckpointMetadataTest, GapsAreLeftToTheLoadPlanner) {
   // A partial checkpoint: what a load asks for is checked when planned.
-  EXPECT_OK(ValidateCheckpointMetadata(
+  DCP_EXPECT_OK(ValidateCheckpointMetadata(
       Loaded({{"w", Tensor({8}, {Chunk({0}, {3}), Chunk({5}, {3})})},
               {"none", Tensor({4}, {})}})));
 }
 
 TEST(ValidateCheckpointMetadataTest, ZeroDimensionalTensors) {
-  EXPECT_OK(ValidateCheckpointMetadata(Loaded({{"s", Tensor({}, {})}})));
+  DCP_EXPECT_OK(ValidateCheckpointMetadata(Loaded({{"s", Tensor({}, {})}})));
   EXPECT_THAT(ValidateCheckpointMetadata(
                   Loaded({{"s", Tensor({}, {Chunk({}, {}), Chunk({}, {})})}})),
               StatusIs(absl::StatusCode::kDataLoss,
@@ -283,11 +283,11 @@ TEST(ValidateCheckpointMetadataTest, StorageEntriesAreChecked) {
   Metadata md = Loaded(
       {{"w", Tensor({4}, {Chunk({0}, {2}), Chunk({2}, {2}), Chunk({4}, {0})})}},
       {"step"});
-  ASSERT_OK(ValidateCheckpointMetadata(md));
+  DCP_ASSERT_OK(ValidateCheckpointMetadata(md));
   // Entries nothing refers to are ignored.
   Metadata extra = md;
   extra.storage_data[MetadataIndex("gone", Shape{0})] = StorageInfo{"x", 0, 1};
-  EXPECT_OK(ValidateCheckpointMetadata(extra));
+  DCP_EXPECT_OK(ValidateCheckpointMetadata(extra));
 
   Metadata missing = md;
   missing.storage_data.erase(MetadataIndex("w", Shape{2}));
@@ -324,7 +324,7 @@ TEST(ValidateCheckpointMetadataTest, ManyChunksAreCheckedCompletely) {
   }
   Metadata md = Loaded({{"rows", Tensor({kRows, 2}, rows)},
                         {"grid", Tensor({2 * kSide, 3 * kSide}, grid)}});
-  ASSERT_OK(ValidateCheckpointMetadata(md));
+  DCP_ASSERT_OK(ValidateCheckpointMetadata(md));
 
   Metadata bad = md;
   auto& bad_rows =

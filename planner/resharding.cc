@@ -17,7 +17,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/string_view.h"
 #include "absl/types/span.h"
-#include "checkpoint/metadata.h"
+#include "core/metadata.h"
 #include "glog/logging.h"
 #include "planner/load_plan.h"
 

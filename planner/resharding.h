@@ -40,7 +40,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/string_view.h"
 #include "absl/types/span.h"
-#include "checkpoint/metadata.h"
+#include "core/metadata.h"
 #include "planner/load_plan.h"
 
 namespace dcp {

@@ -13,7 +13,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
-#include "checkpoint/metadata.h"
+#include "core/metadata.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "planner/load_plan.h"
@@ -23,8 +23,8 @@
 namespace dcp {
 namespace {
 
-using ::dcp::testing::IsOk;
-using ::dcp::testing::StatusIs;
+using ::dcp::test::IsOk;
+using ::dcp::test::StatusIs;
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
 using ::testing::IsEmpty;
@@ -174,7 +174,7 @@ TEST(CreateReadItemsForChunkListTest, GridIntoRowsIteratesLocalChunksOuter) {
                   Item("g", {3, 0}, 1, {0, 2}, {2, 2}, 3, {1, 0}, {1, 2})));
   EXPECT_THAT(Hints(items), ElementsAre(Pair(0, 0), Pair(0, 1), Pair(0, 2),
                                         Pair(0, 3), Pair(1, 2), Pair(1, 3)));
-  EXPECT_OK(CheckReadItemsCoverChunks(
+  DCP_EXPECT_OK(CheckReadItemsCoverChunks(
       "g", {Chunk({1, 0}, {2, 4}), Chunk({3, 0}, {1, 4})}, items));
 }
 
@@ -270,7 +270,7 @@ TEST(CheckReadItemsCoverChunksTest, ExactCoverIsOk) {
   const TensorStorageMetadata saved = RowChunks(4, 30);
   const std::vector<ChunkStorageMetadata> local = {Chunk({0}, {40}),
                                                    Chunk({80}, {40})};
-  EXPECT_OK(CheckReadItemsCoverChunks(
+  DCP_EXPECT_OK(CheckReadItemsCoverChunks(
       "w", local, CreateReadItemsForChunkList("w", saved, local)));
 }
 
@@ -317,14 +317,14 @@ TEST(CheckReadItemsCoverChunksTest, OverlappingSavedChunksAreDataLoss) {
 TEST(CheckReadItemsCoverChunksTest, ZeroDimensionalAndEmptyChunks) {
   TensorStorageMetadata scalar;
   scalar.chunks = {Chunk({}, {})};
-  EXPECT_OK(CheckReadItemsCoverChunks(
+  DCP_EXPECT_OK(CheckReadItemsCoverChunks(
       "s", {Chunk({}, {})},
       CreateReadItemsForChunkList("s", scalar, {Chunk({}, {})})));
   TensorStorageMetadata nothing_saved;
   EXPECT_THAT(CheckReadItemsCoverChunks("s", {Chunk({}, {})}, {}),
               StatusIs(absl::StatusCode::kDataLoss,
                        HasSubstr("0 of the 1 elements of \"s\" chunk []+[]")));
-  EXPECT_OK(CheckReadItemsCoverChunks("e", {Chunk({0, 0}, {0, 4})}, {}));
+  DCP_EXPECT_OK(CheckReadItemsCoverChunks("e", {Chunk({0, 0}, {0, 4})}, {}));
 }
 
 // ---------------------------------------------------------------------------
@@ -531,7 +531,7 @@ std::string Describe(const std::vector<ChunkStorageMetadata>& chunks) {
 }
 
 TEST(CreateReadItemsForChunkListPropertyTest, IndexedEqualsBruteForce) {
-  const uint32_t seed = dcp::testing::TestSeed();
+  const uint32_t seed = dcp::test::TestSeed();
   SCOPED_TRACE(absl::StrCat("DCP_TEST_SEED=", seed));
   std::mt19937 rng(seed);
   std::uniform_int_distribution<int64_t> extent(0, 40);
@@ -585,7 +585,7 @@ TEST(CreateReadItemsForChunkListPropertyTest, IndexedEqualsBruteForce) {
 TEST(CreateReadItemsForChunkListPropertyTest, LargeRowLayoutsMatchBruteForce) {
   // Saved by many ranks, loaded by fewer, more or the same number, in rows
   // of a tall tensor: the W4 shape, small enough for the reference.
-  const uint32_t seed = dcp::testing::TestSeed();
+  const uint32_t seed = dcp::test::TestSeed();
   SCOPED_TRACE(absl::StrCat("DCP_TEST_SEED=", seed));
   std::mt19937 rng(seed);
   for (int iteration = 0; iteration < 40; ++iteration) {
@@ -643,7 +643,7 @@ bool CoversExactlyOnce(const std::vector<ChunkStorageMetadata>& local_chunks,
 }
 
 TEST(CheckReadItemsCoverChunksPropertyTest, AgreesWithPairwiseReference) {
-  const uint32_t seed = dcp::testing::TestSeed();
+  const uint32_t seed = dcp::test::TestSeed();
   SCOPED_TRACE(absl::StrCat("DCP_TEST_SEED=", seed));
   std::mt19937 rng(seed);
   std::uniform_int_distribution<int64_t> extent(1, 30);

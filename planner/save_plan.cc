@@ -7,7 +7,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/strings/escaping.h"
-#include "checkpoint/metadata.h"
+#include "core/metadata.h"
 
 namespace dcp {
 namespace {

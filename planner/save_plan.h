@@ -17,7 +17,7 @@
 #include <string>
 #include <vector>
 
-#include "checkpoint/metadata.h"
+#include "core/metadata.h"
 
 namespace dcp {
 

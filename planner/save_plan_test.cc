@@ -7,7 +7,7 @@
 #include <string>
 
 #include "c10/core/ScalarType.h"
-#include "checkpoint/metadata.h"
+#include "core/metadata.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 

@@ -2,7 +2,7 @@
 
 #include <ostream>
 
-#include "checkpoint/metadata.h"
+#include "core/metadata.h"
 
 namespace dcp {
 

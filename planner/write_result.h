@@ -11,7 +11,7 @@
 #include <cstdint>
 #include <ostream>
 
-#include "checkpoint/metadata.h"
+#include "core/metadata.h"
 
 namespace dcp {
 

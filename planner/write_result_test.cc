@@ -3,7 +3,7 @@
 #include <sstream>
 #include <string>
 
-#include "checkpoint/metadata.h"
+#include "core/metadata.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 

@@ -9,8 +9,8 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "checkpoint/byte_codec.h"
-#include "checkpoint/status.h"
+#include "core/byte_codec.h"
+#include "core/status.h"
 #include "storage/crc32.h"
 
 namespace dcp {

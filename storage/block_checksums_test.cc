@@ -6,7 +6,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
-#include "checkpoint/byte_codec.h"
+#include "core/byte_codec.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "storage/crc32.h"
@@ -16,8 +16,8 @@
 namespace dcp {
 namespace {
 
-using ::dcp::testing::IsOkAndHolds;
-using ::dcp::testing::StatusIs;
+using ::dcp::test::IsOkAndHolds;
+using ::dcp::test::StatusIs;
 using ::testing::HasSubstr;
 
 std::string RandomBytes(std::mt19937& rng, size_t n) {
@@ -55,10 +55,11 @@ Fixture MakeFixture(std::mt19937& rng, uint64_t block_bytes) {
 }
 
 TEST(BlockChecksumsTest, RoundTripsAndFinds) {
-  std::mt19937 rng(dcp::testing::TestSeed());
+  std::mt19937 rng(dcp::test::TestSeed());
   const Fixture f = MakeFixture(rng, 64);
   const std::string encoded = EncodeBlockChecksums(f.checksums);
-  ASSERT_OK_AND_ASSIGN(BlockChecksums decoded, DecodeBlockChecksums(encoded));
+  DCP_ASSERT_OK_AND_ASSIGN(BlockChecksums decoded,
+                           DecodeBlockChecksums(encoded));
   EXPECT_EQ(decoded, f.checksums);
   for (const RecordBlockChecksums& record : f.checksums.records) {
     const RecordBlockChecksums* found = decoded.Find(record.data_offset);
@@ -80,7 +81,7 @@ TEST(BlockChecksumsTest, RoundTripsAndFinds) {
 }
 
 TEST(BlockChecksumsTest, EveryTruncationAndEveryByteFlipIsDataLoss) {
-  std::mt19937 rng(dcp::testing::TestSeed());
+  std::mt19937 rng(dcp::test::TestSeed());
   const std::string encoded =
       EncodeBlockChecksums(MakeFixture(rng, 32).checksums);
   for (size_t n = 0; n < encoded.size(); ++n) {
@@ -103,7 +104,7 @@ TEST(BlockChecksumsTest, EveryTruncationAndEveryByteFlipIsDataLoss) {
 
 // Files with a valid CRC-32 of their own whose contents are inconsistent.
 TEST(BlockChecksumsTest, InconsistentContentsAreDataLoss) {
-  std::mt19937 rng(dcp::testing::TestSeed());
+  std::mt19937 rng(dcp::test::TestSeed());
   const Fixture f = MakeFixture(rng, 16);
   auto decode = [](const BlockChecksums& c) {
     return DecodeBlockChecksums(EncodeBlockChecksums(c)).status();

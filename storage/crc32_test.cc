@@ -53,7 +53,7 @@ TEST(Crc32Test, KnownValues) {
 // Every length up to 1 KiB at every start offset modulo 64, so that each
 // kernel's head (unaligned start) and tail (leftover bytes) paths are hit.
 TEST(Crc32Test, EveryShortLengthAndAlignmentMatchesZlib) {
-  const uint32_t seed = dcp::testing::TestSeed();
+  const uint32_t seed = dcp::test::TestSeed();
   SCOPED_TRACE(absl::StrCat("DCP_TEST_SEED=", seed));
   std::mt19937_64 rng(seed);
   const std::string buffer = RandomBytes(rng, 64 + 1024);
@@ -73,7 +73,7 @@ TEST(Crc32Test, EveryShortLengthAndAlignmentMatchesZlib) {
 
 // Random lengths up to 8 MiB at odd offsets, continuing from a random CRC.
 TEST(Crc32Test, RandomLongInputsMatchZlib) {
-  const uint32_t seed = dcp::testing::TestSeed();
+  const uint32_t seed = dcp::test::TestSeed();
   SCOPED_TRACE(absl::StrCat("DCP_TEST_SEED=", seed));
   std::mt19937_64 rng(seed);
   constexpr size_t kMax = size_t{8} << 20;
@@ -93,7 +93,7 @@ TEST(Crc32Test, RandomLongInputsMatchZlib) {
 // Data fed in random pieces (some empty, some one byte, some megabytes)
 // gives the CRC of the whole, as zlib computes it in one call.
 TEST(Crc32Test, ChainedPiecesMatchZlibOnTheWhole) {
-  const uint32_t seed = dcp::testing::TestSeed();
+  const uint32_t seed = dcp::test::TestSeed();
   SCOPED_TRACE(absl::StrCat("DCP_TEST_SEED=", seed));
   std::mt19937_64 rng(seed);
   for (int round = 0; round < 8; ++round) {
@@ -124,7 +124,7 @@ TEST(Crc32Test, ChainedPiecesMatchZlibOnTheWhole) {
 // A CRC-32 detects every single-bit error: flipping any one bit of a
 // message changes its checksum.
 TEST(Crc32Test, EverySingleBitFlipChangesTheChecksum) {
-  const uint32_t seed = dcp::testing::TestSeed();
+  const uint32_t seed = dcp::test::TestSeed();
   SCOPED_TRACE(absl::StrCat("DCP_TEST_SEED=", seed));
   std::mt19937_64 rng(seed);
   std::string data = RandomBytes(rng, 300);
@@ -140,7 +140,7 @@ TEST(Crc32Test, EverySingleBitFlipChangesTheChecksum) {
 // Crc32Combine against zlib's crc32_combine64 and against the checksum of
 // the concatenation, for random pieces of random lengths (empty included).
 TEST(Crc32CombineTest, MatchesZlibAndTheWhole) {
-  const uint32_t seed = dcp::testing::TestSeed();
+  const uint32_t seed = dcp::test::TestSeed();
   SCOPED_TRACE(absl::StrCat("DCP_TEST_SEED=", seed));
   std::mt19937_64 rng(seed);
   int mismatches = 0;
@@ -164,7 +164,7 @@ TEST(Crc32CombineTest, MatchesZlibAndTheWhole) {
 // Large lengths (without the bytes: zlib is the reference), including
 // lengths with high bits set.
 TEST(Crc32CombineTest, LargeLengthsMatchZlib) {
-  const uint32_t seed = dcp::testing::TestSeed();
+  const uint32_t seed = dcp::test::TestSeed();
   SCOPED_TRACE(absl::StrCat("DCP_TEST_SEED=", seed));
   std::mt19937_64 rng(seed);
   for (uint64_t length :
@@ -182,7 +182,7 @@ TEST(Crc32CombineTest, LargeLengthsMatchZlib) {
 // Blocks of one size combined with a shared Crc32Shift give the checksum
 // of the whole, as block checksum files use them.
 TEST(Crc32CombineTest, BlocksCombineToTheWhole) {
-  std::mt19937_64 rng(dcp::testing::TestSeed());
+  std::mt19937_64 rng(dcp::test::TestSeed());
   const std::string data = RandomBytes(rng, 10 * 4096 + 123);
   const Crc32Shift shift(4096);
   uint32_t combined = 0;

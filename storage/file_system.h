@@ -4,8 +4,8 @@
 //
 // `FileSystem` is the only way the storage layer touches files (the shape of
 // leveldb's and rocksdb's `Env`). Production code uses `PosixFileSystem`
-// (storage/posix_file_system.h); tests use `testing::MemFileSystem` and
-// `testing::FaultInjectingFileSystem`, which wraps any `FileSystem` to inject
+// (storage/posix_file_system.h); tests use `test::MemFileSystem` and
+// `test::FaultInjectingFileSystem`, which wraps any `FileSystem` to inject
 // errors and simulate crashes.
 //
 // Paths are plain strings. Absolute paths start with '/'; relative paths are
@@ -197,7 +197,7 @@ class FileLock {
   // FailedPrecondition (`LockLostError`) if the file at `path()` is no
   // longer the one locked (it was removed, renamed or replaced), since
   // another holder can then lock the new file; Aborted after a simulated
-  // crash (`testing::FaultInjectingFileSystem`); other codes for I/O errors.
+  // crash (`test::FaultInjectingFileSystem`); other codes for I/O errors.
   virtual absl::Status CheckHeld() const = 0;
 
  protected:

@@ -15,9 +15,9 @@
 namespace dcp {
 namespace {
 
-using ::dcp::testing::IsOkAndHolds;
-using ::dcp::testing::MemFileSystem;
-using ::dcp::testing::StatusIs;
+using ::dcp::test::IsOkAndHolds;
+using ::dcp::test::MemFileSystem;
+using ::dcp::test::StatusIs;
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
 
@@ -69,10 +69,10 @@ TEST(ReadPastEndErrorTest, NamesFileOffsetWantedAndAvailable) {
 
 TEST(WholeFileHelpersTest, WriteStringToFileThenReadFileToString) {
   MemFileSystem fs;
-  ASSERT_OK(WriteStringToFile(fs, "/a", std::string("bin\0ary", 7), true));
+  DCP_ASSERT_OK(WriteStringToFile(fs, "/a", std::string("bin\0ary", 7), true));
   EXPECT_THAT(ReadFileToString(fs, "/a"),
               IsOkAndHolds(std::string("bin\0ary", 7)));
-  ASSERT_OK(WriteStringToFile(fs, "/empty", "", false));
+  DCP_ASSERT_OK(WriteStringToFile(fs, "/empty", "", false));
   EXPECT_THAT(ReadFileToString(fs, "/empty"), IsOkAndHolds(std::string()));
   EXPECT_THAT(ReadFileToString(fs, "/missing"),
               StatusIs(absl::StatusCode::kNotFound, HasSubstr("/missing")));
@@ -99,8 +99,8 @@ class OwnedMemoryFile : public RandomAccessFile {
 
 TEST(FileRangeReaderTest, ReadsRelativeToItsBase) {
   MemFileSystem fs;
-  ASSERT_OK(WriteStringToFile(fs, "/f", "abcdefgh", /*sync=*/false));
-  ASSERT_OK_AND_ASSIGN(auto file, fs.NewRandomAccessFile("/f"));
+  DCP_ASSERT_OK(WriteStringToFile(fs, "/f", "abcdefgh", /*sync=*/false));
+  DCP_ASSERT_OK_AND_ASSIGN(auto file, fs.NewRandomAccessFile("/f"));
   auto read = FileRangeReader(*file, /*base=*/2);
   EXPECT_THAT(read(1, 3), IsOkAndHolds("def"));
   EXPECT_THAT(read(0, 0), IsOkAndHolds(""));
@@ -109,17 +109,17 @@ TEST(FileRangeReaderTest, ReadsRelativeToItsBase) {
 
 TEST(CreateDirDurablyTest, CreatesMissingParents) {
   MemFileSystem fs;
-  ASSERT_OK(CreateDirDurably(fs, "/a/b/c"));
+  DCP_ASSERT_OK(CreateDirDurably(fs, "/a/b/c"));
   EXPECT_THAT(fs.IsDirectory("/a/b/c"), IsOkAndHolds(true));
-  ASSERT_OK(CreateDirDurably(fs, "/a/b/c"));  // Already there: fine.
-  ASSERT_OK(WriteStringToFile(fs, "/a/file", "x", /*sync=*/false));
+  DCP_ASSERT_OK(CreateDirDurably(fs, "/a/b/c"));  // Already there: fine.
+  DCP_ASSERT_OK(WriteStringToFile(fs, "/a/file", "x", /*sync=*/false));
   EXPECT_FALSE(CreateDirDurably(fs, "/a/file").ok());
 }
 
 TEST(RandomAccessFileTest, ReadIntoCopiesWhenReadDoesNotUseScratch) {
   OwnedMemoryFile file;
   std::string dest(4, '?');
-  ASSERT_OK(file.ReadInto(3, absl::MakeSpan(dest)));
+  DCP_ASSERT_OK(file.ReadInto(3, absl::MakeSpan(dest)));
   EXPECT_EQ(dest, "3456");
   EXPECT_THAT(file.ReadInto(8, absl::MakeSpan(dest)),
               StatusIs(absl::StatusCode::kDataLoss));
@@ -127,7 +127,7 @@ TEST(RandomAccessFileTest, ReadIntoCopiesWhenReadDoesNotUseScratch) {
 
 TEST(FileSystemTest, ExistsMapsNotFoundToFalseAndKeepsOtherErrors) {
   MemFileSystem fs;
-  ASSERT_OK(WriteStringToFile(fs, "/f", "", false));
+  DCP_ASSERT_OK(WriteStringToFile(fs, "/f", "", false));
   EXPECT_THAT(fs.Exists("/f"), IsOkAndHolds(true));
   EXPECT_THAT(fs.Exists("/g"), IsOkAndHolds(false));
   EXPECT_THAT(fs.Exists("/f/under_a_file"),
@@ -149,18 +149,18 @@ TEST(FileSystemWrapperTest, ForwardsEveryCallToTheTarget) {
   auto mem = std::make_shared<MemFileSystem>();
   CountingRenames fs(mem);
   EXPECT_EQ(fs.target(), mem.get());
-  ASSERT_OK(fs.CreateDir("/c/d"));
-  ASSERT_OK(WriteStringToFile(fs, "/c/x.tmp", "abc", true));
-  ASSERT_OK(fs.Rename("/c/x.tmp", "/c/x"));
-  ASSERT_OK(fs.SyncDir("/c"));
+  DCP_ASSERT_OK(fs.CreateDir("/c/d"));
+  DCP_ASSERT_OK(WriteStringToFile(fs, "/c/x.tmp", "abc", true));
+  DCP_ASSERT_OK(fs.Rename("/c/x.tmp", "/c/x"));
+  DCP_ASSERT_OK(fs.SyncDir("/c"));
   EXPECT_EQ(fs.renames, 1);
   EXPECT_THAT(fs.FileSize("/c/x"), IsOkAndHolds(3u));
-  EXPECT_OK(fs.FileExists("/c/x"));
+  DCP_EXPECT_OK(fs.FileExists("/c/x"));
   EXPECT_THAT(fs.IsDirectory("/c/d"), IsOkAndHolds(true));
   EXPECT_THAT(fs.GetChildren("/c"), IsOkAndHolds(ElementsAre("d", "x")));
   EXPECT_THAT(ReadFileToString(fs, "/c/x"), IsOkAndHolds(std::string("abc")));
-  ASSERT_OK(fs.RemoveFile("/c/x"));
-  ASSERT_OK(fs.RemoveDir("/c/d"));
+  DCP_ASSERT_OK(fs.RemoveFile("/c/x"));
+  DCP_ASSERT_OK(fs.RemoveDir("/c/d"));
   // The target saw every change.
   EXPECT_THAT(mem->GetChildren("/c"), IsOkAndHolds(::testing::IsEmpty()));
 }

@@ -36,7 +36,7 @@
 // renamed into place (so far only a failed directory sync) says so in its
 // message ("the new checkpoint in /x is committed (.metadata is in place),
 // but syncing the directory failed: ...") and is marked
-// `CommitOutcome::kCommitted` (checkpoint/status.h): the new checkpoint is
+// `CommitOutcome::kCommitted` (core/status.h): the new checkpoint is
 // the one a load finds, though it may not survive a machine crash. Every
 // other `Finish` error comes before the rename and is unmarked: the
 // previous checkpoint is untouched. Failures to remove stale files are
@@ -155,7 +155,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
-#include "checkpoint/metadata.h"
+#include "core/metadata.h"
 #include "storage/file_system.h"
 #include "storage/pickle.h"
 #include "storage/storage.h"

@@ -17,8 +17,8 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "checkpoint/save_load.h"
-#include "checkpoint/state_dict.h"
-#include "checkpoint/status.h"
+#include "core/state_dict.h"
+#include "core/status.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "storage/file_system.h"
@@ -31,13 +31,13 @@
 namespace dcp {
 namespace {
 
-using ::dcp::testing::ExitedWithCode;
-using ::dcp::testing::MultiprocessOptions;
-using ::dcp::testing::RunWorkers;
-using ::dcp::testing::StatusIs;
-using ::dcp::testing::TensorEq;
-using ::dcp::testing::WorkerContext;
-using ::dcp::testing::WorkerResult;
+using ::dcp::test::ExitedWithCode;
+using ::dcp::test::MultiprocessOptions;
+using ::dcp::test::RunWorkers;
+using ::dcp::test::StatusIs;
+using ::dcp::test::TensorEq;
+using ::dcp::test::WorkerContext;
+using ::dcp::test::WorkerResult;
 using ::testing::Each;
 using ::testing::SizeIs;
 
@@ -117,14 +117,14 @@ void SaveAndLoadUnderFdLimit() {
   FileSystemWriterOptions w;
   w.single_file_per_rank = false;
   w.sync_files = false;
-  ASSERT_OK_AND_ASSIGN(std::unique_ptr<FileSystemWriter> writer,
-                       FileSystemWriter::Create(dir, w));
+  DCP_ASSERT_OK_AND_ASSIGN(std::unique_ptr<FileSystemWriter> writer,
+                           FileSystemWriter::Create(dir, w));
   SaveOptions save;
   save.no_dist = true;
-  ASSERT_OK(Save(sd, *writer, save).status());
+  DCP_ASSERT_OK(Save(sd, *writer, save).status());
   std::shared_ptr<FileSystem> posix = NewPosixFileSystem();
-  ASSERT_OK_AND_ASSIGN(std::vector<std::string> children,
-                       posix->GetChildren(dir));
+  DCP_ASSERT_OK_AND_ASSIGN(std::vector<std::string> children,
+                           posix->GetChildren(dir));
   ASSERT_GE(children.size(), static_cast<size_t>(kFiles));
 
   // The worker itself needs only a few descriptors (stdio, its log).
@@ -159,7 +159,7 @@ void SaveAndLoadUnderFdLimit() {
   FileSystemReaderOptions bounded;
   bounded.thread_count = 2;
   StateDict dest = ZerosLike(sd);
-  ASSERT_OK(LoadWith(dir, dest, bounded));
+  DCP_ASSERT_OK(LoadWith(dir, dest, bounded));
   ASSERT_THAT(dest.entries(), SizeIs(kFiles));
   for (int i = 0; i < kFiles; ++i) {
     const StateDict::Entry& want = sd.entries()[i];
@@ -175,10 +175,10 @@ TEST(FsStorageFdLimitTest, LoadOfFiveThousandFilesWorksUnderUlimit256) {
   MultiprocessOptions options;
   options.world_size = 1;
   options.timeout = absl::Seconds(600);
-  ASSERT_OK_AND_ASSIGN(std::vector<WorkerResult> workers,
-                       RunWorkers(options, [](const WorkerContext&) {
-                         SaveAndLoadUnderFdLimit();
-                       }));
+  DCP_ASSERT_OK_AND_ASSIGN(std::vector<WorkerResult> workers,
+                           RunWorkers(options, [](const WorkerContext&) {
+                             SaveAndLoadUnderFdLimit();
+                           }));
   EXPECT_THAT(workers, SizeIs(1));
   EXPECT_THAT(workers, Each(ExitedWithCode(0)));
 }

@@ -25,10 +25,10 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
 #include "absl/strings/strip.h"
-#include "checkpoint/metadata.h"
 #include "checkpoint/save_load.h"
-#include "checkpoint/state_dict.h"
-#include "checkpoint/status.h"
+#include "core/metadata.h"
+#include "core/state_dict.h"
+#include "core/status.h"
 #include "glog/logging.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -42,16 +42,16 @@
 namespace dcp {
 namespace {
 
-using ::dcp::testing::CheckModelStateDict;
-using ::dcp::testing::FifoWatchdog;
-using ::dcp::testing::IsOkAndHolds;
-using ::dcp::testing::MakeFifo;
-using ::dcp::testing::MakeModelStateDict;
-using ::dcp::testing::MakeSocketFile;
-using ::dcp::testing::MakeSymlink;
-using ::dcp::testing::ModelLayout;
-using ::dcp::testing::ModelValues;
-using ::dcp::testing::StatusIs;
+using ::dcp::test::CheckModelStateDict;
+using ::dcp::test::FifoWatchdog;
+using ::dcp::test::IsOkAndHolds;
+using ::dcp::test::MakeFifo;
+using ::dcp::test::MakeModelStateDict;
+using ::dcp::test::MakeSocketFile;
+using ::dcp::test::MakeSymlink;
+using ::dcp::test::ModelLayout;
+using ::dcp::test::ModelValues;
+using ::dcp::test::StatusIs;
 using ::testing::AllOf;
 using ::testing::Contains;
 using ::testing::HasSubstr;
@@ -144,8 +144,8 @@ std::string SaveTokenOf(const Metadata& md) {
 class FsStorageHostileTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    ASSERT_OK_AND_ASSIGN(md_, SaveTo(fs_, dir_, /*seed=*/1));
-    ASSERT_OK(LoadModelVersion(dir_, 1));
+    DCP_ASSERT_OK_AND_ASSIGN(md_, SaveTo(fs_, dir_, /*seed=*/1));
+    DCP_ASSERT_OK(LoadModelVersion(dir_, 1));
     data_files_ = DataFilesOf(md_);
     ASSERT_FALSE(data_files_.empty());
   }
@@ -158,8 +158,8 @@ class FsStorageHostileTest : public ::testing::Test {
   // path.
   void Replace(absl::string_view name,
                absl::Status (*make)(const std::string&)) {
-    ASSERT_OK(fs_->RemoveFile(Path(name)));
-    ASSERT_OK(make(Path(name)));
+    DCP_ASSERT_OK(fs_->RemoveFile(Path(name)));
+    DCP_ASSERT_OK(make(Path(name)));
   }
 
   std::shared_ptr<FileSystem> fs_ = NewPosixFileSystem();
@@ -203,16 +203,16 @@ TEST_F(FsStorageHostileTest, SocketNamedLikeADataFileFailsTheLoadNamingIt) {
 
 TEST_F(FsStorageHostileTest, DirectoryNamedLikeADataFileFailsTheLoadNamingIt) {
   const std::string data = Path(data_files_.front());
-  ASSERT_OK(fs_->RemoveFile(data));
-  ASSERT_OK(fs_->CreateDir(data));
+  DCP_ASSERT_OK(fs_->RemoveFile(data));
+  DCP_ASSERT_OK(fs_->CreateDir(data));
   EXPECT_THAT(LoadModelVersion(dir_, 1),
               StatusIs(absl::StatusCode::kFailedPrecondition,
                        AllOf(HasSubstr(data), HasSubstr("is a directory"))));
 }
 
 TEST_F(FsStorageHostileTest, DirectoryNamedMetadataFailsTheRead) {
-  ASSERT_OK(fs_->RemoveFile(Path(".metadata")));
-  ASSERT_OK(fs_->CreateDir(Path(".metadata")));
+  DCP_ASSERT_OK(fs_->RemoveFile(Path(".metadata")));
+  DCP_ASSERT_OK(fs_->CreateDir(Path(".metadata")));
   EXPECT_THAT(ReadCheckpointMetadata(dir_),
               StatusIs(absl::StatusCode::kFailedPrecondition,
                        AllOf(HasSubstr(Path(".metadata")),
@@ -230,11 +230,12 @@ TEST(FsStorageHostileBlockChecksumsTest, OddFilesAtTheNameAreSkipped) {
   const at::Tensor big = at::arange(3 * 262144, at::kFloat);  // 3 MiB.
   FileSystemWriterOptions options;
   options.file_system = NewPosixFileSystem();
-  ASSERT_OK_AND_ASSIGN(std::unique_ptr<FileSystemWriter> writer,
-                       FileSystemWriter::Create(dir, options));
+  DCP_ASSERT_OK_AND_ASSIGN(std::unique_ptr<FileSystemWriter> writer,
+                           FileSystemWriter::Create(dir, options));
   SaveOptions save;
   save.no_dist = true;
-  ASSERT_OK_AND_ASSIGN(Metadata md, Save(StateDict{{"w", big}}, *writer, save));
+  DCP_ASSERT_OK_AND_ASSIGN(Metadata md,
+                           Save(StateDict{{"w", big}}, *writer, save));
   const std::string data = JoinPath(dir, DataFilesOf(md).front());
   const std::string checksums = absl::StrCat(data, ".dcpcrc");
   const std::string saved = Contents(checksums);
@@ -250,7 +251,7 @@ TEST(FsStorageHostileBlockChecksumsTest, OddFilesAtTheNameAreSkipped) {
     }
     return absl::OkStatus();
   };
-  ASSERT_OK(load());
+  DCP_ASSERT_OK(load());
   PosixFileSystem fs;
   const std::string elsewhere = JoinPath(NewTempDir(), "other.dcpcrc");
   WriteFile(elsewhere, saved);
@@ -267,9 +268,9 @@ TEST(FsStorageHostileBlockChecksumsTest, OddFilesAtTheNameAreSkipped) {
   for (const Case& c : cases) {
     SCOPED_TRACE(c.what);
     ASSERT_EQ(::remove(checksums.c_str()), 0) << errno;
-    ASSERT_OK(c.make());
+    DCP_ASSERT_OK(c.make());
     FifoWatchdog watchdog({checksums});
-    EXPECT_OK(load());
+    DCP_EXPECT_OK(load());
     EXPECT_FALSE(watchdog.fired()) << "opening the block checksums blocked";
   }
 }
@@ -278,21 +279,21 @@ TEST_F(FsStorageHostileTest, SymlinkedDataFileIsRefusedUnlessAllowed) {
   // The data file lives elsewhere; the checkpoint holds a link to it.
   const std::string elsewhere = JoinPath(NewTempDir(), "moved.distcp");
   const std::string data = Path(data_files_.front());
-  ASSERT_OK(fs_->Rename(data, elsewhere));
-  ASSERT_OK(MakeSymlink(elsewhere, data));
+  DCP_ASSERT_OK(fs_->Rename(data, elsewhere));
+  DCP_ASSERT_OK(MakeSymlink(elsewhere, data));
   EXPECT_THAT(LoadModelVersion(dir_, 1),
               StatusIs(absl::StatusCode::kFailedPrecondition,
                        AllOf(HasSubstr(data), HasSubstr("symbolic link"))));
   FileSystemReaderOptions allow;
   allow.allow_symlinks = true;
-  EXPECT_OK(LoadModelVersion(dir_, 1, allow));
+  DCP_EXPECT_OK(LoadModelVersion(dir_, 1, allow));
 }
 
 TEST_F(FsStorageHostileTest, SymlinkedMetadataIsRefusedUnlessAllowed) {
   const std::string elsewhere = JoinPath(NewTempDir(), "moved.metadata");
   const std::string metadata = Path(".metadata");
-  ASSERT_OK(fs_->Rename(metadata, elsewhere));
-  ASSERT_OK(MakeSymlink(elsewhere, metadata));
+  DCP_ASSERT_OK(fs_->Rename(metadata, elsewhere));
+  DCP_ASSERT_OK(MakeSymlink(elsewhere, metadata));
   const auto is_link =
       StatusIs(absl::StatusCode::kFailedPrecondition,
                AllOf(HasSubstr(metadata), HasSubstr("symbolic link")));
@@ -300,13 +301,13 @@ TEST_F(FsStorageHostileTest, SymlinkedMetadataIsRefusedUnlessAllowed) {
   EXPECT_THAT(LoadModelVersion(dir_, 1), is_link);
   FileSystemReaderOptions allow;
   allow.allow_symlinks = true;
-  EXPECT_OK(LoadModelVersion(dir_, 1, allow));
+  DCP_EXPECT_OK(LoadModelVersion(dir_, 1, allow));
 }
 
 TEST_F(FsStorageHostileTest, LinkToADeviceIsRefusedEvenWhenLinksAreAllowed) {
   const std::string data = Path(data_files_.front());
-  ASSERT_OK(fs_->RemoveFile(data));
-  ASSERT_OK(MakeSymlink("/dev/zero", data));
+  DCP_ASSERT_OK(fs_->RemoveFile(data));
+  DCP_ASSERT_OK(MakeSymlink("/dev/zero", data));
   FileSystemReaderOptions allow;
   allow.allow_symlinks = true;
   EXPECT_THAT(LoadModelVersion(dir_, 1, allow),
@@ -316,12 +317,12 @@ TEST_F(FsStorageHostileTest, LinkToADeviceIsRefusedEvenWhenLinksAreAllowed) {
 
 TEST_F(FsStorageHostileTest, TheCheckpointDirectoryItselfMayBeASymlink) {
   const std::string link = JoinPath(NewTempDir(), "ckpt_link");
-  ASSERT_OK(MakeSymlink(dir_, link));
-  EXPECT_OK(ReadCheckpointMetadata(link).status());
-  EXPECT_OK(LoadModelVersion(link, 1));
+  DCP_ASSERT_OK(MakeSymlink(dir_, link));
+  DCP_EXPECT_OK(ReadCheckpointMetadata(link).status());
+  DCP_EXPECT_OK(LoadModelVersion(link, 1));
   // And a save through it works as well.
-  ASSERT_OK(SaveTo(fs_, link, /*seed=*/2).status());
-  EXPECT_OK(LoadModelVersion(dir_, 2));
+  DCP_ASSERT_OK(SaveTo(fs_, link, /*seed=*/2).status());
+  DCP_EXPECT_OK(LoadModelVersion(dir_, 2));
 }
 
 // ---- Safe creation ----------------------------------------------------------
@@ -391,7 +392,7 @@ class FsStoragePlantedLinkTest : public FsStorageHostileTest {
     struct stat st;
     ASSERT_EQ(::lstat(planting->planted().c_str(), &st), 0);
     EXPECT_TRUE(S_ISLNK(st.st_mode));
-    EXPECT_OK(LoadModelVersion(dir_, 1));
+    DCP_EXPECT_OK(LoadModelVersion(dir_, 1));
   }
 
   std::string victim_;
@@ -413,7 +414,7 @@ TEST_F(FsStoragePlantedLinkTest, LinkAtTheTempMetadataNameIsNeverFollowed) {
 }
 
 TEST_F(FsStorageHostileTest, TokensAreRandomNotDerivedFromTheMetadata) {
-  ASSERT_OK_AND_ASSIGN(Metadata second, SaveTo(fs_, dir_, /*seed=*/2));
+  DCP_ASSERT_OK_AND_ASSIGN(Metadata second, SaveTo(fs_, dir_, /*seed=*/2));
   const std::string first_token = SaveTokenOf(md_);
   const std::string second_token = SaveTokenOf(second);
   for (const std::string& token : {first_token, second_token}) {

@@ -27,10 +27,10 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
-#include "checkpoint/metadata.h"
 #include "checkpoint/save_load.h"
-#include "checkpoint/state_dict.h"
-#include "checkpoint/status.h"
+#include "core/metadata.h"
+#include "core/state_dict.h"
+#include "core/status.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "storage/file_system.h"
@@ -102,12 +102,12 @@ void operator delete[](void* p, const std::nothrow_t&) noexcept {
 namespace dcp {
 namespace {
 
-using ::dcp::testing::FaultInjectingFileSystem;
-using ::dcp::testing::FaultRule;
-using ::dcp::testing::FileOp;
-using ::dcp::testing::IsOk;
-using ::dcp::testing::MemFileSystem;
-using ::dcp::testing::StatusIs;
+using ::dcp::test::FaultInjectingFileSystem;
+using ::dcp::test::FaultRule;
+using ::dcp::test::FileOp;
+using ::dcp::test::IsOk;
+using ::dcp::test::MemFileSystem;
+using ::dcp::test::StatusIs;
 using ::testing::AllOf;
 using ::testing::HasSubstr;
 
@@ -154,7 +154,7 @@ class FsStorageLimitsTest : public ::testing::Test {
 // 1 MiB key (20 GiB once copied per entry; it used to end in bad_alloc).
 TEST_F(FsStorageLimitsTest, SharedHugeKeyMetadataFailsCleanlyInBoundedMemory) {
   WriteFile(*fs_, "/ckpt/.metadata",
-            dcp::testing::SharedKeyMetadataPickle(20000, 1 << 20));
+            dcp::test::SharedKeyMetadataPickle(20000, 1 << 20));
   const auto expected = StatusIs(
       absl::StatusCode::kResourceExhausted,
       AllOf(HasSubstr("decoding /ckpt/.metadata"),
@@ -183,8 +183,7 @@ TEST_F(FsStorageLimitsTest, SharedHugeKeyMetadataFailsCleanlyInBoundedMemory) {
 }
 
 TEST_F(FsStorageLimitsTest, LimitsAreOptions) {
-  const std::string pickle =
-      dcp::testing::RealisticMetadataPickle(100, 150, 2);
+  const std::string pickle = dcp::test::RealisticMetadataPickle(100, 150, 2);
   WriteFile(*fs_, "/ckpt/.metadata", pickle);
   ASSERT_THAT(ReadCheckpointMetadata(std::string(kDir), fs_), IsOk());
   FileSystemReaderOptions options;

@@ -18,10 +18,10 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/strip.h"
 #include "absl/time/time.h"
-#include "checkpoint/metadata.h"
 #include "checkpoint/save_load.h"
-#include "checkpoint/state_dict.h"
-#include "checkpoint/status.h"
+#include "core/metadata.h"
+#include "core/state_dict.h"
+#include "core/status.h"
 #include "glog/logging.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -39,21 +39,21 @@
 namespace dcp {
 namespace {
 
-using ::dcp::testing::CheckModelStateDict;
-using ::dcp::testing::FaultInjectingFileSystem;
-using ::dcp::testing::ForwardingStorageWriter;
-using ::dcp::testing::FaultRule;
-using ::dcp::testing::FileOp;
-using ::dcp::testing::IsOk;
-using ::dcp::testing::IsOkAndHolds;
-using ::dcp::testing::MakeModelStateDict;
-using ::dcp::testing::MemFileSystem;
-using ::dcp::testing::ModelLayout;
-using ::dcp::testing::ModelValues;
-using ::dcp::testing::RankContext;
-using ::dcp::testing::Simulator;
-using ::dcp::testing::SimulatorOptions;
-using ::dcp::testing::StatusIs;
+using ::dcp::test::CheckModelStateDict;
+using ::dcp::test::FaultInjectingFileSystem;
+using ::dcp::test::FaultRule;
+using ::dcp::test::FileOp;
+using ::dcp::test::ForwardingStorageWriter;
+using ::dcp::test::IsOk;
+using ::dcp::test::IsOkAndHolds;
+using ::dcp::test::MakeModelStateDict;
+using ::dcp::test::MemFileSystem;
+using ::dcp::test::ModelLayout;
+using ::dcp::test::ModelValues;
+using ::dcp::test::RankContext;
+using ::dcp::test::Simulator;
+using ::dcp::test::SimulatorOptions;
+using ::dcp::test::StatusIs;
 using ::testing::AllOf;
 using ::testing::Each;
 using ::testing::HasSubstr;
@@ -232,8 +232,8 @@ TEST(FsStorageMultiRankTest, EveryRankWritesItsOwnFiles) {
   FileSystemWriterOptions w;
   w.thread_count = 2;
   ASSERT_THAT(SaveModel(3, fs, kDir, 0, w), Each(IsOk()));
-  ASSERT_OK_AND_ASSIGN(Metadata md,
-                       ReadCheckpointMetadata(std::string(kDir), fs));
+  DCP_ASSERT_OK_AND_ASSIGN(Metadata md,
+                           ReadCheckpointMetadata(std::string(kDir), fs));
   const std::string token = SaveTokenOf(md);
   std::vector<std::string> expected = {".dcp.lock", ".dcp.metadata",
                                        ".metadata"};
@@ -346,8 +346,8 @@ TEST(FsStorageMultiRankTest, FailedWriteKeepsTheOldCheckpointAndCleansUp) {
   // The next successful save removes every leftover.
   faulty->ClearRules();
   ASSERT_THAT(SaveModel(3, faulty, kDir, 1), Each(IsOk()));
-  ASSERT_OK_AND_ASSIGN(Metadata md,
-                       ReadCheckpointMetadata(std::string(kDir), mem));
+  DCP_ASSERT_OK_AND_ASSIGN(Metadata md,
+                           ReadCheckpointMetadata(std::string(kDir), mem));
   size_t data_files = 0;
   for (const auto& [path, size] : mem->ListAllFiles()) {
     if (!absl::EndsWith(path, ".distcp")) continue;
@@ -435,7 +435,7 @@ struct CrashParam {
 // every interleaving.
 class FsCrashTest : public ::testing::TestWithParam<CrashParam> {
  protected:
-  const uint32_t seed_ = dcp::testing::TestSeed();
+  const uint32_t seed_ = dcp::test::TestSeed();
 
   FileSystemWriterOptions WriterOptions() const {
     FileSystemWriterOptions options;
@@ -473,13 +473,13 @@ class FsCrashTest : public ::testing::TestWithParam<CrashParam> {
       const bool committed =
           std::all_of(statuses.begin(), statuses.end(),
                       [](const absl::Status& s) { return s.ok(); });
-      ASSERT_OK(fs->Restart());
+      DCP_ASSERT_OK(fs->Restart());
       absl::StatusOr<int> version = LoadedVersion(fs, kDir);
       if (committed) {
         // A save that returned OK is durable.
         ASSERT_THAT(version, IsOkAndHolds(1));
       } else if (base_has_v0) {
-        ASSERT_OK(version.status());
+        DCP_ASSERT_OK(version.status());
       } else if (!version.ok()) {
         ASSERT_THAT(version.status(), StatusIs(absl::StatusCode::kNotFound));
       }

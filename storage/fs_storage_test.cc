@@ -29,12 +29,12 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
 #include "absl/strings/strip.h"
-#include "checkpoint/metadata.h"
-#include "checkpoint/metadata_codec.h"
 #include "checkpoint/save_load.h"
-#include "checkpoint/sharding.h"
-#include "checkpoint/state_dict.h"
-#include "checkpoint/status.h"
+#include "core/metadata.h"
+#include "core/metadata_codec.h"
+#include "core/sharding.h"
+#include "core/state_dict.h"
+#include "core/status.h"
 #include "glog/logging.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -58,22 +58,22 @@
 namespace dcp {
 namespace {
 
-using ::dcp::testing::CheckModelStateDict;
-using ::dcp::testing::FaultInjectingFileSystem;
-using ::dcp::testing::ForwardingStorageWriter;
-using ::dcp::testing::FileOp;
-using ::dcp::testing::IsOk;
-using ::dcp::testing::IsOkAndHolds;
-using ::dcp::testing::MakeModelStateDict;
-using ::dcp::testing::MakeTestTensor;
-using ::dcp::testing::MemFileSystem;
-using ::dcp::testing::ModelLayout;
-using ::dcp::testing::ModelValues;
-using ::dcp::testing::RankContext;
-using ::dcp::testing::Simulator;
-using ::dcp::testing::SimulatorOptions;
-using ::dcp::testing::StatusIs;
-using ::dcp::testing::TensorEq;
+using ::dcp::test::CheckModelStateDict;
+using ::dcp::test::FaultInjectingFileSystem;
+using ::dcp::test::FileOp;
+using ::dcp::test::ForwardingStorageWriter;
+using ::dcp::test::IsOk;
+using ::dcp::test::IsOkAndHolds;
+using ::dcp::test::MakeModelStateDict;
+using ::dcp::test::MakeTestTensor;
+using ::dcp::test::MemFileSystem;
+using ::dcp::test::ModelLayout;
+using ::dcp::test::ModelValues;
+using ::dcp::test::RankContext;
+using ::dcp::test::Simulator;
+using ::dcp::test::SimulatorOptions;
+using ::dcp::test::StatusIs;
+using ::dcp::test::TensorEq;
 using ::testing::AllOf;
 using ::testing::ContainsRegex;
 using ::testing::Each;
@@ -338,13 +338,13 @@ TEST_P(RoundTripTest, EveryDtypeAndLayoutLoadsExactly) {
   FileSystemWriterOptions w;
   w.thread_count = p.writer_threads;
   w.single_file_per_rank = p.single_file_per_rank;
-  ASSERT_OK(SaveTo(fs(), dir(), source, w).status());
+  DCP_ASSERT_OK(SaveTo(fs(), dir(), source, w).status());
   FileSystemReaderOptions r;
   r.thread_count = p.reader_threads;
   r.verify_checksums = p.verify_checksums;
-  ASSERT_OK(LoadFrom(fs(), dir(), dest, r));
+  DCP_ASSERT_OK(LoadFrom(fs(), dir(), dest, r));
 
-  EXPECT_THAT(dest, testing::StateDictEq(expected));
+  EXPECT_THAT(dest, test::StateDictEq(expected));
   EXPECT_THAT(transposed_base.t(),
               TensorEq(expected.Find("transposed")->get<at::Tensor>()));
 }
@@ -369,23 +369,23 @@ INSTANTIATE_TEST_SUITE_P(
 
 TEST(FsStorageTest, EmptyStateDictWritesMetadataAndOneEmptyFile) {
   auto fs = std::make_shared<MemFileSystem>();
-  ASSERT_OK_AND_ASSIGN(Metadata md, SaveTo(fs, kDir, StateDict()));
+  DCP_ASSERT_OK_AND_ASSIGN(Metadata md, SaveTo(fs, kDir, StateDict()));
   EXPECT_TRUE(md.state_dict_metadata.empty());
   EXPECT_TRUE(md.storage_data.empty());
   const std::vector<std::string> data = DataFiles(*fs, kDir);
   ASSERT_THAT(data, SizeIs(1));
-  EXPECT_THAT(fs->FileSize(JoinPath(kDir, data[0])), testing::IsOkAndHolds(0));
+  EXPECT_THAT(fs->FileSize(JoinPath(kDir, data[0])), test::IsOkAndHolds(0));
   StateDict dest;
-  EXPECT_OK(LoadFrom(fs, kDir, dest));
+  DCP_EXPECT_OK(LoadFrom(fs, kDir, dest));
 }
 
 TEST(FsStorageTest, RelativeAndNestedDirectoriesAreCreated) {
   auto fs = std::make_shared<MemFileSystem>();
   StateDict sd{{"w", MakeTestTensor({3}, c10::kFloat, 1)}};
-  ASSERT_OK(SaveTo(fs, "a/b/c", sd).status());
+  DCP_ASSERT_OK(SaveTo(fs, "a/b/c", sd).status());
   EXPECT_THAT(Children(*fs, "a/b/c"), ::testing::Contains(".metadata"));
   StateDict dest{{"w", at::zeros({3})}};
-  ASSERT_OK(LoadFrom(fs, "a/b/c", dest));
+  DCP_ASSERT_OK(LoadFrom(fs, "a/b/c", dest));
   EXPECT_THAT(dest.Find("w")->get<at::Tensor>(),
               TensorEq(MakeTestTensor({3}, c10::kFloat, 1)));
 }
@@ -397,7 +397,7 @@ TEST(FsStorageLayoutTest, FileNamesMetadataAndRecordsFollowPyTorch) {
   StateDict sd = NonTensorValues(true);
   sd.Set("a", MakeTestTensor({4, 5}, c10::kFloat, 1));
   sd.Set("b", MakeTestTensor({3}, c10::kLong, 2));
-  ASSERT_OK_AND_ASSIGN(Metadata md, SaveTo(fs, kDir, sd));
+  DCP_ASSERT_OK_AND_ASSIGN(Metadata md, SaveTo(fs, kDir, sd));
 
   ASSERT_TRUE(md.storage_meta.has_value());
   EXPECT_EQ(md.storage_meta->checkpoint_id, std::string(kDir));
@@ -409,8 +409,8 @@ TEST(FsStorageLayoutTest, FileNamesMetadataAndRecordsFollowPyTorch) {
               ElementsAre(".dcp.lock", ".dcp.metadata", ".metadata", name));
 
   // What was written is what .metadata says (read back through the file).
-  ASSERT_OK_AND_ASSIGN(Metadata on_disk,
-                       ReadCheckpointMetadata(std::string(kDir), fs));
+  DCP_ASSERT_OK_AND_ASSIGN(Metadata on_disk,
+                           ReadCheckpointMetadata(std::string(kDir), fs));
   EXPECT_EQ(on_disk, md);
 
   // Bytes items first, then tensors, back to back from offset 0 with no
@@ -436,8 +436,9 @@ TEST(FsStorageLayoutTest, FileNamesMetadataAndRecordsFollowPyTorch) {
   EXPECT_EQ(end, static_cast<int64_t>(file.size()));
   // A tensor record is what torch.save writes for the tensor.
   const StorageInfo& a = InfoOf(md, "a");
-  ASSERT_OK_AND_ASSIGN(std::string record, SerializeTensorRecord(MakeTestTensor(
-                                               {4, 5}, c10::kFloat, 1)));
+  DCP_ASSERT_OK_AND_ASSIGN(
+      std::string record,
+      SerializeTensorRecord(MakeTestTensor({4, 5}, c10::kFloat, 1)));
   EXPECT_EQ(file.substr(a.offset, a.length), record);
 }
 
@@ -462,12 +463,12 @@ TEST(FsStorageLayoutTest, OnePassRecordsAreTheTwoPassRecordsByteForByte) {
   };
   StateDict sd;
   for (const auto& [key, t] : tensors) sd.Set(key, t);
-  ASSERT_OK_AND_ASSIGN(Metadata md, SaveTo(faulty, kDir, sd));
+  DCP_ASSERT_OK_AND_ASSIGN(Metadata md, SaveTo(faulty, kDir, sd));
   for (const auto& [key, t] : tensors) {
     SCOPED_TRACE(key);
     const StorageInfo& info = InfoOf(md, key);
     const std::string file = ReadFile(*faulty, JoinPath(kDir, info.relative_path));
-    ASSERT_OK_AND_ASSIGN(std::string expected, SerializeTensorRecord(t));
+    DCP_ASSERT_OK_AND_ASSIGN(std::string expected, SerializeTensorRecord(t));
     ASSERT_EQ(info.length, static_cast<int64_t>(expected.size()));
     EXPECT_TRUE(file.substr(info.offset, info.length) == expected)
         << "the saved record differs from the two-pass layout";
@@ -491,7 +492,7 @@ TEST(FsStorageLayoutTest, OnePassRecordsAreTheTwoPassRecordsByteForByte) {
   }
   FileSystemReaderOptions read;
   read.verify_checksums = true;
-  ASSERT_OK(LoadFrom(faulty, kDir, dest, read));
+  DCP_ASSERT_OK(LoadFrom(faulty, kDir, dest, read));
   for (const auto& [key, t] : tensors) {
     EXPECT_THAT(dest.Find(key)->get<at::Tensor>(), TensorEq(t)) << key;
   }
@@ -524,7 +525,7 @@ TEST(FsStorageLayoutTest, ThreadsSplitItemsLikePyTorch) {
   sd.Set("z", 3.0);
   FileSystemWriterOptions options;
   options.thread_count = 2;
-  ASSERT_OK_AND_ASSIGN(Metadata md, SaveTo(fs, kDir, sd, options));
+  DCP_ASSERT_OK_AND_ASSIGN(Metadata md, SaveTo(fs, kDir, sd, options));
   const std::string token = SaveTokenOf(md);
   const std::string f0 = absl::StrCat("__0_0_", token, ".distcp");
   const std::string f1 = absl::StrCat("__0_1_", token, ".distcp");
@@ -546,7 +547,7 @@ TEST(FsStorageLayoutTest, ThreadsSplitItemsLikePyTorch) {
   EXPECT_LT(InfoOf(md, "b").offset, InfoOf(md, "c").offset);
   EXPECT_THAT(
       fs->FileSize(JoinPath(kDir, f0)),
-      testing::IsOkAndHolds(InfoOf(md, "d").offset + InfoOf(md, "d").length));
+      test::IsOkAndHolds(InfoOf(md, "d").offset + InfoOf(md, "d").length));
 }
 
 TEST(FsStorageLayoutTest, EmptyBucketStillCreatesItsFile) {
@@ -554,7 +555,7 @@ TEST(FsStorageLayoutTest, EmptyBucketStillCreatesItsFile) {
   StateDict sd{{"a", at::ones({4})}, {"b", at::ones({2})}};
   FileSystemWriterOptions options;
   options.thread_count = 3;
-  ASSERT_OK_AND_ASSIGN(Metadata md, SaveTo(fs, kDir, sd, options));
+  DCP_ASSERT_OK_AND_ASSIGN(Metadata md, SaveTo(fs, kDir, sd, options));
   const std::string token = SaveTokenOf(md);
   EXPECT_THAT(DataFiles(*fs, kDir),
               ElementsAre(absl::StrCat("__0_0_", token, ".distcp"),
@@ -562,7 +563,7 @@ TEST(FsStorageLayoutTest, EmptyBucketStillCreatesItsFile) {
                           absl::StrCat("__0_2_", token, ".distcp")));
   EXPECT_THAT(
       fs->FileSize(JoinPath(kDir, absl::StrCat("__0_2_", token, ".distcp"))),
-      testing::IsOkAndHolds(0));
+      test::IsOkAndHolds(0));
 }
 
 TEST(FsStorageLayoutTest, OneFilePerItem) {
@@ -571,14 +572,14 @@ TEST(FsStorageLayoutTest, OneFilePerItem) {
   FileSystemWriterOptions options;
   options.single_file_per_rank = false;
   options.thread_count = 2;
-  ASSERT_OK_AND_ASSIGN(Metadata md, SaveTo(fs, kDir, sd, options));
+  DCP_ASSERT_OK_AND_ASSIGN(Metadata md, SaveTo(fs, kDir, sd, options));
   const std::string token = SaveTokenOf(md);
   EXPECT_THAT(DataFiles(*fs, kDir), SizeIs(3));
   std::vector<std::string> names;
   for (const auto& [index, info] : md.storage_data) {
     EXPECT_EQ(info.offset, 0);
     EXPECT_THAT(fs->FileSize(JoinPath(kDir, info.relative_path)),
-                testing::IsOkAndHolds(info.length));
+                test::IsOkAndHolds(info.length));
     names.push_back(info.relative_path);
   }
   std::sort(names.begin(), names.end());
@@ -596,12 +597,12 @@ int IndexOf(const std::vector<std::string>& log, absl::string_view op) {
 TEST(FsStorageLayoutTest, DataIsDurableBeforeMetadataIsRenamedIntoPlace) {
   auto faulty = std::make_shared<FaultInjectingFileSystem>(
       std::make_shared<MemFileSystem>());
-  ASSERT_OK_AND_ASSIGN(
+  DCP_ASSERT_OK_AND_ASSIGN(
       StateDict sd,
       MakeModelStateDict(0, 1, ModelLayout::kSave, ModelValues::kTrue));
   FileSystemWriterOptions options;
   options.thread_count = 3;
-  ASSERT_OK_AND_ASSIGN(Metadata md, SaveTo(faulty, kDir, sd, options));
+  DCP_ASSERT_OK_AND_ASSIGN(Metadata md, SaveTo(faulty, kDir, sd, options));
   const std::vector<std::string> log = faulty->mutation_log();
   const std::string dir(kDir);
   const std::string token = SaveTokenOf(md);
@@ -641,7 +642,7 @@ TEST(FsStorageLayoutTest, WithoutSyncFilesNothingIsSynced) {
       std::make_shared<MemFileSystem>());
   FileSystemWriterOptions options;
   options.sync_files = false;
-  ASSERT_OK(
+  DCP_ASSERT_OK(
       SaveTo(faulty, kDir, StateDict{{"w", at::ones({2})}}, options).status());
   for (const std::string& op : faulty->mutation_log()) {
     EXPECT_FALSE(absl::StartsWith(op, "sync")) << op;
@@ -653,18 +654,18 @@ TEST(FsStorageLayoutTest, WithoutSyncFilesNothingIsSynced) {
 
 TEST(FsStorageOverwriteTest, NewSaveReplacesOldOneAndRemovesItsFiles) {
   auto fs = std::make_shared<MemFileSystem>();
-  ASSERT_OK_AND_ASSIGN(
+  DCP_ASSERT_OK_AND_ASSIGN(
       StateDict v1,
       MakeModelStateDict(0, 1, ModelLayout::kSave, ModelValues::kTrue, 0));
-  ASSERT_OK_AND_ASSIGN(
+  DCP_ASSERT_OK_AND_ASSIGN(
       StateDict v2,
       MakeModelStateDict(0, 1, ModelLayout::kSave, ModelValues::kTrue, 1));
-  ASSERT_OK_AND_ASSIGN(Metadata md1, SaveTo(fs, kDir, v1));
+  DCP_ASSERT_OK_AND_ASSIGN(Metadata md1, SaveTo(fs, kDir, v1));
   // Leftovers of a crashed save.
   WriteFile(*fs, JoinPath(kDir, ".metadata.tmp.deadbeef"), "x");
   WriteFile(*fs, JoinPath(kDir, "__0_0_deadbeef.distcp"), "y");
   WriteFile(*fs, JoinPath(kDir, "unrelated.txt"), "z");
-  ASSERT_OK_AND_ASSIGN(Metadata md2, SaveTo(fs, kDir, v2));
+  DCP_ASSERT_OK_AND_ASSIGN(Metadata md2, SaveTo(fs, kDir, v2));
   EXPECT_NE(md1.storage_meta->save_id, md2.storage_meta->save_id);
 
   std::vector<std::string> expected = {".dcp.lock", ".dcp.metadata",
@@ -677,20 +678,20 @@ TEST(FsStorageOverwriteTest, NewSaveReplacesOldOneAndRemovesItsFiles) {
   expected.erase(std::unique(expected.begin(), expected.end()), expected.end());
   EXPECT_EQ(Children(*fs, kDir), expected);
 
-  ASSERT_OK_AND_ASSIGN(
+  DCP_ASSERT_OK_AND_ASSIGN(
       StateDict dest,
       MakeModelStateDict(0, 1, ModelLayout::kLoad, ModelValues::kPlaceholder));
-  ASSERT_OK(LoadFrom(fs, kDir, dest));
-  EXPECT_OK(CheckModelStateDict(dest, 0, 1, ModelLayout::kLoad, 1));
+  DCP_ASSERT_OK(LoadFrom(fs, kDir, dest));
+  DCP_EXPECT_OK(CheckModelStateDict(dest, 0, 1, ModelLayout::kLoad, 1));
 }
 
 TEST(FsStorageOverwriteTest, StaleFilesAreKeptWhenAsked) {
   auto fs = std::make_shared<MemFileSystem>();
-  ASSERT_OK_AND_ASSIGN(Metadata md1,
-                       SaveTo(fs, kDir, StateDict{{"w", at::ones({2})}}));
+  DCP_ASSERT_OK_AND_ASSIGN(Metadata md1,
+                           SaveTo(fs, kDir, StateDict{{"w", at::ones({2})}}));
   FileSystemWriterOptions options;
   options.remove_stale_files = false;
-  ASSERT_OK_AND_ASSIGN(
+  DCP_ASSERT_OK_AND_ASSIGN(
       Metadata md2,
       SaveTo(fs, kDir, StateDict{{"w", at::zeros({2})}}, options));
   EXPECT_THAT(DataFiles(*fs, kDir), SizeIs(2));
@@ -702,53 +703,54 @@ TEST(FsStorageOverwriteTest, StaleFilesAreKeptWhenAsked) {
 
 TEST(FsStorageSidecarTest, LoadsReadTheSidecarOnlyWhileItMatchesMetadata) {
   auto fs = std::make_shared<MemFileSystem>();
-  ASSERT_OK_AND_ASSIGN(Metadata saved, SaveTo(fs, kDir, ModelVersion(1)));
+  DCP_ASSERT_OK_AND_ASSIGN(Metadata saved, SaveTo(fs, kDir, ModelVersion(1)));
   const std::string pickle = ReadFile(*fs, JoinPath(kDir, ".metadata"));
   const std::string sidecar_path = JoinPath(kDir, ".dcp.metadata");
-  ASSERT_OK_AND_ASSIGN(Metadata from_pickle, DecodeMetadataPickle(pickle));
+  DCP_ASSERT_OK_AND_ASSIGN(Metadata from_pickle, DecodeMetadataPickle(pickle));
   EXPECT_EQ(DecodeMetadataSidecar(ReadFile(*fs, sidecar_path), pickle).value(),
             from_pickle);
-  EXPECT_OK(LoadModelVersion(fs, kDir, 1));
+  DCP_EXPECT_OK(LoadModelVersion(fs, kDir, 1));
 
   // A sidecar made for these .metadata bytes is believed: one that says
   // something else shows which of the two a read used.
   Metadata marked = from_pickle;
   marked.version = "from the sidecar";
   WriteFile(*fs, sidecar_path, EncodeMetadataSidecar(marked, pickle));
-  ASSERT_OK_AND_ASSIGN(Metadata read,
-                       ReadCheckpointMetadata(std::string(kDir), fs));
+  DCP_ASSERT_OK_AND_ASSIGN(Metadata read,
+                           ReadCheckpointMetadata(std::string(kDir), fs));
   EXPECT_EQ(read.version, std::string("from the sidecar"));
   FileSystemReaderOptions no_sidecar;
   no_sidecar.file_system = fs;
   no_sidecar.use_metadata_sidecar = false;
-  ASSERT_OK_AND_ASSIGN(read, ReadCheckpointMetadata(std::string(kDir), no_sidecar));
+  DCP_ASSERT_OK_AND_ASSIGN(
+      read, ReadCheckpointMetadata(std::string(kDir), no_sidecar));
   EXPECT_EQ(read.version, std::string("1.0.0"));
 
   // .metadata replaced (PyTorch saving over it leaves the sidecar): stale.
   Metadata replaced = from_pickle;
   replaced.version = "replaced";
-  ASSERT_OK_AND_ASSIGN(std::string replaced_pickle,
-                       EncodeMetadataPickle(replaced));
+  DCP_ASSERT_OK_AND_ASSIGN(std::string replaced_pickle,
+                           EncodeMetadataPickle(replaced));
   WriteFile(*fs, JoinPath(kDir, ".metadata"), replaced_pickle);
-  ASSERT_OK_AND_ASSIGN(read, ReadCheckpointMetadata(std::string(kDir), fs));
+  DCP_ASSERT_OK_AND_ASSIGN(read, ReadCheckpointMetadata(std::string(kDir), fs));
   EXPECT_EQ(read.version, std::string("replaced"));
 
   // Damaged, or not a regular file: the pickle, and the load is exact.
   WriteFile(*fs, JoinPath(kDir, ".metadata"), pickle);
   WriteFile(*fs, sidecar_path, "DCPMETA1 but nothing else");
-  EXPECT_OK(LoadModelVersion(fs, kDir, 1));
-  ASSERT_OK(fs->RemoveFile(sidecar_path));
-  ASSERT_OK(fs->CreateDir(sidecar_path));
-  EXPECT_OK(LoadModelVersion(fs, kDir, 1));
+  DCP_EXPECT_OK(LoadModelVersion(fs, kDir, 1));
+  DCP_ASSERT_OK(fs->RemoveFile(sidecar_path));
+  DCP_ASSERT_OK(fs->CreateDir(sidecar_path));
+  DCP_EXPECT_OK(LoadModelVersion(fs, kDir, 1));
 }
 
 TEST(FsStorageSidecarTest, WritingItIsOptionalAndBestEffort) {
   auto fs = std::make_shared<MemFileSystem>();
   FileSystemWriterOptions options;
   options.write_metadata_sidecar = false;
-  ASSERT_OK(SaveTo(fs, kDir, ModelVersion(1), options).status());
+  DCP_ASSERT_OK(SaveTo(fs, kDir, ModelVersion(1), options).status());
   EXPECT_THAT(Children(*fs, kDir), Not(::testing::Contains(".dcp.metadata")));
-  EXPECT_OK(LoadModelVersion(fs, kDir, 1));
+  DCP_EXPECT_OK(LoadModelVersion(fs, kDir, 1));
 
   // A sidecar that cannot be written does not fail the save, and leaves no
   // temporary file; loads decode .metadata.
@@ -756,10 +758,10 @@ TEST(FsStorageSidecarTest, WritingItIsOptionalAndBestEffort) {
     auto faulty = std::make_shared<FaultInjectingFileSystem>(
         std::make_shared<MemFileSystem>());
     faulty->AddRule({op, ".dcp.metadata."});
-    ASSERT_OK(SaveTo(faulty, kDir, ModelVersion(2)).status());
+    DCP_ASSERT_OK(SaveTo(faulty, kDir, ModelVersion(2)).status());
     EXPECT_THAT(Children(*faulty, kDir),
                 ElementsAre(".dcp.lock", ".metadata", ::testing::_));
-    EXPECT_OK(LoadModelVersion(faulty, kDir, 2));
+    DCP_EXPECT_OK(LoadModelVersion(faulty, kDir, 2));
   }
 }
 
@@ -828,11 +830,11 @@ TEST(FsStorageCleanupTest, RemovesOnlyTheReplacedCheckpointAndDcpLeftovers) {
   auto fs = std::make_shared<MemFileSystem>();
   FileSystemWriterOptions options;
   options.thread_count = 2;
-  ASSERT_OK(SaveTo(fs, kDir, ModelVersion(0), options).status());
+  DCP_ASSERT_OK(SaveTo(fs, kDir, ModelVersion(0), options).status());
   // The checkpoint being replaced was written by PyTorch.
   const std::vector<std::string> previous = UsePyTorchFileNames(fs, kDir);
   ASSERT_THAT(previous, ElementsAre("__0_0.distcp", "__0_1.distcp"));
-  ASSERT_OK(LoadModelVersion(fs, kDir, 0));
+  DCP_ASSERT_OK(LoadModelVersion(fs, kDir, 0));
   for (const std::string& name : kForeignFiles) {
     WriteFile(*fs, JoinPath(kDir, name), "keep me");
   }
@@ -840,7 +842,7 @@ TEST(FsStorageCleanupTest, RemovesOnlyTheReplacedCheckpointAndDcpLeftovers) {
     WriteFile(*fs, JoinPath(kDir, name), "left over");
   }
 
-  ASSERT_OK_AND_ASSIGN(Metadata md, SaveTo(fs, kDir, ModelVersion(1)));
+  DCP_ASSERT_OK_AND_ASSIGN(Metadata md, SaveTo(fs, kDir, ModelVersion(1)));
 
   std::vector<std::string> expected = kForeignFiles;
   expected.push_back(".dcp.lock");
@@ -857,18 +859,18 @@ TEST(FsStorageCleanupTest, RemovesOnlyTheReplacedCheckpointAndDcpLeftovers) {
                 IsOkAndHolds(std::string("keep me")))
         << name;
   }
-  EXPECT_OK(LoadModelVersion(fs, kDir, 1));
+  DCP_EXPECT_OK(LoadModelVersion(fs, kDir, 1));
 }
 
 TEST(FsStorageCleanupTest, UnreadablePreviousMetadataRemovesNoneOfItsFiles) {
   auto fs = std::make_shared<MemFileSystem>();
-  ASSERT_OK(SaveTo(fs, kDir, ModelVersion(0)).status());
+  DCP_ASSERT_OK(SaveTo(fs, kDir, ModelVersion(0)).status());
   const std::vector<std::string> previous = UsePyTorchFileNames(fs, kDir);
   WriteFile(*fs, JoinPath(kDir, ".metadata"), "not a pickle");
   for (const std::string& name : kDcpLeftovers) {
     WriteFile(*fs, JoinPath(kDir, name), "left over");
   }
-  ASSERT_OK(SaveTo(fs, kDir, ModelVersion(1)).status());
+  DCP_ASSERT_OK(SaveTo(fs, kDir, ModelVersion(1)).status());
   for (const std::string& name : previous) {
     EXPECT_THAT(fs->Exists(JoinPath(kDir, name)), IsOkAndHolds(true)) << name;
   }
@@ -876,12 +878,12 @@ TEST(FsStorageCleanupTest, UnreadablePreviousMetadataRemovesNoneOfItsFiles) {
   for (const std::string& name : kDcpLeftovers) {
     EXPECT_THAT(fs->Exists(JoinPath(kDir, name)), IsOkAndHolds(false)) << name;
   }
-  EXPECT_OK(LoadModelVersion(fs, kDir, 1));
+  DCP_EXPECT_OK(LoadModelVersion(fs, kDir, 1));
 }
 
 TEST(FsStorageCleanupTest, PreviousMetadataCannotMakeItRemoveTheCheckpoint) {
   auto fs = std::make_shared<MemFileSystem>();
-  ASSERT_OK_AND_ASSIGN(Metadata md, SaveTo(fs, kDir, ModelVersion(0)));
+  DCP_ASSERT_OK_AND_ASSIGN(Metadata md, SaveTo(fs, kDir, ModelVersion(0)));
   // A (corrupt) previous .metadata claiming .metadata, the lock file and a
   // file outside the directory as its own.
   WriteFile(*fs, "/outside", "keep me");
@@ -892,30 +894,31 @@ TEST(FsStorageCleanupTest, PreviousMetadataCannotMakeItRemoveTheCheckpoint) {
     info.relative_path = claimed[i++ % claimed.size()];
   }
   absl::StatusOr<std::string> pickle = EncodeMetadataPickle(md);
-  ASSERT_OK(pickle.status());
+  DCP_ASSERT_OK(pickle.status());
   WriteFile(*fs, JoinPath(kDir, ".metadata"), *pickle);
-  ASSERT_OK(SaveTo(fs, kDir, ModelVersion(1)).status());
+  DCP_ASSERT_OK(SaveTo(fs, kDir, ModelVersion(1)).status());
   EXPECT_THAT(fs->Exists(JoinPath(kDir, ".dcp.lock")), IsOkAndHolds(true));
   EXPECT_THAT(fs->Exists("/outside"), IsOkAndHolds(true));
-  EXPECT_OK(LoadModelVersion(fs, kDir, 1));
+  DCP_EXPECT_OK(LoadModelVersion(fs, kDir, 1));
 }
 
 TEST(FsStorageCleanupTest, WithoutSyncFilesNothingIsRemoved) {
   auto fs = std::make_shared<MemFileSystem>();
-  ASSERT_OK(SaveTo(fs, kDir, ModelVersion(0)).status());
+  DCP_ASSERT_OK(SaveTo(fs, kDir, ModelVersion(0)).status());
   for (const std::string& name : kDcpLeftovers) {
     WriteFile(*fs, JoinPath(kDir, name), "left over");
   }
   const std::vector<std::string> before = Children(*fs, kDir);
   FileSystemWriterOptions options;
   options.sync_files = false;
-  ASSERT_OK_AND_ASSIGN(Metadata md, SaveTo(fs, kDir, ModelVersion(1), options));
+  DCP_ASSERT_OK_AND_ASSIGN(Metadata md,
+                           SaveTo(fs, kDir, ModelVersion(1), options));
   // Everything stays; the new save only added its data file.
   std::vector<std::string> expected = before;
   expected.push_back(InfoOf(md, "step").relative_path);
   std::sort(expected.begin(), expected.end());
   EXPECT_EQ(Children(*fs, kDir), expected);
-  EXPECT_OK(LoadModelVersion(fs, kDir, 1));
+  DCP_EXPECT_OK(LoadModelVersion(fs, kDir, 1));
 }
 
 TEST(FsStorageOverwriteTest, OverwriteFalseRefusesAnExistingCheckpoint) {
@@ -923,7 +926,7 @@ TEST(FsStorageOverwriteTest, OverwriteFalseRefusesAnExistingCheckpoint) {
   StateDict sd{{"w", at::ones({2})}};
   FileSystemWriterOptions options;
   options.overwrite = false;
-  ASSERT_OK(SaveTo(fs, kDir, sd, options).status());  // Nothing there yet.
+  DCP_ASSERT_OK(SaveTo(fs, kDir, sd, options).status());  // Nothing there yet.
   const std::vector<std::string> before = Children(*fs, kDir);
   EXPECT_THAT(
       SaveTo(fs, kDir, sd, options).status(),
@@ -937,17 +940,17 @@ TEST(FsStorageOverwriteTest, ResetGivesEachSaveNewFileNames) {
   FileSystemWriterOptions options;
   options.file_system = fs;
   options.remove_stale_files = false;
-  ASSERT_OK_AND_ASSIGN(auto writer,
-                       FileSystemWriter::Create(std::string(kDir), options));
+  DCP_ASSERT_OK_AND_ASSIGN(
+      auto writer, FileSystemWriter::Create(std::string(kDir), options));
   SaveOptions save;
   save.no_dist = true;
   StateDict sd{{"w", at::ones({2})}};
   // The same writer saves twice without Reset: names still never collide.
-  ASSERT_OK(Save(sd, *writer, save).status());
-  ASSERT_OK(Save(sd, *writer, save).status());
-  ASSERT_OK(writer->Reset(std::string("/other")));
+  DCP_ASSERT_OK(Save(sd, *writer, save).status());
+  DCP_ASSERT_OK(Save(sd, *writer, save).status());
+  DCP_ASSERT_OK(writer->Reset(std::string("/other")));
   EXPECT_EQ(writer->path(), "/other");
-  ASSERT_OK(Save(sd, *writer, save).status());
+  DCP_ASSERT_OK(Save(sd, *writer, save).status());
   EXPECT_THAT(DataFiles(*fs, kDir), SizeIs(2));
   EXPECT_THAT(DataFiles(*fs, "/other"), SizeIs(1));
 }
@@ -1007,11 +1010,11 @@ const auto kRefusedAsBusy = StatusIs(
 
 TEST(FsStorageLockTest, ConcurrentSaveFailsNamingTheHolderAndFirstCommits) {
   auto fs = std::make_shared<MemFileSystem>();
-  ASSERT_OK(SaveTo(fs, kDir, ModelVersion(0)).status());
+  DCP_ASSERT_OK(SaveTo(fs, kDir, ModelVersion(0)).status());
   FileSystemWriterOptions options;
   options.file_system = fs;
-  ASSERT_OK_AND_ASSIGN(auto first,
-                       FileSystemWriter::Create(std::string(kDir), options));
+  DCP_ASSERT_OK_AND_ASSIGN(
+      auto first, FileSystemWriter::Create(std::string(kDir), options));
   const std::string first_save_id = *first->StorageMetaForSave()->save_id;
   absl::Status second = absl::UnknownError("the second save did not run");
   std::map<std::string, uint64_t> files_before_second;
@@ -1024,7 +1027,7 @@ TEST(FsStorageLockTest, ConcurrentSaveFailsNamingTheHolderAndFirstCommits) {
   };
   SaveOptions save;
   save.no_dist = true;
-  ASSERT_OK(Save(ModelVersion(1), paused, save).status());
+  DCP_ASSERT_OK(Save(ModelVersion(1), paused, save).status());
 
   EXPECT_THAT(second, kRefusedAsBusy);
   EXPECT_THAT(
@@ -1034,11 +1037,11 @@ TEST(FsStorageLockTest, ConcurrentSaveFailsNamingTheHolderAndFirstCommits) {
                      ContainsRegex(" since [0-9]{4}-[0-9]{2}-[0-9]{2}T"
                                    "[0-9]{2}:[0-9]{2}:[0-9]{2}Z"),
                      HasSubstr(absl::StrCat("save ", first_save_id)))));
-  EXPECT_OK(LoadModelVersion(fs, kDir, 1));
+  DCP_EXPECT_OK(LoadModelVersion(fs, kDir, 1));
 
   // The first save is over: the next one may save.
-  ASSERT_OK(SaveTo(fs, kDir, ModelVersion(2)).status());
-  EXPECT_OK(LoadModelVersion(fs, kDir, 2));
+  DCP_ASSERT_OK(SaveTo(fs, kDir, ModelVersion(2)).status());
+  DCP_EXPECT_OK(LoadModelVersion(fs, kDir, 2));
 }
 
 TEST(FsStorageLockTest, AbortSaveReleasesTheLockAndForgetsTheSave) {
@@ -1048,23 +1051,23 @@ TEST(FsStorageLockTest, AbortSaveReleasesTheLockAndForgetsTheSave) {
   // The refusing writer's own error also carries the holder's info.
   FileSystemWriterOptions options;
   options.file_system = fs;
-  ASSERT_OK_AND_ASSIGN(auto second,
-                       FileSystemWriter::Create(std::string(kDir), options));
-  ASSERT_OK(second->SetUp(/*is_coordinator=*/true));
+  DCP_ASSERT_OK_AND_ASSIGN(
+      auto second, FileSystemWriter::Create(std::string(kDir), options));
+  DCP_ASSERT_OK(second->SetUp(/*is_coordinator=*/true));
   const absl::Status refused = second->PrepareGlobalPlan({SavePlan()}).status();
   EXPECT_THAT(refused, kRefusedAsBusy);
   EXPECT_THAT(
       LockHolderInfo(refused),
       ::testing::Optional(HasSubstr(*first->StorageMetaForSave()->save_id)));
   first->AbortSave();
-  ASSERT_OK(SaveTo(fs, kDir, ModelVersion(1)).status());
+  DCP_ASSERT_OK(SaveTo(fs, kDir, ModelVersion(1)).status());
   // The aborted save cannot commit any more.
   Metadata md;
   EXPECT_THAT(first->Finish(md, {{}}),
               StatusIs(absl::StatusCode::kFailedPrecondition,
                        AllOf(HasSubstr("/ckpt"), HasSubstr("AbortSave"))));
   first->AbortSave();  // No save in progress: a no-op.
-  EXPECT_OK(LoadModelVersion(fs, kDir, 1));
+  DCP_EXPECT_OK(LoadModelVersion(fs, kDir, 1));
 }
 
 TEST(FsStorageLockTest, DroppingOrResettingTheWriterReleasesTheLock) {
@@ -1072,13 +1075,13 @@ TEST(FsStorageLockTest, DroppingOrResettingTheWriterReleasesTheLock) {
   std::unique_ptr<FileSystemWriter> first = BeginSave(fs, kDir);
   EXPECT_THAT(SaveTo(fs, kDir, ModelVersion(1)).status(), kRefusedAsBusy);
   first.reset();
-  ASSERT_OK(SaveTo(fs, kDir, ModelVersion(1)).status());
+  DCP_ASSERT_OK(SaveTo(fs, kDir, ModelVersion(1)).status());
 
   first = BeginSave(fs, kDir);
   EXPECT_THAT(SaveTo(fs, kDir, ModelVersion(2)).status(), kRefusedAsBusy);
-  ASSERT_OK(first->Reset(std::nullopt));
-  ASSERT_OK(SaveTo(fs, kDir, ModelVersion(2)).status());
-  EXPECT_OK(LoadModelVersion(fs, kDir, 2));
+  DCP_ASSERT_OK(first->Reset(std::nullopt));
+  DCP_ASSERT_OK(SaveTo(fs, kDir, ModelVersion(2)).status());
+  DCP_EXPECT_OK(LoadModelVersion(fs, kDir, 2));
 }
 
 TEST(FsStorageLockTest, FailedFinishReleasesTheLock) {
@@ -1087,24 +1090,24 @@ TEST(FsStorageLockTest, FailedFinishReleasesTheLock) {
   faulty->AddRule({FileOp::kCreate, ".metadata.tmp"});
   FileSystemWriterOptions options;
   options.file_system = faulty;
-  ASSERT_OK_AND_ASSIGN(auto writer,
-                       FileSystemWriter::Create(std::string(kDir), options));
+  DCP_ASSERT_OK_AND_ASSIGN(
+      auto writer, FileSystemWriter::Create(std::string(kDir), options));
   SaveOptions save;
   save.no_dist = true;
   EXPECT_THAT(Save(ModelVersion(1), *writer, save).status(),
               StatusIs(absl::StatusCode::kUnavailable));
   // `writer` is alive, but its save ended with Finish.
-  ASSERT_OK(SaveTo(faulty, kDir, ModelVersion(1)).status());
-  EXPECT_OK(LoadModelVersion(faulty, kDir, 1));
+  DCP_ASSERT_OK(SaveTo(faulty, kDir, ModelVersion(1)).status());
+  DCP_EXPECT_OK(LoadModelVersion(faulty, kDir, 1));
 }
 
 TEST(FsStorageLockTest, FinishRefusesWhenTheLockFileWasRemoved) {
   auto fs = std::make_shared<MemFileSystem>();
-  ASSERT_OK(SaveTo(fs, kDir, ModelVersion(0)).status());
+  DCP_ASSERT_OK(SaveTo(fs, kDir, ModelVersion(0)).status());
   std::unique_ptr<FileSystemWriter> first = BeginSave(fs, kDir);
   // Removing a lock file defeats it: another writer can then save.
-  ASSERT_OK(fs->RemoveFile(JoinPath(kDir, kCheckpointLockFileName)));
-  ASSERT_OK(SaveTo(fs, kDir, ModelVersion(1)).status());
+  DCP_ASSERT_OK(fs->RemoveFile(JoinPath(kDir, kCheckpointLockFileName)));
+  DCP_ASSERT_OK(SaveTo(fs, kDir, ModelVersion(1)).status());
   // The first save notices and does not commit over it.
   const std::string metadata = ReadFile(*fs, JoinPath(kDir, ".metadata"));
   Metadata md;
@@ -1114,15 +1117,15 @@ TEST(FsStorageLockTest, FinishRefusesWhenTheLockFileWasRemoved) {
                AllOf(HasSubstr("not committing the checkpoint in /ckpt"),
                      HasSubstr("no longer held"))));
   EXPECT_EQ(ReadFile(*fs, JoinPath(kDir, ".metadata")), metadata);
-  EXPECT_OK(LoadModelVersion(fs, kDir, 1));
+  DCP_EXPECT_OK(LoadModelVersion(fs, kDir, 1));
 }
 
 TEST(FsStorageLockTest, LockIsHeldFromBeforeTheListingUntilAfterCleanup) {
   auto faulty = std::make_shared<FaultInjectingFileSystem>(
       std::make_shared<MemFileSystem>());
-  ASSERT_OK(SaveTo(faulty, kDir, ModelVersion(0)).status());
+  DCP_ASSERT_OK(SaveTo(faulty, kDir, ModelVersion(0)).status());
   faulty->ClearOpLog();
-  ASSERT_OK(SaveTo(faulty, kDir, ModelVersion(1)).status());
+  DCP_ASSERT_OK(SaveTo(faulty, kDir, ModelVersion(1)).status());
   const std::vector<std::string> log = faulty->op_log();
   const int lock = IndexOf(log, "lock /ckpt/.dcp.lock");
   const int unlock = IndexOf(log, "unlock /ckpt/.dcp.lock");
@@ -1146,7 +1149,7 @@ TEST(FsStorageLockTest, LockIsHeldFromBeforeTheListingUntilAfterCleanup) {
 TEST(FsStorageCommitTest, DirectorySyncFailureAfterTheRenameSaysCommitted) {
   auto mem = std::make_shared<MemFileSystem>();
   auto faulty = std::make_shared<FaultInjectingFileSystem>(mem);
-  ASSERT_OK_AND_ASSIGN(Metadata md0, SaveTo(faulty, kDir, ModelVersion(0)));
+  DCP_ASSERT_OK_AND_ASSIGN(Metadata md0, SaveTo(faulty, kDir, ModelVersion(0)));
   const std::string old_file = InfoOf(md0, "step").relative_path;
   // The save syncs the directory after its data files and again after the
   // rename of .metadata; the second fails.
@@ -1155,8 +1158,8 @@ TEST(FsStorageCommitTest, DirectorySyncFailureAfterTheRenameSaysCommitted) {
   faulty->ClearOpLog();
   FileSystemWriterOptions options;
   options.file_system = faulty;
-  ASSERT_OK_AND_ASSIGN(auto writer,
-                       FileSystemWriter::Create(std::string(kDir), options));
+  DCP_ASSERT_OK_AND_ASSIGN(
+      auto writer, FileSystemWriter::Create(std::string(kDir), options));
   ObservedWriter observed(*writer);
   SaveOptions save;
   save.no_dist = true;
@@ -1184,10 +1187,10 @@ TEST(FsStorageCommitTest, DirectorySyncFailureAfterTheRenameSaysCommitted) {
   // The new checkpoint is the one in place; the old one's files are kept,
   // since the rename may not be durable.
   faulty->ClearRules();
-  EXPECT_OK(LoadModelVersion(faulty, kDir, 1));
+  DCP_EXPECT_OK(LoadModelVersion(faulty, kDir, 1));
   EXPECT_THAT(faulty->Exists(JoinPath(kDir, old_file)), IsOkAndHolds(true));
   // The lock was released: the next save goes through and cleans up.
-  ASSERT_OK(SaveTo(faulty, kDir, ModelVersion(2)).status());
+  DCP_ASSERT_OK(SaveTo(faulty, kDir, ModelVersion(2)).status());
   EXPECT_THAT(faulty->Exists(JoinPath(kDir, old_file)), IsOkAndHolds(false));
 }
 
@@ -1196,12 +1199,12 @@ TEST(FsStorageCommitTest, ErrorsBeforeTheRenameAreNotMarked) {
     SCOPED_TRACE(::testing::PrintToString(op));
     auto faulty = std::make_shared<FaultInjectingFileSystem>(
         std::make_shared<MemFileSystem>());
-    ASSERT_OK(SaveTo(faulty, kDir, ModelVersion(0)).status());
+    DCP_ASSERT_OK(SaveTo(faulty, kDir, ModelVersion(0)).status());
     faulty->AddRule({op, ".metadata.tmp."});
     FileSystemWriterOptions options;
     options.file_system = faulty;
-    ASSERT_OK_AND_ASSIGN(auto writer,
-                         FileSystemWriter::Create(std::string(kDir), options));
+    DCP_ASSERT_OK_AND_ASSIGN(
+        auto writer, FileSystemWriter::Create(std::string(kDir), options));
     ObservedWriter observed(*writer);
     SaveOptions save;
     save.no_dist = true;
@@ -1214,7 +1217,7 @@ TEST(FsStorageCommitTest, ErrorsBeforeTheRenameAreNotMarked) {
     EXPECT_EQ(GetCommitOutcome(observed.finish_status),
               CommitOutcome::kNotCommitted);
     faulty->ClearRules();
-    EXPECT_OK(LoadModelVersion(faulty, kDir, 0));
+    DCP_EXPECT_OK(LoadModelVersion(faulty, kDir, 0));
   }
 }
 
@@ -1223,21 +1226,22 @@ TEST(FsStorageCommitTest, ErrorsBeforeTheRenameAreNotMarked) {
 TEST(FsStorageTest, SetUpSharedReadsThroughAShareOfTheMetadata) {
   auto fs = std::make_shared<MemFileSystem>();
   const StateDict sd = ModelVersion(3);
-  ASSERT_OK(SaveTo(fs, kDir, sd).status());
+  DCP_ASSERT_OK(SaveTo(fs, kDir, sd).status());
   FileSystemReaderOptions options;
   options.file_system = fs;
-  ASSERT_OK_AND_ASSIGN(std::unique_ptr<FileSystemReader> reader,
-                       FileSystemReader::Create(std::string(kDir), options));
-  ASSERT_OK_AND_ASSIGN(Metadata read, reader->ReadMetadata());
+  DCP_ASSERT_OK_AND_ASSIGN(
+      std::unique_ptr<FileSystemReader> reader,
+      FileSystemReader::Create(std::string(kDir), options));
+  DCP_ASSERT_OK_AND_ASSIGN(Metadata read, reader->ReadMetadata());
   auto md = std::make_shared<const Metadata>(std::move(read));
-  ASSERT_OK(reader->SetUpShared(md, true));
+  DCP_ASSERT_OK(reader->SetUpShared(md, true));
   EXPECT_GT(md.use_count(), 1);
-  ASSERT_OK(reader->Reset(std::nullopt));
+  DCP_ASSERT_OK(reader->Reset(std::nullopt));
   EXPECT_EQ(md.use_count(), 1) << "Reset lets go of it";
   EXPECT_THAT(reader->SetUpShared(nullptr, true),
               StatusIs(absl::StatusCode::kInvalidArgument));
   // Load goes through SetUpShared; the values are exact.
-  ASSERT_OK(LoadModelVersion(fs, kDir, 3));
+  DCP_ASSERT_OK(LoadModelVersion(fs, kDir, 3));
 }
 
 // ReadEncodedMetadata is the encoding of what ReadMetadata returns, its
@@ -1245,23 +1249,24 @@ TEST(FsStorageTest, SetUpSharedReadsThroughAShareOfTheMetadata) {
 // pickle decoded and encoded.
 TEST(FsStorageTest, ReadEncodedMetadataIsTheEncodingOfReadMetadata) {
   auto fs = std::make_shared<MemFileSystem>();
-  ASSERT_OK(SaveTo(fs, kDir, ModelVersion(4)).status());
+  DCP_ASSERT_OK(SaveTo(fs, kDir, ModelVersion(4)).status());
   FileSystemReaderOptions options;
   options.file_system = fs;
-  ASSERT_OK_AND_ASSIGN(std::unique_ptr<FileSystemReader> reader,
-                       FileSystemReader::Create(std::string(kDir), options));
+  DCP_ASSERT_OK_AND_ASSIGN(
+      std::unique_ptr<FileSystemReader> reader,
+      FileSystemReader::Create(std::string(kDir), options));
   const std::string sidecar_path = JoinPath(kDir, kMetadataSidecarName);
   for (bool with_sidecar : {true, false}) {
     SCOPED_TRACE(with_sidecar);
     if (!with_sidecar) {
-      ASSERT_OK(fs->RemoveFile(sidecar_path));
+      DCP_ASSERT_OK(fs->RemoveFile(sidecar_path));
     }
-    ASSERT_OK_AND_ASSIGN(Metadata expected, reader->ReadMetadata());
-    ASSERT_OK_AND_ASSIGN(StorageReader::EncodedMetadata encoded,
-                         reader->ReadEncodedMetadata());
+    DCP_ASSERT_OK_AND_ASSIGN(Metadata expected, reader->ReadMetadata());
+    DCP_ASSERT_OK_AND_ASSIGN(StorageReader::EncodedMetadata encoded,
+                             reader->ReadEncodedMetadata());
     ASSERT_TRUE(encoded.load_id.has_value());
     EXPECT_EQ(encoded.load_id, expected.storage_meta->load_id);
-    ASSERT_OK_AND_ASSIGN(Metadata decoded, DecodeMetadata(encoded.encoded));
+    DCP_ASSERT_OK_AND_ASSIGN(Metadata decoded, DecodeMetadata(encoded.encoded));
     if (!decoded.storage_meta.has_value()) decoded.storage_meta.emplace();
     decoded.storage_meta->load_id = encoded.load_id;
     EXPECT_EQ(decoded, expected);
@@ -1272,7 +1277,7 @@ TEST(FsStorageTest, ReadEncodedMetadataIsTheEncodingOfReadMetadata) {
 // ReadMetadata has it.
 TEST(FsStorageTest, LoadGivesThePlannerTheReadersLoadId) {
   auto fs = std::make_shared<MemFileSystem>();
-  ASSERT_OK(SaveTo(fs, kDir, ModelVersion(5)).status());
+  DCP_ASSERT_OK(SaveTo(fs, kDir, ModelVersion(5)).status());
   class Recording : public DefaultLoadPlanner {
    public:
     using DefaultLoadPlanner::SetUpShared;
@@ -1289,18 +1294,19 @@ TEST(FsStorageTest, LoadGivesThePlannerTheReadersLoadId) {
   };
   FileSystemReaderOptions options;
   options.file_system = fs;
-  ASSERT_OK_AND_ASSIGN(std::unique_ptr<FileSystemReader> reader,
-                       FileSystemReader::Create(std::string(kDir), options));
-  ASSERT_OK_AND_ASSIGN(
+  DCP_ASSERT_OK_AND_ASSIGN(
+      std::unique_ptr<FileSystemReader> reader,
+      FileSystemReader::Create(std::string(kDir), options));
+  DCP_ASSERT_OK_AND_ASSIGN(
       StateDict dest,
       MakeModelStateDict(0, 1, ModelLayout::kLoad, ModelValues::kPlaceholder));
   Recording planner;
   LoadOptions load;
   load.no_dist = true;
   load.planner = &planner;
-  ASSERT_OK(Load(dest, *reader, load));
-  ASSERT_OK(CheckModelStateDict(dest, 0, 1, ModelLayout::kLoad, 5));
-  ASSERT_OK_AND_ASSIGN(Metadata read, reader->ReadMetadata());
+  DCP_ASSERT_OK(Load(dest, *reader, load));
+  DCP_ASSERT_OK(CheckModelStateDict(dest, 0, 1, ModelLayout::kLoad, 5));
+  DCP_ASSERT_OK_AND_ASSIGN(Metadata read, reader->ReadMetadata());
   ASSERT_TRUE(planner.load_id.has_value());
   EXPECT_EQ(planner.load_id, read.storage_meta->load_id);
 }
@@ -1427,7 +1433,7 @@ TEST(FsStorageOpenFilesTest, LoadKeepsAtMostMaxOpenFilesOpen) {
   FileSystemWriterOptions w;
   w.single_file_per_rank = false;
   w.sync_files = false;
-  ASSERT_OK(SaveTo(mem, kDir, sd, w).status());
+  DCP_ASSERT_OK(SaveTo(mem, kDir, sd, w).status());
   ASSERT_THAT(DataFiles(*mem, kDir), SizeIs(40));
 
   auto fs = std::make_shared<OpenFilesFileSystem>(mem);
@@ -1435,7 +1441,7 @@ TEST(FsStorageOpenFilesTest, LoadKeepsAtMostMaxOpenFilesOpen) {
   r.thread_count = 3;
   r.max_open_files = 5;
   StateDict dest = ZerosLike(sd);
-  ASSERT_OK(LoadFrom(fs, kDir, dest, r));
+  DCP_ASSERT_OK(LoadFrom(fs, kDir, dest, r));
   for (const StateDict::Entry& entry : sd.entries()) {
     EXPECT_THAT(dest.Find(entry.first)->get<at::Tensor>(),
                 TensorEq(entry.second.get<at::Tensor>()))
@@ -1460,12 +1466,12 @@ TEST(FsStorageOpenFilesTest, FewFilesAreOpenedOnce) {
   FileSystemWriterOptions w;
   w.single_file_per_rank = false;
   w.sync_files = false;
-  ASSERT_OK(SaveTo(mem, kDir, sd, w).status());
+  DCP_ASSERT_OK(SaveTo(mem, kDir, sd, w).status());
   auto fs = std::make_shared<OpenFilesFileSystem>(mem);
   FileSystemReaderOptions r;
   r.thread_count = 2;  // Default max_open_files: 62 may stay open.
   StateDict dest = ZerosLike(sd);
-  ASSERT_OK(LoadFrom(fs, kDir, dest, r));
+  DCP_ASSERT_OK(LoadFrom(fs, kDir, dest, r));
   EXPECT_THAT(fs->opens(), SizeIs(20));
   EXPECT_THAT(fs->opens(), Each(::testing::Pair(::testing::_, 1)));
   EXPECT_EQ(fs->open_now(), 0);
@@ -1479,7 +1485,7 @@ TEST(FsStorageOpenFilesTest, FileThatChangedBeforeTheCopyIsDataLossAndUnused) {
     const StateDict sd = ManyTensors(3, 7);
     FileSystemWriterOptions w;
     w.sync_files = false;
-    ASSERT_OK(SaveTo(mem, kDir, sd, w).status());  // One data file.
+    DCP_ASSERT_OK(SaveTo(mem, kDir, sd, w).status());  // One data file.
     const std::vector<std::string> files = DataFiles(*mem, kDir);
     ASSERT_THAT(files, SizeIs(1));
 
@@ -1510,7 +1516,7 @@ class PartialReadTest : public ::testing::Test {
 
   void SetUp() override {
     full_ = MakeTestTensor({kRows, kCols}, c10::kFloat, 7);
-    ASSERT_OK(SaveTo(mem_, kDir, StateDict{{"w", full_}}).status());
+    DCP_ASSERT_OK(SaveTo(mem_, kDir, StateDict{{"w", full_}}).status());
   }
 
   // Loads `rank`'s shard along `dim` of 4; returns the .distcp bytes read.
@@ -1523,7 +1529,7 @@ class PartialReadTest : public ::testing::Test {
     FileSystemReaderOptions options;
     options.verify_checksums = verify;
     absl::Status status = LoadFrom(counting_, kDir, dest, options);
-    EXPECT_OK(status);
+    DCP_EXPECT_OK(status);
     const Shard& loaded = dest.Find("w")->get<ShardedTensor>().local_shards[0];
     at::Tensor expected =
         full_.narrow(dim, loaded.offsets[dim], loaded.tensor.size(dim));
@@ -1547,7 +1553,7 @@ TEST(SmallRecordsTest, AreCheckedFromBatchedReads) {
   for (int i = 0; i < kTensors; ++i) {
     source.Set(absl::StrCat("t", i), at::arange(16, at::kFloat).add(i).view({4, 4}));
   }
-  ASSERT_OK(SaveTo(mem, kDir, source).status());
+  DCP_ASSERT_OK(SaveTo(mem, kDir, source).status());
   auto counting = std::make_shared<CountingFileSystem>(mem);
   for (bool verify : {true, false}) {
     SCOPED_TRACE(verify ? "verify" : "no verify");
@@ -1558,7 +1564,7 @@ TEST(SmallRecordsTest, AreCheckedFromBatchedReads) {
     counting->Clear();
     FileSystemReaderOptions options;
     options.verify_checksums = verify;
-    ASSERT_OK(LoadFrom(counting, kDir, dest, options));
+    DCP_ASSERT_OK(LoadFrom(counting, kDir, dest, options));
     for (int i = 0; i < kTensors; ++i) {
       const std::string key = absl::StrCat("t", i);
       EXPECT_THAT(dest.Find(key)->get<at::Tensor>(),
@@ -1584,7 +1590,7 @@ TEST(SmallRecordsTest, AreWrittenInBatches) {
     source.Set(absl::StrCat("t", i), at::full({4, 4}, i, at::kFloat));
     if (i % 100 == 0) source.Set(absl::StrCat("v", i), int64_t{i});
   }
-  ASSERT_OK(SaveTo(faulty, kDir, source).status());
+  DCP_ASSERT_OK(SaveTo(faulty, kDir, source).status());
   int appends = 0;
   for (const std::string& entry : faulty->mutation_log()) {
     if (absl::StartsWith(entry, "append ") &&
@@ -1598,7 +1604,7 @@ TEST(SmallRecordsTest, AreWrittenInBatches) {
     dest.Set(absl::StrCat("t", i), at::zeros({4, 4}, at::kFloat));
     if (i % 100 == 0) dest.Set(absl::StrCat("v", i), int64_t{0});
   }
-  ASSERT_OK(LoadFrom(faulty, kDir, dest));
+  DCP_ASSERT_OK(LoadFrom(faulty, kDir, dest));
   for (int i = 0; i < 300; ++i) {
     EXPECT_THAT(dest.Find(absl::StrCat("t", i))->get<at::Tensor>(),
                 TensorEq(at::full({4, 4}, i, at::kFloat)));
@@ -1650,16 +1656,17 @@ class BlockChecksumsTest : public ::testing::Test {
 
   void SetUp() override {
     full_ = MakeTestTensor({kRows, kCols}, c10::kFloat, 11);
-    ASSERT_OK_AND_ASSIGN(
+    DCP_ASSERT_OK_AND_ASSIGN(
         md_,
         SaveTo(mem_, kDir, StateDict{{"w", full_}, {"small", at::ones({3})}}));
     const StorageInfo& info = InfoOf(md_, "w");
     data_path_ = JoinPath(kDir, info.relative_path);
     record_offset_ = static_cast<uint64_t>(info.offset);
     const std::string data = ReadFile(*mem_, data_path_);
-    ASSERT_OK_AND_ASSIGN(TensorRecordInfo record,
-                         ParseTensorRecordHeader(absl::string_view(data).substr(
-                             info.offset, info.length)));
+    DCP_ASSERT_OK_AND_ASSIGN(
+        TensorRecordInfo record,
+        ParseTensorRecordHeader(
+            absl::string_view(data).substr(info.offset, info.length)));
     data_offset_ = record_offset_ + record.storage.data_offset;
   }
 
@@ -1707,8 +1714,9 @@ class BlockChecksumsTest : public ::testing::Test {
 };
 
 TEST_F(BlockChecksumsTest, SaveWritesTheBlocksOfLargeRecords) {
-  ASSERT_OK_AND_ASSIGN(BlockChecksums checksums,
-                       DecodeBlockChecksums(ReadFile(*mem_, ChecksumsPath())));
+  DCP_ASSERT_OK_AND_ASSIGN(
+      BlockChecksums checksums,
+      DecodeBlockChecksums(ReadFile(*mem_, ChecksumsPath())));
   const std::string data = ReadFile(*mem_, data_path_);
   EXPECT_EQ(checksums.data_file_size, data.size());
   EXPECT_EQ(checksums.block_bytes, kChecksumBlockBytes);
@@ -1727,7 +1735,7 @@ TEST_F(BlockChecksumsTest, SaveWritesTheBlocksOfLargeRecords) {
   auto other = std::make_shared<MemFileSystem>();
   FileSystemWriterOptions options;
   options.write_block_checksums = false;
-  ASSERT_OK(SaveTo(other, kDir, StateDict{{"w", full_}}, options).status());
+  DCP_ASSERT_OK(SaveTo(other, kDir, StateDict{{"w", full_}}, options).status());
   for (const std::string& name : Children(*other, kDir)) {
     EXPECT_FALSE(absl::EndsWith(name, kBlockChecksumsSuffix)) << name;
   }
@@ -1737,7 +1745,7 @@ TEST_F(BlockChecksumsTest, VerifiedShardReadsOnlyTheBlocksItNeeds) {
   // Rank 1 of 3 needs rows [1366, 2731): bytes 2797568 to 5591040 of the
   // data, in blocks 2 to 5.
   uint64_t read = 0;
-  ASSERT_OK(LoadShard(1, 3, &read));
+  DCP_ASSERT_OK(LoadShard(1, 3, &read));
   const uint64_t shard_bytes = (2731 - 1366) * kRowBytes;
   const uint64_t blocks_bytes = 4 * kChecksumBlockBytes;
   LOG(INFO) << "verified row shard: read " << read << " bytes for a "
@@ -1749,10 +1757,10 @@ TEST_F(BlockChecksumsTest, VerifiedShardReadsOnlyTheBlocksItNeeds) {
   // is read to check it.
   FileSystemReaderOptions without;
   without.use_block_checksums = false;
-  ASSERT_OK(LoadShard(1, 3, &read, without));
+  DCP_ASSERT_OK(LoadShard(1, 3, &read, without));
   EXPECT_GE(read, shard_bytes + kDataBytes);
-  ASSERT_OK(mem_->RemoveFile(ChecksumsPath()));
-  ASSERT_OK(LoadShard(1, 3, &read));
+  DCP_ASSERT_OK(mem_->RemoveFile(ChecksumsPath()));
+  DCP_ASSERT_OK(LoadShard(1, 3, &read));
   EXPECT_GE(read, shard_bytes + kDataBytes);
 }
 
@@ -1777,11 +1785,11 @@ TEST_F(BlockChecksumsTest, DamageOnlyOneRankReadsIsTheSameErrorOnEveryRank) {
   SimulatorOptions options;
   options.world_size = 3;
   options.seed = 7;
-  ASSERT_OK_AND_ASSIGN(std::unique_ptr<Simulator> sim,
-                       Simulator::Create(options));
+  DCP_ASSERT_OK_AND_ASSIGN(std::unique_ptr<Simulator> sim,
+                           Simulator::Create(options));
   std::vector<StateDict> dests(3);
   for (int rank = 0; rank < 3; ++rank) {
-    ASSERT_OK_AND_ASSIGN(
+    DCP_ASSERT_OK_AND_ASSIGN(
         ShardedTensor shard,
         ZerosShardAlongDim({kRows, kCols}, c10::kFloat, 0, rank, 3));
     dests[rank] = StateDict{{"w", shard}};
@@ -1810,7 +1818,7 @@ TEST_F(BlockChecksumsTest, LoadsVerifyWhatTheyReadNotWhatTheySkip) {
   // Block 7 holds rows [3584, 4096): rank 0 of 4 (rows [0, 1024)) does not
   // read it, rank 3 does.
   CorruptData(7 * kChecksumBlockBytes + 5);
-  EXPECT_OK(LoadShard(0, 4));
+  DCP_EXPECT_OK(LoadShard(0, 4));
   EXPECT_THAT(LoadShard(3, 4),
               StatusIs(absl::StatusCode::kDataLoss, HasSubstr("block 7")));
   // Verifying whole records, rank 0 reports it too.
@@ -1827,7 +1835,7 @@ TEST_F(BlockChecksumsTest, LoadsVerifyWhatTheyReadNotWhatTheySkip) {
 // undamaged data still succeed.
 TEST_F(BlockChecksumsTest, UnusableBlockChecksumFilesFallBackToWholeRecords) {
   const std::string good = ReadFile(*mem_, ChecksumsPath());
-  ASSERT_OK_AND_ASSIGN(BlockChecksums decoded, DecodeBlockChecksums(good));
+  DCP_ASSERT_OK_AND_ASSIGN(BlockChecksums decoded, DecodeBlockChecksums(good));
   std::vector<std::pair<std::string, std::string>> cases;
   {
     std::string flipped = good;
@@ -1861,7 +1869,7 @@ TEST_F(BlockChecksumsTest, UnusableBlockChecksumFilesFallBackToWholeRecords) {
     WriteFile(*mem_, ChecksumsPath(), bytes);
     WriteFile(*mem_, data_path_, original);
     uint64_t read = 0;
-    EXPECT_OK(LoadShard(0, 4, &read));
+    DCP_EXPECT_OK(LoadShard(0, 4, &read));
     EXPECT_GE(read, kDataBytes);  // The whole record, checked.
     CorruptData(7 * kChecksumBlockBytes + 5);
     EXPECT_THAT(LoadShard(0, 4), StatusIs(absl::StatusCode::kDataLoss,
@@ -1871,13 +1879,13 @@ TEST_F(BlockChecksumsTest, UnusableBlockChecksumFilesFallBackToWholeRecords) {
 
 TEST_F(BlockChecksumsTest, ReplacedCheckpointsTakeTheirBlockChecksumsAlong) {
   const std::string old_checksums = ChecksumsPath();
-  ASSERT_OK_AND_ASSIGN(Metadata md,
-                       SaveTo(mem_, kDir, StateDict{{"w", full_ * 2}}));
+  DCP_ASSERT_OK_AND_ASSIGN(Metadata md,
+                           SaveTo(mem_, kDir, StateDict{{"w", full_ * 2}}));
   EXPECT_THAT(ReadFileToString(*mem_, old_checksums),
               StatusIs(absl::StatusCode::kNotFound));
   const std::string now = JoinPath(
       kDir, absl::StrCat(InfoOf(md, "w").relative_path, kBlockChecksumsSuffix));
-  EXPECT_OK(ReadFileToString(*mem_, now).status());
+  DCP_EXPECT_OK(ReadFileToString(*mem_, now).status());
 }
 
 // ---- Bad input --------------------------------------------------------------
@@ -1889,7 +1897,7 @@ class BadInputTest : public ::testing::Test {
     sd_.Set("b", MakeTestTensor({6, 4}, c10::kFloat, 2));
     sd_.Set("n", int64_t{12});
     absl::StatusOr<Metadata> md = SaveTo(fs_, kDir, sd_);
-    ASSERT_OK(md.status());
+    DCP_ASSERT_OK(md.status());
     md_ = *md;
   }
 
@@ -1906,7 +1914,7 @@ class BadInputTest : public ::testing::Test {
   }
   void RewriteMetadata(const Metadata& md) {
     absl::StatusOr<std::string> pickle = EncodeMetadataPickle(md);
-    ASSERT_OK(pickle.status());
+    DCP_ASSERT_OK(pickle.status());
     WriteFile(*fs_, JoinPath(kDir, ".metadata"), *pickle);
   }
 
@@ -1916,7 +1924,7 @@ class BadInputTest : public ::testing::Test {
 };
 
 TEST_F(BadInputTest, MissingMetadataIsNotFoundNamingTheDirectory) {
-  ASSERT_OK(fs_->RemoveFile(JoinPath(kDir, ".metadata")));
+  DCP_ASSERT_OK(fs_->RemoveFile(JoinPath(kDir, ".metadata")));
   EXPECT_THAT(Load(), StatusIs(absl::StatusCode::kNotFound,
                                HasSubstr("not a checkpoint: no .metadata in "
                                          "/ckpt")));
@@ -1925,7 +1933,7 @@ TEST_F(BadInputTest, MissingMetadataIsNotFoundNamingTheDirectory) {
 }
 
 TEST_F(BadInputTest, MissingDataFileIsDataLoss) {
-  ASSERT_OK(fs_->RemoveFile(PathOf("a")));
+  DCP_ASSERT_OK(fs_->RemoveFile(PathOf("a")));
   EXPECT_THAT(Load(), StatusIs(absl::StatusCode::kDataLoss,
                                AllOf(HasSubstr("missing data file"),
                                      HasSubstr(PathOf("a")))));
@@ -1944,9 +1952,10 @@ TEST_F(BadInputTest, CorruptTensorBytesFailChecksum) {
   const StorageInfo& info = InfoOf(md_, "b");
   const std::string path = PathOf("b");
   std::string data = ReadFile(*fs_, path);
-  ASSERT_OK_AND_ASSIGN(TensorRecordInfo record,
-                       ParseTensorRecordHeader(absl::string_view(data).substr(
-                           info.offset, info.length)));
+  DCP_ASSERT_OK_AND_ASSIGN(
+      TensorRecordInfo record,
+      ParseTensorRecordHeader(
+          absl::string_view(data).substr(info.offset, info.length)));
   data[info.offset + record.storage.data_offset + 5] ^= 0x40;
   WriteFile(*fs_, path, data);
   EXPECT_THAT(Load(), StatusIs(absl::StatusCode::kDataLoss,
@@ -1958,7 +1967,7 @@ TEST_F(BadInputTest, CorruptTensorBytesFailChecksum) {
   FileSystemReaderOptions options;
   options.verify_checksums = false;
   StateDict dest = Dest();
-  ASSERT_OK(LoadFrom(fs_, kDir, dest, options));
+  DCP_ASSERT_OK(LoadFrom(fs_, kDir, dest, options));
   EXPECT_THAT(dest.Find("b")->get<at::Tensor>(),
               Not(TensorEq(sd_.Find("b")->get<at::Tensor>())));
 }
@@ -1968,9 +1977,9 @@ TEST_F(BadInputTest, CorruptDataPklFailsChecksum) {
   const StorageInfo& info = InfoOf(md_, "a");
   const std::string path = PathOf("a");
   std::string data = ReadFile(*fs_, path);
-  ASSERT_OK_AND_ASSIGN(ZipDirectory dir,
-                       ReadZipDirectory(absl::string_view(data).substr(
-                           info.offset, info.length)));
+  DCP_ASSERT_OK_AND_ASSIGN(ZipDirectory dir,
+                           ReadZipDirectory(absl::string_view(data).substr(
+                               info.offset, info.length)));
   const ZipEntry* pkl = dir.Find("data.pkl");
   ASSERT_NE(pkl, nullptr);
   data[info.offset + pkl->data_offset + pkl->size - 2] ^= 0x01;
@@ -1984,9 +1993,9 @@ TEST_F(BadInputTest, CorruptBytesRecordIsDataLossNamingTheKey) {
   const StorageInfo& info = InfoOf(md_, "n");
   const std::string path = PathOf("n");
   std::string data = ReadFile(*fs_, path);
-  ASSERT_OK_AND_ASSIGN(ZipDirectory dir,
-                       ReadZipDirectory(absl::string_view(data).substr(
-                           info.offset, info.length)));
+  DCP_ASSERT_OK_AND_ASSIGN(ZipDirectory dir,
+                           ReadZipDirectory(absl::string_view(data).substr(
+                               info.offset, info.length)));
   const ZipEntry* pkl = dir.Find("data.pkl");
   ASSERT_NE(pkl, nullptr);
   data[info.offset + pkl->data_offset + 3] ^= 0x01;  // The int's value.
@@ -2010,7 +2019,7 @@ TEST_F(BadInputTest, RecordReachingOutsideItsWindowIsDataLoss) {
 
 TEST_F(BadInputTest, MetadataOfAnotherCheckpointIsDataLoss) {
   // Another checkpoint with the same keys: its .metadata names its files.
-  ASSERT_OK(SaveTo(fs_, "/other", sd_).status());
+  DCP_ASSERT_OK(SaveTo(fs_, "/other", sd_).status());
   WriteFile(*fs_, JoinPath(kDir, ".metadata"),
             ReadFile(*fs_, "/other/.metadata"));
   EXPECT_THAT(Load(), StatusIs(absl::StatusCode::kDataLoss,
@@ -2106,7 +2115,7 @@ class HandEditedMetadataTest : public ::testing::Test {
     FileSystemWriterOptions w;
     w.single_file_per_rank = false;  // One file per chunk.
     w.sync_files = false;
-    ASSERT_OK_AND_ASSIGN(md_, SaveTo(fs_, kDir, sd, w));
+    DCP_ASSERT_OK_AND_ASSIGN(md_, SaveTo(fs_, kDir, sd, w));
     file0_ = md_.storage_data.at(MetadataIndex("w", Shape{0, 0})).relative_path;
     file1_ = md_.storage_data.at(MetadataIndex("w", Shape{2, 0})).relative_path;
     ASSERT_NE(file0_, file1_);
@@ -2140,7 +2149,7 @@ class HandEditedMetadataTest : public ::testing::Test {
     md.storage_data.insert(std::move(node));
   }
   void RewriteMetadata(const Metadata& md) {
-    ASSERT_OK_AND_ASSIGN(std::string pickle, EncodeMetadataPickle(md));
+    DCP_ASSERT_OK_AND_ASSIGN(std::string pickle, EncodeMetadataPickle(md));
     WriteFile(*fs_, JoinPath(kDir, ".metadata"), pickle);
   }
 
@@ -2153,7 +2162,7 @@ class HandEditedMetadataTest : public ::testing::Test {
 
 TEST_F(HandEditedMetadataTest, UneditedLoadsExactly) {
   StateDict dest = Dest();
-  ASSERT_OK(LoadFrom(fs_, kDir, dest));
+  DCP_ASSERT_OK(LoadFrom(fs_, kDir, dest));
   EXPECT_THAT(dest.Find("w")->get<at::Tensor>(), TensorEq(saved_w_));
 }
 
@@ -2220,8 +2229,8 @@ TEST_F(HandEditedMetadataTest, EveryRankGetsTheSameError) {
   RewriteMetadata(md);
   SimulatorOptions options;
   options.world_size = 2;
-  ASSERT_OK_AND_ASSIGN(std::unique_ptr<Simulator> sim,
-                       Simulator::Create(options));
+  DCP_ASSERT_OK_AND_ASSIGN(std::unique_ptr<Simulator> sim,
+                           Simulator::Create(options));
   std::vector<StateDict> dests = {Dest(), Dest()};
   std::vector<absl::Status> statuses =
       sim->Run([&](RankContext& ctx) -> absl::Status {
@@ -2278,7 +2287,7 @@ std::string Mutate(MemFileSystem& fs, const std::string& target,
       WriteFile(fs, target, data.substr(0, uniform(data.size() + 1)));
       return "truncate";
     case Mutation::kDelete:
-      EXPECT_OK(fs.RemoveFile(target));
+      DCP_EXPECT_OK(fs.RemoveFile(target));
       return "delete";
     case Mutation::kAppend: {  // Garbage.
       std::string garbage(1 + uniform(100), '\0');
@@ -2323,7 +2332,7 @@ int CheckMutationOutcomes(const std::map<std::string, int>& outcomes,
 }
 
 TEST(FsStorageMutationTest, EveryLoadIsExactOrFails) {
-  const uint32_t seed = dcp::testing::TestSeed();
+  const uint32_t seed = dcp::test::TestSeed();
   SCOPED_TRACE(absl::StrCat("DCP_TEST_SEED=", seed));
   int iterations = 300;
   if (const char* env = std::getenv("DCP_MUTATION_ITERATIONS")) {
@@ -2336,8 +2345,8 @@ TEST(FsStorageMutationTest, EveryLoadIsExactOrFails) {
     SimulatorOptions options;
     options.world_size = 2;
     options.seed = 1;
-    ASSERT_OK_AND_ASSIGN(std::unique_ptr<Simulator> sim,
-                         Simulator::Create(options));
+    DCP_ASSERT_OK_AND_ASSIGN(std::unique_ptr<Simulator> sim,
+                             Simulator::Create(options));
     std::vector<absl::Status> statuses =
         sim->Run([&](RankContext& ctx) -> absl::Status {
           DCP_ASSIGN_OR_RETURN(
@@ -2378,14 +2387,14 @@ TEST(FsStorageMutationTest, EveryLoadIsExactOrFails) {
     const std::string what =
         Mutate(*fs, target, files, static_cast<Mutation>(uniform(5)), uniform);
     SCOPED_TRACE(absl::StrCat("iteration ", i, ": ", what, " ", target));
-    ASSERT_OK_AND_ASSIGN(StateDict dest,
-                         MakeModelStateDict(0, 1, ModelLayout::kLoad,
-                                            ModelValues::kPlaceholder));
+    DCP_ASSERT_OK_AND_ASSIGN(StateDict dest,
+                             MakeModelStateDict(0, 1, ModelLayout::kLoad,
+                                                ModelValues::kPlaceholder));
     FileSystemReaderOptions options;
     options.thread_count = 1 + static_cast<int>(uniform(3));
     absl::Status status = LoadFrom(fs, kDir, dest, options);
     if (status.ok()) {
-      ASSERT_OK(CheckModelStateDict(dest, 0, 1, ModelLayout::kLoad));
+      DCP_ASSERT_OK(CheckModelStateDict(dest, 0, 1, ModelLayout::kLoad));
       ++outcomes[absl::StrCat(what, ": exact")];
     } else {
       ++outcomes[absl::StrCat(what, ": ",
@@ -2411,7 +2420,7 @@ TEST(FsStorageMutationTest, EveryLoadIsExactOrFails) {
 // rows) returns exact values or fails; a load whose blocks are undamaged
 // succeeds even if other blocks or the .dcpcrc are damaged.
 TEST(FsStorageMutationTest, BlockChecksummedLoadsAreExactOrFail) {
-  const uint32_t seed = dcp::testing::TestSeed();
+  const uint32_t seed = dcp::test::TestSeed();
   SCOPED_TRACE(absl::StrCat("DCP_TEST_SEED=", seed));
   int iterations = 200;
   if (const char* env = std::getenv("DCP_MUTATION_ITERATIONS")) {
@@ -2422,9 +2431,10 @@ TEST(FsStorageMutationTest, BlockChecksummedLoadsAreExactOrFail) {
   FileSystemWriterOptions w;
   w.thread_count = 2;
   w.sync_files = false;
-  ASSERT_OK(SaveTo(base, kDir,
-                   StateDict{{"w", full}, {"v", full.narrow(0, 0, 512) * 2}}, w)
-                .status());
+  DCP_ASSERT_OK(
+      SaveTo(base, kDir,
+             StateDict{{"w", full}, {"v", full.narrow(0, 0, 512) * 2}}, w)
+          .status());
   std::vector<std::string> files;
   for (const auto& [path, size] : base->ListAllFiles()) {
     if (Basename(path) != kCheckpointLockFileName) files.push_back(path);
@@ -2446,10 +2456,10 @@ TEST(FsStorageMutationTest, BlockChecksummedLoadsAreExactOrFail) {
         Mutate(*fs, target, files, mutations[uniform(4)], uniform);
     SCOPED_TRACE(absl::StrCat("iteration ", i, ": ", what, " ", target));
     const int rank = static_cast<int>(uniform(3));
-    ASSERT_OK_AND_ASSIGN(
+    DCP_ASSERT_OK_AND_ASSIGN(
         ShardedTensor w_shard,
         ZerosShardAlongDim({1024, 1024}, c10::kFloat, 0, rank, 3));
-    ASSERT_OK_AND_ASSIGN(
+    DCP_ASSERT_OK_AND_ASSIGN(
         ShardedTensor v_shard,
         ZerosShardAlongDim({512, 1024}, c10::kFloat, 0, rank, 3));
     StateDict dest{{"w", w_shard}, {"v", v_shard}};

@@ -13,7 +13,7 @@
 #include "absl/strings/string_view.h"
 #include "storage/pickle_test_util.h"
 
-namespace dcp::testing {
+namespace dcp::test {
 namespace {
 
 constexpr absl::string_view kMd = "torch.distributed.checkpoint.metadata";
@@ -276,4 +276,4 @@ std::string RealisticMetadataPickle(int keys, size_t name_bytes,
   });
 }
 
-}  // namespace dcp::testing
+}  // namespace dcp::test

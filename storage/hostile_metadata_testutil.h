@@ -13,7 +13,7 @@
 #include <cstddef>
 #include <string>
 
-namespace dcp::testing {
+namespace dcp::test {
 
 // The reported case: `storage_data` holds `entries` MetadataIndex ->
 // _StorageInfo entries (offsets (0,), (1,), ...) whose fqn is one memoized
@@ -41,6 +41,6 @@ std::string RealisticMetadataPickle(int keys, size_t name_bytes,
 // The fqn RealisticMetadataPickle gives key `i`.
 std::string RealisticFqn(int i, size_t name_bytes);
 
-}  // namespace dcp::testing
+}  // namespace dcp::test
 
 #endif  // DCP_STORAGE_HOSTILE_METADATA_TESTUTIL_H_

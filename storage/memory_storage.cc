@@ -20,12 +20,12 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/string_view.h"
-#include "checkpoint/fault_point.h"
-#include "checkpoint/metadata.h"
-#include "checkpoint/state_dict.h"
-#include "checkpoint/status.h"
-#include "checkpoint/tensor_copy.h"
-#include "checkpoint/torch_status.h"
+#include "core/fault_point.h"
+#include "core/metadata.h"
+#include "core/state_dict.h"
+#include "core/status.h"
+#include "core/tensor_copy.h"
+#include "core/torch_status.h"
 #include "glog/logging.h"
 
 namespace dcp {
@@ -154,7 +154,7 @@ absl::StatusOr<Value> CopyItem(const WriteItem& item, SavePlanner& planner,
         DescribeIndex(item.index), FormatShape(tensor->sizes()),
         FormatShape(item.tensor_data->chunk.sizes)));
   }
-  // A copy ThreadSanitizer sees (checkpoint/tensor_copy.h).
+  // A copy ThreadSanitizer sees (core/tensor_copy.h).
   absl::StatusOr<at::Tensor> copied = CloneToCpu(*tensor);
   if (!copied.ok()) {
     return Annotate(copied.status(), absl::StrCat("copying tensor item ",

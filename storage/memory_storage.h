@@ -61,7 +61,7 @@
 //                     plan from PrepareGlobalPlan, Finish before it, a save
 //                     that was abandoned, a commit missing a rank's data)
 //
-// Fault points (checkpoint/fault_point.h): "memory_storage.write_data" at
+// Fault points (core/fault_point.h): "memory_storage.write_data" at
 // the start of WriteData, "memory_storage.finish" at the start of Finish,
 // "memory_storage.read_data" at the start of ReadData.
 #ifndef DCP_STORAGE_MEMORY_STORAGE_H_
@@ -79,8 +79,8 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
-#include "checkpoint/metadata.h"
-#include "checkpoint/state_dict.h"
+#include "core/metadata.h"
+#include "core/state_dict.h"
 #include "planner/load_plan.h"
 #include "planner/planner.h"
 #include "planner/save_plan.h"

@@ -15,10 +15,10 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
-#include "checkpoint/fault_point.h"
-#include "checkpoint/metadata.h"
-#include "checkpoint/state_dict.h"
-#include "checkpoint/status.h"
+#include "core/fault_point.h"
+#include "core/metadata.h"
+#include "core/state_dict.h"
+#include "core/status.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "planner/load_plan.h"
@@ -31,10 +31,10 @@
 namespace dcp {
 namespace {
 
-using ::dcp::testing::IsOk;
-using ::dcp::testing::MakeTestTensor;
-using ::dcp::testing::StatusIs;
-using ::dcp::testing::TensorEq;
+using ::dcp::test::IsOk;
+using ::dcp::test::MakeTestTensor;
+using ::dcp::test::StatusIs;
+using ::dcp::test::TensorEq;
 using ::testing::AllOf;
 using ::testing::ElementsAre;
 using ::testing::Eq;
@@ -315,8 +315,8 @@ TEST(MemoryStorageTest, TwoRanksSaveTensorAndBytesThenReadBack) {
   const at::Tensor w = MakeTestTensor({4, 3}, at::kFloat, /*seed=*/1);
   HandDrivenSave save(store, "ckpt-1",
                       TwoRanks(w, Value(int64_t{7}), Value(NestedValue())));
-  ASSERT_OK(save.Plan());
-  ASSERT_OK(save.WriteAll());
+  DCP_ASSERT_OK(save.Plan());
+  DCP_ASSERT_OK(save.WriteAll());
 
   // Rank r wrote object "__r_0", items at positions 0, 1.
   ASSERT_THAT(save.results(0), SizeIs(2));
@@ -331,7 +331,7 @@ TEST(MemoryStorageTest, TwoRanksSaveTensorAndBytesThenReadBack) {
   EXPECT_EQ(save.results(1)[1].storage_data.relative_path, "__1_0");
   EXPECT_EQ(save.results(1)[1].storage_data.offset, 1);
 
-  ASSERT_OK(save.Finish());
+  DCP_ASSERT_OK(save.Finish());
   EXPECT_THAT(store->ListCheckpoints(), ElementsAre("ckpt-1"));
   EXPECT_EQ(store->num_pending_saves(), 0);
 
@@ -358,7 +358,7 @@ TEST(MemoryStorageTest, TwoRanksSaveTensorAndBytesThenReadBack) {
   row1.dest_index = MetadataIndex("row1", Shape{0, 0});
   plan.items.push_back(row1);
   Metadata loaded;
-  ASSERT_OK(Load(store, "ckpt-1", plan, planner, &loaded));
+  DCP_ASSERT_OK(Load(store, "ckpt-1", plan, planner, &loaded));
 
   EXPECT_THAT(planner.tensors["w"], TensorEq(w));
   EXPECT_THAT(planner.tensors["row1"],
@@ -379,13 +379,14 @@ TEST(MemoryStorageTest, TwoRanksSaveTensorAndBytesThenReadBack) {
 TEST(MemoryStorageTest, ReadCastsToTheDestinationDtype) {
   auto store = std::make_shared<MemoryStore>();
   const at::Tensor w = MakeTestTensor({4, 3}, at::kFloat, /*seed=*/2);
-  ASSERT_OK(HandDrivenSave(store, "c", TwoRanks(w, Value(1), Value(2))).Run());
+  DCP_ASSERT_OK(
+      HandDrivenSave(store, "c", TwoRanks(w, Value(1), Value(2))).Run());
   FakeLoadPlanner planner;
   planner.tensors["w"] = at::zeros({4, 3}, at::kDouble);
   LoadPlan plan;
   plan.items = {TensorRead("w", {0, 0}, {0, 0}, {0, 0}, {2, 3}),
                 TensorRead("w", {2, 0}, {0, 0}, {2, 0}, {2, 3})};
-  ASSERT_OK(Load(store, "c", plan, planner));
+  DCP_ASSERT_OK(Load(store, "c", plan, planner));
   EXPECT_THAT(planner.tensors["w"], TensorEq(w.to(at::kDouble)));
 }
 
@@ -394,9 +395,10 @@ TEST(MemoryStorageTest, NonContiguousSourceIsStoredContiguously) {
   const at::Tensor base = MakeTestTensor({3, 4}, at::kFloat, /*seed=*/3);
   const at::Tensor transposed = base.t();  // 4x3, non-contiguous.
   ASSERT_FALSE(transposed.is_contiguous());
-  ASSERT_OK(HandDrivenSave(store, "c", TwoRanks(transposed, Value(1), Value(2)))
-                .Run());
-  ASSERT_OK_AND_ASSIGN(at::Tensor loaded, LoadW(store, "c"));
+  DCP_ASSERT_OK(
+      HandDrivenSave(store, "c", TwoRanks(transposed, Value(1), Value(2)))
+          .Run());
+  DCP_ASSERT_OK_AND_ASSIGN(at::Tensor loaded, LoadW(store, "c"));
   EXPECT_THAT(loaded, TensorEq(transposed.contiguous()));
 }
 
@@ -405,8 +407,8 @@ TEST(MemoryStorageTest, UncommittedSaveIsInvisible) {
   const at::Tensor w = MakeTestTensor({4, 3}, at::kFloat, /*seed=*/4);
   {
     HandDrivenSave save(store, "ckpt-1", TwoRanks(w, Value(1), Value(2)));
-    ASSERT_OK(save.Plan());
-    ASSERT_OK(save.WriteAll());
+    DCP_ASSERT_OK(save.Plan());
+    DCP_ASSERT_OK(save.WriteAll());
     // Every rank wrote, but the coordinator has not finished.
     EXPECT_EQ(store->num_pending_saves(), 1);
     EXPECT_FALSE(store->Contains("ckpt-1"));
@@ -426,31 +428,33 @@ TEST(MemoryStorageTest, OverwriteKeepsTheOldCheckpointUntilCommit) {
   auto store = std::make_shared<MemoryStore>();
   const at::Tensor v1 = MakeTestTensor({4, 3}, at::kFloat, /*seed=*/5);
   const at::Tensor v2 = MakeTestTensor({4, 3}, at::kFloat, /*seed=*/6);
-  ASSERT_OK(HandDrivenSave(store, "c", TwoRanks(v1, Value(1), Value(2))).Run());
+  DCP_ASSERT_OK(
+      HandDrivenSave(store, "c", TwoRanks(v1, Value(1), Value(2))).Run());
 
   HandDrivenSave second(store, "c", TwoRanks(v2, Value(3), Value(4)));
-  ASSERT_OK(second.Plan());
-  ASSERT_OK(second.WriteAll());
+  DCP_ASSERT_OK(second.Plan());
+  DCP_ASSERT_OK(second.WriteAll());
   // A reader that snapshots now keeps reading v1 even after v2 commits.
   MemoryStorageReader early_reader(store, "c");
-  ASSERT_OK_AND_ASSIGN(Metadata early_metadata, early_reader.ReadMetadata());
+  DCP_ASSERT_OK_AND_ASSIGN(Metadata early_metadata,
+                           early_reader.ReadMetadata());
   {
-    ASSERT_OK_AND_ASSIGN(at::Tensor loaded, LoadW(store, "c"));
+    DCP_ASSERT_OK_AND_ASSIGN(at::Tensor loaded, LoadW(store, "c"));
     EXPECT_THAT(loaded, TensorEq(v1));
   }
 
-  ASSERT_OK(second.Finish());
+  DCP_ASSERT_OK(second.Finish());
   {
-    ASSERT_OK_AND_ASSIGN(at::Tensor loaded, LoadW(store, "c"));
+    DCP_ASSERT_OK_AND_ASSIGN(at::Tensor loaded, LoadW(store, "c"));
     EXPECT_THAT(loaded, TensorEq(v2));
   }
   FakeLoadPlanner planner;
   planner.tensors["w"] = at::zeros({4, 3});
-  ASSERT_OK(early_reader.SetUp(early_metadata, true));
+  DCP_ASSERT_OK(early_reader.SetUp(early_metadata, true));
   LoadPlan plan;
   plan.items = {TensorRead("w", {0, 0}, {0, 0}, {0, 0}, {2, 3}),
                 TensorRead("w", {2, 0}, {0, 0}, {2, 0}, {2, 3})};
-  ASSERT_OK(early_reader.ReadData(plan, planner));
+  DCP_ASSERT_OK(early_reader.ReadData(plan, planner));
   EXPECT_THAT(planner.tensors["w"], TensorEq(v1));
 }
 
@@ -463,16 +467,17 @@ TEST(MemoryStorageTest, ANonCoordinatorReaderLoadsTheCurrentCheckpointEachTime) 
   MemoryStorageReader coordinator(store, "c");
   MemoryStorageReader other(store, "c");
   for (const at::Tensor& w : {v1, v2}) {
-    ASSERT_OK(HandDrivenSave(store, "c", TwoRanks(w, Value(1), Value(2))).Run());
-    ASSERT_OK_AND_ASSIGN(Metadata metadata, coordinator.ReadMetadata());
-    ASSERT_OK(coordinator.SetUp(metadata, /*is_coordinator=*/true));
-    ASSERT_OK(other.SetUp(metadata, /*is_coordinator=*/false));
+    DCP_ASSERT_OK(
+        HandDrivenSave(store, "c", TwoRanks(w, Value(1), Value(2))).Run());
+    DCP_ASSERT_OK_AND_ASSIGN(Metadata metadata, coordinator.ReadMetadata());
+    DCP_ASSERT_OK(coordinator.SetUp(metadata, /*is_coordinator=*/true));
+    DCP_ASSERT_OK(other.SetUp(metadata, /*is_coordinator=*/false));
     FakeLoadPlanner planner;
     planner.tensors["w"] = at::zeros({4, 3});
     LoadPlan plan;
     plan.items = {TensorRead("w", {0, 0}, {0, 0}, {0, 0}, {2, 3}),
                   TensorRead("w", {2, 0}, {0, 0}, {2, 0}, {2, 3})};
-    ASSERT_OK(other.ReadData(plan, planner));
+    DCP_ASSERT_OK(other.ReadData(plan, planner));
     EXPECT_THAT(planner.tensors["w"], TensorEq(w));
   }
 }
@@ -480,10 +485,12 @@ TEST(MemoryStorageTest, ANonCoordinatorReaderLoadsTheCurrentCheckpointEachTime) 
 TEST(MemoryStorageTest, MetadataOfAReplacedSaveIsRefused) {
   auto store = std::make_shared<MemoryStore>();
   const at::Tensor w = MakeTestTensor({4, 3}, at::kFloat, /*seed=*/7);
-  ASSERT_OK(HandDrivenSave(store, "c", TwoRanks(w, Value(1), Value(2))).Run());
+  DCP_ASSERT_OK(
+      HandDrivenSave(store, "c", TwoRanks(w, Value(1), Value(2))).Run());
   MemoryStorageReader first(store, "c");
-  ASSERT_OK_AND_ASSIGN(Metadata old_metadata, first.ReadMetadata());
-  ASSERT_OK(HandDrivenSave(store, "c", TwoRanks(w, Value(1), Value(2))).Run());
+  DCP_ASSERT_OK_AND_ASSIGN(Metadata old_metadata, first.ReadMetadata());
+  DCP_ASSERT_OK(
+      HandDrivenSave(store, "c", TwoRanks(w, Value(1), Value(2))).Run());
   // A rank that did not read the metadata itself snapshots at SetUp.
   MemoryStorageReader second(store, "c");
   EXPECT_THAT(second.SetUp(old_metadata, false),
@@ -497,9 +504,9 @@ TEST(MemoryStorageTest, OverwriteFalseRefusesAnExistingCheckpoint) {
   MemoryStorageOptions no_overwrite;
   no_overwrite.overwrite = false;
   // A new id is fine.
-  ASSERT_OK(HandDrivenSave(store, "ckpt-1", TwoRanks(w, Value(1), Value(2)),
-                           no_overwrite)
-                .Run());
+  DCP_ASSERT_OK(HandDrivenSave(store, "ckpt-1", TwoRanks(w, Value(1), Value(2)),
+                               no_overwrite)
+                    .Run());
 
   HandDrivenSave again(store, "ckpt-1", TwoRanks(w, Value(1), Value(2)),
                        no_overwrite);
@@ -517,13 +524,13 @@ TEST(MemoryStorageTest, OverwriteFalseAlsoCheckedAtCommit) {
   HandDrivenSave a(store, "c", TwoRanks(w, Value(1), Value(2)), no_overwrite);
   HandDrivenSave b(store, "c", TwoRanks(w * 2, Value(1), Value(2)),
                    no_overwrite);
-  ASSERT_OK(a.Plan());
-  ASSERT_OK(b.Plan());
-  ASSERT_OK(a.WriteAll());
-  ASSERT_OK(b.WriteAll());
-  ASSERT_OK(a.Finish());
+  DCP_ASSERT_OK(a.Plan());
+  DCP_ASSERT_OK(b.Plan());
+  DCP_ASSERT_OK(a.WriteAll());
+  DCP_ASSERT_OK(b.WriteAll());
+  DCP_ASSERT_OK(a.Finish());
   EXPECT_THAT(b.Finish(), StatusIs(absl::StatusCode::kAlreadyExists));
-  ASSERT_OK_AND_ASSIGN(at::Tensor loaded, LoadW(store, "c"));
+  DCP_ASSERT_OK_AND_ASSIGN(at::Tensor loaded, LoadW(store, "c"));
   EXPECT_THAT(loaded, TensorEq(w));
   EXPECT_EQ(store->num_pending_saves(), 0);
 }
@@ -531,7 +538,8 @@ TEST(MemoryStorageTest, OverwriteFalseAlsoCheckedAtCommit) {
 TEST(MemoryStorageTest, MissingChunkIsDataLoss) {
   auto store = std::make_shared<MemoryStore>();
   const at::Tensor w = MakeTestTensor({4, 3}, at::kFloat, /*seed=*/10);
-  ASSERT_OK(HandDrivenSave(store, "c", TwoRanks(w, Value(1), Value(2))).Run());
+  DCP_ASSERT_OK(
+      HandDrivenSave(store, "c", TwoRanks(w, Value(1), Value(2))).Run());
   FakeLoadPlanner planner;
   planner.tensors["w"] = at::zeros({4, 3});
   LoadPlan plan;
@@ -549,7 +557,8 @@ TEST(MemoryStorageTest, MissingChunkIsDataLoss) {
 TEST(MemoryStorageTest, BoxOutsideTheSavedChunkIsDataLoss) {
   auto store = std::make_shared<MemoryStore>();
   const at::Tensor w = MakeTestTensor({4, 3}, at::kFloat, /*seed=*/11);
-  ASSERT_OK(HandDrivenSave(store, "c", TwoRanks(w, Value(1), Value(2))).Run());
+  DCP_ASSERT_OK(
+      HandDrivenSave(store, "c", TwoRanks(w, Value(1), Value(2))).Run());
   FakeLoadPlanner planner;
   planner.tensors["w"] = at::zeros({4, 3});
   for (const ReadItem& bad :
@@ -568,7 +577,8 @@ TEST(MemoryStorageTest, BoxOutsideTheSavedChunkIsDataLoss) {
 TEST(MemoryStorageTest, DestinationShapeMismatchIsInvalidArgument) {
   auto store = std::make_shared<MemoryStore>();
   const at::Tensor w = MakeTestTensor({4, 3}, at::kFloat, /*seed=*/12);
-  ASSERT_OK(HandDrivenSave(store, "c", TwoRanks(w, Value(1), Value(2))).Run());
+  DCP_ASSERT_OK(
+      HandDrivenSave(store, "c", TwoRanks(w, Value(1), Value(2))).Run());
   // The planner hands out a destination of the wrong shape.
   class WrongShapePlanner : public FakeLoadPlanner {
    public:
@@ -589,17 +599,17 @@ TEST(MemoryStorageTest, MutatingTheSourceAfterWriteDataDoesNotChangeTheData) {
   at::Tensor w = MakeTestTensor({4, 3}, at::kFloat, /*seed=*/13);
   const at::Tensor original = w.clone();
   HandDrivenSave save(store, "c", TwoRanks(w, Value(1), Value(2)));
-  ASSERT_OK(save.Plan());
-  ASSERT_OK(save.WriteAll());
+  DCP_ASSERT_OK(save.Plan());
+  DCP_ASSERT_OK(save.WriteAll());
   w.fill_(-1);  // After WriteData, before Finish.
-  ASSERT_OK(save.Finish());
+  DCP_ASSERT_OK(save.Finish());
   w.fill_(-2);  // After Finish.
-  ASSERT_OK_AND_ASSIGN(at::Tensor loaded, LoadW(store, "c"));
+  DCP_ASSERT_OK_AND_ASSIGN(at::Tensor loaded, LoadW(store, "c"));
   EXPECT_THAT(loaded, TensorEq(original));
 
   // Loading twice gives the same data: reads do not alias the store.
   loaded.fill_(-3);
-  ASSERT_OK_AND_ASSIGN(at::Tensor reloaded, LoadW(store, "c"));
+  DCP_ASSERT_OK_AND_ASSIGN(at::Tensor reloaded, LoadW(store, "c"));
   EXPECT_THAT(reloaded, TensorEq(original));
 }
 
@@ -610,7 +620,7 @@ TEST(MemoryStorageTest, BytesValueHoldingATensorIsRejected) {
       store, "c",
       TwoRanks(w, Value(StateDict{{"inner", List{Value(at::ones({2}))}}}),
                Value(2)));
-  ASSERT_OK(save.Plan());
+  DCP_ASSERT_OK(save.Plan());
   EXPECT_THAT(save.Write(0), StatusIs(absl::StatusCode::kInvalidArgument,
                                       HasSubstr("\"step\"")));
 }
@@ -621,7 +631,7 @@ TEST(MemoryStorageTest, TensorItemResolvingToANonTensorIsRejected) {
   ranks[0].items = {TensorItem("w", {0}, {2}, {2})};
   ranks[0].values = {{"w", Value(std::string("not a tensor"))}};
   HandDrivenSave save(store, "c", std::move(ranks));
-  ASSERT_OK(save.Plan());
+  DCP_ASSERT_OK(save.Plan());
   EXPECT_THAT(save.Write(0),
               StatusIs(absl::StatusCode::kInvalidArgument,
                        AllOf(HasSubstr("\"w\""), HasSubstr("str"))));
@@ -633,7 +643,7 @@ TEST(MemoryStorageTest, TensorOfTheWrongShapeIsRejected) {
   ranks[0].items = {TensorItem("w", {0}, {2}, {2})};
   ranks[0].values = {{"w", at::ones({3})}};
   HandDrivenSave save(store, "c", std::move(ranks));
-  ASSERT_OK(save.Plan());
+  DCP_ASSERT_OK(save.Plan());
   EXPECT_THAT(save.Write(0),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("[3]")));
 }
@@ -641,11 +651,11 @@ TEST(MemoryStorageTest, TensorOfTheWrongShapeIsRejected) {
 TEST(MemoryStorageTest, EmptyPlanStillCommits) {
   auto store = std::make_shared<MemoryStore>();
   HandDrivenSave save(store, "empty", std::vector<RankInput>(2));
-  ASSERT_OK(save.Run());
+  DCP_ASSERT_OK(save.Run());
   EXPECT_THAT(save.results(0), IsEmpty());
   EXPECT_TRUE(store->Contains("empty"));
   FakeLoadPlanner planner;
-  EXPECT_OK(Load(store, "empty", LoadPlan{}, planner));
+  DCP_EXPECT_OK(Load(store, "empty", LoadPlan{}, planner));
 }
 
 TEST(MemoryStorageTest, PhasesOutOfOrderAreFailedPrecondition) {
@@ -674,10 +684,10 @@ TEST(MemoryStorageTest, CommitRequiresEveryRanksData) {
   auto store = std::make_shared<MemoryStore>();
   const at::Tensor w = MakeTestTensor({4, 3}, at::kFloat, /*seed=*/15);
   HandDrivenSave save(store, "c", TwoRanks(w, Value(1), Value(2)));
-  ASSERT_OK(save.Plan());
-  ASSERT_OK(save.Write(0));
+  DCP_ASSERT_OK(save.Plan());
+  DCP_ASSERT_OK(save.Write(0));
   // Rank 1 "reports" results for data it never wrote.
-  ASSERT_OK(save.Write(1));
+  DCP_ASSERT_OK(save.Write(1));
   MemoryStorageWriter& coordinator = save.writer(0);
   std::vector<std::vector<WriteResult>> results = {save.results(0),
                                                    save.results(1)};
@@ -694,8 +704,8 @@ TEST(MemoryStorageTest, WriteAfterTheSaveWasAbandonedFails) {
   auto store = std::make_shared<MemoryStore>();
   const at::Tensor w = MakeTestTensor({4, 3}, at::kFloat, /*seed=*/16);
   HandDrivenSave save(store, "c", TwoRanks(w, Value(1), Value(2)));
-  ASSERT_OK(save.Plan());
-  ASSERT_OK(save.writer(0).Reset(std::nullopt));  // Coordinator gives up.
+  DCP_ASSERT_OK(save.Plan());
+  DCP_ASSERT_OK(save.writer(0).Reset(std::nullopt));  // Coordinator gives up.
   EXPECT_THAT(save.Write(1), StatusIs(absl::StatusCode::kFailedPrecondition,
                                       HasSubstr("abandoned")));
   EXPECT_EQ(store->num_pending_saves(), 0);
@@ -706,10 +716,10 @@ TEST(MemoryStorageTest, ResetChangesIdAndRegeneratesIds) {
   MemoryStorageWriter writer(store, "a");
   const std::string first_save_id = writer.save_id();
   EXPECT_THAT(first_save_id, SizeIs(36));  // UUID-shaped.
-  ASSERT_OK(writer.Reset(std::nullopt));
+  DCP_ASSERT_OK(writer.Reset(std::nullopt));
   EXPECT_EQ(writer.checkpoint_id(), "a");
   EXPECT_NE(writer.save_id(), first_save_id);
-  ASSERT_OK(writer.Reset(std::string("b")));
+  DCP_ASSERT_OK(writer.Reset(std::string("b")));
   EXPECT_EQ(writer.checkpoint_id(), "b");
   std::optional<StorageMeta> meta = writer.StorageMetaForSave();
   ASSERT_TRUE(meta.has_value());
@@ -718,7 +728,7 @@ TEST(MemoryStorageTest, ResetChangesIdAndRegeneratesIds) {
 
   MemoryStorageReader reader(store, "a");
   const std::string first_load_id = reader.load_id();
-  ASSERT_OK(reader.Reset(std::string("b")));
+  DCP_ASSERT_OK(reader.Reset(std::string("b")));
   EXPECT_EQ(reader.checkpoint_id(), "b");
   EXPECT_NE(reader.load_id(), first_load_id);
 }
@@ -726,8 +736,9 @@ TEST(MemoryStorageTest, ResetChangesIdAndRegeneratesIds) {
 TEST(MemoryStorageTest, RemoveForgetsACheckpoint) {
   auto store = std::make_shared<MemoryStore>();
   const at::Tensor w = MakeTestTensor({4, 3}, at::kFloat, /*seed=*/17);
-  ASSERT_OK(HandDrivenSave(store, "c", TwoRanks(w, Value(1), Value(2))).Run());
-  ASSERT_OK(store->Remove("c"));
+  DCP_ASSERT_OK(
+      HandDrivenSave(store, "c", TwoRanks(w, Value(1), Value(2))).Run());
+  DCP_ASSERT_OK(store->Remove("c"));
   EXPECT_FALSE(store->Contains("c"));
   EXPECT_THAT(store->Remove("c"), StatusIs(absl::StatusCode::kNotFound));
 }
@@ -751,19 +762,20 @@ TEST(MemoryStorageTest, FaultPoints) {
     FailAt fail("memory_storage.write_data");
     ScopedFaultPointHandler scope(&fail);
     HandDrivenSave save(store, "c", TwoRanks(w, Value(1), Value(2)));
-    ASSERT_OK(save.Plan());
+    DCP_ASSERT_OK(save.Plan());
     EXPECT_THAT(save.Write(0), StatusIs(absl::StatusCode::kUnavailable));
   }
   {
     FailAt fail("memory_storage.finish");
     ScopedFaultPointHandler scope(&fail);
     HandDrivenSave save(store, "c", TwoRanks(w, Value(1), Value(2)));
-    ASSERT_OK(save.Plan());
-    ASSERT_OK(save.WriteAll());
+    DCP_ASSERT_OK(save.Plan());
+    DCP_ASSERT_OK(save.WriteAll());
     EXPECT_THAT(save.Finish(), StatusIs(absl::StatusCode::kUnavailable));
     EXPECT_FALSE(store->Contains("c"));
   }
-  ASSERT_OK(HandDrivenSave(store, "c", TwoRanks(w, Value(1), Value(2))).Run());
+  DCP_ASSERT_OK(
+      HandDrivenSave(store, "c", TwoRanks(w, Value(1), Value(2))).Run());
   {
     FailAt fail("memory_storage.read_data");
     ScopedFaultPointHandler scope(&fail);
@@ -786,7 +798,7 @@ TEST(MemoryStorageConcurrencyTest, RanksWriteAndReadOnTheirOwnThreads) {
                        {bytes_key, Value(std::string(r + 1, 'x'))}};
   }
   HandDrivenSave save(store, "c", std::move(ranks));
-  ASSERT_OK(save.Plan());
+  DCP_ASSERT_OK(save.Plan());
   std::vector<absl::Status> write_status(kRanks);
   {
     std::vector<std::thread> threads;
@@ -795,8 +807,9 @@ TEST(MemoryStorageConcurrencyTest, RanksWriteAndReadOnTheirOwnThreads) {
     }
     for (std::thread& t : threads) t.join();
   }
-  for (int r = 0; r < kRanks; ++r) EXPECT_OK(write_status[r]) << "rank " << r;
-  ASSERT_OK(save.Finish());
+  for (int r = 0; r < kRanks; ++r)
+    DCP_EXPECT_OK(write_status[r]) << "rank " << r;
+  DCP_ASSERT_OK(save.Finish());
   EXPECT_THAT(save.metadata().storage_data, SizeIs(2 * kRanks));
 
   // Every rank loads its own rows and every rank's bytes, concurrently.
@@ -819,7 +832,7 @@ TEST(MemoryStorageConcurrencyTest, RanksWriteAndReadOnTheirOwnThreads) {
     for (std::thread& t : threads) t.join();
   }
   for (int r = 0; r < kRanks; ++r) {
-    ASSERT_OK(read_status[r]) << "rank " << r;
+    DCP_ASSERT_OK(read_status[r]) << "rank " << r;
     EXPECT_THAT(planners[r].tensors["w"], TensorEq(w.narrow(0, 2 * r, 2)));
     for (int other = 0; other < kRanks; ++other) {
       EXPECT_TRUE(ValuesEqual(

@@ -4,7 +4,7 @@
 // metadata_pickle_test because it takes a minute unoptimised.
 #include <string>
 
-#include "checkpoint/metadata.h"
+#include "core/metadata.h"
 #include "gtest/gtest.h"
 #include "storage/hostile_metadata_testutil.h"
 #include "storage/metadata_pickle.h"
@@ -17,13 +17,13 @@ TEST(MetadataBudgetLargeTest, HundredThousandLongKeysDecode) {
   constexpr int kKeys = 100000;
   constexpr size_t kNameBytes = 150;
   const std::string pickle =
-      dcp::testing::RealisticMetadataPickle(kKeys, kNameBytes, 1);
-  ASSERT_OK_AND_ASSIGN(Metadata md, DecodeMetadataPickle(pickle));
+      dcp::test::RealisticMetadataPickle(kKeys, kNameBytes, 1);
+  DCP_ASSERT_OK_AND_ASSIGN(Metadata md, DecodeMetadataPickle(pickle));
   EXPECT_EQ(md.state_dict_metadata.size(), kKeys);
   EXPECT_EQ(md.planner_data.size(), kKeys);
   ASSERT_EQ(md.storage_data.size(), kKeys);
   for (int i : {0, kKeys / 2, kKeys - 1}) {
-    const std::string fqn = dcp::testing::RealisticFqn(i, kNameBytes);
+    const std::string fqn = dcp::test::RealisticFqn(i, kNameBytes);
     EXPECT_EQ(md.state_dict_metadata.count(fqn), 1u) << fqn;
     EXPECT_EQ(md.storage_data.count(MetadataIndex(fqn, Shape{0, 0})), 1u)
         << fqn;

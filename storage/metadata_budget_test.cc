@@ -10,7 +10,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
-#include "checkpoint/metadata.h"
+#include "core/metadata.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "storage/hostile_metadata_testutil.h"
@@ -22,9 +22,9 @@
 namespace dcp {
 namespace {
 
-using ::dcp::testing::Asm;
-using ::dcp::testing::IsOk;
-using ::dcp::testing::StatusIs;
+using ::dcp::test::Asm;
+using ::dcp::test::IsOk;
+using ::dcp::test::StatusIs;
 using ::testing::AllOf;
 using ::testing::HasSubstr;
 
@@ -34,7 +34,7 @@ constexpr absl::string_view kMd = "torch.distributed.checkpoint.metadata";
 // memoized 1 MiB string. Decoding copied the fqn 20,000 times (20 GiB).
 TEST(DecodeMetadataBudgetTest, SharedHugeKeyFailsCleanly) {
   const std::string pickle =
-      dcp::testing::SharedKeyMetadataPickle(20000, size_t{1} << 20);
+      dcp::test::SharedKeyMetadataPickle(20000, size_t{1} << 20);
   EXPECT_GT(pickle.size(), 1500000u);
   EXPECT_LT(pickle.size(), 2100000u);
   EXPECT_THAT(DecodeMetadataPickle(pickle),
@@ -42,9 +42,9 @@ TEST(DecodeMetadataBudgetTest, SharedHugeKeyFailsCleanly) {
                        AllOf(HasSubstr("decoding .metadata"),
                              HasSubstr("expands to more than"))));
   // The same shape with a key of ordinary length decodes.
-  ASSERT_OK_AND_ASSIGN(
+  DCP_ASSERT_OK_AND_ASSIGN(
       Metadata md,
-      DecodeMetadataPickle(dcp::testing::SharedKeyMetadataPickle(20000, 40)));
+      DecodeMetadataPickle(dcp::test::SharedKeyMetadataPickle(20000, 40)));
   EXPECT_EQ(md.storage_data.size(), 20000u);
 }
 
@@ -52,7 +52,7 @@ TEST(DecodeMetadataBudgetTest, SharedHugeKeyFailsCleanly) {
 // conversion copies far more: here every tensor's chunk list is one shared
 // list, and each key gets its own copy of its chunks.
 TEST(DecodeMetadataBudgetTest, SharedChunkListIsChargedPerCopy) {
-  const std::string pickle = dcp::testing::SharedChunksMetadataPickle(60, 1000);
+  const std::string pickle = dcp::test::SharedChunksMetadataPickle(60, 1000);
   PickleReadOptions options = DecodeLimits().PickleOptions(pickle.size());
   options.allow_global = [](absl::string_view, absl::string_view) {
     return true;
@@ -67,7 +67,7 @@ TEST(DecodeMetadataBudgetTest, SharedChunkListIsChargedPerCopy) {
   // A larger multiplier is the documented way to accept such a file.
   DecodeLimits generous;
   generous.budget_per_input_byte = 1024;
-  ASSERT_OK_AND_ASSIGN(Metadata md, DecodeMetadataPickle(pickle, generous));
+  DCP_ASSERT_OK_AND_ASSIGN(Metadata md, DecodeMetadataPickle(pickle, generous));
   ASSERT_EQ(md.state_dict_metadata.size(), 60u);
   const auto* tensor =
       std::get_if<TensorStorageMetadata>(&md.state_dict_metadata.at("t59"));
@@ -76,7 +76,7 @@ TEST(DecodeMetadataBudgetTest, SharedChunkListIsChargedPerCopy) {
 }
 
 TEST(DecodeMetadataBudgetTest, DepthLimitIsAnOption) {
-  const std::string pickle = dcp::testing::SharedKeyMetadataPickle(3, 10);
+  const std::string pickle = dcp::test::SharedKeyMetadataPickle(3, 10);
   ASSERT_THAT(DecodeMetadataPickle(pickle), IsOk());
   DecodeLimits shallow;
   shallow.max_depth = 3;
@@ -91,23 +91,22 @@ TEST(DecodeMetadataBudgetTest, DepthLimitIsAnOption) {
 // decodes 100,000 such keys.)
 TEST(DecodeMetadataBudgetTest, LargeRealisticMetadataDecodes) {
   constexpr int kKeys = 5000;
-  const std::string pickle =
-      dcp::testing::RealisticMetadataPickle(kKeys, 150, 1);
-  ASSERT_OK_AND_ASSIGN(Metadata md, DecodeMetadataPickle(pickle));
+  const std::string pickle = dcp::test::RealisticMetadataPickle(kKeys, 150, 1);
+  DCP_ASSERT_OK_AND_ASSIGN(Metadata md, DecodeMetadataPickle(pickle));
   EXPECT_EQ(md.state_dict_metadata.size(), kKeys);
   EXPECT_EQ(md.planner_data.size(), kKeys);
   EXPECT_EQ(md.storage_data.size(), kKeys);
-  const std::string fqn = dcp::testing::RealisticFqn(kKeys - 1, 150);
+  const std::string fqn = dcp::test::RealisticFqn(kKeys - 1, 150);
   EXPECT_GE(fqn.size(), 150u);
   EXPECT_EQ(md.storage_data.count(MetadataIndex(fqn, Shape{0, 0})), 1u);
   // Many chunks per key, and very long names, fit too.
-  ASSERT_OK_AND_ASSIGN(
-      md, DecodeMetadataPickle(
-              dcp::testing::RealisticMetadataPickle(200, 150, 64)));
+  DCP_ASSERT_OK_AND_ASSIGN(
+      md,
+      DecodeMetadataPickle(dcp::test::RealisticMetadataPickle(200, 150, 64)));
   EXPECT_EQ(md.storage_data.size(), 200u * 64);
-  ASSERT_OK_AND_ASSIGN(
-      md, DecodeMetadataPickle(
-              dcp::testing::RealisticMetadataPickle(200, 2000, 16)));
+  DCP_ASSERT_OK_AND_ASSIGN(
+      md,
+      DecodeMetadataPickle(dcp::test::RealisticMetadataPickle(200, 2000, 16)));
   EXPECT_EQ(md.storage_data.size(), 200u * 16);
 }
 
@@ -123,7 +122,7 @@ TEST(DecodeMetadataBudgetTest, RealisticMetadataNeedsAFractionOfTheBudget) {
            {1000, 20, 1}, {1000, 150, 1}, {100, 150, 64}}) {
     SCOPED_TRACE(absl::StrCat(keys, " keys of ", name_bytes, " bytes, ",
                               chunks, " chunks each"));
-    EXPECT_THAT(DecodeMetadataPickle(dcp::testing::RealisticMetadataPickle(
+    EXPECT_THAT(DecodeMetadataPickle(dcp::test::RealisticMetadataPickle(
                                          keys, name_bytes, chunks),
                                      tight),
                 IsOk());
@@ -132,7 +131,7 @@ TEST(DecodeMetadataBudgetTest, RealisticMetadataNeedsAFractionOfTheBudget) {
   // MetadataIndex: 2000-byte names with 16 chunks each need about 10x.
   tight.budget_per_input_byte = 16;
   EXPECT_THAT(DecodeMetadataPickle(
-                  dcp::testing::RealisticMetadataPickle(100, 2000, 16), tight),
+                  dcp::test::RealisticMetadataPickle(100, 2000, 16), tight),
               IsOk());
 }
 

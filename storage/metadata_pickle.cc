@@ -19,8 +19,8 @@
 #include "absl/strings/string_view.h"
 #include "c10/core/Layout.h"
 #include "c10/core/ScalarType.h"
-#include "checkpoint/metadata.h"
-#include "checkpoint/status.h"
+#include "core/metadata.h"
+#include "core/status.h"
 #include "storage/pickle.h"
 
 namespace dcp {

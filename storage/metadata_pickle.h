@@ -4,7 +4,7 @@
 //
 // The `.metadata` file of a PyTorch DCP checkpoint: a pickle of
 // `torch.distributed.checkpoint.metadata.Metadata` (pytorch-dcp-format.md §4),
-// converted to and from `dcp::Metadata` (checkpoint/metadata.h).
+// converted to and from `dcp::Metadata` (core/metadata.h).
 //
 // Encoding writes what PyTorch 2.6 and newer unpickle (§4.5, §4.6, §11):
 //   * protocol 2, GLOBAL opcodes, no frames; each distinct str and global
@@ -81,7 +81,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
-#include "checkpoint/metadata.h"
+#include "core/metadata.h"
 #include "storage/pickle.h"
 
 namespace dcp {

@@ -27,8 +27,8 @@
 
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
-#include "checkpoint/metadata.h"
-#include "checkpoint/metadata_codec.h"
+#include "core/metadata.h"
+#include "core/metadata_codec.h"
 #include "storage/metadata_pickle.h"
 #include "storage/metadata_sidecar.h"
 #include "storage/pickle.h"

@@ -17,7 +17,7 @@
 #include "absl/strings/string_view.h"
 #include "c10/core/Layout.h"
 #include "c10/core/ScalarType.h"
-#include "checkpoint/metadata.h"
+#include "core/metadata.h"
 #include "glog/logging.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -29,9 +29,9 @@
 namespace dcp {
 namespace {
 
-using ::dcp::testing::Asm;
-using ::dcp::testing::IsOk;
-using ::dcp::testing::StatusIs;
+using ::dcp::test::Asm;
+using ::dcp::test::IsOk;
+using ::dcp::test::StatusIs;
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
 
@@ -176,7 +176,8 @@ Metadata Section45Metadata() {
 }
 
 TEST(DecodeMetadataPickleTest, AnnotatedExampleOfSection45) {
-  ASSERT_OK_AND_ASSIGN(Metadata md, DecodeMetadataPickle(Section45Pickle()));
+  DCP_ASSERT_OK_AND_ASSIGN(Metadata md,
+                           DecodeMetadataPickle(Section45Pickle()));
   EXPECT_EQ(md, Section45Metadata());
   // == ignores the index hints; check them too.
   ASSERT_EQ(md.storage_data.size(), 2u);
@@ -239,11 +240,11 @@ std::string Section45Encoding() {
 }
 
 TEST(EncodeMetadataPickleTest, Section45ContentEncodesAsDescribed) {
-  ASSERT_OK_AND_ASSIGN(std::string bytes,
-                       EncodeMetadataPickle(Section45Metadata()));
+  DCP_ASSERT_OK_AND_ASSIGN(std::string bytes,
+                           EncodeMetadataPickle(Section45Metadata()));
   EXPECT_EQ(bytes, Section45Encoding());
   EXPECT_THAT(DecodeMetadataPickle(bytes),
-              testing::IsOkAndHolds(Section45Metadata()));
+              test::IsOkAndHolds(Section45Metadata()));
 
   // The same structure seen through the generic reader: protocol 2 objects
   // with the §4.4 key order.
@@ -251,7 +252,7 @@ TEST(EncodeMetadataPickleTest, Section45ContentEncodesAsDescribed) {
   options.allow_global = [](absl::string_view, absl::string_view) {
     return true;
   };
-  ASSERT_OK_AND_ASSIGN(V root, ReadPickle(bytes, options));
+  DCP_ASSERT_OK_AND_ASSIGN(V root, ReadPickle(bytes, options));
   ASSERT_EQ(root.kind(), Kind::kObject);
   EXPECT_EQ(root.construction(), V::Construction::kNewObj);
   EXPECT_TRUE(root.callable().IsGlobal(kMd, "Metadata"));
@@ -335,8 +336,8 @@ Metadata RichMetadata() {
 
 TEST(EncodeMetadataPickleTest, RichMetadataRoundTrips) {
   const Metadata md = RichMetadata();
-  ASSERT_OK_AND_ASSIGN(std::string bytes, EncodeMetadataPickle(md));
-  ASSERT_OK_AND_ASSIGN(Metadata decoded, DecodeMetadataPickle(bytes));
+  DCP_ASSERT_OK_AND_ASSIGN(std::string bytes, EncodeMetadataPickle(md));
+  DCP_ASSERT_OK_AND_ASSIGN(Metadata decoded, DecodeMetadataPickle(bytes));
   EXPECT_EQ(decoded, md);
   // Index hints survive too (== ignores them).
   auto it = decoded.storage_data.begin();
@@ -349,33 +350,33 @@ TEST(EncodeMetadataPickleTest, RichMetadataRoundTrips) {
                            .bytes()),
             std::string::npos);
   // Deterministic.
-  EXPECT_THAT(EncodeMetadataPickle(md), testing::IsOkAndHolds(bytes));
+  EXPECT_THAT(EncodeMetadataPickle(md), test::IsOkAndHolds(bytes));
 }
 
 TEST(EncodeMetadataPickleTest, EmptyMetadataAndOptionalFields) {
   Metadata md;  // What an empty state dict saves: all dicts empty.
-  ASSERT_OK_AND_ASSIGN(std::string bytes, EncodeMetadataPickle(md));
-  EXPECT_THAT(DecodeMetadataPickle(bytes), testing::IsOkAndHolds(md));
+  DCP_ASSERT_OK_AND_ASSIGN(std::string bytes, EncodeMetadataPickle(md));
+  EXPECT_THAT(DecodeMetadataPickle(bytes), test::IsOkAndHolds(md));
   PickleReadOptions options;
   options.allow_global = [](absl::string_view, absl::string_view) {
     return true;
   };
-  ASSERT_OK_AND_ASSIGN(V root, ReadPickle(bytes, options));
+  DCP_ASSERT_OK_AND_ASSIGN(V root, ReadPickle(bytes, options));
   EXPECT_EQ(root.state().DebugString(),
             "{'state_dict_metadata': {}, 'planner_data': {}, "
             "'storage_data': {}, 'storage_meta': None}");
 
   md.storage_meta = StorageMeta{};
   md.version = "1.0.0";
-  ASSERT_OK_AND_ASSIGN(bytes, EncodeMetadataPickle(md));
-  ASSERT_OK_AND_ASSIGN(root, ReadPickle(bytes, options));
+  DCP_ASSERT_OK_AND_ASSIGN(bytes, EncodeMetadataPickle(md));
+  DCP_ASSERT_OK_AND_ASSIGN(root, ReadPickle(bytes, options));
   EXPECT_EQ(root.state().DebugString(),
             "{'state_dict_metadata': {}, 'planner_data': {}, "
             "'storage_data': {}, 'storage_meta': "
             "torch.distributed.checkpoint.metadata.StorageMeta.__new__()."
             "__setstate__({'checkpoint_id': None, 'save_id': None, "
             "'load_id': None}), 'version': '1.0.0'}");
-  EXPECT_THAT(DecodeMetadataPickle(bytes), testing::IsOkAndHolds(md));
+  EXPECT_THAT(DecodeMetadataPickle(bytes), test::IsOkAndHolds(md));
 }
 
 TEST(EncodeMetadataPickleTest, RejectsWhatPyTorchCannotRead) {
@@ -566,7 +567,7 @@ std::string Protocol4Section45() {
 
 TEST(DecodeMetadataPickleTest, Protocol4WithFrameMemoizeAndBinGet) {
   const std::string bytes = Protocol4Section45();
-  ASSERT_OK_AND_ASSIGN(Metadata md, DecodeMetadataPickle(bytes));
+  DCP_ASSERT_OK_AND_ASSIGN(Metadata md, DecodeMetadataPickle(bytes));
   EXPECT_EQ(md, Section45Metadata());
 }
 
@@ -587,7 +588,7 @@ std::string ReadTestData(absl::string_view name) {
 // Written by CPython's pickler (protocol 4) with stand-ins for the torch 2.6
 // classes; see testdata/make_fake_torch_metadata.py.
 TEST(DecodeMetadataPickleTest, CPythonProtocol4Files) {
-  ASSERT_OK_AND_ASSIGN(
+  DCP_ASSERT_OK_AND_ASSIGN(
       Metadata small,
       DecodeMetadataPickle(ReadTestData("fake_torch26_py313_small.metadata")));
   Metadata expected = Section45Metadata();
@@ -595,7 +596,7 @@ TEST(DecodeMetadataPickleTest, CPythonProtocol4Files) {
   EXPECT_EQ(small, expected);
 
   // Two FRAMEs, LONG_BINGET, LONG1 offsets, bfloat16, requires_grad.
-  ASSERT_OK_AND_ASSIGN(
+  DCP_ASSERT_OK_AND_ASSIGN(
       Metadata large,
       DecodeMetadataPickle(ReadTestData("fake_torch26_py313_large.metadata")));
   EXPECT_EQ(large.state_dict_metadata.size(), 120u);
@@ -617,8 +618,8 @@ TEST(DecodeMetadataPickleTest, CPythonProtocol4Files) {
             (ObjectPath{std::string("model"), std::string("layers"),
                         int64_t{7}, std::string("weight")}));
   // Re-encoding gives a protocol-2 file with the same content.
-  ASSERT_OK_AND_ASSIGN(std::string reencoded, EncodeMetadataPickle(large));
-  EXPECT_THAT(DecodeMetadataPickle(reencoded), testing::IsOkAndHolds(large));
+  DCP_ASSERT_OK_AND_ASSIGN(std::string reencoded, EncodeMetadataPickle(large));
+  EXPECT_THAT(DecodeMetadataPickle(reencoded), test::IsOkAndHolds(large));
 }
 
 // Real files: PyTorch 2.6.0 on Python 3.13.5 (Debian trixie), single
@@ -635,19 +636,19 @@ TEST(DecodeMetadataPickleTest, CPythonProtocol4Files) {
 // Their re-encodings by EncodeMetadataPickle were loaded back by that torch
 // with dcp.load and dcp_to_torch_save.
 TEST(DecodeMetadataPickleTest, Torch26WStep) {
-  ASSERT_OK_AND_ASSIGN(
+  DCP_ASSERT_OK_AND_ASSIGN(
       Metadata md,
       DecodeMetadataPickle(ReadTestData("torch26_w_step.metadata")));
   Metadata expected = Section45Metadata();
   expected.storage_meta->checkpoint_id = "/tmp/pickle-agent/ck_w_step";
   expected.storage_meta->save_id = "9bfe60a9-415a-4689-a2b8-3a3ae61664c0";
   EXPECT_EQ(md, expected);
-  ASSERT_OK_AND_ASSIGN(std::string reencoded, EncodeMetadataPickle(md));
-  EXPECT_THAT(DecodeMetadataPickle(reencoded), testing::IsOkAndHolds(md));
+  DCP_ASSERT_OK_AND_ASSIGN(std::string reencoded, EncodeMetadataPickle(md));
+  EXPECT_THAT(DecodeMetadataPickle(reencoded), test::IsOkAndHolds(md));
 }
 
 TEST(DecodeMetadataPickleTest, Torch26Nested) {
-  ASSERT_OK_AND_ASSIGN(
+  DCP_ASSERT_OK_AND_ASSIGN(
       Metadata md,
       DecodeMetadataPickle(ReadTestData("torch26_nested.metadata")));
   auto tensor = [](c10::ScalarType dtype, Shape size, bool requires_grad) {
@@ -786,7 +787,7 @@ absl::StatusOr<Metadata> DecodeValue(const V& value) {
 }
 
 TEST(DecodeMetadataPickleTest, BaselineValue) {
-  ASSERT_OK_AND_ASSIGN(Metadata md, DecodeValue(MetadataValue({})));
+  DCP_ASSERT_OK_AND_ASSIGN(Metadata md, DecodeValue(MetadataValue({})));
   const auto& t = std::get<TensorStorageMetadata>(md.state_dict_metadata.at("t"));
   EXPECT_EQ(t.properties.memory_format, MemoryFormat::kChannelsLast);
   EXPECT_TRUE(t.properties.requires_grad);
@@ -804,12 +805,13 @@ TEST(DecodeMetadataPickleTest, LegacyClassNames) {
            {kMd, "torch.distributed._shard.sharded_tensor.metadata",
             "MEM_FORMAT_ENCODING"},
        }) {
-    ASSERT_OK_AND_ASSIGN(
+    DCP_ASSERT_OK_AND_ASSIGN(
         Metadata md,
         DecodeValue(MetadataValue(
             {{"state_dict_metadata",
-              V::Dict({{S("t"), Tensor(Properties(module, "float16",
-                                                  enum_module, enum_name))}})}})));
+              V::Dict(
+                  {{S("t"), Tensor(Properties(module, "float16", enum_module,
+                                              enum_name))}})}})));
     const auto& t =
         std::get<TensorStorageMetadata>(md.state_dict_metadata.at("t"));
     EXPECT_EQ(t.properties.dtype, c10::ScalarType::Half) << module;
@@ -827,13 +829,13 @@ TEST(DecodeMetadataPickleTest, MissingStorageMetaAndFieldDefaults) {
               {S("storage_data"),
                V::Dict({{Obj(kMd, "MetadataIndex", {{S("fqn"), S("b")}}),
                          Info()}})}});
-  ASSERT_OK_AND_ASSIGN(Metadata decoded, DecodeValue(md));
+  DCP_ASSERT_OK_AND_ASSIGN(Metadata decoded, DecodeValue(md));
   EXPECT_EQ(decoded.storage_meta, std::nullopt);
   ASSERT_EQ(decoded.storage_data.size(), 1u);
   EXPECT_EQ(decoded.storage_data.begin()->first, MetadataIndex("b"));
   EXPECT_EQ(decoded.storage_data.begin()->first.index, std::nullopt);
   // TensorProperties without state: Python's defaults.
-  ASSERT_OK_AND_ASSIGN(
+  DCP_ASSERT_OK_AND_ASSIGN(
       decoded,
       DecodeValue(MetadataValue(
           {{"state_dict_metadata",
@@ -845,7 +847,7 @@ TEST(DecodeMetadataPickleTest, MissingStorageMetaAndFieldDefaults) {
 }
 
 TEST(DecodeMetadataPickleTest, ExtraKeysAreIgnored) {
-  ASSERT_OK_AND_ASSIGN(
+  DCP_ASSERT_OK_AND_ASSIGN(
       Metadata md,
       DecodeValue(MetadataValue({
           {"future_field", V::List({V::Int(1), S("x")})},
@@ -854,16 +856,14 @@ TEST(DecodeMetadataPickleTest, ExtraKeysAreIgnored) {
            V::Dict({{S("t"), Tensor(DefaultProperties(),
                                     {{S("new_thing"), V::None()}})}})},
           {"storage_data",
-           V::Dict({{Index("t"),
-                     Info({{S("transform_descriptors"), V::None()},
-                           {S("extra"), V::Int(3)}})}})},
-          {"storage_meta",
-           Obj(kMd, "StorageMeta",
-               {{S("checkpoint_id"), S("/c")},
-                {S("save_id"), S("s")},
-                {S("load_id"), V::None()},
-                {S("modules"), V::List({S("m")})},
-                {S("more"), V::Float(1.0)}})},
+           V::Dict({{Index("t"), Info({{S("transform_descriptors"), V::None()},
+                                       {S("extra"), V::Int(3)}})}})},
+          {"storage_meta", Obj(kMd, "StorageMeta",
+                               {{S("checkpoint_id"), S("/c")},
+                                {S("save_id"), S("s")},
+                                {S("load_id"), V::None()},
+                                {S("modules"), V::List({S("m")})},
+                                {S("more"), V::Float(1.0)}})},
       })));
   EXPECT_EQ(md.version, "1.0.0");
   ASSERT_TRUE(md.storage_meta.has_value());
@@ -911,11 +911,12 @@ TEST(DecodeMetadataPickleTest, PathlibCheckpointIds) {
       {S("plain"), "plain"},
   };
   for (const Case& c : cases) {
-    ASSERT_OK_AND_ASSIGN(Metadata md, DecodeValue(MetaWithCheckpointId(c.id)));
+    DCP_ASSERT_OK_AND_ASSIGN(Metadata md,
+                             DecodeValue(MetaWithCheckpointId(c.id)));
     EXPECT_EQ(md.storage_meta->checkpoint_id, c.expected) << c.id;
   }
-  ASSERT_OK_AND_ASSIGN(Metadata md,
-                       DecodeValue(MetaWithCheckpointId(V::None())));
+  DCP_ASSERT_OK_AND_ASSIGN(Metadata md,
+                           DecodeValue(MetaWithCheckpointId(V::None())));
   EXPECT_EQ(md.storage_meta->checkpoint_id, std::nullopt);
   EXPECT_THAT(DecodeValue(MetaWithCheckpointId(V::Int(3))),
               StatusIs(absl::StatusCode::kDataLoss,
@@ -927,7 +928,7 @@ TEST(DecodeMetadataPickleTest, PlannerDataShapes) {
   // None or a custom planner's non-dict: ignored.
   for (V planner : {V::None(), V::List({V::Int(1)}), S("custom")}) {
     V md = MetadataValue({});
-    ASSERT_OK_AND_ASSIGN(
+    DCP_ASSERT_OK_AND_ASSIGN(
         Metadata decoded,
         DecodeValue(Obj(kMd, "Metadata",
                         {{S("state_dict_metadata"), V::Dict({})},
@@ -944,11 +945,10 @@ TEST(DecodeMetadataPickleTest, PlannerDataShapes) {
                HasSubstr("planner_data[\"t\"][0]: expected a str or int path "
                          "element, got 1.5")));
   // Lists are accepted as paths.
-  ASSERT_OK_AND_ASSIGN(
-      Metadata md,
-      DecodeValue(MetadataValue(
-          {{"planner_data",
-            V::Dict({{S("t"), V::List({S("a"), V::Int(2)})}})}})));
+  DCP_ASSERT_OK_AND_ASSIGN(
+      Metadata md, DecodeValue(MetadataValue(
+                       {{"planner_data",
+                         V::Dict({{S("t"), V::List({S("a"), V::Int(2)})}})}})));
   EXPECT_EQ(md.planner_data.at("t"),
             (ObjectPath{std::string("a"), int64_t{2}}));
 }
@@ -1057,8 +1057,8 @@ TEST(DecodeMetadataPickleTest, EveryTruncationFails) {
                 StatusIs(absl::StatusCode::kDataLoss))
         << n;
   }
-  ASSERT_OK_AND_ASSIGN(std::string encoded,
-                       EncodeMetadataPickle(Section45Metadata()));
+  DCP_ASSERT_OK_AND_ASSIGN(std::string encoded,
+                           EncodeMetadataPickle(Section45Metadata()));
   for (size_t n = 0; n < encoded.size(); ++n) {
     EXPECT_THAT(DecodeMetadataPickle(absl::string_view(encoded).substr(0, n)),
                 StatusIs(absl::StatusCode::kDataLoss))
@@ -1067,7 +1067,7 @@ TEST(DecodeMetadataPickleTest, EveryTruncationFails) {
 }
 
 TEST(DecodeMetadataPickleTest, RandomMutationsNeverCrash) {
-  const uint32_t seed = dcp::testing::TestSeed();
+  const uint32_t seed = dcp::test::TestSeed();
   SCOPED_TRACE(absl::StrCat("DCP_TEST_SEED=", seed));
   std::mt19937 rng(seed);
   const std::vector<std::string> inputs = {

@@ -6,7 +6,7 @@
 // beside it so that a load need not evaluate the pickle. For a checkpoint
 // of many small tensors the pickle is the slowest part of a load: 20,000
 // keys are 1.8 million pickle values, about 0.4 s to decode on one core,
-// while the binary form (checkpoint/metadata_codec.h) decodes in 0.03 s.
+// while the binary form (core/metadata_codec.h) decodes in 0.03 s.
 //
 // The sidecar is a cache, never a second source of truth. It records the
 // size and CRC-32 of the exact `.metadata` bytes it was made from, and a
@@ -32,7 +32,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
-#include "checkpoint/metadata.h"
+#include "core/metadata.h"
 
 namespace dcp {
 
@@ -53,7 +53,7 @@ absl::StatusOr<Metadata> DecodeMetadataSidecar(
 
 // The same checks, without decoding: the payload of `sidecar` (a view into
 // it), which DecodeMetadata turns into the metadata. Its codec header (kind
-// and version, checkpoint/byte_codec.h) is checked too, so that a sidecar of
+// and version, core/byte_codec.h) is checked too, so that a sidecar of
 // another codec version is DataLoss here rather than when decoded.
 absl::StatusOr<absl::string_view> MetadataSidecarPayload(
     absl::string_view sidecar, absl::string_view metadata_pickle);

@@ -8,8 +8,8 @@
 
 #include "absl/random/random.h"
 #include "absl/strings/str_cat.h"
-#include "checkpoint/metadata.h"
-#include "checkpoint/metadata_codec.h"
+#include "core/metadata.h"
+#include "core/metadata_codec.h"
 #include "gtest/gtest.h"
 #include "storage/crc32.h"
 #include "storage/metadata_pickle.h"
@@ -66,16 +66,17 @@ Metadata RandomMetadata(std::mt19937& rng) {
 }
 
 TEST(MetadataSidecarTest, DecodesToWhatThePickleDecodesTo) {
-  const uint32_t seed = testing::TestSeed();
+  const uint32_t seed = test::TestSeed();
   SCOPED_TRACE(absl::StrCat("DCP_TEST_SEED=", seed));
   std::mt19937 rng(seed);
   for (int round = 0; round < 200; ++round) {
     const Metadata md = RandomMetadata(rng);
-    ASSERT_OK_AND_ASSIGN(std::string pickle, EncodeMetadataPickle(md));
+    DCP_ASSERT_OK_AND_ASSIGN(std::string pickle, EncodeMetadataPickle(md));
     const std::string sidecar = EncodeMetadataSidecar(md, pickle);
-    ASSERT_OK_AND_ASSIGN(Metadata from_sidecar,
-                         DecodeMetadataSidecar(sidecar, pickle));
-    ASSERT_OK_AND_ASSIGN(Metadata from_pickle, DecodeMetadataPickle(pickle));
+    DCP_ASSERT_OK_AND_ASSIGN(Metadata from_sidecar,
+                             DecodeMetadataSidecar(sidecar, pickle));
+    DCP_ASSERT_OK_AND_ASSIGN(Metadata from_pickle,
+                             DecodeMetadataPickle(pickle));
     EXPECT_EQ(from_sidecar, from_pickle) << "round " << round;
     // == ignores the index hints; they must agree too.
     ASSERT_EQ(from_sidecar.storage_data.size(),
@@ -89,26 +90,26 @@ TEST(MetadataSidecarTest, DecodesToWhatThePickleDecodesTo) {
 }
 
 TEST(MetadataSidecarTest, AStaleSidecarIsNotUsed) {
-  const uint32_t seed = testing::TestSeed();
+  const uint32_t seed = test::TestSeed();
   SCOPED_TRACE(absl::StrCat("DCP_TEST_SEED=", seed));
   std::mt19937 rng(seed);
   Metadata md = RandomMetadata(rng);
   md.version = "1.0.0";
-  ASSERT_OK_AND_ASSIGN(std::string pickle, EncodeMetadataPickle(md));
+  DCP_ASSERT_OK_AND_ASSIGN(std::string pickle, EncodeMetadataPickle(md));
   const std::string sidecar = EncodeMetadataSidecar(md, pickle);
 
   // Another checkpoint's .metadata (as after PyTorch overwrote the files).
   md.version = "2.0.0";
-  ASSERT_OK_AND_ASSIGN(std::string other, EncodeMetadataPickle(md));
+  DCP_ASSERT_OK_AND_ASSIGN(std::string other, EncodeMetadataPickle(md));
   EXPECT_THAT(DecodeMetadataSidecar(sidecar, other),
-              testing::StatusIs(absl::StatusCode::kFailedPrecondition,
-                                HasSubstr("describes a .metadata of")));
+              test::StatusIs(absl::StatusCode::kFailedPrecondition,
+                             HasSubstr("describes a .metadata of")));
   // The same size with one byte changed.
   for (size_t i = 0; i < pickle.size(); i += 7) {
     std::string changed = pickle;
     changed[i] ^= 0x20;
     EXPECT_THAT(DecodeMetadataSidecar(sidecar, changed),
-                testing::StatusIs(absl::StatusCode::kFailedPrecondition))
+                test::StatusIs(absl::StatusCode::kFailedPrecondition))
         << "byte " << i;
   }
 }
@@ -116,22 +117,22 @@ TEST(MetadataSidecarTest, AStaleSidecarIsNotUsed) {
 // MetadataSidecarPayload makes the same checks without decoding, and its
 // payload decodes to the metadata.
 TEST(MetadataSidecarTest, PayloadIsTheEncodingOfTheMetadata) {
-  const uint32_t seed = testing::TestSeed();
+  const uint32_t seed = test::TestSeed();
   SCOPED_TRACE(absl::StrCat("DCP_TEST_SEED=", seed));
   std::mt19937 rng(seed);
   const Metadata md = RandomMetadata(rng);
-  ASSERT_OK_AND_ASSIGN(std::string pickle, EncodeMetadataPickle(md));
+  DCP_ASSERT_OK_AND_ASSIGN(std::string pickle, EncodeMetadataPickle(md));
   const std::string sidecar = EncodeMetadataSidecar(md, pickle);
-  ASSERT_OK_AND_ASSIGN(absl::string_view payload,
-                       MetadataSidecarPayload(sidecar, pickle));
+  DCP_ASSERT_OK_AND_ASSIGN(absl::string_view payload,
+                           MetadataSidecarPayload(sidecar, pickle));
   EXPECT_EQ(payload, EncodeMetadata(md));
-  ASSERT_OK_AND_ASSIGN(Metadata decoded, DecodeMetadata(payload));
+  DCP_ASSERT_OK_AND_ASSIGN(Metadata decoded, DecodeMetadata(payload));
   EXPECT_EQ(decoded, md);
   EXPECT_THAT(MetadataSidecarPayload(sidecar, pickle + " "),
-              testing::StatusIs(absl::StatusCode::kFailedPrecondition));
+              test::StatusIs(absl::StatusCode::kFailedPrecondition));
   EXPECT_THAT(
       MetadataSidecarPayload(sidecar.substr(0, sidecar.size() - 1), pickle),
-      testing::StatusIs(absl::StatusCode::kDataLoss));
+      test::StatusIs(absl::StatusCode::kDataLoss));
 }
 
 // A payload of another codec version (or kind), CRC-32s intact, is refused
@@ -139,7 +140,7 @@ TEST(MetadataSidecarTest, PayloadIsTheEncodingOfTheMetadata) {
 TEST(MetadataSidecarTest, AnotherCodecVersionIsDataLoss) {
   Metadata md;
   md.version = "1.0.0";
-  ASSERT_OK_AND_ASSIGN(std::string pickle, EncodeMetadataPickle(md));
+  DCP_ASSERT_OK_AND_ASSIGN(std::string pickle, EncodeMetadataPickle(md));
   for (size_t header_byte : {0, 1}) {
     std::string sidecar = EncodeMetadataSidecar(md, pickle);
     constexpr size_t kPayload = 32;  // After the fixed header.
@@ -148,25 +149,25 @@ TEST(MetadataSidecarTest, AnotherCodecVersionIsDataLoss) {
     for (int i = 0; i < 4; ++i)
       sidecar[20 + i] = static_cast<char>(crc >> (8 * i));
     EXPECT_THAT(MetadataSidecarPayload(sidecar, pickle),
-                testing::StatusIs(absl::StatusCode::kDataLoss))
+                test::StatusIs(absl::StatusCode::kDataLoss))
         << "header byte " << header_byte;
     EXPECT_THAT(DecodeMetadataSidecar(sidecar, pickle),
-                testing::StatusIs(absl::StatusCode::kDataLoss));
+                test::StatusIs(absl::StatusCode::kDataLoss));
   }
 }
 
 TEST(MetadataSidecarTest, ADamagedSidecarIsDataLossNeverAValue) {
-  const uint32_t seed = testing::TestSeed();
+  const uint32_t seed = test::TestSeed();
   SCOPED_TRACE(absl::StrCat("DCP_TEST_SEED=", seed));
   std::mt19937 rng(seed);
   Metadata md;
   while (md.storage_data.empty()) md = RandomMetadata(rng);
-  ASSERT_OK_AND_ASSIGN(std::string pickle, EncodeMetadataPickle(md));
+  DCP_ASSERT_OK_AND_ASSIGN(std::string pickle, EncodeMetadataPickle(md));
   const std::string sidecar = EncodeMetadataSidecar(md, pickle);
   // Every truncation.
   for (size_t n = 0; n < sidecar.size(); ++n) {
     EXPECT_THAT(DecodeMetadataSidecar(sidecar.substr(0, n), pickle),
-                testing::StatusIs(absl::StatusCode::kDataLoss))
+                test::StatusIs(absl::StatusCode::kDataLoss))
         << n << " of " << sidecar.size() << " bytes";
   }
   // Every flipped byte: the header's record of the .metadata makes it
@@ -178,13 +179,13 @@ TEST(MetadataSidecarTest, ADamagedSidecarIsDataLossNeverAValue) {
         i >= 8 && i < 20 ? absl::StatusCode::kFailedPrecondition
                          : absl::StatusCode::kDataLoss;
     EXPECT_THAT(DecodeMetadataSidecar(flipped, pickle),
-                testing::StatusIs(expected))
+                test::StatusIs(expected))
         << "byte " << i;
   }
   // Not a sidecar at all.
   EXPECT_THAT(DecodeMetadataSidecar(pickle, pickle),
-              testing::StatusIs(absl::StatusCode::kDataLoss,
-                                HasSubstr("not a dcp metadata sidecar")));
+              test::StatusIs(absl::StatusCode::kDataLoss,
+                             HasSubstr("not a dcp metadata sidecar")));
 }
 
 }  // namespace

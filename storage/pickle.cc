@@ -19,7 +19,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/string_view.h"
-#include "checkpoint/status.h"
+#include "core/status.h"
 #include "glog/logging.h"
 
 namespace dcp {

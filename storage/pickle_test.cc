@@ -23,10 +23,10 @@
 namespace dcp {
 namespace {
 
-using ::dcp::testing::Asm;
-using ::dcp::testing::Hex;
-using ::dcp::testing::IsOk;
-using ::dcp::testing::StatusIs;
+using ::dcp::test::Asm;
+using ::dcp::test::Hex;
+using ::dcp::test::IsOk;
+using ::dcp::test::StatusIs;
 using ::testing::HasSubstr;
 
 using V = PickleValue;
@@ -50,48 +50,50 @@ V Str(absl::string_view s) { return V::String(std::string(s)); }
 // ---- Scalars -----------------------------------------------------------------
 
 TEST(ReadPickleTest, NoneAndBooleans) {
-  EXPECT_THAT(Read(Hex("80 02 4e 2e")), testing::IsOkAndHolds(V::None()));
-  EXPECT_THAT(Read(Hex("88 2e")), testing::IsOkAndHolds(V::Bool(true)));
-  EXPECT_THAT(Read(Hex("89 2e")), testing::IsOkAndHolds(V::Bool(false)));
+  EXPECT_THAT(Read(Hex("80 02 4e 2e")), test::IsOkAndHolds(V::None()));
+  EXPECT_THAT(Read(Hex("88 2e")), test::IsOkAndHolds(V::Bool(true)));
+  EXPECT_THAT(Read(Hex("89 2e")), test::IsOkAndHolds(V::Bool(false)));
   // Protocol 0 spells booleans as INT "01" / "00".
-  EXPECT_THAT(Read("I01\n."), testing::IsOkAndHolds(V::Bool(true)));
-  EXPECT_THAT(Read("I00\n."), testing::IsOkAndHolds(V::Bool(false)));
+  EXPECT_THAT(Read("I01\n."), test::IsOkAndHolds(V::Bool(true)));
+  EXPECT_THAT(Read("I00\n."), test::IsOkAndHolds(V::Bool(false)));
 }
 
 TEST(ReadPickleTest, BinaryIntegers) {
-  EXPECT_THAT(Read(Hex("4b ff 2e")), testing::IsOkAndHolds(V::Int(255)));
-  EXPECT_THAT(Read(Hex("4d 01 02 2e")), testing::IsOkAndHolds(V::Int(0x0201)));
-  EXPECT_THAT(Read(Hex("4a ff ff ff ff 2e")), testing::IsOkAndHolds(V::Int(-1)));
+  EXPECT_THAT(Read(Hex("4b ff 2e")), test::IsOkAndHolds(V::Int(255)));
+  EXPECT_THAT(Read(Hex("4d 01 02 2e")), test::IsOkAndHolds(V::Int(0x0201)));
+  EXPECT_THAT(Read(Hex("4a ff ff ff ff 2e")), test::IsOkAndHolds(V::Int(-1)));
   EXPECT_THAT(Read(Hex("4a 00 00 00 80 2e")),
-              testing::IsOkAndHolds(V::Int(std::numeric_limits<int32_t>::min())));
+              test::IsOkAndHolds(V::Int(std::numeric_limits<int32_t>::min())));
 }
 
 TEST(ReadPickleTest, LongIntegers) {
   // Python: LONG1 2147483648.
   EXPECT_THAT(Read(Hex("8a 05 00 00 00 80 00 2e")),
-              testing::IsOkAndHolds(V::Int(int64_t{1} << 31)));
+              test::IsOkAndHolds(V::Int(int64_t{1} << 31)));
   // LONG1 with no bytes is 0.
-  EXPECT_THAT(Read(Hex("8a 00 2e")), testing::IsOkAndHolds(V::Int(0)));
+  EXPECT_THAT(Read(Hex("8a 00 2e")), test::IsOkAndHolds(V::Int(0)));
   EXPECT_THAT(Read(Hex("8a 08 00 00 00 00 00 00 00 80 2e")),
-              testing::IsOkAndHolds(V::Int(std::numeric_limits<int64_t>::min())));
+              test::IsOkAndHolds(V::Int(std::numeric_limits<int64_t>::min())));
   // Non-minimal encodings are normalised.
-  EXPECT_THAT(Read(Hex("8a 04 ff ff ff ff 2e")), testing::IsOkAndHolds(V::Int(-1)));
+  EXPECT_THAT(Read(Hex("8a 04 ff ff ff ff 2e")),
+              test::IsOkAndHolds(V::Int(-1)));
   // Python: LONG1 9223372036854775808 (2**63) does not fit in int64.
-  ASSERT_OK_AND_ASSIGN(V big, Read(Hex("8a 09 00 00 00 00 00 00 00 80 00 2e")));
+  DCP_ASSERT_OK_AND_ASSIGN(V big,
+                           Read(Hex("8a 09 00 00 00 00 00 00 00 80 00 2e")));
   EXPECT_EQ(big.kind(), Kind::kBigInt);
   EXPECT_EQ(big.big_int_bytes(), Hex("00 00 00 00 00 00 00 80 00"));
   // LONG4.
   EXPECT_THAT(Read(Hex("8b 02 00 00 00 34 12 2e")),
-              testing::IsOkAndHolds(V::Int(0x1234)));
+              test::IsOkAndHolds(V::Int(0x1234)));
   EXPECT_THAT(Read(Hex("8b ff ff ff ff 2e")),
               StatusIs(absl::StatusCode::kDataLoss, HasSubstr("negative length")));
 }
 
 TEST(ReadPickleTest, TextIntegersAndFloats) {
-  EXPECT_THAT(Read("I-42\n."), testing::IsOkAndHolds(V::Int(-42)));
+  EXPECT_THAT(Read("I-42\n."), test::IsOkAndHolds(V::Int(-42)));
   EXPECT_THAT(Read("L12345678901L\n."),
-              testing::IsOkAndHolds(V::Int(12345678901)));
-  EXPECT_THAT(Read("F2.5\n."), testing::IsOkAndHolds(V::Float(2.5)));
+              test::IsOkAndHolds(V::Int(12345678901)));
+  EXPECT_THAT(Read("F2.5\n."), test::IsOkAndHolds(V::Float(2.5)));
   EXPECT_THAT(Read("I123456789012345678901234567890\n."),
               StatusIs(absl::StatusCode::kInvalidArgument,
                        HasSubstr("does not fit in 64 bits")));
@@ -103,25 +105,25 @@ TEST(ReadPickleTest, TextIntegersAndFloats) {
 
 TEST(ReadPickleTest, BinFloatIsBigEndian) {
   EXPECT_THAT(Read(Hex("47 3f f8 00 00 00 00 00 00 2e")),
-              testing::IsOkAndHolds(V::Float(1.5)));
+              test::IsOkAndHolds(V::Float(1.5)));
   EXPECT_THAT(Read(Hex("47 c0 04 00 00 00 00 00 00 2e")),
-              testing::IsOkAndHolds(V::Float(-2.5)));
+              test::IsOkAndHolds(V::Float(-2.5)));
 }
 
 // ---- Strings and bytes ---------------------------------------------------------
 
 TEST(ReadPickleTest, UnicodeOpcodes) {
   EXPECT_THAT(Read(Asm().ShortUnicode("torch").Stop()),
-              testing::IsOkAndHolds(Str("torch")));
+              test::IsOkAndHolds(Str("torch")));
   EXPECT_THAT(Read(Asm().Unicode("caf\xc3\xa9").Stop()),
-              testing::IsOkAndHolds(Str("caf\xc3\xa9")));
+              test::IsOkAndHolds(Str("caf\xc3\xa9")));
   EXPECT_THAT(Read(Asm().Op(0x8d).U64(3).Raw("abc").Stop()),
-              testing::IsOkAndHolds(Str("abc")));
+              test::IsOkAndHolds(Str("abc")));
   // Python 2 str (ASCII only).
   EXPECT_THAT(Read(Asm().Op('U').U8(2).Raw("hi").Stop()),
-              testing::IsOkAndHolds(Str("hi")));
+              test::IsOkAndHolds(Str("hi")));
   EXPECT_THAT(Read(Asm().Op('T').U32(2).Raw("hi").Stop()),
-              testing::IsOkAndHolds(Str("hi")));
+              test::IsOkAndHolds(Str("hi")));
   EXPECT_THAT(Read(Asm().Op('U').U8(1).Raw("\xff").Stop()),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("non-ASCII")));
   // Surrogates pass, as with Python's "surrogatepass".
@@ -140,11 +142,11 @@ TEST(ReadPickleTest, InvalidUtf8IsDataLoss) {
 
 TEST(ReadPickleTest, BytesOpcodes) {
   EXPECT_THAT(Read(Asm().Op('C').U8(2).Raw(Hex("00 ff")).Stop()),
-              testing::IsOkAndHolds(V::Bytes(Hex("00 ff"))));
+              test::IsOkAndHolds(V::Bytes(Hex("00 ff"))));
   EXPECT_THAT(Read(Asm().Op('B').U32(1).Raw("x").Stop()),
-              testing::IsOkAndHolds(V::Bytes("x")));
+              test::IsOkAndHolds(V::Bytes("x")));
   EXPECT_THAT(Read(Asm().Op(0x8e).U64(0).Stop()),
-              testing::IsOkAndHolds(V::Bytes("")));
+              test::IsOkAndHolds(V::Bytes("")));
 }
 
 // Exactly what Python 3.11 writes for `pickle.dumps([b'ab\xff', b'', b'x'], 2)`.
@@ -172,7 +174,7 @@ TEST(ReadPickleTest, Protocol2BytesReductions) {
   // Bytes reductions need no allow-list entry.
   PickleReadOptions options;
   EXPECT_THAT(ReadPickle(exact, options),
-              testing::IsOkAndHolds(V::List(
+              test::IsOkAndHolds(V::List(
                   {V::Bytes(Hex("61 62 ff")), V::Bytes(""), V::Bytes("x")})));
 }
 
@@ -220,39 +222,69 @@ TEST(ReadPickleTest, BytesReducerGlobalsAreOnlyForBytes) {
 // ---- Containers ------------------------------------------------------------------
 
 TEST(ReadPickleTest, Tuples) {
-  EXPECT_THAT(Read(Asm().Op(')').Stop()), testing::IsOkAndHolds(V::Tuple({})));
+  EXPECT_THAT(Read(Asm().Op(')').Stop()), test::IsOkAndHolds(V::Tuple({})));
   EXPECT_THAT(Read(Asm().BinInt1(1).Op(0x85).Stop()),
-              testing::IsOkAndHolds(V::Tuple({V::Int(1)})));
+              test::IsOkAndHolds(V::Tuple({V::Int(1)})));
   EXPECT_THAT(Read(Asm().BinInt1(1).BinInt1(2).Op(0x86).Stop()),
-              testing::IsOkAndHolds(V::Tuple({V::Int(1), V::Int(2)})));
+              test::IsOkAndHolds(V::Tuple({V::Int(1), V::Int(2)})));
   EXPECT_THAT(Read(Asm().BinInt1(1).BinInt1(2).BinInt1(3).Op(0x87).Stop()),
-              testing::IsOkAndHolds(V::Tuple({V::Int(1), V::Int(2), V::Int(3)})));
-  EXPECT_THAT(
-      Read(Asm().Op('(').BinInt1(1).BinInt1(2).BinInt1(3).BinInt1(4).Op('t').Stop()),
-      testing::IsOkAndHolds(V::Tuple({V::Int(1), V::Int(2), V::Int(3), V::Int(4)})));
+              test::IsOkAndHolds(V::Tuple({V::Int(1), V::Int(2), V::Int(3)})));
+  EXPECT_THAT(Read(Asm()
+                       .Op('(')
+                       .BinInt1(1)
+                       .BinInt1(2)
+                       .BinInt1(3)
+                       .BinInt1(4)
+                       .Op('t')
+                       .Stop()),
+              test::IsOkAndHolds(
+                  V::Tuple({V::Int(1), V::Int(2), V::Int(3), V::Int(4)})));
 }
 
 TEST(ReadPickleTest, ListsDictsAndSets) {
-  EXPECT_THAT(Read(Asm().Op(']').BinInt1(1).Op('a').Op('(').BinInt1(2).BinInt1(3)
-                       .Op('e').Stop()),
-              testing::IsOkAndHolds(V::List({V::Int(1), V::Int(2), V::Int(3)})));
+  EXPECT_THAT(Read(Asm()
+                       .Op(']')
+                       .BinInt1(1)
+                       .Op('a')
+                       .Op('(')
+                       .BinInt1(2)
+                       .BinInt1(3)
+                       .Op('e')
+                       .Stop()),
+              test::IsOkAndHolds(V::List({V::Int(1), V::Int(2), V::Int(3)})));
   EXPECT_THAT(Read(Asm().Op('(').BinInt1(1).Op('l').Stop()),
-              testing::IsOkAndHolds(V::List({V::Int(1)})));
-  EXPECT_THAT(Read(Asm().Op('}').ShortUnicode("a").BinInt1(1).Op('s').Op('(')
-                       .ShortUnicode("b").Op('N').ShortUnicode("a").BinInt1(2)
-                       .Op('u').Stop()),
-              testing::IsOkAndHolds(V::Dict({{Str("a"), V::Int(1)},
-                                             {Str("b"), V::None()},
-                                             {Str("a"), V::Int(2)}})));
-  ASSERT_OK_AND_ASSIGN(V dict, Read(Asm().Op('(').ShortUnicode("a").BinInt1(1)
-                                        .ShortUnicode("a").BinInt1(2).Op('d').Stop()));
+              test::IsOkAndHolds(V::List({V::Int(1)})));
+  EXPECT_THAT(Read(Asm()
+                       .Op('}')
+                       .ShortUnicode("a")
+                       .BinInt1(1)
+                       .Op('s')
+                       .Op('(')
+                       .ShortUnicode("b")
+                       .Op('N')
+                       .ShortUnicode("a")
+                       .BinInt1(2)
+                       .Op('u')
+                       .Stop()),
+              test::IsOkAndHolds(V::Dict({{Str("a"), V::Int(1)},
+                                          {Str("b"), V::None()},
+                                          {Str("a"), V::Int(2)}})));
+  DCP_ASSERT_OK_AND_ASSIGN(V dict, Read(Asm()
+                                            .Op('(')
+                                            .ShortUnicode("a")
+                                            .BinInt1(1)
+                                            .ShortUnicode("a")
+                                            .BinInt1(2)
+                                            .Op('d')
+                                            .Stop()));
   ASSERT_NE(dict.FindString("a"), nullptr);
   EXPECT_EQ(*dict.FindString("a"), V::Int(2));  // The last value wins.
   EXPECT_EQ(dict.FindString("b"), nullptr);
-  EXPECT_THAT(Read(Asm().Op(0x8f).Op('(').BinInt1(1).BinInt1(2).Op(0x90).Stop()),
-              testing::IsOkAndHolds(V::Set({V::Int(1), V::Int(2)})));
+  EXPECT_THAT(
+      Read(Asm().Op(0x8f).Op('(').BinInt1(1).BinInt1(2).Op(0x90).Stop()),
+      test::IsOkAndHolds(V::Set({V::Int(1), V::Int(2)})));
   EXPECT_THAT(Read(Asm().Op('(').BinInt1(1).Op(0x91).Stop()),
-              testing::IsOkAndHolds(V::FrozenSet({V::Int(1)})));
+              test::IsOkAndHolds(V::FrozenSet({V::Int(1)})));
   EXPECT_THAT(Read(Asm().Op('(').BinInt1(1).Op('d').Stop()),
               StatusIs(absl::StatusCode::kDataLoss, HasSubstr("odd number")));
   EXPECT_THAT(Read(Asm().Op(')').BinInt1(1).Op('a').Stop()),
@@ -269,7 +301,7 @@ TEST(ReadPickleTest, MemoOpcodesShareNodes) {
            Asm().Op(']').Op('r').U32(70000).Op('j').U32(70000).Op(0x86).Stop(),
            Asm().Op(']').Op(0x94).Op('h').U8(0).Op(0x86).Stop(),
        }) {
-    ASSERT_OK_AND_ASSIGN(V v, Read(pickle));
+    DCP_ASSERT_OK_AND_ASSIGN(V v, Read(pickle));
     ASSERT_EQ(v.kind(), Kind::kTuple);
     ASSERT_EQ(v.num_items(), 2u);
     EXPECT_EQ(&v.item(0), &v.item(1)) << absl::CHexEscape(pickle);
@@ -285,15 +317,16 @@ TEST(ReadPickleTest, MemoOpcodesShareNodes) {
 TEST(ReadPickleTest, StackOpcodes) {
   // DUP, POP.
   EXPECT_THAT(Read(Asm().BinInt1(1).Op('2').Op(0x86).Stop()),
-              testing::IsOkAndHolds(V::Tuple({V::Int(1), V::Int(1)})));
+              test::IsOkAndHolds(V::Tuple({V::Int(1), V::Int(1)})));
   EXPECT_THAT(Read(Asm().BinInt1(1).BinInt1(2).Op('0').Stop()),
-              testing::IsOkAndHolds(V::Int(1)));
+              test::IsOkAndHolds(V::Int(1)));
   // POP_MARK drops everything down to the MARK.
-  EXPECT_THAT(Read(Asm().BinInt1(1).Op('(').BinInt1(2).BinInt1(3).Op('1').Stop()),
-              testing::IsOkAndHolds(V::Int(1)));
+  EXPECT_THAT(
+      Read(Asm().BinInt1(1).Op('(').BinInt1(2).BinInt1(3).Op('1').Stop()),
+      test::IsOkAndHolds(V::Int(1)));
   // POP of a MARK drops the MARK (as CPython).
   EXPECT_THAT(Read(Asm().BinInt1(1).Op('(').Op('0').Stop()),
-              testing::IsOkAndHolds(V::Int(1)));
+              test::IsOkAndHolds(V::Int(1)));
   // Values below a MARK cannot be popped.
   EXPECT_THAT(Read(Asm().BinInt1(1).Op('(').Op(0x85).Stop()),
               StatusIs(absl::StatusCode::kDataLoss,
@@ -307,7 +340,7 @@ TEST(ReadPickleTest, StackOpcodes) {
 
 TEST(ReadPickleTest, FramingAndTrailingData) {
   EXPECT_THAT(Read(Asm().Proto(4).Op(0x95).U64(2).BinInt1(5).Stop()),
-              testing::IsOkAndHolds(V::Int(5)));
+              test::IsOkAndHolds(V::Int(5)));
   EXPECT_THAT(Read(Asm().Proto(4).Op(0x95).U64(100).BinInt1(5).Stop()),
               StatusIs(absl::StatusCode::kDataLoss,
                        HasSubstr("FRAME at byte 2 announces 100 bytes")));
@@ -320,7 +353,7 @@ TEST(ReadPickleTest, FramingAndTrailingData) {
   PickleReadOptions options = Permissive();
   options.allow_trailing_data = true;
   EXPECT_THAT(ReadPickle(Asm().Op('N').Stop().Raw("xy"), options),
-              testing::IsOkAndHolds(V::None()));
+              test::IsOkAndHolds(V::None()));
 }
 
 // ---- Globals and objects ---------------------------------------------------------
@@ -328,8 +361,8 @@ TEST(ReadPickleTest, FramingAndTrailingData) {
 TEST(ReadPickleTest, GlobalsFollowTheAllowList) {
   PickleReadOptions options;
   options.allow_global = AllowGlobals({{"torch", "Size"}});
-  ASSERT_OK_AND_ASSIGN(V g, ReadPickle(Asm().Proto(2).Global("torch", "Size").Stop(),
-                                       options));
+  DCP_ASSERT_OK_AND_ASSIGN(
+      V g, ReadPickle(Asm().Proto(2).Global("torch", "Size").Stop(), options));
   EXPECT_TRUE(g.IsGlobal("torch", "Size"));
   EXPECT_EQ(g.offset(), 2);
   // 57 bytes of padding put the GLOBAL at byte 57.
@@ -358,9 +391,14 @@ TEST(ReadPickleTest, GlobalsFollowTheAllowList) {
 
 TEST(ReadPickleTest, ReduceNewObjAndBuild) {
   // torch.Size((2, 3)), protocol-2 style.
-  ASSERT_OK_AND_ASSIGN(
-      V size, Read(Asm().Global("torch", "Size").BinInt1(2).BinInt1(3).Op(0x86)
-                       .Op(0x85).Op('R').Stop()));
+  DCP_ASSERT_OK_AND_ASSIGN(V size, Read(Asm()
+                                            .Global("torch", "Size")
+                                            .BinInt1(2)
+                                            .BinInt1(3)
+                                            .Op(0x86)
+                                            .Op(0x85)
+                                            .Op('R')
+                                            .Stop()));
   EXPECT_EQ(size, V::Reduce(V::Global("torch", "Size"),
                             V::Tuple({V::Tuple({V::Int(2), V::Int(3)})})));
   EXPECT_EQ(size.construction(), V::Construction::kReduce);
@@ -368,9 +406,16 @@ TEST(ReadPickleTest, ReduceNewObjAndBuild) {
   EXPECT_EQ(size.DebugString(), "torch.Size((2, 3))");
 
   // A dataclass: NEWOBJ + BUILD with a dict.
-  ASSERT_OK_AND_ASSIGN(
-      V obj, Read(Asm().Global("m", "C").Op(')').Op(0x81).Op('}').ShortUnicode("x")
-                      .BinInt1(1).Op('s').Op('b').Stop()));
+  DCP_ASSERT_OK_AND_ASSIGN(V obj, Read(Asm()
+                                           .Global("m", "C")
+                                           .Op(')')
+                                           .Op(0x81)
+                                           .Op('}')
+                                           .ShortUnicode("x")
+                                           .BinInt1(1)
+                                           .Op('s')
+                                           .Op('b')
+                                           .Stop()));
   EXPECT_EQ(obj.construction(), V::Construction::kNewObj);
   ASSERT_TRUE(obj.has_state());
   EXPECT_EQ(obj.state(), V::Dict({{Str("x"), V::Int(1)}}));
@@ -379,7 +424,7 @@ TEST(ReadPickleTest, ReduceNewObjAndBuild) {
   EXPECT_EQ(obj.DebugString(), "m.C.__new__().__setstate__({'x': 1})");
 
   // NEWOBJ_EX.
-  ASSERT_OK_AND_ASSIGN(
+  DCP_ASSERT_OK_AND_ASSIGN(
       V ex, Read(Asm().Global("m", "C").Op(')').Op('}').Op(0x92).Stop()));
   EXPECT_TRUE(ex.has_kwargs());
   EXPECT_EQ(ex.kwargs().kind(), Kind::kDict);
@@ -398,23 +443,28 @@ TEST(ReadPickleTest, ReduceNewObjAndBuild) {
 
 TEST(ReadPickleTest, OrderedDictItemsAreKeptOnTheObject) {
   // collections.OrderedDict([('k', 1)]) as Python writes it.
-  ASSERT_OK_AND_ASSIGN(
-      V od, Read(Asm().Global("collections", "OrderedDict").Op(')').Op('R')
-                     .ShortUnicode("k").BinInt1(1).Op('s').Stop()));
+  DCP_ASSERT_OK_AND_ASSIGN(V od, Read(Asm()
+                                          .Global("collections", "OrderedDict")
+                                          .Op(')')
+                                          .Op('R')
+                                          .ShortUnicode("k")
+                                          .BinInt1(1)
+                                          .Op('s')
+                                          .Stop()));
   EXPECT_EQ(od.set_items(), V::Dict({{Str("k"), V::Int(1)}}));
   EXPECT_EQ(od.appended(), V::List({}));
   EXPECT_EQ(od.DebugString(), "collections.OrderedDict().update({'k': 1})");
-  ASSERT_OK_AND_ASSIGN(
-      V lst, Read(Asm().Global("m", "L").Op(')').Op(0x81).BinInt1(1).Op('a')
-                      .Stop()));
+  DCP_ASSERT_OK_AND_ASSIGN(
+      V lst,
+      Read(Asm().Global("m", "L").Op(')').Op(0x81).BinInt1(1).Op('a').Stop()));
   EXPECT_EQ(lst.appended(), V::List({V::Int(1)}));
 }
 
 TEST(ReadPickleTest, PersistentIds) {
   const std::string bin = Asm().ShortUnicode("0").Op('Q').Stop();
-  EXPECT_THAT(Read(bin), testing::IsOkAndHolds(V::PersistentId(Str("0"))));
+  EXPECT_THAT(Read(bin), test::IsOkAndHolds(V::PersistentId(Str("0"))));
   EXPECT_THAT(Read(Asm().Op('P').Raw("abc\n").Stop()),
-              testing::IsOkAndHolds(V::PersistentId(Str("abc"))));
+              test::IsOkAndHolds(V::PersistentId(Str("abc"))));
   EXPECT_THAT(ReadPickle(bin, PickleReadOptions()),
               StatusIs(absl::StatusCode::kInvalidArgument,
                        HasSubstr("persistent id (opcode BINPERSID at byte 3)")));
@@ -463,7 +513,7 @@ TEST(ReadPickleTest, Protocol4FrameMemoizeStackGlobalBinGet) {
   PickleReadOptions options;
   options.allow_global =
       AllowGlobals({{"torch", "Size"}, {"collections", "OrderedDict"}});
-  ASSERT_OK_AND_ASSIGN(V v, ReadPickle(python, options));
+  DCP_ASSERT_OK_AND_ASSIGN(V v, ReadPickle(python, options));
   const V size = V::Reduce(V::Global("torch", "Size"),
                            V::Tuple({V::Tuple({V::Int(2), V::Int(3)})}));
   V od = V::Reduce(V::Global("collections", "OrderedDict"), V::Tuple({}));
@@ -531,7 +581,7 @@ TEST(ReadPickleTest, DeepValuesWithinTheLimitAreDestroyedIteratively) {
   a.Stop();
   PickleReadOptions options = Permissive();
   options.max_depth = 300000;
-  ASSERT_OK_AND_ASSIGN(V v, ReadPickle(a, options));
+  DCP_ASSERT_OK_AND_ASSIGN(V v, ReadPickle(a, options));
   EXPECT_EQ(v.depth(), 200001);
   V copy = v;
   v = V::None();      // Assignment releases through the iterative path too.
@@ -548,14 +598,14 @@ TEST(ReadPickleTest, SharedReferenceExplosionIsBounded) {
                                 HasSubstr("expands to more than")));
   PickleReadOptions options = Permissive();
   options.max_tree_size = std::numeric_limits<uint64_t>::max();
-  ASSERT_OK_AND_ASSIGN(V v, ReadPickle(a, options));
+  DCP_ASSERT_OK_AND_ASSIGN(V v, ReadPickle(a, options));
   EXPECT_EQ(v.tree_size(), std::numeric_limits<uint64_t>::max());  // Saturated.
   EXPECT_LE(v.DebugString(100).size(), 200u);  // Printing stays bounded.
 }
 
 TEST(ReadPickleTest, StringsCountTheirBytesAtEveryReference) {
   const std::string text(1000, 'x');
-  ASSERT_OK_AND_ASSIGN(
+  DCP_ASSERT_OK_AND_ASSIGN(
       V v,
       Read(Asm().Unicode(text).Op('q').U8(0).Op('h').U8(0).Op(0x86).Stop()));
   ASSERT_EQ(&v.item(0), &v.item(1));
@@ -584,7 +634,7 @@ TEST(ReadPickleTest, SharedBigStringExplosionIsBounded) {
   // The size is what a consumer copying each reference would allocate.
   PickleReadOptions unlimited = Permissive();
   unlimited.max_tree_size = std::numeric_limits<uint64_t>::max();
-  ASSERT_OK_AND_ASSIGN(V v, ReadPickle(a, unlimited));
+  DCP_ASSERT_OK_AND_ASSIGN(V v, ReadPickle(a, unlimited));
   EXPECT_EQ(v.tree_size(), 1u + kRefs * (1u + big.size()));
   EXPECT_LE(v.DebugString(100).size(), 200u);  // Printing stays bounded.
 }
@@ -736,7 +786,7 @@ std::string Protocol4Pickle() {
 
 TEST(ReadPickleTest, EveryTruncationFailsCleanly) {
   for (const std::string& pickle : {RichPickle(), Protocol4Pickle()}) {
-    ASSERT_OK(Read(pickle).status());
+    DCP_ASSERT_OK(Read(pickle).status());
     for (size_t n = 0; n < pickle.size(); ++n) {
       EXPECT_THAT(Read(absl::string_view(pickle).substr(0, n)),
                   StatusIs(absl::StatusCode::kDataLoss))
@@ -746,7 +796,7 @@ TEST(ReadPickleTest, EveryTruncationFailsCleanly) {
 }
 
 TEST(ReadPickleTest, RandomAndMutatedInputsNeverCrash) {
-  const uint32_t seed = dcp::testing::TestSeed();
+  const uint32_t seed = dcp::test::TestSeed();
   SCOPED_TRACE(absl::StrCat("DCP_TEST_SEED=", seed));
   std::mt19937 rng(seed);
   const std::vector<std::string> seeds = {RichPickle(), Protocol4Pickle()};
@@ -833,7 +883,7 @@ TEST(PickleWriterTest, IntegersUsePythonsOpcodes) {
   for (const Case& c : cases) {
     const std::string bytes = WriteOne([&](PickleWriter& w) { w.WriteInt(c.value); });
     EXPECT_EQ(bytes, absl::StrCat(Hex("80 02"), c.body, ".")) << c.value;
-    EXPECT_THAT(Read(bytes), testing::IsOkAndHolds(V::Int(c.value)));
+    EXPECT_THAT(Read(bytes), test::IsOkAndHolds(V::Int(c.value)));
   }
 }
 
@@ -885,7 +935,7 @@ TEST(PickleWriterTest, ContainersBatchLikePython) {
   EXPECT_EQ(std::count(big.begin(), big.end(), 'e'), 2);
   EXPECT_EQ(std::count(big.begin(), big.end(), '('), 2);
   EXPECT_EQ(big.substr(big.size() - 3), Hex("4e 61 2e"));
-  ASSERT_OK_AND_ASSIGN(V v, Read(big));
+  DCP_ASSERT_OK_AND_ASSIGN(V v, Read(big));
   EXPECT_EQ(v.num_items(), 2001u);
 }
 
@@ -920,22 +970,27 @@ TEST(PickleWriterTest, ValuesRoundTrip) {
   for (const V& value : values) {
     PickleWriter w;
     w.Write(value);
-    ASSERT_OK_AND_ASSIGN(std::string bytes, std::move(w).Finish());
-    EXPECT_THAT(Read(bytes), testing::IsOkAndHolds(value))
+    DCP_ASSERT_OK_AND_ASSIGN(std::string bytes, std::move(w).Finish());
+    EXPECT_THAT(Read(bytes), test::IsOkAndHolds(value))
         << value.DebugString(200);
     // Deterministic.
     PickleWriter again;
     again.Write(value);
-    EXPECT_THAT(std::move(again).Finish(), testing::IsOkAndHolds(bytes));
+    EXPECT_THAT(std::move(again).Finish(), test::IsOkAndHolds(bytes));
   }
   // Objects read from a pickle (with appended and set items) round-trip too.
-  ASSERT_OK_AND_ASSIGN(V od, Read(Asm().Global("collections", "OrderedDict")
-                                      .Op(')').Op('R').ShortUnicode("k")
-                                      .BinInt1(1).Op('s').Stop()));
+  DCP_ASSERT_OK_AND_ASSIGN(V od, Read(Asm()
+                                          .Global("collections", "OrderedDict")
+                                          .Op(')')
+                                          .Op('R')
+                                          .ShortUnicode("k")
+                                          .BinInt1(1)
+                                          .Op('s')
+                                          .Stop()));
   PickleWriter w;
   w.Write(od);
-  ASSERT_OK_AND_ASSIGN(std::string bytes, std::move(w).Finish());
-  EXPECT_THAT(Read(bytes), testing::IsOkAndHolds(od));
+  DCP_ASSERT_OK_AND_ASSIGN(std::string bytes, std::move(w).Finish());
+  EXPECT_THAT(Read(bytes), test::IsOkAndHolds(od));
 }
 
 std::string WriteMemoized(absl::FunctionRef<void(PickleWriter&)> write) {
@@ -970,8 +1025,8 @@ TEST(PickleWriterTest, MemoizeWritesEachStrAndGlobalOnce) {
                   if (i == 1) w.WriteGlobal("torch", "float32");
                 });
               })),
-              testing::IsOkAndHolds(V::Tuple({Str("torch\nfloat32"),
-                                              V::Global("torch", "float32")})));
+              test::IsOkAndHolds(V::Tuple(
+                  {Str("torch\nfloat32"), V::Global("torch", "float32")})));
 }
 
 TEST(PickleWriterTest, MemoizedPicklesReadBackTheSameValues) {
@@ -987,9 +1042,9 @@ TEST(PickleWriterTest, MemoizedPicklesReadBackTheSameValues) {
   const V list = V::List(items);
   PickleWriter plain;
   plain.Write(list);
-  ASSERT_OK_AND_ASSIGN(std::string plain_bytes, std::move(plain).Finish());
+  DCP_ASSERT_OK_AND_ASSIGN(std::string plain_bytes, std::move(plain).Finish());
   const std::string memoized = WriteMemoized([&](PickleWriter& w) { w.Write(list); });
-  EXPECT_THAT(Read(memoized), testing::IsOkAndHolds(list));
+  EXPECT_THAT(Read(memoized), test::IsOkAndHolds(list));
   EXPECT_LT(memoized.size(), plain_bytes.size());
   EXPECT_NE(memoized.find('r'), std::string::npos);  // LONG_BINPUT
   EXPECT_NE(memoized.find('j'), std::string::npos);  // LONG_BINGET
@@ -1000,7 +1055,7 @@ TEST(PickleWriterTest, MemoizedPicklesReadBackTheSameValues) {
                                   V::Bytes(""), V::Bytes("")});
   EXPECT_THAT(
       Read(WriteMemoized([&](PickleWriter& w) { w.Write(bytes_twice); })),
-      testing::IsOkAndHolds(bytes_twice));
+      test::IsOkAndHolds(bytes_twice));
 }
 
 TEST(PickleWriterTest, DataErrorsSurfaceInFinish) {

@@ -17,7 +17,7 @@
 #include "absl/strings/string_view.h"
 #include "glog/logging.h"
 
-namespace dcp::testing {
+namespace dcp::test {
 
 // "80 02 4b 07 2e" -> bytes; whitespace is ignored.
 inline std::string Hex(absl::string_view hex) {
@@ -72,6 +72,6 @@ class Asm {
   std::string bytes_;
 };
 
-}  // namespace dcp::testing
+}  // namespace dcp::test
 
 #endif  // DCP_STORAGE_PICKLE_TEST_UTIL_H_

@@ -20,7 +20,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
-#include "checkpoint/status.h"
+#include "core/status.h"
 #include "storage/file_system.h"
 
 namespace dcp {

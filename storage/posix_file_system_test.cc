@@ -29,11 +29,11 @@
 namespace dcp {
 namespace {
 
-using ::dcp::testing::FileSystemConformanceParams;
-using ::dcp::testing::FileSystemConformanceTest;
-using ::dcp::testing::FileSystemUnderTest;
-using ::dcp::testing::IsOkAndHolds;
-using ::dcp::testing::StatusIs;
+using ::dcp::test::FileSystemConformanceParams;
+using ::dcp::test::FileSystemConformanceTest;
+using ::dcp::test::FileSystemUnderTest;
+using ::dcp::test::IsOkAndHolds;
+using ::dcp::test::StatusIs;
 using ::testing::AllOf;
 using ::testing::HasSubstr;
 
@@ -76,19 +76,19 @@ TEST_F(PosixFileSystemTest, LargeAppendFromOneBufferRoundTrips) {
     data[i + 4095] = static_cast<char>(~(i >> 12));
   }
   const std::string path = Path("__0_0.distcp");
-  ASSERT_OK_AND_ASSIGN(std::unique_ptr<WritableFile> w,
-                       fs_.NewWritableFile(path));
-  ASSERT_OK(w->Append("header"));
-  ASSERT_OK(w->Append(data));
+  DCP_ASSERT_OK_AND_ASSIGN(std::unique_ptr<WritableFile> w,
+                           fs_.NewWritableFile(path));
+  DCP_ASSERT_OK(w->Append("header"));
+  DCP_ASSERT_OK(w->Append(data));
   EXPECT_EQ(w->size(), kSize + 6);
-  ASSERT_OK(w->Sync());
-  ASSERT_OK(w->Close());
+  DCP_ASSERT_OK(w->Sync());
+  DCP_ASSERT_OK(w->Close());
   EXPECT_THAT(fs_.FileSize(path), IsOkAndHolds(kSize + 6));
 
-  ASSERT_OK_AND_ASSIGN(std::unique_ptr<RandomAccessFile> r,
-                       fs_.NewRandomAccessFile(path));
+  DCP_ASSERT_OK_AND_ASSIGN(std::unique_ptr<RandomAccessFile> r,
+                           fs_.NewRandomAccessFile(path));
   std::string back(kSize, '\0');
-  ASSERT_OK(r->ReadInto(6, absl::MakeSpan(back)));
+  DCP_ASSERT_OK(r->ReadInto(6, absl::MakeSpan(back)));
   EXPECT_TRUE(back == data);
 }
 
@@ -98,8 +98,8 @@ TEST_F(PosixFileSystemTest, ErrorsCarryTheOsErrorText) {
       StatusIs(absl::StatusCode::kNotFound,
                AllOf(HasSubstr("open for reading"), HasSubstr(Path("nope")),
                      HasSubstr("No such file or directory"))));
-  ASSERT_OK(fs_.CreateDir(Path("d")));
-  ASSERT_OK(WriteStringToFile(fs_, Path("d/f"), "x", false));
+  DCP_ASSERT_OK(fs_.CreateDir(Path("d")));
+  DCP_ASSERT_OK(WriteStringToFile(fs_, Path("d/f"), "x", false));
   EXPECT_THAT(fs_.RemoveDir(Path("d")),
               StatusIs(absl::StatusCode::kFailedPrecondition,
                        AllOf(HasSubstr(Path("d")), HasSubstr("not empty"))));
@@ -112,7 +112,7 @@ TEST_F(PosixFileSystemTest, RelativePathsResolveAgainstTheWorkingDirectory) {
 }
 
 TEST_F(PosixFileSystemTest, LockDoesNotFollowSymlinks) {
-  ASSERT_OK(WriteStringToFile(fs_, Path("target"), "precious", false));
+  DCP_ASSERT_OK(WriteStringToFile(fs_, Path("target"), "precious", false));
   ASSERT_EQ(::symlink(Path("target").c_str(), Path("link").c_str()), 0)
       << "errno " << errno;
   EXPECT_THAT(fs_.TryLockFile(Path("link"), "x").status(),
@@ -126,9 +126,9 @@ TEST_F(PosixFileSystemTest, LockDoesNotFollowSymlinks) {
 
 TEST_F(PosixFileSystemTest, FifoIsRefusedWithoutBlocking) {
   const std::string fifo = Path(".metadata");
-  ASSERT_OK(testing::MakeFifo(fifo));
+  DCP_ASSERT_OK(test::MakeFifo(fifo));
   // A regression blocks in open(2) until the watchdog gives it a writer.
-  testing::FifoWatchdog watchdog({fifo});
+  test::FifoWatchdog watchdog({fifo});
   const auto is_fifo =
       StatusIs(absl::StatusCode::kFailedPrecondition,
                AllOf(HasSubstr(fifo), HasSubstr("is a FIFO, not a regular")));
@@ -142,7 +142,7 @@ TEST_F(PosixFileSystemTest, FifoIsRefusedWithoutBlocking) {
 
 TEST_F(PosixFileSystemTest, FifoWithAPeerIsStillRefused) {
   const std::string fifo = Path("__0_0.distcp");
-  ASSERT_OK(testing::MakeFifo(fifo));
+  DCP_ASSERT_OK(test::MakeFifo(fifo));
   // With a reader and a writer present, a plain open would succeed.
   const int peer = ::open(fifo.c_str(), O_RDWR | O_NONBLOCK | O_CLOEXEC);
   ASSERT_GE(peer, 0) << "errno " << errno;
@@ -155,7 +155,7 @@ TEST_F(PosixFileSystemTest, FifoWithAPeerIsStillRefused) {
 
 TEST_F(PosixFileSystemTest, SocketDirectoryAndDeviceAreNotRegularFiles) {
   const std::string socket = Path("socket");
-  ASSERT_OK(testing::MakeSocketFile(socket));
+  DCP_ASSERT_OK(test::MakeSocketFile(socket));
   const auto is_socket =
       StatusIs(absl::StatusCode::kFailedPrecondition,
                AllOf(HasSubstr(socket), HasSubstr("is a socket, not a")));
@@ -164,7 +164,7 @@ TEST_F(PosixFileSystemTest, SocketDirectoryAndDeviceAreNotRegularFiles) {
   EXPECT_THAT(fs_.NewWritableFile(socket), is_socket);
 
   const std::string dir = Path("dir");
-  ASSERT_OK(fs_.CreateDir(dir));
+  DCP_ASSERT_OK(fs_.CreateDir(dir));
   EXPECT_THAT(fs_.NewRandomAccessFile(dir),
               StatusIs(absl::StatusCode::kFailedPrecondition,
                        AllOf(HasSubstr(dir), HasSubstr("is a directory"))));
@@ -174,7 +174,7 @@ TEST_F(PosixFileSystemTest, SocketDirectoryAndDeviceAreNotRegularFiles) {
 
   // A device, reached through a link named like a checkpoint file.
   const std::string device = Path("__0_1.distcp");
-  ASSERT_OK(testing::MakeSymlink("/dev/null", device));
+  DCP_ASSERT_OK(test::MakeSymlink("/dev/null", device));
   const auto is_device =
       StatusIs(absl::StatusCode::kFailedPrecondition,
                AllOf(HasSubstr(device), HasSubstr("character device")));
@@ -184,8 +184,8 @@ TEST_F(PosixFileSystemTest, SocketDirectoryAndDeviceAreNotRegularFiles) {
 }
 
 TEST_F(PosixFileSystemTest, SymlinksAreFollowedOnlyWhenAllowed) {
-  ASSERT_OK(WriteStringToFile(fs_, Path("target"), "data", false));
-  ASSERT_OK(testing::MakeSymlink(Path("target"), Path("link")));
+  DCP_ASSERT_OK(WriteStringToFile(fs_, Path("target"), "data", false));
+  DCP_ASSERT_OK(test::MakeSymlink(Path("target"), Path("link")));
   RandomAccessFileOptions no_follow;
   no_follow.follow_symlinks = false;
   EXPECT_THAT(fs_.NewRandomAccessFile(Path("link"), no_follow),
@@ -193,24 +193,25 @@ TEST_F(PosixFileSystemTest, SymlinksAreFollowedOnlyWhenAllowed) {
                        AllOf(HasSubstr(Path("link")),
                              HasSubstr("is a symbolic link"))));
   // The default follows it.
-  ASSERT_OK_AND_ASSIGN(std::unique_ptr<RandomAccessFile> followed,
-                       fs_.NewRandomAccessFile(Path("link")));
+  DCP_ASSERT_OK_AND_ASSIGN(std::unique_ptr<RandomAccessFile> followed,
+                           fs_.NewRandomAccessFile(Path("link")));
   EXPECT_EQ(followed->size(), 4u);
   // Only the last component is refused: a directory reached through a
   // link (a checkpoint directory that is a symlink) is fine.
-  ASSERT_OK(fs_.CreateDir(Path("real_dir")));
-  ASSERT_OK(WriteStringToFile(fs_, Path("real_dir/f"), "abc", false));
-  ASSERT_OK(testing::MakeSymlink(Path("real_dir"), Path("dir_link")));
-  ASSERT_OK_AND_ASSIGN(std::unique_ptr<RandomAccessFile> through_link,
-                       fs_.NewRandomAccessFile(Path("dir_link/f"), no_follow));
+  DCP_ASSERT_OK(fs_.CreateDir(Path("real_dir")));
+  DCP_ASSERT_OK(WriteStringToFile(fs_, Path("real_dir/f"), "abc", false));
+  DCP_ASSERT_OK(test::MakeSymlink(Path("real_dir"), Path("dir_link")));
+  DCP_ASSERT_OK_AND_ASSIGN(
+      std::unique_ptr<RandomAccessFile> through_link,
+      fs_.NewRandomAccessFile(Path("dir_link/f"), no_follow));
   EXPECT_EQ(through_link->size(), 3u);
 }
 
 TEST_F(PosixFileSystemTest, ExclusiveCreateNeverFollowsOrTruncatesALink) {
   WritableFileOptions exclusive;
   exclusive.exclusive = true;
-  ASSERT_OK(WriteStringToFile(fs_, Path("victim"), "precious", false));
-  ASSERT_OK(testing::MakeSymlink(Path("victim"), Path("link")));
+  DCP_ASSERT_OK(WriteStringToFile(fs_, Path("victim"), "precious", false));
+  DCP_ASSERT_OK(test::MakeSymlink(Path("victim"), Path("link")));
   EXPECT_THAT(fs_.NewWritableFile(Path("link"), exclusive),
               StatusIs(absl::StatusCode::kAlreadyExists,
                        AllOf(HasSubstr(Path("link")),
@@ -218,29 +219,29 @@ TEST_F(PosixFileSystemTest, ExclusiveCreateNeverFollowsOrTruncatesALink) {
   EXPECT_THAT(ReadFileToString(fs_, Path("victim")),
               IsOkAndHolds(std::string("precious")));
   // A dangling link: its target is not created either.
-  ASSERT_OK(testing::MakeSymlink(Path("would_be_created"), Path("dangling")));
+  DCP_ASSERT_OK(test::MakeSymlink(Path("would_be_created"), Path("dangling")));
   EXPECT_THAT(fs_.NewWritableFile(Path("dangling"), exclusive),
               StatusIs(absl::StatusCode::kAlreadyExists,
                        HasSubstr(Path("dangling"))));
   EXPECT_THAT(fs_.Exists(Path("would_be_created")), IsOkAndHolds(false));
   // A FIFO at the name is refused the same way, without blocking.
-  ASSERT_OK(testing::MakeFifo(Path("fifo")));
+  DCP_ASSERT_OK(test::MakeFifo(Path("fifo")));
   EXPECT_THAT(fs_.NewWritableFile(Path("fifo"), exclusive),
               StatusIs(absl::StatusCode::kAlreadyExists,
                        AllOf(HasSubstr(Path("fifo")), HasSubstr("a FIFO"))));
 }
 
 TEST_F(PosixFileSystemTest, RegularFilesStillOpenReadAndTruncate) {
-  ASSERT_OK(WriteStringToFile(fs_, Path("f"), "data", false));
-  ASSERT_OK_AND_ASSIGN(std::unique_ptr<RandomAccessFile> r,
-                       fs_.NewRandomAccessFile(Path("f")));
+  DCP_ASSERT_OK(WriteStringToFile(fs_, Path("f"), "data", false));
+  DCP_ASSERT_OK_AND_ASSIGN(std::unique_ptr<RandomAccessFile> r,
+                           fs_.NewRandomAccessFile(Path("f")));
   char scratch[4];
   EXPECT_THAT(r->Read(0, 4, scratch), IsOkAndHolds("data"));
   // A non-exclusive create still truncates a regular file.
-  ASSERT_OK_AND_ASSIGN(std::unique_ptr<WritableFile> w,
-                       fs_.NewWritableFile(Path("f")));
-  ASSERT_OK(w->Append("xy"));
-  ASSERT_OK(w->Close());
+  DCP_ASSERT_OK_AND_ASSIGN(std::unique_ptr<WritableFile> w,
+                           fs_.NewWritableFile(Path("f")));
+  DCP_ASSERT_OK(w->Append("xy"));
+  DCP_ASSERT_OK(w->Close());
   EXPECT_THAT(ReadFileToString(fs_, Path("f")), IsOkAndHolds(std::string("xy")));
 }
 
@@ -310,9 +311,9 @@ TEST_F(PosixFileSystemTest, LockOfAKilledProcessIsFreeAfterwards) {
   // SIGKILL runs no cleanup code; the kernel releases the lock when it
   // closes the dead process's descriptors, before waitpid reports it.
   kill_child();
-  ASSERT_OK_AND_ASSIGN(std::unique_ptr<FileLock> lock,
-                       fs_.TryLockFile(path, "the parent"));
-  EXPECT_OK(lock->CheckHeld());
+  DCP_ASSERT_OK_AND_ASSIGN(std::unique_ptr<FileLock> lock,
+                           fs_.TryLockFile(path, "the parent"));
+  DCP_EXPECT_OK(lock->CheckHeld());
   EXPECT_THAT(ReadFileToString(fs_, path),
               IsOkAndHolds(std::string("the parent\n")));
   ::close(ready[0]);

@@ -19,11 +19,11 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
-#include "checkpoint/metadata.h"
 #include "checkpoint/save_load.h"
-#include "checkpoint/sharding.h"
-#include "checkpoint/state_dict.h"
-#include "checkpoint/status.h"
+#include "core/metadata.h"
+#include "core/sharding.h"
+#include "core/state_dict.h"
+#include "core/status.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "storage/fs_storage.h"
@@ -34,14 +34,14 @@
 namespace dcp {
 namespace {
 
-using ::dcp::testing::ComparePeerCase;
-using ::dcp::testing::MakePeerCase;
-using ::dcp::testing::PeerCaseLeaves;
-using ::dcp::testing::PeerLeaf;
-using ::dcp::testing::PeerValues;
-using ::dcp::testing::RankContext;
-using ::dcp::testing::Simulator;
-using ::dcp::testing::SimulatorOptions;
+using ::dcp::test::ComparePeerCase;
+using ::dcp::test::MakePeerCase;
+using ::dcp::test::PeerCaseLeaves;
+using ::dcp::test::PeerLeaf;
+using ::dcp::test::PeerValues;
+using ::dcp::test::RankContext;
+using ::dcp::test::Simulator;
+using ::dcp::test::SimulatorOptions;
 using ::testing::ElementsAreArray;
 using ::testing::IsEmpty;
 
@@ -290,11 +290,11 @@ std::string Describe(const std::vector<std::string>& diffs) {
 TEST(PytorchGoldenTest, MetadataMatchesTheGeneratorsDescription) {
   for (const Golden& golden : Goldens()) {
     SCOPED_TRACE(golden.name);
-    ASSERT_OK_AND_ASSIGN(Metadata md,
-                         ReadCheckpointMetadata(GoldenDir(golden.name),
-                                                GoldenReaderOptions()));
-    ASSERT_OK_AND_ASSIGN(std::vector<PeerLeaf> leaves,
-                         PeerCaseLeaves(golden.case_name));
+    DCP_ASSERT_OK_AND_ASSIGN(
+        Metadata md,
+        ReadCheckpointMetadata(GoldenDir(golden.name), GoldenReaderOptions()));
+    DCP_ASSERT_OK_AND_ASSIGN(std::vector<PeerLeaf> leaves,
+                             PeerCaseLeaves(golden.case_name));
     const std::vector<GoldenEntry>& entries = golden.entries();
     ASSERT_EQ(entries.size(), leaves.size());
 
@@ -332,7 +332,7 @@ TEST(PytorchGoldenTest, MetadataMatchesTheGeneratorsDescription) {
       }
       const auto* tensor = std::get_if<TensorStorageMetadata>(&it->second);
       ASSERT_NE(tensor, nullptr);
-      ASSERT_OK_AND_ASSIGN(c10::ScalarType dtype, DtypeFromName(e.dtype));
+      DCP_ASSERT_OK_AND_ASSIGN(c10::ScalarType dtype, DtypeFromName(e.dtype));
       EXPECT_EQ(tensor->properties.dtype, dtype);
       EXPECT_EQ(tensor->properties.dtype, leaves[i].dtype);
       EXPECT_FALSE(tensor->properties.requires_grad);
@@ -367,16 +367,17 @@ TEST(PytorchGoldenTest, MetadataMatchesTheGeneratorsDescription) {
 
 // Loads `name` with no process group into the case's destination.
 void LoadNoDist(const Golden& golden, bool verify_checksums) {
-  ASSERT_OK_AND_ASSIGN(StateDict sd, MakePeerCase(golden.case_name, 0, 1,
-                                                  PeerValues::kPlaceholder));
+  DCP_ASSERT_OK_AND_ASSIGN(
+      StateDict sd,
+      MakePeerCase(golden.case_name, 0, 1, PeerValues::kPlaceholder));
   FileSystemReaderOptions options = GoldenReaderOptions();
   options.verify_checksums = verify_checksums;
-  ASSERT_OK_AND_ASSIGN(std::unique_ptr<FileSystemReader> reader,
-                       FileSystemReader::Create(GoldenDir(golden.name),
-                                                options));
+  DCP_ASSERT_OK_AND_ASSIGN(
+      std::unique_ptr<FileSystemReader> reader,
+      FileSystemReader::Create(GoldenDir(golden.name), options));
   LoadOptions load;
   load.no_dist = true;
-  ASSERT_OK(Load(sd, *reader, load));
+  DCP_ASSERT_OK(Load(sd, *reader, load));
   std::vector<std::string> diffs =
       ComparePeerCase(golden.case_name, sd, 0, 1);
   EXPECT_THAT(diffs, IsEmpty()) << Describe(diffs);
@@ -397,8 +398,8 @@ TEST(PytorchGoldenTest, LoadsSharded4WithOneToFourRanks) {
       SCOPED_TRACE(absl::StrCat("world ", world, verify ? " verified" : ""));
       SimulatorOptions sim_options;
       sim_options.world_size = world;
-      ASSERT_OK_AND_ASSIGN(std::unique_ptr<Simulator> sim,
-                           Simulator::Create(sim_options));
+      DCP_ASSERT_OK_AND_ASSIGN(std::unique_ptr<Simulator> sim,
+                               Simulator::Create(sim_options));
       std::vector<std::vector<std::string>> diffs(world);
       std::vector<absl::Status> statuses =
           sim->Run([&](RankContext& ctx) -> absl::Status {
@@ -419,7 +420,7 @@ TEST(PytorchGoldenTest, LoadsSharded4WithOneToFourRanks) {
             return absl::OkStatus();
           });
       for (int r = 0; r < world; ++r) {
-        EXPECT_OK(statuses[r]) << "rank " << r;
+        DCP_EXPECT_OK(statuses[r]) << "rank " << r;
         EXPECT_THAT(diffs[r], IsEmpty()) << "rank " << r << "\n"
                                          << Describe(diffs[r]);
       }
@@ -433,17 +434,17 @@ TEST(PytorchGoldenTest, ReshardsSharded4RowsIntoColumnsAndBack) {
   const int world = 3;
   SimulatorOptions sim_options;
   sim_options.world_size = world;
-  ASSERT_OK_AND_ASSIGN(std::unique_ptr<Simulator> sim,
-                       Simulator::Create(sim_options));
+  DCP_ASSERT_OK_AND_ASSIGN(std::unique_ptr<Simulator> sim,
+                           Simulator::Create(sim_options));
   std::vector<std::vector<std::string>> diffs(world);
   std::vector<absl::Status> statuses =
       sim->Run([&](RankContext& ctx) -> absl::Status {
         StateDict sd;
         // "row" [6, 4] as columns, "col" [4, 6] as rows.
         DCP_ASSIGN_OR_RETURN(at::Tensor row_full,
-                             testing::PeerFullValue("row", c10::kFloat, {6, 4}));
+                             test::PeerFullValue("row", c10::kFloat, {6, 4}));
         DCP_ASSIGN_OR_RETURN(at::Tensor col_full,
-                             testing::PeerFullValue("col", c10::kFloat, {4, 6}));
+                             test::PeerFullValue("col", c10::kFloat, {4, 6}));
         DCP_ASSIGN_OR_RETURN(ShardedTensor row_dest,
                              ZerosShardAlongDim({6, 4}, c10::kFloat, 1,
                                                 ctx.rank(), world));
@@ -471,7 +472,7 @@ TEST(PytorchGoldenTest, ReshardsSharded4RowsIntoColumnsAndBack) {
         return absl::OkStatus();
       });
   for (int r = 0; r < world; ++r) {
-    EXPECT_OK(statuses[r]) << "rank " << r;
+    DCP_EXPECT_OK(statuses[r]) << "rank " << r;
     EXPECT_THAT(diffs[r], IsEmpty()) << "rank " << r;
   }
 }

@@ -46,8 +46,8 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
-#include "checkpoint/metadata.h"
-#include "checkpoint/metadata_codec.h"
+#include "core/metadata.h"
+#include "core/metadata_codec.h"
 #include "planner/load_plan.h"
 #include "planner/planner.h"
 #include "planner/save_plan.h"
@@ -82,7 +82,7 @@ class StorageWriter {
   // `metadata.storage_data`, sets `metadata.storage_meta`, and commits.
   // After it returns OK the checkpoint is complete and visible.
   // A Finish error says whether the checkpoint was committed anyway
-  // (`WithCommitOutcome`, checkpoint/status.h); without a mark the
+  // (`WithCommitOutcome`, core/status.h); without a mark the
   // previous checkpoint is untouched.
   virtual absl::Status Finish(
       Metadata& metadata,
@@ -107,7 +107,7 @@ class StorageReader {
 
   // What ReadEncodedMetadata returns.
   struct EncodedMetadata {
-    // EncodeMetadata (checkpoint/metadata_codec.h) of the metadata.
+    // EncodeMetadata (core/metadata_codec.h) of the metadata.
     std::string encoded;
     // If set, what ReadMetadata puts in `storage_meta.load_id`, which
     // `encoded` need not hold.

@@ -36,11 +36,11 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/string_view.h"
-#include "checkpoint/metadata.h"
-#include "checkpoint/state_dict.h"
-#include "checkpoint/status.h"
-#include "checkpoint/tensor_copy.h"
-#include "checkpoint/torch_status.h"
+#include "core/metadata.h"
+#include "core/state_dict.h"
+#include "core/status.h"
+#include "core/tensor_copy.h"
+#include "core/torch_status.h"
 #include "storage/crc32.h"
 #include "storage/pickle.h"
 #include "storage/torch_pickle.h"
@@ -1192,7 +1192,7 @@ absl::Status CopyBoxInto(const BoxReadPlan& plan, absl::string_view packed,
             const_cast<char*>(packed.data()), plan.sizes, plan.strides,
             at::TensorOptions().dtype(plan.dtype).device(at::kCPU));
       }));
-  // A copy ThreadSanitizer sees (checkpoint/tensor_copy.h): parallel loads
+  // A copy ThreadSanitizer sees (core/tensor_copy.h): parallel loads
   // write their destinations from several threads.
   return Annotate(CopyTensorInto(view, dest),
                   "copying a box out of a tensor record");

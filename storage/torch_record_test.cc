@@ -18,8 +18,8 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/string_view.h"
-#include "checkpoint/metadata.h"
-#include "checkpoint/state_dict.h"
+#include "core/metadata.h"
+#include "core/state_dict.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "storage/crc32.h"
@@ -32,10 +32,10 @@
 namespace dcp {
 namespace {
 
-using ::dcp::testing::IsOk;
-using ::dcp::testing::MakeTestTensor;
-using ::dcp::testing::StatusIs;
-using ::dcp::testing::TensorEq;
+using ::dcp::test::IsOk;
+using ::dcp::test::MakeTestTensor;
+using ::dcp::test::StatusIs;
+using ::dcp::test::TensorEq;
 using ::testing::AllOf;
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
@@ -74,7 +74,8 @@ TEST_P(DtypeRoundTripTest, WriteParseMaterialize) {
           ? at::arange(12, at::kInt).view(at::kComplexHalf).reshape({3, 4})
           : MakeTestTensor({3, 4}, dtype, /*seed=*/3);
   const std::string record = Serialize(t);
-  ASSERT_OK_AND_ASSIGN(TensorRecordInfo info, ParseTensorRecordHeader(record));
+  DCP_ASSERT_OK_AND_ASSIGN(TensorRecordInfo info,
+                           ParseTensorRecordHeader(record));
   EXPECT_EQ(info.dtype, dtype);
   EXPECT_THAT(info.sizes, ElementsAre(3, 4));
   EXPECT_THAT(info.strides, ElementsAre(4, 1));
@@ -86,8 +87,8 @@ TEST_P(DtypeRoundTripTest, WriteParseMaterialize) {
   EXPECT_EQ(info.storage.data_offset % 64, 0u);
   EXPECT_EQ(record.substr(info.storage.data_offset, info.storage.size),
             ElementBytes(t));
-  ASSERT_OK_AND_ASSIGN(at::Tensor back,
-                       ReadTensorRecord(record, {/*verify_crc=*/true}));
+  DCP_ASSERT_OK_AND_ASSIGN(at::Tensor back,
+                           ReadTensorRecord(record, {/*verify_crc=*/true}));
   EXPECT_EQ(back.scalar_type(), dtype);
   EXPECT_EQ(back.sizes(), t.sizes());
   EXPECT_EQ(ElementBytes(back), ElementBytes(t));
@@ -136,7 +137,7 @@ std::string ExpectedFloatPickle() {
 TEST(TensorRecordTest, LayoutMatchesTorchSave) {
   at::Tensor t = MakeTestTensor({2, 3}, at::kFloat, 1);
   const std::string record = Serialize(t);
-  ASSERT_OK_AND_ASSIGN(ZipDirectory dir, ReadZipDirectory(record));
+  DCP_ASSERT_OK_AND_ASSIGN(ZipDirectory dir, ReadZipDirectory(record));
   std::vector<std::string> names;
   for (const ZipEntry& e : dir.entries) names.push_back(e.name);
   EXPECT_THAT(names, ElementsAre("archive/data.pkl", "archive/byteorder",
@@ -158,7 +159,7 @@ TEST(TensorRecordTest, LayoutMatchesTorchSave) {
 TEST(TensorRecordTest, ComplexHalfUsesRebuildV3AndUntypedStorage) {
   at::Tensor t = at::arange(4, at::kInt).view(at::kComplexHalf);
   const std::string record = Serialize(t);
-  ASSERT_OK_AND_ASSIGN(ZipDirectory dir, ReadZipDirectory(record));
+  DCP_ASSERT_OK_AND_ASSIGN(ZipDirectory dir, ReadZipDirectory(record));
   const std::string pkl(*ZipEntryData(record, *dir.Find("data.pkl")));
   EXPECT_THAT(pkl, HasSubstr("ctorch._utils\n_rebuild_tensor_v3\n"));
   EXPECT_THAT(pkl, HasSubstr("ctorch.storage\nUntypedStorage\n"));
@@ -172,16 +173,16 @@ TEST(TensorRecordTest, ZeroDimAndEmptyTensors) {
         at::empty({2, 0, 4}, at::kLong), at::scalar_tensor(true, at::kBool)}) {
     SCOPED_TRACE(t.sizes());
     const std::string record = Serialize(t);
-    ASSERT_OK_AND_ASSIGN(TensorRecordInfo info,
-                         ParseTensorRecordHeader(record));
+    DCP_ASSERT_OK_AND_ASSIGN(TensorRecordInfo info,
+                             ParseTensorRecordHeader(record));
     EXPECT_EQ(info.sizes, t.sizes().vec());
     EXPECT_EQ(info.strides, t.strides().vec());
-    ASSERT_OK_AND_ASSIGN(at::Tensor back, ReadTensorRecord(record, {true}));
+    DCP_ASSERT_OK_AND_ASSIGN(at::Tensor back, ReadTensorRecord(record, {true}));
     EXPECT_THAT(back, TensorEq(t));
   }
   // 0-d: size () and stride () are EMPTY_TUPLEs.
   const std::string record = Serialize(at::scalar_tensor(2.0, at::kFloat));
-  ASSERT_OK_AND_ASSIGN(ZipDirectory dir, ReadZipDirectory(record));
+  DCP_ASSERT_OK_AND_ASSIGN(ZipDirectory dir, ReadZipDirectory(record));
   EXPECT_THAT(std::string(*ZipEntryData(record, *dir.Find("data.pkl"))),
               HasSubstr(std::string("K\0))\x89", 5)));
 }
@@ -189,19 +190,20 @@ TEST(TensorRecordTest, ZeroDimAndEmptyTensors) {
 TEST(TensorRecordTest, TransposedTensorIsSavedWithItsStrides) {
   at::Tensor base = MakeTestTensor({3, 5}, at::kFloat, 2);
   at::Tensor t = base.t();  // storage holds exactly its elements
-  ASSERT_OK_AND_ASSIGN(TensorRecordPlan plan, PlanTensorRecord(t));
+  DCP_ASSERT_OK_AND_ASSIGN(TensorRecordPlan plan, PlanTensorRecord(t));
   EXPECT_EQ(plan.data.data(), base.data_ptr());  // no copy
   EXPECT_EQ(plan.data.size(), 15 * 4u);
   std::string record;
-  ASSERT_OK(WriteTensorRecord(plan, [&](absl::string_view piece) {
+  DCP_ASSERT_OK(WriteTensorRecord(plan, [&](absl::string_view piece) {
     record.append(piece.data(), piece.size());
     return absl::OkStatus();
   }));
   EXPECT_EQ(record.size(), plan.size());
-  ASSERT_OK_AND_ASSIGN(TensorRecordInfo info, ParseTensorRecordHeader(record));
+  DCP_ASSERT_OK_AND_ASSIGN(TensorRecordInfo info,
+                           ParseTensorRecordHeader(record));
   EXPECT_THAT(info.sizes, ElementsAre(5, 3));
   EXPECT_THAT(info.strides, ElementsAre(1, 5));
-  ASSERT_OK_AND_ASSIGN(at::Tensor back, ReadTensorRecord(record));
+  DCP_ASSERT_OK_AND_ASSIGN(at::Tensor back, ReadTensorRecord(record));
   EXPECT_THAT(back, TensorEq(t.contiguous()));
 }
 
@@ -217,18 +219,18 @@ TEST(TensorRecordTest, ViewsOfLargerStoragesAreCompacted) {
         Case{"expanded (stride 0)", base[0].expand({3, 4})},
         Case{"strided", base.slice(0, 0, 6, 2)}}) {
     SCOPED_TRACE(c.name);
-    ASSERT_OK_AND_ASSIGN(TensorRecordPlan plan, PlanTensorRecord(c.tensor));
+    DCP_ASSERT_OK_AND_ASSIGN(TensorRecordPlan plan, PlanTensorRecord(c.tensor));
     EXPECT_EQ(plan.data.size(), c.tensor.numel() * 8u);
     EXPECT_NE(plan.data.data(), base.data_ptr());
     EXPECT_TRUE(plan.tensor.is_contiguous());
     std::string record = plan.prefix;
     record.append(plan.data.data(), plan.data.size());
     record += plan.suffix;
-    ASSERT_OK_AND_ASSIGN(TensorRecordInfo info,
-                         ParseTensorRecordHeader(record));
+    DCP_ASSERT_OK_AND_ASSIGN(TensorRecordInfo info,
+                             ParseTensorRecordHeader(record));
     EXPECT_EQ(info.storage_offset, 0);
     EXPECT_EQ(info.strides, c.tensor.contiguous().strides().vec());
-    ASSERT_OK_AND_ASSIGN(at::Tensor back, ReadTensorRecord(record, {true}));
+    DCP_ASSERT_OK_AND_ASSIGN(at::Tensor back, ReadTensorRecord(record, {true}));
     EXPECT_THAT(back, TensorEq(c.tensor.contiguous()));
   }
 }
@@ -236,12 +238,13 @@ TEST(TensorRecordTest, ViewsOfLargerStoragesAreCompacted) {
 TEST(TensorRecordTest, ChannelsLastAndContiguousSavedWithoutCopy) {
   at::Tensor t = MakeTestTensor({2, 3, 4, 5}, at::kFloat, 5)
                      .contiguous(at::MemoryFormat::ChannelsLast);
-  ASSERT_OK_AND_ASSIGN(TensorRecordPlan plan, PlanTensorRecord(t));
+  DCP_ASSERT_OK_AND_ASSIGN(TensorRecordPlan plan, PlanTensorRecord(t));
   EXPECT_EQ(plan.data.data(), t.data_ptr());
   const std::string record = SerializeTensorRecord(t).value();
-  ASSERT_OK_AND_ASSIGN(TensorRecordInfo info, ParseTensorRecordHeader(record));
+  DCP_ASSERT_OK_AND_ASSIGN(TensorRecordInfo info,
+                           ParseTensorRecordHeader(record));
   EXPECT_EQ(info.strides, t.strides().vec());
-  ASSERT_OK_AND_ASSIGN(at::Tensor back, ReadTensorRecord(record));
+  DCP_ASSERT_OK_AND_ASSIGN(at::Tensor back, ReadTensorRecord(record));
   EXPECT_THAT(back, TensorEq(t.contiguous()));
 }
 
@@ -249,15 +252,15 @@ TEST(TensorRecordTest, ConjugateViewsAreResolved) {
   at::Tensor z = MakeTestTensor({4}, at::kComplexFloat, 6);
   at::Tensor conj = z.conj();
   ASSERT_TRUE(conj.is_conj());
-  ASSERT_OK_AND_ASSIGN(at::Tensor back,
-                       ReadTensorRecord(Serialize(conj), {true}));
+  DCP_ASSERT_OK_AND_ASSIGN(at::Tensor back,
+                           ReadTensorRecord(Serialize(conj), {true}));
   EXPECT_THAT(back, TensorEq(conj.resolve_conj()));
 }
 
 TEST(TensorRecordTest, RequiresGradTensorsAreSavedWithRequiresGradFalse) {
   at::Tensor t = MakeTestTensor({3}, at::kFloat, 7).set_requires_grad(true);
   const std::string record = Serialize(t.slice(0, 1, 3));
-  ASSERT_OK_AND_ASSIGN(at::Tensor back, ReadTensorRecord(record));
+  DCP_ASSERT_OK_AND_ASSIGN(at::Tensor back, ReadTensorRecord(record));
   EXPECT_FALSE(back.requires_grad());
   EXPECT_THAT(back, TensorEq(t.slice(0, 1, 3).detach()));
 }
@@ -275,8 +278,8 @@ TEST(TensorRecordTest, RejectsUnsupportedTensors) {
 }
 
 TEST(TensorRecordTest, WriteStopsAtTheFirstSinkError) {
-  ASSERT_OK_AND_ASSIGN(TensorRecordPlan plan,
-                       PlanTensorRecord(at::ones({4}, at::kFloat)));
+  DCP_ASSERT_OK_AND_ASSIGN(TensorRecordPlan plan,
+                           PlanTensorRecord(at::ones({4}, at::kFloat)));
   int calls = 0;
   EXPECT_THAT(WriteTensorRecord(plan,
                                 [&](absl::string_view) {
@@ -296,7 +299,8 @@ TEST(TensorRecordTest, HeaderThroughAReadFunctionReadsOnlyHeadAndTail) {
     reads.emplace_back(offset, length);
     return absl::StatusOr<std::string>(record.substr(offset, length));
   });
-  ASSERT_OK_AND_ASSIGN(TensorRecordInfo info, ParseTensorRecordHeader(source));
+  DCP_ASSERT_OK_AND_ASSIGN(TensorRecordInfo info,
+                           ParseTensorRecordHeader(source));
   EXPECT_THAT(info.sizes, ElementsAre(1000, 100));
   EXPECT_THAT(reads, ElementsAre(std::make_pair(record.size() - 4096, 4096),
                                  std::make_pair(0, 4096)));
@@ -347,7 +351,7 @@ at::Tensor RandomBytesTensor(std::mt19937& rng, int64_t n) {
 }
 
 TEST(OnePassRecordTest, BytesEqualTheTwoPassRecordForEveryLayout) {
-  const uint32_t seed = dcp::testing::TestSeed();
+  const uint32_t seed = dcp::test::TestSeed();
   SCOPED_TRACE(absl::StrCat("DCP_TEST_SEED=", seed));
   std::mt19937 rng(seed);
   at::Tensor base = MakeTestTensor({64, 48}, at::kFloat, 3);
@@ -399,7 +403,8 @@ TEST(OnePassRecordTest, BytesEqualTheTwoPassRecordForEveryLayout) {
 TEST(OnePassRecordTest, LargeDataIsAppendedInBlocksAndItsCrcPatchedOnce) {
   at::Tensor t = MakeTestTensor({10000}, at::kFloat, 9);  // 40000 bytes.
   const OnePass got = WriteOnePass(t, 4096);
-  ASSERT_OK_AND_ASSIGN(TensorRecordInfo info, ParseTensorRecordHeader(got.record));
+  DCP_ASSERT_OK_AND_ASSIGN(TensorRecordInfo info,
+                           ParseTensorRecordHeader(got.record));
   // Prefix, 10 blocks (9 of 4096 bytes and one of 3136), suffix.
   ASSERT_THAT(got.appends, SizeIs(12));
   EXPECT_EQ(got.appends[0], info.storage.data_offset);
@@ -413,15 +418,15 @@ TEST(OnePassRecordTest, LargeDataIsAppendedInBlocksAndItsCrcPatchedOnce) {
             info.storage.header_offset + 18);
   EXPECT_GE(got.patches[0].second, 1u);
   // The patched record checks out, CRC included.
-  ASSERT_OK_AND_ASSIGN(at::Tensor back,
-                       ReadTensorRecord(got.record, {/*verify_crc=*/true}));
+  DCP_ASSERT_OK_AND_ASSIGN(at::Tensor back,
+                           ReadTensorRecord(got.record, {/*verify_crc=*/true}));
   EXPECT_THAT(back, TensorEq(t));
 }
 
 // With checksums requested, the record is the same, and the reported data
 // range, CRC-32 and block CRC-32s are those of the record's data/0.
 TEST(OnePassRecordTest, ReportsTheDataAndItsBlockChecksums) {
-  std::mt19937 rng(dcp::testing::TestSeed());
+  std::mt19937 rng(dcp::test::TestSeed());
   for (int64_t n : {0, 1, 4095, 4096, 4097, 3 * 4096, 40000}) {
     for (size_t block : {size_t{4096}, size_t{3 * 4096}, size_t{65536}}) {
       SCOPED_TRACE(absl::StrCat(n, " bytes, write blocks of ", block));
@@ -430,8 +435,8 @@ TEST(OnePassRecordTest, ReportsTheDataAndItsBlockChecksums) {
       checksums.block_bytes = 4096;
       const OnePass got = WriteOnePass(t, block, &checksums);
       EXPECT_TRUE(got.record == Serialize(t));
-      ASSERT_OK_AND_ASSIGN(TensorRecordInfo info,
-                           ParseTensorRecordHeader(got.record));
+      DCP_ASSERT_OK_AND_ASSIGN(TensorRecordInfo info,
+                               ParseTensorRecordHeader(got.record));
       EXPECT_EQ(checksums.data_offset, info.storage.data_offset);
       EXPECT_EQ(checksums.data_size, info.storage.size);
       EXPECT_EQ(checksums.data_crc32, info.storage.crc32);
@@ -518,73 +523,76 @@ TEST(OnePassRecordTest, StopsAtTheFirstAppendOrOverwriteError) {
 TEST(BoxReadTest, RowRangeOfARowMajorChunkIsOneRange) {
   at::Tensor t = MakeTestTensor({8, 5}, at::kFloat, 9);
   const std::string record = Serialize(t);
-  ASSERT_OK_AND_ASSIGN(TensorRecordInfo info, ParseTensorRecordHeader(record));
-  ASSERT_OK_AND_ASSIGN(BoxReadPlan plan, PlanBoxRead(info, {2, 0}, {3, 5}));
+  DCP_ASSERT_OK_AND_ASSIGN(TensorRecordInfo info,
+                           ParseTensorRecordHeader(record));
+  DCP_ASSERT_OK_AND_ASSIGN(BoxReadPlan plan, PlanBoxRead(info, {2, 0}, {3, 5}));
   EXPECT_THAT(plan.ranges,
               ElementsAre(ByteRange{info.storage.data_offset + 40, 60}));
   EXPECT_EQ(plan.packed_size, 60u);
-  ASSERT_OK_AND_ASSIGN(at::Tensor box,
-                       MaterializeBox(plan, Pack(record, plan)));
+  DCP_ASSERT_OK_AND_ASSIGN(at::Tensor box,
+                           MaterializeBox(plan, Pack(record, plan)));
   EXPECT_THAT(box, TensorEq(t.slice(0, 2, 5)));
 }
 
 TEST(BoxReadTest, ColumnBoxIsOneRangePerRowUnlessGapsMayBeRead) {
   at::Tensor t = MakeTestTensor({8, 5}, at::kFloat, 10);
   const std::string record = Serialize(t);
-  ASSERT_OK_AND_ASSIGN(TensorRecordInfo info, ParseTensorRecordHeader(record));
+  DCP_ASSERT_OK_AND_ASSIGN(TensorRecordInfo info,
+                           ParseTensorRecordHeader(record));
   const uint64_t d = info.storage.data_offset;
 
-  ASSERT_OK_AND_ASSIGN(BoxReadPlan plan, PlanBoxRead(info, {0, 1}, {8, 2}));
+  DCP_ASSERT_OK_AND_ASSIGN(BoxReadPlan plan, PlanBoxRead(info, {0, 1}, {8, 2}));
   ASSERT_THAT(plan.ranges, SizeIs(8));
   for (int row = 0; row < 8; ++row) {
     EXPECT_EQ(plan.ranges[row], (ByteRange{d + row * 20 + 4, 8}));
   }
-  ASSERT_OK_AND_ASSIGN(at::Tensor box,
-                       MaterializeBox(plan, Pack(record, plan)));
+  DCP_ASSERT_OK_AND_ASSIGN(at::Tensor box,
+                           MaterializeBox(plan, Pack(record, plan)));
   EXPECT_THAT(box, TensorEq(t.slice(1, 1, 3)));
 
   BoxReadOptions gaps;
   gaps.max_gap_bytes = 12;  // the gap between two rows' columns
-  ASSERT_OK_AND_ASSIGN(BoxReadPlan merged,
-                       PlanBoxRead(info, {0, 1}, {8, 2}, gaps));
+  DCP_ASSERT_OK_AND_ASSIGN(BoxReadPlan merged,
+                           PlanBoxRead(info, {0, 1}, {8, 2}, gaps));
   EXPECT_THAT(merged.ranges, ElementsAre(ByteRange{d + 4, 7 * 20 + 8}));
-  ASSERT_OK_AND_ASSIGN(box, MaterializeBox(merged, Pack(record, merged)));
+  DCP_ASSERT_OK_AND_ASSIGN(box, MaterializeBox(merged, Pack(record, merged)));
   EXPECT_THAT(box, TensorEq(t.slice(1, 1, 3)));
 
   gaps.max_gap_bytes = 11;
-  ASSERT_OK_AND_ASSIGN(merged, PlanBoxRead(info, {0, 1}, {8, 2}, gaps));
+  DCP_ASSERT_OK_AND_ASSIGN(merged, PlanBoxRead(info, {0, 1}, {8, 2}, gaps));
   EXPECT_THAT(merged.ranges, SizeIs(8));
 
   BoxReadOptions few;
   few.max_ranges = 7;
-  ASSERT_OK_AND_ASSIGN(merged, PlanBoxRead(info, {0, 1}, {8, 2}, few));
+  DCP_ASSERT_OK_AND_ASSIGN(merged, PlanBoxRead(info, {0, 1}, {8, 2}, few));
   EXPECT_THAT(merged.ranges, SizeIs(1));
 }
 
 TEST(BoxReadTest, AdjacentBlocksCoalesce) {
   at::Tensor t = MakeTestTensor({4, 3, 2}, at::kShort, 11);
   const std::string record = Serialize(t);
-  ASSERT_OK_AND_ASSIGN(TensorRecordInfo info, ParseTensorRecordHeader(record));
+  DCP_ASSERT_OK_AND_ASSIGN(TensorRecordInfo info,
+                           ParseTensorRecordHeader(record));
   const uint64_t d = info.storage.data_offset;
   // Full inner dims: one range.
-  ASSERT_OK_AND_ASSIGN(BoxReadPlan plan,
-                       PlanBoxRead(info, {1, 0, 0}, {2, 3, 2}));
+  DCP_ASSERT_OK_AND_ASSIGN(BoxReadPlan plan,
+                           PlanBoxRead(info, {1, 0, 0}, {2, 3, 2}));
   EXPECT_THAT(plan.ranges, ElementsAre(ByteRange{d + 12, 24}));
   // Middle rows 1..2 of each outer slab: 4 ranges of 2*2 elements.
-  ASSERT_OK_AND_ASSIGN(plan, PlanBoxRead(info, {0, 1, 0}, {4, 2, 2}));
+  DCP_ASSERT_OK_AND_ASSIGN(plan, PlanBoxRead(info, {0, 1, 0}, {4, 2, 2}));
   EXPECT_THAT(plan.ranges,
               ElementsAre(ByteRange{d + 4, 8}, ByteRange{d + 16, 8},
                           ByteRange{d + 28, 8}, ByteRange{d + 40, 8}));
   // Column 0 of every row: twelve separate elements.
-  ASSERT_OK_AND_ASSIGN(plan, PlanBoxRead(info, {0, 0, 0}, {4, 3, 1}));
+  DCP_ASSERT_OK_AND_ASSIGN(plan, PlanBoxRead(info, {0, 0, 0}, {4, 3, 1}));
   EXPECT_THAT(plan.ranges, SizeIs(12));
   // A single element.
-  ASSERT_OK_AND_ASSIGN(plan, PlanBoxRead(info, {3, 2, 1}, {1, 1, 1}));
+  DCP_ASSERT_OK_AND_ASSIGN(plan, PlanBoxRead(info, {3, 2, 1}, {1, 1, 1}));
   EXPECT_THAT(plan.ranges, ElementsAre(ByteRange{d + 46, 2}));
   // Empty box: nothing to read.
-  ASSERT_OK_AND_ASSIGN(plan, PlanBoxRead(info, {1, 0, 0}, {0, 3, 2}));
+  DCP_ASSERT_OK_AND_ASSIGN(plan, PlanBoxRead(info, {1, 0, 0}, {0, 3, 2}));
   EXPECT_THAT(plan.ranges, SizeIs(0));
-  ASSERT_OK_AND_ASSIGN(at::Tensor empty, MaterializeBox(plan, ""));
+  DCP_ASSERT_OK_AND_ASSIGN(at::Tensor empty, MaterializeBox(plan, ""));
   EXPECT_THAT(empty.sizes(), ElementsAre(0, 3, 2));
 }
 
@@ -596,14 +604,14 @@ TEST(BoxReadTest, RandomBoxesMatchNarrowOnEveryLayout) {
       {"permuted", base.permute({2, 0, 1})},
       {"transposed", base.transpose(0, 2)},
   };
-  const uint32_t seed = dcp::testing::TestSeed();
+  const uint32_t seed = dcp::test::TestSeed();
   SCOPED_TRACE(absl::StrCat("DCP_TEST_SEED=", seed));
   std::mt19937 rng(seed);
   for (const auto& [name, t] : layouts) {
     SCOPED_TRACE(name);
     const std::string record = Serialize(t);
-    ASSERT_OK_AND_ASSIGN(TensorRecordInfo info,
-                         ParseTensorRecordHeader(record));
+    DCP_ASSERT_OK_AND_ASSIGN(TensorRecordInfo info,
+                             ParseTensorRecordHeader(record));
     EXPECT_EQ(info.strides, t.strides().vec());  // saved as is
     for (int iteration = 0; iteration < 200; ++iteration) {
       Shape offsets, lengths;
@@ -623,8 +631,8 @@ TEST(BoxReadTest, RandomBoxesMatchNarrowOnEveryLayout) {
                                 " lengths ", absl::StrJoin(lengths, ","),
                                 " gap ", options.max_gap_bytes, " max ranges ",
                                 options.max_ranges));
-      ASSERT_OK_AND_ASSIGN(BoxReadPlan plan,
-                           PlanBoxRead(info, offsets, lengths, options));
+      DCP_ASSERT_OK_AND_ASSIGN(BoxReadPlan plan,
+                               PlanBoxRead(info, offsets, lengths, options));
       EXPECT_LE(plan.ranges.size(), options.max_ranges);
       uint64_t total = 0;
       for (size_t i = 0; i < plan.ranges.size(); ++i) {
@@ -641,8 +649,8 @@ TEST(BoxReadTest, RandomBoxesMatchNarrowOnEveryLayout) {
       if (options.max_gap_bytes == 0 && options.max_ranges == 1 << 16) {
         EXPECT_EQ(plan.packed_size, expected.numel() * 4u);  // minimal
       }
-      ASSERT_OK_AND_ASSIGN(at::Tensor box,
-                           MaterializeBox(plan, Pack(record, plan)));
+      DCP_ASSERT_OK_AND_ASSIGN(at::Tensor box,
+                               MaterializeBox(plan, Pack(record, plan)));
       EXPECT_THAT(box, TensorEq(expected.contiguous()));
     }
   }
@@ -651,18 +659,20 @@ TEST(BoxReadTest, RandomBoxesMatchNarrowOnEveryLayout) {
 TEST(BoxReadTest, CopyBoxIntoAViewConvertsTheDtype) {
   at::Tensor t = MakeTestTensor({6, 4}, at::kHalf, 13);
   const std::string record = Serialize(t);
-  ASSERT_OK_AND_ASSIGN(TensorRecordInfo info, ParseTensorRecordHeader(record));
-  ASSERT_OK_AND_ASSIGN(BoxReadPlan plan, PlanBoxRead(info, {1, 1}, {3, 2}));
+  DCP_ASSERT_OK_AND_ASSIGN(TensorRecordInfo info,
+                           ParseTensorRecordHeader(record));
+  DCP_ASSERT_OK_AND_ASSIGN(BoxReadPlan plan, PlanBoxRead(info, {1, 1}, {3, 2}));
   at::Tensor dest = at::zeros({10, 10}, at::kDouble);
   at::Tensor view = dest.slice(0, 5, 8).slice(1, 2, 4);
-  ASSERT_OK(CopyBoxInto(plan, Pack(record, plan), view));
+  DCP_ASSERT_OK(CopyBoxInto(plan, Pack(record, plan), view));
   EXPECT_THAT(view, TensorEq(t.slice(0, 1, 4).slice(1, 1, 3).to(at::kDouble)));
   EXPECT_EQ(dest.sum().item<double>(), view.sum().item<double>());
 }
 
 TEST(BoxReadTest, RejectsBadBoxesPackedBytesAndDestinations) {
   const std::string record = Serialize(MakeTestTensor({4, 4}, at::kFloat, 14));
-  ASSERT_OK_AND_ASSIGN(TensorRecordInfo info, ParseTensorRecordHeader(record));
+  DCP_ASSERT_OK_AND_ASSIGN(TensorRecordInfo info,
+                           ParseTensorRecordHeader(record));
   EXPECT_THAT(PlanBoxRead(info, {0}, {4}).status(),
               StatusIs(absl::StatusCode::kInvalidArgument));
   EXPECT_THAT(
@@ -672,7 +682,7 @@ TEST(BoxReadTest, RejectsBadBoxesPackedBytesAndDestinations) {
               StatusIs(absl::StatusCode::kInvalidArgument));
   EXPECT_THAT(PlanBoxRead(info, {0, 0}, {1, -4}).status(),
               StatusIs(absl::StatusCode::kInvalidArgument));
-  ASSERT_OK_AND_ASSIGN(BoxReadPlan plan, PlanBoxRead(info, {0, 0}, {2, 4}));
+  DCP_ASSERT_OK_AND_ASSIGN(BoxReadPlan plan, PlanBoxRead(info, {0, 0}, {2, 4}));
   const std::string packed = Pack(record, plan);
   EXPECT_THAT(CopyBoxInto(plan, packed.substr(1), at::empty({2, 4})),
               StatusIs(absl::StatusCode::kInvalidArgument));
@@ -690,13 +700,13 @@ TEST(BoxReadTest, OverlappingLayoutsReadOneCoveringRange) {
   info.strides = {0, 1};
   info.storage.data_offset = 64;
   info.storage.size = 16;
-  ASSERT_OK_AND_ASSIGN(BoxReadPlan plan, PlanBoxRead(info, {0, 1}, {3, 2}));
+  DCP_ASSERT_OK_AND_ASSIGN(BoxReadPlan plan, PlanBoxRead(info, {0, 1}, {3, 2}));
   EXPECT_THAT(plan.ranges, ElementsAre(ByteRange{68, 8}));
   const float row[] = {1, 2, 3, 4};
   std::string record(64, '\0');
   record.append(reinterpret_cast<const char*>(row), sizeof(row));
-  ASSERT_OK_AND_ASSIGN(at::Tensor box,
-                       MaterializeBox(plan, Pack(record, plan)));
+  DCP_ASSERT_OK_AND_ASSIGN(at::Tensor box,
+                           MaterializeBox(plan, Pack(record, plan)));
   at::Tensor expected = at::tensor({2.0f, 3.0f}).expand({3, 2});
   EXPECT_THAT(box, TensorEq(expected.contiguous()));
   // Out-of-storage layouts are refused even when built by hand.
@@ -775,7 +785,8 @@ TEST(MalformedRecordTest, HandWrittenPickleIsAccepted) {
       RecordWithPickle(TensorPickle("torch._utils", "_rebuild_tensor_v2",
                                     "FloatStorage", 4, 1, {3}, {1}),
                        16);
-  ASSERT_OK_AND_ASSIGN(TensorRecordInfo info, ParseTensorRecordHeader(record));
+  DCP_ASSERT_OK_AND_ASSIGN(TensorRecordInfo info,
+                           ParseTensorRecordHeader(record));
   EXPECT_EQ(info.storage_offset, 1);
 }
 
@@ -851,8 +862,8 @@ TEST(MalformedRecordTest, OverlapsWithinTheStorageAreRead) {
        absl::string_view(reinterpret_cast<const char*>(values),
                          sizeof(values))},
       {"archive/version", "3\n"}};
-  ASSERT_OK_AND_ASSIGN(std::string record, BuildZipArchive(entries));
-  ASSERT_OK_AND_ASSIGN(at::Tensor t, ReadTensorRecord(record));
+  DCP_ASSERT_OK_AND_ASSIGN(std::string record, BuildZipArchive(entries));
+  DCP_ASSERT_OK_AND_ASSIGN(at::Tensor t, ReadTensorRecord(record));
   at::Tensor storage = at::tensor({1.0f, 2.0f, 3.0f, 4.0f});
   EXPECT_THAT(t, TensorEq(storage.as_strided({2, 2}, {1, 1}).contiguous()));
 }
@@ -892,7 +903,7 @@ TEST(MalformedRecordTest, UnsupportedTorchFeaturesAreUnimplemented) {
       StatusIs(absl::StatusCode::kUnimplemented,
                HasSubstr("torch.float8_e4m3fn is not supported")));
   // v3 with a dtype libtorch 1.13 has.
-  ASSERT_OK_AND_ASSIGN(
+  DCP_ASSERT_OK_AND_ASSIGN(
       TensorRecordInfo info,
       ParseTensorRecordHeader(RecordWithPickle(
           TensorPickle("torch._utils", "_rebuild_tensor_v3", "UntypedStorage",
@@ -908,8 +919,8 @@ TEST(MalformedRecordTest, OtherPicklesAreNotTensors) {
               TensorPickle("os", "system", "FloatStorage", 4, 0, {4}, {1}), 16))
           .status(),
       StatusIs(absl::StatusCode::kDataLoss, HasSubstr("not a tensor")));
-  ASSERT_OK_AND_ASSIGN(std::string value_record,
-                       SerializeValueRecord(Value(7)));
+  DCP_ASSERT_OK_AND_ASSIGN(std::string value_record,
+                           SerializeValueRecord(Value(7)));
   EXPECT_THAT(ParseTensorRecordHeader(value_record).status(),
               StatusIs(absl::StatusCode::kDataLoss, HasSubstr("not a tensor")));
   EXPECT_THAT(
@@ -919,16 +930,18 @@ TEST(MalformedRecordTest, OtherPicklesAreNotTensors) {
 
 TEST(MalformedRecordTest, CrcMismatchIsDetectedWhenVerifying) {
   std::string record = Serialize(MakeTestTensor({16}, at::kFloat, 15));
-  ASSERT_OK_AND_ASSIGN(TensorRecordInfo info, ParseTensorRecordHeader(record));
+  DCP_ASSERT_OK_AND_ASSIGN(TensorRecordInfo info,
+                           ParseTensorRecordHeader(record));
   record[info.storage.data_offset + 7] ^= 1;
-  EXPECT_OK(ReadTensorRecord(record).status());
+  DCP_EXPECT_OK(ReadTensorRecord(record).status());
   EXPECT_THAT(ReadTensorRecord(record, {/*verify_crc=*/true}).status(),
               StatusIs(absl::StatusCode::kDataLoss, HasSubstr("CRC-32")));
 }
 
 TEST(MalformedRecordTest, InvalidBoolBytesAreDataLoss) {
   std::string record = Serialize(at::ones({4}, at::kBool));
-  ASSERT_OK_AND_ASSIGN(TensorRecordInfo info, ParseTensorRecordHeader(record));
+  DCP_ASSERT_OK_AND_ASSIGN(TensorRecordInfo info,
+                           ParseTensorRecordHeader(record));
   record[info.storage.data_offset + 2] = 2;
   EXPECT_THAT(ReadTensorRecord(record).status(),
               StatusIs(absl::StatusCode::kDataLoss, HasSubstr("byte 0x02")));
@@ -946,11 +959,11 @@ TEST(MalformedRecordTest, EveryTruncationFails) {
 
 TEST(MalformedRecordTest, RandomMutationsNeverCrash) {
   const std::string original = Serialize(MakeTestTensor({4, 3}, at::kInt, 17));
-  ASSERT_OK_AND_ASSIGN(TensorRecordInfo info,
-                       ParseTensorRecordHeader(original));
-  ASSERT_OK_AND_ASSIGN(ZipDirectory dir, ReadZipDirectory(original));
+  DCP_ASSERT_OK_AND_ASSIGN(TensorRecordInfo info,
+                           ParseTensorRecordHeader(original));
+  DCP_ASSERT_OK_AND_ASSIGN(ZipDirectory dir, ReadZipDirectory(original));
   const ZipEntry pkl = *dir.Find("data.pkl");
-  const uint32_t seed = dcp::testing::TestSeed();
+  const uint32_t seed = dcp::test::TestSeed();
   SCOPED_TRACE(absl::StrCat("DCP_TEST_SEED=", seed));
   std::mt19937 rng(seed);
   int parsed = 0;
@@ -998,7 +1011,7 @@ std::string ParseToString(absl::string_view record, TensorPickleCache* cache) {
 }
 
 TEST(TensorPickleCacheTest, SameResultsAndErrorsAsWithoutACache) {
-  const uint32_t seed = dcp::testing::TestSeed();
+  const uint32_t seed = dcp::test::TestSeed();
   SCOPED_TRACE(absl::StrCat("DCP_TEST_SEED=", seed));
   std::mt19937 rng(seed);
   // More shapes than the cache holds, repeated, plus mutated records (mostly
@@ -1025,7 +1038,7 @@ TEST(TensorPickleCacheTest, SameResultsAndErrorsAsWithoutACache) {
         break;
       case 2: {
         record = good[rng() % good.size()];
-        ASSERT_OK_AND_ASSIGN(ZipDirectory dir, ReadZipDirectory(record));
+        DCP_ASSERT_OK_AND_ASSIGN(ZipDirectory dir, ReadZipDirectory(record));
         const ZipEntry& pkl = *dir.Find("data.pkl");
         const size_t at = pkl.data_offset + rng() % pkl.size;
         record[at] = static_cast<char>(record[at] ^ (1 << (rng() % 8)));
@@ -1125,14 +1138,14 @@ TEST(TorchWrittenRecordsTest, TensorsWithOffsetsStridesAndDataDescriptors) {
        }) {
     SCOPED_TRACE(c.name);
     const std::string record = TorchRecord(c.name);
-    ASSERT_OK_AND_ASSIGN(TensorRecordInfo info,
-                         ParseTensorRecordHeader(record));
+    DCP_ASSERT_OK_AND_ASSIGN(TensorRecordInfo info,
+                             ParseTensorRecordHeader(record));
     EXPECT_EQ(info.dtype, c.expected.scalar_type());
     EXPECT_EQ(info.sizes, c.expected.sizes().vec());
     EXPECT_EQ(info.strides, c.strides);
     EXPECT_EQ(info.storage_offset, c.storage_offset);
     EXPECT_EQ(info.storage.name, "archive/data/0");
-    ASSERT_OK_AND_ASSIGN(at::Tensor back, ReadTensorRecord(record, {true}));
+    DCP_ASSERT_OK_AND_ASSIGN(at::Tensor back, ReadTensorRecord(record, {true}));
     EXPECT_THAT(back, TensorEq(c.expected.contiguous()));
   }
 }
@@ -1140,13 +1153,14 @@ TEST(TorchWrittenRecordsTest, TensorsWithOffsetsStridesAndDataDescriptors) {
 TEST(TorchWrittenRecordsTest, BoxesOfAViewWithAStorageOffset) {
   // torch.save(base[:, 1:3]) keeps the whole 15-element storage.
   const std::string record = TorchRecord("colslice");
-  ASSERT_OK_AND_ASSIGN(TensorRecordInfo info, ParseTensorRecordHeader(record));
-  ASSERT_OK_AND_ASSIGN(BoxReadPlan plan, PlanBoxRead(info, {1, 0}, {2, 2}));
+  DCP_ASSERT_OK_AND_ASSIGN(TensorRecordInfo info,
+                           ParseTensorRecordHeader(record));
+  DCP_ASSERT_OK_AND_ASSIGN(BoxReadPlan plan, PlanBoxRead(info, {1, 0}, {2, 2}));
   const uint64_t d = info.storage.data_offset;
   EXPECT_THAT(plan.ranges,
               ElementsAre(ByteRange{d + 6 * 4, 8}, ByteRange{d + 11 * 4, 8}));
-  ASSERT_OK_AND_ASSIGN(at::Tensor box,
-                       MaterializeBox(plan, Pack(record, plan)));
+  DCP_ASSERT_OK_AND_ASSIGN(at::Tensor box,
+                           MaterializeBox(plan, Pack(record, plan)));
   EXPECT_THAT(box,
               TensorEq(Base15().slice(1, 1, 3).slice(0, 1, 3).contiguous()));
 }
@@ -1163,9 +1177,10 @@ TEST(TorchWrittenRecordsTest, UnsupportedTensors) {
 }
 
 TEST(TorchWrittenRecordsTest, Values) {
-  ASSERT_OK_AND_ASSIGN(Value n, ParseValueRecord(TorchRecord("v_dcp_n")));
+  DCP_ASSERT_OK_AND_ASSIGN(Value n, ParseValueRecord(TorchRecord("v_dcp_n")));
   EXPECT_TRUE(ValuesEqual(n, Value(5))) << n;
-  ASSERT_OK_AND_ASSIGN(Value nested, ParseValueRecord(TorchRecord("v_nested")));
+  DCP_ASSERT_OK_AND_ASSIGN(Value nested,
+                           ParseValueRecord(TorchRecord("v_nested")));
   const Value expected(
       StateDict{{"a", Value(Tuple{{Value(1), Value("x")}})},
                 {"3", Value(Bytes{std::string("\0\xff", 2)})},
@@ -1205,23 +1220,23 @@ TEST(ValueRecordTest, RoundTripsSupportedTypes) {
                   Value(Tuple{{"warmup", StateDict{{"steps", 10}}}}),
                   Value(Tuple{{List{1}}})})},
       {"utf8", Value("h\xc3\xa9llo")}});
-  ASSERT_OK_AND_ASSIGN(std::string record, SerializeValueRecord(value));
-  ASSERT_OK_AND_ASSIGN(ZipDirectory dir, ReadZipDirectory(record));
+  DCP_ASSERT_OK_AND_ASSIGN(std::string record, SerializeValueRecord(value));
+  DCP_ASSERT_OK_AND_ASSIGN(ZipDirectory dir, ReadZipDirectory(record));
   EXPECT_EQ(dir.Find("data/0"), nullptr);
   EXPECT_NE(dir.Find("version"), nullptr);
-  ASSERT_OK_AND_ASSIGN(Value back, ParseValueRecord(record));
+  DCP_ASSERT_OK_AND_ASSIGN(Value back, ParseValueRecord(record));
   EXPECT_TRUE(ValuesEqual(back, value)) << back << " vs " << value;
   for (const Value& scalar : {Value(7), Value(-1.0), Value(false),
                               Value(None{}), Value("s"), Value(Bytes{"b"})}) {
-    ASSERT_OK_AND_ASSIGN(
+    DCP_ASSERT_OK_AND_ASSIGN(
         Value again, ParseValueRecord(SerializeValueRecord(scalar).value()));
     EXPECT_TRUE(ValuesEqual(again, scalar)) << scalar;
   }
 }
 
 TEST(ValueRecordTest, IntSevenIsTheTorchPickle) {
-  ASSERT_OK_AND_ASSIGN(std::string record, SerializeValueRecord(Value(7)));
-  ASSERT_OK_AND_ASSIGN(ZipDirectory dir, ReadZipDirectory(record));
+  DCP_ASSERT_OK_AND_ASSIGN(std::string record, SerializeValueRecord(Value(7)));
+  DCP_ASSERT_OK_AND_ASSIGN(ZipDirectory dir, ReadZipDirectory(record));
   EXPECT_EQ(*ZipEntryData(record, *dir.Find("data.pkl")),
             absl::string_view("\x80\x02K\x07.", 5));
 }
@@ -1257,7 +1272,7 @@ TEST(ValueRecordTest, ReadsPythonShapes) {
       else
         w.WriteString("a");
     });
-    ASSERT_OK_AND_ASSIGN(
+    DCP_ASSERT_OK_AND_ASSIGN(
         Value v, ParseValueRecord(RecordOf(std::move(w).Finish().value())));
     EXPECT_TRUE(ValuesEqual(v, Value(Tuple{{Value(1), Value("a")}}))) << v;
   }
@@ -1276,7 +1291,7 @@ TEST(ValueRecordTest, ReadsPythonShapes) {
         });
       }
     });
-    ASSERT_OK_AND_ASSIGN(
+    DCP_ASSERT_OK_AND_ASSIGN(
         Value v, ParseValueRecord(RecordOf(std::move(w).Finish().value())));
     EXPECT_TRUE(ValuesEqual(
         v, Value(StateDict{{"1", Value("x")},
@@ -1292,7 +1307,7 @@ TEST(ValueRecordTest, ReadsPythonShapes) {
     w.WriteString("w");
     w.WriteInt(1);
     w.EmitSetItem();
-    ASSERT_OK_AND_ASSIGN(
+    DCP_ASSERT_OK_AND_ASSIGN(
         Value v, ParseValueRecord(RecordOf(std::move(w).Finish().value())));
     EXPECT_TRUE(ValuesEqual(v, Value(StateDict{{"w", Value(1)}}))) << v;
   }
@@ -1394,7 +1409,7 @@ TEST(ValueRecordBudgetTest, SharedBigStringFailsCleanly) {
       absl::StrCat(kProto2, LongBinUnicode("abc"), kPut0Pop, "](");
   for (int i = 0; i < 3; ++i) absl::StrAppend(&few, kGet0);
   few += "e.";
-  ASSERT_OK_AND_ASSIGN(Value v, ParseValueRecord(RecordWithPickle(few, 0)));
+  DCP_ASSERT_OK_AND_ASSIGN(Value v, ParseValueRecord(RecordWithPickle(few, 0)));
   EXPECT_TRUE(ValuesEqual(
       v, Value(List{Value("abc"), Value("abc"), Value("abc")})))
       << v;
@@ -1422,7 +1437,7 @@ TEST(ValueRecordBudgetTest, SharedDictKeysAreChargedPerCopy) {
                                        "its budget of"))));
   DecodeLimits generous;
   generous.budget_per_input_byte = 256;
-  ASSERT_OK_AND_ASSIGN(Value v, ParseValueRecord(record, generous));
+  DCP_ASSERT_OK_AND_ASSIGN(Value v, ParseValueRecord(record, generous));
   ASSERT_TRUE(v.is<List>());
   EXPECT_THAT(v.get<List>(), SizeIs(45));
 }

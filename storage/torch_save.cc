@@ -3,7 +3,6 @@
 // one storage key per distinct storage; reading validates layouts and copies
 // data through the record library's PlanBoxRead / MaterializeBox.
 
-#include "storage/crc32.h"
 #include "storage/torch_save.h"
 
 #include <ATen/ATen.h>
@@ -29,10 +28,11 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/string_view.h"
 #include "absl/types/span.h"
-#include "checkpoint/metadata.h"
-#include "checkpoint/state_dict.h"
-#include "checkpoint/status.h"
-#include "checkpoint/torch_status.h"
+#include "core/metadata.h"
+#include "core/state_dict.h"
+#include "core/status.h"
+#include "core/torch_status.h"
+#include "storage/crc32.h"
 #include "storage/file_system.h"
 #include "storage/pickle.h"
 #include "storage/posix_file_system.h"

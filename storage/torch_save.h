@@ -79,7 +79,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
-#include "checkpoint/state_dict.h"
+#include "core/state_dict.h"
 #include "storage/file_system.h"
 #include "storage/pickle.h"
 

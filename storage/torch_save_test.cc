@@ -14,14 +14,14 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/string_view.h"
-#include "checkpoint/state_dict.h"
+#include "core/state_dict.h"
 #include "glog/logging.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "storage/file_system.h"
 #include "storage/pickle.h"
-#include "storage/torch_pickle.h"
 #include "storage/posix_file_system.h"
+#include "storage/torch_pickle.h"
 #include "storage/zip.h"
 #include "testing/status_matchers.h"
 #include "testing/tensor_matchers.h"
@@ -29,10 +29,10 @@
 namespace dcp {
 namespace {
 
-using ::dcp::testing::IsOk;
-using ::dcp::testing::StateDictEq;
-using ::dcp::testing::StatusIs;
-using ::dcp::testing::TensorEq;
+using ::dcp::test::IsOk;
+using ::dcp::test::StateDictEq;
+using ::dcp::test::StatusIs;
+using ::dcp::test::TensorEq;
 using ::testing::AllOf;
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
@@ -83,8 +83,8 @@ StateDict RichStateDict() {
 
 TEST(TorchSaveTest, RoundTripKeepsStructureValuesAndDtypes) {
   const StateDict original = RichStateDict();
-  ASSERT_OK_AND_ASSIGN(std::string bytes, SerializeTorchSave(original));
-  ASSERT_OK_AND_ASSIGN(StateDict back, ParseTorchSave(bytes));
+  DCP_ASSERT_OK_AND_ASSIGN(std::string bytes, SerializeTorchSave(original));
+  DCP_ASSERT_OK_AND_ASSIGN(StateDict back, ParseTorchSave(bytes));
   EXPECT_THAT(back, StateDictEq(original));
   EXPECT_EQ(back.Keys(), original.Keys());
   // Tensors come back contiguous.
@@ -96,8 +96,8 @@ TEST(TorchSaveTest, ArchiveHasTorchEntriesAndOneEntryPerStorage) {
   // `base` and its transpose share one storage that holds exactly their
   // elements: one entry. The narrow view is compacted into its own entry.
   StateDict sd{{"a", base}, {"b", base.t()}, {"c", base.narrow(0, 0, 1)}};
-  ASSERT_OK_AND_ASSIGN(std::string bytes, SerializeTorchSave(sd));
-  ASSERT_OK_AND_ASSIGN(ZipDirectory dir, ReadZipDirectory(bytes));
+  DCP_ASSERT_OK_AND_ASSIGN(std::string bytes, SerializeTorchSave(sd));
+  DCP_ASSERT_OK_AND_ASSIGN(ZipDirectory dir, ReadZipDirectory(bytes));
   std::vector<std::string> names;
   for (const ZipEntry& e : dir.entries) names.push_back(e.name);
   EXPECT_THAT(names, ElementsAre("archive/data.pkl", "archive/byteorder",
@@ -109,15 +109,16 @@ TEST(TorchSaveTest, ArchiveHasTorchEntriesAndOneEntryPerStorage) {
   }
   EXPECT_EQ(dir.Find("data/0")->size, 15 * sizeof(float));
   EXPECT_EQ(dir.Find("data/1")->size, 5 * sizeof(float));
-  ASSERT_OK_AND_ASSIGN(StateDict back, ParseTorchSave(bytes));
+  DCP_ASSERT_OK_AND_ASSIGN(StateDict back, ParseTorchSave(bytes));
   EXPECT_THAT(back.Find("b")->get<at::Tensor>(), TensorEq(base.t()));
   EXPECT_THAT(back.Find("c")->get<at::Tensor>(),
               TensorEq(base.narrow(0, 0, 1)));
 }
 
 TEST(TorchSaveTest, DataPickleUsesOnlyWeightsOnlyGlobals) {
-  ASSERT_OK_AND_ASSIGN(std::string bytes, SerializeTorchSave(RichStateDict()));
-  ASSERT_OK_AND_ASSIGN(ZipDirectory dir, ReadZipDirectory(bytes));
+  DCP_ASSERT_OK_AND_ASSIGN(std::string bytes,
+                           SerializeTorchSave(RichStateDict()));
+  DCP_ASSERT_OK_AND_ASSIGN(ZipDirectory dir, ReadZipDirectory(bytes));
   const ZipEntry* pkl = dir.Find("data.pkl");
   ASSERT_NE(pkl, nullptr);
   std::vector<std::string> globals;
@@ -127,7 +128,8 @@ TEST(TorchSaveTest, DataPickleUsesOnlyWeightsOnlyGlobals) {
     globals.push_back(absl::StrCat(module, ".", name));
     return true;
   };
-  ASSERT_OK_AND_ASSIGN(absl::string_view pkl_bytes, ZipEntryData(bytes, *pkl));
+  DCP_ASSERT_OK_AND_ASSIGN(absl::string_view pkl_bytes,
+                           ZipEntryData(bytes, *pkl));
   ASSERT_THAT(ReadPickle(pkl_bytes, options).status(), IsOk());
   for (const std::string& g : globals) {
     const bool allowed =
@@ -142,8 +144,8 @@ TEST(TorchSaveTest, DataPickleUsesOnlyWeightsOnlyGlobals) {
 }
 
 TEST(TorchSaveTest, OutputIsDeterministic) {
-  ASSERT_OK_AND_ASSIGN(std::string a, SerializeTorchSave(RichStateDict()));
-  ASSERT_OK_AND_ASSIGN(std::string b, SerializeTorchSave(RichStateDict()));
+  DCP_ASSERT_OK_AND_ASSIGN(std::string a, SerializeTorchSave(RichStateDict()));
+  DCP_ASSERT_OK_AND_ASSIGN(std::string b, SerializeTorchSave(RichStateDict()));
   EXPECT_EQ(a, b);
 }
 
@@ -152,13 +154,13 @@ TEST(TorchSaveTest, WritesAndReadsFilesWithoutLeavingTemporaries) {
   const std::string path = JoinPath(dir, "round_trip.pt");
   const StateDict original = RichStateDict();
   ASSERT_THAT(WriteTorchSave(original, path), IsOk());
-  ASSERT_OK_AND_ASSIGN(StateDict back, ReadTorchSave(path));
+  DCP_ASSERT_OK_AND_ASSIGN(StateDict back, ReadTorchSave(path));
   EXPECT_THAT(back, StateDictEq(original));
   PosixFileSystem fs;
   EXPECT_THAT(fs.FileExists(path + ".tmp"),
               StatusIs(absl::StatusCode::kNotFound));
-  ASSERT_OK_AND_ASSIGN(std::string bytes, ReadFileToString(fs, path));
-  ASSERT_OK_AND_ASSIGN(std::string expected, SerializeTorchSave(original));
+  DCP_ASSERT_OK_AND_ASSIGN(std::string bytes, ReadFileToString(fs, path));
+  DCP_ASSERT_OK_AND_ASSIGN(std::string expected, SerializeTorchSave(original));
   EXPECT_EQ(bytes, expected);
 }
 
@@ -189,8 +191,8 @@ std::string TestDataPath(absl::string_view name) {
 }
 
 TEST(TorchSaveTest, ReadsAFileWrittenByPython) {
-  ASSERT_OK_AND_ASSIGN(StateDict sd,
-                       ReadTorchSave(TestDataPath("python_nested.pt")));
+  DCP_ASSERT_OK_AND_ASSIGN(StateDict sd,
+                           ReadTorchSave(TestDataPath("python_nested.pt")));
   EXPECT_THAT(sd.Keys(),
               ElementsAre("weight", "transposed", "row_slice", "col_slice",
                           "scalar", "ints", "bf16", "mask", "empty", "param",
@@ -273,26 +275,27 @@ TEST(TorchSaveTest, TopLevelMustBeADictForReadTorchSave) {
   EXPECT_THAT(ParseTorchSave(archive).status(),
               StatusIs(absl::StatusCode::kInvalidArgument,
                        HasSubstr("holds a list at the top level")));
-  ASSERT_OK_AND_ASSIGN(Value value, ParseTorchSaveValue(archive));
+  DCP_ASSERT_OK_AND_ASSIGN(Value value, ParseTorchSaveValue(archive));
   EXPECT_TRUE(ValuesEqual(value, Value(List{int64_t{1}, int64_t{2}})));
 }
 
 TEST(TorchSaveTest, CorruptDataIsDataLossUnlessCrcChecksAreOff) {
   StateDict sd{{"w", at::arange(16, at::kFloat)}};
-  ASSERT_OK_AND_ASSIGN(std::string bytes, SerializeTorchSave(sd));
-  ASSERT_OK_AND_ASSIGN(ZipDirectory dir, ReadZipDirectory(bytes));
+  DCP_ASSERT_OK_AND_ASSIGN(std::string bytes, SerializeTorchSave(sd));
+  DCP_ASSERT_OK_AND_ASSIGN(ZipDirectory dir, ReadZipDirectory(bytes));
   bytes[dir.Find("data/0")->data_offset + 5] ^= 0x40;
   EXPECT_THAT(ParseTorchSave(bytes).status(),
               StatusIs(absl::StatusCode::kDataLoss,
                        HasSubstr("CRC-32 mismatch in archive/data/0")));
   TorchSaveReadOptions no_crc;
   no_crc.verify_crc = false;
-  ASSERT_OK_AND_ASSIGN(StateDict back, ParseTorchSave(bytes, no_crc));
+  DCP_ASSERT_OK_AND_ASSIGN(StateDict back, ParseTorchSave(bytes, no_crc));
   EXPECT_FALSE(ValuesEqual(*back.Find("w"), *sd.Find("w")));
 }
 
 TEST(TorchSaveTest, TruncatedAndForeignFilesAreRejected) {
-  ASSERT_OK_AND_ASSIGN(std::string bytes, SerializeTorchSave(RichStateDict()));
+  DCP_ASSERT_OK_AND_ASSIGN(std::string bytes,
+                           SerializeTorchSave(RichStateDict()));
   for (size_t keep : {size_t{0}, size_t{1}, size_t{100}, bytes.size() / 2,
                       bytes.size() - 1}) {
     SCOPED_TRACE(keep);
@@ -306,10 +309,10 @@ TEST(TorchSaveTest, TruncatedAndForeignFilesAreRejected) {
 
 TEST(TorchSaveTest, TensorWhoseStorageEntryIsMissingIsDataLoss) {
   StateDict sd{{"w", at::arange(4, at::kFloat)}};
-  ASSERT_OK_AND_ASSIGN(std::string bytes, SerializeTorchSave(sd));
-  ASSERT_OK_AND_ASSIGN(ZipDirectory dir, ReadZipDirectory(bytes));
-  ASSERT_OK_AND_ASSIGN(absl::string_view pkl,
-                       ZipEntryData(bytes, *dir.Find("data.pkl")));
+  DCP_ASSERT_OK_AND_ASSIGN(std::string bytes, SerializeTorchSave(sd));
+  DCP_ASSERT_OK_AND_ASSIGN(ZipDirectory dir, ReadZipDirectory(bytes));
+  DCP_ASSERT_OK_AND_ASSIGN(absl::string_view pkl,
+                           ZipEntryData(bytes, *dir.Find("data.pkl")));
   EXPECT_THAT(ParseTorchSave(ArchiveWithPickle(pkl)).status(),
               StatusIs(absl::StatusCode::kDataLoss,
                        HasSubstr("obj[\"w\"]: storage \"0\" has no "
@@ -342,7 +345,7 @@ TEST(TorchSaveTest, ExpandedTensorsAreReadWithinTheExpansionBudget) {
   const std::string archive =
       ArchiveWithPickle(OneTensorPickle(1, {8, 3}, {0, 0}),
                         {{"data/0", Raw("\x00\x00\x20\x40")}});  // 2.5f
-  ASSERT_OK_AND_ASSIGN(StateDict sd, ParseTorchSave(archive));
+  DCP_ASSERT_OK_AND_ASSIGN(StateDict sd, ParseTorchSave(archive));
   EXPECT_THAT(sd.Find("x")->get<at::Tensor>(),
               TensorEq(at::full({8, 3}, 2.5f)));
   // The same 4 bytes expanded to 1000 x 1000 (4 MB) exceed the budget of
@@ -374,7 +377,7 @@ TEST(TorchSaveTest, HugeExpandedTensorsAreRefusedBeforeAllocating) {
         OneTensorPickle(4, size, c.stride), {{"data/0", std::string(16, 'x')}});
     absl::StatusOr<StateDict> sd = ParseTorchSave(archive);
     if (c.empty) {
-      ASSERT_OK(sd.status());
+      DCP_ASSERT_OK(sd.status());
       EXPECT_EQ(sd->Find("x")->get<at::Tensor>().sizes().vec(), size);
       continue;
     }
@@ -411,7 +414,7 @@ TEST(TorchSaveBudgetTest, SharedTensorReferencedManyTimesFailsCleanly) {
     pkl += "e.";
     return ArchiveWithPickle(pkl, {{"data/0", storage}});
   };
-  ASSERT_OK_AND_ASSIGN(Value few, ParseTorchSaveValue(archive(3)));
+  DCP_ASSERT_OK_AND_ASSIGN(Value few, ParseTorchSaveValue(archive(3)));
   ASSERT_TRUE(few.is<List>());
   EXPECT_EQ(few.get<List>().size(), 3u);
   EXPECT_THAT(ParseTorchSaveValue(archive(10000)).status(),
@@ -436,9 +439,9 @@ TEST(TorchSaveBudgetTest, ExpandedTensorBombFailsCleanly) {
   // A small expanded tensor is fine.
   const std::string small = absl::StrCat(
       Raw("\x80\x02"), FloatTensorExpr(1, {4, 8}, {0, 0}), ".");
-  ASSERT_OK_AND_ASSIGN(
-      Value v, ParseTorchSaveValue(ArchiveWithPickle(
-                   small, {{"data/0", std::string(4, '\0')}})));
+  DCP_ASSERT_OK_AND_ASSIGN(Value v,
+                           ParseTorchSaveValue(ArchiveWithPickle(
+                               small, {{"data/0", std::string(4, '\0')}})));
   ASSERT_TRUE(v.is<at::Tensor>());
   EXPECT_EQ(v.get<at::Tensor>().numel(), 32);
 }
@@ -446,8 +449,8 @@ TEST(TorchSaveBudgetTest, ExpandedTensorBombFailsCleanly) {
 TEST(TorchSaveBudgetTest, LimitsAreOptions) {
   StateDict sd{{"w", at::arange(1000, at::kFloat)},
                {"nested", StateDict{{"a", List{Value(1), Value("x")}}}}};
-  ASSERT_OK_AND_ASSIGN(std::string bytes, SerializeTorchSave(sd));
-  ASSERT_OK_AND_ASSIGN(StateDict back, ParseTorchSave(bytes));
+  DCP_ASSERT_OK_AND_ASSIGN(std::string bytes, SerializeTorchSave(sd));
+  DCP_ASSERT_OK_AND_ASSIGN(StateDict back, ParseTorchSave(bytes));
   EXPECT_THAT(back, StateDictEq(sd));
   TorchSaveReadOptions tiny;
   tiny.decode_limits.budget_per_input_byte = 1;

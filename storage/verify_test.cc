@@ -15,9 +15,9 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
-#include "checkpoint/metadata.h"
 #include "checkpoint/save_load.h"
-#include "checkpoint/state_dict.h"
+#include "core/metadata.h"
+#include "core/state_dict.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "storage/block_checksums.h"
@@ -33,9 +33,9 @@
 namespace dcp {
 namespace {
 
-using ::dcp::testing::IsOk;
-using ::dcp::testing::MemFileSystem;
-using ::dcp::testing::StatusIs;
+using ::dcp::test::IsOk;
+using ::dcp::test::MemFileSystem;
+using ::dcp::test::StatusIs;
 using ::testing::AllOf;
 using ::testing::Each;
 using ::testing::ElementsAre;
@@ -58,17 +58,17 @@ std::shared_ptr<MemFileSystem> GoldenInMemory(absl::string_view name) {
   auto mem = std::make_shared<MemFileSystem>();
   std::shared_ptr<FileSystem> posix = NewPosixFileSystem();
   const std::string src = Golden(name);
-  EXPECT_OK(mem->CreateDir(kDir));
+  DCP_EXPECT_OK(mem->CreateDir(kDir));
   absl::StatusOr<std::vector<std::string>> children = posix->GetChildren(src);
-  EXPECT_OK(children.status());
+  DCP_EXPECT_OK(children.status());
   if (!children.ok()) return mem;
   for (const std::string& child : *children) {
     absl::StatusOr<std::string> bytes =
         ReadFileToString(*posix, JoinPath(src, child));
-    EXPECT_OK(bytes.status());
+    DCP_EXPECT_OK(bytes.status());
     if (bytes.ok()) {
-      EXPECT_OK(WriteStringToFile(*mem, JoinPath(kDir, child), *bytes,
-                                  /*sync=*/false));
+      DCP_EXPECT_OK(WriteStringToFile(*mem, JoinPath(kDir, child), *bytes,
+                                      /*sync=*/false));
     }
   }
   return mem;
@@ -102,11 +102,11 @@ std::shared_ptr<MemFileSystem> SavedInMemory(const StateDict& sd,
   options.thread_count = files;
   absl::StatusOr<std::unique_ptr<FileSystemWriter>> writer =
       FileSystemWriter::Create(kDir, options);
-  EXPECT_OK(writer.status());
+  DCP_EXPECT_OK(writer.status());
   if (!writer.ok()) return mem;
   SaveOptions save;
   save.no_dist = true;
-  EXPECT_OK(Save(sd, **writer, save).status());
+  DCP_EXPECT_OK(Save(sd, **writer, save).status());
   return mem;
 }
 
@@ -115,7 +115,7 @@ VerifyReport VerifyOk(std::shared_ptr<FileSystem> fs, int threads = 1) {
   options.file_system = std::move(fs);
   options.thread_count = threads;
   absl::StatusOr<VerifyReport> report = VerifyCheckpoint(kDir, options);
-  EXPECT_OK(report.status());
+  DCP_EXPECT_OK(report.status());
   return report.ok() ? *std::move(report) : VerifyReport();
 }
 
@@ -147,7 +147,7 @@ std::map<std::string, std::vector<std::pair<int64_t, int64_t>>> RecordsByFile(
   absl::StatusOr<Metadata> md =
       ReadCheckpointMetadata(kDir, std::shared_ptr<FileSystem>(
                                        &fs, [](FileSystem*) {}));
-  EXPECT_OK(md.status());
+  DCP_EXPECT_OK(md.status());
   if (!md.ok()) return out;
   for (const auto& [index, info] : md->storage_data) {
     out[info.relative_path].push_back(
@@ -186,7 +186,8 @@ TEST(VerifyTest, GoodDcpCheckpointInSeveralFilesWithThreadsAndProgress) {
     std::lock_guard<std::mutex> lock(mu);
     seen.push_back(p);
   };
-  ASSERT_OK_AND_ASSIGN(VerifyReport report, VerifyCheckpoint(kDir, options));
+  DCP_ASSERT_OK_AND_ASSIGN(VerifyReport report,
+                           VerifyCheckpoint(kDir, options));
   ExpectAllOk(report, 3, 10);
   ASSERT_FALSE(seen.empty());
   EXPECT_EQ(seen.back().files_done, 3);
@@ -216,8 +217,8 @@ TEST(VerifyTest, PyTorchGoldensAreOk) {
               StatusIs(absl::StatusCode::kFailedPrecondition,
                        HasSubstr("symbolic link")));
   options.allow_symlinks = true;
-  ASSERT_OK_AND_ASSIGN(VerifyReport report,
-                       VerifyCheckpoint(Golden("sharded4"), options));
+  DCP_ASSERT_OK_AND_ASSIGN(VerifyReport report,
+                           VerifyCheckpoint(Golden("sharded4"), options));
   EXPECT_TRUE(report.ok()) << ProblemsText(report);
   EXPECT_THAT(report.files, SizeIs(4));
 }
@@ -227,10 +228,10 @@ std::string Flip(MemFileSystem& mem, const std::string& file, uint64_t offset,
                  unsigned char mask) {
   const std::string path = JoinPath(kDir, file);
   absl::StatusOr<std::string> bytes = ReadFileToString(mem, path);
-  EXPECT_OK(bytes.status());
+  DCP_EXPECT_OK(bytes.status());
   std::string flipped = *bytes;
   flipped[offset] = static_cast<char>(flipped[offset] ^ mask);
-  EXPECT_OK(WriteStringToFile(mem, path, flipped, false));
+  DCP_EXPECT_OK(WriteStringToFile(mem, path, flipped, false));
   return *bytes;
 }
 
@@ -256,7 +257,8 @@ void ExpectEveryFlipNamesTheFile(MemFileSystem& mem, const std::string& file,
       }
       for (const VerifyProblem& p : f.problems) EXPECT_EQ(p.file, f.name);
     }
-    ASSERT_OK(WriteStringToFile(mem, JoinPath(kDir, file), original, false));
+    DCP_ASSERT_OK(
+        WriteStringToFile(mem, JoinPath(kDir, file), original, false));
   }
 }
 
@@ -270,11 +272,11 @@ std::vector<uint64_t> AllOffsets(uint64_t size) {
 template <typename Edit>
 void EditMetadata(FileSystem& fs, Edit edit) {
   const std::string path = JoinPath(kDir, ".metadata");
-  ASSERT_OK_AND_ASSIGN(std::string bytes, ReadFileToString(fs, path));
-  ASSERT_OK_AND_ASSIGN(Metadata md, DecodeMetadataPickle(bytes));
+  DCP_ASSERT_OK_AND_ASSIGN(std::string bytes, ReadFileToString(fs, path));
+  DCP_ASSERT_OK_AND_ASSIGN(Metadata md, DecodeMetadataPickle(bytes));
   edit(md);
-  ASSERT_OK_AND_ASSIGN(std::string encoded, EncodeMetadataPickle(md));
-  ASSERT_OK(WriteStringToFile(fs, path, encoded, false));
+  DCP_ASSERT_OK_AND_ASSIGN(std::string encoded, EncodeMetadataPickle(md));
+  DCP_ASSERT_OK(WriteStringToFile(fs, path, encoded, false));
 }
 
 // Trims the checkpoint to the records of `file` (a smaller `.metadata`
@@ -325,7 +327,7 @@ TEST(VerifyFlipTest, EveryByteOfAPyTorchDataFile) {
   const std::string file = "__2_0.distcp";
   KeepOnlyFile(*mem, file);
   ExpectAllOk(VerifyOk(mem), 1, 4);
-  ASSERT_OK_AND_ASSIGN(uint64_t size, mem->FileSize(JoinPath(kDir, file)));
+  DCP_ASSERT_OK_AND_ASSIGN(uint64_t size, mem->FileSize(JoinPath(kDir, file)));
   ExpectEveryFlipNamesTheFile(*mem, file, AllOffsets(size), 0x01);
 }
 
@@ -339,7 +341,8 @@ TEST(VerifyFlipTest, EveryByteOfADcpCheckpoint) {
   const auto records = RecordsByFile(*mem);
   ASSERT_THAT(records, SizeIs(1));
   for (const auto& [file, unused] : records) {
-    ASSERT_OK_AND_ASSIGN(uint64_t size, mem->FileSize(JoinPath(kDir, file)));
+    DCP_ASSERT_OK_AND_ASSIGN(uint64_t size,
+                             mem->FileSize(JoinPath(kDir, file)));
     ExpectEveryFlipNamesTheFile(*mem, file, AllOffsets(size), 0xff);
   }
 }
@@ -425,10 +428,10 @@ FirstRecord FindFirstRecord(MemFileSystem& mem) {
   out.offset = begin;
   absl::StatusOr<std::string> bytes =
       ReadFileToString(mem, JoinPath(kDir, out.file));
-  EXPECT_OK(bytes.status());
+  DCP_EXPECT_OK(bytes.status());
   absl::StatusOr<ZipDirectory> zip =
       ReadZipDirectory(absl::string_view(*bytes).substr(begin, end - begin));
-  EXPECT_OK(zip.status());
+  DCP_EXPECT_OK(zip.status());
   out.zip = *std::move(zip);
   return out;
 }
@@ -491,13 +494,13 @@ class VerifyBlockChecksumsTest : public ::testing::Test {
     file_ = records.begin()->first;
     path_ = JoinPath(kDir, absl::StrCat(file_, kBlockChecksumsSuffix));
     absl::StatusOr<std::string> bytes = ReadFileToString(*mem_, path_);
-    ASSERT_OK(bytes.status());
-    ASSERT_OK_AND_ASSIGN(checksums_, DecodeBlockChecksums(*bytes));
+    DCP_ASSERT_OK(bytes.status());
+    DCP_ASSERT_OK_AND_ASSIGN(checksums_, DecodeBlockChecksums(*bytes));
     ASSERT_THAT(checksums_.records, SizeIs(2));
   }
 
   void WriteChecksums(const std::string& bytes) {
-    ASSERT_OK(WriteStringToFile(*mem_, path_, bytes, false));
+    DCP_ASSERT_OK(WriteStringToFile(*mem_, path_, bytes, false));
   }
 
   // The problems of the one data file, which must be of `kind`.
@@ -520,12 +523,12 @@ class VerifyBlockChecksumsTest : public ::testing::Test {
 
 TEST_F(VerifyBlockChecksumsTest, GoodOrAbsentIsOk) {
   EXPECT_THAT(Problems(VerifyProblemKind::kBlockChecksums), IsEmpty());
-  ASSERT_OK(mem_->RemoveFile(path_));
+  DCP_ASSERT_OK(mem_->RemoveFile(path_));
   EXPECT_THAT(Problems(VerifyProblemKind::kBlockChecksums), IsEmpty());
 }
 
 TEST_F(VerifyBlockChecksumsTest, UnusableFileIsOneProblem) {
-  ASSERT_OK_AND_ASSIGN(std::string bytes, ReadFileToString(*mem_, path_));
+  DCP_ASSERT_OK_AND_ASSIGN(std::string bytes, ReadFileToString(*mem_, path_));
   bytes[bytes.size() / 2] ^= 0x08;
   WriteChecksums(bytes);
   std::vector<VerifyProblem> problems =
@@ -573,7 +576,7 @@ TEST_F(VerifyBlockChecksumsTest, BlockChecksumNotOfItsBlockIsNamed) {
       Crc32Combine(big->block_crc32[0], big->block_crc32[1], wrong.block_bytes),
       0, last);
   big->block_crc32[2] = head ^ big->data_crc32;
-  ASSERT_OK(DecodeBlockChecksums(EncodeBlockChecksums(wrong)).status());
+  DCP_ASSERT_OK(DecodeBlockChecksums(EncodeBlockChecksums(wrong)).status());
   WriteChecksums(EncodeBlockChecksums(wrong));
   std::vector<VerifyProblem> problems =
       Problems(VerifyProblemKind::kBlockChecksums);
@@ -607,7 +610,7 @@ TEST_F(VerifyBlockChecksumsTest, DamagedDataIsOneCrcMismatch) {
 
 TEST(VerifyTest, MissingDataFileIsReportedAndTheOthersAreChecked) {
   auto mem = GoldenInMemory("sharded4");
-  ASSERT_OK(mem->RemoveFile(JoinPath(kDir, "__1_0.distcp")));
+  DCP_ASSERT_OK(mem->RemoveFile(JoinPath(kDir, "__1_0.distcp")));
   VerifyReport report = VerifyOk(mem);
   EXPECT_EQ(report.num_bad_files(), 1);
   const VerifyFileReport* f = FindFile(report, "__1_0.distcp");
@@ -627,9 +630,9 @@ TEST(VerifyTest, TruncatedDataFileNamesTheRecordsPastTheEnd) {
   const auto records = RecordsByFile(*mem);
   const std::string file = records.begin()->first;
   const std::string path = JoinPath(kDir, file);
-  ASSERT_OK_AND_ASSIGN(std::string bytes, ReadFileToString(*mem, path));
-  ASSERT_OK(WriteStringToFile(*mem, path, bytes.substr(0, bytes.size() - 10),
-                              false));
+  DCP_ASSERT_OK_AND_ASSIGN(std::string bytes, ReadFileToString(*mem, path));
+  DCP_ASSERT_OK(
+      WriteStringToFile(*mem, path, bytes.substr(0, bytes.size() - 10), false));
   VerifyReport report = VerifyOk(mem);
   const VerifyFileReport* f = FindFile(report, file);
   ASSERT_NE(f, nullptr);
@@ -726,13 +729,13 @@ TEST(VerifyTest, ChunksThatDoNotTileTheTensorAreMetadataProblems) {
 
 TEST(VerifyTest, CannotVerifyWithoutReadableMetadata) {
   auto mem = std::make_shared<MemFileSystem>();
-  ASSERT_OK(mem->CreateDir(kDir));
+  DCP_ASSERT_OK(mem->CreateDir(kDir));
   VerifyOptions options;
   options.file_system = mem;
   EXPECT_THAT(VerifyCheckpoint(kDir, options).status(),
               StatusIs(absl::StatusCode::kNotFound));
-  ASSERT_OK(WriteStringToFile(*mem, JoinPath(kDir, ".metadata"), "garbage",
-                              false));
+  DCP_ASSERT_OK(
+      WriteStringToFile(*mem, JoinPath(kDir, ".metadata"), "garbage", false));
   EXPECT_THAT(VerifyCheckpoint(kDir, options).status(),
               StatusIs(absl::StatusCode::kDataLoss));
   options.thread_count = 0;

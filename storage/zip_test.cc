@@ -20,8 +20,8 @@
 namespace dcp {
 namespace {
 
-using ::dcp::testing::IsOk;
-using ::dcp::testing::StatusIs;
+using ::dcp::test::IsOk;
+using ::dcp::test::StatusIs;
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
 using ::testing::SizeIs;
@@ -80,10 +80,10 @@ TEST(Crc32Test, KnownValues) {
 }
 
 TEST(ZipLayoutTest, AlignsDataAndPutsHeadersInOrder) {
-  ASSERT_OK_AND_ASSIGN(ZipLayout layout,
-                       ZipLayout::Create({{"archive/data.pkl", 100, 1},
-                                          {"archive/byteorder", 6, 2},
-                                          {"archive/data/0", 24, 3}}));
+  DCP_ASSERT_OK_AND_ASSIGN(ZipLayout layout,
+                           ZipLayout::Create({{"archive/data.pkl", 100, 1},
+                                              {"archive/byteorder", 6, 2},
+                                              {"archive/data/0", 24, 3}}));
   ASSERT_EQ(layout.num_entries(), 3u);
   uint64_t expected_header = 0;
   for (size_t i = 0; i < layout.num_entries(); ++i) {
@@ -124,7 +124,7 @@ TEST(ZipLayoutTest, RejectsBadEntryLists) {
 TEST(ZipReadTest, RoundTripsEntries) {
   const auto entries = RecordLikeEntries(1000);
   const std::string archive = Build(entries);
-  ASSERT_OK_AND_ASSIGN(ZipDirectory dir, ReadZipDirectory(archive));
+  DCP_ASSERT_OK_AND_ASSIGN(ZipDirectory dir, ReadZipDirectory(archive));
   EXPECT_EQ(dir.archive_size, archive.size());
   EXPECT_EQ(dir.prefix, "archive/");
   ASSERT_THAT(dir.entries, SizeIs(entries.size()));
@@ -135,9 +135,10 @@ TEST(ZipReadTest, RoundTripsEntries) {
     EXPECT_EQ(entry.size, entries[i].second.size());
     EXPECT_EQ(entry.crc32, Crc32(entries[i].second));
     EXPECT_EQ(entry.data_offset % 64, 0u);
-    ASSERT_OK_AND_ASSIGN(absl::string_view data, ZipEntryData(archive, entry));
+    DCP_ASSERT_OK_AND_ASSIGN(absl::string_view data,
+                             ZipEntryData(archive, entry));
     EXPECT_EQ(data, entries[i].second);
-    EXPECT_OK(VerifyZipEntryCrc(entry, data));
+    DCP_EXPECT_OK(VerifyZipEntryCrc(entry, data));
   }
   ASSERT_NE(dir.Find("data/0"), nullptr);
   EXPECT_EQ(dir.Find("data/0")->name, "archive/data/0");
@@ -149,20 +150,20 @@ TEST(ZipReadTest, RoundTripsEntries) {
 TEST(ZipReadTest, EmptyEntriesAndOtherPrefixes) {
   const std::string archive =
       Build({{"foo/empty", ""}, {"foo/version", "3\n"}});
-  ASSERT_OK_AND_ASSIGN(ZipDirectory dir, ReadZipDirectory(archive));
+  DCP_ASSERT_OK_AND_ASSIGN(ZipDirectory dir, ReadZipDirectory(archive));
   EXPECT_EQ(dir.prefix, "foo/");
   EXPECT_EQ(dir.Find("empty")->size, 0u);
 }
 
 TEST(ZipReadTest, DetectsCrcMismatchOnlyWhenVerifying) {
   std::string archive = Build(RecordLikeEntries(64));
-  ASSERT_OK_AND_ASSIGN(ZipDirectory dir, ReadZipDirectory(archive));
+  DCP_ASSERT_OK_AND_ASSIGN(ZipDirectory dir, ReadZipDirectory(archive));
   const ZipEntry entry = *dir.Find("data/0");
   archive[entry.data_offset + 5] ^= 0x10;
   // The directory is still fine: the data is not checked by default.
-  ASSERT_OK_AND_ASSIGN(ZipDirectory again, ReadZipDirectory(archive));
-  ASSERT_OK_AND_ASSIGN(absl::string_view data,
-                       ZipEntryData(archive, *again.Find("data/0")));
+  DCP_ASSERT_OK_AND_ASSIGN(ZipDirectory again, ReadZipDirectory(archive));
+  DCP_ASSERT_OK_AND_ASSIGN(absl::string_view data,
+                           ZipEntryData(archive, *again.Find("data/0")));
   EXPECT_THAT(
       VerifyZipEntryCrc(*again.Find("data/0"), data),
       StatusIs(absl::StatusCode::kDataLoss, HasSubstr("CRC-32 mismatch")));
@@ -174,7 +175,7 @@ TEST(ZipReadTest, AcceptsAComment) {
   std::string archive = Build(RecordLikeEntries(10));
   PutU16At(archive, archive.size() - 2, 5);
   archive += "hello";
-  ASSERT_OK_AND_ASSIGN(ZipDirectory dir, ReadZipDirectory(archive));
+  DCP_ASSERT_OK_AND_ASSIGN(ZipDirectory dir, ReadZipDirectory(archive));
   EXPECT_THAT(dir.entries, SizeIs(5));
 }
 
@@ -261,13 +262,13 @@ std::string TorchStyleArchive(
 TEST(ZipReadTest, ReadsTorchStyleDataDescriptorArchives) {
   const auto entries = RecordLikeEntries(24);
   const std::string archive = TorchStyleArchive(entries);
-  ASSERT_OK_AND_ASSIGN(ZipDirectory dir, ReadZipDirectory(archive));
+  DCP_ASSERT_OK_AND_ASSIGN(ZipDirectory dir, ReadZipDirectory(archive));
   ASSERT_THAT(dir.entries, SizeIs(5));
   for (size_t i = 0; i < entries.size(); ++i) {
-    ASSERT_OK_AND_ASSIGN(absl::string_view data,
-                         ZipEntryData(archive, dir.entries[i]));
+    DCP_ASSERT_OK_AND_ASSIGN(absl::string_view data,
+                             ZipEntryData(archive, dir.entries[i]));
     EXPECT_EQ(data, entries[i].second);
-    EXPECT_OK(VerifyZipEntryCrc(dir.entries[i], data));
+    DCP_EXPECT_OK(VerifyZipEntryCrc(dir.entries[i], data));
   }
 }
 
@@ -292,10 +293,10 @@ std::string VirtualRead(const ZipLayout& layout, uint64_t offset,
 
 TEST(ZipReadTest, Zip64EntriesAndOffsetsBeyond4GiB) {
   const uint64_t big = (uint64_t{5} << 30) + 3;
-  ASSERT_OK_AND_ASSIGN(ZipLayout layout,
-                       ZipLayout::Create({{"archive/data.pkl", 10, 1},
-                                          {"archive/data/0", big, 2},
-                                          {"archive/version", 2, 3}}));
+  DCP_ASSERT_OK_AND_ASSIGN(ZipLayout layout,
+                           ZipLayout::Create({{"archive/data.pkl", 10, 1},
+                                              {"archive/data/0", big, 2},
+                                              {"archive/version", 2, 3}}));
   // The big entry needs a ZIP64 extra field in its local header; the entry
   // after it has a header offset beyond 4 GiB.
   EXPECT_EQ(layout.data_offset(1) % 64, 0u);
@@ -303,7 +304,7 @@ TEST(ZipReadTest, Zip64EntriesAndOffsetsBeyond4GiB) {
   ZipByteSource source(layout.total_size(), [&](uint64_t o, uint64_t n) {
     return absl::StatusOr<std::string>(VirtualRead(layout, o, n));
   });
-  ASSERT_OK_AND_ASSIGN(ZipDirectory dir, ReadZipDirectory(source));
+  DCP_ASSERT_OK_AND_ASSIGN(ZipDirectory dir, ReadZipDirectory(source));
   ASSERT_THAT(dir.entries, SizeIs(3));
   for (size_t i = 0; i < 3; ++i) {
     EXPECT_EQ(dir.entries[i].name, layout.entry(i).name);
@@ -321,14 +322,14 @@ TEST(ZipByteSourceTest, ARecordCostsTwoReadsHeadAndTail) {
     reads.emplace_back(o, n);
     return absl::StatusOr<std::string>(std::string(archive.substr(o, n)));
   });
-  ASSERT_OK_AND_ASSIGN(ZipDirectory dir, ReadZipDirectory(source));
+  DCP_ASSERT_OK_AND_ASSIGN(ZipDirectory dir, ReadZipDirectory(source));
   EXPECT_EQ(dir, *ReadZipDirectory(archive));
   EXPECT_THAT(reads, ElementsAre(std::make_pair(archive.size() - 4096, 4096),
                                  std::make_pair(0, 4096)));
   // Cached: reading data.pkl again costs nothing.
   const ZipEntry& pkl = *dir.Find("data.pkl");
-  ASSERT_OK_AND_ASSIGN(absl::string_view data,
-                       source.Read(pkl.data_offset, pkl.size));
+  DCP_ASSERT_OK_AND_ASSIGN(absl::string_view data,
+                           source.Read(pkl.data_offset, pkl.size));
   EXPECT_EQ(data, std::string("\x80\x02K\x07.", 5));
   EXPECT_EQ(source.num_fetches(), 2);
 }
@@ -369,22 +370,23 @@ TEST(ZipByteSourceTest, ScatteredReadsFetchEachByteAboutOnce) {
   // over bytes not cached yet, not refetch the next block.
   uint64_t requested = 0;
   for (uint64_t at = archive.size() - 100;; at -= 1000) {
-    ASSERT_OK_AND_ASSIGN(absl::string_view got, source.Read(at, 100));
+    DCP_ASSERT_OK_AND_ASSIGN(absl::string_view got, source.Read(at, 100));
     EXPECT_EQ(got, absl::string_view(archive).substr(at, 100));
     requested += 100;
     if (at < 1000) break;
   }
   // Reads straddling block boundaries, and reads of what is cached.
   for (uint64_t at = 4000; at + 300 < archive.size(); at += 70001) {
-    ASSERT_OK_AND_ASSIGN(absl::string_view got, source.Read(at, 300));
+    DCP_ASSERT_OK_AND_ASSIGN(absl::string_view got, source.Read(at, 300));
     EXPECT_EQ(got, absl::string_view(archive).substr(at, 300));
     requested += 300;
   }
   EXPECT_LE(fetched, archive.size() + requested);
   const uint64_t before = fetched;
-  ASSERT_OK_AND_ASSIGN(absl::string_view all, source.Read(0, archive.size()));
+  DCP_ASSERT_OK_AND_ASSIGN(absl::string_view all,
+                           source.Read(0, archive.size()));
   EXPECT_EQ(all, archive);
-  ASSERT_OK_AND_ASSIGN(absl::string_view again, source.Read(12345, 54321));
+  DCP_ASSERT_OK_AND_ASSIGN(absl::string_view again, source.Read(12345, 54321));
   EXPECT_EQ(again, absl::string_view(archive).substr(12345, 54321));
   EXPECT_EQ(fetched, before + archive.size());
 }
@@ -404,11 +406,11 @@ TEST(ZipReadTest, ParsesFourHundredThousandEntries) {
   std::vector<std::pair<std::string, absl::string_view>> entries;
   entries.reserve(kEntries);
   for (int i = 0; i < kEntries; ++i) entries.emplace_back(names[i], contents[i]);
-  ASSERT_OK_AND_ASSIGN(std::string archive, BuildZipArchive(entries));
+  DCP_ASSERT_OK_AND_ASSIGN(std::string archive, BuildZipArchive(entries));
 
   uint64_t fetched = 0;
   ZipByteSource source(archive.size(), CountingReader(archive, &fetched));
-  ASSERT_OK_AND_ASSIGN(ZipDirectory dir, ReadZipDirectory(source));
+  DCP_ASSERT_OK_AND_ASSIGN(ZipDirectory dir, ReadZipDirectory(source));
   EXPECT_EQ(dir, *ReadZipDirectory(archive));
   ASSERT_THAT(dir.entries, SizeIs(kEntries));
   // Every byte fetched about once: a miss refetches at most the bytes it
@@ -420,8 +422,8 @@ TEST(ZipReadTest, ParsesFourHundredThousandEntries) {
     const ZipEntry* entry = dir.Find(absl::StrCat("data/", i));
     ASSERT_NE(entry, nullptr) << i;
     ASSERT_EQ(entry, &dir.entries[i]);
-    ASSERT_OK_AND_ASSIGN(absl::string_view data,
-                         source.Read(entry->data_offset, entry->size));
+    DCP_ASSERT_OK_AND_ASSIGN(absl::string_view data,
+                             source.Read(entry->data_offset, entry->size));
     ASSERT_EQ(data, contents[i]) << i;
   }
   EXPECT_EQ(dir.Find("data/400000"), nullptr);
@@ -433,7 +435,7 @@ TEST(ZipReadTest, ParsesFourHundredThousandEntries) {
 
 TEST(ZipReadTest, FindWorksOnCopiedAndHandBuiltDirectories) {
   const std::string archive = Build(RecordLikeEntries(10));
-  ASSERT_OK_AND_ASSIGN(ZipDirectory read, ReadZipDirectory(archive));
+  DCP_ASSERT_OK_AND_ASSIGN(ZipDirectory read, ReadZipDirectory(archive));
   const ZipDirectory copy = read;
   ASSERT_NE(copy.Find("version"), nullptr);
   EXPECT_EQ(copy.Find("version")->name, "archive/version");
@@ -525,7 +527,7 @@ TEST(ZipReadTest, OverlappingHeadersCannotMultiplyTheBytesRead) {
   EXPECT_THAT(ReadZipDirectory(archive).status(),
               StatusIs(absl::StatusCode::kDataLoss, HasSubstr("overlaps")));
   // The same layout without the overlap (no extra fields) is valid.
-  EXPECT_OK(ReadZipDirectory(OverlappingHeadersArchive(2000, 0)).status());
+  DCP_EXPECT_OK(ReadZipDirectory(OverlappingHeadersArchive(2000, 0)).status());
 }
 
 // ---- Malformed archives -----------------------------------------------------
@@ -676,7 +678,7 @@ TEST(ZipReadTest, EveryTruncationFails) {
 
 TEST(ZipReadTest, RandomMutationsNeverCrash) {
   const std::string original = Build(RecordLikeEntries(300));
-  const uint32_t seed = dcp::testing::TestSeed();
+  const uint32_t seed = dcp::test::TestSeed();
   SCOPED_TRACE(absl::StrCat("DCP_TEST_SEED=", seed));
   std::mt19937 rng(seed);
   int ok = 0;
@@ -698,7 +700,7 @@ TEST(ZipReadTest, RandomMutationsNeverCrash) {
     ++ok;
     for (const ZipEntry& entry : dir->entries) {
       EXPECT_LE(entry.data_offset + entry.size, archive.size());
-      EXPECT_OK(ZipEntryData(archive, entry).status());
+      DCP_EXPECT_OK(ZipEntryData(archive, entry).status());
     }
   }
   // Mutations inside the data or padding leave the directory valid; the

@@ -17,13 +17,13 @@
 #include "absl/strings/string_view.h"
 #include "checkpoint/checkpointer.h"
 #include "checkpoint/dist_wrapper.h"
-#include "checkpoint/fault_point.h"
-#include "checkpoint/state_dict.h"
-#include "checkpoint/status.h"
+#include "core/fault_point.h"
+#include "core/state_dict.h"
+#include "core/status.h"
 #include "storage/fs_storage.h"
 #include "testing/checkpoint_scenarios.h"
 
-namespace dcp::testing {
+namespace dcp::test {
 namespace {
 
 absl::StatusOr<std::unique_ptr<Checkpointer>> MakeDirCheckpointer(
@@ -198,4 +198,4 @@ absl::Status DecodeStatus(absl::string_view text, absl::Status* status) {
   return absl::OkStatus();
 }
 
-}  // namespace dcp::testing
+}  // namespace dcp::test

@@ -35,9 +35,9 @@
 #include "absl/status/status.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
-#include "checkpoint/process_group.h"
+#include "distributed/process_group.h"
 
-namespace dcp::testing {
+namespace dcp::test {
 
 struct E2eOptions {
   // The rank that plans globally and commits.
@@ -95,6 +95,6 @@ std::string EncodeStatus(const absl::Status& status);
 // InvalidArgument if `text` is not an `EncodeStatus` result.
 absl::Status DecodeStatus(absl::string_view text, absl::Status* status);
 
-}  // namespace dcp::testing
+}  // namespace dcp::test
 
 #endif  // DCP_TESTING_CHECKPOINT_E2E_H_

@@ -6,11 +6,11 @@
 
 #include "ATen/ATen.h"
 #include "absl/strings/str_cat.h"
-#include "checkpoint/sharding.h"
-#include "checkpoint/status.h"
+#include "core/sharding.h"
+#include "core/status.h"
 #include "testing/tensor_matchers.h"
 
-namespace dcp::testing {
+namespace dcp::test {
 namespace {
 
 enum class Sharding { kReplicated, kRows, kColumns, kGrid };
@@ -146,4 +146,4 @@ absl::Status CheckModelStateDict(const StateDict& loaded, int rank,
                                           mismatch));
 }
 
-}  // namespace dcp::testing
+}  // namespace dcp::test

@@ -23,9 +23,9 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
-#include "checkpoint/state_dict.h"
+#include "core/state_dict.h"
 
-namespace dcp::testing {
+namespace dcp::test {
 
 enum class ModelLayout { kSave, kLoad };
 
@@ -47,6 +47,6 @@ absl::Status CheckModelStateDict(const StateDict& loaded, int rank,
 // The rows x cols mesh used for 2-D sharding of `world_size` ranks.
 void GridShape(int world_size, int* rows, int* cols);
 
-}  // namespace dcp::testing
+}  // namespace dcp::test
 
 #endif  // DCP_TESTING_CHECKPOINT_SCENARIOS_H_

@@ -18,11 +18,11 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/string_view.h"
-#include "checkpoint/status.h"
+#include "core/status.h"
 #include "glog/logging.h"
 #include "storage/file_system.h"
 
-namespace dcp::testing {
+namespace dcp::test {
 
 absl::string_view FileOpName(FileOp op) {
   switch (op) {
@@ -1048,4 +1048,4 @@ absl::StatusOr<std::unique_ptr<FileLock>> FaultInjectingFileSystem::TryLockFile(
   return state_->TryLockFile(state_, path, holder_info);
 }
 
-}  // namespace dcp::testing
+}  // namespace dcp::test

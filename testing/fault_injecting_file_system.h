@@ -24,7 +24,7 @@
 //         std::make_shared<MemFileSystem>());
 //     fs->CrashAfterOps(n);
 //     Save(fs, "/c").IgnoreError();     // Fails with Aborted if it crashed.
-//     ASSERT_OK(fs->Restart());
+//     DCP_ASSERT_OK(fs->Restart());
 //     // Expect: no checkpoint (NotFound), or the complete new one.
 //   }
 //
@@ -124,7 +124,7 @@
 #include "absl/strings/string_view.h"
 #include "storage/file_system.h"
 
-namespace dcp::testing {
+namespace dcp::test {
 namespace fault_injecting_file_system_internal {
 class State;  // Shared between the file system and its open files.
 }  // namespace fault_injecting_file_system_internal
@@ -244,6 +244,6 @@ class FaultInjectingFileSystem final : public FileSystemWrapper {
   std::shared_ptr<fault_injecting_file_system_internal::State> state_;
 };
 
-}  // namespace dcp::testing
+}  // namespace dcp::test
 
 #endif  // DCP_TESTING_FAULT_INJECTING_FILE_SYSTEM_H_

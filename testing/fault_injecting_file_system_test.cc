@@ -23,7 +23,7 @@
 #include "testing/mem_file_system.h"
 #include "testing/status_matchers.h"
 
-namespace dcp::testing {
+namespace dcp::test {
 namespace {
 
 using ::testing::AllOf;
@@ -52,7 +52,7 @@ INSTANTIATE_TEST_SUITE_P(
             [] {
               auto fs = std::make_shared<FaultInjectingFileSystem>(
                   std::make_shared<MemFileSystem>());
-              EXPECT_OK(fs->CreateDir("/root"));
+              DCP_EXPECT_OK(fs->CreateDir("/root"));
               return FileSystemUnderTest{fs, "/root"};
             }},
         FileSystemConformanceParams{
@@ -71,19 +71,19 @@ class FaultInjectingFileSystemTest : public ::testing::Test {
   std::string BaseContent(const std::string& path) {
     absl::StatusOr<std::string> content = ReadFileToString(*mem_, path);
     if (absl::IsNotFound(content.status())) return "<missing>";
-    EXPECT_OK(content.status());
+    DCP_EXPECT_OK(content.status());
     return content.ok() ? *content : "<error>";
   }
 
   // Makes "/c" a durable, empty directory.
   void MakeDurableDir(const std::string& dir = "/c") {
-    ASSERT_OK(fs_->CreateDir(dir));
-    ASSERT_OK(fs_->SyncDir(Dirname(dir)));
+    DCP_ASSERT_OK(fs_->CreateDir(dir));
+    DCP_ASSERT_OK(fs_->SyncDir(Dirname(dir)));
   }
 
   void CrashAndRestart() {
     fs_->SimulateCrash();
-    ASSERT_OK(fs_->Restart());
+    DCP_ASSERT_OK(fs_->Restart());
   }
 
   std::shared_ptr<MemFileSystem> mem_ = std::make_shared<MemFileSystem>();
@@ -96,12 +96,14 @@ class FaultInjectingFileSystemTest : public ::testing::Test {
 // -----------------------------------------------------------------------------
 
 TEST_F(FaultInjectingFileSystemTest, LogsEveryOperationInOrder) {
-  ASSERT_OK(fs_->CreateDir("/c"));
-  ASSERT_OK(WriteStringToFile(*fs_, "/c/__0_0.distcp", std::string(1180, 'x'),
-                              /*sync=*/true));
-  ASSERT_OK(WriteStringToFile(*fs_, "/c/.metadata.tmp", "md", /*sync=*/true));
-  ASSERT_OK(fs_->Rename("/c/.metadata.tmp", "/c/.metadata"));
-  ASSERT_OK(fs_->SyncDir("/c"));
+  DCP_ASSERT_OK(fs_->CreateDir("/c"));
+  DCP_ASSERT_OK(WriteStringToFile(*fs_, "/c/__0_0.distcp",
+                                  std::string(1180, 'x'),
+                                  /*sync=*/true));
+  DCP_ASSERT_OK(
+      WriteStringToFile(*fs_, "/c/.metadata.tmp", "md", /*sync=*/true));
+  DCP_ASSERT_OK(fs_->Rename("/c/.metadata.tmp", "/c/.metadata"));
+  DCP_ASSERT_OK(fs_->SyncDir("/c"));
   EXPECT_THAT(fs_->Exists("/c/.metadata"), IsOkAndHolds(true));
   EXPECT_THAT(fs_->IsDirectory("/c"), IsOkAndHolds(true));
   EXPECT_THAT(fs_->FileSize("/c/.metadata"), IsOkAndHolds(2u));
@@ -109,9 +111,9 @@ TEST_F(FaultInjectingFileSystemTest, LogsEveryOperationInOrder) {
               IsOkAndHolds(ElementsAre(".metadata", "__0_0.distcp")));
   EXPECT_THAT(ReadFileToString(*fs_, "/c/.metadata"),
               IsOkAndHolds(std::string("md")));
-  ASSERT_OK(fs_->RemoveFile("/c/.metadata"));
-  ASSERT_OK(fs_->CreateDir("/c/d"));
-  ASSERT_OK(fs_->RemoveDir("/c/d"));
+  DCP_ASSERT_OK(fs_->RemoveFile("/c/.metadata"));
+  DCP_ASSERT_OK(fs_->CreateDir("/c/d"));
+  DCP_ASSERT_OK(fs_->RemoveDir("/c/d"));
 
   EXPECT_THAT(
       fs_->op_log(),
@@ -157,11 +159,11 @@ TEST_F(FaultInjectingFileSystemTest, FileOpNamesAndMutatingSet) {
 }
 
 TEST_F(FaultInjectingFileSystemTest, WriteAtIsLoggedAndCanBeFailed) {
-  ASSERT_OK(fs_->CreateDir("/c"));
-  ASSERT_OK_AND_ASSIGN(std::unique_ptr<WritableFile> w,
-                       fs_->NewWritableFile("/c/f"));
-  ASSERT_OK(w->Append("abcdef"));
-  ASSERT_OK(w->WriteAt(1, "BC"));
+  DCP_ASSERT_OK(fs_->CreateDir("/c"));
+  DCP_ASSERT_OK_AND_ASSIGN(std::unique_ptr<WritableFile> w,
+                           fs_->NewWritableFile("/c/f"));
+  DCP_ASSERT_OK(w->Append("abcdef"));
+  DCP_ASSERT_OK(w->WriteAt(1, "BC"));
   fs_->AddRule({FileOp::kWriteAt, "/c/f"});
   EXPECT_THAT(w->WriteAt(4, "EF"),
               StatusIs(absl::StatusCode::kUnavailable,
@@ -185,15 +187,15 @@ TEST_F(FaultInjectingFileSystemTest, RuleFailsOnlyTheNthMatchingCall) {
   std::vector<absl::Status> syncs;
   for (const char* name :
        {"a.distcp", ".metadata.tmp", "b.distcp", "c.distcp"}) {
-    ASSERT_OK_AND_ASSIGN(std::unique_ptr<WritableFile> w,
-                         fs_->NewWritableFile(JoinPath("/c", name)));
+    DCP_ASSERT_OK_AND_ASSIGN(std::unique_ptr<WritableFile> w,
+                             fs_->NewWritableFile(JoinPath("/c", name)));
     syncs.push_back(w->Sync());
   }
-  EXPECT_OK(syncs[0]);
-  EXPECT_OK(syncs[1]);  // Does not match the path filter.
+  DCP_EXPECT_OK(syncs[0]);
+  DCP_EXPECT_OK(syncs[1]);  // Does not match the path filter.
   EXPECT_THAT(syncs[2], StatusIs(absl::StatusCode::kUnavailable,
                                  "sync /c/b.distcp: injected fault"));
-  EXPECT_OK(syncs[3]);  // times = 1.
+  DCP_EXPECT_OK(syncs[3]);  // times = 1.
 }
 
 TEST_F(FaultInjectingFileSystemTest, RuleTimesAndForever) {
@@ -212,12 +214,12 @@ TEST_F(FaultInjectingFileSystemTest, RuleTimesAndForever) {
   EXPECT_THAT(y, ElementsAre(C::kOk, C::kOk, C::kUnavailable, C::kUnavailable,
                              C::kUnavailable));
   fs_->ClearRules();
-  EXPECT_OK(fs_->NewWritableFile("/c/y").status());
+  DCP_EXPECT_OK(fs_->NewWritableFile("/c/y").status());
 }
 
 TEST_F(FaultInjectingFileSystemTest, InjectedFaultsDoNotReachTheBase) {
   MakeDurableDir();
-  ASSERT_OK(WriteStringToFile(*fs_, "/c/f", "abc", true));
+  DCP_ASSERT_OK(WriteStringToFile(*fs_, "/c/f", "abc", true));
   fs_->AddRule({FileOp::kCreate, "/c/new"});
   fs_->AddRule({FileOp::kAppend, "/c/g"});
   fs_->AddRule({FileOp::kRename, "/c/f"});
@@ -227,10 +229,10 @@ TEST_F(FaultInjectingFileSystemTest, InjectedFaultsDoNotReachTheBase) {
   EXPECT_THAT(fs_->NewWritableFile("/c/new"),
               StatusIs(absl::StatusCode::kUnavailable, HasSubstr("/c/new")));
   EXPECT_EQ(BaseContent("/c/new"), "<missing>");
-  ASSERT_OK_AND_ASSIGN(std::unique_ptr<WritableFile> g,
-                       fs_->NewWritableFile("/c/g"));
+  DCP_ASSERT_OK_AND_ASSIGN(std::unique_ptr<WritableFile> g,
+                           fs_->NewWritableFile("/c/g"));
   EXPECT_THAT(g->Append("lost"), StatusIs(absl::StatusCode::kUnavailable));
-  EXPECT_OK(g->Append("kept"));
+  DCP_EXPECT_OK(g->Append("kept"));
   EXPECT_EQ(BaseContent("/c/g"), "kept");
   EXPECT_THAT(fs_->Rename("/c/f", "/c/h"),
               StatusIs(absl::StatusCode::kUnavailable));
@@ -244,26 +246,26 @@ TEST_F(FaultInjectingFileSystemTest, InjectedFaultsDoNotReachTheBase) {
 
 TEST_F(FaultInjectingFileSystemTest, RenameRulesMatchEitherPath) {
   MakeDurableDir();
-  ASSERT_OK(WriteStringToFile(*fs_, "/c/a.tmp", "1", true));
-  ASSERT_OK(WriteStringToFile(*fs_, "/c/b.tmp", "2", true));
+  DCP_ASSERT_OK(WriteStringToFile(*fs_, "/c/a.tmp", "1", true));
+  DCP_ASSERT_OK(WriteStringToFile(*fs_, "/c/b.tmp", "2", true));
   fs_->AddRule({FileOp::kRename, ".metadata", 1, -1});
   EXPECT_THAT(fs_->Rename("/c/a.tmp", "/c/.metadata"),
               StatusIs(absl::StatusCode::kUnavailable,
                        HasSubstr("rename /c/a.tmp /c/.metadata")));
-  EXPECT_OK(fs_->Rename("/c/a.tmp", "/c/a"));
+  DCP_EXPECT_OK(fs_->Rename("/c/a.tmp", "/c/a"));
   EXPECT_THAT(fs_->Rename("/c/b.tmp", "/c/.metadata.old"),
               StatusIs(absl::StatusCode::kUnavailable));
 }
 
 TEST_F(FaultInjectingFileSystemTest, RulesApplyToReads) {
-  ASSERT_OK(WriteStringToFile(*fs_, "/data", "0123456789", false));
+  DCP_ASSERT_OK(WriteStringToFile(*fs_, "/data", "0123456789", false));
   fs_->AddRule(
       {FileOp::kRead, "/data", 2, 1, absl::DataLossError("bad sector")});
   fs_->AddRule({FileOp::kOpen, "/other"});
-  ASSERT_OK_AND_ASSIGN(std::unique_ptr<RandomAccessFile> r,
-                       fs_->NewRandomAccessFile("/data"));
+  DCP_ASSERT_OK_AND_ASSIGN(std::unique_ptr<RandomAccessFile> r,
+                           fs_->NewRandomAccessFile("/data"));
   char scratch[4];
-  EXPECT_OK(r->Read(0, 4, scratch).status());
+  DCP_EXPECT_OK(r->Read(0, 4, scratch).status());
   EXPECT_THAT(r->Read(4, 4, scratch), StatusIs(absl::StatusCode::kDataLoss,
                                                "read /data 4 4: bad sector"));
   EXPECT_THAT(r->Read(4, 4, scratch), IsOkAndHolds(absl::string_view("4567")));
@@ -281,7 +283,7 @@ std::vector<bool> RandomFaultPattern(uint32_t seed) {
     failed.push_back(!fs->CreateDir(absl::StrCat("/d", i % 7)).ok());
   }
   // Reads are not eligible by default.
-  EXPECT_OK(fs->FileExists("/"));
+  DCP_EXPECT_OK(fs->FileExists("/"));
   return failed;
 }
 
@@ -295,10 +297,10 @@ TEST_F(FaultInjectingFileSystemTest, RandomFaultsAreReproducibleFromTheSeed) {
 }
 
 TEST_F(FaultInjectingFileSystemTest, RandomFaultsCanTargetChosenOps) {
-  ASSERT_OK(WriteStringToFile(*fs_, "/f", "x", false));
+  DCP_ASSERT_OK(WriteStringToFile(*fs_, "/f", "x", false));
   fs_->SetRandomFaults(
       {7, /*one_in=*/1, {FileOp::kRead}, absl::DataLossError("flaky")});
-  EXPECT_OK(fs_->CreateDir("/d"));  // Not a chosen op.
+  DCP_EXPECT_OK(fs_->CreateDir("/d"));  // Not a chosen op.
   EXPECT_THAT(ReadFileToString(*fs_, "/f"),
               StatusIs(absl::StatusCode::kDataLoss, HasSubstr("flaky")));
   fs_->SetRandomFaults({});
@@ -311,12 +313,12 @@ TEST_F(FaultInjectingFileSystemTest, RandomFaultsCanTargetChosenOps) {
 
 TEST_F(FaultInjectingFileSystemTest, UnsyncedAppendsAreLostSyncedKept) {
   MakeDurableDir();
-  ASSERT_OK_AND_ASSIGN(std::unique_ptr<WritableFile> w,
-                       fs_->NewWritableFile("/c/f"));
-  ASSERT_OK(fs_->SyncDir("/c"));
-  ASSERT_OK(w->Append("abc"));
-  ASSERT_OK(w->Sync());
-  ASSERT_OK(w->Append("def"));
+  DCP_ASSERT_OK_AND_ASSIGN(std::unique_ptr<WritableFile> w,
+                           fs_->NewWritableFile("/c/f"));
+  DCP_ASSERT_OK(fs_->SyncDir("/c"));
+  DCP_ASSERT_OK(w->Append("abc"));
+  DCP_ASSERT_OK(w->Sync());
+  DCP_ASSERT_OK(w->Append("def"));
   EXPECT_EQ(BaseContent("/c/f"), "abcdef");
   CrashAndRestart();
   EXPECT_EQ(BaseContent("/c/f"), "abc");
@@ -324,13 +326,13 @@ TEST_F(FaultInjectingFileSystemTest, UnsyncedAppendsAreLostSyncedKept) {
 
 TEST_F(FaultInjectingFileSystemTest, OverwriteOfUnsyncedBytesKeepsSyncedPrefix) {
   MakeDurableDir();
-  ASSERT_OK_AND_ASSIGN(std::unique_ptr<WritableFile> w,
-                       fs_->NewWritableFile("/c/f"));
-  ASSERT_OK(fs_->SyncDir("/c"));
-  ASSERT_OK(w->Append("abc"));
-  ASSERT_OK(w->Sync());
-  ASSERT_OK(w->Append("def"));
-  ASSERT_OK(w->WriteAt(4, "E"));
+  DCP_ASSERT_OK_AND_ASSIGN(std::unique_ptr<WritableFile> w,
+                           fs_->NewWritableFile("/c/f"));
+  DCP_ASSERT_OK(fs_->SyncDir("/c"));
+  DCP_ASSERT_OK(w->Append("abc"));
+  DCP_ASSERT_OK(w->Sync());
+  DCP_ASSERT_OK(w->Append("def"));
+  DCP_ASSERT_OK(w->WriteAt(4, "E"));
   EXPECT_EQ(BaseContent("/c/f"), "abcdEf");
   CrashAndRestart();
   EXPECT_EQ(BaseContent("/c/f"), "abc");
@@ -338,67 +340,67 @@ TEST_F(FaultInjectingFileSystemTest, OverwriteOfUnsyncedBytesKeepsSyncedPrefix) 
 
 TEST_F(FaultInjectingFileSystemTest, OverwriteOfSyncedBytesIsDurableOnlyAfterSync) {
   MakeDurableDir();
-  ASSERT_OK_AND_ASSIGN(std::unique_ptr<WritableFile> w,
-                       fs_->NewWritableFile("/c/f"));
-  ASSERT_OK(fs_->SyncDir("/c"));
-  ASSERT_OK(w->Append("abcdef"));
-  ASSERT_OK(w->Sync());
-  ASSERT_OK(w->WriteAt(2, "XY"));
+  DCP_ASSERT_OK_AND_ASSIGN(std::unique_ptr<WritableFile> w,
+                           fs_->NewWritableFile("/c/f"));
+  DCP_ASSERT_OK(fs_->SyncDir("/c"));
+  DCP_ASSERT_OK(w->Append("abcdef"));
+  DCP_ASSERT_OK(w->Sync());
+  DCP_ASSERT_OK(w->WriteAt(2, "XY"));
   EXPECT_EQ(BaseContent("/c/f"), "abXYef");
   CrashAndRestart();
   // The model cuts the file at the unsynced overwrite (see the header).
   EXPECT_EQ(BaseContent("/c/f"), "ab");
 
-  ASSERT_OK_AND_ASSIGN(w, fs_->NewWritableFile("/c/g"));
-  ASSERT_OK(fs_->SyncDir("/c"));
-  ASSERT_OK(w->Append("abcdef"));
-  ASSERT_OK(w->Sync());
-  ASSERT_OK(w->WriteAt(2, "XY"));
-  ASSERT_OK(w->Sync());
+  DCP_ASSERT_OK_AND_ASSIGN(w, fs_->NewWritableFile("/c/g"));
+  DCP_ASSERT_OK(fs_->SyncDir("/c"));
+  DCP_ASSERT_OK(w->Append("abcdef"));
+  DCP_ASSERT_OK(w->Sync());
+  DCP_ASSERT_OK(w->WriteAt(2, "XY"));
+  DCP_ASSERT_OK(w->Sync());
   CrashAndRestart();
   EXPECT_EQ(BaseContent("/c/g"), "abXYef");
 }
 
 TEST_F(FaultInjectingFileSystemTest, FileNeverSyncedIsEmptyAfterCrash) {
   MakeDurableDir();
-  ASSERT_OK(WriteStringToFile(*fs_, "/c/f", "data", /*sync=*/false));
-  ASSERT_OK(fs_->SyncDir("/c"));
+  DCP_ASSERT_OK(WriteStringToFile(*fs_, "/c/f", "data", /*sync=*/false));
+  DCP_ASSERT_OK(fs_->SyncDir("/c"));
   CrashAndRestart();
   EXPECT_EQ(BaseContent("/c/f"), "");
 }
 
 TEST_F(FaultInjectingFileSystemTest, CreatedFileWithoutDirSyncVanishes) {
   MakeDurableDir();
-  ASSERT_OK(WriteStringToFile(*fs_, "/c/f", "synced data", /*sync=*/true));
+  DCP_ASSERT_OK(WriteStringToFile(*fs_, "/c/f", "synced data", /*sync=*/true));
   CrashAndRestart();
   EXPECT_EQ(BaseContent("/c/f"), "<missing>");
   EXPECT_THAT(mem_->GetChildren("/c"), IsOkAndHolds(IsEmpty()));
 }
 
 TEST_F(FaultInjectingFileSystemTest, CreatedDirWithoutParentSyncVanishes) {
-  ASSERT_OK(fs_->CreateDir("/c/a/b"));
-  ASSERT_OK(WriteStringToFile(*fs_, "/c/a/b/f", "x", true));
-  ASSERT_OK(fs_->SyncDir("/c/a/b"));
-  ASSERT_OK(fs_->SyncDir("/c/a"));  // But "/" and "/c" are not synced.
+  DCP_ASSERT_OK(fs_->CreateDir("/c/a/b"));
+  DCP_ASSERT_OK(WriteStringToFile(*fs_, "/c/a/b/f", "x", true));
+  DCP_ASSERT_OK(fs_->SyncDir("/c/a/b"));
+  DCP_ASSERT_OK(fs_->SyncDir("/c/a"));  // But "/" and "/c" are not synced.
   CrashAndRestart();
   EXPECT_THAT(mem_->Exists("/c"), IsOkAndHolds(false));
 
-  ASSERT_OK(fs_->CreateDir("/c/a/b"));
-  ASSERT_OK(WriteStringToFile(*fs_, "/c/a/b/f", "x", true));
+  DCP_ASSERT_OK(fs_->CreateDir("/c/a/b"));
+  DCP_ASSERT_OK(WriteStringToFile(*fs_, "/c/a/b/f", "x", true));
   for (const char* dir : {"/c/a/b", "/c/a", "/c", "/"}) {
-    ASSERT_OK(fs_->SyncDir(dir));
+    DCP_ASSERT_OK(fs_->SyncDir(dir));
   }
   CrashAndRestart();
   EXPECT_EQ(BaseContent("/c/a/b/f"), "x");
 }
 
 TEST_F(FaultInjectingFileSystemTest, PreexistingFilesAreDurable) {
-  ASSERT_OK(mem_->CreateDir("/c"));
-  ASSERT_OK(WriteStringToFile(*mem_, "/c/old", "old data", false));
+  DCP_ASSERT_OK(mem_->CreateDir("/c"));
+  DCP_ASSERT_OK(WriteStringToFile(*mem_, "/c/old", "old data", false));
   auto fs = std::make_shared<FaultInjectingFileSystem>(mem_);
-  ASSERT_OK(WriteStringToFile(*fs, "/c/new", "new", true));
+  DCP_ASSERT_OK(WriteStringToFile(*fs, "/c/new", "new", true));
   fs->SimulateCrash();
-  ASSERT_OK(fs->Restart());
+  DCP_ASSERT_OK(fs->Restart());
   EXPECT_EQ(BaseContent("/c/old"), "old data");
   EXPECT_EQ(BaseContent("/c/new"), "<missing>");
 }
@@ -406,20 +408,20 @@ TEST_F(FaultInjectingFileSystemTest, PreexistingFilesAreDurable) {
 TEST_F(FaultInjectingFileSystemTest, TruncationIsDurableAtOnce) {
   // leveldb's model: rewriting an existing file loses its old content even
   // though its directory entry was durable all along.
-  ASSERT_OK(mem_->CreateDir("/c"));
-  ASSERT_OK(WriteStringToFile(*mem_, "/c/__0_0.distcp", "old data", false));
-  ASSERT_OK(WriteStringToFile(*fs_, "/c/__0_0.distcp", "new data!", false));
+  DCP_ASSERT_OK(mem_->CreateDir("/c"));
+  DCP_ASSERT_OK(WriteStringToFile(*mem_, "/c/__0_0.distcp", "old data", false));
+  DCP_ASSERT_OK(WriteStringToFile(*fs_, "/c/__0_0.distcp", "new data!", false));
   CrashAndRestart();
   EXPECT_EQ(BaseContent("/c/__0_0.distcp"), "");
 }
 
 TEST_F(FaultInjectingFileSystemTest, MetadataRenameIsUndoneWithoutDirSync) {
-  ASSERT_OK(mem_->CreateDir("/c"));
-  ASSERT_OK(WriteStringToFile(*mem_, "/c/.metadata", "old", false));
+  DCP_ASSERT_OK(mem_->CreateDir("/c"));
+  DCP_ASSERT_OK(WriteStringToFile(*mem_, "/c/.metadata", "old", false));
   // PyTorch's commit (pytorch-dcp-format.md §3.3), without a SyncDir.
-  ASSERT_OK(WriteStringToFile(*fs_, "/c/.metadata.tmp", "new", true));
-  ASSERT_OK(fs_->RemoveFile("/c/.metadata"));
-  ASSERT_OK(fs_->Rename("/c/.metadata.tmp", "/c/.metadata"));
+  DCP_ASSERT_OK(WriteStringToFile(*fs_, "/c/.metadata.tmp", "new", true));
+  DCP_ASSERT_OK(fs_->RemoveFile("/c/.metadata"));
+  DCP_ASSERT_OK(fs_->Rename("/c/.metadata.tmp", "/c/.metadata"));
   EXPECT_EQ(BaseContent("/c/.metadata"), "new");
   CrashAndRestart();
   EXPECT_EQ(BaseContent("/c/.metadata"), "old");
@@ -427,11 +429,11 @@ TEST_F(FaultInjectingFileSystemTest, MetadataRenameIsUndoneWithoutDirSync) {
 }
 
 TEST_F(FaultInjectingFileSystemTest, MetadataRenameIsDurableAfterDirSync) {
-  ASSERT_OK(mem_->CreateDir("/c"));
-  ASSERT_OK(WriteStringToFile(*mem_, "/c/.metadata", "old", false));
-  ASSERT_OK(WriteStringToFile(*fs_, "/c/.metadata.tmp", "new", true));
-  ASSERT_OK(fs_->Rename("/c/.metadata.tmp", "/c/.metadata"));  // Replaces.
-  ASSERT_OK(fs_->SyncDir("/c"));
+  DCP_ASSERT_OK(mem_->CreateDir("/c"));
+  DCP_ASSERT_OK(WriteStringToFile(*mem_, "/c/.metadata", "old", false));
+  DCP_ASSERT_OK(WriteStringToFile(*fs_, "/c/.metadata.tmp", "new", true));
+  DCP_ASSERT_OK(fs_->Rename("/c/.metadata.tmp", "/c/.metadata"));  // Replaces.
+  DCP_ASSERT_OK(fs_->SyncDir("/c"));
   CrashAndRestart();
   EXPECT_EQ(BaseContent("/c/.metadata"), "new");
   EXPECT_THAT(mem_->GetChildren("/c"), IsOkAndHolds(ElementsAre(".metadata")));
@@ -439,72 +441,72 @@ TEST_F(FaultInjectingFileSystemTest, MetadataRenameIsDurableAfterDirSync) {
 
 TEST_F(FaultInjectingFileSystemTest, RenamedUnsyncedFileKeepsOnlySyncedBytes) {
   MakeDurableDir();
-  ASSERT_OK_AND_ASSIGN(std::unique_ptr<WritableFile> w,
-                       fs_->NewWritableFile("/c/.metadata.tmp"));
-  ASSERT_OK(w->Append("synced"));
-  ASSERT_OK(w->Sync());
-  ASSERT_OK(w->Append("+not"));
-  ASSERT_OK(w->Close());
-  ASSERT_OK(fs_->Rename("/c/.metadata.tmp", "/c/.metadata"));
-  ASSERT_OK(fs_->SyncDir("/c"));
+  DCP_ASSERT_OK_AND_ASSIGN(std::unique_ptr<WritableFile> w,
+                           fs_->NewWritableFile("/c/.metadata.tmp"));
+  DCP_ASSERT_OK(w->Append("synced"));
+  DCP_ASSERT_OK(w->Sync());
+  DCP_ASSERT_OK(w->Append("+not"));
+  DCP_ASSERT_OK(w->Close());
+  DCP_ASSERT_OK(fs_->Rename("/c/.metadata.tmp", "/c/.metadata"));
+  DCP_ASSERT_OK(fs_->SyncDir("/c"));
   CrashAndRestart();
   EXPECT_EQ(BaseContent("/c/.metadata"), "synced");
 }
 
 TEST_F(FaultInjectingFileSystemTest, RemovalsAreUndoneWithoutDirSync) {
   MakeDurableDir();
-  ASSERT_OK(fs_->CreateDir("/c/sub"));
-  ASSERT_OK(WriteStringToFile(*fs_, "/c/f", "f", true));
-  ASSERT_OK(WriteStringToFile(*fs_, "/c/g", "g", true));
-  ASSERT_OK(fs_->SyncDir("/c"));
-  ASSERT_OK(fs_->RemoveFile("/c/f"));
-  ASSERT_OK(fs_->RemoveDir("/c/sub"));
+  DCP_ASSERT_OK(fs_->CreateDir("/c/sub"));
+  DCP_ASSERT_OK(WriteStringToFile(*fs_, "/c/f", "f", true));
+  DCP_ASSERT_OK(WriteStringToFile(*fs_, "/c/g", "g", true));
+  DCP_ASSERT_OK(fs_->SyncDir("/c"));
+  DCP_ASSERT_OK(fs_->RemoveFile("/c/f"));
+  DCP_ASSERT_OK(fs_->RemoveDir("/c/sub"));
   CrashAndRestart();
   EXPECT_EQ(BaseContent("/c/f"), "f");
   EXPECT_THAT(mem_->IsDirectory("/c/sub"), IsOkAndHolds(true));
 
-  ASSERT_OK(fs_->RemoveFile("/c/f"));
-  ASSERT_OK(fs_->RemoveDir("/c/sub"));
-  ASSERT_OK(fs_->SyncDir("/c"));
+  DCP_ASSERT_OK(fs_->RemoveFile("/c/f"));
+  DCP_ASSERT_OK(fs_->RemoveDir("/c/sub"));
+  DCP_ASSERT_OK(fs_->SyncDir("/c"));
   CrashAndRestart();
   EXPECT_THAT(mem_->GetChildren("/c"), IsOkAndHolds(ElementsAre("g")));
 }
 
 TEST_F(FaultInjectingFileSystemTest, CrossDirectoryRenameNeedsBothDirsSynced) {
   auto setup = [&] {
-    ASSERT_OK(fs_->CreateDir("/a"));
-    ASSERT_OK(fs_->CreateDir("/b"));
-    ASSERT_OK(fs_->SyncDir("/"));
-    ASSERT_OK(WriteStringToFile(*fs_, "/a/f", "f", true));
-    ASSERT_OK(fs_->SyncDir("/a"));
-    ASSERT_OK(fs_->Rename("/a/f", "/b/f"));
+    DCP_ASSERT_OK(fs_->CreateDir("/a"));
+    DCP_ASSERT_OK(fs_->CreateDir("/b"));
+    DCP_ASSERT_OK(fs_->SyncDir("/"));
+    DCP_ASSERT_OK(WriteStringToFile(*fs_, "/a/f", "f", true));
+    DCP_ASSERT_OK(fs_->SyncDir("/a"));
+    DCP_ASSERT_OK(fs_->Rename("/a/f", "/b/f"));
   };
   auto children = [&](const char* dir) {
     return mem_->GetChildren(dir).value_or(std::vector<std::string>{"?"});
   };
   // Only the target synced: both names survive.
   setup();
-  ASSERT_OK(fs_->SyncDir("/b"));
+  DCP_ASSERT_OK(fs_->SyncDir("/b"));
   CrashAndRestart();
   EXPECT_THAT(children("/a"), ElementsAre("f"));
   EXPECT_THAT(children("/b"), ElementsAre("f"));
   EXPECT_EQ(BaseContent("/b/f"), "f");
-  ASSERT_OK(fs_->RemoveFile("/b/f"));
-  ASSERT_OK(fs_->RemoveFile("/a/f"));
-  ASSERT_OK(fs_->SyncDir("/a"));
-  ASSERT_OK(fs_->SyncDir("/b"));
+  DCP_ASSERT_OK(fs_->RemoveFile("/b/f"));
+  DCP_ASSERT_OK(fs_->RemoveFile("/a/f"));
+  DCP_ASSERT_OK(fs_->SyncDir("/a"));
+  DCP_ASSERT_OK(fs_->SyncDir("/b"));
 
   // Only the source synced: neither survives.
   setup();
-  ASSERT_OK(fs_->SyncDir("/a"));
+  DCP_ASSERT_OK(fs_->SyncDir("/a"));
   CrashAndRestart();
   EXPECT_THAT(children("/a"), IsEmpty());
   EXPECT_THAT(children("/b"), IsEmpty());
 
   // Both synced: moved.
   setup();
-  ASSERT_OK(fs_->SyncDir("/a"));
-  ASSERT_OK(fs_->SyncDir("/b"));
+  DCP_ASSERT_OK(fs_->SyncDir("/a"));
+  DCP_ASSERT_OK(fs_->SyncDir("/b"));
   CrashAndRestart();
   EXPECT_THAT(children("/a"), IsEmpty());
   EXPECT_THAT(children("/b"), ElementsAre("f"));
@@ -512,12 +514,12 @@ TEST_F(FaultInjectingFileSystemTest, CrossDirectoryRenameNeedsBothDirsSynced) {
 
 TEST_F(FaultInjectingFileSystemTest, SwappedNamesAreRestored) {
   MakeDurableDir();
-  ASSERT_OK(WriteStringToFile(*fs_, "/c/a", "A", true));
-  ASSERT_OK(WriteStringToFile(*fs_, "/c/b", "B", true));
-  ASSERT_OK(fs_->SyncDir("/c"));
-  ASSERT_OK(fs_->Rename("/c/a", "/c/tmp"));
-  ASSERT_OK(fs_->Rename("/c/b", "/c/a"));
-  ASSERT_OK(fs_->Rename("/c/tmp", "/c/b"));
+  DCP_ASSERT_OK(WriteStringToFile(*fs_, "/c/a", "A", true));
+  DCP_ASSERT_OK(WriteStringToFile(*fs_, "/c/b", "B", true));
+  DCP_ASSERT_OK(fs_->SyncDir("/c"));
+  DCP_ASSERT_OK(fs_->Rename("/c/a", "/c/tmp"));
+  DCP_ASSERT_OK(fs_->Rename("/c/b", "/c/a"));
+  DCP_ASSERT_OK(fs_->Rename("/c/tmp", "/c/b"));
   EXPECT_EQ(BaseContent("/c/a"), "B");
   CrashAndRestart();
   EXPECT_EQ(BaseContent("/c/a"), "A");
@@ -527,17 +529,17 @@ TEST_F(FaultInjectingFileSystemTest, SwappedNamesAreRestored) {
 
 TEST_F(FaultInjectingFileSystemTest, DirectoryRenameSwapIsUndoneUntilSynced) {
   // An existing checkpoint, not created through the wrapper.
-  ASSERT_OK(mem_->CreateDir("/ckpt/sub"));
-  ASSERT_OK(WriteStringToFile(*mem_, "/ckpt/.metadata", "v1", false));
-  ASSERT_OK(WriteStringToFile(*mem_, "/ckpt/sub/d", "v1 data", false));
+  DCP_ASSERT_OK(mem_->CreateDir("/ckpt/sub"));
+  DCP_ASSERT_OK(WriteStringToFile(*mem_, "/ckpt/.metadata", "v1", false));
+  DCP_ASSERT_OK(WriteStringToFile(*mem_, "/ckpt/sub/d", "v1 data", false));
   // A complete new version in a staging directory.
-  ASSERT_OK(fs_->CreateDir("/ckpt.new"));
-  ASSERT_OK(WriteStringToFile(*fs_, "/ckpt.new/.metadata", "v2", true));
-  ASSERT_OK(fs_->SyncDir("/ckpt.new"));
-  ASSERT_OK(fs_->SyncDir("/"));
+  DCP_ASSERT_OK(fs_->CreateDir("/ckpt.new"));
+  DCP_ASSERT_OK(WriteStringToFile(*fs_, "/ckpt.new/.metadata", "v2", true));
+  DCP_ASSERT_OK(fs_->SyncDir("/ckpt.new"));
+  DCP_ASSERT_OK(fs_->SyncDir("/"));
   // Swap without syncing "/".
-  ASSERT_OK(fs_->Rename("/ckpt", "/ckpt.old"));
-  ASSERT_OK(fs_->Rename("/ckpt.new", "/ckpt"));
+  DCP_ASSERT_OK(fs_->Rename("/ckpt", "/ckpt.old"));
+  DCP_ASSERT_OK(fs_->Rename("/ckpt.new", "/ckpt"));
   CrashAndRestart();
   EXPECT_EQ(BaseContent("/ckpt/.metadata"), "v1");
   EXPECT_EQ(BaseContent("/ckpt/sub/d"), "v1 data");
@@ -545,9 +547,9 @@ TEST_F(FaultInjectingFileSystemTest, DirectoryRenameSwapIsUndoneUntilSynced) {
   EXPECT_THAT(mem_->Exists("/ckpt.old"), IsOkAndHolds(false));
 
   // Again, synced this time.
-  ASSERT_OK(fs_->Rename("/ckpt", "/ckpt.old"));
-  ASSERT_OK(fs_->Rename("/ckpt.new", "/ckpt"));
-  ASSERT_OK(fs_->SyncDir("/"));
+  DCP_ASSERT_OK(fs_->Rename("/ckpt", "/ckpt.old"));
+  DCP_ASSERT_OK(fs_->Rename("/ckpt.new", "/ckpt"));
+  DCP_ASSERT_OK(fs_->SyncDir("/"));
   CrashAndRestart();
   EXPECT_EQ(BaseContent("/ckpt/.metadata"), "v2");
   EXPECT_EQ(BaseContent("/ckpt.old/.metadata"), "v1");
@@ -557,12 +559,12 @@ TEST_F(FaultInjectingFileSystemTest, DirectoryRenameSwapIsUndoneUntilSynced) {
 
 TEST_F(FaultInjectingFileSystemTest, EverythingFailsWhileCrashed) {
   MakeDurableDir();
-  ASSERT_OK(WriteStringToFile(*fs_, "/c/r", "r", true));
-  ASSERT_OK(fs_->SyncDir("/c"));
-  ASSERT_OK_AND_ASSIGN(std::unique_ptr<WritableFile> w,
-                       fs_->NewWritableFile("/c/w"));
-  ASSERT_OK_AND_ASSIGN(std::unique_ptr<RandomAccessFile> r,
-                       fs_->NewRandomAccessFile("/c/r"));
+  DCP_ASSERT_OK(WriteStringToFile(*fs_, "/c/r", "r", true));
+  DCP_ASSERT_OK(fs_->SyncDir("/c"));
+  DCP_ASSERT_OK_AND_ASSIGN(std::unique_ptr<WritableFile> w,
+                           fs_->NewWritableFile("/c/w"));
+  DCP_ASSERT_OK_AND_ASSIGN(std::unique_ptr<RandomAccessFile> r,
+                           fs_->NewRandomAccessFile("/c/r"));
   const int ops = fs_->op_count();
   const size_t logged = fs_->op_log().size();
   fs_->SimulateCrash();
@@ -589,20 +591,20 @@ TEST_F(FaultInjectingFileSystemTest, EverythingFailsWhileCrashed) {
   EXPECT_EQ(fs_->op_count(), ops);  // Refused calls are neither counted...
   EXPECT_EQ(fs_->op_log().size(), logged);  // ...nor logged.
 
-  ASSERT_OK(fs_->Restart());
+  DCP_ASSERT_OK(fs_->Restart());
   EXPECT_FALSE(fs_->crashed());
   // Files opened before the crash stay dead; new ones work.
   EXPECT_THAT(w->Append("x"), aborted);
   EXPECT_THAT(r->Read(0, 1, scratch), aborted);
-  ASSERT_OK_AND_ASSIGN(r, fs_->NewRandomAccessFile("/c/r"));
+  DCP_ASSERT_OK_AND_ASSIGN(r, fs_->NewRandomAccessFile("/c/r"));
   EXPECT_THAT(r->Read(0, 1, scratch), IsOkAndHolds(absl::string_view("r")));
   EXPECT_EQ(BaseContent("/c/w"), "<missing>");  // Never dir-synced.
 }
 
 TEST_F(FaultInjectingFileSystemTest, RestartWithoutCrashCrashesFirst) {
   MakeDurableDir();
-  ASSERT_OK(WriteStringToFile(*fs_, "/c/f", "x", true));
-  ASSERT_OK(fs_->Restart());
+  DCP_ASSERT_OK(WriteStringToFile(*fs_, "/c/f", "x", true));
+  DCP_ASSERT_OK(fs_->Restart());
   EXPECT_EQ(BaseContent("/c/f"), "<missing>");
   EXPECT_FALSE(fs_->crashed());
 }
@@ -610,7 +612,7 @@ TEST_F(FaultInjectingFileSystemTest, RestartWithoutCrashCrashesFirst) {
 TEST_F(FaultInjectingFileSystemTest,
        CrashAfterZeroOpsCrashesAtTheNextMutation) {
   fs_->CrashAfterOps(0);
-  EXPECT_OK(fs_->FileExists("/"));  // Not a mutation: not counted.
+  DCP_EXPECT_OK(fs_->FileExists("/"));  // Not a mutation: not counted.
   EXPECT_FALSE(fs_->crashed());
   EXPECT_THAT(fs_->CreateDir("/c"), StatusIs(absl::StatusCode::kAborted));
   EXPECT_TRUE(fs_->crashed());
@@ -623,18 +625,18 @@ TEST_F(FaultInjectingFileSystemTest, CrashAfterNOpsLetsExactlyNHappen) {
   MakeDurableDir();
   const int before = fs_->op_count();
   fs_->CrashAfterOps(2);
-  ASSERT_OK_AND_ASSIGN(std::unique_ptr<WritableFile> w,
-                       fs_->NewWritableFile("/c/f"));  // 1
-  ASSERT_OK(w->Append("abc"));                         // 2
+  DCP_ASSERT_OK_AND_ASSIGN(std::unique_ptr<WritableFile> w,
+                           fs_->NewWritableFile("/c/f"));  // 1
+  DCP_ASSERT_OK(w->Append("abc"));                         // 2
   EXPECT_FALSE(fs_->crashed());
   EXPECT_THAT(w->Sync(), StatusIs(absl::StatusCode::kAborted));  // 3: crash.
   EXPECT_TRUE(fs_->crashed());
   EXPECT_EQ(fs_->op_count(), before + 2);
   EXPECT_EQ(fs_->mutation_log().back(), "append /c/f 3");
-  ASSERT_OK(fs_->Restart());
+  DCP_ASSERT_OK(fs_->Restart());
   EXPECT_EQ(BaseContent("/c/f"), "<missing>");
   // The scheduled crash is consumed: later operations proceed.
-  ASSERT_OK(WriteStringToFile(*fs_, "/c/g", "g", true));
+  DCP_ASSERT_OK(WriteStringToFile(*fs_, "/c/g", "g", true));
 }
 
 TEST_F(FaultInjectingFileSystemTest, InjectedFailuresCountAsOperations) {
@@ -654,8 +656,8 @@ TEST_F(FaultInjectingFileSystemTest, LocksAreLoggedAndLockIsAMutation) {
   fs_->ClearOpLog();
   const int before = fs_->op_count();
   {
-    ASSERT_OK_AND_ASSIGN(std::unique_ptr<FileLock> lock,
-                         fs_->TryLockFile("/c/.lock", "me"));
+    DCP_ASSERT_OK_AND_ASSIGN(std::unique_ptr<FileLock> lock,
+                             fs_->TryLockFile("/c/.lock", "me"));
     EXPECT_THAT(fs_->TryLockFile("/c/.lock", "you").status(),
                 StatusIs(absl::StatusCode::kFailedPrecondition,
                          HasSubstr("is held by me")));
@@ -675,33 +677,33 @@ TEST_F(FaultInjectingFileSystemTest, RulesCanFailLocks) {
               StatusIs(absl::StatusCode::kUnavailable,
                        AllOf(HasSubstr("lock /c/.lock"), HasSubstr("nfs"))));
   EXPECT_EQ(BaseContent("/c/.lock"), "<missing>");  // Did not reach the base.
-  EXPECT_OK(fs_->TryLockFile("/c/.lock", "me").status());
+  DCP_EXPECT_OK(fs_->TryLockFile("/c/.lock", "me").status());
 }
 
 TEST_F(FaultInjectingFileSystemTest, CrashReleasesLocksOfTheDeadHolder) {
   MakeDurableDir();
-  ASSERT_OK_AND_ASSIGN(std::unique_ptr<FileLock> dead,
-                       fs_->TryLockFile("/c/.lock", "dead writer"));
-  ASSERT_OK(fs_->SyncDir("/c"));
+  DCP_ASSERT_OK_AND_ASSIGN(std::unique_ptr<FileLock> dead,
+                           fs_->TryLockFile("/c/.lock", "dead writer"));
+  DCP_ASSERT_OK(fs_->SyncDir("/c"));
   fs_->SimulateCrash();
   // Released at once in the wrapped file system, as the kernel would.
-  ASSERT_OK_AND_ASSIGN(std::unique_ptr<FileLock> direct,
-                       mem_->TryLockFile("/c/.lock", "direct"));
+  DCP_ASSERT_OK_AND_ASSIGN(std::unique_ptr<FileLock> direct,
+                           mem_->TryLockFile("/c/.lock", "direct"));
   direct.reset();
   EXPECT_THAT(dead->CheckHeld(),
               StatusIs(absl::StatusCode::kAborted, HasSubstr("crash")));
   EXPECT_THAT(fs_->TryLockFile("/c/.lock", "too early").status(),
               StatusIs(absl::StatusCode::kAborted));
-  ASSERT_OK(fs_->Restart());
+  DCP_ASSERT_OK(fs_->Restart());
   // The lock file's entry was synced, its content never: it is empty.
   EXPECT_EQ(BaseContent("/c/.lock"), "");
   fs_->ClearOpLog();
-  ASSERT_OK_AND_ASSIGN(std::unique_ptr<FileLock> next,
-                       fs_->TryLockFile("/c/.lock", "next writer"));
-  EXPECT_OK(next->CheckHeld());
+  DCP_ASSERT_OK_AND_ASSIGN(std::unique_ptr<FileLock> next,
+                           fs_->TryLockFile("/c/.lock", "next writer"));
+  DCP_EXPECT_OK(next->CheckHeld());
   // Dropping the dead holder's object releases nothing (and logs nothing).
   dead.reset();
-  EXPECT_OK(next->CheckHeld());
+  DCP_EXPECT_OK(next->CheckHeld());
   EXPECT_THAT(fs_->TryLockFile("/c/.lock", "third").status(),
               StatusIs(absl::StatusCode::kFailedPrecondition,
                        HasSubstr("next writer")));
@@ -710,14 +712,14 @@ TEST_F(FaultInjectingFileSystemTest, CrashReleasesLocksOfTheDeadHolder) {
 
 TEST_F(FaultInjectingFileSystemTest, CrashAfterOpsReleasesLocksToo) {
   MakeDurableDir();
-  ASSERT_OK_AND_ASSIGN(std::unique_ptr<FileLock> dead,
-                       fs_->TryLockFile("/c/.lock", "dead writer"));
+  DCP_ASSERT_OK_AND_ASSIGN(std::unique_ptr<FileLock> dead,
+                           fs_->TryLockFile("/c/.lock", "dead writer"));
   fs_->CrashAfterOps(0);
   EXPECT_THAT(fs_->CreateDir("/c/d"), StatusIs(absl::StatusCode::kAborted));
-  ASSERT_OK(fs_->Restart());
+  DCP_ASSERT_OK(fs_->Restart());
   // The lock file was never dir-synced: it is gone, and free.
   EXPECT_EQ(BaseContent("/c/.lock"), "<missing>");
-  EXPECT_OK(fs_->TryLockFile("/c/.lock", "next").status());
+  DCP_EXPECT_OK(fs_->TryLockFile("/c/.lock", "next").status());
 }
 
 // -----------------------------------------------------------------------------
@@ -785,7 +787,7 @@ LoopResult CrashAtEveryPoint(const ProtocolOptions& options) {
   {
     auto fs = std::make_shared<FaultInjectingFileSystem>(
         std::make_shared<MemFileSystem>());
-    EXPECT_OK(SaveCheckpoint(*fs, options));
+    DCP_EXPECT_OK(SaveCheckpoint(*fs, options));
     total = fs->op_count();
   }
   for (int n = 0; n <= total; ++n) {
@@ -794,7 +796,7 @@ LoopResult CrashAtEveryPoint(const ProtocolOptions& options) {
     fs->CrashAfterOps(n);
     const absl::Status saved = SaveCheckpoint(*fs, options);
     EXPECT_EQ(saved.ok(), n == total) << "n=" << n << " " << saved;
-    EXPECT_OK(fs->Restart());
+    DCP_EXPECT_OK(fs->Restart());
     bool complete = false;
     const absl::Status check = CheckNothingOrComplete(*fs, &complete);
     ++result.crash_points;
@@ -841,17 +843,17 @@ TEST(FaultInjectingPosixTest, RestartRewritesRealFiles) {
   auto posix = NewPosixFileSystem();
   auto fs = std::make_shared<FaultInjectingFileSystem>(posix);
   const std::string dir = JoinPath(root, "c");
-  ASSERT_OK(fs->CreateDir(dir));
-  ASSERT_OK(fs->SyncDir(root));
-  ASSERT_OK_AND_ASSIGN(std::unique_ptr<WritableFile> w,
-                       fs->NewWritableFile(JoinPath(dir, "f")));
-  ASSERT_OK(fs->SyncDir(dir));
-  ASSERT_OK(w->Append("abc"));
-  ASSERT_OK(w->Sync());
-  ASSERT_OK(w->Append("def"));
-  ASSERT_OK(WriteStringToFile(*fs, JoinPath(dir, "g"), "g", true));
+  DCP_ASSERT_OK(fs->CreateDir(dir));
+  DCP_ASSERT_OK(fs->SyncDir(root));
+  DCP_ASSERT_OK_AND_ASSIGN(std::unique_ptr<WritableFile> w,
+                           fs->NewWritableFile(JoinPath(dir, "f")));
+  DCP_ASSERT_OK(fs->SyncDir(dir));
+  DCP_ASSERT_OK(w->Append("abc"));
+  DCP_ASSERT_OK(w->Sync());
+  DCP_ASSERT_OK(w->Append("def"));
+  DCP_ASSERT_OK(WriteStringToFile(*fs, JoinPath(dir, "g"), "g", true));
   fs->SimulateCrash();
-  ASSERT_OK(fs->Restart());
+  DCP_ASSERT_OK(fs->Restart());
   EXPECT_THAT(ReadFileToString(*posix, JoinPath(dir, "f")),
               IsOkAndHolds(std::string("abc")));
   EXPECT_THAT(posix->Exists(JoinPath(dir, "g")), IsOkAndHolds(false));
@@ -862,7 +864,7 @@ TEST(FaultInjectingThreadsTest, ConcurrentWritersAreCountedAndCrashCleanly) {
   constexpr int kFiles = 25;
   auto mem = std::make_shared<MemFileSystem>();
   auto fs = std::make_shared<FaultInjectingFileSystem>(mem);
-  ASSERT_OK(fs->CreateDir("/c"));
+  DCP_ASSERT_OK(fs->CreateDir("/c"));
   const int start = fs->op_count();
   auto write_all = [&](int t) {
     absl::Status status;
@@ -879,7 +881,7 @@ TEST(FaultInjectingThreadsTest, ConcurrentWritersAreCountedAndCrashCleanly) {
       threads.emplace_back([&, t] { statuses[t] = write_all(t); });
     }
     for (std::thread& thread : threads) thread.join();
-    for (const absl::Status& status : statuses) EXPECT_OK(status);
+    for (const absl::Status& status : statuses) DCP_EXPECT_OK(status);
   }
   // create + append + sync + close per file.
   EXPECT_EQ(fs->op_count() - start, kThreads * kFiles * 4);
@@ -898,10 +900,10 @@ TEST(FaultInjectingThreadsTest, ConcurrentWritersAreCountedAndCrashCleanly) {
       EXPECT_THAT(status, StatusIs(absl::StatusCode::kAborted));
     }
   }
-  ASSERT_OK(fs->Restart());
+  DCP_ASSERT_OK(fs->Restart());
   // "/c" was never dir-synced, and neither was "/".
   EXPECT_THAT(mem->Exists("/c"), IsOkAndHolds(false));
 }
 
 }  // namespace
-}  // namespace dcp::testing
+}  // namespace dcp::test

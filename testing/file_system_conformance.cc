@@ -17,7 +17,7 @@
 #include "storage/file_system.h"
 #include "testing/status_matchers.h"
 
-namespace dcp::testing {
+namespace dcp::test {
 
 void FileSystemConformanceTest::SetUp() {
   FileSystemUnderTest under_test = GetParam().make();
@@ -49,27 +49,27 @@ std::string Pattern(size_t n, int seed = 0) {
 
 TEST_P(FileSystemConformanceTest, WriteThenReadRoundTrips) {
   const std::string path = Path("f");
-  ASSERT_OK_AND_ASSIGN(std::unique_ptr<WritableFile> w,
-                       fs_->NewWritableFile(path));
+  DCP_ASSERT_OK_AND_ASSIGN(std::unique_ptr<WritableFile> w,
+                           fs_->NewWritableFile(path));
   EXPECT_EQ(w->size(), 0u);
-  ASSERT_OK(w->Append("hello "));
-  ASSERT_OK(w->Append(""));
-  ASSERT_OK(w->Append("world"));
+  DCP_ASSERT_OK(w->Append("hello "));
+  DCP_ASSERT_OK(w->Append(""));
+  DCP_ASSERT_OK(w->Append("world"));
   EXPECT_EQ(w->size(), 11u);
-  ASSERT_OK(w->Sync());
-  ASSERT_OK(w->Close());
+  DCP_ASSERT_OK(w->Sync());
+  DCP_ASSERT_OK(w->Close());
 
   EXPECT_THAT(fs_->FileSize(path), IsOkAndHolds(11u));
-  ASSERT_OK_AND_ASSIGN(std::unique_ptr<RandomAccessFile> r,
-                       fs_->NewRandomAccessFile(path));
+  DCP_ASSERT_OK_AND_ASSIGN(std::unique_ptr<RandomAccessFile> r,
+                           fs_->NewRandomAccessFile(path));
   EXPECT_EQ(r->size(), 11u);
   char scratch[16];
-  ASSERT_OK_AND_ASSIGN(absl::string_view got, r->Read(6, 5, scratch));
+  DCP_ASSERT_OK_AND_ASSIGN(absl::string_view got, r->Read(6, 5, scratch));
   EXPECT_EQ(got, "world");
-  ASSERT_OK_AND_ASSIGN(got, r->Read(11, 0, scratch));  // Empty read at EOF.
+  DCP_ASSERT_OK_AND_ASSIGN(got, r->Read(11, 0, scratch));  // Empty read at EOF.
   EXPECT_EQ(got, "");
   std::string all(11, '?');
-  ASSERT_OK(r->ReadInto(0, absl::MakeSpan(all)));
+  DCP_ASSERT_OK(r->ReadInto(0, absl::MakeSpan(all)));
   EXPECT_EQ(all, "hello world");
   EXPECT_THAT(ReadFileToString(*fs_, path),
               IsOkAndHolds(std::string("hello world")));
@@ -77,9 +77,9 @@ TEST_P(FileSystemConformanceTest, WriteThenReadRoundTrips) {
 
 TEST_P(FileSystemConformanceTest, ShortReadIsDataLossNamingFileOffsetAndSizes) {
   const std::string path = Path("short");
-  ASSERT_OK(WriteStringToFile(*fs_, path, "0123456789", /*sync=*/false));
-  ASSERT_OK_AND_ASSIGN(std::unique_ptr<RandomAccessFile> r,
-                       fs_->NewRandomAccessFile(path));
+  DCP_ASSERT_OK(WriteStringToFile(*fs_, path, "0123456789", /*sync=*/false));
+  DCP_ASSERT_OK_AND_ASSIGN(std::unique_ptr<RandomAccessFile> r,
+                           fs_->NewRandomAccessFile(path));
   char scratch[32];
   EXPECT_THAT(r->Read(4, 10, scratch),
               StatusIs(absl::StatusCode::kDataLoss,
@@ -94,17 +94,17 @@ TEST_P(FileSystemConformanceTest, ShortReadIsDataLossNamingFileOffsetAndSizes) {
 
 TEST_P(FileSystemConformanceTest, NewWritableFileTruncatesAnExistingFile) {
   const std::string path = Path("t");
-  ASSERT_OK(WriteStringToFile(*fs_, path, "a long first version", true));
-  ASSERT_OK(WriteStringToFile(*fs_, path, "v2", true));
+  DCP_ASSERT_OK(WriteStringToFile(*fs_, path, "a long first version", true));
+  DCP_ASSERT_OK(WriteStringToFile(*fs_, path, "v2", true));
   EXPECT_THAT(ReadFileToString(*fs_, path), IsOkAndHolds(std::string("v2")));
 }
 
 TEST_P(FileSystemConformanceTest, ClosedFileRefusesEveryCall) {
   const std::string path = Path("closed");
-  ASSERT_OK_AND_ASSIGN(std::unique_ptr<WritableFile> w,
-                       fs_->NewWritableFile(path));
-  ASSERT_OK(w->Append("x"));
-  ASSERT_OK(w->Close());
+  DCP_ASSERT_OK_AND_ASSIGN(std::unique_ptr<WritableFile> w,
+                           fs_->NewWritableFile(path));
+  DCP_ASSERT_OK(w->Append("x"));
+  DCP_ASSERT_OK(w->Close());
   EXPECT_THAT(w->Append("y"),
               StatusIs(absl::StatusCode::kFailedPrecondition, HasSubstr(path)));
   EXPECT_THAT(w->WriteAt(0, "z"),
@@ -116,18 +116,18 @@ TEST_P(FileSystemConformanceTest, ClosedFileRefusesEveryCall) {
 
 TEST_P(FileSystemConformanceTest, WriteAtOverwritesAppendedBytesInPlace) {
   const std::string path = Path("patched");
-  ASSERT_OK_AND_ASSIGN(std::unique_ptr<WritableFile> w,
-                       fs_->NewWritableFile(path));
-  ASSERT_OK(w->Append("hello world"));
-  ASSERT_OK(w->WriteAt(0, "J"));
-  ASSERT_OK(w->WriteAt(6, "W"));
-  ASSERT_OK(w->WriteAt(11, ""));  // Empty, at the end: nothing to do.
+  DCP_ASSERT_OK_AND_ASSIGN(std::unique_ptr<WritableFile> w,
+                           fs_->NewWritableFile(path));
+  DCP_ASSERT_OK(w->Append("hello world"));
+  DCP_ASSERT_OK(w->WriteAt(0, "J"));
+  DCP_ASSERT_OK(w->WriteAt(6, "W"));
+  DCP_ASSERT_OK(w->WriteAt(11, ""));  // Empty, at the end: nothing to do.
   EXPECT_EQ(w->size(), 11u);
-  ASSERT_OK(w->Append("!"));  // Appends still go to the end.
-  ASSERT_OK(w->WriteAt(10, "D?"));
+  DCP_ASSERT_OK(w->Append("!"));  // Appends still go to the end.
+  DCP_ASSERT_OK(w->WriteAt(10, "D?"));
   EXPECT_EQ(w->size(), 12u);
-  ASSERT_OK(w->Sync());
-  ASSERT_OK(w->Close());
+  DCP_ASSERT_OK(w->Sync());
+  DCP_ASSERT_OK(w->Close());
   EXPECT_THAT(ReadFileToString(*fs_, path),
               IsOkAndHolds(std::string("Jello WorlD?")));
 }
@@ -135,24 +135,24 @@ TEST_P(FileSystemConformanceTest, WriteAtOverwritesAppendedBytesInPlace) {
 TEST_P(FileSystemConformanceTest, WriteAtOfLargeRangesAcrossAppends) {
   const std::string path = Path("big");
   std::string expected = Pattern(3 << 20, 1);
-  ASSERT_OK_AND_ASSIGN(std::unique_ptr<WritableFile> w,
-                       fs_->NewWritableFile(path));
-  ASSERT_OK(w->Append(absl::string_view(expected).substr(0, 1 << 20)));
-  ASSERT_OK(w->Append(absl::string_view(expected).substr(1 << 20)));
+  DCP_ASSERT_OK_AND_ASSIGN(std::unique_ptr<WritableFile> w,
+                           fs_->NewWritableFile(path));
+  DCP_ASSERT_OK(w->Append(absl::string_view(expected).substr(0, 1 << 20)));
+  DCP_ASSERT_OK(w->Append(absl::string_view(expected).substr(1 << 20)));
   const std::string patch = Pattern((1 << 20) + 17, 2);
-  ASSERT_OK(w->WriteAt((1 << 20) - 5, patch));
+  DCP_ASSERT_OK(w->WriteAt((1 << 20) - 5, patch));
   expected.replace((1 << 20) - 5, patch.size(), patch);
   EXPECT_EQ(w->size(), uint64_t{3} << 20);
-  ASSERT_OK(w->Close());
-  ASSERT_OK_AND_ASSIGN(std::string got, ReadFileToString(*fs_, path));
+  DCP_ASSERT_OK(w->Close());
+  DCP_ASSERT_OK_AND_ASSIGN(std::string got, ReadFileToString(*fs_, path));
   EXPECT_TRUE(got == expected) << "the file differs after the overwrite";
 }
 
 TEST_P(FileSystemConformanceTest, WriteAtBeyondTheAppendedBytesIsOutOfRange) {
   const std::string path = Path("short_patch");
-  ASSERT_OK_AND_ASSIGN(std::unique_ptr<WritableFile> w,
-                       fs_->NewWritableFile(path));
-  ASSERT_OK(w->Append("abc"));
+  DCP_ASSERT_OK_AND_ASSIGN(std::unique_ptr<WritableFile> w,
+                           fs_->NewWritableFile(path));
+  DCP_ASSERT_OK(w->Append("abc"));
   EXPECT_THAT(w->WriteAt(2, "xy"),
               StatusIs(absl::StatusCode::kOutOfRange,
                        AllOf(HasSubstr(path), HasSubstr("2 bytes at offset 2"),
@@ -162,16 +162,16 @@ TEST_P(FileSystemConformanceTest, WriteAtBeyondTheAppendedBytesIsOutOfRange) {
               StatusIs(absl::StatusCode::kOutOfRange));
   EXPECT_THAT(w->WriteAt(1, absl::string_view("x", 1)), IsOk());
   EXPECT_EQ(w->size(), 3u);
-  ASSERT_OK(w->Close());
+  DCP_ASSERT_OK(w->Close());
   EXPECT_THAT(ReadFileToString(*fs_, path), IsOkAndHolds(std::string("axc")));
 }
 
 TEST_P(FileSystemConformanceTest, DestructorClosesWithoutLosingData) {
   const std::string path = Path("unclosed");
   {
-    ASSERT_OK_AND_ASSIGN(std::unique_ptr<WritableFile> w,
-                         fs_->NewWritableFile(path));
-    ASSERT_OK(w->Append("kept"));
+    DCP_ASSERT_OK_AND_ASSIGN(std::unique_ptr<WritableFile> w,
+                             fs_->NewWritableFile(path));
+    DCP_ASSERT_OK(w->Append("kept"));
   }
   EXPECT_THAT(ReadFileToString(*fs_, path), IsOkAndHolds(std::string("kept")));
 }
@@ -200,7 +200,7 @@ TEST_P(FileSystemConformanceTest, MissingPathsAreNotFoundAndNamed) {
               StatusIs(absl::StatusCode::kNotFound, HasSubstr(missing)));
   EXPECT_THAT(fs_->Rename(missing, Path("x")),
               StatusIs(absl::StatusCode::kNotFound, HasSubstr(missing)));
-  ASSERT_OK(WriteStringToFile(*fs_, Path("src"), "s", false));
+  DCP_ASSERT_OK(WriteStringToFile(*fs_, Path("src"), "s", false));
   EXPECT_THAT(fs_->Rename(Path("src"), in_missing_dir),
               StatusIs(absl::StatusCode::kNotFound, HasSubstr(in_missing_dir)));
 }
@@ -208,8 +208,8 @@ TEST_P(FileSystemConformanceTest, MissingPathsAreNotFoundAndNamed) {
 TEST_P(FileSystemConformanceTest, WrongTypesAreFailedPrecondition) {
   const std::string dir = Path("d");
   const std::string file = Path("f");
-  ASSERT_OK(fs_->CreateDir(dir));
-  ASSERT_OK(WriteStringToFile(*fs_, file, "data", false));
+  DCP_ASSERT_OK(fs_->CreateDir(dir));
+  DCP_ASSERT_OK(WriteStringToFile(*fs_, file, "data", false));
   EXPECT_THAT(fs_->NewWritableFile(dir),
               StatusIs(absl::StatusCode::kFailedPrecondition, HasSubstr(dir)));
   EXPECT_THAT(fs_->NewRandomAccessFile(dir),
@@ -236,10 +236,10 @@ TEST_P(FileSystemConformanceTest, ExclusiveCreateMakesOnlyNewFiles) {
   WritableFileOptions exclusive;
   exclusive.exclusive = true;
   const std::string path = Path("new");
-  ASSERT_OK_AND_ASSIGN(std::unique_ptr<WritableFile> file,
-                       fs_->NewWritableFile(path, exclusive));
-  ASSERT_OK(file->Append("fresh"));
-  ASSERT_OK(file->Close());
+  DCP_ASSERT_OK_AND_ASSIGN(std::unique_ptr<WritableFile> file,
+                           fs_->NewWritableFile(path, exclusive));
+  DCP_ASSERT_OK(file->Append("fresh"));
+  DCP_ASSERT_OK(file->Close());
   EXPECT_THAT(ReadFileToString(*fs_, path), IsOkAndHolds(std::string("fresh")));
   // A second exclusive create of the same name is refused and truncates
   // nothing.
@@ -252,7 +252,7 @@ TEST_P(FileSystemConformanceTest, ExclusiveCreateMakesOnlyNewFiles) {
   EXPECT_THAT(ReadFileToString(*fs_, path), IsOkAndHolds(std::string("fresh")));
   // Nor does it take a directory's name.
   const std::string dir = Path("d");
-  ASSERT_OK(fs_->CreateDir(dir));
+  DCP_ASSERT_OK(fs_->CreateDir(dir));
   EXPECT_THAT(fs_->NewWritableFile(dir, exclusive),
               StatusIs(absl::StatusCode::kAlreadyExists, HasSubstr(dir)));
   EXPECT_THAT(fs_->IsDirectory(dir), IsOkAndHolds(true));
@@ -266,23 +266,23 @@ TEST_P(FileSystemConformanceTest, RefusingSymlinksStillOpensRegularFiles) {
   RandomAccessFileOptions no_follow;
   no_follow.follow_symlinks = false;
   const std::string path = Path("f");
-  ASSERT_OK(WriteStringToFile(*fs_, path, "data", false));
-  ASSERT_OK_AND_ASSIGN(std::unique_ptr<RandomAccessFile> file,
-                       fs_->NewRandomAccessFile(path, no_follow));
+  DCP_ASSERT_OK(WriteStringToFile(*fs_, path, "data", false));
+  DCP_ASSERT_OK_AND_ASSIGN(std::unique_ptr<RandomAccessFile> file,
+                           fs_->NewRandomAccessFile(path, no_follow));
   EXPECT_EQ(file->size(), 4u);
   EXPECT_THAT(fs_->NewRandomAccessFile(Path("missing"), no_follow),
               StatusIs(absl::StatusCode::kNotFound));
-  ASSERT_OK(fs_->CreateDir(Path("d")));
+  DCP_ASSERT_OK(fs_->CreateDir(Path("d")));
   EXPECT_THAT(fs_->NewRandomAccessFile(Path("d"), no_follow),
               StatusIs(absl::StatusCode::kFailedPrecondition,
                        AllOf(HasSubstr(Path("d")), HasSubstr("directory"))));
 }
 
 TEST_P(FileSystemConformanceTest, ExistsAndIsDirectory) {
-  ASSERT_OK(fs_->CreateDir(Path("d")));
-  ASSERT_OK(WriteStringToFile(*fs_, Path("f"), "", false));
-  EXPECT_OK(fs_->FileExists(Path("d")));
-  EXPECT_OK(fs_->FileExists(Path("f")));
+  DCP_ASSERT_OK(fs_->CreateDir(Path("d")));
+  DCP_ASSERT_OK(WriteStringToFile(*fs_, Path("f"), "", false));
+  DCP_EXPECT_OK(fs_->FileExists(Path("d")));
+  DCP_EXPECT_OK(fs_->FileExists(Path("f")));
   EXPECT_THAT(fs_->Exists(Path("f")), IsOkAndHolds(true));
   EXPECT_THAT(fs_->IsDirectory(Path("d")), IsOkAndHolds(true));
   EXPECT_THAT(fs_->IsDirectory(Path("f")), IsOkAndHolds(false));
@@ -291,11 +291,11 @@ TEST_P(FileSystemConformanceTest, ExistsAndIsDirectory) {
 
 TEST_P(FileSystemConformanceTest, GetChildrenIsSortedAndExcludesDots) {
   EXPECT_THAT(fs_->GetChildren(root_), IsOkAndHolds(IsEmpty()));
-  ASSERT_OK(WriteStringToFile(*fs_, Path("b"), "", false));
-  ASSERT_OK(WriteStringToFile(*fs_, Path(".metadata"), "", false));
-  ASSERT_OK(fs_->CreateDir(Path("a/deeper")));
-  ASSERT_OK(WriteStringToFile(*fs_, Path("a/deeper/x"), "", false));
-  ASSERT_OK(WriteStringToFile(*fs_, Path("__0_0.distcp"), "", false));
+  DCP_ASSERT_OK(WriteStringToFile(*fs_, Path("b"), "", false));
+  DCP_ASSERT_OK(WriteStringToFile(*fs_, Path(".metadata"), "", false));
+  DCP_ASSERT_OK(fs_->CreateDir(Path("a/deeper")));
+  DCP_ASSERT_OK(WriteStringToFile(*fs_, Path("a/deeper/x"), "", false));
+  DCP_ASSERT_OK(WriteStringToFile(*fs_, Path("__0_0.distcp"), "", false));
   EXPECT_THAT(fs_->GetChildren(root_),
               IsOkAndHolds(ElementsAre(".metadata", "__0_0.distcp", "a", "b")));
   EXPECT_THAT(fs_->GetChildren(Path("a")), IsOkAndHolds(ElementsAre("deeper")));
@@ -303,42 +303,42 @@ TEST_P(FileSystemConformanceTest, GetChildrenIsSortedAndExcludesDots) {
 
 TEST_P(FileSystemConformanceTest, CreateDirIsRecursiveAndIdempotent) {
   const std::string deep = Path("x/y/z");
-  ASSERT_OK(fs_->CreateDir(deep));
+  DCP_ASSERT_OK(fs_->CreateDir(deep));
   EXPECT_THAT(fs_->IsDirectory(Path("x")), IsOkAndHolds(true));
   EXPECT_THAT(fs_->IsDirectory(Path("x/y")), IsOkAndHolds(true));
   EXPECT_THAT(fs_->IsDirectory(deep), IsOkAndHolds(true));
-  EXPECT_OK(fs_->CreateDir(deep));
-  EXPECT_OK(fs_->CreateDir(Path("x/y/z/")));
-  EXPECT_OK(fs_->CreateDir(root_));
+  DCP_EXPECT_OK(fs_->CreateDir(deep));
+  DCP_EXPECT_OK(fs_->CreateDir(Path("x/y/z/")));
+  DCP_EXPECT_OK(fs_->CreateDir(root_));
 }
 
 TEST_P(FileSystemConformanceTest, RemoveFileAndDir) {
-  ASSERT_OK(fs_->CreateDir(Path("d")));
-  ASSERT_OK(WriteStringToFile(*fs_, Path("d/f"), "x", false));
+  DCP_ASSERT_OK(fs_->CreateDir(Path("d")));
+  DCP_ASSERT_OK(WriteStringToFile(*fs_, Path("d/f"), "x", false));
   EXPECT_THAT(fs_->RemoveDir(Path("d")),
               StatusIs(absl::StatusCode::kFailedPrecondition,
                        AllOf(HasSubstr(Path("d")), HasSubstr("not empty"))));
-  ASSERT_OK(fs_->RemoveFile(Path("d/f")));
+  DCP_ASSERT_OK(fs_->RemoveFile(Path("d/f")));
   EXPECT_THAT(fs_->Exists(Path("d/f")), IsOkAndHolds(false));
-  ASSERT_OK(fs_->RemoveDir(Path("d")));
+  DCP_ASSERT_OK(fs_->RemoveDir(Path("d")));
   EXPECT_THAT(fs_->Exists(Path("d")), IsOkAndHolds(false));
 }
 
 TEST_P(FileSystemConformanceTest, RenameMovesAndReplacesFiles) {
-  ASSERT_OK(WriteStringToFile(*fs_, Path(".metadata.tmp"), "new", true));
-  ASSERT_OK(WriteStringToFile(*fs_, Path(".metadata"), "old", true));
-  ASSERT_OK(fs_->Rename(Path(".metadata.tmp"), Path(".metadata")));
-  ASSERT_OK(fs_->SyncDir(root_));
+  DCP_ASSERT_OK(WriteStringToFile(*fs_, Path(".metadata.tmp"), "new", true));
+  DCP_ASSERT_OK(WriteStringToFile(*fs_, Path(".metadata"), "old", true));
+  DCP_ASSERT_OK(fs_->Rename(Path(".metadata.tmp"), Path(".metadata")));
+  DCP_ASSERT_OK(fs_->SyncDir(root_));
   EXPECT_THAT(ReadFileToString(*fs_, Path(".metadata")),
               IsOkAndHolds(std::string("new")));
   EXPECT_THAT(fs_->Exists(Path(".metadata.tmp")), IsOkAndHolds(false));
   // Renaming a file onto itself changes nothing.
-  ASSERT_OK(fs_->Rename(Path(".metadata"), Path(".metadata")));
+  DCP_ASSERT_OK(fs_->Rename(Path(".metadata"), Path(".metadata")));
   EXPECT_THAT(ReadFileToString(*fs_, Path(".metadata")),
               IsOkAndHolds(std::string("new")));
   // Into another directory.
-  ASSERT_OK(fs_->CreateDir(Path("sub")));
-  ASSERT_OK(fs_->Rename(Path(".metadata"), Path("sub/m")));
+  DCP_ASSERT_OK(fs_->CreateDir(Path("sub")));
+  DCP_ASSERT_OK(fs_->Rename(Path(".metadata"), Path("sub/m")));
   EXPECT_THAT(ReadFileToString(*fs_, Path("sub/m")),
               IsOkAndHolds(std::string("new")));
   EXPECT_THAT(fs_->Rename(Path("sub/m"), Path("sub")),
@@ -346,13 +346,13 @@ TEST_P(FileSystemConformanceTest, RenameMovesAndReplacesFiles) {
 }
 
 TEST_P(FileSystemConformanceTest, RenameDirectories) {
-  ASSERT_OK(fs_->CreateDir(Path("stage/inner")));
-  ASSERT_OK(WriteStringToFile(*fs_, Path("stage/inner/f"), "f", false));
-  ASSERT_OK(WriteStringToFile(*fs_, Path("stage/g"), "g", false));
-  ASSERT_OK(fs_->CreateDir(Path("empty")));
-  ASSERT_OK(fs_->CreateDir(Path("full")));
-  ASSERT_OK(WriteStringToFile(*fs_, Path("full/x"), "x", false));
-  ASSERT_OK(WriteStringToFile(*fs_, Path("file"), "", false));
+  DCP_ASSERT_OK(fs_->CreateDir(Path("stage/inner")));
+  DCP_ASSERT_OK(WriteStringToFile(*fs_, Path("stage/inner/f"), "f", false));
+  DCP_ASSERT_OK(WriteStringToFile(*fs_, Path("stage/g"), "g", false));
+  DCP_ASSERT_OK(fs_->CreateDir(Path("empty")));
+  DCP_ASSERT_OK(fs_->CreateDir(Path("full")));
+  DCP_ASSERT_OK(WriteStringToFile(*fs_, Path("full/x"), "x", false));
+  DCP_ASSERT_OK(WriteStringToFile(*fs_, Path("file"), "", false));
 
   EXPECT_THAT(fs_->Rename(Path("stage"), Path("stage/inner/deeper")),
               StatusIs(absl::StatusCode::kInvalidArgument));
@@ -361,7 +361,7 @@ TEST_P(FileSystemConformanceTest, RenameDirectories) {
   EXPECT_THAT(fs_->Rename(Path("stage"), Path("file")),
               StatusIs(absl::StatusCode::kFailedPrecondition));
   // A directory may replace an empty directory.
-  ASSERT_OK(fs_->Rename(Path("stage"), Path("empty")));
+  DCP_ASSERT_OK(fs_->Rename(Path("stage"), Path("empty")));
   EXPECT_THAT(fs_->Exists(Path("stage")), IsOkAndHolds(false));
   EXPECT_THAT(ReadFileToString(*fs_, Path("empty/inner/f")),
               IsOkAndHolds(std::string("f")));
@@ -372,36 +372,36 @@ TEST_P(FileSystemConformanceTest, RenameDirectories) {
 }
 
 TEST_P(FileSystemConformanceTest, OpenFilesFollowRenames) {
-  ASSERT_OK_AND_ASSIGN(std::unique_ptr<WritableFile> w,
-                       fs_->NewWritableFile(Path("a")));
-  ASSERT_OK(w->Append("12"));
-  ASSERT_OK(fs_->Rename(Path("a"), Path("b")));
-  ASSERT_OK(w->Append("34"));
-  ASSERT_OK(w->Close());
+  DCP_ASSERT_OK_AND_ASSIGN(std::unique_ptr<WritableFile> w,
+                           fs_->NewWritableFile(Path("a")));
+  DCP_ASSERT_OK(w->Append("12"));
+  DCP_ASSERT_OK(fs_->Rename(Path("a"), Path("b")));
+  DCP_ASSERT_OK(w->Append("34"));
+  DCP_ASSERT_OK(w->Close());
   EXPECT_THAT(ReadFileToString(*fs_, Path("b")),
               IsOkAndHolds(std::string("1234")));
   EXPECT_THAT(fs_->Exists(Path("a")), IsOkAndHolds(false));
 
-  ASSERT_OK_AND_ASSIGN(std::unique_ptr<RandomAccessFile> r,
-                       fs_->NewRandomAccessFile(Path("b")));
-  ASSERT_OK(fs_->Rename(Path("b"), Path("c")));
+  DCP_ASSERT_OK_AND_ASSIGN(std::unique_ptr<RandomAccessFile> r,
+                           fs_->NewRandomAccessFile(Path("b")));
+  DCP_ASSERT_OK(fs_->Rename(Path("b"), Path("c")));
   char scratch[4];
   EXPECT_THAT(r->Read(0, 4, scratch), IsOkAndHolds(absl::string_view("1234")));
 }
 
 TEST_P(FileSystemConformanceTest, SyncDirOnADirectorySucceeds) {
-  ASSERT_OK(fs_->CreateDir(Path("d")));
-  EXPECT_OK(fs_->SyncDir(Path("d")));
-  EXPECT_OK(fs_->SyncDir(root_));
+  DCP_ASSERT_OK(fs_->CreateDir(Path("d")));
+  DCP_EXPECT_OK(fs_->SyncDir(Path("d")));
+  DCP_EXPECT_OK(fs_->SyncDir(root_));
 }
 
 TEST_P(FileSystemConformanceTest, ConcurrentReadsOfOneFile) {
   constexpr int kThreads = 8;
   constexpr size_t kChunk = 64 * 1024;
   const std::string data = Pattern(kThreads * kChunk);
-  ASSERT_OK(WriteStringToFile(*fs_, Path("shared"), data, true));
-  ASSERT_OK_AND_ASSIGN(std::unique_ptr<RandomAccessFile> r,
-                       fs_->NewRandomAccessFile(Path("shared")));
+  DCP_ASSERT_OK(WriteStringToFile(*fs_, Path("shared"), data, true));
+  DCP_ASSERT_OK_AND_ASSIGN(std::unique_ptr<RandomAccessFile> r,
+                           fs_->NewRandomAccessFile(Path("shared")));
   std::vector<std::string> got(kThreads, std::string(kChunk, '\0'));
   std::vector<absl::Status> statuses(kThreads);
   std::vector<std::thread> threads;
@@ -417,7 +417,7 @@ TEST_P(FileSystemConformanceTest, ConcurrentReadsOfOneFile) {
   }
   for (std::thread& thread : threads) thread.join();
   for (int t = 0; t < kThreads; ++t) {
-    EXPECT_OK(statuses[t]) << "thread " << t;
+    DCP_EXPECT_OK(statuses[t]) << "thread " << t;
     EXPECT_TRUE(got[t] == data.substr(t * kChunk, kChunk)) << "thread " << t;
   }
 }
@@ -441,13 +441,13 @@ TEST_P(FileSystemConformanceTest, ConcurrentWritersAndCreateDirs) {
   }
   for (std::thread& thread : threads) thread.join();
   for (int t = 0; t < kThreads; ++t) {
-    ASSERT_OK(statuses[t]) << "thread " << t;
+    DCP_ASSERT_OK(statuses[t]) << "thread " << t;
     EXPECT_THAT(ReadFileToString(
                     *fs_, Path(absl::StrCat("ckpt/deep/__", t, "_0.distcp"))),
                 IsOkAndHolds(Pattern(10000 + t, t)));
   }
-  ASSERT_OK_AND_ASSIGN(std::vector<std::string> names,
-                       fs_->GetChildren(Path("ckpt/deep")));
+  DCP_ASSERT_OK_AND_ASSIGN(std::vector<std::string> names,
+                           fs_->GetChildren(Path("ckpt/deep")));
   EXPECT_EQ(names.size(), static_cast<size_t>(kThreads));
 }
 
@@ -455,18 +455,18 @@ TEST_P(FileSystemConformanceTest, ConcurrentWritersAndCreateDirs) {
 
 TEST_P(FileSystemConformanceTest, LockCreatesTheFileAndRecordsTheHolder) {
   const std::string path = Path(".lock");
-  ASSERT_OK_AND_ASSIGN(std::unique_ptr<FileLock> lock,
-                       fs_->TryLockFile(path, "holder A"));
+  DCP_ASSERT_OK_AND_ASSIGN(std::unique_ptr<FileLock> lock,
+                           fs_->TryLockFile(path, "holder A"));
   EXPECT_EQ(lock->path(), path);
-  EXPECT_OK(lock->CheckHeld());
+  DCP_EXPECT_OK(lock->CheckHeld());
   EXPECT_THAT(ReadFileToString(*fs_, path),
               IsOkAndHolds(std::string("holder A\n")));
 }
 
 TEST_P(FileSystemConformanceTest, SecondLockIsRefusedNamingTheHolder) {
   const std::string path = Path(".lock");
-  ASSERT_OK_AND_ASSIGN(std::unique_ptr<FileLock> first,
-                       fs_->TryLockFile(path, "pid 1 on host a"));
+  DCP_ASSERT_OK_AND_ASSIGN(std::unique_ptr<FileLock> first,
+                           fs_->TryLockFile(path, "pid 1 on host a"));
   // Refused through the same file system object, in the same process.
   absl::StatusOr<std::unique_ptr<FileLock>> second =
       fs_->TryLockFile(path, "pid 2 on host b");
@@ -478,17 +478,17 @@ TEST_P(FileSystemConformanceTest, SecondLockIsRefusedNamingTheHolder) {
   // The refused attempt left the holder's record alone.
   EXPECT_THAT(ReadFileToString(*fs_, path),
               IsOkAndHolds(std::string("pid 1 on host a\n")));
-  EXPECT_OK(first->CheckHeld());
+  DCP_EXPECT_OK(first->CheckHeld());
 }
 
 TEST_P(FileSystemConformanceTest, ReleasedLockCanBeTakenAgainAndFileStays) {
   const std::string path = Path(".lock");
-  ASSERT_OK_AND_ASSIGN(std::unique_ptr<FileLock> first,
-                       fs_->TryLockFile(path, "first"));
+  DCP_ASSERT_OK_AND_ASSIGN(std::unique_ptr<FileLock> first,
+                           fs_->TryLockFile(path, "first"));
   first.reset();
   EXPECT_THAT(fs_->Exists(path), IsOkAndHolds(true));
-  ASSERT_OK_AND_ASSIGN(std::unique_ptr<FileLock> second,
-                       fs_->TryLockFile(path, "second"));
+  DCP_ASSERT_OK_AND_ASSIGN(std::unique_ptr<FileLock> second,
+                           fs_->TryLockFile(path, "second"));
   EXPECT_THAT(ReadFileToString(*fs_, path),
               IsOkAndHolds(std::string("second\n")));
   second.reset();
@@ -496,26 +496,26 @@ TEST_P(FileSystemConformanceTest, ReleasedLockCanBeTakenAgainAndFileStays) {
 }
 
 TEST_P(FileSystemConformanceTest, LocksOnDifferentFilesAreIndependent) {
-  ASSERT_OK_AND_ASSIGN(std::unique_ptr<FileLock> a,
-                       fs_->TryLockFile(Path("a.lock"), "a"));
-  ASSERT_OK(fs_->CreateDir(Path("sub")));
-  ASSERT_OK_AND_ASSIGN(std::unique_ptr<FileLock> b,
-                       fs_->TryLockFile(Path("sub/a.lock"), "b"));
-  EXPECT_OK(a->CheckHeld());
-  EXPECT_OK(b->CheckHeld());
+  DCP_ASSERT_OK_AND_ASSIGN(std::unique_ptr<FileLock> a,
+                           fs_->TryLockFile(Path("a.lock"), "a"));
+  DCP_ASSERT_OK(fs_->CreateDir(Path("sub")));
+  DCP_ASSERT_OK_AND_ASSIGN(std::unique_ptr<FileLock> b,
+                           fs_->TryLockFile(Path("sub/a.lock"), "b"));
+  DCP_EXPECT_OK(a->CheckHeld());
+  DCP_EXPECT_OK(b->CheckHeld());
 }
 
 TEST_P(FileSystemConformanceTest, LockOfAnExistingFileReplacesItsContent) {
   const std::string path = Path(".lock");
-  ASSERT_OK(WriteStringToFile(*fs_, path, "stale holder from a crash\n",
-                              /*sync=*/false));
-  ASSERT_OK_AND_ASSIGN(std::unique_ptr<FileLock> lock,
-                       fs_->TryLockFile(path, "new"));
+  DCP_ASSERT_OK(WriteStringToFile(*fs_, path, "stale holder from a crash\n",
+                                  /*sync=*/false));
+  DCP_ASSERT_OK_AND_ASSIGN(std::unique_ptr<FileLock> lock,
+                           fs_->TryLockFile(path, "new"));
   EXPECT_THAT(ReadFileToString(*fs_, path), IsOkAndHolds(std::string("new\n")));
 }
 
 TEST_P(FileSystemConformanceTest, LockErrors) {
-  ASSERT_OK(fs_->CreateDir(Path("d")));
+  DCP_ASSERT_OK(fs_->CreateDir(Path("d")));
   EXPECT_THAT(
       fs_->TryLockFile(Path("d"), "x").status(),
       StatusIs(absl::StatusCode::kFailedPrecondition, HasSubstr(Path("d"))));
@@ -529,28 +529,28 @@ TEST_P(FileSystemConformanceTest, LockErrors) {
 
 TEST_P(FileSystemConformanceTest, RemovedLockFileIsNoLongerHeld) {
   const std::string path = Path(".lock");
-  ASSERT_OK_AND_ASSIGN(std::unique_ptr<FileLock> first,
-                       fs_->TryLockFile(path, "first"));
-  ASSERT_OK(fs_->RemoveFile(path));
+  DCP_ASSERT_OK_AND_ASSIGN(std::unique_ptr<FileLock> first,
+                           fs_->TryLockFile(path, "first"));
+  DCP_ASSERT_OK(fs_->RemoveFile(path));
   EXPECT_THAT(first->CheckHeld(),
               StatusIs(absl::StatusCode::kFailedPrecondition,
                        AllOf(HasSubstr(path), HasSubstr("no longer held"))));
   // Which is why lock files must not be removed: a new file at the path
   // can be locked while the first lock object still lives.
-  ASSERT_OK_AND_ASSIGN(std::unique_ptr<FileLock> second,
-                       fs_->TryLockFile(path, "second"));
-  EXPECT_OK(second->CheckHeld());
+  DCP_ASSERT_OK_AND_ASSIGN(std::unique_ptr<FileLock> second,
+                           fs_->TryLockFile(path, "second"));
+  DCP_EXPECT_OK(second->CheckHeld());
   // Replacing the file by a rename is the same.
-  ASSERT_OK(WriteStringToFile(*fs_, Path("other"), "", false));
-  ASSERT_OK(fs_->Rename(Path("other"), path));
+  DCP_ASSERT_OK(WriteStringToFile(*fs_, Path("other"), "", false));
+  DCP_ASSERT_OK(fs_->Rename(Path("other"), path));
   EXPECT_THAT(second->CheckHeld(),
               StatusIs(absl::StatusCode::kFailedPrecondition));
 }
 
 TEST_P(FileSystemConformanceTest, RenamedLockFileStaysLockedUnderItsNewName) {
-  ASSERT_OK_AND_ASSIGN(std::unique_ptr<FileLock> lock,
-                       fs_->TryLockFile(Path("a.lock"), "holder"));
-  ASSERT_OK(fs_->Rename(Path("a.lock"), Path("b.lock")));
+  DCP_ASSERT_OK_AND_ASSIGN(std::unique_ptr<FileLock> lock,
+                           fs_->TryLockFile(Path("a.lock"), "holder"));
+  DCP_ASSERT_OK(fs_->Rename(Path("a.lock"), Path("b.lock")));
   EXPECT_THAT(lock->CheckHeld(),
               StatusIs(absl::StatusCode::kFailedPrecondition));
   EXPECT_THAT(
@@ -591,4 +591,4 @@ TEST_P(FileSystemConformanceTest, ConcurrentLockAttemptsHaveOneWinner) {
 }
 
 }  // namespace
-}  // namespace dcp::testing
+}  // namespace dcp::test

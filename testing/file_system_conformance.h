@@ -24,7 +24,7 @@
 #include "gtest/gtest.h"
 #include "storage/file_system.h"
 
-namespace dcp::testing {
+namespace dcp::test {
 
 // A file system and an existing, empty directory in it for one test.
 struct FileSystemUnderTest {
@@ -49,6 +49,6 @@ class FileSystemConformanceTest
   std::string root_;
 };
 
-}  // namespace dcp::testing
+}  // namespace dcp::test
 
 #endif  // DCP_TESTING_FILE_SYSTEM_CONFORMANCE_H_

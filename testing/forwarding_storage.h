@@ -28,10 +28,10 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
-#include "checkpoint/metadata.h"
+#include "core/metadata.h"
 #include "storage/storage.h"
 
-namespace dcp::testing {
+namespace dcp::test {
 
 class ForwardingStorageWriter : public StorageWriter {
  public:
@@ -115,6 +115,6 @@ class ForwardingStorageReader : public StorageReader {
   StorageReader& target_;
 };
 
-}  // namespace dcp::testing
+}  // namespace dcp::test
 
 #endif  // DCP_TESTING_FORWARDING_STORAGE_H_

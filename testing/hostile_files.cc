@@ -16,7 +16,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
 
-namespace dcp::testing {
+namespace dcp::test {
 namespace {
 
 absl::Status Failed(absl::string_view what, const std::string& path) {
@@ -82,4 +82,4 @@ void FifoWatchdog::Run(absl::Duration timeout) {
   }
 }
 
-}  // namespace dcp::testing
+}  // namespace dcp::test

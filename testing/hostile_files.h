@@ -25,7 +25,7 @@
 #include "absl/status/status.h"
 #include "absl/time/time.h"
 
-namespace dcp::testing {
+namespace dcp::test {
 
 // Makes a FIFO (named pipe) at `path`. Opening it for reading blocks until
 // a writer comes, unless O_NONBLOCK.
@@ -70,6 +70,6 @@ class FifoWatchdog {
   std::thread thread_;
 };
 
-}  // namespace dcp::testing
+}  // namespace dcp::test
 
 #endif  // DCP_TESTING_HOSTILE_FILES_H_

@@ -14,7 +14,7 @@
 #include "gtest/gtest.h"
 #include "testing/status_matchers.h"
 
-namespace dcp::testing {
+namespace dcp::test {
 namespace {
 
 std::string NewTempDir() {
@@ -36,9 +36,9 @@ mode_t TypeOf(const std::string& path) {
 
 TEST(HostileFilesTest, MakesAFifoASocketAndASymlink) {
   const std::string dir = NewTempDir();
-  ASSERT_OK(MakeFifo(dir + "/fifo"));
-  ASSERT_OK(MakeSocketFile(dir + "/socket"));
-  ASSERT_OK(MakeSymlink("nowhere", dir + "/link"));
+  DCP_ASSERT_OK(MakeFifo(dir + "/fifo"));
+  DCP_ASSERT_OK(MakeSocketFile(dir + "/socket"));
+  DCP_ASSERT_OK(MakeSymlink("nowhere", dir + "/link"));
   EXPECT_EQ(TypeOf(dir + "/fifo"), S_IFIFO);
   EXPECT_EQ(TypeOf(dir + "/socket"), S_IFSOCK);
   EXPECT_EQ(TypeOf(dir + "/link"), S_IFLNK);
@@ -47,7 +47,7 @@ TEST(HostileFilesTest, MakesAFifoASocketAndASymlink) {
 
 TEST(FifoWatchdogTest, DoesNotFireWhenNothingBlocks) {
   const std::string fifo = NewTempDir() + "/fifo";
-  ASSERT_OK(MakeFifo(fifo));
+  DCP_ASSERT_OK(MakeFifo(fifo));
   FifoWatchdog watchdog({fifo});
   const int fd = ::open(fifo.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);
   ASSERT_GE(fd, 0);
@@ -57,7 +57,7 @@ TEST(FifoWatchdogTest, DoesNotFireWhenNothingBlocks) {
 
 TEST(FifoWatchdogTest, ReleasesAnOpenBlockedOnAFifoAndSaysSo) {
   const std::string fifo = NewTempDir() + "/fifo";
-  ASSERT_OK(MakeFifo(fifo));
+  DCP_ASSERT_OK(MakeFifo(fifo));
   FifoWatchdog watchdog({fifo}, absl::Milliseconds(1));
   // Blocks until the watchdog opens the FIFO, however long that takes.
   const int fd = ::open(fifo.c_str(), O_RDONLY | O_CLOEXEC);
@@ -67,4 +67,4 @@ TEST(FifoWatchdogTest, ReleasesAnOpenBlockedOnAFifoAndSaysSo) {
 }
 
 }  // namespace
-}  // namespace dcp::testing
+}  // namespace dcp::test

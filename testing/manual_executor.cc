@@ -6,9 +6,9 @@
 #include <mutex>  // NOLINT(build/c++11)
 #include <utility>
 
-#include "checkpoint/executor.h"
+#include "core/executor.h"
 
-namespace dcp::testing {
+namespace dcp::test {
 
 ManualExecutor::ManualExecutor() : queue_(std::make_shared<Queue>()) {}
 
@@ -59,4 +59,4 @@ size_t ManualExecutor::RunAll() {
   return ran;
 }
 
-}  // namespace dcp::testing
+}  // namespace dcp::test

@@ -29,9 +29,9 @@
 #include <mutex>  // NOLINT(build/c++11)
 
 #include "absl/base/thread_annotations.h"
-#include "checkpoint/executor.h"
+#include "core/executor.h"
 
-namespace dcp::testing {
+namespace dcp::test {
 
 class ManualExecutor {
  public:
@@ -65,6 +65,6 @@ class ManualExecutor {
   std::shared_ptr<Queue> queue_;
 };
 
-}  // namespace dcp::testing
+}  // namespace dcp::test
 
 #endif  // DCP_TESTING_MANUAL_EXECUTOR_H_

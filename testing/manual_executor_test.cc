@@ -7,13 +7,13 @@
 #include <vector>
 
 #include "absl/status/status.h"
-#include "checkpoint/executor.h"
-#include "checkpoint/future.h"
+#include "core/executor.h"
+#include "core/future.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "testing/status_matchers.h"
 
-namespace dcp::testing {
+namespace dcp::test {
 namespace {
 
 using ::testing::ElementsAre;
@@ -117,4 +117,4 @@ TEST(ManualExecutorTest, ThrowingTaskIsContained) {
 }
 
 }  // namespace
-}  // namespace dcp::testing
+}  // namespace dcp::test

@@ -14,10 +14,10 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
-#include "checkpoint/status.h"
+#include "core/status.h"
 #include "storage/file_system.h"
 
-namespace dcp::testing {
+namespace dcp::test {
 namespace mem_file_system_internal {
 
 struct File {
@@ -529,4 +529,4 @@ std::map<std::string, uint64_t> MemFileSystem::ListAllFiles() const {
   return out;
 }
 
-}  // namespace dcp::testing
+}  // namespace dcp::test

@@ -27,7 +27,7 @@
 // `RandomAccessFileOptions::follow_symlinks` changes nothing.
 //
 // `Sync` and `SyncDir` only check their arguments: nothing is ever lost. To
-// test crash behaviour wrap it in `testing::FaultInjectingFileSystem`.
+// test crash behaviour wrap it in `test::FaultInjectingFileSystem`.
 //
 // Thread safety: every method may be called concurrently; files follow the
 // contract of storage/file_system.h.
@@ -49,7 +49,7 @@
 #include "absl/strings/string_view.h"
 #include "storage/file_system.h"
 
-namespace dcp::testing {
+namespace dcp::test {
 namespace mem_file_system_internal {
 struct File;  // Shared between the file system and open files.
 }  // namespace mem_file_system_internal
@@ -99,6 +99,6 @@ class MemFileSystem final : public FileSystem {
   std::set<std::string> dirs_;                          // Guarded by mu_.
 };
 
-}  // namespace dcp::testing
+}  // namespace dcp::test
 
 #endif  // DCP_TESTING_MEM_FILE_SYSTEM_H_

@@ -12,7 +12,7 @@
 #include "testing/file_system_conformance.h"
 #include "testing/status_matchers.h"
 
-namespace dcp::testing {
+namespace dcp::test {
 namespace {
 
 using ::testing::ElementsAre;
@@ -24,7 +24,7 @@ INSTANTIATE_TEST_SUITE_P(Mem, FileSystemConformanceTest,
                              "Mem",
                              [] {
                                auto fs = std::make_shared<MemFileSystem>();
-                               EXPECT_OK(fs->CreateDir("/root"));
+                               DCP_EXPECT_OK(fs->CreateDir("/root"));
                                return FileSystemUnderTest{fs, "/root"};
                              }}),
                          [](const auto& info) { return info.param.name; });
@@ -42,8 +42,8 @@ TEST(MemFileSystemTest, StartsWithEmptyRoots) {
 
 TEST(MemFileSystemTest, PathsAreNormalised) {
   MemFileSystem fs;
-  ASSERT_OK(fs.CreateDir("/c//d/"));
-  ASSERT_OK(WriteStringToFile(fs, "/c/./d//x", "x", false));
+  DCP_ASSERT_OK(fs.CreateDir("/c//d/"));
+  DCP_ASSERT_OK(WriteStringToFile(fs, "/c/./d//x", "x", false));
   EXPECT_THAT(ReadFileToString(fs, "/c/d/x"), IsOkAndHolds(std::string("x")));
   // ".." is resolved lexically (unlike POSIX, /c/e need not exist).
   EXPECT_THAT(ReadFileToString(fs, "/c/e/../d/x"),
@@ -53,8 +53,8 @@ TEST(MemFileSystemTest, PathsAreNormalised) {
 
 TEST(MemFileSystemTest, RelativePathsLiveUnderDot) {
   MemFileSystem fs;
-  ASSERT_OK(fs.CreateDir("ckpt"));
-  ASSERT_OK(WriteStringToFile(fs, "ckpt/a", "rel", false));
+  DCP_ASSERT_OK(fs.CreateDir("ckpt"));
+  DCP_ASSERT_OK(WriteStringToFile(fs, "ckpt/a", "rel", false));
   EXPECT_THAT(fs.GetChildren("."), IsOkAndHolds(ElementsAre("ckpt")));
   EXPECT_THAT(fs.GetChildren("./ckpt"), IsOkAndHolds(ElementsAre("a")));
   EXPECT_THAT(fs.Exists("/ckpt"), IsOkAndHolds(false));
@@ -65,11 +65,11 @@ TEST(MemFileSystemTest, TruncationIsVisibleThroughAnOpenReader) {
   // As with POSIX O_TRUNC, the same file is truncated, so a reader opened
   // earlier sees the short file.
   MemFileSystem fs;
-  ASSERT_OK(WriteStringToFile(fs, "/f", "0123456789", false));
-  ASSERT_OK_AND_ASSIGN(std::unique_ptr<RandomAccessFile> r,
-                       fs.NewRandomAccessFile("/f"));
+  DCP_ASSERT_OK(WriteStringToFile(fs, "/f", "0123456789", false));
+  DCP_ASSERT_OK_AND_ASSIGN(std::unique_ptr<RandomAccessFile> r,
+                           fs.NewRandomAccessFile("/f"));
   EXPECT_EQ(r->size(), 10u);  // The size at open.
-  ASSERT_OK(WriteStringToFile(fs, "/f", "ab", false));
+  DCP_ASSERT_OK(WriteStringToFile(fs, "/f", "ab", false));
   char scratch[10];
   EXPECT_THAT(r->Read(0, 10, scratch),
               StatusIs(absl::StatusCode::kDataLoss, HasSubstr("only 2")));
@@ -77,10 +77,10 @@ TEST(MemFileSystemTest, TruncationIsVisibleThroughAnOpenReader) {
 
 TEST(MemFileSystemTest, RemovedFileStaysReadableThroughOpenHandles) {
   MemFileSystem fs;
-  ASSERT_OK(WriteStringToFile(fs, "/f", "data", false));
-  ASSERT_OK_AND_ASSIGN(std::unique_ptr<RandomAccessFile> r,
-                       fs.NewRandomAccessFile("/f"));
-  ASSERT_OK(fs.RemoveFile("/f"));
+  DCP_ASSERT_OK(WriteStringToFile(fs, "/f", "data", false));
+  DCP_ASSERT_OK_AND_ASSIGN(std::unique_ptr<RandomAccessFile> r,
+                           fs.NewRandomAccessFile("/f"));
+  DCP_ASSERT_OK(fs.RemoveFile("/f"));
   char scratch[4];
   EXPECT_THAT(r->Read(0, 4, scratch), IsOkAndHolds(absl::string_view("data")));
   EXPECT_THAT(fs.ListAllFiles(), ::testing::IsEmpty());
@@ -90,11 +90,11 @@ TEST(MemFileSystemTest, FilesMayOutliveTheFileSystem) {
   std::unique_ptr<WritableFile> w;
   {
     MemFileSystem fs;
-    ASSERT_OK_AND_ASSIGN(w, fs.NewWritableFile("/f"));
+    DCP_ASSERT_OK_AND_ASSIGN(w, fs.NewWritableFile("/f"));
   }
-  EXPECT_OK(w->Append("still fine"));
-  EXPECT_OK(w->Close());
+  DCP_EXPECT_OK(w->Append("still fine"));
+  DCP_EXPECT_OK(w->Close());
 }
 
 }  // namespace
-}  // namespace dcp::testing
+}  // namespace dcp::test

@@ -34,13 +34,13 @@
 #include "absl/strings/string_view.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
-#include "checkpoint/fault_point.h"
+#include "core/fault_point.h"
 #include "glog/logging.h"
 #include "gtest/gtest.h"
 
 extern char** environ;
 
-namespace dcp::testing {
+namespace dcp::test {
 namespace {
 
 // Set by the parent in each worker's environment.
@@ -402,4 +402,4 @@ absl::StatusOr<std::vector<WorkerResult>> RunWorkers(
   return results;
 }
 
-}  // namespace dcp::testing
+}  // namespace dcp::test

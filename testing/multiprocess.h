@@ -10,12 +10,13 @@
 //   TEST(C10dTest, AllGather) {
 //     MultiprocessOptions options;
 //     options.world_size = 2;
-//     ASSERT_OK_AND_ASSIGN(
+//     DCP_ASSERT_OK_AND_ASSIGN(
 //         std::vector<WorkerResult> workers,
 //         RunWorkers(options, [](const WorkerContext& worker) {
 //           // Runs in each worker process only.
-//           ASSERT_OK_AND_ASSIGN(auto pg, C10dProcessGroup::CreateFromEnv());
-//           EXPECT_THAT(pg->AllGather("x", "hi", worker.deadline), ...);
+//           DCP_ASSERT_OK_AND_ASSIGN(auto pg,
+//           C10dProcessGroup::CreateFromEnv()); EXPECT_THAT(pg->AllGather("x",
+//           "hi", worker.deadline), ...);
 //         }));
 //     EXPECT_THAT(workers, Each(ExitedWithCode(0)));  // Runs in the parent.
 //   }
@@ -37,7 +38,7 @@
 //
 // Killing a worker: `options.sigkill_at` makes a worker raise SIGKILL (no
 // cleanup, sockets closed by the kernel, like a crash) the nth time its main
-// thread reaches `FaultPoint(name)` (checkpoint/fault_point.h). For code
+// thread reaches `FaultPoint(name)` (core/fault_point.h). For code
 // that moves work to other threads, install `SigkillAtFaultPoint` on those
 // threads (or rely on the code carrying the handler, as async saves do). A
 // body may also call `SigkillThisProcess()` directly.
@@ -62,10 +63,10 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
-#include "checkpoint/fault_point.h"
+#include "core/fault_point.h"
 #include "gmock/gmock.h"
 
-namespace dcp::testing {
+namespace dcp::test {
 
 struct SigkillAt {
   int rank = 0;
@@ -156,6 +157,6 @@ MATCHER_P(KilledBySignal, signal,
   return !arg.exited && arg.signal == signal && !arg.killed_at_deadline;
 }
 
-}  // namespace dcp::testing
+}  // namespace dcp::test
 
 #endif  // DCP_TESTING_MULTIPROCESS_H_

@@ -10,12 +10,12 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
-#include "checkpoint/fault_point.h"
+#include "core/fault_point.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "testing/status_matchers.h"
 
-namespace dcp::testing {
+namespace dcp::test {
 namespace {
 
 using ::testing::Each;
@@ -32,7 +32,7 @@ TEST(MultiprocessTest, WorkersGetRankAndRendezvousEnvironment) {
   // Code before RunWorkers runs in the workers too; code after it does not.
   MultiprocessOptions options;
   options.world_size = 3;
-  ASSERT_OK_AND_ASSIGN(
+  DCP_ASSERT_OK_AND_ASSIGN(
       std::vector<WorkerResult> workers,
       RunWorkers(options, [](const WorkerContext& worker) {
         EXPECT_TRUE(IsWorker());
@@ -64,19 +64,19 @@ TEST(MultiprocessTest, TcpRendezvousHasNoFileStore) {
   MultiprocessOptions options;
   options.world_size = 1;
   options.rendezvous = MultiprocessOptions::Rendezvous::kTcpStore;
-  ASSERT_OK_AND_ASSIGN(std::vector<WorkerResult> workers,
-                       RunWorkers(options, [](const WorkerContext& worker) {
-                         EXPECT_EQ(Env("DCP_FILE_STORE"), "<unset>");
-                         EXPECT_EQ(worker.file_store_path, "");
-                         EXPECT_GT(worker.master_port, 0);
-                       }));
+  DCP_ASSERT_OK_AND_ASSIGN(std::vector<WorkerResult> workers,
+                           RunWorkers(options, [](const WorkerContext& worker) {
+                             EXPECT_EQ(Env("DCP_FILE_STORE"), "<unset>");
+                             EXPECT_EQ(worker.file_store_path, "");
+                             EXPECT_GT(worker.master_port, 0);
+                           }));
   EXPECT_THAT(workers, Each(ExitedWithCode(0)));
 }
 
 TEST(MultiprocessTest, FailureInAWorkerIsItsExitCode) {
   MultiprocessOptions options;
   options.world_size = 2;
-  ASSERT_OK_AND_ASSIGN(
+  DCP_ASSERT_OK_AND_ASSIGN(
       std::vector<WorkerResult> workers,
       RunWorkers(options, [](const WorkerContext& worker) {
         if (worker.rank == 1) {
@@ -93,16 +93,16 @@ TEST(MultiprocessTest, SigkillAtTheNthVisitOfAFaultPoint) {
   MultiprocessOptions options;
   options.world_size = 2;
   options.sigkill_at = {{1, "test.point", 2}};
-  ASSERT_OK_AND_ASSIGN(std::vector<WorkerResult> workers,
-                       RunWorkers(options, [](const WorkerContext& worker) {
-                         for (int visit = 1; visit <= 3; ++visit) {
-                           ASSERT_OK(FaultPoint("test.other"));
-                           ASSERT_OK(FaultPoint("test.point"));
-                           std::printf("rank %d passed visit %d\n", worker.rank,
-                                       visit);
-                           std::fflush(stdout);
-                         }
-                       }));
+  DCP_ASSERT_OK_AND_ASSIGN(std::vector<WorkerResult> workers,
+                           RunWorkers(options, [](const WorkerContext& worker) {
+                             for (int visit = 1; visit <= 3; ++visit) {
+                               DCP_ASSERT_OK(FaultPoint("test.other"));
+                               DCP_ASSERT_OK(FaultPoint("test.point"));
+                               std::printf("rank %d passed visit %d\n",
+                                           worker.rank, visit);
+                               std::fflush(stdout);
+                             }
+                           }));
   ASSERT_THAT(workers, SizeIs(2));
   EXPECT_THAT(workers[0], ExitedWithCode(0));
   EXPECT_THAT(workers[1], KilledBySignal(SIGKILL));
@@ -117,13 +117,13 @@ TEST(MultiprocessTest, StragglerIsKilledAtTheDeadline) {
   MultiprocessOptions options;
   options.world_size = 2;
   options.timeout = absl::Seconds(2);
-  ASSERT_OK_AND_ASSIGN(std::vector<WorkerResult> workers,
-                       RunWorkers(options, [](const WorkerContext& worker) {
-                         if (worker.rank == 1) {
-                           while (true)
-                             pause();  // Hangs until the parent kills it.
-                         }
-                       }));
+  DCP_ASSERT_OK_AND_ASSIGN(std::vector<WorkerResult> workers,
+                           RunWorkers(options, [](const WorkerContext& worker) {
+                             if (worker.rank == 1) {
+                               while (true)
+                                 pause();  // Hangs until the parent kills it.
+                             }
+                           }));
   ASSERT_THAT(workers, SizeIs(2));
   EXPECT_THAT(workers[0], ExitedWithCode(0));
   EXPECT_TRUE(workers[1].killed_at_deadline) << workers[1].Describe();
@@ -146,4 +146,4 @@ TEST(MultiprocessTest, RejectsBadOptions) {
 }
 
 }  // namespace
-}  // namespace dcp::testing
+}  // namespace dcp::test

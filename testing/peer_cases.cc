@@ -1,13 +1,13 @@
 #include "testing/peer_cases.h"
 
+#include <ATen/ATen.h>
+
 #include <cstdint>
 #include <cstring>
 #include <sstream>
 #include <string>
 #include <utility>
 #include <vector>
-
-#include <ATen/ATen.h>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -18,12 +18,12 @@
 #include "c10/util/BFloat16.h"
 #include "c10/util/Half.h"
 #include "c10/util/complex.h"
-#include "checkpoint/sharding.h"
-#include "checkpoint/status.h"
-#include "checkpoint/torch_status.h"
+#include "core/sharding.h"
+#include "core/status.h"
+#include "core/torch_status.h"
 #include "planner/flatten.h"
 
-namespace dcp::testing {
+namespace dcp::test {
 namespace {
 
 using c10::ScalarType;
@@ -649,4 +649,4 @@ std::vector<std::string> ComparePeerCase(absl::string_view case_name,
   return diffs;
 }
 
-}  // namespace dcp::testing
+}  // namespace dcp::test

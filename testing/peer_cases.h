@@ -9,7 +9,7 @@
 // the Python side, so a checkpoint written by either side can be checked
 // element by element by the other.
 //
-//   ASSERT_OK_AND_ASSIGN(StateDict sd,
+//   DCP_ASSERT_OK_AND_ASSIGN(StateDict sd,
 //                        MakePeerCase("mixed", rank, 4, PeerValues::kTrue));
 //   ... save sd with dcp, or load a PyTorch checkpoint into
 //   ... MakePeerCase("mixed", rank, 3, PeerValues::kPlaceholder) ...
@@ -17,7 +17,7 @@
 //
 // Layouts (rank r of world size W): `kPlain` is an `at::Tensor`, identical on
 // every rank; `kRow` / `kCol` are `ShardedTensor`s chunked along dimension 0
-// / 1 (checkpoint/sharding.h, DTensor's chunking); `kMesh2D` is the 2 x 2 grid
+// / 1 (core/sharding.h, DTensor's chunking); `kMesh2D` is the 2 x 2 grid
 // of ShardGrid2D (rank r at (r / 2, r % 2)) when W == 4 and `kRow` otherwise.
 //
 // Python tuples are `Tuple`s here: `mixed`'s `optim.param_groups.0.betas` =
@@ -39,10 +39,10 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "c10/core/ScalarType.h"
-#include "checkpoint/metadata.h"
-#include "checkpoint/state_dict.h"
+#include "core/metadata.h"
+#include "core/state_dict.h"
 
-namespace dcp::testing {
+namespace dcp::test {
 
 // How a tensor leaf is laid out over the ranks (dcp_peer.py's layouts).
 enum class PeerLayout { kPlain, kRow, kCol, kMesh2D };
@@ -121,6 +121,6 @@ std::vector<std::string> ComparePeerCase(absl::string_view case_name,
                                          int world_size,
                                          int max_diffs_per_key = 10);
 
-}  // namespace dcp::testing
+}  // namespace dcp::test
 
 #endif  // DCP_TESTING_PEER_CASES_H_

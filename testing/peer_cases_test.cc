@@ -1,24 +1,24 @@
 #include "testing/peer_cases.h"
 
+#include <ATen/ATen.h>
+
 #include <algorithm>
 #include <cstdint>
 #include <map>
 #include <string>
 #include <vector>
 
-#include <ATen/ATen.h>
-
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
-#include "checkpoint/sharding.h"
-#include "checkpoint/state_dict.h"
+#include "core/sharding.h"
+#include "core/state_dict.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "planner/flatten.h"
 #include "testing/status_matchers.h"
 #include "testing/tensor_matchers.h"
 
-namespace dcp::testing {
+namespace dcp::test {
 namespace {
 
 using ::testing::ElementsAre;
@@ -142,7 +142,8 @@ TEST(PeerCasesTest, LeavesMatchCasesJson) {
   std::vector<std::string> names;
   for (const auto& [name, expected] : CasesJson()) {
     names.push_back(name);
-    ASSERT_OK_AND_ASSIGN(std::vector<PeerLeaf> leaves, PeerCaseLeaves(name));
+    DCP_ASSERT_OK_AND_ASSIGN(std::vector<PeerLeaf> leaves,
+                             PeerCaseLeaves(name));
     std::vector<std::string> got;
     for (const PeerLeaf& leaf : leaves) got.push_back(Describe(leaf));
     EXPECT_THAT(got, ElementsAreArray(expected)) << name;
@@ -160,8 +161,8 @@ TEST(PeerCasesTest, KeySeedMatchesReadmeExamples) {
 }
 
 TEST(PeerCasesTest, ReadmeExampleRow) {
-  ASSERT_OK_AND_ASSIGN(at::Tensor t,
-                       PeerFullValue("row", c10::ScalarType::Float, {6, 4}));
+  DCP_ASSERT_OK_AND_ASSIGN(
+      at::Tensor t, PeerFullValue("row", c10::ScalarType::Float, {6, 4}));
   EXPECT_EQ(t.sizes(), at::IntArrayRef({6, 4}));
   EXPECT_EQ(t[0][0].item<float>(), 246.5f);
   EXPECT_EQ(t[0][1].item<float>(), 247.0f);
@@ -219,8 +220,8 @@ TEST(PeerCasesTest, GeneratorMatchesCasesJsonVectors) {
     SCOPED_TRACE(v.dtype);
     const std::string fqn = absl::StrCat("model.sharded.", v.dtype);
     EXPECT_EQ(PeerKeySeed(fqn), v.seed);
-    ASSERT_OK_AND_ASSIGN(c10::ScalarType dtype, DtypeFromName(v.dtype));
-    ASSERT_OK_AND_ASSIGN(at::Tensor t, PeerFullValue(fqn, dtype, {5, 2}));
+    DCP_ASSERT_OK_AND_ASSIGN(c10::ScalarType dtype, DtypeFromName(v.dtype));
+    DCP_ASSERT_OK_AND_ASSIGN(at::Tensor t, PeerFullValue(fqn, dtype, {5, 2}));
     ASSERT_EQ(t.scalar_type(), dtype);
     ASSERT_EQ(t.sizes(), at::IntArrayRef({5, 2}));
     at::Tensor flat = t.reshape(-1);
@@ -251,39 +252,43 @@ TEST(PeerCasesTest, GeneratorMatchesCasesJsonVectors) {
 
 TEST(PeerCasesTest, LayoutsFollowDTensorChunking) {
   // 3 rows over 4 ranks: 1, 1, 1, 0 (the empty shard at offset 3).
-  ASSERT_OK_AND_ASSIGN(ChunkStorageMetadata box,
-                       PeerLocalBox(PeerLayout::kRow, {3, 2}, 3, 4));
+  DCP_ASSERT_OK_AND_ASSIGN(ChunkStorageMetadata box,
+                           PeerLocalBox(PeerLayout::kRow, {3, 2}, 3, 4));
   EXPECT_EQ(box.offsets, Shape({3, 0}));
   EXPECT_EQ(box.sizes, Shape({0, 2}));
   // 7 columns over 3 ranks: 3, 3, 1.
-  ASSERT_OK_AND_ASSIGN(box, PeerLocalBox(PeerLayout::kCol, {3, 7}, 2, 3));
+  DCP_ASSERT_OK_AND_ASSIGN(box, PeerLocalBox(PeerLayout::kCol, {3, 7}, 2, 3));
   EXPECT_EQ(box.offsets, Shape({0, 6}));
   EXPECT_EQ(box.sizes, Shape({3, 1}));
   // mesh2d at 4 ranks: rank 1 at (0, 1) of a 2 x 2 mesh.
-  ASSERT_OK_AND_ASSIGN(box, PeerLocalBox(PeerLayout::kMesh2D, {5, 7}, 1, 4));
+  DCP_ASSERT_OK_AND_ASSIGN(box,
+                           PeerLocalBox(PeerLayout::kMesh2D, {5, 7}, 1, 4));
   EXPECT_EQ(box.offsets, Shape({0, 4}));
   EXPECT_EQ(box.sizes, Shape({3, 3}));
   // thin [1, 3] on 2 x 2: mesh row 1 gets no rows (offset 1).
-  ASSERT_OK_AND_ASSIGN(box, PeerLocalBox(PeerLayout::kMesh2D, {1, 3}, 3, 4));
+  DCP_ASSERT_OK_AND_ASSIGN(box,
+                           PeerLocalBox(PeerLayout::kMesh2D, {1, 3}, 3, 4));
   EXPECT_EQ(box.offsets, Shape({1, 2}));
   EXPECT_EQ(box.sizes, Shape({0, 1}));
   // mesh2d at other world sizes: like row.
-  ASSERT_OK_AND_ASSIGN(box, PeerLocalBox(PeerLayout::kMesh2D, {6, 8}, 2, 3));
+  DCP_ASSERT_OK_AND_ASSIGN(box,
+                           PeerLocalBox(PeerLayout::kMesh2D, {6, 8}, 2, 3));
   EXPECT_EQ(box.offsets, Shape({4, 0}));
   EXPECT_EQ(box.sizes, Shape({2, 8}));
-  ASSERT_OK_AND_ASSIGN(box, PeerLocalBox(PeerLayout::kPlain, {}, 0, 2));
+  DCP_ASSERT_OK_AND_ASSIGN(box, PeerLocalBox(PeerLayout::kPlain, {}, 0, 2));
   EXPECT_THAT(box.offsets, IsEmpty());
   EXPECT_THAT(box.sizes, IsEmpty());
 }
 
 TEST(PeerCasesTest, ShardsOfAllRanksReassembleTheFullValue) {
   for (const std::string& name : PeerCaseNames()) {
-    ASSERT_OK_AND_ASSIGN(std::vector<PeerLeaf> leaves, PeerCaseLeaves(name));
+    DCP_ASSERT_OK_AND_ASSIGN(std::vector<PeerLeaf> leaves,
+                             PeerCaseLeaves(name));
     for (int world = 1; world <= 4; ++world) {
       std::vector<StateDict> per_rank;
       for (int r = 0; r < world; ++r) {
-        ASSERT_OK_AND_ASSIGN(StateDict sd,
-                             MakePeerCase(name, r, world, PeerValues::kTrue));
+        DCP_ASSERT_OK_AND_ASSIGN(
+            StateDict sd, MakePeerCase(name, r, world, PeerValues::kTrue));
         per_rank.push_back(std::move(sd));
       }
       for (const PeerLeaf& leaf : leaves) {
@@ -291,13 +296,13 @@ TEST(PeerCasesTest, ShardsOfAllRanksReassembleTheFullValue) {
         SCOPED_TRACE(absl::StrCat(name, " ", leaf.fqn, " world ", world));
         std::vector<ShardedTensor> shards;
         for (const StateDict& sd : per_rank) {
-          ASSERT_OK_AND_ASSIGN(const Value* v, GetElement(sd, leaf.path));
+          DCP_ASSERT_OK_AND_ASSIGN(const Value* v, GetElement(sd, leaf.path));
           ASSERT_TRUE(v->is<ShardedTensor>());
           shards.push_back(v->get<ShardedTensor>());
         }
-        ASSERT_OK_AND_ASSIGN(at::Tensor full, Unshard(shards));
-        ASSERT_OK_AND_ASSIGN(at::Tensor want,
-                             PeerFullValue(leaf.fqn, leaf.dtype, leaf.shape));
+        DCP_ASSERT_OK_AND_ASSIGN(at::Tensor full, Unshard(shards));
+        DCP_ASSERT_OK_AND_ASSIGN(
+            at::Tensor want, PeerFullValue(leaf.fqn, leaf.dtype, leaf.shape));
         EXPECT_THAT(full, TensorEq(want));
       }
     }
@@ -309,19 +314,20 @@ TEST(PeerCasesTest, TrueValuesCompareEqualAndPlaceholdersDifferEverywhere) {
     for (int world = 1; world <= 4; ++world) {
       for (int r = 0; r < world; ++r) {
         SCOPED_TRACE(absl::StrCat(name, " rank ", r, " of ", world));
-        ASSERT_OK_AND_ASSIGN(StateDict truth,
-                             MakePeerCase(name, r, world, PeerValues::kTrue));
+        DCP_ASSERT_OK_AND_ASSIGN(
+            StateDict truth, MakePeerCase(name, r, world, PeerValues::kTrue));
         EXPECT_THAT(ComparePeerCase(name, truth, r, world), IsEmpty());
-        ASSERT_OK_AND_ASSIGN(
+        DCP_ASSERT_OK_AND_ASSIGN(
             StateDict dest,
             MakePeerCase(name, r, world, PeerValues::kPlaceholder));
-        ASSERT_OK_AND_ASSIGN(std::vector<PeerLeaf> leaves,
-                             PeerCaseLeaves(name));
+        DCP_ASSERT_OK_AND_ASSIGN(std::vector<PeerLeaf> leaves,
+                                 PeerCaseLeaves(name));
         std::vector<std::string> diffs = ComparePeerCase(name, dest, r, world);
         // Every non-empty local tensor and every value is reported.
         for (const PeerLeaf& leaf : leaves) {
-          ASSERT_OK_AND_ASSIGN(ChunkStorageMetadata box,
-                               PeerLocalBox(leaf.layout, leaf.shape, r, world));
+          DCP_ASSERT_OK_AND_ASSIGN(
+              ChunkStorageMetadata box,
+              PeerLocalBox(leaf.layout, leaf.shape, r, world));
           const int64_t n = NumElements(box.sizes);
           if (leaf.is_tensor && n == 0) continue;
           const std::string head =
@@ -341,18 +347,18 @@ TEST(PeerCasesTest, TrueValuesCompareEqualAndPlaceholdersDifferEverywhere) {
 }
 
 TEST(PeerCasesTest, CompareReportsGlobalIndexExpectedAndGot) {
-  ASSERT_OK_AND_ASSIGN(StateDict sd,
-                       MakePeerCase("mixed", 1, 2, PeerValues::kTrue));
+  DCP_ASSERT_OK_AND_ASSIGN(StateDict sd,
+                           MakePeerCase("mixed", 1, 2, PeerValues::kTrue));
   // model.embed.weight [10, 4] row: rank 1 of 2 holds rows 5..9.
-  ASSERT_OK_AND_ASSIGN(Value * v,
-                       GetMutableElement(sd, {std::string("model"),
-                                              std::string("embed"),
-                                              std::string("weight")}));
+  DCP_ASSERT_OK_AND_ASSIGN(
+      Value * v,
+      GetMutableElement(sd, {std::string("model"), std::string("embed"),
+                             std::string("weight")}));
   at::Tensor local = v->get<ShardedTensor>().local_shards[0].tensor;
   const float old = local[1][2].item<float>();
   local[1][2] = old + 1;
-  ASSERT_OK_AND_ASSIGN(v, GetMutableElement(sd, {std::string("extra"),
-                                                 std::string("epoch")}));
+  DCP_ASSERT_OK_AND_ASSIGN(
+      v, GetMutableElement(sd, {std::string("extra"), std::string("epoch")}));
   *v = Value(3.0);  // float instead of int
   std::vector<std::string> diffs = ComparePeerCase("mixed", sd, 1, 2);
   EXPECT_THAT(
@@ -364,11 +370,11 @@ TEST(PeerCasesTest, CompareReportsGlobalIndexExpectedAndGot) {
 }
 
 TEST(PeerCasesTest, CompareReportsMissingAndWrongLayout) {
-  ASSERT_OK_AND_ASSIGN(StateDict sd,
-                       MakePeerCase("dtensor_row", 0, 2, PeerValues::kTrue));
+  DCP_ASSERT_OK_AND_ASSIGN(
+      StateDict sd, MakePeerCase("dtensor_row", 0, 2, PeerValues::kTrue));
   ASSERT_TRUE(sd.Erase("tiny"));
-  ASSERT_OK_AND_ASSIGN(at::Tensor full,
-                       PeerFullValue("even", c10::ScalarType::Float, {8, 4}));
+  DCP_ASSERT_OK_AND_ASSIGN(
+      at::Tensor full, PeerFullValue("even", c10::ScalarType::Float, {8, 4}));
   sd.Set("even", full);
   EXPECT_THAT(ComparePeerCase("dtensor_row", sd, 0, 2),
               ElementsAre("even: expected a sharded tensor, got tensor",
@@ -378,24 +384,25 @@ TEST(PeerCasesTest, CompareReportsMissingAndWrongLayout) {
 }
 
 TEST(PeerCasesTest, MixedFlattensLikePyTorch) {
-  ASSERT_OK_AND_ASSIGN(std::vector<PeerLeaf> leaves, PeerCaseLeaves("mixed"));
+  DCP_ASSERT_OK_AND_ASSIGN(std::vector<PeerLeaf> leaves,
+                           PeerCaseLeaves("mixed"));
   ASSERT_THAT(leaves, SizeIs(54));
   std::vector<std::string> fqns;
   for (const PeerLeaf& leaf : leaves) fqns.push_back(leaf.fqn);
 
   // The PyTorch-shaped destination flattens to exactly the case's FQNs.
-  ASSERT_OK_AND_ASSIGN(StateDict dest,
-                       MakePeerCase("mixed", 0, 2, PeerValues::kPlaceholder));
-  ASSERT_OK_AND_ASSIGN(FlatStateDict flat, FlattenStateDict(dest));
+  DCP_ASSERT_OK_AND_ASSIGN(
+      StateDict dest, MakePeerCase("mixed", 0, 2, PeerValues::kPlaceholder));
+  DCP_ASSERT_OK_AND_ASSIGN(FlatStateDict flat, FlattenStateDict(dest));
   std::vector<std::string> got;
   for (const auto& item : flat.items) got.push_back(item.first);
   EXPECT_EQ(got, fqns);
 
   // The true values flatten the same way: a tuple is one leaf, even
   // extra.pair, which holds a dict.
-  ASSERT_OK_AND_ASSIGN(StateDict truth,
-                       MakePeerCase("mixed", 0, 2, PeerValues::kTrue));
-  ASSERT_OK_AND_ASSIGN(FlatStateDict f, FlattenStateDict(truth));
+  DCP_ASSERT_OK_AND_ASSIGN(StateDict truth,
+                           MakePeerCase("mixed", 0, 2, PeerValues::kTrue));
+  DCP_ASSERT_OK_AND_ASSIGN(FlatStateDict f, FlattenStateDict(truth));
   got.clear();
   for (const auto& item : f.items) got.push_back(item.first);
   EXPECT_EQ(got, fqns);
@@ -411,8 +418,8 @@ TEST(PeerCasesTest, GoldenCasesBuild) {
   for (const char* name :
        {"golden_simple", "golden_sharded4", "golden_nonstrided"}) {
     SCOPED_TRACE(name);
-    ASSERT_OK_AND_ASSIGN(StateDict sd,
-                         MakePeerCase(name, 0, 1, PeerValues::kTrue));
+    DCP_ASSERT_OK_AND_ASSIGN(StateDict sd,
+                             MakePeerCase(name, 0, 1, PeerValues::kTrue));
     EXPECT_THAT(ComparePeerCase(name, sd, 0, 1), IsEmpty());
   }
 }
@@ -432,4 +439,4 @@ TEST(PeerCasesTest, BadArguments) {
 }
 
 }  // namespace
-}  // namespace dcp::testing
+}  // namespace dcp::test

@@ -18,11 +18,11 @@
 #include "absl/strings/string_view.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
-#include "checkpoint/fault_point.h"
+#include "core/fault_point.h"
+#include "distributed/fake_process_group.h"
 #include "glog/logging.h"
-#include "testing/fake_process_group.h"
 
-namespace dcp::testing {
+namespace dcp::test {
 namespace {
 
 // One rank's fault points. Thread-safe: the handler may be carried to the
@@ -206,4 +206,4 @@ std::vector<std::string> Simulator::transcript(
   return last_world_->Transcript(communicator);
 }
 
-}  // namespace dcp::testing
+}  // namespace dcp::test

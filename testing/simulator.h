@@ -3,13 +3,13 @@
 // -----------------------------------------------------------------------------
 //
 // `Simulator` runs one function on N ranks in one process, one thread per
-// rank over a fresh `FakeWorld` (testing/fake_process_group.h) per `Run`,
+// rank over a fresh `FakeWorld` (distributed/fake_process_group.h) per `Run`,
 // and returns every rank's status or result in rank order:
 //
 //   SimulatorOptions options;
 //   options.world_size = 4;
 //   options.seed = 42;  // Deterministic interleaving; omit for free mode.
-//   ASSERT_OK_AND_ASSIGN(auto sim, Simulator::Create(options));
+//   DCP_ASSERT_OK_AND_ASSIGN(auto sim, Simulator::Create(options));
 //   sim->faults().FailAtPoint(2, "save.write", absl::InternalError("disk"));
 //   std::vector<absl::Status> statuses =
 //       sim->Run([&](RankContext& ctx) -> absl::Status {
@@ -19,7 +19,7 @@
 //   //     sim->Run([&](RankContext& ctx) -> absl::StatusOr<T> { ... });
 //
 // Per rank, `Run`:
-//   1. installs the rank's `FaultPointHandler` (checkpoint/fault_point.h) on
+//   1. installs the rank's `FaultPointHandler` (core/fault_point.h) on
 //      the rank's thread, so `FaultPoint(name)` sees the injected faults;
 //   2. calls `FakeWorld::StartRank` (deterministic mode: waits for all ranks
 //      and for the rank's first turn);
@@ -78,10 +78,10 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
-#include "checkpoint/process_group.h"
-#include "testing/fake_process_group.h"
+#include "distributed/fake_process_group.h"
+#include "distributed/process_group.h"
 
-namespace dcp::testing {
+namespace dcp::test {
 
 struct SimulatorOptions {
   // Number of ranks, in [1, FakeWorld::kMaxWorldSize].
@@ -233,6 +233,6 @@ std::vector<R> Simulator::Run(const Fn& fn) {
   return results;
 }
 
-}  // namespace dcp::testing
+}  // namespace dcp::test
 
 #endif  // DCP_TESTING_SIMULATOR_H_

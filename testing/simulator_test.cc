@@ -17,15 +17,15 @@
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
-#include "checkpoint/fault_point.h"
-#include "checkpoint/process_group.h"
-#include "checkpoint/status.h"
+#include "core/fault_point.h"
+#include "core/status.h"
+#include "distributed/process_group.h"
 #include "glog/logging.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "testing/status_matchers.h"
 
-namespace dcp::testing {
+namespace dcp::test {
 namespace {
 
 using ::testing::AllOf;
@@ -466,4 +466,4 @@ TEST(SimulatorTest, EachRunUsesAFreshWorld) {
 }
 
 }  // namespace
-}  // namespace dcp::testing
+}  // namespace dcp::test

@@ -9,8 +9,8 @@
 //   EXPECT_THAT(status, StatusIs(absl::StatusCode::kNotFound));
 //   EXPECT_THAT(status, StatusIs(absl::StatusCode::kNotFound, HasSubstr("x")));
 //   EXPECT_THAT(statusor, IsOkAndHolds(Eq(3)));
-//   ASSERT_OK(status);  EXPECT_OK(status);
-//   ASSERT_OK_AND_ASSIGN(auto value, MakeValue());
+//   DCP_ASSERT_OK(status);  DCP_EXPECT_OK(status);
+//   DCP_ASSERT_OK_AND_ASSIGN(auto value, MakeValue());
 //
 // All matchers accept both `absl::Status` and `absl::StatusOr<T>`.
 #ifndef DCP_TESTING_STATUS_MATCHERS_H_
@@ -26,7 +26,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
-namespace dcp::testing {
+namespace dcp::test {
 namespace status_matchers_internal {
 
 inline const absl::Status& GetStatus(const absl::Status& status) {
@@ -132,13 +132,13 @@ IsOkAndHolds(InnerMatcher inner) {
           std::move(inner)));
 }
 
-}  // namespace dcp::testing
+}  // namespace dcp::test
 
-#define EXPECT_OK(expr) EXPECT_THAT((expr), ::dcp::testing::IsOk())
-#define ASSERT_OK(expr) ASSERT_THAT((expr), ::dcp::testing::IsOk())
+#define DCP_EXPECT_OK(expr) EXPECT_THAT((expr), ::dcp::test::IsOk())
+#define DCP_ASSERT_OK(expr) ASSERT_THAT((expr), ::dcp::test::IsOk())
 
-#define ASSERT_OK_AND_ASSIGN(lhs, rexpr)                                  \
-  DCP_TESTING_ASSERT_OK_AND_ASSIGN_IMPL_(                                 \
+#define DCP_ASSERT_OK_AND_ASSIGN(lhs, rexpr) \
+  DCP_TESTING_ASSERT_OK_AND_ASSIGN_IMPL_(    \
       DCP_TESTING_CONCAT_(dcp_testing_statusor_, __LINE__), lhs, rexpr)
 #define DCP_TESTING_ASSERT_OK_AND_ASSIGN_IMPL_(statusor, lhs, rexpr) \
   auto statusor = (rexpr);                                           \

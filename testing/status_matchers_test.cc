@@ -7,7 +7,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
-namespace dcp::testing {
+namespace dcp::test {
 namespace {
 
 using ::testing::Eq;
@@ -38,10 +38,10 @@ TEST(StatusMatchersTest, IsOkAndHoldsChecksValue) {
 }
 
 TEST(StatusMatchersTest, AssertOkAndAssignUnwraps) {
-  ASSERT_OK_AND_ASSIGN(int value, absl::StatusOr<int>(7));
+  DCP_ASSERT_OK_AND_ASSIGN(int value, absl::StatusOr<int>(7));
   EXPECT_EQ(value, 7);
-  EXPECT_OK(absl::OkStatus());
+  DCP_EXPECT_OK(absl::OkStatus());
 }
 
 }  // namespace
-}  // namespace dcp::testing
+}  // namespace dcp::test

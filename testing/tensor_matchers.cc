@@ -12,12 +12,12 @@
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
-#include "checkpoint/metadata.h"
-#include "checkpoint/state_dict.h"
-#include "checkpoint/torch_status.h"
+#include "core/metadata.h"
+#include "core/state_dict.h"
+#include "core/torch_status.h"
 #include "glog/logging.h"
 
-namespace dcp::testing {
+namespace dcp::test {
 namespace tensor_matchers_internal {
 namespace {
 
@@ -300,4 +300,4 @@ at::Tensor MakeTestTensor(const Shape& shape, c10::ScalarType dtype,
   return *std::move(result);
 }
 
-}  // namespace dcp::testing
+}  // namespace dcp::test

@@ -8,7 +8,7 @@
 //   EXPECT_THAT(state_dict, StateDictEq(expected_state_dict));
 //   at::Tensor t = MakeTestTensor({4, 3}, at::kBFloat16, /*seed=*/1);
 //
-// Equality is `ValuesEqual` from checkpoint/state_dict.h: same dtype, same
+// Equality is `ValuesEqual` from core/state_dict.h: same dtype, same
 // shape, every element equal, NaN equal to NaN. On a mismatch the matchers
 // explain the first difference: for tensors the dtype, the shape or the first
 // differing index with both values; for state dicts the path of the first
@@ -22,11 +22,11 @@
 
 #include "ATen/core/Tensor.h"
 #include "c10/core/ScalarType.h"
-#include "checkpoint/metadata.h"
-#include "checkpoint/state_dict.h"
+#include "core/metadata.h"
+#include "core/state_dict.h"
 #include "gmock/gmock.h"
 
-namespace dcp::testing {
+namespace dcp::test {
 namespace tensor_matchers_internal {
 
 // Empty if `actual` equals `expected` (ValuesEqual semantics); otherwise a
@@ -111,6 +111,6 @@ StateDictEq(StateDict expected) {
 // complex64, complex128; anything else CHECK-fails (a test bug).
 at::Tensor MakeTestTensor(const Shape& shape, c10::ScalarType dtype, int seed);
 
-}  // namespace dcp::testing
+}  // namespace dcp::test
 
 #endif  // DCP_TESTING_TENSOR_MATCHERS_H_

@@ -5,11 +5,11 @@
 #include <string>
 
 #include "ATen/ATen.h"
-#include "checkpoint/state_dict.h"
+#include "core/state_dict.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
-namespace dcp::testing {
+namespace dcp::test {
 namespace {
 
 using ::testing::HasSubstr;
@@ -146,4 +146,4 @@ TEST(MakeTestTensorTest, DeterministicDistinctAndSeedDependent) {
 }
 
 }  // namespace
-}  // namespace dcp::testing
+}  // namespace dcp::test

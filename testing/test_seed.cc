@@ -8,7 +8,7 @@
 #include "absl/strings/numbers.h"
 #include "gtest/gtest.h"
 
-namespace dcp::testing {
+namespace dcp::test {
 
 uint32_t TestSeed() {
   uint32_t seed = kDefaultTestSeed;
@@ -31,4 +31,4 @@ uint32_t TestSeed() {
   return seed;
 }
 
-}  // namespace dcp::testing
+}  // namespace dcp::test

@@ -5,7 +5,7 @@
 // The seed of every randomised test (fuzz, mutation, crash and property
 // tests), so that each run is reproducible:
 //
-//   const uint32_t seed = dcp::testing::TestSeed();
+//   const uint32_t seed = dcp::test::TestSeed();
 //   std::mt19937 rng(seed);
 //
 // `TestSeed()` returns the environment variable DCP_TEST_SEED if it is set
@@ -25,7 +25,7 @@
 
 #include <cstdint>
 
-namespace dcp::testing {
+namespace dcp::test {
 
 // The seed used when DCP_TEST_SEED is not set.
 inline constexpr uint32_t kDefaultTestSeed = 20240611;
@@ -33,6 +33,6 @@ inline constexpr uint32_t kDefaultTestSeed = 20240611;
 // See the file comment.
 uint32_t TestSeed();
 
-}  // namespace dcp::testing
+}  // namespace dcp::test
 
 #endif  // DCP_TESTING_TEST_SEED_H_

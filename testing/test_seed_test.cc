@@ -7,7 +7,7 @@
 #include "gtest/gtest-spi.h"
 #include "gtest/gtest.h"
 
-namespace dcp::testing {
+namespace dcp::test {
 namespace {
 
 // Restores DCP_TEST_SEED (set or not) when it goes out of scope.
@@ -56,4 +56,4 @@ TEST(TestSeedTest, AMalformedSeedFailsTheTest) {
 }
 
 }  // namespace
-}  // namespace dcp::testing
+}  // namespace dcp::test

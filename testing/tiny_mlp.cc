@@ -3,7 +3,7 @@
 #include "torch/nn/functional/activation.h"
 #include "torch/nn/functional/loss.h"
 
-namespace dcp::testing {
+namespace dcp::test {
 
 TinyMlpImpl::TinyMlpImpl(int64_t hidden)
     : input_scale(register_buffer("input_scale",
@@ -67,4 +67,4 @@ float TinyMlpTrainStep(TinyMlp& model, torch::optim::Optimizer& optimizer,
   return loss.item<float>();
 }
 
-}  // namespace dcp::testing
+}  // namespace dcp::test

@@ -30,7 +30,7 @@
 #include "torch/optim/adamw.h"
 #include "torch/optim/optimizer.h"
 
-namespace dcp::testing {
+namespace dcp::test {
 
 struct TinyMlpImpl : torch::nn::Module {
   // `hidden` is fc1's output size (8 in the spec).
@@ -55,6 +55,6 @@ torch::optim::AdamWOptions TinyMlpAdamWOptions();
 float TinyMlpTrainStep(TinyMlp& model, torch::optim::Optimizer& optimizer,
                        int step);
 
-}  // namespace dcp::testing
+}  // namespace dcp::test
 
 #endif  // DCP_TESTING_TINY_MLP_H_

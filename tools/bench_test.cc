@@ -11,8 +11,8 @@
 namespace dcp::tools {
 namespace {
 
-using ::dcp::testing::IsOk;
-using ::dcp::testing::StatusIs;
+using ::dcp::test::IsOk;
+using ::dcp::test::StatusIs;
 using ::testing::HasSubstr;
 
 TEST(BenchTest, TinyRunPrintsEveryCase) {

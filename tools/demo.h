@@ -35,7 +35,7 @@
 #include <string>
 
 #include "absl/status/status.h"
-#include "checkpoint/process_group.h"
+#include "distributed/process_group.h"
 #include "tools/model_state.h"
 
 namespace dcp::tools {

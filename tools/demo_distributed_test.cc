@@ -16,11 +16,11 @@
 namespace dcp::tools {
 namespace {
 
-using ::dcp::testing::IsOk;
-using ::dcp::testing::RankContext;
-using ::dcp::testing::Simulator;
-using ::dcp::testing::SimulatorOptions;
-using ::dcp::testing::StatusIs;
+using ::dcp::test::IsOk;
+using ::dcp::test::RankContext;
+using ::dcp::test::Simulator;
+using ::dcp::test::SimulatorOptions;
+using ::dcp::test::StatusIs;
 using ::testing::Each;
 using ::testing::HasSubstr;
 
@@ -32,7 +32,7 @@ std::string TmpDir(const std::string& name) {
 TEST(DistributedDemoTest, ThreeRanksSaveAndLoadReshardedRankZeroPrints) {
   SimulatorOptions sim_options;
   sim_options.world_size = 3;
-  ASSERT_OK_AND_ASSIGN(auto sim, Simulator::Create(sim_options));
+  DCP_ASSERT_OK_AND_ASSIGN(auto sim, Simulator::Create(sim_options));
   DemoOptions options;
   options.dir = TmpDir("demo3");
   options.model.vocab = 300;
@@ -54,7 +54,7 @@ TEST(DistributedDemoTest, ThreeRanksSaveAndLoadReshardedRankZeroPrints) {
 TEST(DistributedDemoTest, NeedsADirectory) {
   SimulatorOptions sim_options;
   sim_options.world_size = 1;
-  ASSERT_OK_AND_ASSIGN(auto sim, Simulator::Create(sim_options));
+  DCP_ASSERT_OK_AND_ASSIGN(auto sim, Simulator::Create(sim_options));
   DemoOptions options;
   std::ostringstream out;
   EXPECT_THAT(sim->Run([&](RankContext& ctx) {

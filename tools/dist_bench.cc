@@ -23,11 +23,11 @@
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "checkpoint/checkpointer.h"
-#include "checkpoint/future.h"
-#include "checkpoint/metadata.h"
-#include "checkpoint/sharding.h"
-#include "checkpoint/state_dict.h"
-#include "checkpoint/status.h"
+#include "core/future.h"
+#include "core/metadata.h"
+#include "core/sharding.h"
+#include "core/state_dict.h"
+#include "core/status.h"
 #include "storage/fs_storage.h"
 
 namespace dcp::tools {

@@ -20,7 +20,7 @@
 // (exact in float32; tools/peer/dcp_peer_bench.py builds the same values).
 // Layouts over a world of W ranks:
 //   kRows        every tensor row-sharded over all ranks (torch.chunk and
-//                DTensor Shard(0) boxes, checkpoint/sharding.h)
+//                DTensor Shard(0) boxes, core/sharding.h)
 //   kRoundRobin  whole tensors; rank r holds tensor i iff i % W == r
 //
 // Workloads (each one round, all ranks together):
@@ -49,8 +49,10 @@
 // Output (machine-readable, one line each, `key=value` fields separated by
 // single spaces, seconds as decimals, bytes as integers):
 //
-//   dcp_bench_rank workload=save rank=1 world=4 seconds=0.812300 bytes=268435456 max_rss_kb=301234 start_rss_kb=169000
-//   dcp_bench workload=save world=4 seconds=0.830100 bytes=1073741824 max_rss_kb=305000 start_rss_kb=169500
+//   dcp_bench_rank workload=save rank=1 world=4 seconds=0.812300
+//   bytes=268435456 max_rss_kb=301234 start_rss_kb=169000 dcp_bench
+//   workload=save world=4 seconds=0.830100 bytes=1073741824 max_rss_kb=305000
+//   start_rss_kb=169500
 //
 // Every rank prints its `dcp_bench_rank` line: its own time and tensor
 // bytes, its peak resident set size (getrusage; for kLoad taken right after
@@ -79,7 +81,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
-#include "checkpoint/process_group.h"
+#include "distributed/process_group.h"
 
 namespace dcp::tools {
 

@@ -17,7 +17,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/string_view.h"
-#include "checkpoint/metadata.h"
+#include "core/metadata.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "storage/fs_storage.h"
@@ -27,11 +27,11 @@
 namespace dcp::tools {
 namespace {
 
-using ::dcp::testing::IsOk;
-using ::dcp::testing::RankContext;
-using ::dcp::testing::Simulator;
-using ::dcp::testing::SimulatorOptions;
-using ::dcp::testing::StatusIs;
+using ::dcp::test::IsOk;
+using ::dcp::test::RankContext;
+using ::dcp::test::Simulator;
+using ::dcp::test::SimulatorOptions;
+using ::dcp::test::StatusIs;
 using ::testing::Each;
 using ::testing::HasSubstr;
 using ::testing::SizeIs;
@@ -142,7 +142,7 @@ TEST(DistBenchTest, RowShardedSaveWithFourRanksThenResharedLoadWithThree) {
   const int64_t bytes = 3 * 7 * 5 * 4;
   CheckLines(RunOnRanks(options, 4), "save", bytes);
 
-  ASSERT_OK_AND_ASSIGN(Metadata md, ReadCheckpointMetadata(options.dir));
+  DCP_ASSERT_OK_AND_ASSIGN(Metadata md, ReadCheckpointMetadata(options.dir));
   ASSERT_THAT(md.state_dict_metadata, SizeIs(3));
   for (const auto& [fqn, entry] : md.state_dict_metadata) {
     const auto* tensor = std::get_if<TensorStorageMetadata>(&entry);
@@ -166,7 +166,7 @@ TEST(DistBenchTest, RoundRobinWholeTensorsSaveWithFourLoadWithThree) {
   options.sync_files = false;
   const int64_t bytes = 6 * 2 * 3 * 4;
   CheckLines(RunOnRanks(options, 4), "save", bytes);
-  ASSERT_OK_AND_ASSIGN(Metadata md, ReadCheckpointMetadata(options.dir));
+  DCP_ASSERT_OK_AND_ASSIGN(Metadata md, ReadCheckpointMetadata(options.dir));
   ASSERT_THAT(md.state_dict_metadata, SizeIs(6));
   const auto* t5 =
       std::get_if<TensorStorageMetadata>(&md.state_dict_metadata.at("model.t5"));
@@ -217,7 +217,7 @@ TEST(DistBenchTest, LoadOfAnotherShapeFails) {
   options.cols = 5;
   SimulatorOptions sim_options;
   sim_options.world_size = 2;
-  ASSERT_OK_AND_ASSIGN(auto sim, Simulator::Create(sim_options));
+  DCP_ASSERT_OK_AND_ASSIGN(auto sim, Simulator::Create(sim_options));
   std::ostringstream out;
   for (const absl::Status& status : sim->Run([&](RankContext& ctx) {
          return RunDistributedBench(options, ctx.shared_pg(), out);
@@ -230,7 +230,7 @@ TEST(DistBenchTest, LoadOfAnotherShapeFails) {
 TEST(DistBenchTest, BadOptions) {
   SimulatorOptions sim_options;
   sim_options.world_size = 1;
-  ASSERT_OK_AND_ASSIGN(auto sim, Simulator::Create(sim_options));
+  DCP_ASSERT_OK_AND_ASSIGN(auto sim, Simulator::Create(sim_options));
   std::ostringstream out;
   DistBenchOptions no_dir;
   EXPECT_THAT(sim->Run([&](RankContext& ctx) {
@@ -253,14 +253,14 @@ TEST(DistBenchTest, ParsesNames) {
   for (DistBenchWorkload w :
        {DistBenchWorkload::kSave, DistBenchWorkload::kLoad,
         DistBenchWorkload::kAsyncSave, DistBenchWorkload::kMemcpy}) {
-    ASSERT_OK_AND_ASSIGN(DistBenchWorkload parsed,
-                         ParseDistBenchWorkload(DistBenchWorkloadName(w)));
+    DCP_ASSERT_OK_AND_ASSIGN(DistBenchWorkload parsed,
+                             ParseDistBenchWorkload(DistBenchWorkloadName(w)));
     EXPECT_EQ(parsed, w);
   }
   EXPECT_THAT(ParseDistBenchWorkload("w1"),
               StatusIs(absl::StatusCode::kInvalidArgument));
-  ASSERT_OK_AND_ASSIGN(DistBenchLayout layout,
-                       ParseDistBenchLayout("round_robin"));
+  DCP_ASSERT_OK_AND_ASSIGN(DistBenchLayout layout,
+                           ParseDistBenchLayout("round_robin"));
   EXPECT_EQ(layout, DistBenchLayout::kRoundRobin);
   EXPECT_THAT(ParseDistBenchLayout("col"),
               StatusIs(absl::StatusCode::kInvalidArgument));

@@ -41,10 +41,10 @@ int main(int argc, char** argv) {
   }
   const std::string out = argv[1];
   const bool ok =
-      Write(out + "/hostile/.metadata", dcp::testing::SharedKeyMetadataPickle(
-                                            20000, std::size_t{1} << 20)) &&
+      Write(out + "/hostile/.metadata",
+            dcp::test::SharedKeyMetadataPickle(20000, std::size_t{1} << 20)) &&
       Write(out + "/realistic/.metadata",
-            dcp::testing::RealisticMetadataPickle(20000, 150, 1)) &&
+            dcp::test::RealisticMetadataPickle(20000, 150, 1)) &&
       WriteSparse(out + "/realistic/__0_0.distcp",
                   std::size_t{20000} * 64 * 16 * 4);
   return ok ? 0 : 1;

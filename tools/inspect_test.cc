@@ -1,7 +1,6 @@
 #include "tools/inspect.h"
 
 #include <ATen/ATen.h>
-
 #include <unistd.h>
 
 #include <cstdlib>
@@ -15,7 +14,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
-#include "checkpoint/state_dict.h"
+#include "core/state_dict.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "storage/file_system.h"
@@ -26,8 +25,8 @@
 namespace dcp::tools {
 namespace {
 
-using ::dcp::testing::IsOk;
-using ::dcp::testing::StatusIs;
+using ::dcp::test::IsOk;
+using ::dcp::test::StatusIs;
 using ::testing::AllOf;
 using ::testing::HasSubstr;
 using ::testing::Not;
@@ -132,7 +131,7 @@ TEST(InspectTest, JsonEscapesKeysAndShowsDcpMetadata) {
   std::vector<StateDict> ranks(1);
   ranks[0].Set("quote\"back\\slash\ttab", at::ones({2}));
   ranks[0].Set("caf\xc3\xa9", int64_t{7});
-  ASSERT_OK_AND_ASSIGN(absl::Duration unused, SaveOnLocalRanks(ranks, dir));
+  DCP_ASSERT_OK_AND_ASSIGN(absl::Duration unused, SaveOnLocalRanks(ranks, dir));
   (void)unused;
   const std::string json = Inspect(dir, true);
   EXPECT_THAT(json, HasSubstr("{\"key\": \"quote\\\"back\\\\slash\\ttab\""));
@@ -148,13 +147,13 @@ TEST(InspectTest, FifoMetadataIsAnErrorNotAHang) {
   const std::string dir = JoinPath(::testing::TempDir(), "inspect_fifo");
   std::vector<StateDict> ranks(1);
   ranks[0].Set("w", at::ones({2}));
-  ASSERT_OK_AND_ASSIGN(absl::Duration unused, SaveOnLocalRanks(ranks, dir));
+  DCP_ASSERT_OK_AND_ASSIGN(absl::Duration unused, SaveOnLocalRanks(ranks, dir));
   (void)unused;
   const std::string metadata = JoinPath(dir, ".metadata");
   ASSERT_EQ(::unlink(metadata.c_str()), 0);
-  ASSERT_OK(testing::MakeFifo(metadata));
+  DCP_ASSERT_OK(test::MakeFifo(metadata));
   // A regression blocks in open(2) until the watchdog gives it a writer.
-  testing::FifoWatchdog watchdog({metadata});
+  test::FifoWatchdog watchdog({metadata});
   InspectOptions options;
   options.dir = dir;
   std::ostringstream out;
@@ -168,10 +167,10 @@ TEST(InspectTest, FilesThatAreNotRegularAreLeftOutOfTheListing) {
   const std::string dir = JoinPath(::testing::TempDir(), "inspect_socket");
   std::vector<StateDict> ranks(1);
   ranks[0].Set("w", at::ones({2}));
-  ASSERT_OK_AND_ASSIGN(absl::Duration unused, SaveOnLocalRanks(ranks, dir));
+  DCP_ASSERT_OK_AND_ASSIGN(absl::Duration unused, SaveOnLocalRanks(ranks, dir));
   (void)unused;
-  ASSERT_OK(testing::MakeSocketFile(JoinPath(dir, "__9_0.distcp")));
-  ASSERT_OK(testing::MakeFifo(JoinPath(dir, "__9_1.distcp")));
+  DCP_ASSERT_OK(test::MakeSocketFile(JoinPath(dir, "__9_0.distcp")));
+  DCP_ASSERT_OK(test::MakeFifo(JoinPath(dir, "__9_1.distcp")));
   const std::string text = Inspect(dir, false);
   EXPECT_THAT(text, HasSubstr(".metadata"));
   EXPECT_THAT(text, Not(HasSubstr("__9_")));

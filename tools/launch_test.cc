@@ -18,7 +18,7 @@
 namespace dcp::tools {
 namespace {
 
-using ::dcp::testing::StatusIs;
+using ::dcp::test::StatusIs;
 using ::testing::HasSubstr;
 using ::testing::SizeIs;
 
@@ -45,7 +45,7 @@ TEST(LaunchTest, EveryChildGetsItsRankAndTheRendezvous) {
       "$MASTER_PORT\" > \"$0/env.$RANK\"",
       dir};
   std::ostringstream log;
-  ASSERT_OK_AND_ASSIGN(LaunchResult result, Launch(options, log));
+  DCP_ASSERT_OK_AND_ASSIGN(LaunchResult result, Launch(options, log));
   EXPECT_TRUE(result.ok());
   EXPECT_EQ(result.ExitCode(), 0);
   EXPECT_EQ(result.first_failure, -1);
@@ -63,7 +63,7 @@ TEST(LaunchTest, PicksAFreePortWhenNoneIsGiven) {
   options.nproc = 1;
   options.command = {"/bin/sh", "-c", "test \"$MASTER_PORT\" -gt 0"};
   std::ostringstream log;
-  ASSERT_OK_AND_ASSIGN(LaunchResult result, Launch(options, log));
+  DCP_ASSERT_OK_AND_ASSIGN(LaunchResult result, Launch(options, log));
   EXPECT_TRUE(result.ok()) << log.str();
   EXPECT_GT(result.master_port, 0);
   EXPECT_THAT(log.str(),
@@ -75,7 +75,7 @@ TEST(LaunchTest, ExitCodesAreAggregatedAndNamed) {
   options.nproc = 3;
   options.command = {"/bin/sh", "-c", "exit $RANK"};
   std::ostringstream log;
-  ASSERT_OK_AND_ASSIGN(LaunchResult result, Launch(options, log));
+  DCP_ASSERT_OK_AND_ASSIGN(LaunchResult result, Launch(options, log));
   EXPECT_FALSE(result.ok());
   ASSERT_THAT(result.children, SizeIs(3));
   for (int rank = 0; rank < 3; ++rank) {
@@ -98,7 +98,7 @@ TEST(LaunchTest, AFailureKillsTheOthersAfterTheGracePeriod) {
                      "if [ \"$RANK\" = 0 ]; then exit 3; fi; exec sleep 1000"};
   std::ostringstream log;
   const absl::Time start = absl::Now();
-  ASSERT_OK_AND_ASSIGN(LaunchResult result, Launch(options, log));
+  DCP_ASSERT_OK_AND_ASSIGN(LaunchResult result, Launch(options, log));
   EXPECT_LT(absl::Now() - start, absl::Seconds(60));
   ASSERT_THAT(result.children, SizeIs(3));
   EXPECT_EQ(result.first_failure, 0);
@@ -119,7 +119,7 @@ TEST(LaunchTest, ASignalIsReportedAs128PlusTheSignal) {
   options.nproc = 1;
   options.command = {"/bin/sh", "-c", "kill -TERM $$"};
   std::ostringstream log;
-  ASSERT_OK_AND_ASSIGN(LaunchResult result, Launch(options, log));
+  DCP_ASSERT_OK_AND_ASSIGN(LaunchResult result, Launch(options, log));
   ASSERT_THAT(result.children, SizeIs(1));
   EXPECT_EQ(result.children[0].signal, SIGTERM);
   EXPECT_EQ(result.ExitCode(), 128 + SIGTERM);
@@ -132,7 +132,7 @@ TEST(LaunchTest, AMissingProgramExitsWith127) {
   options.grace_period = absl::ZeroDuration();
   options.command = {"/nonexistent/dcp-no-such-program"};
   std::ostringstream log;
-  ASSERT_OK_AND_ASSIGN(LaunchResult result, Launch(options, log));
+  DCP_ASSERT_OK_AND_ASSIGN(LaunchResult result, Launch(options, log));
   EXPECT_FALSE(result.ok());
   EXPECT_EQ(result.ExitCode(), 127);
 }

@@ -3,7 +3,7 @@
 // -----------------------------------------------------------------------------
 //
 // Collective saves and loads of a checkpoint directory by N ranks simulated
-// as threads of this process (checkpoint/local_process_group.h), through
+// as threads of this process (distributed/local_process_group.h), through
 // FileSystemWriter / FileSystemReader (PyTorch's DCP format). Used by the
 // `dcp` tool's demo, bench and converters.
 //
@@ -20,7 +20,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
-#include "checkpoint/state_dict.h"
+#include "core/state_dict.h"
 
 namespace dcp::tools {
 

@@ -3,8 +3,8 @@
 #include <ATen/ATen.h>
 
 #include <cmath>
-#include <optional>
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -15,11 +15,11 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/string_view.h"
-#include "checkpoint/metadata.h"
-#include "checkpoint/sharding.h"
-#include "checkpoint/state_dict.h"
-#include "checkpoint/status.h"
-#include "checkpoint/torch_status.h"
+#include "core/metadata.h"
+#include "core/sharding.h"
+#include "core/state_dict.h"
+#include "core/status.h"
+#include "core/torch_status.h"
 
 namespace dcp::tools {
 namespace {

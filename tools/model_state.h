@@ -32,7 +32,7 @@
 // rank):
 //   kRows     dimension 0 chunked over all ranks
 //   kColumns  dimension 1 for tensors of 2+ dimensions, else dimension 0
-//   kGrid     2+ dimensions: a rows x cols mesh (checkpoint/sharding.h,
+//   kGrid     2+ dimensions: a rows x cols mesh (core/sharding.h,
 //             rows = the largest divisor of the world size <= its square
 //             root); 1-D tensors: dimension 0
 //
@@ -48,7 +48,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
-#include "checkpoint/state_dict.h"
+#include "core/state_dict.h"
 
 namespace dcp::tools {
 

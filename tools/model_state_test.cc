@@ -6,8 +6,8 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
-#include "checkpoint/sharding.h"
-#include "checkpoint/state_dict.h"
+#include "core/sharding.h"
+#include "core/state_dict.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "planner/flatten.h"
@@ -17,9 +17,9 @@
 namespace dcp::tools {
 namespace {
 
-using ::dcp::testing::IsOk;
-using ::dcp::testing::StatusIs;
-using ::dcp::testing::TensorEq;
+using ::dcp::test::IsOk;
+using ::dcp::test::StatusIs;
+using ::dcp::test::TensorEq;
 using ::testing::HasSubstr;
 
 ModelShape Tiny() {
@@ -31,8 +31,8 @@ ModelShape Tiny() {
 }
 
 TEST(ModelStateTest, HasModelAndOptimizerStateOfTheAdvertisedSize) {
-  ASSERT_OK_AND_ASSIGN(StateDict sd, MakeModelStateDict(Tiny()));
-  ASSERT_OK_AND_ASSIGN(FlatStateDict flat, FlattenStateDict(sd));
+  DCP_ASSERT_OK_AND_ASSIGN(StateDict sd, MakeModelStateDict(Tiny()));
+  DCP_ASSERT_OK_AND_ASSIGN(FlatStateDict flat, FlattenStateDict(sd));
   int64_t bytes = 0;
   int tensors = 0;
   std::vector<std::string> values;
@@ -52,7 +52,7 @@ TEST(ModelStateTest, HasModelAndOptimizerStateOfTheAdvertisedSize) {
   ASSERT_NE(flat.mappings.find("model.layers.1.mlp.up.weight"),
             flat.mappings.end());
   // Deterministic.
-  ASSERT_OK_AND_ASSIGN(StateDict again, MakeModelStateDict(Tiny()));
+  DCP_ASSERT_OK_AND_ASSIGN(StateDict again, MakeModelStateDict(Tiny()));
   EXPECT_TRUE(StateDictsEqual(sd, again));
 }
 
@@ -69,17 +69,17 @@ TEST(ModelStateTest, ShapeForBytesIsClose) {
 
 // Shards of every layout cover each tensor exactly once.
 TEST(ModelStateTest, EveryLayoutUnshardsToTheFullTensors) {
-  ASSERT_OK_AND_ASSIGN(StateDict full, MakeModelStateDict(Tiny()));
-  ASSERT_OK_AND_ASSIGN(FlatStateDict flat_full, FlattenStateDict(full));
+  DCP_ASSERT_OK_AND_ASSIGN(StateDict full, MakeModelStateDict(Tiny()));
+  DCP_ASSERT_OK_AND_ASSIGN(FlatStateDict flat_full, FlattenStateDict(full));
   for (Layout layout : {Layout::kRows, Layout::kColumns, Layout::kGrid}) {
     for (int world : {1, 3, 4}) {
       SCOPED_TRACE(absl::StrCat(LayoutName(layout), " world ", world));
       std::vector<FlatStateDict> ranks;
       for (int r = 0; r < world; ++r) {
-        ASSERT_OK_AND_ASSIGN(StateDict sd,
-                             ShardStateDict(full, layout, r, world));
+        DCP_ASSERT_OK_AND_ASSIGN(StateDict sd,
+                                 ShardStateDict(full, layout, r, world));
         ASSERT_THAT(VerifyAgainstFull(sd, full, r, nullptr), IsOk());
-        ASSERT_OK_AND_ASSIGN(FlatStateDict flat, FlattenStateDict(sd));
+        DCP_ASSERT_OK_AND_ASSIGN(FlatStateDict flat, FlattenStateDict(sd));
         ranks.push_back(std::move(flat));
       }
       for (size_t i = 0; i < flat_full.items.size(); ++i) {
@@ -97,7 +97,7 @@ TEST(ModelStateTest, EveryLayoutUnshardsToTheFullTensors) {
           }
         }
         if (t.dim() == 0) continue;
-        ASSERT_OK_AND_ASSIGN(at::Tensor back, Unshard(parts));
+        DCP_ASSERT_OK_AND_ASSIGN(at::Tensor back, Unshard(parts));
         EXPECT_THAT(back, TensorEq(t)) << flat_full.items[i].first;
       }
     }
@@ -105,9 +105,9 @@ TEST(ModelStateTest, EveryLayoutUnshardsToTheFullTensors) {
 }
 
 TEST(ModelStateTest, EmptyDestinationsAreFreshAndFailVerification) {
-  ASSERT_OK_AND_ASSIGN(StateDict full, MakeModelStateDict(Tiny()));
-  ASSERT_OK_AND_ASSIGN(StateDict empty,
-                       EmptyShardedLike(full, Layout::kGrid, 1, 4));
+  DCP_ASSERT_OK_AND_ASSIGN(StateDict full, MakeModelStateDict(Tiny()));
+  DCP_ASSERT_OK_AND_ASSIGN(StateDict empty,
+                           EmptyShardedLike(full, Layout::kGrid, 1, 4));
   // Non-tensor values are placeholders.
   EXPECT_TRUE(empty.Find("step")->is<None>());
   EXPECT_THAT(VerifyAgainstFull(empty, full, 1, nullptr),
@@ -115,8 +115,9 @@ TEST(ModelStateTest, EmptyDestinationsAreFreshAndFailVerification) {
 }
 
 TEST(ModelStateTest, VerifyCountsAndNamesTheFirstMismatch) {
-  ASSERT_OK_AND_ASSIGN(StateDict full, MakeModelStateDict(Tiny()));
-  ASSERT_OK_AND_ASSIGN(StateDict sd, ShardStateDict(full, Layout::kRows, 0, 2));
+  DCP_ASSERT_OK_AND_ASSIGN(StateDict full, MakeModelStateDict(Tiny()));
+  DCP_ASSERT_OK_AND_ASSIGN(StateDict sd,
+                           ShardStateDict(full, Layout::kRows, 0, 2));
   VerifyStats stats;
   ASSERT_THAT(VerifyAgainstFull(sd, full, 0, &stats), IsOk());
   EXPECT_EQ(stats.tensors, 17 * 4);
@@ -134,10 +135,9 @@ TEST(ModelStateTest, VerifyCountsAndNamesTheFirstMismatch) {
 }
 
 TEST(ModelStateTest, ParsesLayoutNames) {
-  EXPECT_THAT(ParseLayout("rows"), ::dcp::testing::IsOkAndHolds(Layout::kRows));
-  EXPECT_THAT(ParseLayout("col"),
-              ::dcp::testing::IsOkAndHolds(Layout::kColumns));
-  EXPECT_THAT(ParseLayout("Grid"), ::dcp::testing::IsOkAndHolds(Layout::kGrid));
+  EXPECT_THAT(ParseLayout("rows"), ::dcp::test::IsOkAndHolds(Layout::kRows));
+  EXPECT_THAT(ParseLayout("col"), ::dcp::test::IsOkAndHolds(Layout::kColumns));
+  EXPECT_THAT(ParseLayout("Grid"), ::dcp::test::IsOkAndHolds(Layout::kGrid));
   EXPECT_THAT(ParseLayout("diagonal").status(),
               StatusIs(absl::StatusCode::kInvalidArgument));
 }

@@ -64,6 +64,9 @@ if [ -n "$untagged" ]; then
   overall=1
 fi
 
+# Library packages depend only on the layers below them (BUILD.bazel).
+bash tools/check_layers.sh || overall=1
+
 run_bazel_tests "$root" "$events_dir/asan_ubsan.json" --config=asan_ubsan "$@" -- //...
 # --build_tests_only: build the threaded tests and what they depend on, not
 # every target of //... a second time.

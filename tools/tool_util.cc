@@ -18,7 +18,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
-#include "checkpoint/status.h"
+#include "core/status.h"
 #include "storage/file_system.h"
 #include "storage/fs_storage.h"
 #include "storage/posix_file_system.h"

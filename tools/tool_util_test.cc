@@ -15,8 +15,8 @@
 namespace dcp::tools {
 namespace {
 
-using ::dcp::testing::IsOk;
-using ::dcp::testing::StatusIs;
+using ::dcp::test::IsOk;
+using ::dcp::test::StatusIs;
 using ::testing::ElementsAre;
 using ::testing::Field;
 using ::testing::StartsWith;
@@ -79,12 +79,12 @@ TEST(JsonStringTest, EscapesWhatJsonRequires) {
 
 TEST(FilesTest, CheckpointFilesLeaveOutTheLockFile) {
   PosixFileSystem fs;
-  ASSERT_OK_AND_ASSIGN(std::string dir, MakeTempDir("tool_util_test-"));
+  DCP_ASSERT_OK_AND_ASSIGN(std::string dir, MakeTempDir("tool_util_test-"));
   for (const char* name : {".dcp.lock", ".metadata", "__0_0.distcp"}) {
     ASSERT_THAT(WriteStringToFile(fs, JoinPath(dir, name), "x", false), IsOk());
   }
-  ASSERT_OK_AND_ASSIGN(std::vector<FileInfo> files,
-                       ListCheckpointFiles(fs, dir));
+  DCP_ASSERT_OK_AND_ASSIGN(std::vector<FileInfo> files,
+                           ListCheckpointFiles(fs, dir));
   EXPECT_THAT(files, ElementsAre(Field(&FileInfo::name, ".metadata"),
                                  Field(&FileInfo::name, "__0_0.distcp")));
   EXPECT_THAT(RemoveFlatDir(fs, dir), IsOk());  // The lock file too.
@@ -92,13 +92,13 @@ TEST(FilesTest, CheckpointFilesLeaveOutTheLockFile) {
 
 TEST(FilesTest, ListsRegularFilesSortedAndRemovesFlatDirs) {
   PosixFileSystem fs;
-  ASSERT_OK_AND_ASSIGN(std::string dir, MakeTempDir("tool_util_test-"));
+  DCP_ASSERT_OK_AND_ASSIGN(std::string dir, MakeTempDir("tool_util_test-"));
   EXPECT_THAT(dir, StartsWith("/"));
   ASSERT_THAT(WriteStringToFile(fs, JoinPath(dir, "b"), "12345", false),
               IsOk());
   ASSERT_THAT(WriteStringToFile(fs, JoinPath(dir, ".a"), "", false), IsOk());
   ASSERT_THAT(fs.CreateDir(JoinPath(dir, "sub")), IsOk());
-  ASSERT_OK_AND_ASSIGN(std::vector<FileInfo> files, ListFiles(fs, dir));
+  DCP_ASSERT_OK_AND_ASSIGN(std::vector<FileInfo> files, ListFiles(fs, dir));
   EXPECT_THAT(files, ElementsAre(Field(&FileInfo::name, ".a"),
                                  Field(&FileInfo::name, "b")));
   EXPECT_EQ(files[1].size, 5u);

@@ -13,18 +13,18 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
-#include "checkpoint/metadata.h"
-#include "checkpoint/state_dict.h"
+#include "core/metadata.h"
+#include "core/state_dict.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "storage/file_system.h"
 #include "storage/fs_storage.h"
 #include "storage/metadata_pickle.h"
 #include "storage/pickle.h"
-#include "storage/zip.h"
 #include "storage/posix_file_system.h"
 #include "storage/torch_pickle.h"
 #include "storage/torch_save.h"
+#include "storage/zip.h"
 #include "testing/status_matchers.h"
 #include "testing/tensor_matchers.h"
 #include "tools/from_torch_save.h"
@@ -33,10 +33,10 @@
 namespace dcp::tools {
 namespace {
 
-using ::dcp::testing::IsOk;
-using ::dcp::testing::StateDictEq;
-using ::dcp::testing::StatusIs;
-using ::dcp::testing::TensorEq;
+using ::dcp::test::IsOk;
+using ::dcp::test::StateDictEq;
+using ::dcp::test::StatusIs;
+using ::dcp::test::TensorEq;
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
 
@@ -130,7 +130,7 @@ TEST(TorchSaveConvertTest, FromThenToTorchSaveReproducesEverything) {
   EXPECT_THAT(from_out.str(), HasSubstr("5 files"));  // 3 ranks, .metadata, .dcp.metadata
 
   // Tensors with a dimension are row-sharded: [7, 5] over 3 ranks is 3, 3, 1.
-  ASSERT_OK_AND_ASSIGN(Metadata md, ReadCheckpointMetadata(dir));
+  DCP_ASSERT_OK_AND_ASSIGN(Metadata md, ReadCheckpointMetadata(dir));
   const auto& embed = std::get<TensorStorageMetadata>(
       md.state_dict_metadata.at("model.embed.weight"));
   std::vector<Shape> offsets;
@@ -150,7 +150,7 @@ TEST(TorchSaveConvertTest, FromThenToTorchSaveReproducesEverything) {
   ASSERT_THAT(DcpToTorchSave(to, to_out), IsOk());
   EXPECT_THAT(to_out.str(), HasSubstr(absl::StrCat("wrote ", out_file)));
 
-  ASSERT_OK_AND_ASSIGN(StateDict back, ReadTorchSave(out_file));
+  DCP_ASSERT_OK_AND_ASSIGN(StateDict back, ReadTorchSave(out_file));
   EXPECT_THAT(CanonicalDict(back), StateDictEq(CanonicalDict(original)));
 }
 
@@ -172,7 +172,7 @@ TEST(TorchSaveConvertTest, EmptyNestedDictsAreNotSavedAsInPyTorch) {
   to.dir = dir;
   to.file = out_file;
   ASSERT_THAT(DcpToTorchSave(to, sink), IsOk());
-  ASSERT_OK_AND_ASSIGN(StateDict back, ReadTorchSave(out_file));
+  DCP_ASSERT_OK_AND_ASSIGN(StateDict back, ReadTorchSave(out_file));
   EXPECT_THAT(back, StateDictEq(StateDict{{"w", at::ones({2})}}));
 }
 
@@ -210,7 +210,7 @@ absl::StatusOr<StateDict> ConvertGolden(absl::string_view name) {
 }
 
 TEST(TorchSaveConvertTest, ConvertsAPyTorchShardedCheckpoint) {
-  ASSERT_OK_AND_ASSIGN(StateDict sd, ConvertGolden("sharded4"));
+  DCP_ASSERT_OK_AND_ASSIGN(StateDict sd, ConvertGolden("sharded4"));
   EXPECT_THAT(sd.Keys(), ElementsAre("bias", "col", "row", "step", "uneven"));
   EXPECT_THAT(sd.Find("row")->get<at::Tensor>(),
               TensorEq(Float32Golden("row", {6, 4})));
@@ -224,7 +224,7 @@ TEST(TorchSaveConvertTest, ConvertsAPyTorchShardedCheckpoint) {
 }
 
 TEST(TorchSaveConvertTest, ConvertsAPyTorchNestedCheckpointWithItsNesting) {
-  ASSERT_OK_AND_ASSIGN(StateDict sd, ConvertGolden("simple"));
+  DCP_ASSERT_OK_AND_ASSIGN(StateDict sd, ConvertGolden("simple"));
   EXPECT_THAT(sd.Find("tensor_f32")->get<at::Tensor>(),
               TensorEq(Float32Golden("tensor_f32", {2, 3})));
   EXPECT_THAT(sd.Find("scalar")->get<at::Tensor>(),
@@ -405,7 +405,7 @@ TEST(TorchSaveConvertTest, HugeListIndexInThePlannerDataIsDataLoss) {
   md.planner_data["w"] = ObjectPath{std::string("w"), int64_t{2}};
   RewriteMetadata(dir, md);
   ASSERT_THAT(DcpToTorchSave(to, sink), IsOk());
-  ASSERT_OK_AND_ASSIGN(StateDict back, ReadTorchSave(to.file));
+  DCP_ASSERT_OK_AND_ASSIGN(StateDict back, ReadTorchSave(to.file));
   const List& list = back.Find("w")->get<List>();
   ASSERT_EQ(list.size(), 3u);
   EXPECT_TRUE(list[0].is<None>());

@@ -12,8 +12,8 @@
 #include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
-#include "checkpoint/metadata.h"
-#include "checkpoint/status.h"
+#include "core/metadata.h"
+#include "core/status.h"
 #include "storage/verify.h"
 #include "tools/tool_util.h"
 

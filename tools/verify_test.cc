@@ -15,8 +15,8 @@
 #include "absl/strings/str_split.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
-#include "checkpoint/metadata.h"
-#include "checkpoint/state_dict.h"
+#include "core/metadata.h"
+#include "core/state_dict.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "storage/file_system.h"
@@ -29,8 +29,8 @@
 namespace dcp::tools {
 namespace {
 
-using ::dcp::testing::IsOk;
-using ::dcp::testing::StatusIs;
+using ::dcp::test::IsOk;
+using ::dcp::test::StatusIs;
 using ::testing::AllOf;
 using ::testing::Contains;
 using ::testing::HasSubstr;
@@ -48,16 +48,17 @@ std::string CopyOfGolden(absl::string_view name, absl::string_view dest) {
   std::shared_ptr<FileSystem> fs = NewPosixFileSystem();
   const std::string src = Golden(name);
   const std::string dir = JoinPath(::testing::TempDir(), dest);
-  EXPECT_OK(fs->CreateDir(dir));
+  DCP_EXPECT_OK(fs->CreateDir(dir));
   absl::StatusOr<std::vector<std::string>> children = fs->GetChildren(src);
-  EXPECT_OK(children.status());
+  DCP_EXPECT_OK(children.status());
   if (!children.ok()) return dir;
   for (const std::string& child : *children) {
     absl::StatusOr<std::string> bytes =
         ReadFileToString(*fs, JoinPath(src, child));
-    EXPECT_OK(bytes.status());
+    DCP_EXPECT_OK(bytes.status());
     if (bytes.ok()) {
-      EXPECT_OK(WriteStringToFile(*fs, JoinPath(dir, child), *bytes, false));
+      DCP_EXPECT_OK(
+          WriteStringToFile(*fs, JoinPath(dir, child), *bytes, false));
     }
   }
   return dir;
@@ -102,7 +103,7 @@ TEST(VerifyCommandTest, GoodDcpCheckpointOfTwoRanksIsOk) {
   ranks[0].Set("step", int64_t{3});
   ranks[1].Set("v", at::arange(10, at::kInt));
   ranks[1].Set("note", std::string("hello"));
-  ASSERT_OK_AND_ASSIGN(absl::Duration unused, SaveOnLocalRanks(ranks, dir));
+  DCP_ASSERT_OK_AND_ASSIGN(absl::Duration unused, SaveOnLocalRanks(ranks, dir));
   (void)unused;
   CommandRun run = Verify(dir);
   EXPECT_EQ(run.exit_code, 0) << run.out;
@@ -119,7 +120,7 @@ std::string FlipEntryOfFirstRecord(const std::string& dir,
                                    absl::string_view entry) {
   std::shared_ptr<FileSystem> fs = NewPosixFileSystem();
   absl::StatusOr<Metadata> md = ReadCheckpointMetadata(dir, fs);
-  EXPECT_OK(md.status());
+  DCP_EXPECT_OK(md.status());
   const MetadataIndex* index = nullptr;
   const StorageInfo* info = nullptr;
   for (const auto& [i, s] : md->storage_data) {
@@ -131,17 +132,17 @@ std::string FlipEntryOfFirstRecord(const std::string& dir,
   EXPECT_NE(info, nullptr);
   const std::string path = JoinPath(dir, file);
   absl::StatusOr<std::string> bytes = ReadFileToString(*fs, path);
-  EXPECT_OK(bytes.status());
+  DCP_EXPECT_OK(bytes.status());
   absl::string_view record =
       absl::string_view(*bytes).substr(info->offset, info->length);
   absl::StatusOr<ZipDirectory> zip = ReadZipDirectory(record);
-  EXPECT_OK(zip.status());
+  DCP_EXPECT_OK(zip.status());
   const ZipEntry* e = zip->Find(entry);
   EXPECT_NE(e, nullptr);
   std::string flipped = *bytes;
   const uint64_t at = info->offset + e->data_offset + e->size - 1;
   flipped[at] = static_cast<char>(flipped[at] ^ 0x20);
-  EXPECT_OK(WriteStringToFile(*fs, path, flipped, false));
+  DCP_EXPECT_OK(WriteStringToFile(*fs, path, flipped, false));
   std::string where;
   if (index->offset.has_value()) {
     where = absl::StrCat(" chunk [", absl::StrJoin(*index->offset, ", "), "]");
@@ -183,7 +184,7 @@ TEST(VerifyCommandTest, FlippedByteNamesTheFileAndExitsOne) {
 TEST(VerifyCommandTest, MissingFileAndSeveralProblemsAreListed) {
   const std::string dir = CopyOfGolden("sharded4", "verify_missing");
   std::shared_ptr<FileSystem> fs = NewPosixFileSystem();
-  ASSERT_OK(fs->RemoveFile(JoinPath(dir, "__3_0.distcp")));
+  DCP_ASSERT_OK(fs->RemoveFile(JoinPath(dir, "__3_0.distcp")));
   FlipEntryOfFirstRecord(dir, "__0_0.distcp", "data.pkl");
   FlipEntryOfFirstRecord(dir, "__0_0.distcp", "version");
   CommandRun run = Verify(dir);
@@ -201,7 +202,7 @@ TEST(VerifyCommandTest, MissingFileAndSeveralProblemsAreListed) {
 
 TEST(VerifyCommandTest, CannotVerifyExitsTwo) {
   const std::string empty = JoinPath(::testing::TempDir(), "verify_empty");
-  ASSERT_OK(NewPosixFileSystem()->CreateDir(empty));
+  DCP_ASSERT_OK(NewPosixFileSystem()->CreateDir(empty));
   VerifyCommandOptions options;
   options.dir = empty;
   std::ostringstream out;
@@ -221,7 +222,7 @@ TEST(VerifyCommandTest, ProgressLinesWithoutAnInterval) {
   std::ostringstream progress;
   options.progress = &progress;
   std::ostringstream out;
-  ASSERT_OK_AND_ASSIGN(bool ok, VerifyCommand(options, out));
+  DCP_ASSERT_OK_AND_ASSIGN(bool ok, VerifyCommand(options, out));
   EXPECT_TRUE(ok);
   EXPECT_THAT(progress.str(),
               AllOf(StartsWith("\rverifying... "),

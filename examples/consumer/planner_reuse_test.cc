@@ -7,9 +7,9 @@
 #include <vector>
 
 #include "ATen/ops/ones.h"
-#include "checkpoint/metadata.h"
-#include "checkpoint/sharding.h"
-#include "checkpoint/state_dict.h"
+#include "core/metadata.h"
+#include "core/sharding.h"
+#include "core/state_dict.h"
 #include "gtest/gtest.h"
 #include "planner/load_plan.h"
 #include "planner/lockstep.h"

@@ -7,8 +7,8 @@
 #include "ATen/ops/arange.h"
 #include "ATen/ops/zeros.h"
 #include "checkpoint/checkpointer.h"
-#include "checkpoint/sharding.h"
-#include "checkpoint/status.h"
+#include "core/sharding.h"
+#include "core/status.h"
 #include "storage/fs_storage.h"
 
 namespace consumer {

@@ -11,9 +11,9 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
-#include "checkpoint/metadata.h"
-#include "checkpoint/process_group.h"
-#include "checkpoint/state_dict.h"
+#include "core/metadata.h"
+#include "core/state_dict.h"
+#include "distributed/process_group.h"
 
 namespace consumer {
 

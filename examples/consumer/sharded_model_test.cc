@@ -12,7 +12,7 @@
 #include "ATen/ops/equal.h"
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
-#include "checkpoint/sharding.h"
+#include "core/sharding.h"
 #include "gtest/gtest.h"
 #include "testing/simulator.h"
 #include "testing/test_seed.h"
@@ -20,9 +20,9 @@
 namespace consumer {
 namespace {
 
-using ::dcp::testing::RankContext;
-using ::dcp::testing::Simulator;
-using ::dcp::testing::SimulatorOptions;
+using ::dcp::test::RankContext;
+using ::dcp::test::Simulator;
+using ::dcp::test::SimulatorOptions;
 
 std::unique_ptr<Simulator> MakeSimulator(int world_size, uint64_t seed) {
   SimulatorOptions options;
@@ -97,13 +97,13 @@ void SaveThenLoad(int save_ranks, int load_ranks, uint64_t seed) {
 }
 
 TEST(ShardedModelTest, LoadsIntoMoreAndFewerRanksThanSaved) {
-  const uint64_t seed = dcp::testing::TestSeed();
+  const uint64_t seed = dcp::test::TestSeed();
   SaveThenLoad(/*save_ranks=*/3, /*load_ranks=*/2, seed);
   SaveThenLoad(/*save_ranks=*/2, /*load_ranks=*/4, seed + 1);
 }
 
 TEST(ShardedModelTest, AFailingRankFailsTheSaveOnEveryRankAndCommitsNothing) {
-  const uint64_t seed = dcp::testing::TestSeed();
+  const uint64_t seed = dcp::test::TestSeed();
   SCOPED_TRACE(absl::StrCat("seed ", seed));
   const std::string dir = FreshDir("failed_save");
   std::unique_ptr<Simulator> simulator = MakeSimulator(3, seed);

@@ -8,16 +8,15 @@
 // `.metadata`, a 2.6 MB `.metadata`), FIFOs and symbolic links do not live
 // in a repository, and the good checkpoints they start from are written by
 // the current code, so the corpus follows the format as it evolves.
+#include <ATen/ATen.h>
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include <ATen/ATen.h>
-
 #include <cerrno>
 #include <cstdint>
-#include <cstring>
 #include <cstdio>
+#include <cstring>
 #include <fstream>
 #include <functional>
 #include <iostream>
@@ -31,10 +30,10 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
-#include "checkpoint/metadata.h"
 #include "checkpoint/save_load.h"
-#include "checkpoint/state_dict.h"
-#include "checkpoint/status.h"
+#include "core/metadata.h"
+#include "core/state_dict.h"
+#include "core/status.h"
 #include "storage/fs_storage.h"
 #include "storage/metadata_pickle.h"
 

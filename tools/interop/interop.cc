@@ -13,10 +13,10 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
-#include "checkpoint/metadata.h"
 #include "checkpoint/save_load.h"
-#include "checkpoint/state_dict.h"
-#include "checkpoint/status.h"
+#include "core/metadata.h"
+#include "core/state_dict.h"
+#include "core/status.h"
 #include "glog/logging.h"
 #include "planner/flatten.h"
 #include "storage/fs_storage.h"
@@ -26,13 +26,13 @@
 namespace dcp::tools {
 namespace {
 
-using ::dcp::testing::MakePeerCase;
-using ::dcp::testing::PeerCaseLeaves;
-using ::dcp::testing::PeerLeaf;
-using ::dcp::testing::PeerValues;
-using ::dcp::testing::RankContext;
-using ::dcp::testing::Simulator;
-using ::dcp::testing::SimulatorOptions;
+using ::dcp::test::MakePeerCase;
+using ::dcp::test::PeerCaseLeaves;
+using ::dcp::test::PeerLeaf;
+using ::dcp::test::PeerValues;
+using ::dcp::test::RankContext;
+using ::dcp::test::Simulator;
+using ::dcp::test::SimulatorOptions;
 
 absl::Status CheckOptions(const InteropOptions& options) {
   if (options.dir.empty()) {
@@ -206,7 +206,7 @@ absl::StatusOr<LoadReport> LoadCase(const InteropOptions& options) {
         load.process_group = &ctx.pg();
         load.collective_timeout = options.collective_timeout;
         DCP_RETURN_IF_ERROR(Load(sd, *reader, load));
-        for (std::string& line : testing::ComparePeerCase(
+        for (std::string& line : test::ComparePeerCase(
                  options.case_name, sd, ctx.rank(), ctx.world_size(),
                  options.max_diffs_per_key)) {
           diffs[ctx.rank()].push_back(

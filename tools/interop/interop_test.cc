@@ -1,18 +1,17 @@
 #include "tools/interop/interop.h"
 
+#include <ATen/ATen.h>
 #include <stdlib.h>
 
 #include <memory>
 #include <string>
 #include <vector>
 
-#include <ATen/ATen.h>
-
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
-#include "checkpoint/metadata.h"
 #include "checkpoint/save_load.h"
-#include "checkpoint/state_dict.h"
+#include "core/metadata.h"
+#include "core/state_dict.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "storage/fs_storage.h"
@@ -22,9 +21,9 @@
 namespace dcp::tools {
 namespace {
 
-using ::dcp::testing::MakePeerCase;
-using ::dcp::testing::PeerValues;
-using ::dcp::testing::StatusIs;
+using ::dcp::test::MakePeerCase;
+using ::dcp::test::PeerValues;
+using ::dcp::test::StatusIs;
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
 using ::testing::IsEmpty;
@@ -58,20 +57,20 @@ TEST(InteropTest, DcpSavesAndLoadsEveryCaseWithAnotherWorldSize) {
     options.dir = absl::StrCat(MakeTempDir(), "/ckpt");
     options.case_name = t.case_name;
     options.world_size = t.save_world;
-    ASSERT_OK(SaveCase(options));
+    DCP_ASSERT_OK(SaveCase(options));
     options.world_size = t.load_world;
-    ASSERT_OK_AND_ASSIGN(LoadReport report, LoadCase(options));
+    DCP_ASSERT_OK_AND_ASSIGN(LoadReport report, LoadCase(options));
     EXPECT_THAT(report.diffs, IsEmpty()) << absl::StrJoin(report.diffs, "\n");
-    ASSERT_OK_AND_ASSIGN(std::vector<testing::PeerLeaf> leaves,
-                         testing::PeerCaseLeaves(t.case_name));
+    DCP_ASSERT_OK_AND_ASSIGN(std::vector<test::PeerLeaf> leaves,
+                             test::PeerCaseLeaves(t.case_name));
     EXPECT_EQ(report.leaves, static_cast<int>(leaves.size()));
   }
 }
 
 TEST(InteropTest, ReportsEveryDifferentElementAndValue) {
   const std::string dir = absl::StrCat(MakeTempDir(), "/ckpt");
-  ASSERT_OK_AND_ASSIGN(StateDict sd,
-                       MakePeerCase("dtensor_row", 0, 1, PeerValues::kTrue));
+  DCP_ASSERT_OK_AND_ASSIGN(
+      StateDict sd, MakePeerCase("dtensor_row", 0, 1, PeerValues::kTrue));
   // "even" [8, 4] is one shard on a world of 1; change element [5, 1].
   at::Tensor even = sd.FindMutable("even")
                         ->get<ShardedTensor>()
@@ -80,17 +79,17 @@ TEST(InteropTest, ReportsEveryDifferentElementAndValue) {
   const float old = even[5][1].item<float>();
   even[5][1] = old + 0.5f;
   sd.Set("extra", 1);
-  ASSERT_OK_AND_ASSIGN(std::unique_ptr<FileSystemWriter> writer,
-                       FileSystemWriter::Create(dir));
+  DCP_ASSERT_OK_AND_ASSIGN(std::unique_ptr<FileSystemWriter> writer,
+                           FileSystemWriter::Create(dir));
   SaveOptions save;
   save.no_dist = true;
-  ASSERT_OK(Save(sd, *writer, save).status());
+  DCP_ASSERT_OK(Save(sd, *writer, save).status());
 
   InteropOptions options;
   options.dir = dir;
   options.case_name = "dtensor_row";
   options.world_size = 2;  // rank 1 holds rows 4..7
-  ASSERT_OK_AND_ASSIGN(LoadReport report, LoadCase(options));
+  DCP_ASSERT_OK_AND_ASSIGN(LoadReport report, LoadCase(options));
   EXPECT_THAT(
       report.diffs,
       ElementsAre("[rank 1] even: 1 of 16 elements differ on rank 1",
@@ -104,14 +103,14 @@ TEST(InteropTest, DcpSavesTuplesAsOneLeafLikePyTorch) {
   options.dir = absl::StrCat(MakeTempDir(), "/ckpt");
   options.case_name = "mixed";
   options.world_size = 2;
-  ASSERT_OK(SaveCase(options));
-  ASSERT_OK_AND_ASSIGN(Metadata md, ReadCheckpointMetadata(options.dir));
+  DCP_ASSERT_OK(SaveCase(options));
+  DCP_ASSERT_OK_AND_ASSIGN(Metadata md, ReadCheckpointMetadata(options.dir));
   // A tuple holding a dict is one leaf, as in PyTorch.
   EXPECT_EQ(md.state_dict_metadata.count("extra.pair"), 1);
   EXPECT_EQ(md.state_dict_metadata.count("extra.pair.1.steps"), 0);
   EXPECT_EQ(md.state_dict_metadata.count("optim.param_groups.0.betas"), 1);
   // And loads back as a tuple.
-  ASSERT_OK_AND_ASSIGN(LoadReport report, LoadCase(options));
+  DCP_ASSERT_OK_AND_ASSIGN(LoadReport report, LoadCase(options));
   EXPECT_THAT(report.diffs, IsEmpty()) << absl::StrJoin(report.diffs, "\n");
 }
 

@@ -5,7 +5,7 @@
 //   train_interop resume    --dir=D --world_size=W --steps=K --out=OUT.json
 //   train_interop reference --steps=N --out=OUT.json
 //
-// `train`: W simulated ranks each train a fresh testing::TinyMlp with AdamW
+// `train`: W simulated ranks each train a fresh test::TinyMlp with AdamW
 // for N steps and save {"model", "optim", "step"} with GetModelStateDict and
 // GetOptimizerStateDict (checkpoint/module_state.h). `resume`: W simulated
 // ranks build a fresh model and optimizer, load D into their state dicts,
@@ -29,8 +29,8 @@
 #include "absl/time/time.h"
 #include "checkpoint/module_state.h"
 #include "checkpoint/save_load.h"
-#include "checkpoint/state_dict.h"
-#include "checkpoint/status.h"
+#include "core/state_dict.h"
+#include "core/status.h"
 #include "gflags/gflags.h"
 #include "glog/logging.h"
 #include "storage/fs_storage.h"
@@ -46,10 +46,10 @@ DEFINE_string(out, "", "Where rank 0 writes its JSON results.");
 namespace dcp::tools {
 namespace {
 
-using ::dcp::testing::RankContext;
-using ::dcp::testing::Simulator;
-using ::dcp::testing::SimulatorOptions;
-using ::dcp::testing::TinyMlp;
+using ::dcp::test::RankContext;
+using ::dcp::test::Simulator;
+using ::dcp::test::SimulatorOptions;
+using ::dcp::test::TinyMlp;
 
 constexpr const char* kParams[] = {"fc1.weight", "fc1.bias", "fc2.weight",
                                    "fc2.bias"};
@@ -64,13 +64,13 @@ struct Run {
 std::unique_ptr<Run> FreshRun() {
   auto run = std::make_unique<Run>();
   run->optimizer = std::make_unique<torch::optim::AdamW>(
-      run->model->parameters(), testing::TinyMlpAdamWOptions());
+      run->model->parameters(), test::TinyMlpAdamWOptions());
   return run;
 }
 
 void Train(Run& run, int steps) {
   for (int i = 1; i <= steps; ++i) {
-    run.losses.push_back(testing::TinyMlpTrainStep(
+    run.losses.push_back(test::TinyMlpTrainStep(
         run.model, *run.optimizer, static_cast<int>(run.start_step) + i));
   }
 }

@@ -135,9 +135,9 @@ log() { echo "bench: $*" >&2; }
 
 # Binaries.
 if [ -z "$bin_dir" ]; then
-  log "building //tools:dcp //planner:planner_benchmark //checkpoint:state_dict_benchmark (-c opt)"
+  log "building //tools:dcp //planner:planner_benchmark //core:state_dict_benchmark (-c opt)"
   (cd "$root" && bazel build --config=opt //tools:dcp //planner:planner_benchmark \
-      //checkpoint:state_dict_benchmark) >&2 || { log "bazel build failed"; exit 1; }
+      //core:state_dict_benchmark) >&2 || { log "bazel build failed"; exit 1; }
   bin_dir="$(cd "$root" && bazel info --config=opt bazel-bin 2>/dev/null)" \
       || { log "bazel info failed"; exit 1; }
 fi

@@ -352,7 +352,7 @@ def plan_main(save_ranks: int, load_ranks: int, tensors: int) -> int:
 # --------------------------------------------------------------------------
 
 def dict_main(n: int) -> int:
-    """The Python twin of //checkpoint:state_dict_benchmark: the same key
+    """The Python twin of //core:state_dict_benchmark: the same key
     names, build then look up every key, best of 3 each."""
     leaves = ["attention.wq.weight", "attention.wk.weight", "attention.wv.weight",
               "attention.wo.weight", "feed_forward.w1.weight",

@@ -16,14 +16,14 @@
 // TSan cannot see: whoever drops the last reference frees the object, and
 // TSan sees no order between that free and the other thread's last use.
 // dcp avoids them in its own groups rather than suppressing them (see
-// Communicator::KeepUntilNextOperation in checkpoint/c10d_process_group.cc):
+// Communicator::KeepUntilNextOperation in distributed/c10d_process_group.cc):
 // those reports had no named frame at all, only hidden libtorch functions,
 // and could not be suppressed without naming all of libtorch_cpu.so.
 //
 // The remaining lines cover Gloo groups that callers create themselves and
 // wrap (C10dProcessGroup::Wrap) with more than one worker thread, where
 // that ordering does not hold. Seen in
-// //checkpoint:c10d_process_group_test
+// //distributed:c10d_process_group_test
 // (C10dProcessGroupThreadsTest.WrappedGlooGroupsRunEveryCollective) under
 // --config=tsan.
 //
@@ -69,7 +69,7 @@ extern "C" const char* __tsan_default_suppressions() {
       // in gloo::transport::tcp::UnboundBuffer::~UnboundBuffer / previous
       // read in pthread_cond_broadcast called from
       // gloo::transport::tcp::UnboundBuffer::signalException". Seen in
-      // //checkpoint:c10d_process_group_test
+      // //distributed:c10d_process_group_test
       // (C10dLostRankTest.SigkilledRankFailsTheOthersPromptly, four ranks).
       "race:gloo::transport::tcp::UnboundBuffer::signalException\n";
 }
