@@ -416,7 +416,7 @@ TEST_F(FaultInjectingFileSystemTest, TruncationIsDurableAtOnce) {
 TEST_F(FaultInjectingFileSystemTest, MetadataRenameIsUndoneWithoutDirSync) {
   ASSERT_OK(mem_->CreateDir("/c"));
   ASSERT_OK(WriteStringToFile(*mem_, "/c/.metadata", "old", false));
-  // PyTorch's commit (pytorch-dcp-format.md §3.3), without a SyncDir.
+  // PyTorch's commit (docs/format.md §2.2), without a SyncDir.
   ASSERT_OK(WriteStringToFile(*fs_, "/c/.metadata.tmp", "new", true));
   ASSERT_OK(fs_->RemoveFile("/c/.metadata"));
   ASSERT_OK(fs_->Rename("/c/.metadata.tmp", "/c/.metadata"));
