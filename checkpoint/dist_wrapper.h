@@ -3,7 +3,7 @@
 // -----------------------------------------------------------------------------
 //
 // `DistWrapper`: the status-robust collective steps of the checkpoint
-// protocol (PyTorch's `_DistWrapper`, pytorch-dcp-format.md §6.2), over the
+// protocol (PyTorch's `_DistWrapper`, docs/design.md §2.2), over the
 // narrow `ProcessGroup`.
 //
 // Each step runs a local function on every rank, exchanges the results, and

@@ -2,7 +2,7 @@
 // File: checkpoint/save_load.h
 // -----------------------------------------------------------------------------
 //
-// The collective save and load protocol (pytorch-dcp-format.md §6), as free
+// The collective save and load protocol (docs/design.md §2), as free
 // functions. `Checkpointer` (checkpoint/checkpointer.h) is the facade most
 // callers want; these are what it runs.
 //

@@ -5,7 +5,7 @@
 // The checkpoint's global description: what was saved and where. These are
 // the C++ forms of `torch.distributed.checkpoint.metadata` (PyTorch 2.6),
 // field for field, so that a `.metadata` file converts losslessly in both
-// directions. See ../shared/reference/pytorch-dcp-format.md §2.
+// directions. See docs/format.md §1.3.
 //
 // Deliberate differences from Python, where "Any" has no C++ equivalent:
 //   * `Metadata::planner_data` is the default planner's mapping

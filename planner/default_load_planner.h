@@ -3,7 +3,7 @@
 // -----------------------------------------------------------------------------
 //
 // `DefaultLoadPlanner`: PyTorch 2.6's `DefaultLoadPlanner`
-// (pytorch-dcp-format.md §5.5-§5.7) in C++. Each rank flattens its
+// (docs/format.md §5.5-§5.7) in C++. Each rank flattens its
 // destination state dict, looks every key up in the checkpoint's Metadata
 // and computes the read items that fill its tensors (resharding: the saved
 // layout and the destination layout may differ, see planner/resharding.h).

@@ -3,7 +3,7 @@
 // -----------------------------------------------------------------------------
 //
 // `DefaultSavePlanner`: PyTorch 2.6's `DefaultSavePlanner`
-// (pytorch-dcp-format.md §5.2-§5.4) in C++. Each rank flattens its state
+// (docs/format.md §5.2-§5.4) in C++. Each rank flattens its state
 // dict and emits one write item per value; the coordinator deduplicates
 // replicated items across ranks, builds the checkpoint's `Metadata` and
 // checks that the chunks of every tensor tile it exactly once.

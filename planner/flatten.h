@@ -5,7 +5,7 @@
 // State-dict flattening exactly as PyTorch 2.6 does it
 // (`torch.distributed.checkpoint._nested_dict.flatten_state_dict`,
 // `_traverse.traverse_state_dict` and `set_element`; see
-// pytorch-dcp-format.md §5.1). The default planners save and load flat
+// docs/format.md §5.1). The default planners save and load flat
 // {fully qualified name -> leaf} dicts and record, per name, the object path
 // that leads to the leaf in the nested state dict.
 //

@@ -3,7 +3,7 @@
 // -----------------------------------------------------------------------------
 //
 // What one rank will read: `ReadItem`s grouped in a `LoadPlan` (PyTorch
-// 2.6's planner types, pytorch-dcp-format.md §2.3). A tensor read item
+// 2.6's planner types, docs/format.md §1.4). A tensor read item
 // copies the box `lengths` at `storage_offsets` inside the saved chunk
 // `storage_index` into the destination chunk `dest_index` at
 // `dest_offsets`. Bytes read items have offsets and lengths of {0}.

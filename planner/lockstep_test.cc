@@ -70,7 +70,8 @@ TEST(LockstepTest, ComputesReadItemsForADestinationLayoutFromMetadataAlone) {
       std::vector<LoadPlan> plans,
       PlanLoadForRanks(md, {&dests[0], &dests[1], &dests[2], &dests[3]}));
   ASSERT_THAT(plans, SizeIs(4));
-  // §5.6: world-4 rank 1 reads saved chunks [32] and [48] whole.
+  // docs/format.md §5.6: world-4 rank 1 reads saved chunks [32] and [48]
+  // whole.
   ReadItem step;
   step.type = LoadItemType::kByteIo;
   step.dest_index = MetadataIndex("step");

@@ -4,7 +4,7 @@
 //
 // Checks that the chunks recorded for every tensor of a global `Metadata`
 // tile the tensor exactly once: PyTorch 2.6's `_validate_global_plan`
-// (pytorch-dcp-format.md §5.4 step 4), run by the default save planner on
+// (docs/format.md §5.4 step 4), run by the default save planner on
 // the coordinator before anything is written.
 //
 // For every tensor entry whose size has at least one dimension (0-d tensors

@@ -3,7 +3,7 @@
 // -----------------------------------------------------------------------------
 //
 // `SavePlanner` and `LoadPlanner`: the phases of PyTorch's planners
-// (pytorch-dcp-format.md §5), which turn a state dict into write or read
+// (docs/format.md §5), which turn a state dict into write or read
 // items and back. The defaults are planner/default_save_planner.h and
 // planner/default_load_planner.h; users may plug their own.
 //

@@ -4,7 +4,7 @@
 //
 // Box arithmetic for loading a tensor saved in one layout into another
 // (PyTorch 2.6's `torch.distributed.checkpoint.resharding`,
-// pytorch-dcp-format.md §5.6). A load planner describes the destination as
+// docs/format.md §5.6). A load planner describes the destination as
 // a list of local chunks (global offsets and extents); every saved chunk that
 // overlaps a local chunk yields one `ReadItem` copying the intersection.
 //

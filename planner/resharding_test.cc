@@ -103,7 +103,7 @@ TEST(ChunksOverlapTest, HugeValuesDoNotOverflow) {
   EXPECT_FALSE(ChunksOverlap(Chunk({0}, {kMax}), Chunk({kMax}, {kMax})));
 }
 
-// §5.6 vector 1 (upstream test_planner.py).
+// docs/format.md §5.6 vector 1 (upstream test_planner.py).
 TEST(CreateReadItemsForChunkListTest, LocalChunkStraddlingTwoSavedChunks) {
   const TensorStorageMetadata saved = RowChunks(2, 8);
   const std::vector<ReadItem> items =

@@ -4,7 +4,7 @@
 //
 // What one rank will write: `WriteItem`s grouped in a `SavePlan`. These are
 // the C++ forms of PyTorch 2.6's `torch.distributed.checkpoint.planner`
-// types (pytorch-dcp-format.md §2.3). Plans are never persisted; they travel
+// types (docs/format.md §1.4). Plans are never persisted; they travel
 // between ranks in the encoding of planner/plan_codec.h.
 //
 // Thread safety: values; no internal synchronisation.

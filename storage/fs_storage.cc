@@ -220,7 +220,7 @@ struct FileJob {
 
 // Splits the plan's items into files as PyTorch 2.6's
 // `_split_by_size_and_type` and `_write_files_from_queue` do (see
-// pytorch-dcp-format.md §3.2).
+// docs/format.md §3.1).
 std::vector<FileJob> PlanFiles(const SavePlan& plan,
                                const FileSystemWriterOptions& options,
                                const PlanStorageData& storage) {

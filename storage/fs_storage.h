@@ -3,7 +3,7 @@
 // -----------------------------------------------------------------------------
 //
 // `FileSystemWriter` and `FileSystemReader`: checkpoints in a directory, in
-// PyTorch's own DCP format (pytorch-dcp-format.md §3, §4), so checkpoints
+// PyTorch's own DCP format (docs/format.md §2-§4), so checkpoints
 // move between dcp and PyTorch 2.6+ in both directions:
 //
 //   <dir>/.metadata                         pickled Metadata, written last

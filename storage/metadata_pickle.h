@@ -3,10 +3,10 @@
 // -----------------------------------------------------------------------------
 //
 // The `.metadata` file of a PyTorch DCP checkpoint: a pickle of
-// `torch.distributed.checkpoint.metadata.Metadata` (pytorch-dcp-format.md §4),
+// `torch.distributed.checkpoint.metadata.Metadata` (docs/format.md §4),
 // converted to and from `dcp::Metadata` (core/metadata.h).
 //
-// Encoding writes what PyTorch 2.6 and newer unpickle (§4.5, §4.6, §11):
+// Encoding writes what PyTorch 2.6 and newer unpickle (§4.5, §4.6):
 //   * protocol 2, GLOBAL opcodes, no frames; each distinct str and global
 //     written once and referenced with BINGET / LONG_BINGET after that
 //     (`PickleWriterOptions::memoize`);

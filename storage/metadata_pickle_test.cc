@@ -44,7 +44,7 @@ constexpr absl::string_view kUuid = "2f5b6b1e-8c47-4c41-9d8e-3e4f3b6f0a11";
 
 // ---- The §4.5 example ---------------------------------------------------------
 
-// Assembler shorthands in the notation of pytorch-dcp-format.md §4.5:
+// Assembler shorthands in the notation of docs/format.md §4.5:
 // S = BINUNICODE, G = GLOBAL.
 struct Md45 {
   Asm a;

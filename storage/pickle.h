@@ -5,7 +5,7 @@
 // A Python pickle codec that never runs code: `ReadPickle` evaluates a pickle
 // into a `PickleValue` tree, and `PickleWriter` emits protocol-2 pickles.
 // PyTorch DCP stores `.metadata` (storage/metadata_pickle.h) and torch.save
-// records as pickles; see pytorch-dcp-format.md §4.
+// records as pickles; see docs/format.md §3.3, §3.4 and §4.
 //
 // Reading. The VM supports the opcodes of protocols 0 to 5 that Python
 // writes for plain data and for objects built by `__reduce__`:

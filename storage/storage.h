@@ -3,7 +3,7 @@
 // -----------------------------------------------------------------------------
 //
 // `StorageWriter` and `StorageReader`: where checkpoint bytes go and come
-// from, with PyTorch's call sequence (pytorch-dcp-format.md §1, §3). The
+// from, with PyTorch's call sequence (docs/design.md §2.3, §2.4). The
 // storage layer owns the byte format of items: tensor data and non-tensor
 // values (which planners hand over as `Value`s).
 //

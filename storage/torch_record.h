@@ -4,7 +4,7 @@
 //
 // torch.save-compatible records: the complete zip archive PyTorch DCP's
 // FileSystemWriter writes for each item of a `.distcp` file
-// (pytorch-dcp-format.md §3.4, §3.5). A record written here is what
+// (docs/format.md §3.3, §3.4). A record written here is what
 // `torch.load` reads back in PyTorch 2.6, and records PyTorch writes are
 // read here.
 //

@@ -4,7 +4,7 @@
 //
 // The minimal ZIP dialect of torch.save archives ("records"): stored entries
 // only (method 0, no compression, no encryption), one archive per record,
-// ZIP64 end records always written. See pytorch-dcp-format.md §3.4.
+// ZIP64 end records always written. See docs/format.md §3.2.
 //
 // Writing is split from the data so that large entries (tensor bytes) go
 // from their memory straight to the file without a copy: `ZipLayout` takes

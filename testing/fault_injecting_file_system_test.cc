@@ -418,7 +418,7 @@ TEST_F(FaultInjectingFileSystemTest, TruncationIsDurableAtOnce) {
 TEST_F(FaultInjectingFileSystemTest, MetadataRenameIsUndoneWithoutDirSync) {
   DCP_ASSERT_OK(mem_->CreateDir("/c"));
   DCP_ASSERT_OK(WriteStringToFile(*mem_, "/c/.metadata", "old", false));
-  // PyTorch's commit (pytorch-dcp-format.md §3.3), without a SyncDir.
+  // PyTorch's commit (docs/format.md §2.2), without a SyncDir.
   DCP_ASSERT_OK(WriteStringToFile(*fs_, "/c/.metadata.tmp", "new", true));
   DCP_ASSERT_OK(fs_->RemoveFile("/c/.metadata"));
   DCP_ASSERT_OK(fs_->Rename("/c/.metadata.tmp", "/c/.metadata"));

@@ -1,6 +1,6 @@
 """Writes `.metadata` pickles as CPython's pickler writes them for PyTorch
 2.6 DCP, without PyTorch: stand-in classes with the module paths, field order,
-__getstate__ and __reduce__ behaviour of torch 2.6 (pytorch-dcp-format.md §2,
+__getstate__ and __reduce__ behaviour of torch 2.6 (docs/format.md §1.3,
 §4) are pickled with pickle.DEFAULT_PROTOCOL (4). Python 3.13's pathlib is
 imitated by a `pathlib._local.PosixPath` that reduces to its raw string.
 

@@ -32,8 +32,8 @@ every rank then rank 0 (the launcher prefixes each with "[rank r] "):
 
 async save adds complete_seconds= (until future.result() returned); for it,
 `seconds` is the time until dcp.async_save returned. Note that 2.6's
-async_save does not copy CPU tensors when staging (pytorch-dcp-format.md
-§7): it returns without copying the data.
+async_save does not copy CPU tensors when staging (docs/design.md
+§2.5): it returns without copying the data.
 
 `plan` prints `w4_save_plan_seconds X` and `w4_load_plan_seconds Y` (the
 format of dcp's `planner_benchmark w4`), `dict` prints `w5_build_seconds X`
