@@ -94,12 +94,17 @@ struct CheckpointManagerOptions {
 
 class CheckpointManager {
  public:
-  // Creates `root` if missing. InvalidArgument for an empty root, a
-  // negative max_to_keep or keep_period, or bad checkpointer options.
+  // Creates `root` if missing (durably: CreateDirDurably). Not collective.
+  // InvalidArgument for an empty root, a negative max_to_keep or
+  // keep_period, or bad checkpointer options (Checkpointer::Create); the
+  // file system's errors creating the root, annotated "creating the
+  // checkpoint root"; FileSystemWriter::Create's and
+  // FileSystemReader::Create's errors.
   static absl::StatusOr<std::unique_ptr<CheckpointManager>> Create(
       std::string root, CheckpointManagerOptions options = {});
 
-  // Waits for pending saves and their retention.
+  // Waits for pending saves and their retention (their errors are left to
+  // their futures).
   ~CheckpointManager();
   CheckpointManager(const CheckpointManager&) = delete;
   CheckpointManager& operator=(const CheckpointManager&) = delete;
@@ -109,24 +114,39 @@ class CheckpointManager {
   std::string StepDirectory(int64_t step) const;
 
   // Saves `state` as `step` (>= 0), then applies retention. Collective.
+  // First waits for pending async saves (their errors are left to their
+  // futures). InvalidArgument, without a collective, for a negative step;
+  // else Checkpointer::Save's errors (AlreadyExists if the step exists).
   absl::StatusOr<Metadata> Save(int64_t step, const StateDict& state);
   // As Save, in the background once `state` is staged; the future resolves
-  // after the commit and the retention that follows it.
+  // after the commit and the retention that follows it. A negative step is
+  // an already-failed future (InvalidArgument, no collective); other
+  // errors are Checkpointer::AsyncSave's.
   Future<Metadata> AsyncSave(int64_t step, const StateDict& state);
-  // Blocks until every save issued so far and its retention are done;
-  // returns the first error among those saves (or OK).
+  // Local: blocks until every save issued so far and its retention are
+  // done; returns the first error among the async saves not waited for
+  // before (or OK). Save, Restore and RestoreLatest wait for pending saves
+  // too and drop their errors, so those saves are not reported here again.
   absl::Status WaitForPendingSaves();
 
-  // The complete steps under the root, ascending. Local.
+  // The complete steps under the root, ascending. Local. A missing root
+  // is no step at all; other errors of listing the root are returned
+  // (annotated "listing steps in <root>").
   absl::StatusOr<std::vector<int64_t>> AllSteps() const;
-  // The largest complete step, or nullopt if there is none. Local.
+  // The largest complete step, or nullopt if there is none. Local. Errors
+  // as AllSteps.
   absl::StatusOr<std::optional<int64_t>> LatestStep() const;
 
   // Loads `step` into `state` (in place, resharding as needed). Collective.
+  // First waits for pending async saves, ignoring their errors.
+  // InvalidArgument, without a collective, for a negative step; else
+  // Checkpointer::Load's errors (e.g. NotFound for a step that does not
+  // exist), annotated "restoring step <n>".
   absl::Status Restore(int64_t step, StateDict& state);
   // Loads the latest complete step, as the coordinator sees it, on every
   // rank; returns it, or nullopt (loading nothing) if there is none.
-  // Collective.
+  // Collective. Errors: the coordinator's listing error (AllSteps), on
+  // every rank; the process group's; Restore's.
   absl::StatusOr<std::optional<int64_t>> RestoreLatest(StateDict& state);
 
  private:

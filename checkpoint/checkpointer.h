@@ -126,13 +126,18 @@ struct CheckpointerOptions {
 class Checkpointer {
  public:
   // `writer` may be null for a load-only checkpointer and `reader` for a
-  // save-only one. InvalidArgument for a bad coordinator rank or
-  // max_pending_saves.
+  // save-only one. Not collective.
+  //
+  // Errors: InvalidArgument if both are null, if `coordinator_rank` is not
+  // a rank of the process group (of the world of one without a group or
+  // with `no_dist`), or if `max_pending_saves` is below 1.
   static absl::StatusOr<std::unique_ptr<Checkpointer>> Create(
       std::shared_ptr<StorageWriter> writer,
       std::shared_ptr<StorageReader> reader, CheckpointerOptions options);
 
-  // Waits for pending async saves.
+  // Waits for pending async saves (their errors are left to their
+  // futures), except on this checkpointer's own background thread: see
+  // Ownership in the file comment.
   ~Checkpointer();
   Checkpointer(const Checkpointer&) = delete;
   Checkpointer& operator=(const Checkpointer&) = delete;
@@ -143,17 +148,42 @@ class Checkpointer {
   // Every rank must pass the same id. An async save resets the writer when
   // its turn comes on the background thread, so saves to different ids can
   // be pending at once.
+  //
+  // Save (collective) saves `state_dict` (dcp::Save,
+  // checkpoint/save_load.h) and returns the checkpoint's Metadata, the same
+  // on every rank. It first waits for pending async saves; their errors are
+  // not returned here (their futures report them). FailedPrecondition, on
+  // every rank and without a collective, if this checkpointer has no
+  // writer; else dcp::Save's errors.
   absl::StatusOr<Metadata> Save(
       const StateDict& state_dict,
       std::optional<std::string> checkpoint_id = std::nullopt);
+  // AsyncSave (collective) returns once `state_dict` is staged and the
+  // ranks agreed on the round; the save itself runs in the background (see
+  // the file comment) and the future yields its Metadata or error. It may
+  // first wait for the oldest pending save (`max_pending_saves`).
+  //
+  // Errors, as an already-completed future: FailedPrecondition without a
+  // writer (no collective); a staging error (e.g. ResourceExhausted), or
+  // ResourceExhausted if the background thread cannot start, which with a
+  // process group every rank reports alike, naming the failing ranks; the
+  // process group's error if the round's AllGather or the Fork of the
+  // async communicator fails. Later errors are dcp::Save's, in the future.
   Future<Metadata> AsyncSave(
       const StateDict& state_dict,
       std::optional<std::string> checkpoint_id = std::nullopt);
+  // Load (collective) loads into `state_dict` in place (dcp::Load). It
+  // first waits for pending async saves, ignoring their errors, so that the
+  // load sees every earlier save. FailedPrecondition, on every rank and
+  // without a collective, if this checkpointer has no reader; else
+  // dcp::Load's errors.
   absl::Status Load(StateDict& state_dict,
                     std::optional<std::string> checkpoint_id = std::nullopt);
 
-  // Blocks until every async save issued so far has completed; returns the
-  // first error among them (or OK).
+  // Local (no collective): blocks until every async save issued so far has
+  // completed; returns the first error among the saves not waited for
+  // before (or OK). Saves already waited for by Save, Load or AsyncSave's
+  // bound on pending saves are not reported again.
   absl::Status WaitForPendingSaves();
 
  private:

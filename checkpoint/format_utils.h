@@ -63,7 +63,9 @@ struct WholeCheckpointOptions {
 };
 
 // The checkpoint in `dir` as one nested state dict of full tensors and
-// values; see the file comment.
+// values; see the file comment. The tensors are new CPU tensors owned by
+// the result. Read through `options.reader.file_system` (null: the local
+// POSIX file system).
 absl::StatusOr<StateDict> LoadWholeCheckpoint(
     const std::string& dir, const WholeCheckpointOptions& options = {});
 
@@ -74,12 +76,19 @@ struct DcpToTorchSaveOptions {
 };
 
 // Writes the whole checkpoint in `dir` as one torch.save file at `file`
-// (replaced if present), which Python's `torch.load` opens.
+// (replaced if present), which Python's `torch.load` opens. `file` is
+// written through the same file system as the checkpoint is read
+// (`options.load.reader.file_system`). InvalidArgument if `dir` or `file`
+// is empty; else LoadWholeCheckpoint's and WriteTorchSave's errors.
 absl::Status DcpToTorchSave(const std::string& dir, const std::string& file,
                             const DcpToTorchSaveOptions& options = {});
 
 // Saves the torch.save file `file` (a dict at the top level) as a DCP
-// checkpoint in `dir`, from this process alone.
+// checkpoint in `dir`, from this process alone. `file` is read through
+// `options.file_system` (null: the local POSIX file system). InvalidArgument
+// if `file` or `dir` is empty; else ReadTorchSave's errors, and the
+// writer's (e.g. AlreadyExists if `options.overwrite` is false and `dir`
+// holds a checkpoint).
 absl::Status TorchSaveToDcp(const std::string& file, const std::string& dir,
                             const FileSystemWriterOptions& options = {});
 

@@ -111,7 +111,10 @@ struct ShardPlacement {
 struct ModuleStateOptions {
   // For a parameter or buffer FQN and this rank's tensor, its placement if
   // it is sharded, nullopt if it is replicated (the whole tensor on every
-  // rank). Unset: everything is replicated.
+  // rank). Unset: everything is replicated. Called synchronously, on the
+  // calling thread: by GetModelStateDict once per parameter and buffer, by
+  // GetOptimizerStateDict once per parameter that has state (with the
+  // parameter, not the state tensor).
   std::function<std::optional<ShardPlacement>(absl::string_view fqn,
                                               const at::Tensor& local)>
       sharding;
@@ -132,7 +135,10 @@ absl::Status SetModelStateDict(torch::nn::Module& model, const StateDict& state,
                                bool strict = true);
 
 // The optimizer's state in PyTorch's layout; see the file comment. Creates
-// missing state first.
+// missing state first (which modifies `optimizer`). InvalidArgument for an
+// optimizer parameter the model does not have, or a sharding placement
+// that does not fit its tensor; Unimplemented for optimizers other than
+// Adam, AdamW and SGD.
 absl::StatusOr<StateDict> GetOptimizerStateDict(
     const torch::nn::Module& model, torch::optim::Optimizer& optimizer,
     const ModuleStateOptions& options = {});

@@ -89,26 +89,37 @@ struct SaveOptions {
 };
 
 struct LoadOptions {
+  // The ranks loading together. Null, or `no_dist`, loads into this process
+  // alone without any collective.
   ProcessGroup* process_group = nullptr;
   bool no_dist = false;
+  // The rank that reads the metadata and plans globally; a rank of
+  // `process_group`.
   int coordinator_rank = 0;
   // Null uses a DefaultLoadPlanner.
   LoadPlanner* planner = nullptr;
+  // When set, the reader is Reset to it first.
   std::optional<std::string> checkpoint_id;
+  // Deadline of each collective, from its start.
   absl::Duration collective_timeout = absl::Minutes(10);
   // The round's name, the same on every rank; empty means "load".
   std::string round;
 };
 
 // Saves `state_dict` collectively and returns the checkpoint's Metadata
-// (the same on every rank).
+// (the same on every rank). Every rank of the group calls it. Errors: see
+// the file comment; InvalidArgument at once, before any collective, if
+// `coordinator_rank` is not a rank of the group.
 absl::StatusOr<Metadata> Save(const StateDict& state_dict,
                               StorageWriter& writer,
                               const SaveOptions& options = {});
 
 // Loads into `state_dict` in place: tensors (and each local shard of a
 // sharded tensor) receive exactly their region; non-tensor values are
-// replaced by the saved ones.
+// replaced by the saved ones. Every rank of the group calls it. Errors:
+// see the file comment (and the planner's and reader's, e.g. NotFound for
+// keys missing from the checkpoint); InvalidArgument at once, before any
+// collective, if `coordinator_rank` is not a rank of the group.
 absl::Status Load(StateDict& state_dict, StorageReader& reader,
                   const LoadOptions& options = {});
 
@@ -130,12 +141,15 @@ struct AsyncSaveOptions {
   Executor executor;
 };
 
-// Stages `state_dict` (StageStateDict, into fresh buffers) before returning, then runs Save on
-// `options.executor`. The future yields the Metadata or the error. If
-// staging fails, the background save still takes part in the round and
-// reports the staging error, so every rank's future fails alike.
-// InvalidArgument (at once, without a round) without an executor or
-// writer.
+// Stages `state_dict` (StageStateDict, into fresh buffers) before
+// returning, then runs Save on `options.executor`. The future yields the
+// Metadata or the error. If staging fails, the background save still takes
+// part in the round and reports the staging error, so every rank's future
+// fails alike. InvalidArgument (at once, without a round) without an
+// executor or writer.
+//
+// Ownership: `state_dict` need only live through the call; the task keeps
+// the staged copy, `writer` and the shared options alive until it is done.
 Future<Metadata> AsyncSave(const StateDict& state_dict,
                            std::shared_ptr<StorageWriter> writer,
                            AsyncSaveOptions options);

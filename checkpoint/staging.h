@@ -65,7 +65,8 @@ struct StagingStats {
 // place of `*reuse` (same key path, same shard position) when that one is a
 // contiguous CPU tensor of the same dtype and shape, and allocated afresh
 // otherwise; the copy then aliases those tensors of `*reuse`, which must not
-// be in use elsewhere. `stats`, if not null, receives what was done.
+// be in use elsewhere. `stats`, if not null, receives what was done (on
+// success only).
 //
 // Errors: what a tensor copy reports (e.g. ResourceExhausted when out of
 // memory), annotated with the key; the copy is then discarded.
@@ -84,7 +85,8 @@ absl::StatusOr<StateDict> StageStateDict(const StateDict& state_dict,
 // buffers are then freed).
 class StagingPool {
  public:
-  // Keeps at most `max_cached` released copies for reuse.
+  // Keeps at most `max_cached` released copies for reuse; 0 never reuses
+  // (every Stage allocates, and released copies are freed).
   StagingPool(StagingOptions options, size_t max_cached);
   ~StagingPool();
   StagingPool(const StagingPool&) = delete;
@@ -92,7 +94,9 @@ class StagingPool {
 
   // Stages `state_dict` (StageStateDict), copying into the buffers of the
   // most recently released copy, if any. Errors as StageStateDict; the
-  // released copy then stays available.
+  // released copy then stays available. When the last reference to the
+  // result is dropped, the copy is kept for reuse if fewer than
+  // `max_cached` are kept (and the pool still exists), else freed.
   absl::StatusOr<std::shared_ptr<const StateDict>> Stage(
       const StateDict& state_dict, StagingStats* stats = nullptr);
 

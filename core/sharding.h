@@ -53,7 +53,8 @@ absl::StatusOr<ChunkStorageMetadata> ShardBoxAlongDim(const Shape& global,
                                                       int world_size);
 
 // The box `rank` holds on a `rows` x `cols` mesh: dimension 0 chunked over
-// rows, dimension 1 over columns. `global` must have at least 2 dimensions.
+// rows, dimension 1 over columns. `global` must have at least 2 dimensions,
+// and `rows` and `cols` must be at least 1 (InvalidArgument otherwise).
 absl::StatusOr<ChunkStorageMetadata> ShardBoxGrid2D(const Shape& global,
                                                     int rank, int rows,
                                                     int cols);
@@ -73,7 +74,8 @@ absl::StatusOr<ShardedTensor> ShardGrid2D(const at::Tensor& full, int rank,
                                           int rows, int cols);
 
 // Load destinations: the same layouts as ShardAlongDim / ShardGrid2D for a
-// tensor of shape `global` and type `dtype`, with zero-filled local shards.
+// tensor of shape `global` and type `dtype`, with zero-filled contiguous
+// CPU local shards.
 absl::StatusOr<ShardedTensor> ZerosShardAlongDim(const Shape& global,
                                                  c10::ScalarType dtype,
                                                  int64_t dim, int rank,
@@ -83,7 +85,8 @@ absl::StatusOr<ShardedTensor> ZerosShardGrid2D(const Shape& global,
                                                int rows, int cols);
 
 // Reassembles the full tensor from every rank's `ShardedTensor`, indexed by
-// rank. All must agree on the global size and all shards on the dtype.
+// rank, as a new contiguous CPU tensor (the shards are only read). All must
+// agree on the global size and all shards on the dtype.
 // Boxes with identical offsets and sizes on several ranks are replicas: they
 // are used once and must hold equal data. Empty shards cover nothing.
 //

@@ -104,8 +104,12 @@ class StateDict {
   using Entry = std::pair<std::string, Value>;
 
   StateDict();
+  // Set()s each entry in order: for a repeated key the last value wins, at
+  // the key's first position.
   StateDict(std::initializer_list<Entry> entries);
+  // Copies the entries: containers and strings deeply, tensors as handles.
   StateDict(const StateDict&);
+  // Leaves the source empty and usable.
   StateDict(StateDict&&) noexcept;
   StateDict& operator=(const StateDict&);
   StateDict& operator=(StateDict&&) noexcept;
@@ -117,6 +121,7 @@ class StateDict {
   // nullptr if absent. Pointers are invalidated by Set, Erase and
   // mutable_entries().
   const Value* Find(absl::string_view key) const;
+  // As Find, for changing the value in place.
   Value* FindMutable(absl::string_view key);
   // Returns false if absent. O(n): later entries move up one position.
   bool Erase(absl::string_view key);
@@ -202,11 +207,16 @@ class Value {
 };
 
 // Deep equality for tests and tools: tensors compare by dtype, shape and
-// every element (NaNs equal), sharded tensors by global size and shards,
-// containers by order and contents.
+// every element (NaNs equal; device, strides and requires_grad are not
+// compared; a comparison libtorch cannot make counts as unequal), sharded
+// tensors by global size and shards in order, containers by order and
+// contents (so dicts with the same entries in another order differ).
 bool StateDictsEqual(const StateDict& a, const StateDict& b);
 bool ValuesEqual(const Value& a, const Value& b);
 
+// Python-like text for logs and test failures, e.g.
+// `{"w": tensor(float32[2, 3]), "step": 3}`: tensors show dtype and shape
+// only, never elements.
 std::ostream& operator<<(std::ostream& os, const Value& value);
 std::ostream& operator<<(std::ostream& os, const StateDict& state_dict);
 

@@ -54,7 +54,8 @@
 namespace dcp {
 
 // Returns `status` with "`context`: " prefixed to its message. The code and
-// payloads are kept; an OK status stays OK.
+// payloads are kept; an OK status stays OK, and an empty `context` changes
+// nothing.
 absl::Status Annotate(const absl::Status& status, absl::string_view context);
 
 // The first error of `statuses`, in order, or OK (e.g. of threads or ranks
@@ -84,7 +85,8 @@ inline constexpr absl::string_view kCommitOutcomePayload =
 absl::Status WithCommitOutcome(absl::Status status, CommitOutcome outcome);
 
 // The outcome recorded in a save's status: kCommitted for OK, the payload
-// if there is one, and kNotCommitted for an error without it.
+// if there is one (kUnknown for a payload it does not recognise), and
+// kNotCommitted for an error without it.
 CommitOutcome GetCommitOutcome(const absl::Status& status);
 
 }  // namespace dcp

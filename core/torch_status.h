@@ -15,8 +15,10 @@
 //   c10::NotImplementedError               -> Unimplemented
 //   c10::OutOfMemoryError, std::bad_alloc  -> ResourceExhausted
 //   any other c10::Error or std::exception -> Internal
+//   anything else thrown                   -> Internal "unknown exception"
 //
-// Messages use `what_without_backtrace()` and are prefixed with `context`.
+// Messages use `what_without_backtrace()` and are prefixed with `context`
+// and ": " (no prefix when `context` is empty).
 #ifndef DCP_CORE_TORCH_STATUS_H_
 #define DCP_CORE_TORCH_STATUS_H_
 
@@ -33,8 +35,9 @@ namespace dcp {
 // inside a `catch` block.
 absl::Status StatusFromCurrentException(absl::string_view context);
 
-// Runs `fn` and converts any exception it throws into a status. Returns
-// `absl::Status` when `fn` returns void, else `absl::StatusOr<R>`.
+// Runs `fn` once, on the calling thread, and converts any exception it
+// throws into a status. Returns `absl::Status` when `fn` returns void, else
+// `absl::StatusOr<R>` holding `fn`'s result.
 template <typename Fn>
 auto TorchCall(absl::string_view context, Fn&& fn)
     -> std::conditional_t<std::is_void_v<std::invoke_result_t<Fn>>,

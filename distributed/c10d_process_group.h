@@ -133,7 +133,8 @@ struct C10dOptions {
   absl::Duration timeout = absl::Minutes(5);
 
   // Address of this host that the other ranks can reach, for Gloo's TCP
-  // device. Empty: Gloo's default device (this host's name, resolved).
+  // device. Empty: Gloo's default device (this host's name, resolved). The
+  // default, loopback, only works when every rank runs on this host.
   std::string interface_hostname = "127.0.0.1";
 };
 
@@ -143,10 +144,14 @@ struct C10dOptions {
 //   MASTER_ADDR, MASTER_PORT   required unless DCP_FILE_STORE is set
 //   DCP_FILE_STORE             optional: FileStore path instead of TCPStore
 //   DCP_GLOO_HOSTNAME          optional: `interface_hostname`; default
-//                              "127.0.0.1" if MASTER_ADDR is unset or a
-//                              loopback address, else empty (Gloo's default)
+//                              "127.0.0.1" if DCP_FILE_STORE is used or
+//                              MASTER_ADDR is a loopback address, else
+//                              empty (Gloo's default)
 //   DCP_C10D_TIMEOUT_SECONDS   optional: `timeout` (default 300)
-// InvalidArgument naming the variable if one is missing or malformed.
+// An empty DCP_FILE_STORE counts as unset. InvalidArgument naming the
+// variable if one is missing or malformed (not an integer, RANK outside
+// [0, WORLD_SIZE), WORLD_SIZE below 1, MASTER_PORT outside [1, 65535], a
+// DCP_C10D_TIMEOUT_SECONDS that is not positive).
 absl::StatusOr<C10dOptions> C10dOptionsFromEnv(
     absl::FunctionRef<std::optional<std::string>(absl::string_view name)>
         lookup);
@@ -158,13 +163,16 @@ class C10dProcessGroup : public ProcessGroup {
   // Collective. Creates the store (rank 0 hosts the TCPStore server; or
   // opens the FileStore) and a Gloo group; returns once every rank has
   // connected.
-  // Errors: InvalidArgument for bad options; DeadlineExceeded if the other
-  // ranks did not all arrive within `options.timeout`; Unavailable if the
-  // store or the Gloo device cannot be set up (e.g. port in use).
+  // Errors: InvalidArgument for bad options (world_size below 1, rank out
+  // of range, a timeout that is not positive, an empty master_addr or a
+  // master_port outside [1, 65535] without a file_store_path);
+  // DeadlineExceeded if the other ranks did not all arrive within
+  // `options.timeout`; Unavailable if the store or the Gloo device cannot be
+  // set up (e.g. port in use). Setup errors name the rank and the store.
   static absl::StatusOr<std::unique_ptr<C10dProcessGroup>> Create(
       const C10dOptions& options);
 
-  // `Create(C10dOptionsFromEnv())`.
+  // `Create(C10dOptionsFromEnv())`: the errors of either.
   static absl::StatusOr<std::unique_ptr<C10dProcessGroup>> CreateFromEnv();
 
   C10dProcessGroup(const C10dProcessGroup&) = delete;
@@ -191,7 +199,8 @@ class C10dProcessGroup : public ProcessGroup {
   // this group's prefix and the call number (so every rank, calling Fork in
   // the same order, derives the same one). Runs phase 1 on this group
   // first, so the ranks agree on the tag. The result is a
-  // `C10dProcessGroup`.
+  // `C10dProcessGroup`. Errors: as any collective (see above); failing to
+  // create the new group fails this group too.
   absl::StatusOr<std::shared_ptr<ProcessGroup>> Fork(
       absl::string_view tag, absl::Time deadline) override;
 

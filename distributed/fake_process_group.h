@@ -139,12 +139,15 @@ class FakeWorld {
   static constexpr absl::string_view kWorldCommunicator = "world";
   static constexpr int kMaxWorldSize = 4096;
 
-  // InvalidArgument if `world_size` is out of range.
+  // InvalidArgument if `world_size` is out of range or `stall_timeout` is
+  // not positive.
   static absl::StatusOr<std::unique_ptr<FakeWorld>> Create(
       FakeWorldOptions options);
 
   FakeWorld(const FakeWorld&) = delete;
   FakeWorld& operator=(const FakeWorld&) = delete;
+  // Aborts the world (Abort with Cancelled "FakeWorld destroyed"), so calls
+  // through surviving handles fail with Aborted.
   ~FakeWorld();
 
   int world_size() const;
@@ -157,22 +160,26 @@ class FakeWorld {
 
   // Makes `rank`'s `nth` collective call (1-based, over all communicators)
   // return `status` (not OK) without joining. Call before the ranks run.
+  // CHECK-fails for a rank out of range, nth < 1 or an OK status.
   void FailCollective(int rank, int nth, absl::Status status);
 
   // Registers the calling thread as `rank`'s thread. Free mode: returns OK
   // at once. Deterministic mode: waits until every rank has started and it
   // is this rank's turn; Aborted / DeadlineExceeded if the world is aborted
   // or `deadline` passes first. FailedPrecondition if called twice.
+  // CHECK-fails for a rank out of range.
   absl::Status StartRank(int rank, absl::Time deadline);
 
   // Records that `rank` will make no more calls because its function
   // returned `status` (OK or not). Every call the rank has not joined then
   // fails on the other ranks with Aborted naming it. Later calls are
-  // ignored. In deterministic mode, also ends the rank's turn.
+  // ignored. In deterministic mode, also ends the rank's turn. CHECK-fails
+  // for a rank out of range.
   void MarkRankDone(int rank, const absl::Status& status);
 
   // Fails every pending and later call, on every rank, with
-  // Aborted "world aborted: <why>". Ends deterministic scheduling.
+  // Aborted "world aborted: <why>". Ends deterministic scheduling. The first
+  // call wins; later ones change nothing.
   void Abort(const absl::Status& why);
 
   // Deterministic mode: waits until every thread the ranks started

@@ -74,12 +74,13 @@ class LocalWorld {
   std::shared_ptr<ProcessGroup> Rank(int rank);
 
   // Fails every pending and later call, on every communicator, with
-  // Aborted "world aborted: <why>". The first call wins.
+  // Aborted "world aborted: <why>" (`why` as by Status::ToString). The
+  // first call wins; later ones change nothing.
   void Abort(const absl::Status& why);
 
   // Records that `rank` makes no more calls: every call it has not joined
   // fails on the other ranks with Aborted "rank <r> exited before joining
-  // call #k ...".
+  // call #k ...". CHECK-fails unless 0 <= rank < world_size().
   void RankExited(int rank);
 
  private:
@@ -89,11 +90,13 @@ class LocalWorld {
 };
 
 // Runs `fn(rank, pg)` on `world_size` threads over a fresh LocalWorld, joins
-// them all, and returns every rank's status in rank order. A rank whose
-// function fails (or throws: the exception becomes Internal naming the
-// rank) aborts the world, so the others fail promptly instead of waiting
-// for their deadlines. InvalidArgument for every rank if `world_size` is out
-// of range.
+// them all, and returns every rank's status in rank order. `fn` is called
+// concurrently, once per rank, on its rank's thread. A rank whose function
+// fails (or throws: the exception becomes Internal naming the rank) aborts
+// the world, so the others fail promptly instead of waiting for their
+// deadlines; a rank that returns OK is marked exited (RankExited). If
+// `world_size` is above kMaxWorldSize, `fn` is not called and every rank's
+// status is InvalidArgument; if it is below 1, the result is empty.
 std::vector<absl::Status> RunLocalRanks(
     int world_size,
     const std::function<

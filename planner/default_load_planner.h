@@ -161,10 +161,11 @@ class DefaultLoadPlanner : public LoadPlanner {
 
   // Stores `value` at the key's original path in the state dict given to
   // SetUp (replacing the leaf, even a tensor), or at the top-level key
-  // without flattening.
+  // without flattening (inserting the key if the state dict lacks it).
   //
-  // Errors: FailedPrecondition before SetUp; NotFound if the key was not
-  // planned; InvalidArgument as planner/flatten.h's SetElement.
+  // Errors: FailedPrecondition before SetUp; with flattening, NotFound if
+  // the key is not a flattened key of the destination, and InvalidArgument
+  // as planner/flatten.h's SetElement.
   absl::Status LoadBytes(const ReadItem& item, Value value) override
       ABSL_LOCKS_EXCLUDED(mu_);
 

@@ -52,7 +52,10 @@ absl::StatusOr<GlobalSavePlan> PlanSaveForRanks(
     DefaultSavePlannerOptions options = {});
 
 // As PlanSaveForRanks with caller-provided planners, one per rank
-// (`planners.size() == per_rank.size()`).
+// (`planners.size() == per_rank.size()`). InvalidArgument if the sizes
+// differ, are 0, or a planner or state dict is null; Internal if the
+// coordinator's CreateGlobalPlan returns another number of plans than
+// ranks; otherwise whatever a phase returns.
 absl::StatusOr<GlobalSavePlan> PlanSaveWithPlanners(
     const std::vector<SavePlanner*>& planners,
     const std::vector<const StateDict*>& per_rank);
@@ -75,7 +78,7 @@ absl::StatusOr<std::vector<LoadPlan>> PlanLoadForRanks(
 
 // As PlanLoadForRanks with caller-provided planners, one per rank, each set
 // up with `LoadPlanner::SetUp(destination, metadata, ...)` (so each copies
-// what it needs of `metadata`).
+// what it needs of `metadata`). Errors as PlanSaveWithPlanners.
 absl::StatusOr<std::vector<LoadPlan>> PlanLoadWithPlanners(
     const Metadata& metadata, const std::vector<LoadPlanner*>& planners,
     const std::vector<StateDict*>& destinations);

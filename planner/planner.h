@@ -36,6 +36,11 @@
 // Ownership: the state dict given to SetUp must outlive the planner's use
 // (until the save or load returns). Tensors are handles: a load planner
 // writes into the caller's tensors in place.
+//
+// Errors: any error a phase returns fails the save or load, on every rank
+// (checkpoint/save_load.h), so implementations return precise codes
+// (InvalidArgument for a state dict that cannot be planned, NotFound or
+// DataLoss for what the checkpoint lacks) and name the key.
 #ifndef DCP_PLANNER_PLANNER_H_
 #define DCP_PLANNER_PLANNER_H_
 
@@ -65,21 +70,32 @@ class SavePlanner {
  public:
   virtual ~SavePlanner() = default;
 
-  // `state_dict` must outlive the save. `storage_meta` may be null.
+  // Starts planning a save of `state_dict`, which must outlive the save.
+  // `storage_meta` (the writer's StorageMetaForSave) may be null and need
+  // only live through the call. Called at the start of every save, also on
+  // a planner that planned an earlier one (a Checkpointer reuses its
+  // planners).
   virtual absl::Status SetUp(const StateDict& state_dict,
                              const StorageMeta* storage_meta,
                              bool is_coordinator) = 0;
 
+  // This rank's write items, on every rank.
   virtual absl::StatusOr<SavePlan> CreateLocalPlan() = 0;
 
-  // Coordinator only. `plans` holds every rank's local plan, by rank.
+  // Coordinator only. `plans` holds every rank's local plan (after the
+  // writer's PrepareLocalPlan), by rank. Returns one plan per rank, by
+  // rank, and the checkpoint's Metadata.
   virtual absl::StatusOr<GlobalSavePlan> CreateGlobalPlan(
       std::vector<SavePlan> plans) = 0;
 
+  // This rank's plan from the global step (after the writer's
+  // PrepareGlobalPlan); returns the plan the writer writes.
   virtual absl::StatusOr<SavePlan> FinishPlan(SavePlan central_plan) = 0;
 
   // The data for `item`: the local tensor (or shard) for tensor items,
-  // possibly non-contiguous; the non-tensor Value for bytes items.
+  // possibly non-contiguous; the non-tensor Value for bytes items. Tensors
+  // are handles to the caller's data, which the writer only reads. May be
+  // called concurrently for different items.
   virtual absl::StatusOr<Value> ResolveData(const WriteItem& item) = 0;
 };
 
@@ -87,7 +103,11 @@ class LoadPlanner {
  public:
   virtual ~LoadPlanner() = default;
 
-  // `state_dict` is the destination and must outlive the load.
+  // Starts planning a load into `state_dict`, the destination, which must
+  // outlive the load. `metadata` is the checkpoint's (the same on every
+  // rank) and need only live through the call: a planner copies what it
+  // keeps. Called at the start of every load, also on a planner that
+  // planned an earlier one.
   virtual absl::Status SetUp(StateDict* state_dict, const Metadata& metadata,
                              bool is_coordinator) = 0;
 
@@ -104,21 +124,30 @@ class LoadPlanner {
     return SetUp(state_dict, *metadata, is_coordinator);
   }
 
+  // This rank's read items, on every rank.
   virtual absl::StatusOr<LoadPlan> CreateLocalPlan() = 0;
 
-  // Coordinator only. `plans` holds every rank's local plan, by rank.
+  // Coordinator only. `plans` holds every rank's local plan (after the
+  // reader's PrepareLocalPlan), by rank. Returns one plan per rank, by
+  // rank.
   virtual absl::StatusOr<std::vector<LoadPlan>> CreateGlobalPlan(
       std::vector<LoadPlan> plans) = 0;
 
+  // This rank's plan from the global step (after the reader's
+  // PrepareGlobalPlan); returns the plan the reader reads.
   virtual absl::StatusOr<LoadPlan> FinishPlan(LoadPlan central_plan) = 0;
 
-  // Stores a loaded non-tensor value for a bytes item.
+  // Stores a loaded non-tensor value for a bytes item. `value` is the
+  // planner's to keep (the reader hands over its own copy).
   virtual absl::Status LoadBytes(const ReadItem& item, Value value) = 0;
 
   // The destination for a tensor item: a view of the caller's tensor with
   // extent `item.lengths` at `item.dest_offsets`. The reader copies the
   // saved box into it (casting dtype if needed), then calls CommitTensor.
   virtual absl::StatusOr<at::Tensor> ResolveTensor(const ReadItem& item) = 0;
+  // Called once the reader has filled `tensor`, the tensor ResolveTensor
+  // returned for `item`: a planner that returned a buffer rather than a view
+  // of the destination copies it into place here.
   virtual absl::Status CommitTensor(const ReadItem& item,
                                     const at::Tensor& tensor) = 0;
 };

@@ -11,10 +11,10 @@
 // Example: saved chunks [0, 8) and [8, 16), local chunk [4, 11):
 //
 //   CreateReadItemsForChunkList("w", saved, {{{4}, {7}}})
-//     -> {storage [0] idx 0, storage_offsets {4}, dest_offsets {0}, lengths
-//     {4}}
-//        {storage [8] idx 1, storage_offsets {0}, dest_offsets {4}, lengths
-//        {3}}
+//     -> {storage [0] idx 0, storage_offsets {4}, dest_offsets {0},
+//         lengths {4}}
+//        {storage [8] idx 1, storage_offsets {0}, dest_offsets {4},
+//         lengths {3}}
 //
 // For many local chunks, or many ranks reading the same checkpoint, build a
 // `SavedChunkIndex` of the saved chunks once (or an `IndexedMetadata` of the
@@ -133,8 +133,8 @@ class SavedChunkIndex {
 // A checkpoint's Metadata with a `SavedChunkIndex` of every tensor entry of
 // more than 8 chunks: what load planning reads. Built once, then shared
 // read-only by the load planners of any number of ranks
-// (DefaultLoadPlanner::SetUpShared, planner/lockstep.h), so that no rank copies
-// or scans the whole Metadata.
+// (DefaultLoadPlanner::SetUpShared, planner/lockstep.h), so that no rank
+// copies or scans the whole Metadata.
 //
 // Cost: construction is O(total chunks x log) time and keeps the Metadata
 // plus O(chunks) of index for each tensor of more than 8 chunks; Find is a
@@ -151,8 +151,9 @@ class IndexedMetadata {
 
   // Indexes `metadata`, which it keeps.
   explicit IndexedMetadata(Metadata metadata);
-  // Indexes `*metadata` in place, sharing it (not null). A caller that
-  // knows the Metadata outlives this object may pass a non-owning pointer
+  // Indexes `*metadata` in place, sharing it (CHECK-fails if null). A
+  // caller that knows the Metadata outlives this object may pass a
+  // non-owning pointer
   // (`std::shared_ptr<const Metadata>(std::shared_ptr<void>(), &md)`).
   explicit IndexedMetadata(std::shared_ptr<const Metadata> metadata);
   IndexedMetadata(const IndexedMetadata&) = delete;
@@ -183,7 +184,7 @@ class IndexedMetadata {
 //   lengths         = extent of the intersection.
 // A 0-d tensor (one chunk with empty offsets) yields one item with empty
 // offsets and lengths. Parts of a local chunk that no saved chunk covers get
-// no item; see `CheckReadItemsCoverChunk` to detect that.
+// no item; see `CheckReadItemsCoverChunks` to detect that.
 //
 // Cost: builds a `SavedChunkIndex` of `saved.chunks`, O(S log S), then as
 // the overload below.

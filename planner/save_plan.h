@@ -47,6 +47,9 @@ struct TensorWriteData {
 };
 
 struct WriteItem {
+  // The item's key: (fqn, chunk offsets) for tensor items, (fqn) for bytes
+  // items. The default global plan sets a tensor item's `index.index` to
+  // its chunk's position in the Metadata.
   MetadataIndex index;
   WriteItemType type = WriteItemType::kByteIo;
   std::optional<TensorWriteData> tensor_data;  // set for kTensor and kShard
@@ -74,6 +77,8 @@ struct SavePlan {
   std::vector<WriteItem> items;
   std::string storage_data;
   std::string planner_data;
+  // Python's `usable` (which newer PyTorch uses to cache plans): carried
+  // between ranks unchanged; dcp never reads it.
   bool usable = true;
 
   friend bool operator==(const SavePlan& a, const SavePlan& b) {

@@ -16,8 +16,13 @@
 namespace dcp {
 
 struct WriteResult {
+  // The write item's index.
   MetadataIndex index;
+  // Bytes the storage wrote for the item (for the file system, the
+  // record's length; see storage/memory_storage.h for memory). Travels to
+  // the coordinator but is not recorded in the Metadata.
   int64_t size_in_bytes = 0;
+  // Where the bytes are: the entry for `index` in Metadata::storage_data.
   StorageInfo storage_data;
 
   friend bool operator==(const WriteResult& a, const WriteResult& b) {

@@ -67,11 +67,11 @@
 //                       is required or vice versa, anything but a regular
 //                       file where a file is read or written, a refused
 //                       symbolic link), `RemoveDir` of a
-//                       non-empty directory, use of a closed `WritableFile`
+//                       non-empty directory, use of a closed `WritableFile`,
+//                       `TryLockFile` of a file another holder has locked
+//                       (`LockHeldError`), a lost lock (`LockLostError`)
 //   InvalidArgument     a malformed path (e.g. renaming a directory into
 //                       itself)
-//                       `TryLockFile` of a file another holder has locked
-//                       (`LockHeldError`)
 //   DataLoss            a read past the end of a file (short read)
 //   OutOfRange          `WritableFile::WriteAt` beyond the bytes appended
 //   PermissionDenied    the OS refused access
@@ -332,7 +332,7 @@ class FileSystem {
       absl::string_view path, absl::string_view holder_info) = 0;
 
   // Like `FileExists`, as a bool: true if `path` exists, false on NotFound,
-  // and the error otherwise.
+  // and the error otherwise. Not virtual: it calls `FileExists`.
   absl::StatusOr<bool> Exists(absl::string_view path);
 
  protected:
@@ -344,6 +344,7 @@ class FileSystem {
 // Thread safety: as `target`. Ownership: shares ownership of `target`.
 class FileSystemWrapper : public FileSystem {
  public:
+  // `target` must not be null.
   explicit FileSystemWrapper(std::shared_ptr<FileSystem> target);
 
   FileSystem* target() const { return target_.get(); }
@@ -400,15 +401,21 @@ std::string Basename(absl::string_view path);
 // Creates `dir` and its missing parents, as `CreateDir`, and makes the
 // entry of each directory it created durable (`SyncDir` of its parent,
 // outermost first). Directories that already existed are left as they are.
+// Errors: those of `Exists`, `CreateDir` and `SyncDir`; it stops at the
+// first.
 absl::Status CreateDirDurably(FileSystem& fs, absl::string_view dir);
 
 // Creates or truncates `path` (as `NewWritableFile` with `options`), writes
-// `data`, `Sync()`s if `sync`, and closes it.
+// `data`, `Sync()`s if `sync`, and closes it. Not atomic: on error the file
+// may be left partly written (publish through a rename for atomicity, see
+// the file comment). Errors: those of the calls it makes.
 absl::Status WriteStringToFile(FileSystem& fs, absl::string_view path,
                                absl::string_view data, bool sync,
                                const WritableFileOptions& options = {});
 
-// Reads the whole file `path`.
+// Reads the whole file `path`: as many bytes as its size when opened.
+// Errors: those of `NewRandomAccessFile` and `Read` (DataLoss if the file
+// shrank meanwhile).
 absl::StatusOr<std::string> ReadFileToString(FileSystem& fs,
                                              absl::string_view path);
 

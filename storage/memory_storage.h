@@ -182,10 +182,13 @@ class MemoryStore {
 };
 
 // Writes one rank's part of a save into a `MemoryStore`. See the file
-// comment for the layout and commit semantics.
+// comment for the layout and commit semantics. Methods not commented here
+// follow StorageWriter's contract. AbortSave is the default no-op: a failed
+// save's staged objects are freed when this (coordinator) writer is reset,
+// begins another save, or is destroyed.
 class MemoryStorageWriter : public StorageWriter {
  public:
-  // `store` must not be null.
+  // `store` must not be null (CHECK-fails).
   MemoryStorageWriter(std::shared_ptr<MemoryStore> store,
                       std::string checkpoint_id,
                       MemoryStorageOptions options = {});
@@ -202,6 +205,7 @@ class MemoryStorageWriter : public StorageWriter {
   absl::Status Reset(std::optional<std::string> checkpoint_id) override;
   // {checkpoint_id, save_id}.
   std::optional<StorageMeta> StorageMetaForSave() const override;
+  // Records `is_coordinator`; never fails.
   absl::Status SetUp(bool is_coordinator) override;
   // AlreadyExists if `overwrite` is off and the checkpoint exists.
   absl::StatusOr<SavePlan> PrepareLocalPlan(SavePlan plan) override;
@@ -209,11 +213,17 @@ class MemoryStorageWriter : public StorageWriter {
   absl::StatusOr<std::vector<SavePlan>> PrepareGlobalPlan(
       std::vector<SavePlan> plans) override;
   // Stages this rank's object; returns results in plan order. Stages
-  // nothing if any item fails.
+  // nothing if any item fails. FailedPrecondition if `plan` does not come
+  // from a pending save of the coordinator's PrepareGlobalPlan (or is for
+  // another checkpoint id); InvalidArgument as in the file comment; the
+  // planner's ResolveData errors.
   absl::StatusOr<std::vector<WriteResult>> WriteData(
       const SavePlan& plan, SavePlanner& planner) override;
   // Sets `metadata.storage_data` from `results` (rank by rank, in order; a
   // later duplicate index wins) and `metadata.storage_meta`, then commits.
+  // FailedPrecondition without a pending save or when a result points at
+  // an item no rank staged; AlreadyExists as in the file comment. The save
+  // is over afterwards, whatever the outcome.
   absl::Status Finish(
       Metadata& metadata,
       const std::vector<std::vector<WriteResult>>& results) override;
@@ -230,10 +240,11 @@ class MemoryStorageWriter : public StorageWriter {
   std::string pending_token_;
 };
 
-// Reads one rank's part of a load from a `MemoryStore`.
+// Reads one rank's part of a load from a `MemoryStore`. Methods not
+// commented here follow StorageReader's contract.
 class MemoryStorageReader : public StorageReader {
  public:
-  // `store` must not be null.
+  // `store` must not be null (CHECK-fails).
   MemoryStorageReader(std::shared_ptr<MemoryStore> store,
                       std::string checkpoint_id);
   MemoryStorageReader(const MemoryStorageReader&) = delete;
@@ -248,14 +259,18 @@ class MemoryStorageReader : public StorageReader {
   // The committed metadata, with `storage_meta.load_id` set; snapshots the
   // checkpoint for the reads that follow. NotFound if none is committed.
   absl::StatusOr<Metadata> ReadMetadata() override;
-  // Snapshots the checkpoint if ReadMetadata was not called. Fails with
-  // FailedPrecondition if `metadata` belongs to another save than the
-  // snapshot (the checkpoint was replaced in between).
+  // Snapshots the checkpoint if ReadMetadata was not called (NotFound if
+  // none is committed). Fails with FailedPrecondition if `metadata` belongs
+  // to another save than the snapshot (the checkpoint was replaced in
+  // between).
   absl::Status SetUp(const Metadata& metadata, bool is_coordinator) override;
+  // Return their input unchanged.
   absl::StatusOr<LoadPlan> PrepareLocalPlan(LoadPlan plan) override;
   absl::StatusOr<std::vector<LoadPlan>> PrepareGlobalPlan(
       std::vector<LoadPlan> plans) override;
-  // Reads items in plan order; stops at the first error.
+  // Reads items in plan order; stops at the first error (earlier items
+  // stay loaded). FailedPrecondition before SetUp; DataLoss and
+  // InvalidArgument as in the file comment; the planner's errors.
   absl::Status ReadData(const LoadPlan& plan, LoadPlanner& planner) override;
 
  private:

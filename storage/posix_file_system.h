@@ -54,6 +54,8 @@
 
 namespace dcp {
 
+// Each method follows the `FileSystem` contract (storage/file_system.h),
+// implemented as described in the file comment.
 class PosixFileSystem final : public FileSystem {
  public:
   PosixFileSystem() = default;
@@ -87,7 +89,7 @@ class PosixFileSystem final : public FileSystem {
 std::shared_ptr<FileSystem> NewPosixFileSystem();
 
 // Converts an errno value into a status whose message is
-// "`context`: <strerror text>". Codes:
+// "`context`: <strerror text>" (never OK, even for 0). Codes:
 //   ENOENT                          NotFound
 //   EEXIST                          AlreadyExists
 //   ENOTDIR, EISDIR, ENOTEMPTY      FailedPrecondition

@@ -31,7 +31,12 @@
 //   ReadData(plan, planner)
 //
 // Thread safety: one thread drives the sequence; implementations may use
-// threads inside WriteData and ReadData.
+// threads inside WriteData and ReadData (and may then call the planner's
+// ResolveData, ResolveTensor, CommitTensor and LoadBytes concurrently).
+//
+// Ownership: the planner passed to WriteData and ReadData is borrowed for
+// the call. Any error a method returns fails the save or load on every
+// rank (checkpoint/save_load.h).
 //
 // Errors: NotFound for a missing checkpoint or item, DataLoss for corrupt
 // or truncated data, AlreadyExists when overwriting is refused; messages
@@ -60,16 +65,25 @@ class StorageWriter {
   virtual ~StorageWriter() = default;
 
   // Starts a new save, optionally at a new location. Regenerates save_id.
+  // Without an id, the writer keeps its location.
   virtual absl::Status Reset(std::optional<std::string> checkpoint_id) = 0;
 
   // Identity of this save (checkpoint id, save id), recorded in Metadata.
+  // Given to the save planner's SetUp; may be nullopt.
   virtual std::optional<StorageMeta> StorageMetaForSave() const = 0;
 
+  // Prepares this rank's part of a save, on every rank.
   virtual absl::Status SetUp(bool is_coordinator) = 0;
 
+  // This rank's plan from the planner's CreateLocalPlan; returns it, maybe
+  // with `storage_data` set, for the coordinator. The place to refuse a
+  // save early (e.g. AlreadyExists when overwriting is refused).
   virtual absl::StatusOr<SavePlan> PrepareLocalPlan(SavePlan plan) = 0;
 
-  // Coordinator only; `plans` by rank, returned by rank.
+  // Coordinator only; `plans` by rank, returned by rank. Typically gives
+  // each rank's plan its file names in `storage_data`. From this call on,
+  // the save ends with a successful Finish or with AbortSave (also when
+  // this call fails).
   virtual absl::StatusOr<std::vector<SavePlan>> PrepareGlobalPlan(
       std::vector<SavePlan> plans) = 0;
 
@@ -100,9 +114,12 @@ class StorageReader {
   virtual ~StorageReader() = default;
 
   // Starts a new load, optionally from a new location. Regenerates load_id.
+  // Without an id, the reader keeps its location.
   virtual absl::Status Reset(std::optional<std::string> checkpoint_id) = 0;
 
-  // NotFound if there is no (complete) checkpoint.
+  // The checkpoint's Metadata, with `storage_meta.load_id` set to this
+  // reader's load id. NotFound if there is no (complete) checkpoint;
+  // otherwise as the implementation documents (e.g. DataLoss when corrupt).
   virtual absl::StatusOr<Metadata> ReadMetadata() = 0;
 
   // What ReadEncodedMetadata returns.
@@ -125,6 +142,10 @@ class StorageReader {
     return EncodedMetadata{EncodeMetadata(*metadata), std::nullopt};
   }
 
+  // Prepares this rank's part of a load of the checkpoint `metadata`
+  // describes (the coordinator's copy), on every rank. `metadata` need only
+  // live through the call. May refuse a checkpoint that changed since the
+  // metadata was read (FailedPrecondition).
   virtual absl::Status SetUp(const Metadata& metadata,
                              bool is_coordinator) = 0;
 
@@ -140,13 +161,18 @@ class StorageReader {
     return SetUp(*metadata, is_coordinator);
   }
 
+  // This rank's plan from the planner's CreateLocalPlan; returns it, maybe
+  // with `storage_data` set, for the coordinator.
   virtual absl::StatusOr<LoadPlan> PrepareLocalPlan(LoadPlan plan) = 0;
 
   // Coordinator only; `plans` by rank, returned by rank.
   virtual absl::StatusOr<std::vector<LoadPlan>> PrepareGlobalPlan(
       std::vector<LoadPlan> plans) = 0;
 
-  // Reads every item of `plan` into the destinations `planner` resolves.
+  // Reads every item of `plan` into the destinations `planner` resolves
+  // (LoadBytes for bytes items; ResolveTensor, copy, CommitTensor for
+  // tensor items). Synchronous; may use threads inside. DataLoss for an
+  // item the checkpoint lacks or that is corrupt; the planner's errors.
   virtual absl::Status ReadData(const LoadPlan& plan, LoadPlanner& planner) = 0;
 };
 

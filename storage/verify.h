@@ -75,7 +75,12 @@
 // Errors: the returned status is an error only when the checkpoint cannot
 // be verified at all: InvalidArgument for bad options; NotFound "not a
 // checkpoint: no .metadata in <dir>"; DataLoss for an unreadable or
-// undecodable `.metadata`; other file-system errors reading `.metadata`.
+// undecodable `.metadata` (InvalidArgument for a well-formed but
+// unsupported one, storage/metadata_pickle.h); FailedPrecondition if
+// `.metadata` is not a regular file or is a refused symbolic link;
+// ResourceExhausted beyond the default reading limits for untrusted
+// checkpoints (storage/fs_storage.h); other file-system errors reading
+// `.metadata`.
 // Everything wrong with the records and data files is data in the report:
 // a problem in one file never stops the checking of the others.
 //
@@ -143,6 +148,7 @@ struct VerifyProblem {
   std::string Describe() const;
 };
 
+// `file`, ": ", then `Describe()`.
 std::ostream& operator<<(std::ostream& os, const VerifyProblem& problem);
 
 struct VerifyFileReport {
@@ -170,8 +176,10 @@ struct VerifyReport {
   // Every data file `.metadata` names, sorted by name.
   std::vector<VerifyFileReport> files;
 
+  // Records in the data files (sum of their `records`).
   int64_t num_records() const;
   uint64_t num_file_bytes() const;  // Sum of the data files' sizes.
+  // Problems of `.metadata` and of every data file.
   int64_t num_problems() const;
   int64_t num_bad_files() const;  // `.metadata` included.
   bool ok() const { return num_problems() == 0; }
@@ -189,8 +197,9 @@ struct VerifyOptions {
   // Null: the local POSIX file system.
   std::shared_ptr<FileSystem> file_system;
   // Read `.metadata` and data files that are symbolic links (refused by
-  // default, as by FileSystemReaderOptions::allow_symlinks: a refused link
-  // is a problem of its file).
+  // default, as by FileSystemReaderOptions::allow_symlinks: a refused data
+  // file link is a problem of its file; a refused `.metadata` link fails
+  // the call).
   bool allow_symlinks = false;
   // Threads checking data files in parallel; also the most data files open
   // at once. At least 1.

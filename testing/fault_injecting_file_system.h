@@ -180,13 +180,21 @@ struct RandomFaultOptions {
   absl::Status status = absl::UnavailableError("injected random fault");
 };
 
+// The `FileSystem` methods follow the interface's contract, plus the
+// faults, log and crash model of the file comment.
 class FaultInjectingFileSystem final : public FileSystemWrapper {
  public:
+  // Wraps `base` (not null), with no rules, no random faults, no crash
+  // scheduled and an empty log.
   explicit FaultInjectingFileSystem(std::shared_ptr<FileSystem> base);
   ~FaultInjectingFileSystem() override;
 
   // --- Faults -------------------------------------------------------------
+  // Adds a rule, with its own count of matching calls starting at 0. Every
+  // matching rule counts a call; when several fire, the earliest added
+  // decides the status.
   void AddRule(FaultRule rule);
+  // Removes every rule (and its count); random faults stay.
   void ClearRules();
   // Replaces the random-fault settings; logs the seed (glog INFO).
   void SetRandomFaults(RandomFaultOptions options);
@@ -197,7 +205,8 @@ class FaultInjectingFileSystem final : public FileSystemWrapper {
   void SimulateCrash();
   // Lets the next `n` mutating operations happen and crashes when the
   // (n+1)-th is attempted (that operation does not happen). Replaces an
-  // earlier `CrashAfterOps`. n = 0 crashes at the next mutating operation.
+  // earlier `CrashAfterOps`. n = 0 (or negative) crashes at the next
+  // mutating operation.
   void CrashAfterOps(int n);
   bool crashed() const;
   // Crashes (if not crashed yet), rewrites the wrapped file system to its
@@ -217,6 +226,7 @@ class FaultInjectingFileSystem final : public FileSystemWrapper {
   // (those that failed with an injected fault count). After
   // `CrashAfterOps(n)` has fired, it grew by exactly n.
   int op_count() const;
+  // Empties `op_log()` and `mutation_log()`; `op_count()` is kept.
   void ClearOpLog();
 
   // --- FileSystem ----------------------------------------------------------

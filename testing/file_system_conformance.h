@@ -34,6 +34,8 @@ struct FileSystemUnderTest {
 
 struct FileSystemConformanceParams {
   std::string name;  // A valid gtest name: letters, digits, '_'.
+  // Called once per test, in SetUp, for a fresh file system and root; a
+  // null `fs` fails the test.
   std::function<FileSystemUnderTest()> make;
 };
 
@@ -42,7 +44,7 @@ class FileSystemConformanceTest
  protected:
   void SetUp() override;
 
-  // `name` inside the test's root directory.
+  // `name` inside the test's root directory (JoinPath(root_, name)).
   std::string Path(const std::string& name) const;
 
   std::shared_ptr<FileSystem> fs_;

@@ -54,8 +54,11 @@ namespace mem_file_system_internal {
 struct File;  // Shared between the file system and open files.
 }  // namespace mem_file_system_internal
 
+// Each `FileSystem` method follows the interface's contract
+// (storage/file_system.h) as described in the file comment.
 class MemFileSystem final : public FileSystem {
  public:
+  // An empty file system: only the directories "/" and ".".
   MemFileSystem();
   ~MemFileSystem() override;
 

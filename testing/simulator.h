@@ -178,23 +178,30 @@ class Simulator {
   FaultInjector& faults() { return faults_; }
 
   // Runs `fn` on every rank; returns each rank's status, in rank order.
-  // `fn` is called concurrently (free mode) from the rank threads.
+  // `fn` is called concurrently (free mode) from the rank threads. A rank
+  // whose StartRank fails (the world aborted, or its deadline passed) gets
+  // that status without calling `fn`; a rank whose thread cannot be
+  // started gets ResourceExhausted. The FakeWorld of this run is kept, for
+  // `trace()` and `transcript()`, until the next Run replaces (and aborts)
+  // it.
   std::vector<absl::Status> Run(
       absl::FunctionRef<absl::Status(RankContext&)> fn);
 
   // Runs `fn`, which returns `absl::StatusOr<T>`, on every rank; returns
-  // each rank's result, in rank order.
+  // each rank's result, in rank order. A rank that did not run `fn` or
+  // whose `fn` threw gets its status, as from the Run above.
   template <typename Fn,
             typename R = std::invoke_result_t<const Fn&, RankContext&>,
             typename = std::enable_if_t<simulator_internal::IsStatusOr<R>::value>>
   std::vector<R> Run(const Fn& fn);
 
-  // Of the last `Run`: the deterministic schedule (empty in free mode), see
-  // `FakeWorld::ScheduleTrace`, e.g. {"r2 start", "r2 Gather(plan)#0", ...,
-  // "r0 exit OK"}.
+  // Of the last `Run` (empty before the first): the deterministic schedule
+  // (empty in free mode), see `FakeWorld::ScheduleTrace`, e.g.
+  // {"r2 start", "r2 Gather(plan)#0", ..., "r0 exit OK"}.
   std::vector<std::string> trace() const;
-  // Of the last `Run`: the completed collectives on `communicator`, e.g.
-  // {"Gather:plan", "Scatter:plan"}; see `FakeWorld::Transcript`.
+  // Of the last `Run` (empty before the first): the completed collectives
+  // on `communicator`, e.g. {"Gather:plan", "Scatter:plan"}; see
+  // `FakeWorld::Transcript`.
   std::vector<std::string> transcript(
       absl::string_view communicator = FakeWorld::kWorldCommunicator) const;
 

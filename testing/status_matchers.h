@@ -110,12 +110,16 @@ class IsOkAndHoldsMatcher {
 
 }  // namespace status_matchers_internal
 
+// Matches an OK `absl::Status` or `absl::StatusOr<T>`; explains a mismatch
+// with the status.
 inline ::testing::PolymorphicMatcher<status_matchers_internal::IsOkMatcher>
 IsOk() {
   return ::testing::MakePolymorphicMatcher(
       status_matchers_internal::IsOkMatcher());
 }
 
+// Matches a status (or a StatusOr's status) with code `code` whose message
+// matches `message` (any message by default). With kOk it matches OK.
 inline ::testing::PolymorphicMatcher<status_matchers_internal::StatusIsMatcher>
 StatusIs(absl::StatusCode code,
          ::testing::Matcher<const std::string&> message = ::testing::_) {
@@ -123,6 +127,8 @@ StatusIs(absl::StatusCode code,
       status_matchers_internal::StatusIsMatcher(code, std::move(message)));
 }
 
+// Matches an OK `absl::StatusOr<T>` whose value matches `inner` (a matcher
+// of `const T&`, or a value to compare with ==). Only for StatusOr.
 template <typename InnerMatcher>
 ::testing::PolymorphicMatcher<
     status_matchers_internal::IsOkAndHoldsMatcher<InnerMatcher>>
@@ -134,9 +140,14 @@ IsOkAndHolds(InnerMatcher inner) {
 
 }  // namespace dcp::test
 
+// EXPECT_THAT / ASSERT_THAT `expr` (a Status or StatusOr) IsOk().
 #define DCP_EXPECT_OK(expr) EXPECT_THAT((expr), ::dcp::test::IsOk())
 #define DCP_ASSERT_OK(expr) ASSERT_THAT((expr), ::dcp::test::IsOk())
 
+// Evaluates `rexpr` (a StatusOr) once; if it is not OK, fails the test with
+// the status and returns from the enclosing function (so, like ASSERT_*,
+// only in functions returning void); else moves the value into `lhs`,
+// which may declare a variable. At most one per line.
 #define DCP_ASSERT_OK_AND_ASSIGN(lhs, rexpr) \
   DCP_TESTING_ASSERT_OK_AND_ASSIGN_IMPL_(    \
       DCP_TESTING_CONCAT_(dcp_testing_statusor_, __LINE__), lhs, rexpr)

@@ -94,6 +94,8 @@ TensorEq(at::Tensor expected) {
 }
 
 // Matches a `StateDict` for which `StateDictsEqual(actual, expected)`.
+// Holds a copy of `expected` whose tensors are handles: do not modify them
+// while the matcher is in use.
 inline ::testing::PolymorphicMatcher<
     tensor_matchers_internal::StateDictEqMatcher>
 StateDictEq(StateDict expected) {

@@ -10,9 +10,10 @@
 //
 // `TestSeed()` returns the environment variable DCP_TEST_SEED if it is set
 // (a decimal uint32), else the fixed `kDefaultTestSeed`. It prints the seed
-// on stderr with the current test's name and records it as the test
-// property "dcp_test_seed" (in Bazel's test.xml); tests also put it in a
-// SCOPED_TRACE so that every failure names it. Another seed is one flag away:
+// on stderr with the current test's name and, when called inside a test,
+// records it as the test property "dcp_test_seed" (in Bazel's test.xml);
+// tests also put it in a SCOPED_TRACE so that every failure names it.
+// Another seed is one flag away:
 //
 //   bazel test //storage:pickle_test --test_env=DCP_TEST_SEED=12345
 //
