@@ -322,6 +322,23 @@ void PrintItems(std::ostream& os, const List& items) {
 
 }  // namespace
 
+bool ContainsTensor(const Value& value) {
+  if (value.is_tensor_like()) return true;
+  const List* items = value.get_if<List>();
+  if (const Tuple* tuple = value.get_if<Tuple>()) items = &tuple->items;
+  if (items != nullptr) {
+    for (const Value& item : *items) {
+      if (ContainsTensor(item)) return true;
+    }
+  }
+  if (const StateDict* dict = value.get_if<StateDict>()) {
+    for (const StateDict::Entry& entry : dict->entries()) {
+      if (ContainsTensor(entry.second)) return true;
+    }
+  }
+  return false;
+}
+
 bool ValuesEqual(const Value& a, const Value& b) {
   if (a.variant().index() != b.variant().index()) return false;
   return std::visit(

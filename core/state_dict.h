@@ -214,6 +214,11 @@ class Value {
 bool StateDictsEqual(const StateDict& a, const StateDict& b);
 bool ValuesEqual(const Value& a, const Value& b);
 
+// True if `value` is a tensor or sharded tensor, or a list, tuple or dict
+// holding one at any depth. Bytes items must not: their containers are
+// copied, not the tensors inside.
+bool ContainsTensor(const Value& value);
+
 // Python-like text for logs and test failures, e.g.
 // `{"w": tensor(float32[2, 3]), "step": 3}`: tensors show dtype and shape
 // only, never elements.

@@ -429,5 +429,17 @@ TEST(PrintTest, ShowsStructureShapesAndDtypesButNoData) {
               HasSubstr("float64[]"));
 }
 
+TEST(ContainsTensorTest, FindsTensorsAtAnyDepthOfEveryContainer) {
+  EXPECT_TRUE(ContainsTensor(Value(at::ones({1}))));
+  EXPECT_TRUE(ContainsTensor(Value(ShardedTensor{{2}, {}})));
+  EXPECT_TRUE(ContainsTensor(Value(List{Value(1), Value(at::ones({1}))})));
+  EXPECT_TRUE(ContainsTensor(Value(Tuple{{Value("a"), Value(at::ones({1}))}})));
+  EXPECT_TRUE(ContainsTensor(
+      Value(StateDict{{"x", List{Value(Tuple{{Value(at::ones({1}))}})}}})));
+  EXPECT_FALSE(ContainsTensor(Value(1)));
+  EXPECT_FALSE(ContainsTensor(
+      Value(StateDict{{"x", List{Value(Tuple{{Value("a"), Value(2.5)}})}}})));
+}
+
 }  // namespace
 }  // namespace dcp

@@ -37,23 +37,6 @@ std::string Quoted(absl::string_view fqn) {
   return absl::StrCat("\"", fqn, "\"");
 }
 
-bool ContainsTensor(const Value& value) {
-  if (value.is_tensor_like()) return true;
-  const List* items = value.get_if<List>();
-  if (const Tuple* tuple = value.get_if<Tuple>()) items = &tuple->items;
-  if (items != nullptr) {
-    for (const Value& entry : *items) {
-      if (ContainsTensor(entry)) return true;
-    }
-  }
-  if (const StateDict* dict = value.get_if<StateDict>()) {
-    for (const StateDict::Entry& entry : dict->entries()) {
-      if (ContainsTensor(entry.second)) return true;
-    }
-  }
-  return false;
-}
-
 // Python's TensorProperties.create_from_tensor: the memory format is always
 // recorded as contiguous.
 TensorProperties PropertiesOf(const at::Tensor& tensor) {

@@ -56,20 +56,6 @@ std::string DescribeIndex(const MetadataIndex& index) {
   return out;
 }
 
-bool ContainsTensor(const Value& value) {
-  if (value.is_tensor_like()) return true;
-  if (const List* list = value.get_if<List>()) {
-    for (const Value& element : *list) {
-      if (ContainsTensor(element)) return true;
-    }
-  } else if (const StateDict* dict = value.get_if<StateDict>()) {
-    for (const StateDict::Entry& entry : dict->entries()) {
-      if (ContainsTensor(entry.second)) return true;
-    }
-  }
-  return false;
-}
-
 // The size estimate documented in the header. Precondition: no tensors.
 int64_t EstimatedSize(const Value& value) {
   if (const std::string* s = value.get_if<std::string>()) {
@@ -79,9 +65,11 @@ int64_t EstimatedSize(const Value& value) {
     return static_cast<int64_t>(b->data.size());
   }
   if (value.is<int64_t>() || value.is<double>()) return 8;
-  if (const List* list = value.get_if<List>()) {
+  const List* items = value.get_if<List>();
+  if (const Tuple* tuple = value.get_if<Tuple>()) items = &tuple->items;
+  if (items != nullptr) {
     int64_t total = 0;
-    for (const Value& element : *list) total += EstimatedSize(element);
+    for (const Value& item : *items) total += EstimatedSize(item);
     return total;
   }
   if (const StateDict* dict = value.get_if<StateDict>()) {

@@ -625,6 +625,19 @@ TEST(MemoryStorageTest, BytesValueHoldingATensorIsRejected) {
                                       HasSubstr("\"step\"")));
 }
 
+TEST(MemoryStorageTest, BytesValueHoldingATensorInATupleIsRejected) {
+  // The tuple would be copied but not the tensor in it, so later changes
+  // to the caller's tensor would change the saved checkpoint.
+  auto store = std::make_shared<MemoryStore>();
+  const at::Tensor w = MakeTestTensor({4, 3}, at::kFloat, /*seed=*/15);
+  HandDrivenSave save(
+      store, "c",
+      TwoRanks(w, Value(Tuple{{Value(1), Value(at::ones({2}))}}), Value(2)));
+  DCP_ASSERT_OK(save.Plan());
+  EXPECT_THAT(save.Write(0), StatusIs(absl::StatusCode::kInvalidArgument,
+                                      HasSubstr("holds a tensor")));
+}
+
 TEST(MemoryStorageTest, TensorItemResolvingToANonTensorIsRejected) {
   auto store = std::make_shared<MemoryStore>();
   std::vector<RankInput> ranks(1);
