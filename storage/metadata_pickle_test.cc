@@ -23,6 +23,7 @@
 #include "gtest/gtest.h"
 #include "storage/pickle.h"
 #include "storage/pickle_test_util.h"
+#include "testing/runfiles.h"
 #include "testing/status_matchers.h"
 #include "testing/test_seed.h"
 
@@ -572,12 +573,8 @@ TEST(DecodeMetadataPickleTest, Protocol4WithFrameMemoizeAndBinGet) {
 }
 
 std::string ReadTestData(absl::string_view name) {
-  const char* srcdir = std::getenv("TEST_SRCDIR");
-  const char* workspace = std::getenv("TEST_WORKSPACE");
   const std::string path =
-      absl::StrCat(srcdir != nullptr ? srcdir : ".", "/",
-                   workspace != nullptr ? workspace : "dcp",
-                   "/storage/testdata/", name);
+      test::RunfilePath(absl::StrCat("storage/testdata/", name));
   std::ifstream in(path, std::ios::binary);
   CHECK(in.good()) << "cannot open " << path;
   std::stringstream ss;

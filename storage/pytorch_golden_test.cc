@@ -28,6 +28,7 @@
 #include "gtest/gtest.h"
 #include "storage/fs_storage.h"
 #include "testing/peer_cases.h"
+#include "testing/runfiles.h"
 #include "testing/simulator.h"
 #include "testing/status_matchers.h"
 
@@ -46,9 +47,7 @@ using ::testing::ElementsAreArray;
 using ::testing::IsEmpty;
 
 std::string GoldenDir(absl::string_view name) {
-  const char* srcdir = getenv("TEST_SRCDIR");
-  return absl::StrCat(srcdir != nullptr ? srcdir : ".",
-                      "/dcp/testdata/pytorch_golden/", name);
+  return test::PytorchGoldenPath(name);
 }
 
 // Reader options for the goldens: their files in the runfiles tree are

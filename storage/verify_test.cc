@@ -28,6 +28,7 @@
 #include "storage/posix_file_system.h"
 #include "storage/zip.h"
 #include "testing/mem_file_system.h"
+#include "testing/runfiles.h"
 #include "testing/status_matchers.h"
 
 namespace dcp {
@@ -47,10 +48,7 @@ using ::testing::SizeIs;
 constexpr char kDir[] = "/c";
 
 std::string Golden(absl::string_view name) {
-  const char* srcdir = std::getenv("TEST_SRCDIR");
-  const char* workspace = std::getenv("TEST_WORKSPACE");
-  return absl::StrCat(srcdir ? srcdir : ".", "/", workspace ? workspace : "dcp",
-                      "/testdata/pytorch_golden/", name);
+  return test::PytorchGoldenPath(name);
 }
 
 // A copy of the golden checkpoint `name` in a fresh MemFileSystem at kDir.

@@ -19,6 +19,7 @@
 #include "gtest/gtest.h"
 #include "storage/file_system.h"
 #include "testing/hostile_files.h"
+#include "testing/runfiles.h"
 #include "testing/status_matchers.h"
 #include "tools/local_checkpoint.h"
 
@@ -33,11 +34,7 @@ using ::testing::Not;
 using ::testing::StartsWith;
 
 std::string Golden(absl::string_view name) {
-  const char* srcdir = std::getenv("TEST_SRCDIR");
-  const char* workspace = std::getenv("TEST_WORKSPACE");
-  return absl::StrCat(srcdir ? srcdir : ".", "/",
-                      workspace ? workspace : "dcp",
-                      "/testdata/pytorch_golden/", name);
+  return test::PytorchGoldenPath(name);
 }
 
 // `allow_symlinks` for the goldens, whose files in the runfiles tree are

@@ -25,6 +25,7 @@
 #include "storage/torch_pickle.h"
 #include "storage/torch_save.h"
 #include "storage/zip.h"
+#include "testing/runfiles.h"
 #include "testing/status_matchers.h"
 #include "testing/tensor_matchers.h"
 #include "tools/from_torch_save.h"
@@ -45,11 +46,7 @@ std::string TempPath(absl::string_view name) {
 }
 
 std::string Golden(absl::string_view name) {
-  const char* srcdir = std::getenv("TEST_SRCDIR");
-  const char* workspace = std::getenv("TEST_WORKSPACE");
-  return absl::StrCat(srcdir ? srcdir : ".", "/",
-                      workspace ? workspace : "dcp",
-                      "/testdata/pytorch_golden/", name);
+  return test::PytorchGoldenPath(name);
 }
 
 // `value` with every dict's entries sorted by key (to-torch-save rebuilds

@@ -23,6 +23,7 @@
 #include "storage/fs_storage.h"
 #include "storage/posix_file_system.h"
 #include "storage/zip.h"
+#include "testing/runfiles.h"
 #include "testing/status_matchers.h"
 #include "tools/local_checkpoint.h"
 
@@ -37,10 +38,7 @@ using ::testing::HasSubstr;
 using ::testing::StartsWith;
 
 std::string Golden(absl::string_view name) {
-  const char* srcdir = std::getenv("TEST_SRCDIR");
-  const char* workspace = std::getenv("TEST_WORKSPACE");
-  return absl::StrCat(srcdir ? srcdir : ".", "/", workspace ? workspace : "dcp",
-                      "/testdata/pytorch_golden/", name);
+  return test::PytorchGoldenPath(name);
 }
 
 // A writable copy of the golden checkpoint `name`.
