@@ -49,12 +49,13 @@
 // Value records. `SerializeValueRecord` pickles None, bool, int, float, str,
 // bytes, lists, tuples and (nested) string-keyed dicts into a record that
 // `torch.load` returns as the equivalent Python value; `ParseValueRecord`
-// reads such records written by Python. Conversions on reading:
+// reads such records written by Python (storage/value_pickle.h converts,
+// as for torch.save files). Conversions on reading:
 //   * tuples become `Tuple`s and lists `List`s;
-//   * dicts and collections.OrderedDicts become `StateDict`s; int keys
-//     become their decimal strings ({1: x} reads as {"1": x}); other key
-//     types are rejected, and so is an int key whose decimal string equals a
-//     str key of the same dict;
+//   * dicts and collections.OrderedDicts (their attributes dropped) become
+//     `StateDict`s; int keys become their decimal strings ({1: x} reads as
+//     {"1": x}); other key types are rejected, and so is an int key whose
+//     decimal string equals a str key of the same dict;
 //   * ints outside int64, sets, tensors and any other object are rejected.
 //
 // Record details (see the .cc for the exact data.pkl opcodes): entries

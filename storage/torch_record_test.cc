@@ -1178,10 +1178,12 @@ TEST(TorchWrittenRecordsTest, Values) {
                        HasSubstr("unsupported pickled type __builtin__.set")));
   EXPECT_THAT(ParseValueRecord(TorchRecord("v_tensor")).status(),
               StatusIs(absl::StatusCode::kUnimplemented,
-                       HasSubstr("torch.Tensor at value[\"t\"]")));
+                       HasSubstr("value record at value[\"t\"]: unsupported "
+                                 "pickled type torch.Tensor")));
   EXPECT_THAT(ParseValueRecord(TorchRecord("colslice")).status(),
               StatusIs(absl::StatusCode::kUnimplemented,
-                       HasSubstr("torch.Tensor at value")));
+                       HasSubstr("value record at value: unsupported pickled "
+                                 "type torch.Tensor")));
 }
 
 // ---- Value records ----------------------------------------------------------
@@ -1227,15 +1229,16 @@ TEST(ValueRecordTest, IntSevenIsTheTorchPickle) {
 }
 
 TEST(ValueRecordTest, RejectsTensorsAndInvalidStrings) {
-  EXPECT_THAT(SerializeValueRecord(Value(at::ones({2}))).status(),
-              StatusIs(absl::StatusCode::kInvalidArgument,
-                       HasSubstr("cannot save value (a tensor)")));
+  EXPECT_THAT(
+      SerializeValueRecord(Value(at::ones({2}))).status(),
+      StatusIs(absl::StatusCode::kInvalidArgument,
+               HasSubstr("cannot pickle value: a tensor is not a value")));
   EXPECT_THAT(
       SerializeValueRecord(
           Value(StateDict{{"k", Value(List{Value(1), Value(at::ones({1}))})}}))
           .status(),
       StatusIs(absl::StatusCode::kInvalidArgument,
-               HasSubstr("value[\"k\"][1] (a tensor)")));
+               HasSubstr("cannot pickle value[\"k\"][1]: a tensor")));
   EXPECT_THAT(SerializeValueRecord(Value(std::string("\xff"))).status(),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("UTF-8")));
 }
@@ -1304,8 +1307,8 @@ TEST(ValueRecordTest, RejectsUnsupportedPickledTypes) {
       "torch._utils", "_rebuild_tensor_v2", "FloatStorage", 4, 0, {4}, {1});
   EXPECT_THAT(ParseValueRecord(RecordWithPickle(tensor_pkl, 16)).status(),
               StatusIs(absl::StatusCode::kUnimplemented,
-                       HasSubstr("unsupported pickled type torch.Tensor at "
-                                 "value")));
+                       HasSubstr("value record at value: unsupported pickled "
+                                 "type torch.Tensor")));
   {
     PickleWriter w;
     w.WriteList(1, [&](size_t) {

@@ -254,16 +254,17 @@ TEST(TorchSaveTest, UnsupportedPythonValuesNameTheirPath) {
   // Protocol 4: {"a": [set()]}.
   const std::string set_pickle =
       Raw("\x80\x04}X\x01\x00\x00\x00" "a]\x8f" "as.");
-  EXPECT_THAT(ParseTorchSave(ArchiveWithPickle(set_pickle)).status(),
-              StatusIs(absl::StatusCode::kUnimplemented,
-                       HasSubstr("unsupported set at obj[\"a\"][0]")));
+  EXPECT_THAT(
+      ParseTorchSave(ArchiveWithPickle(set_pickle)).status(),
+      StatusIs(absl::StatusCode::kUnimplemented,
+               HasSubstr("unsupported pickled type set at obj[\"a\"][0]")));
   // {"f": some.module.Func}
   const std::string global_pickle =
       Raw("\x80\x02}X\x01\x00\x00\x00" "fcsome.module\nFunc\ns.");
-  EXPECT_THAT(
-      ParseTorchSave(ArchiveWithPickle(global_pickle)).status(),
-      StatusIs(absl::StatusCode::kUnimplemented,
-               HasSubstr("reference to some.module.Func at obj[\"f\"]")));
+  EXPECT_THAT(ParseTorchSave(ArchiveWithPickle(global_pickle)).status(),
+              StatusIs(absl::StatusCode::kUnimplemented,
+                       HasSubstr("unsupported pickled type (a reference to "
+                                 "some.module.Func) at obj[\"f\"]")));
 }
 
 TEST(TorchSaveTest, TopLevelMustBeADictForReadTorchSave) {
@@ -416,7 +417,7 @@ TEST(TorchSaveBudgetTest, SharedTensorReferencedManyTimesFailsCleanly) {
   EXPECT_EQ(few.get<List>().size(), 3u);
   EXPECT_THAT(ParseTorchSaveValue(archive(10000)).status(),
               StatusIs(absl::StatusCode::kResourceExhausted,
-                       AllOf(HasSubstr("torch.save file: obj["),
+                       AllOf(HasSubstr("torch.save file at obj["),
                              HasSubstr("torch.save file decodes to more than "
                                        "its budget of"))));
 }
