@@ -64,7 +64,7 @@ constexpr absl::string_view kSidecarTmpSuffix = ".tmp";
 constexpr absl::string_view kDataSuffix = ".distcp";
 // "Tag:token:prefix", the encoding of SavePlan::storage_data.
 constexpr absl::string_view kPlanTag = "dcp-fs-save";
-// Entries are checksummed by streaming them in chunks of at most this size.
+// Block checksums are verified in reads of at most this size.
 constexpr uint64_t kCrcChunkBytes = uint64_t{4} << 20;
 // Zip entries up to this size (data.pkl, version, ...) are read through the
 // record's cached `ZipByteSource`; larger ones are streamed.
@@ -824,22 +824,6 @@ std::string DescribeRecord(const FileWork& file, const RecordWork& record) {
   return absl::StrFormat("record of %s in %s at offset %d (length %d)",
                          DescribeIndex(*record.index), file.path,
                          record.info->offset, record.info->length);
-}
-
-// CRC-32 of `size` bytes at `offset` of `file`, read in bounded chunks.
-absl::StatusOr<uint32_t> StreamCrc32(const RandomAccessFile& file,
-                                     uint64_t offset, uint64_t size) {
-  std::string buffer(static_cast<size_t>(std::min(size, kCrcChunkBytes)), '\0');
-  uint32_t crc = 0;
-  uint64_t done = 0;
-  while (done < size) {
-    const size_t n = static_cast<size_t>(std::min(size - done, kCrcChunkBytes));
-    DCP_ASSIGN_OR_RETURN(absl::string_view bytes,
-                         file.Read(offset + done, n, buffer.data()));
-    crc = Crc32(bytes, crc);
-    done += n;
-  }
-  return crc;
 }
 
 absl::Status ChecksumMismatch(const FileWork& file, const RecordWork& record,
