@@ -554,6 +554,42 @@ std::ostream& operator<<(std::ostream& os, const TensorRecordInfo& info) {
             << info.location << " " << info.storage << "}";
 }
 
+namespace {
+
+// `t` with its storage, `dir`'s entry data/<key>, whose size must be the
+// storage's. Messages say what is wrong, not where.
+absl::StatusOr<TensorRecordInfo> MatchStorageEntry(PickledTensor t,
+                                                   const ZipDirectory& dir) {
+  const ZipEntry* entry = dir.Find(absl::StrCat("data/", t.key));
+  if (entry == nullptr) {
+    return absl::DataLossError(absl::StrCat("storage \"", absl::CEscape(t.key),
+                                            "\" has no ", dir.prefix, "data/",
+                                            absl::CEscape(t.key), " entry"));
+  }
+  const uint64_t item = c10::elementSize(t.dtype);
+  const u128 claimed = t.untyped_storage
+                           ? static_cast<u128>(t.storage_numel)
+                           : static_cast<u128>(t.storage_numel) * item;
+  if (claimed != entry->size) {
+    return absl::DataLossError(absl::StrCat(
+        "storage \"", absl::CEscape(t.key), "\" claims ", t.storage_numel,
+        t.untyped_storage ? " bytes"
+                          : absl::StrCat(" ", item, "-byte elements"),
+        " but its entry ", entry->name, " holds ", entry->size, " bytes"));
+  }
+  TensorRecordInfo info;
+  info.dtype = t.dtype;
+  info.sizes = std::move(t.sizes);
+  info.strides = std::move(t.strides);
+  info.storage_offset = t.storage_offset;
+  info.storage_key = std::move(t.key);
+  info.location = std::move(t.location);
+  info.storage = *entry;
+  return info;
+}
+
+}  // namespace
+
 struct TensorPickleCache::Entry {
   std::string pickle;
   PickledTensor parsed;
@@ -606,36 +642,22 @@ absl::StatusOr<TensorRecordInfo> ParseTensorRecordHeader(
     if (cache != nullptr) cache->Insert({std::string(pickle), t});
   }
 
-  const ZipEntry* entry = dir.Find(absl::StrCat("data/", t.key));
-  if (entry == nullptr) {
-    return RecordError(absl::StrCat("data.pkl names storage \"",
-                                    absl::CEscape(t.key), "\" but there is no ",
-                                    dir.prefix, "data/", absl::CEscape(t.key),
-                                    " entry"));
-  }
-  const uint64_t item = c10::elementSize(t.dtype);
-  const u128 claimed = t.untyped_storage
-                           ? static_cast<u128>(t.storage_numel)
-                           : static_cast<u128>(t.storage_numel) * item;
-  if (claimed != entry->size) {
-    return RecordError(absl::StrCat(
-        "data.pkl claims a storage of ", t.storage_numel,
-        t.untyped_storage ? " bytes"
-                          : absl::StrCat(" ", item, "-byte elements"),
-        " but entry ", entry->name, " holds ", entry->size, " bytes"));
-  }
-  DCP_RETURN_IF_ERROR(ValidateLayout(t.dtype, t.sizes, t.strides,
-                                     t.storage_offset, entry->size));
-  DCP_RETURN_IF_ERROR(
-      CheckNotExpanded(t.dtype, t.sizes, t.strides, entry->size));
-  TensorRecordInfo info;
-  info.dtype = t.dtype;
-  info.sizes = std::move(t.sizes);
-  info.strides = std::move(t.strides);
-  info.storage_offset = t.storage_offset;
-  info.storage_key = std::move(t.key);
-  info.location = std::move(t.location);
-  info.storage = *entry;
+  absl::StatusOr<TensorRecordInfo> info = MatchStorageEntry(std::move(t), dir);
+  if (!info.ok()) return Annotate(info.status(), "tensor record: data.pkl");
+  DCP_RETURN_IF_ERROR(ValidateLayout(info->dtype, info->sizes, info->strides,
+                                     info->storage_offset, info->storage.size));
+  DCP_RETURN_IF_ERROR(CheckNotExpanded(info->dtype, info->sizes, info->strides,
+                                       info->storage.size));
+  return info;
+}
+
+absl::StatusOr<TensorRecordInfo> TensorInfoInArchive(const PickleValue& rebuild,
+                                                     const ZipDirectory& dir) {
+  DCP_ASSIGN_OR_RETURN(PickledTensor t, ParseRebuildTensor(rebuild));
+  DCP_ASSIGN_OR_RETURN(TensorRecordInfo info,
+                       MatchStorageEntry(std::move(t), dir));
+  DCP_RETURN_IF_ERROR(ValidateLayout(info.dtype, info.sizes, info.strides,
+                                     info.storage_offset, info.storage.size));
   return info;
 }
 

@@ -282,6 +282,20 @@ class TensorPickleCache {
 absl::StatusOr<TensorRecordInfo> ParseTensorRecordHeader(
     ZipByteSource& source, const ZipDirectory& dir, TensorPickleCache* cache);
 
+// The tensor of a `_rebuild_tensor_v2` / `_v3` call `rebuild` (a REDUCE
+// of data.pkl) in an archive of several tensors, such as a torch.save file,
+// whose zip directory is `dir`: the call is parsed, its storage matched with
+// `dir`'s entry data/<key> (which must hold the claimed storage size), and
+// its layout validated against that entry, as ParseTensorRecordHeader does
+// for a record's one tensor, except that the tensor may have more elements
+// than its storage (torch.save keeps expanded tensors as they are), so
+// materialising it may allocate far more than the storage's bytes: bound
+// that (e.g. by `PlanBoxRead`'s packed size) before reading. Reads nothing
+// but `rebuild` and `dir`. Errors as ParseTensorRecordHeader's, naming what
+// is wrong but not where.
+absl::StatusOr<TensorRecordInfo> TensorInfoInArchive(const PickleValue& rebuild,
+                                                     const ZipDirectory& dir);
+
 // How to read one box of a record's tensor.
 struct BoxReadOptions {
   // Consecutive ranges separated by at most this many bytes are read as one

@@ -786,8 +786,9 @@ TEST(MalformedRecordTest, StorageLargerThanItsEntryIsDataLoss) {
                        16);
   EXPECT_THAT(ParseTensorRecordHeader(record).status(),
               StatusIs(absl::StatusCode::kDataLoss,
-                       HasSubstr("claims a storage of 5 4-byte elements but "
-                                 "entry archive/data/0 holds 16 bytes")));
+                       HasSubstr("storage \"0\" claims 5 4-byte elements "
+                                 "but its entry archive/data/0 holds 16 "
+                                 "bytes")));
 }
 
 TEST(MalformedRecordTest, LayoutsBeyondTheStorageAreDataLoss) {
@@ -1069,9 +1070,9 @@ TEST(TensorPickleCacheTest, EntryPerDistinctPickleUpToTheLimit) {
                                     "FloatStorage", 5, 0, {4}, {1}),
                        16);
   EXPECT_THAT(ParseToString(bad_storage, &cache),
-              HasSubstr("claims a storage"));
+              HasSubstr("storage \"0\" claims 5"));
   EXPECT_THAT(ParseToString(bad_storage, &cache),
-              HasSubstr("claims a storage"));
+              HasSubstr("storage \"0\" claims 5"));
   EXPECT_EQ(cache.hits(), records.size() + 1);
   // One that does not parse is not.
   const std::string not_supported =

@@ -45,8 +45,6 @@ namespace {
 
 using torch_pickle_internal::DtypeSpec;
 using torch_pickle_internal::FindDtype;
-using torch_pickle_internal::ParseRebuildTensor;
-using torch_pickle_internal::PickledTensor;
 using torch_pickle_internal::WriteRebuildTensor;
 
 constexpr absl::string_view kPrefix = "archive/";
@@ -313,34 +311,9 @@ absl::Status TensorLoader::VerifyStorage(const ZipEntry& entry) {
 }
 
 absl::StatusOr<at::Tensor> TensorLoader::Load(const PickleValue& rebuild) {
-  DCP_ASSIGN_OR_RETURN(PickledTensor t, ParseRebuildTensor(rebuild));
-  const ZipEntry* entry = dir_.Find(absl::StrCat("data/", t.key));
-  if (entry == nullptr) {
-    return absl::DataLossError(absl::StrCat("storage \"", absl::CEscape(t.key),
-                                            "\" has no ", dir_.prefix, "data/",
-                                            absl::CEscape(t.key), " entry"));
-  }
-  const uint64_t item = c10::elementSize(t.dtype);
-  const uint64_t numel = static_cast<uint64_t>(t.storage_numel);
-  const bool size_ok = t.untyped_storage ? numel == entry->size
-                                         : entry->size % item == 0 &&
-                                               numel == entry->size / item;
-  if (!size_ok) {
-    return absl::DataLossError(absl::StrCat(
-        "storage \"", absl::CEscape(t.key), "\" claims ", t.storage_numel,
-        t.untyped_storage ? " bytes" : " elements", " but its entry holds ",
-        entry->size, " bytes"));
-  }
-  TensorRecordInfo info;
-  info.dtype = t.dtype;
-  info.sizes = std::move(t.sizes);
-  info.strides = std::move(t.strides);
-  info.storage_offset = t.storage_offset;
-  info.storage_key = std::move(t.key);
-  info.location = std::move(t.location);
-  info.storage = *entry;
-
-  // The whole tensor as one range (gaps included); validates the layout.
+  DCP_ASSIGN_OR_RETURN(TensorRecordInfo info,
+                       TensorInfoInArchive(rebuild, dir_));
+  // The whole tensor as one range, gaps included.
   BoxReadOptions whole;
   whole.max_gap_bytes = std::numeric_limits<uint64_t>::max();
   whole.max_ranges = 1;
@@ -353,7 +326,7 @@ absl::StatusOr<at::Tensor> TensorLoader::Load(const PickleValue& rebuild) {
   DCP_RETURN_IF_ERROR(budget_.Charge(plan.packed_size));
   DCP_RETURN_IF_ERROR(
       budget_.Charge(SaturatingNumelBytes(info.sizes, info.dtype)));
-  DCP_RETURN_IF_ERROR(VerifyStorage(*entry));
+  DCP_RETURN_IF_ERROR(VerifyStorage(info.storage));
   std::string scratch;
   absl::string_view packed;
   if (!plan.ranges.empty()) {

@@ -318,7 +318,8 @@ TEST(TorchSaveTest, TensorWhoseStorageEntryIsMissingIsDataLoss) {
   // A storage entry shorter than the pickle claims.
   EXPECT_THAT(
       ParseTorchSave(ArchiveWithPickle(pkl, {{"data/0", "12345678"}})).status(),
-      StatusIs(absl::StatusCode::kDataLoss, HasSubstr("claims 4 elements")));
+      StatusIs(absl::StatusCode::kDataLoss,
+               HasSubstr("claims 4 4-byte elements but its entry")));
 }
 
 // data.pkl of {"x": tensor} where the tensor has the given size and
