@@ -58,8 +58,7 @@
 //
 // Errors (`what` names the input, e.g. "value record", "torch.save file"):
 //   InvalidArgument   writing: a ShardedTensor ("cannot pickle <path>: it
-//                     is a sharded tensor ..."); the tensor callback's
-//                     errors, as "cannot pickle <path>: <its message>"
+//                     is a sharded tensor ...")
 //   Unimplemented     reading: "<what>: unsupported pickled type <type> at
 //                     <path>", and a dict with both an int key and its
 //                     string as a str key
@@ -67,8 +66,9 @@
 //                     whose data is not a tensor ("<what>: <path>: ...")
 //   ResourceExhausted reading: the budget is exceeded ("<what>: <path>:
 //                     <what> decodes to more than its budget of ...")
-//   Tensor callback errors on reading keep their code, annotated
-//   "<what>: <path>: <its message>".
+//   Tensor callback errors keep their code, annotated "cannot pickle
+//   <path>: <its message>" on writing and "<what> at <path>: <its message>"
+//   on reading.
 //
 // Thread safety: thread-compatible functions; the callbacks run on the
 // calling thread.
