@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "core/byte_codec.h"
@@ -86,6 +87,52 @@ std::vector<uint32_t> ChecksumBlocks(absl::string_view data,
   }
   *data_crc32 = crc;
   return blocks;
+}
+
+absl::StatusOr<uint32_t> StreamCrc32(const RandomAccessFile& file,
+                                     uint64_t offset, uint64_t size,
+                                     const StreamCrc32Options& options) {
+  std::vector<uint32_t>* const blocks = options.block_crc32;
+  const uint64_t block_bytes = options.block_bytes;
+  if (blocks != nullptr && block_bytes == 0) {
+    return absl::InvalidArgumentError(
+        "StreamCrc32: block checksums of 0-byte "
+        "blocks");
+  }
+  const uint64_t chunk = std::max<uint64_t>(options.read_bytes, 1);
+  std::string local;
+  std::string& buffer = options.buffer != nullptr ? *options.buffer : local;
+  const size_t most = static_cast<size_t>(std::min(size, chunk));
+  if (buffer.size() < most) buffer.resize(most);
+  uint32_t crc = 0;
+  uint32_t block_crc = 0;
+  uint64_t in_block = 0;  // Bytes of the current block so far.
+  for (uint64_t done = 0; done < size;) {
+    const size_t n = static_cast<size_t>(std::min(size - done, chunk));
+    DCP_ASSIGN_OR_RETURN(absl::string_view bytes,
+                         file.Read(offset + done, n, buffer.data()));
+    done += n;
+    if (options.on_read) options.on_read(n);
+    if (blocks == nullptr) {
+      crc = Crc32(bytes, crc);
+      continue;
+    }
+    // Block by block, combined into the whole: one pass over the bytes.
+    while (!bytes.empty()) {
+      const size_t piece = static_cast<size_t>(
+          std::min<uint64_t>(bytes.size(), block_bytes - in_block));
+      block_crc = Crc32(bytes.substr(0, piece), block_crc);
+      in_block += piece;
+      bytes.remove_prefix(piece);
+      if (in_block == block_bytes || (bytes.empty() && done == size)) {
+        blocks->push_back(block_crc);
+        crc = Crc32Combine(crc, block_crc, in_block);
+        block_crc = 0;
+        in_block = 0;
+      }
+    }
+  }
+  return crc;
 }
 
 std::string EncodeBlockChecksums(const BlockChecksums& checksums) {

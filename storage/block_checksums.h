@@ -26,6 +26,10 @@
 //     data_offset  data_size  data_crc32  block_count  block_crc32...
 //   block_count = ceil(data_size / block_bytes); the last block may be short.
 //
+// `StreamCrc32` checksums a range of a file, and optionally its blocks, in
+// bounded memory: the one way dcp's readers and `dcp verify` checksum data
+// they do not hold in memory.
+//
 // Errors: `DecodeBlockChecksums` returns DataLoss naming what is wrong;
 // decoding is bounded by the bytes present (counts are checked against the
 // bytes left before anything is allocated).
@@ -35,6 +39,7 @@
 #define DCP_STORAGE_BLOCK_CHECKSUMS_H_
 
 #include <cstdint>
+#include <functional>
 #include <ostream>
 #include <string>
 #include <vector>
@@ -91,6 +96,33 @@ struct BlockChecksums {
 std::vector<uint32_t> ChecksumBlocks(absl::string_view data,
                                      uint64_t block_bytes,
                                      uint32_t* data_crc32);
+
+// How `StreamCrc32` reads.
+struct StreamCrc32Options {
+  // Reads of at most this many bytes (0 counts as 1), so that memory stays
+  // bounded however large the range.
+  uint64_t read_bytes = uint64_t{4} << 20;
+  // With `block_crc32` set, also appends the CRC-32 of each `block_bytes`
+  // (> 0) block of the range to it (the last block may be short), as
+  // `ChecksumBlocks` does for bytes in memory, in the same pass.
+  uint64_t block_bytes = 0;
+  std::vector<uint32_t>* block_crc32 = nullptr;
+  // If set, called with the size of each successful read (progress and I/O
+  // accounting).
+  std::function<void(uint64_t bytes)> on_read;
+  // If set, the read buffer, kept between calls to save allocations;
+  // otherwise a temporary one.
+  std::string* buffer = nullptr;
+};
+
+// The CRC-32 of the `size` bytes at `offset` of `file`, streamed in reads
+// of at most `options.read_bytes` bytes. Errors: InvalidArgument for
+// `block_crc32` with a `block_bytes` of 0; the file's read errors (DataLoss
+// past its end) as they are, after which `block_crc32` may hold the
+// checksums of the blocks read so far.
+absl::StatusOr<uint32_t> StreamCrc32(const RandomAccessFile& file,
+                                     uint64_t offset, uint64_t size,
+                                     const StreamCrc32Options& options = {});
 
 std::string EncodeBlockChecksums(const BlockChecksums& checksums);
 

@@ -1,15 +1,20 @@
 #include "storage/block_checksums.h"
 
 #include <cstdint>
+#include <memory>
 #include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/string_view.h"
 #include "core/byte_codec.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "storage/crc32.h"
+#include "storage/file_system.h"
+#include "testing/mem_file_system.h"
 #include "testing/status_matchers.h"
 #include "testing/test_seed.h"
 
@@ -182,6 +187,63 @@ TEST(BlockChecksumsTest, HugeCountsFailBeforeAllocating) {
         DecodeBlockChecksums(WithHeader(std::move(w).Finish())),
         StatusIs(absl::StatusCode::kDataLoss, HasSubstr("block_crc32")));
   }
+}
+
+// StreamCrc32 over ranges of a file: reads of a few bytes, blocks that
+// straddle reads, a short last block, an empty range.
+TEST(StreamCrc32Test, MatchesChecksumsOfTheBytesInMemory) {
+  std::mt19937 rng(dcp::test::TestSeed());
+  const std::string contents = RandomBytes(rng, 1000);
+  dcp::test::MemFileSystem fs;
+  DCP_ASSERT_OK(WriteStringToFile(fs, "/f", contents, /*sync=*/false));
+  DCP_ASSERT_OK_AND_ASSIGN(std::unique_ptr<RandomAccessFile> file,
+                           fs.NewRandomAccessFile("/f"));
+  std::string buffer;
+  for (const auto& [offset, size] : {std::pair<uint64_t, uint64_t>{0, 1000},
+                                     {13, 500},
+                                     {999, 1},
+                                     {400, 0}}) {
+    for (uint64_t read_bytes : {uint64_t{1}, uint64_t{7}, uint64_t{64}}) {
+      SCOPED_TRACE(
+          absl::StrCat(offset, "+", size, " in reads of ", read_bytes));
+      const absl::string_view range =
+          absl::string_view(contents).substr(offset, size);
+      StreamCrc32Options options;
+      options.read_bytes = read_bytes;
+      options.buffer = &buffer;
+      uint64_t read = 0;
+      options.on_read = [&](uint64_t n) {
+        EXPECT_LE(n, read_bytes);
+        read += n;
+      };
+      EXPECT_THAT(StreamCrc32(*file, offset, size, options),
+                  IsOkAndHolds(Crc32(range)));
+      EXPECT_EQ(read, size);
+
+      std::vector<uint32_t> blocks;
+      options.block_bytes = 10;
+      options.block_crc32 = &blocks;
+      uint32_t expected_crc = 0;
+      const std::vector<uint32_t> expected_blocks =
+          ChecksumBlocks(range, 10, &expected_crc);
+      EXPECT_THAT(StreamCrc32(*file, offset, size, options),
+                  IsOkAndHolds(expected_crc));
+      EXPECT_EQ(blocks, expected_blocks);
+    }
+  }
+}
+
+TEST(StreamCrc32Test, Errors) {
+  dcp::test::MemFileSystem fs;
+  DCP_ASSERT_OK(WriteStringToFile(fs, "/f", "0123456789", /*sync=*/false));
+  DCP_ASSERT_OK_AND_ASSIGN(std::unique_ptr<RandomAccessFile> file,
+                           fs.NewRandomAccessFile("/f"));
+  EXPECT_THAT(StreamCrc32(*file, 5, 6), StatusIs(absl::StatusCode::kDataLoss));
+  std::vector<uint32_t> blocks;
+  StreamCrc32Options zero_blocks;
+  zero_blocks.block_crc32 = &blocks;
+  EXPECT_THAT(StreamCrc32(*file, 0, 10, zero_blocks),
+              StatusIs(absl::StatusCode::kInvalidArgument));
 }
 
 }  // namespace

@@ -1,12 +1,15 @@
 #include "storage/torch_pickle.h"
 
+#include <cstddef>
 #include <cstdint>
+#include <string>
 
+#include "absl/status/status.h"
 #include "absl/status/statusor.h"
-#include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
 #include "core/metadata.h"
+#include "core/status.h"
 #include "storage/pickle.h"
 
 namespace dcp {
@@ -118,28 +121,173 @@ void WriteRebuildTensor(PickleWriter& w, absl::string_view storage_key,
 }
 
 namespace {
-constexpr size_t kMaxPathBytes = 1024;
-constexpr size_t kMaxPathKeyBytes = 64;
-}  // namespace
 
-std::string ChildValuePath(const std::string& path,
-                           absl::string_view segment) {
-  if (path.size() >= kMaxPathBytes) return path;  // Already ends in "...".
-  std::string child = absl::StrCat(path, segment);
-  if (child.size() >= kMaxPathBytes) {
-    child.resize(kMaxPathBytes - 3);
-    child += "...";
+using Kind = PickleValue::Kind;
+
+constexpr const char* kQuantizedStorages[] = {
+    "QInt8Storage", "QInt32Storage", "QUInt8Storage", "QUInt4x2Storage",
+    "QUInt2x4Storage"};
+
+std::string Describe(const PickleValue& v) { return v.DebugString(120); }
+
+absl::StatusOr<int64_t> IntOf(const PickleValue& v, absl::string_view what) {
+  if (v.kind() != Kind::kInt) {
+    return absl::DataLossError(
+        absl::StrCat(what, " is ", Describe(v), ", not an int"));
   }
-  return child;
+  return v.int_value();
 }
 
-std::string KeyValuePath(const std::string& path, absl::string_view key,
-                         bool is_int) {
-  const bool cut = key.size() > kMaxPathKeyBytes;
-  return ChildValuePath(
-      path, absl::StrCat("[", is_int ? "" : "\"",
-                         absl::CEscape(key.substr(0, kMaxPathKeyBytes)),
-                         cut ? "..." : "", is_int ? "" : "\"", "]"));
+absl::StatusOr<std::string> StringOf(const PickleValue& v,
+                                     absl::string_view what) {
+  if (v.kind() != Kind::kString) {
+    return absl::DataLossError(
+        absl::StrCat(what, " is ", Describe(v), ", not a str"));
+  }
+  return v.string_value();
+}
+
+// A tuple of ints, or torch.Size(tuple) as older writers pickle sizes.
+absl::StatusOr<Shape> IntTupleOf(const PickleValue& v, absl::string_view what) {
+  const PickleValue* tuple = &v;
+  if (v.kind() == Kind::kObject && v.callable().IsGlobal("torch", "Size") &&
+      v.args().kind() == Kind::kTuple && v.args().num_items() == 1) {
+    tuple = &v.args().item(0);
+  }
+  if (tuple->kind() != Kind::kTuple) {
+    return absl::DataLossError(
+        absl::StrCat(what, " is ", Describe(v), ", not a tuple"));
+  }
+  if (tuple->num_items() > kMaxTensorDims) {
+    return absl::DataLossError(
+        absl::StrCat(what, " has ", tuple->num_items(), " dimensions"));
+  }
+  Shape out;
+  out.reserve(tuple->num_items());
+  for (size_t i = 0; i < tuple->num_items(); ++i) {
+    DCP_ASSIGN_OR_RETURN(
+        int64_t x, IntOf(tuple->item(i), absl::StrCat(what, "[", i, "]")));
+    out.push_back(x);
+  }
+  return out;
+}
+
+absl::Status ParseStorageType(const PickleValue& type, PickledTensor& out) {
+  if (type.kind() != Kind::kGlobal) {
+    return absl::DataLossError(
+        absl::StrCat("storage type is ", Describe(type), ", not a class"));
+  }
+  if ((type.module() == "torch.storage" || type.module() == "torch") &&
+      type.name() == "UntypedStorage") {
+    out.untyped_storage = true;
+    return absl::OkStatus();
+  }
+  if (type.module() == "torch") {
+    if (const DtypeSpec* d = FindDtypeByStorageClass(type.name())) {
+      out.dtype = d->type;
+      return absl::OkStatus();
+    }
+    for (const char* q : kQuantizedStorages) {
+      if (type.name() == q) {
+        return absl::UnimplementedError(
+            absl::StrCat("quantized storage torch.", q, " is not supported"));
+      }
+    }
+  }
+  return absl::DataLossError(
+      absl::StrCat("unknown storage type ", type.module(), ".", type.name()));
+}
+
+}  // namespace
+
+bool IsRebuildTensor(const PickleValue& callable) {
+  return callable.kind() == Kind::kGlobal &&
+         (callable.IsGlobal("torch._utils", "_rebuild_tensor_v2") ||
+          callable.IsGlobal("torch._utils", "_rebuild_tensor_v3"));
+}
+
+absl::StatusOr<PickledTensor> ParseRebuildTensor(const PickleValue& rebuild) {
+  if (rebuild.kind() != Kind::kObject ||
+      rebuild.construction() != PickleValue::Construction::kReduce ||
+      !IsRebuildTensor(rebuild.callable())) {
+    return absl::DataLossError(
+        absl::StrCat(Describe(rebuild), " is not a tensor"));
+  }
+  const PickleValue& callable = rebuild.callable();
+  const bool v3 = callable.name() == "_rebuild_tensor_v3";
+  if (rebuild.has_state() || rebuild.has_kwargs()) {
+    return absl::UnimplementedError(
+        "tensors with Python state are not supported");
+  }
+  const PickleValue& args = rebuild.args();
+  // v2: storage, offset, size, stride, requires_grad, hooks[, metadata]
+  // v3: the same, then dtype[, metadata]
+  const size_t base = v3 ? 7 : 6;
+  if (args.kind() != Kind::kTuple ||
+      (args.num_items() != base && args.num_items() != base + 1)) {
+    return absl::DataLossError(
+        absl::StrCat(callable.name(), " arguments ", Describe(args)));
+  }
+  if (args.num_items() == base + 1) {
+    const PickleValue& metadata = args.item(base);
+    const bool empty = metadata.is_none() || (metadata.kind() == Kind::kDict &&
+                                              metadata.num_entries() == 0);
+    if (!empty) {
+      return absl::UnimplementedError(absl::StrCat(
+          "tensor metadata ", Describe(metadata), " is not supported"));
+    }
+  }
+
+  PickledTensor out;
+  const PickleValue& pid_value = args.item(0);
+  if (pid_value.kind() != Kind::kPersistentId) {
+    return absl::DataLossError(absl::StrCat(
+        "storage argument is ", Describe(pid_value), ", not a persistent id"));
+  }
+  const PickleValue& pid = pid_value.persistent_id();
+  if (pid.kind() != Kind::kTuple || pid.num_items() != 5 ||
+      pid.item(0).kind() != Kind::kString ||
+      pid.item(0).string_value() != "storage") {
+    return absl::DataLossError(
+        absl::StrCat("persistent id ", Describe(pid),
+                     " is not ('storage', type, key, location, numel)"));
+  }
+  DCP_RETURN_IF_ERROR(ParseStorageType(pid.item(1), out));
+  DCP_ASSIGN_OR_RETURN(out.key, StringOf(pid.item(2), "storage key"));
+  DCP_ASSIGN_OR_RETURN(out.location, StringOf(pid.item(3), "storage location"));
+  DCP_ASSIGN_OR_RETURN(out.storage_numel, IntOf(pid.item(4), "storage numel"));
+  if (out.storage_numel < 0) {
+    return absl::DataLossError(
+        absl::StrCat("negative storage numel ", out.storage_numel));
+  }
+  DCP_ASSIGN_OR_RETURN(out.storage_offset,
+                       IntOf(args.item(1), "storage offset"));
+  DCP_ASSIGN_OR_RETURN(out.sizes, IntTupleOf(args.item(2), "size"));
+  DCP_ASSIGN_OR_RETURN(out.strides, IntTupleOf(args.item(3), "stride"));
+
+  if (v3) {
+    const PickleValue& dtype = args.item(6);
+    if (dtype.kind() != Kind::kGlobal || dtype.module() != "torch") {
+      return absl::DataLossError(
+          absl::StrCat("dtype argument is ", Describe(dtype)));
+    }
+    // metadata.h's names: torch's, plus the aliases ("float", "cdouble").
+    const DtypeSpec* type = FindDtypeByName(dtype.name());
+    if (type == nullptr) {
+      return absl::UnimplementedError(absl::StrCat(
+          "dtype torch.", dtype.name(), " is not supported by this libtorch"));
+    }
+    if (!out.untyped_storage && out.dtype != type->type) {
+      return absl::DataLossError(
+          absl::StrCat("typed storage of ", c10::toString(out.dtype),
+                       " with dtype torch.", dtype.name()));
+    }
+    out.dtype = type->type;
+  } else if (out.untyped_storage) {
+    return absl::DataLossError(
+        "_rebuild_tensor_v2 with an UntypedStorage has no dtype");
+  }
+  return out;
 }
 
 }  // namespace torch_pickle_internal

@@ -1,7 +1,7 @@
 // Pieces of torch's tensor pickling shared by storage/torch_record.cc and
 // storage/torch_save.cc: the dtype table (dtype <-> legacy storage class <->
-// torch dtype name) and the writer of `torch._utils._rebuild_tensor_v2/_v3`
-// calls with a persistent-id storage.
+// torch dtype name), and the writer and the parser of
+// `torch._utils._rebuild_tensor_v2/_v3` calls with a persistent-id storage.
 //
 // Internal to //storage; not a public API.
 //
@@ -14,10 +14,13 @@
 #include <c10/core/ScalarType.h>
 #include <c10/util/ArrayRef.h>
 
+#include <cstddef>
 #include <cstdint>
 #include <string>
 
+#include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "core/metadata.h"
 #include "storage/pickle.h"
 
 namespace dcp {
@@ -52,17 +55,36 @@ void WriteRebuildTensor(PickleWriter& w, absl::string_view storage_key,
                         int64_t storage_offset, c10::IntArrayRef sizes,
                         c10::IntArrayRef strides);
 
-// Paths of values in error messages (`obj["optim"][3]`) stay short however
-// long the keys and deep the nesting (each level holds its own path, so
-// full paths would grow as depth times key length): a key is cut at 64
-// bytes, a path at about 1 KiB (ending in "...").
-//
-// `path` followed by `segment`, cut.
-std::string ChildValuePath(const std::string& path, absl::string_view segment);
-// `path` followed by `["key"]` (or `[key]` for an int key), the key cut
-// and C-escaped.
-std::string KeyValuePath(const std::string& path, absl::string_view key,
-                         bool is_int = false);
+// More dimensions than any real tensor; bounds work on hostile input.
+inline constexpr size_t kMaxTensorDims = 1024;
+
+// Whether `callable` is `torch._utils._rebuild_tensor_v2` or `_v3`.
+bool IsRebuildTensor(const PickleValue& callable);
+
+// What a `_rebuild_tensor_v2/_v3` call says, before its storage is matched
+// with a zip entry.
+struct PickledTensor {
+  c10::ScalarType dtype = c10::ScalarType::Undefined;
+  bool untyped_storage = false;
+  int64_t storage_numel = 0;   // Elements, or bytes if untyped; >= 0.
+  std::string key;             // The storage's entry is data/<key>.
+  std::string location;        // e.g. "cpu".
+  int64_t storage_offset = 0;  // Unchecked: see ValidateLayout's callers.
+  Shape sizes;                 // At most kMaxTensorDims; values unchecked.
+  Shape strides;
+};
+
+// Parses `rebuild`, a REDUCE whose callable is a rebuild function
+// (IsRebuildTensor): the persistent id ('storage', <storage class>, key,
+// location, numel), offset, sizes (a tuple or torch.Size) and strides, the
+// dtype of `_v3`; requires_grad and backward hooks are ignored, a trailing
+// metadata argument must be empty. Reads nothing outside `rebuild`.
+// Messages say what is wrong, not where (callers add that). Errors:
+// DataLoss for malformed calls (wrong types or counts, an unknown storage
+// class, a negative numel, a typed storage whose dtype differs from `_v3`'s
+// dtype); Unimplemented for tensors dcp does not support (Python state,
+// tensor metadata, quantized storages, dtypes this libtorch lacks).
+absl::StatusOr<PickledTensor> ParseRebuildTensor(const PickleValue& rebuild);
 
 }  // namespace torch_pickle_internal
 }  // namespace dcp

@@ -44,6 +44,7 @@
 #include "storage/crc32.h"
 #include "storage/pickle.h"
 #include "storage/torch_pickle.h"
+#include "storage/value_pickle.h"
 #include "storage/zip.h"
 
 namespace dcp {
@@ -52,22 +53,16 @@ namespace {
 using Kind = PickleValue::Kind;
 using torch_pickle_internal::DtypeSpec;
 using torch_pickle_internal::FindDtype;
-using torch_pickle_internal::FindDtypeByName;
-using torch_pickle_internal::FindDtypeByStorageClass;
+using torch_pickle_internal::IsRebuildTensor;
+using torch_pickle_internal::kMaxTensorDims;
+using torch_pickle_internal::ParseRebuildTensor;
+using torch_pickle_internal::PickledTensor;
 using torch_pickle_internal::WriteRebuildTensor;
 
 constexpr absl::string_view kPrefix = "archive/";
 constexpr absl::string_view kByteOrder = "little";
 constexpr absl::string_view kVersion = "3\n";
 constexpr absl::string_view kStorageKey = "0";
-// More dimensions than any real tensor; bounds work on hostile input.
-constexpr size_t kMaxDims = 1024;
-
-// ---- dtypes -----------------------------------------------------------------
-
-constexpr const char* kQuantizedStorages[] = {
-    "QInt8Storage", "QInt32Storage", "QUInt8Storage", "QUInt4x2Storage",
-    "QUInt2x4Storage"};
 
 // ---- Writing ----------------------------------------------------------------
 
@@ -150,7 +145,7 @@ absl::Status ValidateLayout(c10::ScalarType dtype, const Shape& sizes,
         absl::StrCat("unsupported dtype ", c10::toString(dtype)));
   }
   const uint64_t item = c10::elementSize(dtype);
-  if (sizes.size() != strides.size() || sizes.size() > kMaxDims) {
+  if (sizes.size() != strides.size() || sizes.size() > kMaxTensorDims) {
     return RecordError(
         absl::StrCat(sizes.size(), " sizes and ", strides.size(), " strides"));
   }
@@ -221,60 +216,6 @@ absl::Status CheckNotExpanded(c10::ScalarType dtype, const Shape& sizes,
 
 std::string Describe(const PickleValue& v) { return v.DebugString(120); }
 
-absl::StatusOr<int64_t> IntOf(const PickleValue& v, absl::string_view what) {
-  if (v.kind() != Kind::kInt) {
-    return RecordError(
-        absl::StrCat("data.pkl: ", what, " is ", Describe(v), ", not an int"));
-  }
-  return v.int_value();
-}
-
-absl::StatusOr<std::string> StringOf(const PickleValue& v,
-                                     absl::string_view what) {
-  if (v.kind() != Kind::kString) {
-    return RecordError(
-        absl::StrCat("data.pkl: ", what, " is ", Describe(v), ", not a str"));
-  }
-  return v.string_value();
-}
-
-// A tuple of ints, or torch.Size(tuple) as older writers pickle sizes.
-absl::StatusOr<Shape> IntTupleOf(const PickleValue& v, absl::string_view what) {
-  const PickleValue* tuple = &v;
-  if (v.kind() == Kind::kObject && v.callable().IsGlobal("torch", "Size") &&
-      v.args().kind() == Kind::kTuple && v.args().num_items() == 1) {
-    tuple = &v.args().item(0);
-  }
-  if (tuple->kind() != Kind::kTuple) {
-    return RecordError(
-        absl::StrCat("data.pkl: ", what, " is ", Describe(v), ", not a tuple"));
-  }
-  if (tuple->num_items() > kMaxDims) {
-    return RecordError(absl::StrCat("data.pkl: ", what, " has ",
-                                    tuple->num_items(), " dimensions"));
-  }
-  Shape out;
-  out.reserve(tuple->num_items());
-  for (size_t i = 0; i < tuple->num_items(); ++i) {
-    DCP_ASSIGN_OR_RETURN(
-        int64_t x, IntOf(tuple->item(i), absl::StrCat(what, "[", i, "]")));
-    out.push_back(x);
-  }
-  return out;
-}
-
-// What data.pkl says, before it is matched with the zip entries.
-struct PickledTensor {
-  c10::ScalarType dtype = c10::ScalarType::Undefined;
-  bool untyped_storage = false;
-  int64_t storage_numel = 0;  // Elements, or bytes if untyped.
-  std::string key;
-  std::string location;
-  int64_t storage_offset = 0;
-  Shape sizes;
-  Shape strides;
-};
-
 absl::Status UnsupportedRebuild(const PickleValue& callable) {
   const std::string& name = callable.name();
   absl::string_view what = "";
@@ -295,32 +236,6 @@ absl::Status UnsupportedRebuild(const PickleValue& callable) {
                    callable.module(), ".", name, what));
 }
 
-absl::Status ParseStorageType(const PickleValue& type, PickledTensor& out) {
-  if (type.kind() != Kind::kGlobal) {
-    return RecordError(absl::StrCat("data.pkl: storage type is ",
-                                    Describe(type), ", not a class"));
-  }
-  if ((type.module() == "torch.storage" || type.module() == "torch") &&
-      type.name() == "UntypedStorage") {
-    out.untyped_storage = true;
-    return absl::OkStatus();
-  }
-  if (type.module() == "torch") {
-    if (const DtypeSpec* d = FindDtypeByStorageClass(type.name())) {
-      out.dtype = d->type;
-      return absl::OkStatus();
-    }
-    for (const char* q : kQuantizedStorages) {
-      if (type.name() == q) {
-        return absl::UnimplementedError(absl::StrCat(
-            "tensor record: quantized storage torch.", q, " is not supported"));
-      }
-    }
-  }
-  return RecordError(absl::StrCat("data.pkl: unknown storage type ",
-                                  type.module(), ".", type.name()));
-}
-
 absl::StatusOr<PickledTensor> ParseTensorPickle(const PickleValue& root) {
   if (root.kind() != Kind::kObject ||
       root.construction() != PickleValue::Construction::kReduce ||
@@ -329,9 +244,7 @@ absl::StatusOr<PickledTensor> ParseTensorPickle(const PickleValue& root) {
         absl::StrCat("data.pkl holds ", Describe(root), ", not a tensor"));
   }
   const PickleValue& callable = root.callable();
-  const bool v2 = callable.IsGlobal("torch._utils", "_rebuild_tensor_v2");
-  const bool v3 = callable.IsGlobal("torch._utils", "_rebuild_tensor_v3");
-  if (!v2 && !v3) {
+  if (!IsRebuildTensor(callable)) {
     if (absl::string_view(callable.name()).substr(0, 9) == "_rebuild_" &&
         absl::string_view(callable.module()).substr(0, 5) == "torch") {
       return UnsupportedRebuild(callable);
@@ -339,82 +252,9 @@ absl::StatusOr<PickledTensor> ParseTensorPickle(const PickleValue& root) {
     return RecordError(
         absl::StrCat("data.pkl holds ", Describe(root), ", not a tensor"));
   }
-  if (root.has_state() || root.has_kwargs()) {
-    return absl::UnimplementedError(
-        "tensor record: tensors with Python state are not supported");
-  }
-  const PickleValue& args = root.args();
-  // v2: storage, offset, size, stride, requires_grad, hooks[, metadata]
-  // v3: the same, then dtype[, metadata]
-  const size_t base = v3 ? 7 : 6;
-  if (args.kind() != Kind::kTuple ||
-      (args.num_items() != base && args.num_items() != base + 1)) {
-    return RecordError(absl::StrCat("data.pkl: ", callable.name(),
-                                    " arguments ", Describe(args)));
-  }
-  if (args.num_items() == base + 1) {
-    const PickleValue& metadata = args.item(base);
-    const bool empty = metadata.is_none() || (metadata.kind() == Kind::kDict &&
-                                              metadata.num_entries() == 0);
-    if (!empty) {
-      return absl::UnimplementedError(
-          absl::StrCat("tensor record: tensor metadata ", Describe(metadata),
-                       " is not supported"));
-    }
-  }
-
-  PickledTensor out;
-  const PickleValue& pid_value = args.item(0);
-  if (pid_value.kind() != Kind::kPersistentId) {
-    return RecordError(absl::StrCat("data.pkl: storage argument is ",
-                                    Describe(pid_value),
-                                    ", not a persistent id"));
-  }
-  const PickleValue& pid = pid_value.persistent_id();
-  if (pid.kind() != Kind::kTuple || pid.num_items() != 5 ||
-      pid.item(0).kind() != Kind::kString ||
-      pid.item(0).string_value() != "storage") {
-    return RecordError(
-        absl::StrCat("data.pkl: persistent id ", Describe(pid),
-                     " is not ('storage', type, key, location, numel)"));
-  }
-  DCP_RETURN_IF_ERROR(ParseStorageType(pid.item(1), out));
-  DCP_ASSIGN_OR_RETURN(out.key, StringOf(pid.item(2), "storage key"));
-  DCP_ASSIGN_OR_RETURN(out.location, StringOf(pid.item(3), "storage location"));
-  DCP_ASSIGN_OR_RETURN(out.storage_numel, IntOf(pid.item(4), "storage numel"));
-  if (out.storage_numel < 0) {
-    return RecordError(
-        absl::StrCat("data.pkl: negative storage numel ", out.storage_numel));
-  }
-  DCP_ASSIGN_OR_RETURN(out.storage_offset,
-                       IntOf(args.item(1), "storage offset"));
-  DCP_ASSIGN_OR_RETURN(out.sizes, IntTupleOf(args.item(2), "size"));
-  DCP_ASSIGN_OR_RETURN(out.strides, IntTupleOf(args.item(3), "stride"));
-
-  if (v3) {
-    const PickleValue& dtype = args.item(6);
-    if (dtype.kind() != Kind::kGlobal || dtype.module() != "torch") {
-      return RecordError(
-          absl::StrCat("data.pkl: dtype argument is ", Describe(dtype)));
-    }
-    // metadata.h's names: torch's, plus the aliases ("float", "cdouble").
-    const DtypeSpec* type = FindDtypeByName(dtype.name());
-    if (type == nullptr) {
-      return absl::UnimplementedError(
-          absl::StrCat("tensor record: dtype torch.", dtype.name(),
-                       " is not supported by this libtorch"));
-    }
-    if (!out.untyped_storage && out.dtype != type->type) {
-      return RecordError(absl::StrCat("data.pkl: typed storage of ",
-                                      c10::toString(out.dtype),
-                                      " with dtype torch.", dtype.name()));
-    }
-    out.dtype = type->type;
-  } else if (out.untyped_storage) {
-    return RecordError(
-        "data.pkl: _rebuild_tensor_v2 with an UntypedStorage has no dtype");
-  }
-  return out;
+  absl::StatusOr<PickledTensor> tensor = ParseRebuildTensor(root);
+  if (!tensor.ok()) return Annotate(tensor.status(), "tensor record: data.pkl");
+  return tensor;
 }
 
 absl::Status CheckVersionAndByteOrder(ZipByteSource& source,
@@ -510,207 +350,6 @@ Shape ContiguousStrides(const Shape& sizes) {
     s *= std::max<int64_t>(sizes[d], 1);
   }
   return strides;
-}
-
-// ---- Values -----------------------------------------------------------------
-
-// Checks that `value` holds only picklable non-tensor values.
-absl::Status CheckPicklable(const Value& value, const std::string& path) {
-  if (value.is_tensor_like()) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "cannot save ", path, " (a ", value.TypeName(),
-        ") as a value record; tensors are saved as tensor records"));
-  }
-  const List* items = value.get_if<List>();
-  if (const Tuple* tuple = value.get_if<Tuple>()) items = &tuple->items;
-  if (items != nullptr) {
-    for (size_t i = 0; i < items->size(); ++i) {
-      DCP_RETURN_IF_ERROR(
-          CheckPicklable((*items)[i], absl::StrCat(path, "[", i, "]")));
-    }
-  } else if (const StateDict* dict = value.get_if<StateDict>()) {
-    for (const auto& [key, item] : dict->entries()) {
-      DCP_RETURN_IF_ERROR(CheckPicklable(
-          item, absl::StrCat(path, "[\"", absl::CEscape(key), "\"]")));
-    }
-  }
-  return absl::OkStatus();
-}
-
-void PickleValueOf(PickleWriter& w, const Value& value) {
-  struct Visitor {
-    PickleWriter& w;
-    void operator()(None) const { w.WriteNone(); }
-    void operator()(bool b) const { w.WriteBool(b); }
-    void operator()(int64_t i) const { w.WriteInt(i); }
-    void operator()(double d) const { w.WriteFloat(d); }
-    void operator()(const std::string& s) const { w.WriteString(s); }
-    void operator()(const Bytes& b) const {
-      if (!b.data.empty()) {
-        w.WriteBytes(b.data);
-        return;
-      }
-      // Python writes b"" as `__builtin__.bytes()`, which torch.load's
-      // weights_only unpickler refuses; `_codecs.encode("", "latin1")` is
-      // the same value and accepted.
-      w.WriteGlobal("_codecs", "encode");
-      w.WriteTuple(2, [&](size_t i) { w.WriteString(i == 0 ? "" : "latin1"); });
-      w.EmitReduce();
-    }
-    void operator()(const List& list) const {
-      w.WriteList(list.size(), [&](size_t i) { PickleValueOf(w, list[i]); });
-    }
-    void operator()(const Tuple& tuple) const {
-      w.WriteTuple(tuple.items.size(),
-                   [&](size_t i) { PickleValueOf(w, tuple.items[i]); });
-    }
-    void operator()(const StateDict& dict) const {
-      const auto& entries = dict.entries();
-      w.WriteDict(entries.size(), [&](size_t i) {
-        w.WriteString(entries[i].first);
-        PickleValueOf(w, entries[i].second);
-      });
-    }
-    // Rejected by CheckPicklable before writing.
-    void operator()(const at::Tensor&) const { w.WriteNone(); }
-    void operator()(const ShardedTensor&) const { w.WriteNone(); }
-  };
-  std::visit(Visitor{w}, value.variant());
-}
-
-absl::Status Unsupported(absl::string_view type, const std::string& path) {
-  return absl::UnimplementedError(absl::StrCat(
-      "value record: unsupported pickled type ", type, " at ", path));
-}
-
-// Converts a value record's pickle into a Value, charging each value it
-// creates and each string it copies to `budget`: shared (memoized) values
-// are copied at every reference.
-class ValueDecoder {
- public:
-  explicit ValueDecoder(DecodeBudget& budget) : budget_(budget) {}
-
-  absl::StatusOr<Value> Convert(const PickleValue& v, const std::string& path);
-
- private:
-  absl::StatusOr<Value> DictFromEntries(const PickleValue& dict,
-                                        const std::string& path);
-  absl::Status Charge(uint64_t bytes, const std::string& path) {
-    absl::Status status = budget_.Charge(bytes);
-    if (status.ok()) return status;
-    return Annotate(status, absl::StrCat("value record at ", path));
-  }
-
-  DecodeBudget& budget_;
-};
-
-absl::StatusOr<Value> ValueDecoder::DictFromEntries(const PickleValue& dict,
-                                                    const std::string& path) {
-  StateDict out;
-  std::map<std::string, bool> key_is_int;
-  for (size_t i = 0; i < dict.num_entries(); ++i) {
-    const PickleValue& k = dict.key(i);
-    std::string key;
-    bool is_int = false;
-    if (k.kind() == Kind::kString) {
-      // The key is copied into the dict and into `key_is_int`.
-      DCP_RETURN_IF_ERROR(Charge(2 * (sizeof(StateDict::Entry) +
-                                      k.string_value().size()),
-                                 path));
-      key = k.string_value();
-    } else if (k.kind() == Kind::kInt) {
-      DCP_RETURN_IF_ERROR(Charge(2 * sizeof(StateDict::Entry), path));
-      key = absl::StrCat(k.int_value());
-      is_int = true;
-    } else {
-      return Unsupported(absl::StrCat("dict key ", Describe(k)), path);
-    }
-    auto [it, inserted] = key_is_int.emplace(key, is_int);
-    if (!inserted && it->second != is_int) {
-      // `key` is the decimal string of an int here, so it is short.
-      return absl::UnimplementedError(
-          absl::StrCat("value record: dict at ", path, " has both the int key ",
-                       key, " and the str key \"", key, "\""));
-    }
-    DCP_ASSIGN_OR_RETURN(
-        Value item,
-        Convert(dict.value(i), torch_pickle_internal::KeyValuePath(path, key, is_int)));
-    out.Set(std::move(key), std::move(item));  // Python: last value wins.
-  }
-  return Value(std::move(out));
-}
-
-absl::StatusOr<Value> ValueDecoder::Convert(const PickleValue& v,
-                                            const std::string& path) {
-  DCP_RETURN_IF_ERROR(Charge(sizeof(Value), path));
-  switch (v.kind()) {
-    case Kind::kNone:
-      return Value(None{});
-    case Kind::kBool:
-      return Value(v.bool_value());
-    case Kind::kInt:
-      return Value(v.int_value());
-    case Kind::kBigInt:
-      return Unsupported("int (outside the int64 range)", path);
-    case Kind::kFloat:
-      return Value(v.float_value());
-    case Kind::kString:
-      DCP_RETURN_IF_ERROR(Charge(v.string_value().size(), path));
-      return Value(v.string_value());
-    case Kind::kBytes:
-      DCP_RETURN_IF_ERROR(Charge(v.string_value().size(), path));
-      return Value(Bytes{v.string_value()});
-    case Kind::kTuple:
-    case Kind::kList: {
-      List list;
-      list.reserve(v.num_items());
-      for (size_t i = 0; i < v.num_items(); ++i) {
-        DCP_ASSIGN_OR_RETURN(
-            Value item,
-            Convert(v.item(i), torch_pickle_internal::ChildValuePath(
-                                     path, absl::StrCat("[", i, "]"))));
-        list.push_back(std::move(item));
-      }
-      if (v.kind() == Kind::kTuple) return Value(Tuple{std::move(list)});
-      return Value(std::move(list));
-    }
-    case Kind::kDict:
-      return DictFromEntries(v, path);
-    case Kind::kSet:
-      return Unsupported("set", path);
-    case Kind::kFrozenSet:
-      return Unsupported("frozenset", path);
-    case Kind::kGlobal:
-      return Unsupported(
-          absl::StrCat("(a reference to ", v.module(), ".", v.name(), ")"),
-          path);
-    case Kind::kPersistentId:
-      return Unsupported("torch storage", path);
-    case Kind::kObject:
-      break;
-  }
-  const PickleValue& callable = v.callable();
-  if (callable.kind() == Kind::kGlobal) {
-    if (callable.IsGlobal("collections", "OrderedDict") &&
-        v.construction() == PickleValue::Construction::kReduce &&
-        v.args().kind() == Kind::kTuple && v.args().num_items() == 0 &&
-        !v.has_state() && v.appended().num_items() == 0) {
-      return DictFromEntries(v.set_items(), path);
-    }
-    if (callable.module() == "torch._utils" &&
-        absl::string_view(callable.name()).substr(0, 15) == "_rebuild_tensor") {
-      return Unsupported("torch.Tensor", path);
-    }
-    if (absl::string_view(callable.name()).substr(0, 8) == "_rebuild" &&
-        absl::string_view(callable.module()).substr(0, 5) == "torch") {
-      return Unsupported(absl::StrCat("torch.Tensor (", callable.module(), ".",
-                                      callable.name(), ")"),
-                         path);
-    }
-    return Unsupported(absl::StrCat(callable.module(), ".", callable.name()),
-                       path);
-  }
-  return Unsupported(Describe(v), path);
 }
 
 }  // namespace
@@ -915,6 +554,42 @@ std::ostream& operator<<(std::ostream& os, const TensorRecordInfo& info) {
             << info.location << " " << info.storage << "}";
 }
 
+namespace {
+
+// `t` with its storage, `dir`'s entry data/<key>, whose size must be the
+// storage's. Messages say what is wrong, not where.
+absl::StatusOr<TensorRecordInfo> MatchStorageEntry(PickledTensor t,
+                                                   const ZipDirectory& dir) {
+  const ZipEntry* entry = dir.Find(absl::StrCat("data/", t.key));
+  if (entry == nullptr) {
+    return absl::DataLossError(absl::StrCat("storage \"", absl::CEscape(t.key),
+                                            "\" has no ", dir.prefix, "data/",
+                                            absl::CEscape(t.key), " entry"));
+  }
+  const uint64_t item = c10::elementSize(t.dtype);
+  const u128 claimed = t.untyped_storage
+                           ? static_cast<u128>(t.storage_numel)
+                           : static_cast<u128>(t.storage_numel) * item;
+  if (claimed != entry->size) {
+    return absl::DataLossError(absl::StrCat(
+        "storage \"", absl::CEscape(t.key), "\" claims ", t.storage_numel,
+        t.untyped_storage ? " bytes"
+                          : absl::StrCat(" ", item, "-byte elements"),
+        " but its entry ", entry->name, " holds ", entry->size, " bytes"));
+  }
+  TensorRecordInfo info;
+  info.dtype = t.dtype;
+  info.sizes = std::move(t.sizes);
+  info.strides = std::move(t.strides);
+  info.storage_offset = t.storage_offset;
+  info.storage_key = std::move(t.key);
+  info.location = std::move(t.location);
+  info.storage = *entry;
+  return info;
+}
+
+}  // namespace
+
 struct TensorPickleCache::Entry {
   std::string pickle;
   PickledTensor parsed;
@@ -967,36 +642,22 @@ absl::StatusOr<TensorRecordInfo> ParseTensorRecordHeader(
     if (cache != nullptr) cache->Insert({std::string(pickle), t});
   }
 
-  const ZipEntry* entry = dir.Find(absl::StrCat("data/", t.key));
-  if (entry == nullptr) {
-    return RecordError(absl::StrCat("data.pkl names storage \"",
-                                    absl::CEscape(t.key), "\" but there is no ",
-                                    dir.prefix, "data/", absl::CEscape(t.key),
-                                    " entry"));
-  }
-  const uint64_t item = c10::elementSize(t.dtype);
-  const u128 claimed = t.untyped_storage
-                           ? static_cast<u128>(t.storage_numel)
-                           : static_cast<u128>(t.storage_numel) * item;
-  if (claimed != entry->size) {
-    return RecordError(absl::StrCat(
-        "data.pkl claims a storage of ", t.storage_numel,
-        t.untyped_storage ? " bytes"
-                          : absl::StrCat(" ", item, "-byte elements"),
-        " but entry ", entry->name, " holds ", entry->size, " bytes"));
-  }
-  DCP_RETURN_IF_ERROR(ValidateLayout(t.dtype, t.sizes, t.strides,
-                                     t.storage_offset, entry->size));
-  DCP_RETURN_IF_ERROR(
-      CheckNotExpanded(t.dtype, t.sizes, t.strides, entry->size));
-  TensorRecordInfo info;
-  info.dtype = t.dtype;
-  info.sizes = std::move(t.sizes);
-  info.strides = std::move(t.strides);
-  info.storage_offset = t.storage_offset;
-  info.storage_key = std::move(t.key);
-  info.location = std::move(t.location);
-  info.storage = *entry;
+  absl::StatusOr<TensorRecordInfo> info = MatchStorageEntry(std::move(t), dir);
+  if (!info.ok()) return Annotate(info.status(), "tensor record: data.pkl");
+  DCP_RETURN_IF_ERROR(ValidateLayout(info->dtype, info->sizes, info->strides,
+                                     info->storage_offset, info->storage.size));
+  DCP_RETURN_IF_ERROR(CheckNotExpanded(info->dtype, info->sizes, info->strides,
+                                       info->storage.size));
+  return info;
+}
+
+absl::StatusOr<TensorRecordInfo> TensorInfoInArchive(const PickleValue& rebuild,
+                                                     const ZipDirectory& dir) {
+  DCP_ASSIGN_OR_RETURN(PickledTensor t, ParseRebuildTensor(rebuild));
+  DCP_ASSIGN_OR_RETURN(TensorRecordInfo info,
+                       MatchStorageEntry(std::move(t), dir));
+  DCP_RETURN_IF_ERROR(ValidateLayout(info.dtype, info.sizes, info.strides,
+                                     info.storage_offset, info.storage.size));
   return info;
 }
 
@@ -1235,9 +896,13 @@ absl::StatusOr<at::Tensor> ReadTensorRecord(
 // ---- Value records ----------------------------------------------------------
 
 absl::StatusOr<std::string> SerializeValueRecord(const Value& value) {
-  DCP_RETURN_IF_ERROR(CheckPicklable(value, "value"));
   PickleWriter w;
-  PickleValueOf(w, value);
+  DCP_RETURN_IF_ERROR(WriteValuePickle(
+      w, value, "value",
+      [](PickleWriter&, const at::Tensor&, const std::string&) {
+        return absl::InvalidArgumentError(
+            "a tensor is not a value; tensors are saved as tensor records");
+      }));
   absl::StatusOr<std::string> pkl = std::move(w).Finish();
   if (!pkl.ok()) return Annotate(pkl.status(), "pickling a value record");
   DCP_ASSIGN_OR_RETURN(RecordPieces pieces, LayOutRecord(*pkl, std::nullopt));
@@ -1251,7 +916,13 @@ absl::StatusOr<Value> ParseValueRecord(absl::string_view record,
   DCP_RETURN_IF_ERROR(CheckVersionAndByteOrder(source, dir));
   DCP_ASSIGN_OR_RETURN(PickleValue root, ReadRecordPickle(source, dir, limits));
   DecodeBudget budget(record.size(), limits, "value record");
-  return ValueDecoder(budget).Convert(root, "value");
+  return ValueFromPickle(
+      root, "value record", "value", budget,
+      [](const PickleValue&, const std::string&) -> absl::StatusOr<at::Tensor> {
+        return absl::UnimplementedError(
+            "unsupported pickled type torch.Tensor: value records hold no "
+            "tensors (DCP saves tensors as tensor records)");
+      });
 }
 
 }  // namespace dcp

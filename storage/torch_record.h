@@ -49,12 +49,13 @@
 // Value records. `SerializeValueRecord` pickles None, bool, int, float, str,
 // bytes, lists, tuples and (nested) string-keyed dicts into a record that
 // `torch.load` returns as the equivalent Python value; `ParseValueRecord`
-// reads such records written by Python. Conversions on reading:
+// reads such records written by Python (storage/value_pickle.h converts,
+// as for torch.save files). Conversions on reading:
 //   * tuples become `Tuple`s and lists `List`s;
-//   * dicts and collections.OrderedDicts become `StateDict`s; int keys
-//     become their decimal strings ({1: x} reads as {"1": x}); other key
-//     types are rejected, and so is an int key whose decimal string equals a
-//     str key of the same dict;
+//   * dicts and collections.OrderedDicts (their attributes dropped) become
+//     `StateDict`s; int keys become their decimal strings ({1: x} reads as
+//     {"1": x}); other key types are rejected, and so is an int key whose
+//     decimal string equals a str key of the same dict;
 //   * ints outside int64, sets, tensors and any other object are rejected.
 //
 // Record details (see the .cc for the exact data.pkl opcodes): entries
@@ -280,6 +281,20 @@ class TensorPickleCache {
 // `source` with `ReadZipDirectory`, with an optional `cache` (may be null).
 absl::StatusOr<TensorRecordInfo> ParseTensorRecordHeader(
     ZipByteSource& source, const ZipDirectory& dir, TensorPickleCache* cache);
+
+// The tensor of a `_rebuild_tensor_v2` / `_v3` call `rebuild` (a REDUCE
+// of data.pkl) in an archive of several tensors, such as a torch.save file,
+// whose zip directory is `dir`: the call is parsed, its storage matched with
+// `dir`'s entry data/<key> (which must hold the claimed storage size), and
+// its layout validated against that entry, as ParseTensorRecordHeader does
+// for a record's one tensor, except that the tensor may have more elements
+// than its storage (torch.save keeps expanded tensors as they are), so
+// materialising it may allocate far more than the storage's bytes: bound
+// that (e.g. by `PlanBoxRead`'s packed size) before reading. Reads nothing
+// but `rebuild` and `dir`. Errors as ParseTensorRecordHeader's, naming what
+// is wrong but not where.
+absl::StatusOr<TensorRecordInfo> TensorInfoInArchive(const PickleValue& rebuild,
+                                                     const ZipDirectory& dir);
 
 // How to read one box of a record's tensor.
 struct BoxReadOptions {

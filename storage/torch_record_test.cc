@@ -25,6 +25,7 @@
 #include "storage/crc32.h"
 #include "storage/pickle.h"
 #include "storage/zip.h"
+#include "testing/runfiles.h"
 #include "testing/status_matchers.h"
 #include "testing/tensor_matchers.h"
 #include "testing/test_seed.h"
@@ -797,8 +798,9 @@ TEST(MalformedRecordTest, StorageLargerThanItsEntryIsDataLoss) {
                        16);
   EXPECT_THAT(ParseTensorRecordHeader(record).status(),
               StatusIs(absl::StatusCode::kDataLoss,
-                       HasSubstr("claims a storage of 5 4-byte elements but "
-                                 "entry archive/data/0 holds 16 bytes")));
+                       HasSubstr("storage \"0\" claims 5 4-byte elements "
+                                 "but its entry archive/data/0 holds 16 "
+                                 "bytes")));
 }
 
 TEST(MalformedRecordTest, LayoutsBeyondTheStorageAreDataLoss) {
@@ -1082,9 +1084,9 @@ TEST(TensorPickleCacheTest, EntryPerDistinctPickleUpToTheLimit) {
                                     "FloatStorage", 5, 0, {4}, {1}),
                        16);
   EXPECT_THAT(ParseToString(bad_storage, &cache),
-              HasSubstr("claims a storage"));
+              HasSubstr("storage \"0\" claims 5"));
   EXPECT_THAT(ParseToString(bad_storage, &cache),
-              HasSubstr("claims a storage"));
+              HasSubstr("storage \"0\" claims 5"));
   EXPECT_EQ(cache.hits(), records.size() + 1);
   // One that does not parse is not.
   const std::string not_supported =
@@ -1099,11 +1101,8 @@ TEST(TensorPickleCacheTest, EntryPerDistinctPickleUpToTheLimit) {
 // ---- Records written by PyTorch 2.6 (storage/testdata/torch26/README.md) ----
 
 std::string TorchRecord(absl::string_view name) {
-  const char* srcdir = std::getenv("TEST_SRCDIR");
-  const char* workspace = std::getenv("TEST_WORKSPACE");
   const std::string path =
-      absl::StrCat(srcdir ? srcdir : ".", "/", workspace ? workspace : "dcp",
-                   "/storage/testdata/torch26/", name, ".pt");
+      test::RunfilePath(absl::StrCat("storage/testdata/torch26/", name, ".pt"));
   std::ifstream in(path, std::ios::binary);
   EXPECT_TRUE(in.good()) << path;
   return std::string(std::istreambuf_iterator<char>(in), {});
@@ -1193,10 +1192,12 @@ TEST(TorchWrittenRecordsTest, Values) {
                        HasSubstr("unsupported pickled type __builtin__.set")));
   EXPECT_THAT(ParseValueRecord(TorchRecord("v_tensor")).status(),
               StatusIs(absl::StatusCode::kUnimplemented,
-                       HasSubstr("torch.Tensor at value[\"t\"]")));
+                       HasSubstr("value record at value[\"t\"]: unsupported "
+                                 "pickled type torch.Tensor")));
   EXPECT_THAT(ParseValueRecord(TorchRecord("colslice")).status(),
               StatusIs(absl::StatusCode::kUnimplemented,
-                       HasSubstr("torch.Tensor at value")));
+                       HasSubstr("value record at value: unsupported pickled "
+                                 "type torch.Tensor")));
 }
 
 // ---- Value records ----------------------------------------------------------
@@ -1242,15 +1243,16 @@ TEST(ValueRecordTest, IntSevenIsTheTorchPickle) {
 }
 
 TEST(ValueRecordTest, RejectsTensorsAndInvalidStrings) {
-  EXPECT_THAT(SerializeValueRecord(Value(at::ones({2}))).status(),
-              StatusIs(absl::StatusCode::kInvalidArgument,
-                       HasSubstr("cannot save value (a tensor)")));
+  EXPECT_THAT(
+      SerializeValueRecord(Value(at::ones({2}))).status(),
+      StatusIs(absl::StatusCode::kInvalidArgument,
+               HasSubstr("cannot pickle value: a tensor is not a value")));
   EXPECT_THAT(
       SerializeValueRecord(
           Value(StateDict{{"k", Value(List{Value(1), Value(at::ones({1}))})}}))
           .status(),
       StatusIs(absl::StatusCode::kInvalidArgument,
-               HasSubstr("value[\"k\"][1] (a tensor)")));
+               HasSubstr("cannot pickle value[\"k\"][1]: a tensor")));
   EXPECT_THAT(SerializeValueRecord(Value(std::string("\xff"))).status(),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("UTF-8")));
 }
@@ -1319,8 +1321,8 @@ TEST(ValueRecordTest, RejectsUnsupportedPickledTypes) {
       "torch._utils", "_rebuild_tensor_v2", "FloatStorage", 4, 0, {4}, {1});
   EXPECT_THAT(ParseValueRecord(RecordWithPickle(tensor_pkl, 16)).status(),
               StatusIs(absl::StatusCode::kUnimplemented,
-                       HasSubstr("unsupported pickled type torch.Tensor at "
-                                 "value")));
+                       HasSubstr("value record at value: unsupported pickled "
+                                 "type torch.Tensor")));
   {
     PickleWriter w;
     w.WriteList(1, [&](size_t) {

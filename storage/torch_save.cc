@@ -14,9 +14,9 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <set>
 #include <string>
 #include <utility>
-#include <variant>
 #include <vector>
 
 #include "absl/functional/function_ref.h"
@@ -25,7 +25,6 @@
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "absl/strings/str_join.h"
 #include "absl/strings/string_view.h"
 #include "absl/types/span.h"
 #include "core/metadata.h"
@@ -38,17 +37,14 @@
 #include "storage/posix_file_system.h"
 #include "storage/torch_pickle.h"
 #include "storage/torch_record.h"
+#include "storage/value_pickle.h"
 #include "storage/zip.h"
 
 namespace dcp {
 namespace {
 
-using Kind = PickleValue::Kind;
-using u128 = unsigned __int128;
 using torch_pickle_internal::DtypeSpec;
 using torch_pickle_internal::FindDtype;
-using torch_pickle_internal::FindDtypeByName;
-using torch_pickle_internal::FindDtypeByStorageClass;
 using torch_pickle_internal::WriteRebuildTensor;
 
 constexpr absl::string_view kPrefix = "archive/";
@@ -56,15 +52,6 @@ constexpr absl::string_view kByteOrder = "little";
 constexpr absl::string_view kVersion = "3\n";
 // Reads of tensor data and CRC passes go in pieces of at most this size.
 constexpr uint64_t kReadChunk = uint64_t{64} << 20;
-
-// ---- dtypes -----------------------------------------------------------------
-
-using torch_pickle_internal::ChildValuePath;
-using torch_pickle_internal::KeyValuePath;
-
-std::string IndexPath(const std::string& path, size_t i) {
-  return ChildValuePath(path, absl::StrCat("[", i, "]"));
-}
 
 // ---- Writing ----------------------------------------------------------------
 
@@ -75,75 +62,38 @@ struct SavedStorage {
   std::string key;
 };
 
-struct SavedTensor {
-  at::Tensor tensor;  // What is pickled: the input or a contiguous copy.
-  const DtypeSpec* dtype = nullptr;
-  size_t storage = 0;  // Index into the storages.
-};
-
+// Pickles a state dict, saving each distinct tensor storage once.
 class SaveBuilder {
  public:
-  // First pass: validates every value and prepares every tensor.
-  absl::Status Prepare(const Value& value, const std::string& path);
-  // Second pass: the pickle, consuming the prepared tensors in order.
   absl::StatusOr<std::string> Pickle(const StateDict& root);
 
   const std::vector<SavedStorage>& storages() const { return storages_; }
 
  private:
-  absl::Status PrepareTensor(const at::Tensor& tensor, const std::string& path);
-  void Emit(PickleWriter& w, const Value& value);
-  void EmitTensor(PickleWriter& w);
+  // The tensor callback of WriteStateDictPickle.
+  absl::Status WriteTensor(PickleWriter& w, const at::Tensor& tensor,
+                           const std::string& path);
 
   std::vector<SavedStorage> storages_;
   // Storages already saved, by identity and dtype (a storage viewed as two
   // dtypes is saved twice, as torch would refuse to share it).
   std::map<std::pair<const c10::StorageImpl*, c10::ScalarType>, size_t>
       storage_by_impl_;
-  std::vector<SavedTensor> tensors_;
-  size_t next_tensor_ = 0;
 };
 
-absl::Status SaveBuilder::Prepare(const Value& value,
-                                  const std::string& path) {
-  if (const auto* tensor = value.get_if<at::Tensor>()) {
-    return PrepareTensor(*tensor, path);
-  }
-  if (value.is<ShardedTensor>()) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "cannot torch.save ", path,
-        ": it is a sharded tensor (unshard it into one tensor first)"));
-  }
-  const List* items = value.get_if<List>();
-  if (const auto* tuple = value.get_if<Tuple>()) items = &tuple->items;
-  if (items != nullptr) {
-    for (size_t i = 0; i < items->size(); ++i) {
-      DCP_RETURN_IF_ERROR(Prepare((*items)[i], IndexPath(path, i)));
-    }
-  } else if (const auto* dict = value.get_if<StateDict>()) {
-    for (const auto& [key, item] : dict->entries()) {
-      DCP_RETURN_IF_ERROR(Prepare(item, KeyValuePath(path, key)));
-    }
-  }
-  return absl::OkStatus();
-}
-
-absl::Status SaveBuilder::PrepareTensor(const at::Tensor& tensor,
-                                        const std::string& path) {
+absl::Status SaveBuilder::WriteTensor(PickleWriter& w, const at::Tensor& tensor,
+                                      const std::string& path) {
   if (!tensor.defined()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("cannot torch.save ", path, ": undefined tensor"));
+    return absl::InvalidArgumentError("undefined tensor");
   }
   if (tensor.layout() != c10::kStrided) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("cannot torch.save ", path, ": layout ",
-                     c10::str(tensor.layout()), " (only strided tensors)"));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "layout ", c10::str(tensor.layout()), " (only strided tensors)"));
   }
   const DtypeSpec* dtype = FindDtype(tensor.scalar_type());
   if (dtype == nullptr) {
     return absl::InvalidArgumentError(
-        absl::StrCat("cannot torch.save ", path, ": dtype ",
-                     c10::toString(tensor.scalar_type())));
+        absl::StrCat("dtype ", c10::toString(tensor.scalar_type())));
   }
   DCP_ASSIGN_OR_RETURN(
       at::Tensor saved,
@@ -177,73 +127,24 @@ absl::Status SaveBuilder::PrepareTensor(const at::Tensor& tensor,
     storage.owner = saved;
     storages_.push_back(std::move(storage));
   }
-  tensors_.push_back({std::move(saved), dtype, it->second});
+  const SavedStorage& storage = storages_[it->second];
+  const int64_t numel_field =
+      dtype->storage_class == nullptr
+          ? static_cast<int64_t>(storage.data.size())
+          : static_cast<int64_t>(storage.data.size()) / saved.element_size();
+  WriteRebuildTensor(w, storage.key, *dtype, numel_field,
+                     saved.storage_offset(), saved.sizes(), saved.strides());
   return absl::OkStatus();
 }
 
-void SaveBuilder::EmitTensor(PickleWriter& w) {
-  const SavedTensor& t = tensors_[next_tensor_++];
-  const SavedStorage& storage = storages_[t.storage];
-  const bool v3 = t.dtype->storage_class == nullptr;
-  const int64_t item = t.tensor.element_size();
-  const int64_t numel_field =
-      v3 ? static_cast<int64_t>(storage.data.size())
-         : static_cast<int64_t>(storage.data.size()) / item;
-  WriteRebuildTensor(w, storage.key, *t.dtype, numel_field,
-                     t.tensor.storage_offset(), t.tensor.sizes(),
-                     t.tensor.strides());
-}
-
-void SaveBuilder::Emit(PickleWriter& w, const Value& value) {
-  struct Visitor {
-    SaveBuilder& self;
-    PickleWriter& w;
-    void operator()(None) const { w.WriteNone(); }
-    void operator()(bool b) const { w.WriteBool(b); }
-    void operator()(int64_t i) const { w.WriteInt(i); }
-    void operator()(double d) const { w.WriteFloat(d); }
-    void operator()(const std::string& s) const { w.WriteString(s); }
-    void operator()(const Bytes& b) const {
-      if (!b.data.empty()) {
-        w.WriteBytes(b.data);
-        return;
-      }
-      // `__builtin__.bytes()` (what WriteBytes emits for b"") is refused by
-      // torch.load's weights-only unpickler; this is the same value.
-      w.WriteGlobal("_codecs", "encode");
-      w.WriteTuple(2, [&](size_t i) { w.WriteString(i == 0 ? "" : "latin1"); });
-      w.EmitReduce();
-    }
-    void operator()(const at::Tensor&) const { self.EmitTensor(w); }
-    // Rejected by Prepare.
-    void operator()(const ShardedTensor&) const { w.WriteNone(); }
-    void operator()(const List& list) const {
-      w.WriteList(list.size(), [&](size_t i) { self.Emit(w, list[i]); });
-    }
-    void operator()(const Tuple& tuple) const {
-      w.WriteTuple(tuple.items.size(),
-                   [&](size_t i) { self.Emit(w, tuple.items[i]); });
-    }
-    void operator()(const StateDict& dict) const {
-      const auto& entries = dict.entries();
-      w.WriteDict(entries.size(), [&](size_t i) {
-        w.WriteString(entries[i].first);
-        self.Emit(w, entries[i].second);
-      });
-    }
-  };
-  std::visit(Visitor{*this, w}, value.variant());
-}
-
 absl::StatusOr<std::string> SaveBuilder::Pickle(const StateDict& root) {
-  next_tensor_ = 0;
   PickleWriter w;
-  const auto& entries = root.entries();
-  w.WriteDict(entries.size(), [&](size_t i) {
-    w.WriteString(entries[i].first);
-    Emit(w, entries[i].second);
-  });
-  absl::StatusOr<std::string> pkl = std::move(w).Finish();
+  absl::Status status = WriteStateDictPickle(
+      w, root, "obj",
+      [this](PickleWriter& w, const at::Tensor& tensor,
+             const std::string& path) { return WriteTensor(w, tensor, path); });
+  absl::StatusOr<std::string> pkl =
+      status.ok() ? std::move(w).Finish() : status;
   if (!pkl.ok()) return Annotate(pkl.status(), "torch.save data.pkl");
   return pkl;
 }
@@ -253,9 +154,6 @@ absl::Status EmitTorchSave(
     const StateDict& state_dict,
     absl::FunctionRef<absl::Status(absl::string_view)> sink) {
   SaveBuilder builder;
-  for (const auto& [key, value] : state_dict.entries()) {
-    DCP_RETURN_IF_ERROR(builder.Prepare(value, KeyValuePath("obj", key)));
-  }
   DCP_ASSIGN_OR_RETURN(std::string pkl, builder.Pickle(state_dict));
 
   // Storage entries in torch's order: keys sorted as strings.
@@ -354,47 +252,6 @@ class FileReader : public ByteReader {
   std::unique_ptr<RandomAccessFile> file_;
 };
 
-std::string Describe(const PickleValue& v) { return v.DebugString(120); }
-
-absl::Status Unsupported(absl::string_view what, const std::string& path) {
-  return absl::UnimplementedError(
-      absl::StrCat("torch.save file: unsupported ", what, " at ", path));
-}
-
-absl::Status Malformed(const std::string& path, absl::string_view message) {
-  return absl::DataLossError(
-      absl::StrCat("torch.save file: ", path, ": ", message));
-}
-
-absl::StatusOr<int64_t> IntOf(const PickleValue& v, const std::string& path,
-                              absl::string_view what) {
-  if (v.kind() != Kind::kInt) {
-    return Malformed(path, absl::StrCat(what, " is ", Describe(v),
-                                        ", not an int"));
-  }
-  return v.int_value();
-}
-
-// A tuple of ints, or torch.Size((...)).
-absl::StatusOr<Shape> ShapeOf(const PickleValue& v, const std::string& path,
-                              absl::string_view what) {
-  const PickleValue* tuple = &v;
-  if (v.kind() == Kind::kObject && v.callable().IsGlobal("torch", "Size") &&
-      v.args().kind() == Kind::kTuple && v.args().num_items() == 1) {
-    tuple = &v.args().item(0);
-  }
-  if (tuple->kind() != Kind::kTuple) {
-    return Malformed(path, absl::StrCat(what, " is ", Describe(v),
-                                        ", not a tuple"));
-  }
-  Shape out;
-  for (size_t i = 0; i < tuple->num_items(); ++i) {
-    DCP_ASSIGN_OR_RETURN(int64_t x, IntOf(tuple->item(i), path, what));
-    out.push_back(x);
-  }
-  return out;
-}
-
 // The bytes of a contiguous tensor of `sizes` (non-negative, as validated)
 // and `dtype`, or the maximum if that does not fit in 64 bits.
 uint64_t SaturatingNumelBytes(const Shape& sizes, c10::ScalarType dtype) {
@@ -411,75 +268,30 @@ uint64_t SaturatingNumelBytes(const Shape& sizes, c10::ScalarType dtype) {
   return bytes;
 }
 
-class LoadBuilder {
+// Reads the tensors of data.pkl from their storage entries (the tensor
+// callback of ValueFromPickle), charging what it allocates to the budget.
+class TensorLoader {
  public:
-  LoadBuilder(ByteReader& reader, const ZipDirectory& dir,
-              const TorchSaveReadOptions& options)
-      : reader_(reader),
-        dir_(dir),
-        options_(options),
-        budget_(reader.size(), options.decode_limits, "torch.save file") {}
+  TensorLoader(ByteReader& reader, const ZipDirectory& dir,
+               const TorchSaveReadOptions& options, DecodeBudget& budget)
+      : reader_(reader), dir_(dir), options_(options), budget_(budget) {}
 
-  absl::StatusOr<Value> Convert(const PickleValue& v, const std::string& path);
+  absl::StatusOr<at::Tensor> Load(const PickleValue& rebuild);
 
  private:
-  absl::StatusOr<Value> ConvertDict(const PickleValue& dict,
-                                    const std::string& path);
-  absl::StatusOr<at::Tensor> ConvertTensor(const PickleValue& v,
-                                           const std::string& path);
-  absl::Status VerifyStorage(const ZipEntry& entry, const std::string& path);
-  // Charges what a conversion creates: a memoized value (a string, a
-  // tensor) referenced many times is copied at each reference.
-  absl::Status Charge(uint64_t bytes, const std::string& path) {
-    absl::Status status = budget_.Charge(bytes);
-    if (status.ok()) return status;
-    return Annotate(status, absl::StrCat("torch.save file: ", path));
-  }
+  absl::Status VerifyStorage(const ZipEntry& entry);
 
   ByteReader& reader_;
   const ZipDirectory& dir_;
   const TorchSaveReadOptions& options_;
-  DecodeBudget budget_;
-  std::map<std::string, bool> verified_;  // Storage entries checked.
+  DecodeBudget& budget_;
+  std::set<std::string> verified_;  // Storage entries checked.
 };
 
-absl::StatusOr<Value> LoadBuilder::ConvertDict(const PickleValue& dict,
-                                               const std::string& path) {
-  StateDict out;
-  std::map<std::string, bool> key_is_int;
-  for (size_t i = 0; i < dict.num_entries(); ++i) {
-    const PickleValue& k = dict.key(i);
-    std::string key;
-    bool is_int = false;
-    if (k.kind() == Kind::kString) {
-      // The key is copied into the dict and into `key_is_int`.
-      DCP_RETURN_IF_ERROR(Charge(
-          2 * (sizeof(StateDict::Entry) + k.string_value().size()), path));
-      key = k.string_value();
-    } else if (k.kind() == Kind::kInt) {
-      DCP_RETURN_IF_ERROR(Charge(2 * sizeof(StateDict::Entry), path));
-      key = absl::StrCat(k.int_value());
-      is_int = true;
-    } else {
-      return Unsupported(absl::StrCat("dict key ", Describe(k)), path);
-    }
-    auto [it, inserted] = key_is_int.emplace(key, is_int);
-    if (!inserted && it->second != is_int) {
-      // `key` is the decimal string of an int here, so it is short.
-      return absl::UnimplementedError(
-          absl::StrCat("torch.save file: dict at ", path, " has both the int "
-                       "key ", key, " and the str key \"", key, "\""));
-    }
-    const std::string item_path = KeyValuePath(path, key, is_int);
-    DCP_ASSIGN_OR_RETURN(Value item, Convert(dict.value(i), item_path));
-    out.Set(std::move(key), std::move(item));  // Python: last value wins.
+absl::Status TensorLoader::VerifyStorage(const ZipEntry& entry) {
+  if (!options_.verify_crc || verified_.count(entry.name) > 0) {
+    return absl::OkStatus();
   }
-  return Value(std::move(out));
-}
-
-absl::Status LoadBuilder::VerifyStorage(const ZipEntry& entry,
-                                        const std::string& path) {
-  if (!options_.verify_crc || verified_[entry.name]) return absl::OkStatus();
   uint32_t crc = 0;
   std::string scratch;
   for (uint64_t done = 0; done < entry.size;) {
@@ -490,243 +302,38 @@ absl::Status LoadBuilder::VerifyStorage(const ZipEntry& entry,
     done += n;
   }
   if (crc != entry.crc32) {
-    return absl::DataLossError(absl::StrFormat(
-        "torch.save file: %s: CRC-32 mismatch in %s (0x%08x, directory says "
-        "0x%08x)",
-        path, entry.name, crc, entry.crc32));
+    return absl::DataLossError(
+        absl::StrFormat("CRC-32 mismatch in %s (0x%08x, directory says 0x%08x)",
+                        entry.name, crc, entry.crc32));
   }
-  verified_[entry.name] = true;
+  verified_.insert(entry.name);
   return absl::OkStatus();
 }
 
-absl::StatusOr<at::Tensor> LoadBuilder::ConvertTensor(
-    const PickleValue& v, const std::string& path) {
-  const PickleValue& callable = v.callable();
-  const bool v3 = callable.name() == "_rebuild_tensor_v3";
-  if (v.has_state() || v.has_kwargs()) {
-    return Unsupported("tensor with Python state", path);
-  }
-  const PickleValue& args = v.args();
-  const size_t base = v3 ? 7 : 6;
-  if (args.kind() != Kind::kTuple ||
-      (args.num_items() != base && args.num_items() != base + 1)) {
-    return Malformed(path, absl::StrCat(callable.name(), " arguments ",
-                                        Describe(args)));
-  }
-  if (args.num_items() == base + 1) {
-    const PickleValue& metadata = args.item(base);
-    if (!metadata.is_none() &&
-        !(metadata.kind() == Kind::kDict && metadata.num_entries() == 0)) {
-      return Unsupported(
-          absl::StrCat("tensor metadata ", Describe(metadata)), path);
-    }
-  }
-  const PickleValue& pid_value = args.item(0);
-  if (pid_value.kind() != Kind::kPersistentId) {
-    return Malformed(path, absl::StrCat("storage argument ",
-                                        Describe(pid_value),
-                                        " is not a persistent id"));
-  }
-  const PickleValue& pid = pid_value.persistent_id();
-  if (pid.kind() != Kind::kTuple || pid.num_items() != 5 ||
-      pid.item(0).kind() != Kind::kString ||
-      pid.item(0).string_value() != "storage" ||
-      pid.item(1).kind() != Kind::kGlobal ||
-      pid.item(2).kind() != Kind::kString) {
-    return Malformed(path, absl::StrCat("persistent id ", Describe(pid),
-                                        " is not ('storage', type, key, "
-                                        "location, numel)"));
-  }
-  const PickleValue& type = pid.item(1);
-  const std::string& key = pid.item(2).string_value();
-  DCP_ASSIGN_OR_RETURN(int64_t numel, IntOf(pid.item(4), path, "storage numel"));
-  bool untyped = false;
-  c10::ScalarType dtype = c10::ScalarType::Undefined;
-  if ((type.module() == "torch.storage" || type.module() == "torch") &&
-      type.name() == "UntypedStorage") {
-    untyped = true;
-  } else if (type.module() == "torch") {
-    if (const DtypeSpec* d = FindDtypeByStorageClass(type.name())) {
-      dtype = d->type;
-    }
-    if (dtype == c10::ScalarType::Undefined) {
-      return Unsupported(absl::StrCat("storage type torch.", type.name()),
-                         path);
-    }
-  } else {
-    return Unsupported(
-        absl::StrCat("storage type ", type.module(), ".", type.name()), path);
-  }
-  if (v3) {
-    const PickleValue& d = args.item(6);
-    if (d.kind() != Kind::kGlobal || d.module() != "torch") {
-      return Malformed(path, absl::StrCat("dtype ", Describe(d)));
-    }
-    const DtypeSpec* named = FindDtypeByName(d.name());
-    if (named == nullptr) {
-      return Unsupported(absl::StrCat("dtype torch.", d.name()), path);
-    }
-    if (!untyped && dtype != named->type) {
-      return Malformed(path, absl::StrCat("typed storage of ",
-                                          c10::toString(dtype),
-                                          " with dtype torch.", d.name()));
-    }
-    dtype = named->type;
-  } else if (untyped) {
-    return Malformed(path,
-                     "_rebuild_tensor_v2 with an UntypedStorage has no dtype");
-  }
-
-  TensorRecordInfo info;
-  info.dtype = dtype;
-  DCP_ASSIGN_OR_RETURN(info.storage_offset,
-                       IntOf(args.item(1), path, "storage offset"));
-  DCP_ASSIGN_OR_RETURN(info.sizes, ShapeOf(args.item(2), path, "size"));
-  DCP_ASSIGN_OR_RETURN(info.strides, ShapeOf(args.item(3), path, "stride"));
-  info.storage_key = key;
-  if (pid.item(3).kind() == Kind::kString) {
-    info.location = pid.item(3).string_value();
-  }
-  const ZipEntry* entry = dir_.Find(absl::StrCat("data/", key));
-  if (entry == nullptr) {
-    return Malformed(path, absl::StrCat("storage \"", absl::CEscape(key),
-                                        "\" has no ", dir_.prefix, "data/",
-                                        absl::CEscape(key), " entry"));
-  }
-  const uint64_t item = c10::elementSize(dtype);
-  const bool size_ok =
-      numel >= 0 &&
-      (untyped ? static_cast<uint64_t>(numel) == entry->size
-               : entry->size % item == 0 &&
-                     static_cast<uint64_t>(numel) == entry->size / item);
-  if (!size_ok) {
-    return Malformed(path, absl::StrCat("storage \"", absl::CEscape(key),
-                                        "\" claims ", numel,
-                                        untyped ? " bytes" : " elements",
-                                        " but its entry holds ", entry->size,
-                                        " bytes"));
-  }
-  info.storage = *entry;
-
-  // The whole tensor as one range (gaps included); validates the layout.
+absl::StatusOr<at::Tensor> TensorLoader::Load(const PickleValue& rebuild) {
+  DCP_ASSIGN_OR_RETURN(TensorRecordInfo info,
+                       TensorInfoInArchive(rebuild, dir_));
+  // The whole tensor as one range, gaps included.
   BoxReadOptions whole;
   whole.max_gap_bytes = std::numeric_limits<uint64_t>::max();
   whole.max_ranges = 1;
-  absl::StatusOr<BoxReadPlan> plan =
-      PlanBoxRead(info, Shape(info.sizes.size(), 0), info.sizes, whole);
-  if (!plan.ok()) return Annotate(plan.status(), path);
+  DCP_ASSIGN_OR_RETURN(
+      BoxReadPlan plan,
+      PlanBoxRead(info, Shape(info.sizes.size(), 0), info.sizes, whole));
   // Each reference to a (memoized) tensor becomes its own tensor, and an
   // expanded view (stride 0) becomes a full one: count what is allocated,
   // the packed bytes read and the contiguous result.
-  const uint64_t result_bytes = SaturatingNumelBytes(info.sizes, dtype);
-  DCP_RETURN_IF_ERROR(Charge(plan->packed_size, path));
-  DCP_RETURN_IF_ERROR(Charge(result_bytes, path));
-  DCP_RETURN_IF_ERROR(VerifyStorage(*entry, path));
+  DCP_RETURN_IF_ERROR(budget_.Charge(plan.packed_size));
+  DCP_RETURN_IF_ERROR(
+      budget_.Charge(SaturatingNumelBytes(info.sizes, info.dtype)));
+  DCP_RETURN_IF_ERROR(VerifyStorage(info.storage));
   std::string scratch;
   absl::string_view packed;
-  if (!plan->ranges.empty()) {
-    DCP_ASSIGN_OR_RETURN(packed, reader_.Read(plan->ranges[0].offset,
-                                              plan->ranges[0].length, scratch));
+  if (!plan.ranges.empty()) {
+    DCP_ASSIGN_OR_RETURN(packed, reader_.Read(plan.ranges[0].offset,
+                                              plan.ranges[0].length, scratch));
   }
-  absl::StatusOr<at::Tensor> tensor = MaterializeBox(*plan, packed);
-  if (!tensor.ok()) return Annotate(tensor.status(), path);
-  return tensor;
-}
-
-absl::StatusOr<Value> LoadBuilder::Convert(const PickleValue& v,
-                                           const std::string& path) {
-  DCP_RETURN_IF_ERROR(Charge(sizeof(Value), path));
-  switch (v.kind()) {
-    case Kind::kNone:
-      return Value(None{});
-    case Kind::kBool:
-      return Value(v.bool_value());
-    case Kind::kInt:
-      return Value(v.int_value());
-    case Kind::kBigInt:
-      return Unsupported("int (outside the int64 range)", path);
-    case Kind::kFloat:
-      return Value(v.float_value());
-    case Kind::kString:
-      DCP_RETURN_IF_ERROR(Charge(v.string_value().size(), path));
-      return Value(v.string_value());
-    case Kind::kBytes:
-      DCP_RETURN_IF_ERROR(Charge(v.string_value().size(), path));
-      return Value(Bytes{v.string_value()});
-    case Kind::kTuple:
-    case Kind::kList: {
-      List list;
-      list.reserve(v.num_items());
-      for (size_t i = 0; i < v.num_items(); ++i) {
-        DCP_ASSIGN_OR_RETURN(Value item,
-                             Convert(v.item(i), IndexPath(path, i)));
-        list.push_back(std::move(item));
-      }
-      if (v.kind() == Kind::kTuple) return Value(Tuple{std::move(list)});
-      return Value(std::move(list));
-    }
-    case Kind::kDict:
-      return ConvertDict(v, path);
-    case Kind::kSet:
-      return Unsupported("set", path);
-    case Kind::kFrozenSet:
-      return Unsupported("frozenset", path);
-    case Kind::kGlobal:
-      return Unsupported(
-          absl::StrCat("reference to ", v.module(), ".", v.name()), path);
-    case Kind::kPersistentId:
-      return Unsupported("bare storage", path);
-    case Kind::kObject:
-      break;
-  }
-  const PickleValue& callable = v.callable();
-  if (callable.kind() != Kind::kGlobal) {
-    return Unsupported(absl::StrCat("object ", Describe(v)), path);
-  }
-  const bool reduce = v.construction() == PickleValue::Construction::kReduce;
-  if (callable.IsGlobal("collections", "OrderedDict") && reduce &&
-      v.args().kind() == Kind::kTuple && v.args().num_items() == 0 &&
-      v.appended().num_items() == 0) {
-    // torch.save of a module's state_dict() also sets `_metadata` on the
-    // OrderedDict (BUILD with a state); it only matters to
-    // load_state_dict and is dropped.
-    return ConvertDict(v.set_items(), path);
-  }
-  if (reduce && (callable.IsGlobal("torch._utils", "_rebuild_tensor_v2") ||
-                 callable.IsGlobal("torch._utils", "_rebuild_tensor_v3"))) {
-    DCP_ASSIGN_OR_RETURN(at::Tensor t, ConvertTensor(v, path));
-    return Value(std::move(t));
-  }
-  if (reduce && (callable.IsGlobal("torch._utils", "_rebuild_parameter") ||
-                 callable.IsGlobal("torch._utils",
-                                   "_rebuild_parameter_with_state"))) {
-    // (data, requires_grad, backward_hooks[, state]): the tensor is `data`.
-    if (v.args().kind() != Kind::kTuple || v.args().num_items() < 1) {
-      return Malformed(path, absl::StrCat(callable.name(), " arguments ",
-                                          Describe(v.args())));
-    }
-    DCP_ASSIGN_OR_RETURN(Value data, Convert(v.args().item(0), path));
-    if (!data.is<at::Tensor>()) {
-      return Malformed(path, "nn.Parameter whose data is not a tensor");
-    }
-    return data;
-  }
-  const std::string name = absl::StrCat(callable.module(), ".", callable.name());
-  if (absl::string_view(callable.module()).substr(0, 5) == "torch" &&
-      absl::string_view(callable.name()).substr(0, 8) == "_rebuild") {
-    absl::string_view hint = "";
-    if (callable.name() == "_rebuild_qtensor") {
-      hint = " (quantized tensor)";
-    } else if (absl::string_view(callable.name()).find("sparse") !=
-               absl::string_view::npos) {
-      hint = " (sparse tensor)";
-    } else if (callable.name() == "_rebuild_from_type_v2" ||
-               callable.name() == "_rebuild_wrapper_subclass") {
-      hint = " (tensor subclass)";
-    }
-    return Unsupported(absl::StrCat("tensor kind ", name, hint), path);
-  }
-  return Unsupported(absl::StrCat("Python object ", name), path);
+  return MaterializeBox(plan, packed);
 }
 
 absl::StatusOr<Value> ParseFrom(ByteReader& reader,
@@ -799,8 +406,13 @@ absl::StatusOr<Value> ParseFrom(ByteReader& reader,
     return absl::DataLossError(absl::StrCat("torch.save file: data.pkl: ",
                                             root.status().message()));
   }
-  LoadBuilder builder(reader, *dir, options);
-  return builder.Convert(*root, "obj");
+  DecodeBudget budget(reader.size(), options.decode_limits, "torch.save file");
+  TensorLoader loader(reader, *dir, options, budget);
+  return ValueFromPickle(
+      *root, "torch.save file", "obj", budget,
+      [&loader](const PickleValue& rebuild, const std::string&) {
+        return loader.Load(rebuild);
+      });
 }
 
 absl::StatusOr<StateDict> RequireDict(absl::StatusOr<Value> value) {

@@ -41,7 +41,8 @@
 // tensors) and `nn.Parameter`s (read as plain tensors). Every tensor is
 // returned as a new contiguous CPU tensor (storage sharing is not kept).
 // Dict keys must be str or int; int keys become their decimal strings, as
-// in storage/torch_record.h. Peak memory is about the size of the tensors
+// in storage/torch_record.h (both convert values with
+// storage/value_pickle.h). Peak memory is about the size of the tensors
 // read plus the largest storage's bytes, and the tensors read total at
 // most the decoded-size budget (`TorchSaveReadOptions::decode_limits`, 64
 // times the file's size + 64 KiB by default): torch.save keeps an expanded
@@ -60,8 +61,8 @@
 //                    more than the decoded-size budget: shared (memoized)
 //                    strings or tensors referenced too often, expanded
 //                    (stride 0) tensors far larger than the file ("torch.save
-//                    file: obj[3]: torch.save file decodes to more than its
-//                    budget of ... bytes")
+//                    file at obj[3]: torch.save file decodes to more than
+//                    its budget of ... bytes")
 //   Unimplemented    reading: well-formed contents dcp does not represent
 //                    (sets, ints beyond int64, arbitrary Python objects,
 //                    quantized or sparse tensors, legacy non-zip files,

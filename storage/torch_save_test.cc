@@ -23,6 +23,7 @@
 #include "storage/posix_file_system.h"
 #include "storage/torch_pickle.h"
 #include "storage/zip.h"
+#include "testing/runfiles.h"
 #include "testing/status_matchers.h"
 #include "testing/tensor_matchers.h"
 
@@ -183,11 +184,7 @@ TEST(TorchSaveTest, RejectsShardedTensorsNamingThePath) {
 // ---- A file written by PyTorch 2.6 (storage/testdata/torch_save) ------------
 
 std::string TestDataPath(absl::string_view name) {
-  const char* srcdir = std::getenv("TEST_SRCDIR");
-  const char* workspace = std::getenv("TEST_WORKSPACE");
-  return absl::StrCat(srcdir ? srcdir : ".", "/",
-                      workspace ? workspace : "dcp",
-                      "/storage/testdata/torch_save/", name);
+  return test::RunfilePath(absl::StrCat("storage/testdata/torch_save/", name));
 }
 
 TEST(TorchSaveTest, ReadsAFileWrittenByPython) {
@@ -256,16 +253,17 @@ TEST(TorchSaveTest, UnsupportedPythonValuesNameTheirPath) {
   // Protocol 4: {"a": [set()]}.
   const std::string set_pickle =
       Raw("\x80\x04}X\x01\x00\x00\x00" "a]\x8f" "as.");
-  EXPECT_THAT(ParseTorchSave(ArchiveWithPickle(set_pickle)).status(),
-              StatusIs(absl::StatusCode::kUnimplemented,
-                       HasSubstr("unsupported set at obj[\"a\"][0]")));
+  EXPECT_THAT(
+      ParseTorchSave(ArchiveWithPickle(set_pickle)).status(),
+      StatusIs(absl::StatusCode::kUnimplemented,
+               HasSubstr("unsupported pickled type set at obj[\"a\"][0]")));
   // {"f": some.module.Func}
   const std::string global_pickle =
       Raw("\x80\x02}X\x01\x00\x00\x00" "fcsome.module\nFunc\ns.");
-  EXPECT_THAT(
-      ParseTorchSave(ArchiveWithPickle(global_pickle)).status(),
-      StatusIs(absl::StatusCode::kUnimplemented,
-               HasSubstr("reference to some.module.Func at obj[\"f\"]")));
+  EXPECT_THAT(ParseTorchSave(ArchiveWithPickle(global_pickle)).status(),
+              StatusIs(absl::StatusCode::kUnimplemented,
+                       HasSubstr("unsupported pickled type (a reference to "
+                                 "some.module.Func) at obj[\"f\"]")));
 }
 
 TEST(TorchSaveTest, TopLevelMustBeADictForReadTorchSave) {
@@ -320,7 +318,8 @@ TEST(TorchSaveTest, TensorWhoseStorageEntryIsMissingIsDataLoss) {
   // A storage entry shorter than the pickle claims.
   EXPECT_THAT(
       ParseTorchSave(ArchiveWithPickle(pkl, {{"data/0", "12345678"}})).status(),
-      StatusIs(absl::StatusCode::kDataLoss, HasSubstr("claims 4 elements")));
+      StatusIs(absl::StatusCode::kDataLoss,
+               HasSubstr("claims 4 4-byte elements but its entry")));
 }
 
 // data.pkl of {"x": tensor} where the tensor has the given size and
@@ -419,7 +418,7 @@ TEST(TorchSaveBudgetTest, SharedTensorReferencedManyTimesFailsCleanly) {
   EXPECT_EQ(few.get<List>().size(), 3u);
   EXPECT_THAT(ParseTorchSaveValue(archive(10000)).status(),
               StatusIs(absl::StatusCode::kResourceExhausted,
-                       AllOf(HasSubstr("torch.save file: obj["),
+                       AllOf(HasSubstr("torch.save file at obj["),
                              HasSubstr("torch.save file decodes to more than "
                                        "its budget of"))));
 }

@@ -251,52 +251,41 @@ class FileChecker {
     Add(std::move(p));
   }
 
-  // CRC-32 of `size` bytes at `offset` of the file, in bounded chunks.
-  // The CRC-32 of `size` bytes at `offset`. With `blocks`, also compares
-  // the checksum of each of its blocks (from `offset`), adding the
-  // positions of those that differ to `*bad_blocks`.
+  // The CRC-32 of `size` bytes at `offset` of the file, streamed. With
+  // `blocks`, also compares the checksum of each of its blocks (from
+  // `offset`), adding the positions of those that differ to `*bad_blocks`.
   absl::StatusOr<uint32_t> StreamCrc32(
       uint64_t offset, uint64_t size,
       const RecordBlockChecksums* blocks = nullptr,
       std::vector<uint64_t>* bad_blocks = nullptr) {
-    if (buffer_.empty()) buffer_.resize(static_cast<size_t>(kCrcChunkBytes));
-    const uint64_t block_bytes = blocks != nullptr ? blocks_->block_bytes : 0;
-    uint32_t crc = 0;
-    uint32_t block_crc = 0;
-    uint64_t in_block = 0;  // Bytes of the current block so far.
-    uint64_t block = 0;
-    uint64_t done = 0;
-    while (done < size) {
-      const size_t n =
-          static_cast<size_t>(std::min(size - done, kCrcChunkBytes));
-      DCP_ASSIGN_OR_RETURN(absl::string_view bytes,
-                           file_->Read(offset + done, n, buffer_.data()));
-      if (blocks == nullptr) {
-        crc = Crc32(bytes, crc);
-      } else {
-        // Block by block, combined into the whole: one pass.
-        while (!bytes.empty()) {
-          const size_t piece = static_cast<size_t>(
-              std::min<uint64_t>(bytes.size(), block_bytes - in_block));
-          block_crc = Crc32(bytes.substr(0, piece), block_crc);
-          in_block += piece;
-          bytes.remove_prefix(piece);
-          if (in_block == block_bytes || done + (n - bytes.size()) == size) {
-            if (block_crc != blocks->block_crc32[block]) {
-              bad_blocks->push_back(block);
-            }
-            crc = Crc32Combine(crc, block_crc, in_block);
-            ++block;
-            block_crc = 0;
-            in_block = 0;
-          }
-        }
-      }
-      done += n;
+    StreamCrc32Options options;
+    options.read_bytes = kCrcChunkBytes;
+    options.buffer = &buffer_;
+    options.on_read = [this](uint64_t n) {
       counted_in_record_ += n;
       tracker_.AddBytes(n);
+    };
+    std::vector<uint32_t> actual;
+    if (blocks != nullptr) {
+      options.block_bytes = blocks_->block_bytes;
+      options.block_crc32 = &actual;
     }
+    DCP_ASSIGN_OR_RETURN(uint32_t crc,
+                         dcp::StreamCrc32(*file_, offset, size, options));
+    if (blocks != nullptr) AddBadBlocks(actual, *blocks, *bad_blocks);
     return crc;
+  }
+
+  // Adds the positions where `actual` differs from `expected` to `bad`.
+  static void AddBadBlocks(const std::vector<uint32_t>& actual,
+                           const RecordBlockChecksums& expected,
+                           std::vector<uint64_t>& bad) {
+    for (size_t b = 0; b < actual.size(); ++b) {
+      if (b >= expected.block_crc32.size() ||
+          actual[b] != expected.block_crc32[b]) {
+        bad.push_back(b);
+      }
+    }
   }
 
   void CheckRecord(const RecordRef& record) {
@@ -365,11 +354,8 @@ class FileChecker {
           crc = Crc32(*bytes);
           if (blocks != nullptr) {
             uint32_t unused;
-            const std::vector<uint32_t> actual =
-                ChecksumBlocks(*bytes, blocks_->block_bytes, &unused);
-            for (size_t b = 0; b < actual.size(); ++b) {
-              if (actual[b] != blocks->block_crc32[b]) bad_blocks.push_back(b);
-            }
+            AddBadBlocks(ChecksumBlocks(*bytes, blocks_->block_bytes, &unused),
+                         *blocks, bad_blocks);
           }
         } else {
           crc = bytes.status();
