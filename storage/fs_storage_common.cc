@@ -9,7 +9,6 @@
 #include <initializer_list>
 #include <memory>
 #include <optional>
-#include <random>
 #include <string>
 #include <system_error>  // NOLINT(build/c++11)
 #include <thread>        // NOLINT(build/c++11)
@@ -99,25 +98,6 @@ absl::Status CheckCreateArgs(
     }
   }
   return absl::OkStatus();
-}
-
-std::string RandomUuid() {
-  thread_local std::mt19937_64 rng{std::random_device{}()};
-  uint64_t hi = rng();
-  uint64_t lo = rng();
-  hi = (hi & ~uint64_t{0xF000}) | uint64_t{0x4000};            // Version 4.
-  lo = (lo & ~(uint64_t{0xC} << 60)) | (uint64_t{0x8} << 60);  // Variant.
-  return absl::StrFormat("%08x-%04x-%04x-%04x-%012x", hi >> 32,
-                         (hi >> 16) & 0xFFFF, hi & 0xFFFF, lo >> 48,
-                         lo & uint64_t{0xFFFFFFFFFFFF});
-}
-
-std::string DescribeIndex(const MetadataIndex& index) {
-  std::string out = absl::StrFormat("\"%s\"", absl::CHexEscape(index.fqn));
-  if (index.offset.has_value()) {
-    absl::StrAppend(&out, " offset ", FormatShape(*index.offset));
-  }
-  return out;
 }
 
 std::vector<absl::Status> RunParallel(

@@ -33,12 +33,6 @@ absl::Status CheckCreateArgs(
     absl::string_view type, absl::string_view path,
     std::initializer_list<std::pair<absl::string_view, int>> counts);
 
-// A random RFC 4122 version-4 UUID string, as Python's str(uuid4()).
-std::string RandomUuid();
-
-// `"fqn"` or `"fqn" offset [0, 4]`, for error messages.
-std::string DescribeIndex(const MetadataIndex& index);
-
 // Runs `fn(i)` for every i in [0, n) on up to `threads` threads, the calling
 // thread included, and returns each call's status by i. The calling
 // thread's fault-point handler is installed on the helper threads. An

@@ -31,11 +31,14 @@
 #include "storage/file_system.h"
 #include "storage/fs_storage.h"
 #include "storage/fs_storage_common.h"
+#include "storage/plan_storage_data.h"
 #include "storage/posix_file_system.h"
 #include "storage/torch_record.h"
 #include "storage/zip.h"
 
 namespace dcp {
+
+using storage_internal::DescribeIndex;
 namespace fs_storage_internal {
 namespace {
 
@@ -560,8 +563,6 @@ const ChunkStorageMetadata* FindChunk(const TensorStorageMetadata& metadata,
 }  // namespace
 }  // namespace fs_storage_internal
 
-using fs_storage_internal::DescribeIndex;
-
 // ---- FileSystemReader -------------------------------------------------------
 
 struct FileSystemReader::State {
@@ -590,7 +591,7 @@ absl::StatusOr<std::unique_ptr<FileSystemReader>> FileSystemReader::Create(
   state->fs = fs_storage_internal::ReaderFileSystem(options.file_system,
                                                     options.allow_symlinks);
   state->options = std::move(options);
-  state->load_id = fs_storage_internal::RandomUuid();
+  state->load_id = storage_internal::RandomUuid();
   return std::unique_ptr<FileSystemReader>(
       new FileSystemReader(std::move(state)));
 }
@@ -601,7 +602,7 @@ absl::Status FileSystemReader::Reset(std::optional<std::string> checkpoint_id) {
   if (checkpoint_id.has_value() && !checkpoint_id->empty()) {
     state_->path = *std::move(checkpoint_id);
   }
-  state_->load_id = fs_storage_internal::RandomUuid();
+  state_->load_id = storage_internal::RandomUuid();
   state_->set_up = false;
   state_->metadata = nullptr;
   return absl::OkStatus();

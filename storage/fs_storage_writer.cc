@@ -39,10 +39,13 @@
 #include "storage/fs_storage_common.h"
 #include "storage/metadata_pickle.h"
 #include "storage/metadata_sidecar.h"
+#include "storage/plan_storage_data.h"
 #include "storage/posix_file_system.h"
 #include "storage/torch_record.h"
 
 namespace dcp {
+
+using storage_internal::DescribeIndex;
 namespace fs_storage_internal {
 namespace {
 
@@ -63,34 +66,9 @@ constexpr uint64_t kWriteBatchBytes = uint64_t{4} << 20;
 
 // ---- Save plan storage data -------------------------------------------------
 
-struct PlanStorageData {
-  std::string token;
-  std::string prefix;  // "__<rank>_"
-};
-
-std::string EncodePlanStorageData(absl::string_view token, size_t rank) {
-  return absl::StrCat(kPlanTag, ":", token, ":__", rank, "_");
-}
-
-absl::StatusOr<PlanStorageData> DecodePlanStorageData(absl::string_view data) {
-  if (data.empty()) {
-    return absl::FailedPreconditionError(
-        "save plan has no file-system storage data; was it returned by the "
-        "coordinator's FileSystemWriter::PrepareGlobalPlan?");
-  }
-  std::vector<absl::string_view> parts = absl::StrSplit(data, ':');
-  if (parts.size() != 3 || parts[0] != kPlanTag || parts[1].empty() ||
-      !absl::StartsWith(parts[2], "__") || !absl::EndsWith(parts[2], "_") ||
-      absl::StrContains(parts[1], '/') || absl::StrContains(parts[2], '/')) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "save plan storage data \"%s\" was not written by a FileSystemWriter",
-        absl::CHexEscape(data)));
-  }
-  return PlanStorageData{std::string(parts[1]), std::string(parts[2])};
-}
-
 // "__<rank>_<n>_<token>.distcp".
-std::string DataFileName(const PlanStorageData& storage, size_t n) {
+std::string DataFileName(const storage_internal::PlanStorageData& storage,
+                         size_t n) {
   return absl::StrCat(storage.prefix, n, "_", storage.token, kDataSuffix);
 }
 
@@ -127,9 +105,9 @@ struct FileJob {
 // Splits the plan's items into files as PyTorch 2.6's
 // `_split_by_size_and_type` and `_write_files_from_queue` do (see
 // docs/format.md §3.1).
-std::vector<FileJob> PlanFiles(const SavePlan& plan,
-                               const FileSystemWriterOptions& options,
-                               const PlanStorageData& storage) {
+std::vector<FileJob> PlanFiles(
+    const SavePlan& plan, const FileSystemWriterOptions& options,
+    const storage_internal::PlanStorageData& storage) {
   const std::vector<WriteItem>& items = plan.items;
   auto is_bytes = [&](size_t i) {
     return items[i].type == WriteItemType::kByteIo;
@@ -565,8 +543,6 @@ void RemoveStaleFiles(FileSystem& fs, const std::string& dir,
 }  // namespace
 }  // namespace fs_storage_internal
 
-using fs_storage_internal::DescribeIndex;
-
 // ---- FileSystemWriter -------------------------------------------------------
 
 struct FileSystemWriter::State {
@@ -595,7 +571,7 @@ absl::StatusOr<std::unique_ptr<FileSystemWriter>> FileSystemWriter::Create(
   state->fs = options.file_system != nullptr ? options.file_system
                                              : NewPosixFileSystem();
   state->options = std::move(options);
-  state->save_id = fs_storage_internal::RandomUuid();
+  state->save_id = storage_internal::RandomUuid();
   return std::unique_ptr<FileSystemWriter>(
       new FileSystemWriter(std::move(state)));
 }
@@ -606,7 +582,7 @@ absl::Status FileSystemWriter::Reset(std::optional<std::string> checkpoint_id) {
   if (checkpoint_id.has_value() && !checkpoint_id->empty()) {
     state_->path = *std::move(checkpoint_id);
   }
-  state_->save_id = fs_storage_internal::RandomUuid();
+  state_->save_id = storage_internal::RandomUuid();
   state_->token.clear();
   state_->lock.reset();
   return absl::OkStatus();
@@ -681,8 +657,8 @@ absl::StatusOr<std::vector<SavePlan>> FileSystemWriter::PrepareGlobalPlan(
   s.token = token;
   s.lock = std::move(lock);
   for (size_t rank = 0; rank < plans.size(); ++rank) {
-    plans[rank].storage_data =
-        fs_storage_internal::EncodePlanStorageData(token, rank);
+    plans[rank].storage_data = storage_internal::EncodePlanStorageData(
+        fs_storage_internal::kPlanTag, token, rank);
   }
   return plans;
 }
@@ -691,9 +667,10 @@ absl::StatusOr<std::vector<WriteResult>> FileSystemWriter::WriteData(
     const SavePlan& plan, SavePlanner& planner) {
   DCP_RETURN_IF_ERROR(FaultPoint("fs_storage.write_data"));
   State& s = *state_;
-  DCP_ASSIGN_OR_RETURN(
-      fs_storage_internal::PlanStorageData storage,
-      fs_storage_internal::DecodePlanStorageData(plan.storage_data));
+  DCP_ASSIGN_OR_RETURN(storage_internal::PlanStorageData storage,
+                       storage_internal::DecodePlanStorageData(
+                           fs_storage_internal::kPlanTag, plan.storage_data,
+                           "FileSystemWriter"));
   const std::vector<fs_storage_internal::FileJob> jobs =
       fs_storage_internal::PlanFiles(plan, s.options, storage);
 

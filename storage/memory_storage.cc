@@ -5,7 +5,6 @@
 #include <memory>
 #include <mutex>  // NOLINT(build/c++11)
 #include <optional>
-#include <random>
 #include <string>
 #include <utility>
 #include <vector>
@@ -27,34 +26,16 @@
 #include "core/tensor_copy.h"
 #include "core/torch_status.h"
 #include "glog/logging.h"
+#include "storage/plan_storage_data.h"
 
 namespace dcp {
+
+using storage_internal::DescribeIndex;
 namespace memory_storage_internal {
 namespace {
 
 // "Tag:token:prefix", the encoding of SavePlan::storage_data.
 constexpr absl::string_view kPlanTag = "dcp-memory-save";
-
-// A random RFC 4122 version-4 UUID string.
-std::string RandomUuid() {
-  thread_local std::mt19937_64 rng{std::random_device{}()};
-  uint64_t hi = rng();
-  uint64_t lo = rng();
-  hi = (hi & ~uint64_t{0xF000}) | uint64_t{0x4000};  // Version 4.
-  lo = (lo & ~(uint64_t{0xC} << 60)) | (uint64_t{0x8} << 60);  // Variant.
-  return absl::StrFormat("%08x-%04x-%04x-%04x-%012x", hi >> 32,
-                         (hi >> 16) & 0xFFFF, hi & 0xFFFF, lo >> 48,
-                         lo & uint64_t{0xFFFFFFFFFFFF});
-}
-
-// `"fqn"` or `"fqn" offset [0, 4]`, for error messages.
-std::string DescribeIndex(const MetadataIndex& index) {
-  std::string out = absl::StrFormat("\"%s\"", index.fqn);
-  if (index.offset.has_value()) {
-    absl::StrAppend(&out, " offset ", FormatShape(*index.offset));
-  }
-  return out;
-}
 
 // The size estimate documented in the header. Precondition: no tensors.
 int64_t EstimatedSize(const Value& value) {
@@ -81,32 +62,6 @@ int64_t EstimatedSize(const Value& value) {
     return total;
   }
   return 1;  // None, bool.
-}
-
-struct PlanStorageData {
-  std::string token;
-  std::string prefix;
-};
-
-std::string EncodePlanStorageData(absl::string_view token, int rank) {
-  return absl::StrCat(kPlanTag, ":", token, ":__", rank, "_");
-}
-
-absl::StatusOr<PlanStorageData> DecodePlanStorageData(absl::string_view data) {
-  if (data.empty()) {
-    return absl::FailedPreconditionError(
-        "save plan has no memory storage data; was it returned by the "
-        "coordinator's MemoryStorageWriter::PrepareGlobalPlan?");
-  }
-  std::vector<absl::string_view> parts = absl::StrSplit(data, ':');
-  if (parts.size() != 3 || parts[0] != kPlanTag || parts[1].empty() ||
-      !absl::StartsWith(parts[2], "__")) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "save plan storage data \"%s\" was not written by a "
-        "MemoryStorageWriter",
-        absl::CHexEscape(data)));
-  }
-  return PlanStorageData{std::string(parts[1]), std::string(parts[2])};
 }
 
 // Resolves and copies one write item; sets `*length`.
@@ -157,7 +112,6 @@ absl::StatusOr<Value> CopyItem(const WriteItem& item, SavePlanner& planner,
 }  // namespace memory_storage_internal
 
 using memory_storage_internal::Checkpoint;
-using memory_storage_internal::DescribeIndex;
 using memory_storage_internal::PendingSave;
 using memory_storage_internal::StoredItem;
 using memory_storage_internal::StoredObject;
@@ -196,7 +150,7 @@ int MemoryStore::num_pending_saves() const {
 }
 
 std::string MemoryStore::BeginSave(const std::string& checkpoint_id) {
-  std::string token = memory_storage_internal::RandomUuid();
+  std::string token = storage_internal::RandomUuid();
   std::lock_guard<std::mutex> lock(mu_);
   pending_[token] = PendingSave{checkpoint_id, {}};
   return token;
@@ -305,7 +259,7 @@ MemoryStorageWriter::MemoryStorageWriter(std::shared_ptr<MemoryStore> store,
     : store_(std::move(store)),
       checkpoint_id_(std::move(checkpoint_id)),
       options_(options),
-      save_id_(memory_storage_internal::RandomUuid()) {
+      save_id_(storage_internal::RandomUuid()) {
   CHECK(store_ != nullptr) << "MemoryStorageWriter needs a MemoryStore";
 }
 
@@ -323,7 +277,7 @@ absl::Status MemoryStorageWriter::Reset(
   if (checkpoint_id.has_value() && !checkpoint_id->empty()) {
     checkpoint_id_ = *std::move(checkpoint_id);
   }
-  save_id_ = memory_storage_internal::RandomUuid();
+  save_id_ = storage_internal::RandomUuid();
   return absl::OkStatus();
 }
 
@@ -354,8 +308,9 @@ absl::StatusOr<std::vector<SavePlan>> MemoryStorageWriter::PrepareGlobalPlan(
   AbandonPendingSave();  // A save begun earlier and never finished.
   pending_token_ = store_->BeginSave(checkpoint_id_);
   for (size_t rank = 0; rank < plans.size(); ++rank) {
-    plans[rank].storage_data = memory_storage_internal::EncodePlanStorageData(
-        pending_token_, static_cast<int>(rank));
+    plans[rank].storage_data = storage_internal::EncodePlanStorageData(
+        memory_storage_internal::kPlanTag, pending_token_,
+        static_cast<int>(rank));
   }
   return plans;
 }
@@ -363,9 +318,10 @@ absl::StatusOr<std::vector<SavePlan>> MemoryStorageWriter::PrepareGlobalPlan(
 absl::StatusOr<std::vector<WriteResult>> MemoryStorageWriter::WriteData(
     const SavePlan& plan, SavePlanner& planner) {
   DCP_RETURN_IF_ERROR(FaultPoint("memory_storage.write_data"));
-  DCP_ASSIGN_OR_RETURN(
-      memory_storage_internal::PlanStorageData storage_data,
-      memory_storage_internal::DecodePlanStorageData(plan.storage_data));
+  DCP_ASSIGN_OR_RETURN(storage_internal::PlanStorageData storage_data,
+                       storage_internal::DecodePlanStorageData(
+                           memory_storage_internal::kPlanTag, plan.storage_data,
+                           "MemoryStorageWriter"));
   const std::string object_name = absl::StrCat(storage_data.prefix, "0");
 
   auto object = std::make_shared<StoredObject>();
@@ -418,7 +374,7 @@ MemoryStorageReader::MemoryStorageReader(std::shared_ptr<MemoryStore> store,
                                          std::string checkpoint_id)
     : store_(std::move(store)),
       checkpoint_id_(std::move(checkpoint_id)),
-      load_id_(memory_storage_internal::RandomUuid()) {
+      load_id_(storage_internal::RandomUuid()) {
   CHECK(store_ != nullptr) << "MemoryStorageReader needs a MemoryStore";
 }
 
@@ -427,7 +383,7 @@ absl::Status MemoryStorageReader::Reset(
   if (checkpoint_id.has_value() && !checkpoint_id->empty()) {
     checkpoint_id_ = *std::move(checkpoint_id);
   }
-  load_id_ = memory_storage_internal::RandomUuid();
+  load_id_ = storage_internal::RandomUuid();
   snapshot_.reset();
   snapshot_is_current_ = false;
   storage_data_.reset();

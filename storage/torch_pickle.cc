@@ -290,5 +290,24 @@ absl::StatusOr<PickledTensor> ParseRebuildTensor(const PickleValue& rebuild) {
   return out;
 }
 
+absl::StatusOr<PickleValue> UnpickleTorchData(absl::string_view bytes,
+                                              const DecodeLimits& limits,
+                                              absl::string_view what) {
+  PickleReadOptions options = limits.PickleOptions(bytes.size());
+  options.allow_global = [](absl::string_view, absl::string_view) {
+    return true;
+  };
+  options.allow_persistent_ids = true;
+  absl::StatusOr<PickleValue> value = ReadPickle(bytes, options);
+  if (absl::IsResourceExhausted(value.status())) {
+    return Annotate(value.status(), absl::StrCat(what, ": data.pkl"));
+  }
+  if (!value.ok()) {
+    return absl::DataLossError(
+        absl::StrCat(what, ": data.pkl: ", value.status().message()));
+  }
+  return value;
+}
+
 }  // namespace torch_pickle_internal
 }  // namespace dcp

@@ -86,6 +86,17 @@ struct PickledTensor {
 // tensor metadata, quantized storages, dtypes this libtorch lacks).
 absl::StatusOr<PickledTensor> ParseRebuildTensor(const PickleValue& rebuild);
 
+// Unpickles the `data.pkl` of a torch.save archive (`bytes`), within
+// `limits`. Every global and persistent id is accepted and nothing is
+// called: the caller's interpretation decides what is valid, so that its
+// errors can name what was found. `what` names the archive in errors
+// ("torch.save record", "torch.save file"). Errors: ResourceExhausted
+// beyond the limits (annotated "<what>: data.pkl"); DataLoss
+// "<what>: data.pkl: ..." if the bytes are not a pickle.
+absl::StatusOr<PickleValue> UnpickleTorchData(absl::string_view bytes,
+                                              const DecodeLimits& limits,
+                                              absl::string_view what);
+
 }  // namespace torch_pickle_internal
 }  // namespace dcp
 

@@ -57,6 +57,7 @@ using torch_pickle_internal::IsRebuildTensor;
 using torch_pickle_internal::kMaxTensorDims;
 using torch_pickle_internal::ParseRebuildTensor;
 using torch_pickle_internal::PickledTensor;
+using torch_pickle_internal::UnpickleTorchData;
 using torch_pickle_internal::WriteRebuildTensor;
 
 constexpr absl::string_view kPrefix = "archive/";
@@ -314,22 +315,7 @@ absl::StatusOr<absl::string_view> ReadRecordPickleBytes(
 // Unpickles a record's data.pkl `bytes`.
 absl::StatusOr<PickleValue> UnpickleRecord(absl::string_view bytes,
                                            const DecodeLimits& limits = {}) {
-  PickleReadOptions options = limits.PickleOptions(bytes.size());
-  // Nothing is ever called; the interpretation below decides what is valid,
-  // so that errors can name what was found.
-  options.allow_global = [](absl::string_view, absl::string_view) {
-    return true;
-  };
-  options.allow_persistent_ids = true;
-  absl::StatusOr<PickleValue> value = ReadPickle(bytes, options);
-  if (absl::IsResourceExhausted(value.status())) {
-    return Annotate(value.status(), "torch.save record: data.pkl");
-  }
-  if (!value.ok()) {
-    return absl::DataLossError(absl::StrCat("torch.save record: data.pkl: ",
-                                            value.status().message()));
-  }
-  return value;
+  return UnpickleTorchData(bytes, limits, "torch.save record");
 }
 
 absl::StatusOr<PickleValue> ReadRecordPickle(ZipByteSource& source,

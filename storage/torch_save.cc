@@ -45,6 +45,7 @@ namespace {
 
 using torch_pickle_internal::DtypeSpec;
 using torch_pickle_internal::FindDtype;
+using torch_pickle_internal::UnpickleTorchData;
 using torch_pickle_internal::WriteRebuildTensor;
 
 constexpr absl::string_view kPrefix = "archive/";
@@ -390,22 +391,9 @@ absl::StatusOr<Value> ParseFrom(ByteReader& reader,
   std::string pkl_scratch;
   DCP_ASSIGN_OR_RETURN(absl::string_view pkl_bytes,
                        reader.Read(pkl->data_offset, pkl->size, pkl_scratch));
-  PickleReadOptions pickle_options =
-      options.decode_limits.PickleOptions(pkl_bytes.size());
-  // Nothing is ever called; Convert decides what is acceptable so that its
-  // errors can name what was found.
-  pickle_options.allow_global = [](absl::string_view, absl::string_view) {
-    return true;
-  };
-  pickle_options.allow_persistent_ids = true;
-  absl::StatusOr<PickleValue> root = ReadPickle(pkl_bytes, pickle_options);
-  if (absl::IsResourceExhausted(root.status())) {
-    return Annotate(root.status(), "torch.save file: data.pkl");
-  }
-  if (!root.ok()) {
-    return absl::DataLossError(absl::StrCat("torch.save file: data.pkl: ",
-                                            root.status().message()));
-  }
+  absl::StatusOr<PickleValue> root =
+      UnpickleTorchData(pkl_bytes, options.decode_limits, "torch.save file");
+  if (!root.ok()) return root.status();
   DecodeBudget budget(reader.size(), options.decode_limits, "torch.save file");
   TensorLoader loader(reader, *dir, options, budget);
   return ValueFromPickle(
